@@ -1,0 +1,126 @@
+//! The GameServer resource: one per service instance of a zone, owned by its GameZone.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{GamePort, PortProtocol};
+
+/// One service instance (`<zone>-<type>-<id>`): its ports and the pod that runs it.
+/// Made and updated by the zone controller; the server controller runs its Pod.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gamezone.dev",
+    version = "v1alpha1",
+    kind = "GameServer",
+    plural = "gameservers",
+    shortname = "gs",
+    category = "gamezone",
+    namespaced,
+    status = "GameServerStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
+    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".status.ports[0].port"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GameServerSpec {
+    /// Name of the GameZone this instance belongs to.
+    pub zone: String,
+    /// Service type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Instance id.
+    pub id: i64,
+    /// Ports of the instance and how each gets its host port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<GamePort>,
+    /// The pod to run; allocated ports are added to it by the server controller.
+    #[schemars(schema_with = "preserve_unknown_fields")]
+    pub template: PodTemplateSpec,
+}
+
+/// Pod templates are validated by the API server when the Pod is created; storing them
+/// schemaless keeps the CRD small, as Agones does.
+fn preserve_unknown_fields(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Pod template (metadata and spec) of the instance's Pod.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Observed state of a GameServer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GameServerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the instance is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServerState>,
+    /// Why the instance is in that state, when it needs explaining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Pod IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// IP of the node the pod runs on (reach host ports here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_address: Option<String>,
+    /// Node the pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The instance's ports as allocated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortStatus>,
+    /// Hash of the pod template the running pod was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_hash: Option<String>,
+    /// Name of the current pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Conditions: Ready, PortsAllocated, and gate conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Life of a service instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServerState {
+    /// Waiting for host ports (see `message`).
+    PortAllocation,
+    /// The pod is being created.
+    Creating,
+    /// The pod waits for a node.
+    Scheduling,
+    /// The pod is on a node, its containers are starting.
+    Starting,
+    /// The process is running and ready.
+    Ready,
+    /// The pod failed; it will be replaced.
+    Unhealthy,
+    /// The pod is being replaced by one from a newer template.
+    Updating,
+}
+
+/// One allocated port of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortStatus {
+    /// Port name.
+    pub name: String,
+    /// The port to connect to: the host port when there is one, else the container port.
+    pub port: i32,
+    /// Port inside the pod.
+    pub container_port: i32,
+    /// Port on the node, when the policy gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
+    /// Protocol.
+    pub protocol: PortProtocol,
+}

@@ -1,0 +1,70 @@
+//! The operator's error type.
+
+/// Result with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The GameZone's spec asks for something that cannot be built; `field` names where.
+    #[error("{field}: {message}")]
+    InvalidSpec {
+        /// JSON path of the offending field, e.g. `spec.services[1].type`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A Secret or one of its keys that the spec refers to does not exist.
+    #[error("{field}: Secret {secret:?} {problem}; create it in namespace {namespace:?}")]
+    MissingSecret {
+        /// The field referring to the Secret.
+        field: String,
+        /// Secret name.
+        secret: String,
+        /// "does not exist" or "has no key \"x\"".
+        problem: String,
+        /// Namespace searched.
+        namespace: String,
+    },
+    /// Pinning an artifact layer failed.
+    #[error("spec.artifacts: {0}")]
+    Artifacts(#[from] gamezone_init::Error),
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A finalizer step failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Short CamelCase reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::MissingSecret { .. } => "SecretNotFound",
+            Error::Artifacts(e) if e.is_transient() => "ArtifactsUnavailable",
+            Error::Artifacts(_) => "ArtifactsFailed",
+            Error::Kube(_) => "ApiError",
+            Error::Finalizer(_) => "FinalizerFailed",
+            Error::Serialization(_) => "SerializationFailed",
+        }
+    }
+
+    /// Whether a person must change something (spec, Secret, source) before retrying helps.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::InvalidSpec { .. } | Error::MissingSecret { .. } => true,
+            Error::Artifacts(e) => !e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// An [`Error::InvalidSpec`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidSpec { field: field.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,13 @@
+//! GameZone: a Kubernetes operator that turns one `GameZone` object into a complete, running game zone.
+//!
+//! Layout: [`api`] holds the resource types (no client code); [`ports`] the pure port allocator;
+//! [`zone`] builds a zone's child objects offline (used by both the controller and `render`);
+//! [`controller`] holds the zone and server reconcilers and their runtime wiring.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod error;
+pub use error::{Error, Result};
+pub mod controller;
+pub mod ports;
+pub mod zone;

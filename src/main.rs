@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", gamezone::api::crds_yaml());
+}

@@ -1,0 +1,665 @@
+//! GameZone → GameServers, Services, topology ConfigMap, migration Job, artifacts claim.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gamezone_init::plan::Layer;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::names::*;
+use crate::api::*;
+use crate::{Error, Result};
+
+/// Volume name of the artifacts tree.
+pub const ARTIFACTS_VOLUME: &str = "artifacts";
+/// Where the init-container sees the artifacts volume.
+pub const INIT_ROOT: &str = "/gamezone/artifacts";
+/// The tree the init-container swaps in, inside the artifacts volume (a symlink to the built tree).
+pub const CURRENT_TREE: &str = "current";
+/// Where Secrets referenced by artifact layers are mounted, one folder per Secret.
+pub const SECRETS_DIR: &str = "/var/run/secrets/gamezone";
+/// Where the topology ConfigMap is mounted in every server.
+pub const TOPOLOGY_DIR: &str = "/etc/gamezone";
+/// Key of the topology document in its ConfigMap.
+pub const TOPOLOGY_KEY: &str = "topology.json";
+/// Name of the service container in a server pod.
+pub const SERVER_CONTAINER: &str = "server";
+/// Name of the init-container that layers artifacts.
+pub const INIT_CONTAINER: &str = "artifacts";
+
+/// Operator settings that shape what a zone builds.
+#[derive(Clone, Debug)]
+pub struct BuildConfig {
+    /// Image holding the `gamezone-init` binary.
+    pub init_image: String,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self { init_image: "ghcr.io/gamezone-dev/gamezone:latest".into() }
+    }
+}
+
+/// sha256 of an object's JSON, hex; the identity of templates and migration inputs.
+pub fn hash_of<T: Serialize>(value: &T) -> String {
+    let json = serde_json::to_vec(value).expect("API objects serialize to JSON");
+    hex(&Sha256::digest(json))[..16].to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The labels every object of a zone carries.
+pub fn zone_labels(zone: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ZONE_LABEL.to_string(), zone.to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+    ])
+}
+
+/// Label selector matching every object of a zone.
+pub fn zone_selector(zone: &str) -> String {
+    format!("{ZONE_LABEL}={zone},{MANAGED_BY_LABEL}={MANAGER}")
+}
+
+fn meta(zone: &GameZone, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: zone.namespace(),
+        labels: Some(labels),
+        owner_references: owner(zone).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The controller owner reference to the zone (absent offline, where the zone has no uid).
+pub fn owner(zone: &GameZone) -> Option<OwnerReference> {
+    zone.controller_owner_ref(&())
+}
+
+/// One service instance of a zone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance<'a> {
+    /// Index of its service in `spec.services`.
+    pub service_index: usize,
+    /// The service.
+    pub service: &'a ServiceSpec,
+    /// Instance id.
+    pub id: i64,
+    /// `<zone>-<type>-<id>`.
+    pub name: String,
+}
+
+/// Every instance the zone asks for, in spec order.
+pub fn instances(zone: &GameZone) -> Vec<Instance<'_>> {
+    let name = zone.name_any();
+    zone.spec
+        .services
+        .iter()
+        .enumerate()
+        .flat_map(|(service_index, service)| {
+            let name = name.clone();
+            service.ids().map(move |id| Instance {
+                service_index,
+                service,
+                id,
+                name: server_name(&name, &service.type_, id),
+            })
+        })
+        .collect()
+}
+
+/// Checks what the CRD's CEL rules cannot: name lengths, artifact paths, Secret-free images.
+pub fn validate(zone: &GameZone) -> Result<()> {
+    let name = zone.name_any();
+    for (i, service) in zone.spec.services.iter().enumerate() {
+        let longest = server_name(&name, &service.type_, service.ids().end().to_owned());
+        if longest.len() > MAX_LABEL_LEN {
+            return Err(Error::invalid(
+                format!("spec.services[{i}]"),
+                format!(
+                    "instance name {longest:?} is {} characters; names <zone>-<type>-<id> must fit in {MAX_LABEL_LEN}: shorten the zone name or the type",
+                    longest.len()
+                ),
+            ));
+        }
+        if service.image.is_none() && zone.spec.default_image.is_none() {
+            return Err(Error::invalid(
+                format!("spec.services[{i}].image"),
+                "no image: set spec.defaultImage or this service's image",
+            ));
+        }
+    }
+    artifacts_mount(zone)?;
+    Ok(())
+}
+
+/// Where the artifacts tree is mounted in the servers and the plan the init-container applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactsMount {
+    /// Deepest directory containing every layer's path: the servers see the tree here.
+    pub root: String,
+    /// The layers, with paths relative to `root`.
+    pub layers: Vec<Layer>,
+}
+
+/// The artifacts mount of a zone, or `None` when it has no artifacts.
+pub fn artifacts_mount(zone: &GameZone) -> Result<Option<ArtifactsMount>> {
+    if zone.spec.artifacts.is_empty() {
+        return Ok(None);
+    }
+    let mut split = Vec::new();
+    for (i, layer) in zone.spec.artifacts.iter().enumerate() {
+        let field = format!("spec.artifacts[{i}].path");
+        if !layer.path.starts_with('/') {
+            return Err(Error::invalid(field, format!("{:?} must be an absolute path inside the containers, e.g. /app/artifacts", layer.path)));
+        }
+        let parts: Vec<&str> = layer.path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        if parts.contains(&"..") {
+            return Err(Error::invalid(field, format!("{:?} must not contain ..", layer.path)));
+        }
+        if parts.is_empty() {
+            return Err(Error::invalid(field, "the artifacts cannot be mounted at /; use a folder such as /app/artifacts"));
+        }
+        if layer.source().is_none() {
+            return Err(Error::invalid(format!("spec.artifacts[{i}]"), "set exactly one source: git, s3, p4Export or local"));
+        }
+        split.push(parts);
+    }
+    // The common folder of all layer paths; a layer at exactly that folder is fine, so a
+    // single layer is mounted at its own path.
+    let mut common: Vec<&str> = split[0].clone();
+    for parts in &split[1..] {
+        let n = common.iter().zip(parts).take_while(|(a, b)| a == b).count();
+        common.truncate(n);
+    }
+    if common.is_empty() {
+        return Err(Error::invalid(
+            "spec.artifacts",
+            "the layers' paths share no folder; put them under one folder such as /app/artifacts",
+        ));
+    }
+    let layers = zone
+        .spec
+        .artifacts
+        .iter()
+        .zip(&split)
+        .map(|(layer, parts)| Layer { path: parts[common.len()..].join("/"), ..layer.clone() })
+        .collect();
+    Ok(Some(ArtifactsMount { root: format!("/{}", common.join("/")), layers }))
+}
+
+fn secret_names(layers: &[Layer]) -> BTreeSet<String> {
+    layers
+        .iter()
+        .flat_map(|l| {
+            [
+                l.git.as_ref().and_then(|g| g.secret_ref.as_ref()),
+                l.s3.as_ref().and_then(|s| s.secret_ref.as_ref()),
+                l.p4_export.as_ref().and_then(|p| p.secret_ref.as_ref()),
+                l.p4_export.as_ref().and_then(|p| p.s3.as_ref()).and_then(|s| s.secret_ref.as_ref()),
+            ]
+        })
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Artifacts volumes, the init-container and the server's mount, for pods that need the tree.
+struct ArtifactsPod {
+    volumes: Vec<Volume>,
+    init: Container,
+    mount: VolumeMount,
+}
+
+fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<ArtifactsPod>> {
+    let Some(mount) = artifacts_mount(zone)? else { return Ok(None) };
+    let name = zone.name_any();
+    let artifacts_volume = match &zone.spec.shared_artifacts {
+        Some(_) => Volume {
+            name: ARTIFACTS_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: artifacts_claim_name(&name),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        None => Volume {
+            name: ARTIFACTS_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    };
+    let mut volumes = vec![artifacts_volume];
+    let mut init_mounts = vec![VolumeMount {
+        name: ARTIFACTS_VOLUME.into(),
+        mount_path: INIT_ROOT.into(),
+        ..Default::default()
+    }];
+    for (i, secret) in secret_names(&mount.layers).into_iter().enumerate() {
+        let volume = format!("artifacts-secret-{i}");
+        init_mounts.push(VolumeMount {
+            name: volume.clone(),
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: volume,
+            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
+            ..Default::default()
+        });
+    }
+    let init = Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.init_image.clone()),
+        command: Some(vec!["gamezone-init".into()]),
+        args: Some(vec![
+            "apply".into(),
+            "--root".into(),
+            INIT_ROOT.into(),
+            "--secrets-dir".into(),
+            SECRETS_DIR.into(),
+        ]),
+        env: Some(vec![
+            env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
+            env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
+        ]),
+        volume_mounts: Some(init_mounts),
+        ..Default::default()
+    };
+    let server_mount = VolumeMount {
+        name: ARTIFACTS_VOLUME.into(),
+        mount_path: mount.root,
+        sub_path: Some(CURRENT_TREE.into()),
+        ..Default::default()
+    };
+    Ok(Some(ArtifactsPod { volumes, init, mount: server_mount }))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Environment describing the zone's databases, shared by servers and the migrater.
+fn database_env(zone: &GameZone) -> Vec<EnvVar> {
+    let mut out = Vec::new();
+    if let Some(redis) = &zone.spec.redis {
+        out.push(env("REDIS_HOST", redis.host.clone()));
+        out.push(env("REDIS_PORT", redis.port.to_string()));
+        if let Some(secret) = &redis.password_secret_ref {
+            out.push(secret_env("REDIS_PASSWORD", secret));
+        }
+    }
+    if let Some(mysql) = &zone.spec.mysql {
+        out.push(env("MYSQL_HOST", mysql.host.clone()));
+        out.push(env("MYSQL_PORT", mysql.port.to_string()));
+        out.push(env("MYSQL_USER", mysql.user.clone()));
+        out.push(secret_env("MYSQL_PASSWORD", &mysql.password_secret_ref));
+        out.push(env("MYSQL_DATABASE", mysql.database.clone()));
+    }
+    out
+}
+
+fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>> {
+    (!zone.spec.image_pull_secrets.is_empty()).then(|| {
+        zone.spec
+            .image_pull_secrets
+            .iter()
+            .map(|n| LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
+/// The pod template of one instance. Ports are added by the server controller once allocated.
+pub fn server_template(zone: &GameZone, instance: &Instance<'_>, pins: &[String], cfg: &BuildConfig) -> Result<PodTemplateSpec> {
+    let zone_name = zone.name_any();
+    let service = instance.service;
+    let image = service
+        .image
+        .clone()
+        .or_else(|| zone.spec.default_image.clone())
+        .ok_or_else(|| Error::invalid(format!("spec.services[{}].image", instance.service_index), "no image: set spec.defaultImage or this service's image"))?;
+    let mut labels = zone_labels(&zone_name);
+    labels.insert(TYPE_LABEL.into(), service.type_.clone());
+    labels.insert(ID_LABEL.into(), instance.id.to_string());
+    labels.insert(SERVER_LABEL.into(), instance.name.clone());
+
+    let mut env_vars = vec![
+        env("GAMEZONE_ZONE", zone_name.clone()),
+        env("GAMEZONE_ZONE_ID", zone.spec.zone_id.to_string()),
+        env("GAMEZONE_TYPE", service.type_.clone()),
+        env("GAMEZONE_ID", instance.id.to_string()),
+        env("GAMEZONE_INSTANCE", instance.name.clone()),
+        env("GAMEZONE_TOPOLOGY", format!("{TOPOLOGY_DIR}/{TOPOLOGY_KEY}")),
+        EnvVar {
+            name: "GAMEZONE_POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    env_vars.extend(database_env(zone));
+    env_vars.extend(service.env.iter().cloned());
+
+    let mut args = vec![service.type_.clone(), instance.id.to_string()];
+    args.extend(service.args.iter().cloned());
+
+    let mut volumes = vec![Volume {
+        name: "topology".into(),
+        config_map: Some(ConfigMapVolumeSource { name: topology_name(&zone_name), ..Default::default() }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "topology".into(),
+        mount_path: TOPOLOGY_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    let mut init_containers = None;
+    if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
+        volumes.extend(artifacts.volumes);
+        mounts.push(artifacts.mount);
+        init_containers = Some(vec![artifacts.init]);
+    }
+
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+        spec: Some(PodSpec {
+            hostname: Some(instance.name.clone()),
+            subdomain: Some(headless_service_name(&zone_name)),
+            init_containers,
+            containers: vec![Container {
+                name: SERVER_CONTAINER.into(),
+                image: Some(image),
+                args: Some(args),
+                env: Some(env_vars),
+                resources: service.resources.clone(),
+                volume_mounts: Some(mounts),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
+            tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
+            image_pull_secrets: pull_secrets(zone),
+            ..Default::default()
+        }),
+    })
+}
+
+/// One GameServer per instance.
+pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Vec<GameServer>> {
+    let zone_name = zone.name_any();
+    instances(zone)
+        .into_iter()
+        .map(|instance| {
+            let template = server_template(zone, &instance, pins, cfg)?;
+            let mut labels = zone_labels(&zone_name);
+            labels.insert(TYPE_LABEL.into(), instance.service.type_.clone());
+            labels.insert(ID_LABEL.into(), instance.id.to_string());
+            let mut gs = GameServer::new(
+                &instance.name,
+                GameServerSpec {
+                    zone: zone_name.clone(),
+                    type_: instance.service.type_.clone(),
+                    id: instance.id,
+                    ports: instance.service.ports.clone(),
+                    template,
+                },
+            );
+            gs.metadata = meta(zone, instance.name.clone(), labels);
+            Ok(gs)
+        })
+        .collect()
+}
+
+fn service_ports(ports: &[GamePort]) -> Vec<ServicePort> {
+    ports
+        .iter()
+        .flat_map(|p| {
+            let port = p.container_port.or(p.host_port).unwrap_or_default();
+            let protocols: &[&str] = match p.protocol {
+                PortProtocol::Tcp => &["TCP"],
+                PortProtocol::Udp => &["UDP"],
+                PortProtocol::Tcpudp => &["TCP", "UDP"],
+            };
+            protocols.iter().map(move |proto| ServicePort {
+                name: Some(if protocols.len() > 1 { format!("{}-{}", p.name, proto.to_lowercase()) } else { p.name.clone() }),
+                port,
+                protocol: Some((*proto).into()),
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)),
+                ..Default::default()
+            })
+        })
+        .filter(|p| p.port > 0)
+        .collect()
+}
+
+fn expand_hostname(template: &str, zone: &GameZone, type_: &str, id: Option<i64>, instance: &str) -> String {
+    template
+        .replace("{instance}", instance)
+        .replace("{type}", type_)
+        .replace("{id}", &id.map(|i| i.to_string()).unwrap_or_default())
+        .replace("{zone}", &zone.name_any())
+        .replace("{zoneId}", &zone.spec.zone_id.to_string())
+}
+
+fn exposing_service(zone: &GameZone, name: String, selector: BTreeMap<String, String>, ports: &[GamePort], exposure: &Exposure, hostname: Option<String>) -> Service {
+    let mut labels = selector.clone();
+    labels.extend(zone_labels(&zone.name_any()));
+    let mut annotations = exposure.annotations.clone();
+    if let Some(h) = hostname {
+        annotations.insert("external-dns.alpha.kubernetes.io/hostname".into(), h);
+    }
+    let mut metadata = meta(zone, name, labels);
+    metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    let type_ = match exposure.type_ {
+        ExposureType::ClusterIP => "ClusterIP",
+        ExposureType::NodePort => "NodePort",
+        ExposureType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata,
+        spec: Some(K8sServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(selector),
+            ports: Some(service_ports(ports)),
+            load_balancer_class: exposure.load_balancer_class.clone(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The headless Service giving instances DNS names, plus the exposing Services the spec asks for.
+pub fn services(zone: &GameZone) -> Vec<Service> {
+    let zone_name = zone.name_any();
+    let mut out = vec![Service {
+        metadata: meta(zone, headless_service_name(&zone_name), zone_labels(&zone_name)),
+        spec: Some(K8sServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(zone_labels(&zone_name)),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        status: None,
+    }];
+    for service in &zone.spec.services {
+        let Some(expose) = &service.expose else { continue };
+        if let Some(exposure) = &expose.per_type {
+            let selector = BTreeMap::from([
+                (ZONE_LABEL.to_string(), zone_name.clone()),
+                (TYPE_LABEL.to_string(), service.type_.clone()),
+            ]);
+            let name = type_service_name(&zone_name, &service.type_);
+            let hostname = exposure.hostname.as_deref().map(|h| expand_hostname(h, zone, &service.type_, None, &name));
+            out.push(exposing_service(zone, name, selector, &service.ports, exposure, hostname));
+        }
+        if let Some(exposure) = &expose.per_instance {
+            for id in service.ids() {
+                let name = server_name(&zone_name, &service.type_, id);
+                let selector = BTreeMap::from([(SERVER_LABEL.to_string(), name.clone())]);
+                let hostname = exposure.hostname.as_deref().map(|h| expand_hostname(h, zone, &service.type_, Some(id), &name));
+                out.push(exposing_service(zone, name, selector, &service.ports, exposure, hostname));
+            }
+        }
+    }
+    out
+}
+
+/// One instance as listed in the topology document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyEntry {
+    /// Instance name.
+    pub name: String,
+    /// Service type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Instance id.
+    pub id: i64,
+    /// Stable DNS name of the instance inside the cluster.
+    pub dns: String,
+    /// Ports, once allocated (name, port to connect to, container port, host port, protocol).
+    pub ports: Vec<PortStatus>,
+}
+
+/// The topology ConfigMap: every instance's name, type, id, DNS name and ports, so processes
+/// find each other without configured IPs. `ports` gives each instance's allocated ports.
+pub fn topology(zone: &GameZone, ports: &BTreeMap<String, Vec<PortStatus>>) -> ConfigMap {
+    let zone_name = zone.name_any();
+    let namespace = zone.namespace().unwrap_or_else(|| "default".into());
+    let entries: Vec<TopologyEntry> = instances(zone)
+        .into_iter()
+        .map(|i| TopologyEntry {
+            dns: server_dns_name(&zone_name, &namespace, &i.name),
+            ports: ports.get(&i.name).cloned().unwrap_or_default(),
+            type_: i.service.type_.clone(),
+            id: i.id,
+            name: i.name,
+        })
+        .collect();
+    let doc = serde_json::json!({"zone": zone_name, "zoneId": zone.spec.zone_id, "instances": entries});
+    ConfigMap {
+        metadata: meta(zone, topology_name(&zone_name), zone_labels(&zone_name)),
+        data: Some(BTreeMap::from([(
+            TOPOLOGY_KEY.to_string(),
+            serde_json::to_string_pretty(&doc).expect("topology serializes"),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Hash of what the migration depends on: its image and settings, the databases, the pinned
+/// artifacts. `None` when the zone has no migration.
+pub fn migration_inputs_hash(zone: &GameZone, pins: &[String]) -> Option<String> {
+    let migration = zone.spec.migration.as_ref()?;
+    Some(hash_of(&serde_json::json!({
+        "migration": migration,
+        "mysql": zone.spec.mysql,
+        "redis": zone.spec.redis,
+        "artifacts": zone.spec.artifacts,
+        "pins": pins,
+    })))
+}
+
+/// The migration Job for the current inputs, or `None` when the zone has no migration.
+pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<Job>> {
+    let (Some(migration), Some(hash)) = (&zone.spec.migration, migration_inputs_hash(zone, pins)) else {
+        return Ok(None);
+    };
+    let zone_name = zone.name_any();
+    let mut env_vars = vec![
+        env("GAMEZONE_ZONE", zone_name.clone()),
+        env("GAMEZONE_ZONE_ID", zone.spec.zone_id.to_string()),
+    ];
+    env_vars.extend(database_env(zone));
+    env_vars.extend(migration.env.iter().cloned());
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut init_containers = None;
+    if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
+        volumes.extend(artifacts.volumes);
+        mounts.push(artifacts.mount);
+        init_containers = Some(vec![artifacts.init]);
+    }
+    let mut labels = zone_labels(&zone_name);
+    labels.insert(format!("{LABEL_PREFIX}migration"), hash.clone());
+    Ok(Some(Job {
+        metadata: meta(zone, migration_job_name(&zone_name, &hash), labels.clone()),
+        spec: Some(JobSpec {
+            backoff_limit: Some(migration.backoff_limit.unwrap_or(2)),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    init_containers,
+                    containers: vec![Container {
+                        name: "migrate".into(),
+                        image: Some(migration.image.clone()),
+                        args: (!migration.args.is_empty()).then(|| migration.args.clone()),
+                        env: Some(env_vars),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        ..Default::default()
+                    }],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    image_pull_secrets: pull_secrets(zone),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }))
+}
+
+/// The zone-wide ReadWriteMany claim for artifacts, when the zone asks for one.
+pub fn artifacts_claim(zone: &GameZone) -> Option<PersistentVolumeClaim> {
+    let shared = zone.spec.shared_artifacts.as_ref()?;
+    let zone_name = zone.name_any();
+    Some(PersistentVolumeClaim {
+        metadata: meta(zone, artifacts_claim_name(&zone_name), zone_labels(&zone_name)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            storage_class_name: shared.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(shared.size.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}

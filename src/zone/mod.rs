@@ -1,0 +1,8 @@
+//! Builds, offline, every object a GameZone turns into. The zone controller applies what these
+//! functions return; `gamezone render` prints it. No client here, so it is unit-tested directly.
+
+mod build;
+mod names;
+
+pub use build::*;
+pub use names::*;
