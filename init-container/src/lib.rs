@@ -1,0 +1,24 @@
+//! Layers artifacts (git, S3-compatible, Perforce exports, local folders) into a directory tree,
+//! pinned to exact revisions, swapped in atomically. No Kubernetes client in here: the operator
+//! reuses [`plan`] in its API and [`resolve::resolve`] to pin revisions; the init-container binary
+//! calls [`apply::apply`]. See README.md for the destination layout and semantics.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod creds;
+pub mod error;
+mod lock;
+pub mod p4export;
+mod paths;
+pub mod plan;
+pub mod progress;
+pub mod resolve;
+pub mod retry;
+mod source;
+pub mod state;
+mod tree;
+pub mod watch;
+
+pub use error::{Error, Result};
+pub use lock::LOCK_FILE;
+pub use tree::{Limits, digest_dir};

@@ -1,0 +1,278 @@
+//! `gamezone-init`: resolve, apply or watch a layer plan. Parsing and telemetry only; the work is
+//! in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use gamezone_init::apply::{ApplyOptions, apply};
+use gamezone_init::creds::DirCredentials;
+use gamezone_init::progress::{BarProgress, LogProgress, Progress};
+use gamezone_init::retry::RetryPolicy;
+use gamezone_init::{Error, Limits, plan, resolve};
+
+#[derive(Parser)]
+#[command(
+    name = "gamezone-init",
+    version,
+    about = "Layers git, S3 and p4-export artifacts into a directory, atomically"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Plan file (JSON or YAML list of layers); wins over --plan-json.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Plan as JSON text.
+    #[arg(long, env = "GAMEZONE_LAYERS", hide_env_values = true)]
+    plan_json: Option<String>,
+    /// Directory with mounted Secrets: <dir>/<secret>/<key>.
+    #[arg(
+        long,
+        env = "GAMEZONE_SECRETS_DIR",
+        default_value = "/var/run/secrets/gamezone"
+    )]
+    secrets_dir: PathBuf,
+    /// Attempts for transient network failures (1 = no retry).
+    #[arg(long, env = "GAMEZONE_RETRIES", default_value_t = 5)]
+    retries: u32,
+}
+
+#[derive(Args)]
+struct TreeArgs {
+    /// Destination root: holds `current`, `.trees/` and `.gamezone-state.json`.
+    #[arg(long, env = "GAMEZONE_ROOT")]
+    root: PathBuf,
+    /// Cap on bytes written (archive bombs).
+    #[arg(long, env = "GAMEZONE_MAX_BYTES")]
+    max_bytes: Option<u64>,
+    /// Cap on files written.
+    #[arg(long, env = "GAMEZONE_MAX_FILES")]
+    max_files: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the exact revision of every layer as JSON.
+    Resolve(PlanArgs),
+    /// Build the tree for pinned revisions (resolving first when none are given) and swap it in.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Pinned revisions: the JSON `resolve` prints, or a list of strings (`@FILE` reads a file).
+        #[arg(long, env = "GAMEZONE_REVISIONS")]
+        revisions: Option<String>,
+    },
+    /// Resolve and apply on an interval; local sources are applied as soon as they change.
+    Watch {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Time between resolves, e.g. 30s, 5m.
+        #[arg(long, env = "GAMEZONE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Write a p4-export-format archive and manifest from a directory (for tests and development).
+    MakeP4Export {
+        /// Directory to export.
+        #[arg(long)]
+        from: PathBuf,
+        /// Archive to write (.tar, .tar.gz or .tar.zst); the manifest goes beside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Changelist recorded in the manifest.
+        #[arg(long, default_value_t = 1)]
+        changelist: u64,
+        /// Depot path prefix recorded in the manifest.
+        #[arg(long, default_value = "//depot")]
+        depot_root: String,
+    },
+}
+
+fn layers(p: &PlanArgs) -> anyhow::Result<Vec<plan::Layer>> {
+    let text = match (&p.plan, &p.plan_json) {
+        (Some(f), _) => {
+            std::fs::read_to_string(f).with_context(|| format!("read plan {}", f.display()))?
+        }
+        (None, Some(j)) => j.clone(),
+        (None, None) => {
+            anyhow::bail!("no plan: pass --plan FILE, --plan-json JSON or set GAMEZONE_LAYERS")
+        }
+    };
+    Ok(plan::parse_layers(&text)?)
+}
+
+fn options(
+    p: &PlanArgs,
+    t: &TreeArgs,
+    layers: Vec<plan::Layer>,
+    revisions: Vec<String>,
+    tty: bool,
+) -> ApplyOptions {
+    let mut o = ApplyOptions::new(
+        layers,
+        revisions,
+        &t.root,
+        Arc::new(DirCredentials::new(&p.secrets_dir)),
+    );
+    o.progress = if tty {
+        Arc::new(BarProgress::default()) as Arc<dyn Progress>
+    } else {
+        Arc::new(LogProgress::default())
+    };
+    let d = Limits::default();
+    o.limits = Limits {
+        max_bytes: t.max_bytes.unwrap_or(d.max_bytes),
+        max_files: t.max_files.unwrap_or(d.max_files),
+    };
+    o.retry = RetryPolicy {
+        attempts: p.retries.max(1),
+        ..RetryPolicy::default()
+    };
+    o
+}
+
+async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Resolve(p) => {
+            let layers = layers(&p)?;
+            let policy = RetryPolicy {
+                attempts: p.retries.max(1),
+                ..RetryPolicy::default()
+            };
+            let revs =
+                resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &policy)
+                    .await?;
+            println!("{}", serde_json::to_string(&revs)?);
+        }
+        Command::Apply {
+            plan,
+            tree,
+            revisions,
+        } => {
+            let layers = layers(&plan)?;
+            let revisions = match revisions.filter(|r| !r.trim().is_empty()) {
+                Some(r) if r.starts_with('@') => resolve::parse_revisions(
+                    &std::fs::read_to_string(&r[1..])
+                        .with_context(|| format!("read {}", &r[1..]))?,
+                )?,
+                Some(r) => resolve::parse_revisions(&r)?,
+                None => {
+                    let policy = RetryPolicy {
+                        attempts: plan.retries.max(1),
+                        ..RetryPolicy::default()
+                    };
+                    let revs = resolve::resolve_with(
+                        &layers,
+                        &DirCredentials::new(&plan.secrets_dir),
+                        &policy,
+                    )
+                    .await?;
+                    revs.into_iter().map(|r| r.revision).collect()
+                }
+            };
+            let s = apply(options(&plan, &tree, layers, revisions, tty)).await?;
+            tracing::info!(
+                unchanged = s.unchanged,
+                layers = s.layers,
+                files = s.files,
+                bytes = s.bytes,
+                elapsed_ms = s.elapsed_ms,
+                tree_digest = %s.tree_digest,
+                tree = %s.tree.display(),
+                "summary"
+            );
+        }
+        Command::Watch {
+            plan,
+            tree,
+            interval,
+        } => {
+            let layers = layers(&plan)?;
+            let opts = options(&plan, &tree, layers, Vec::new(), tty);
+            gamezone_init::watch::watch(opts, interval, shutdown()).await?;
+        }
+        Command::MakeP4Export {
+            from,
+            out,
+            changelist,
+            depot_root,
+        } => {
+            let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)
+                .with_context(|| format!("export {} to {}", from.display(), out.display()))?;
+            println!(
+                "{}",
+                serde_json::json!({"changelist": m.changelist, "archiveSha256": m.archive_sha256, "files": m.files.len()})
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let tty = std::io::stderr().is_terminal();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if tty {
+        fmt.init()
+    } else {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init()
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli, tty)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let transient = e.downcast_ref::<Error>().is_some_and(Error::is_transient);
+            let layer = e.downcast_ref::<Error>().and_then(Error::layer);
+            tracing::error!(error = %format!("{e:#}"), layer, transient, "failed");
+            // 75 = EX_TEMPFAIL: worth running again as is.
+            if transient {
+                ExitCode::from(75)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

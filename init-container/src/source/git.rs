@@ -1,0 +1,643 @@
+//! git layers via libgit2: resolve a branch/tag to a commit, shallow-fetch exactly that commit
+//! into a bare cache repository, write only the `subPath` subtree from the tree objects.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use git2::{
+    CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, Oid,
+    RemoteCallbacks, Repository,
+};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::creds::{Credentials, text_key};
+use crate::error::{Ctx, Error};
+use crate::plan::GitSource;
+use crate::retry::{self, RetryPolicy};
+use crate::tree::TreeWriter;
+use crate::{Result, paths};
+
+/// Credentials for one git layer, read from its Secret (and URL userinfo).
+#[derive(Default)]
+pub(crate) struct GitAuth {
+    secret: Option<String>,
+    userpass: Option<(Zeroizing<String>, Zeroizing<String>)>,
+    bearer: Option<Zeroizing<String>>,
+    identity: Option<Zeroizing<String>>,
+    known_hosts: Option<String>,
+    /// URL without userinfo, used for every connection.
+    url: String,
+}
+
+impl GitAuth {
+    fn hint(&self) -> String {
+        match &self.secret {
+            Some(s) if self.userpass.is_some() => format!("check Secret `{s}` keys `username`/`password`"),
+            Some(s) if self.bearer.is_some() => format!("check Secret `{s}` key `bearerToken`"),
+            Some(s) if self.identity.is_some() => format!("check Secret `{s}` keys `identity`/`known_hosts`"),
+            Some(s) => format!("Secret `{s}` has none of `username`/`password`, `bearerToken`, `identity`"),
+            None if self.userpass.is_some() => "check the credentials in git.url".to_owned(),
+            None => "the server wants credentials: set git.secretRef to a Secret with `username`/`password`, `bearerToken` or `identity`/`known_hosts`".to_owned(),
+        }
+    }
+
+    fn headers(&self) -> Vec<String> {
+        self.bearer
+            .as_ref()
+            .map(|t| vec![format!("Authorization: Bearer {}", t.as_str())])
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the layer's Secret; registers every secret value with `ctx` so messages are scrubbed.
+pub(crate) fn load_auth(ctx: &mut Ctx, g: &GitSource, creds: &dyn Credentials) -> Result<GitAuth> {
+    let mut auth = GitAuth {
+        url: g.url.clone(),
+        ..Default::default()
+    };
+    if let Ok(mut u) = url::Url::parse(&g.url)
+        && (!u.username().is_empty() || u.password().is_some())
+        && matches!(u.scheme(), "http" | "https")
+    {
+        let user = url_decode(u.username());
+        let pass = url_decode(u.password().unwrap_or(""));
+        ctx.add_secret(&pass);
+        auth.userpass = Some((Zeroizing::new(user), Zeroizing::new(pass)));
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        auth.url = u.to_string();
+    }
+    let Some(secret) = g.secret_ref.as_ref().map(|s| s.name.clone()) else {
+        return Ok(auth);
+    };
+    let get = |key: &str| text_key(creds, ctx, &secret, key);
+    let (user, pass, token) = (get("username")?, get("password")?, get("bearerToken")?);
+    let identity = creds
+        .get(&secret, "identity")
+        .map_err(|e| ctx.credentials(format!("cannot read Secret `{secret}` key `identity`: {e}")))?
+        .map(|v| Zeroizing::new(String::from_utf8_lossy(&v).into_owned()));
+    let known_hosts = get("known_hosts")?.map(|k| k.to_string());
+    for s in [&pass, &token].into_iter().flatten() {
+        ctx.add_secret(s);
+    }
+    match (user, pass) {
+        (Some(u), Some(p)) => auth.userpass = Some((u, p)),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ctx.credentials(format!(
+                "Secret `{secret}` needs both `username` and `password`"
+            )));
+        }
+        (None, None) => {}
+    }
+    auth.bearer = token;
+    if identity.is_some() && known_hosts.is_none() {
+        return Err(ctx.credentials(format!(
+            "Secret `{secret}` has `identity` but no `known_hosts`; add the server's host key (ssh-keyscan HOST)"
+        )));
+    }
+    auth.identity = identity;
+    auth.known_hosts = known_hosts;
+    if auth.userpass.is_none() && auth.bearer.is_none() && auth.identity.is_none() {
+        return Err(ctx.credentials(format!(
+            "Secret `{secret}` has none of the keys `username`+`password`, `bearerToken` or `identity`+`known_hosts`"
+        )));
+    }
+    auth.secret = Some(secret);
+    Ok(auth)
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Which advertised ref a layer follows.
+fn wanted_ref(g: &GitSource) -> (String, String) {
+    match (&g.branch, &g.tag) {
+        (Some(b), _) => (
+            format!("refs/heads/{b}"),
+            format!("branch `{b}` not found; check git.branch"),
+        ),
+        (None, Some(t)) => (
+            format!("refs/tags/{t}"),
+            format!("tag `{t}` not found; check git.tag"),
+        ),
+        _ => (
+            "HEAD".to_owned(),
+            "the repository has no HEAD (empty?); set git.branch or git.commit".to_owned(),
+        ),
+    }
+}
+
+fn pick(refs: &[(String, String)], g: &GitSource, ctx: &Ctx) -> Result<String> {
+    let (name, missing) = wanted_ref(g);
+    let peeled = format!("{name}^{{}}");
+    refs.iter()
+        .find(|(n, _)| *n == peeled)
+        .or_else(|| refs.iter().find(|(n, _)| *n == name))
+        .map(|(_, oid)| oid.clone())
+        .ok_or_else(|| ctx.not_found(missing))
+}
+
+/// Resolves the layer's branch, tag or HEAD to a 40-hex commit (a pinned commit is returned as is).
+pub(crate) async fn resolve(
+    ctx: &Ctx,
+    g: &GitSource,
+    auth: GitAuth,
+    policy: &RetryPolicy,
+) -> Result<String> {
+    if let Some(c) = &g.commit {
+        return Ok(c.to_ascii_lowercase());
+    }
+    let refs = if auth.url.starts_with("http://") || auth.url.starts_with("https://") {
+        retry::retry(policy, "git ls-remote", || http_refs(ctx, &auth)).await?
+    } else {
+        let auth = Arc::new(auth);
+        retry::retry(policy, "git ls-remote", || {
+            let (ctx, auth) = (ctx.clone(), auth.clone());
+            async move {
+                tokio::task::spawn_blocking(move || libgit2_refs(&ctx, &auth))
+                    .await
+                    .map_err(|e| Error::Plan(format!("ls-remote task failed: {e}")))?
+            }
+        })
+        .await?
+    };
+    pick(&refs, g, ctx)
+}
+
+/// Lists refs over smart HTTP (`info/refs`), which also lets a bearer token through.
+async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
+    let url = format!(
+        "{}/info/refs?service=git-upload-pack",
+        auth.url.trim_end_matches('/')
+    );
+    let client = crate::source::http_client(ctx)?;
+    let mut req = client
+        .get(&url)
+        .header("User-Agent", "git/2.39 (gamezone-init)");
+    if let Some((u, p)) = &auth.userpass {
+        req = req.basic_auth(u.as_str(), Some(p.as_str()));
+    } else if let Some(t) = &auth.bearer {
+        req = req.bearer_auth(t.as_str());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    let status = resp.status().as_u16();
+    match status {
+        200 => {}
+        401 | 403 => return Err(ctx.auth(auth.hint())),
+        404 => return Err(ctx.not_found("repository not found (HTTP 404); check git.url")),
+        s if retry::status_is_transient(s) => {
+            return Err(ctx.transient(format!("HTTP {s} listing refs")));
+        }
+        s => {
+            return Err(ctx.source(format!(
+                "HTTP {s} listing refs; is git.url a git repository?"
+            )));
+        }
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    parse_advertisement(&body)
+        .map_err(|m| ctx.source(format!("{m}; is git.url a smart-HTTP git repository?")))
+}
+
+/// Parses a protocol v0/v1 ref advertisement (pkt-lines) into (ref, oid) pairs.
+pub(crate) fn parse_advertisement(
+    mut body: &[u8],
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut refs = Vec::new();
+    while body.len() >= 4 {
+        let len = std::str::from_utf8(&body[..4])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .ok_or("malformed pkt-line")?;
+        if len == 0 {
+            body = &body[4..];
+            continue;
+        }
+        if len < 4 || len > body.len() {
+            return Err("truncated pkt-line".into());
+        }
+        let line = &body[4..len];
+        body = &body[len..];
+        if line.starts_with(b"#") {
+            continue;
+        }
+        let line = line.split(|&b| b == 0).next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\n');
+        if let Some((oid, name)) = line.split_once(' ')
+            && oid.len() == 40
+        {
+            refs.push((name.to_owned(), oid.to_owned()));
+        }
+    }
+    Ok(refs)
+}
+
+fn libgit2_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
+    let failed = Cell::new(false);
+    let tried = Cell::new(false);
+    let mut remote = git2::Remote::create_detached(auth.url.as_str())
+        .map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
+    let cbs = callbacks(auth, &tried, &failed);
+    let conn = remote
+        .connect_auth(git2::Direction::Fetch, Some(cbs), None)
+        .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))?;
+    let list = conn
+        .list()
+        .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))?;
+    Ok(list
+        .iter()
+        .map(|h| (h.name().to_owned(), h.oid().to_string()))
+        .collect())
+}
+
+fn callbacks<'a>(
+    auth: &'a GitAuth,
+    tried: &'a Cell<bool>,
+    failed: &'a Cell<bool>,
+) -> RemoteCallbacks<'a> {
+    let mut cbs = RemoteCallbacks::new();
+    cbs.credentials(move |_url, user_from_url, allowed| {
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && let Some((u, p)) = &auth.userpass
+        {
+            if tried.replace(true) {
+                failed.set(true);
+                return Err(git2::Error::from_str("credentials rejected"));
+            }
+            return Cred::userpass_plaintext(u, p);
+        }
+        if allowed.contains(CredentialType::SSH_KEY)
+            && let Some(key) = &auth.identity
+        {
+            if tried.replace(true) {
+                failed.set(true);
+                return Err(git2::Error::from_str("ssh key rejected"));
+            }
+            return Cred::ssh_key_from_memory(user_from_url.unwrap_or("git"), None, key, None);
+        }
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user_from_url.unwrap_or("git"));
+        }
+        failed.set(true);
+        Err(git2::Error::from_str(
+            "the server asks for credentials this layer does not have",
+        ))
+    });
+    cbs.certificate_check(move |cert, host| {
+        let Some(hk) = cert.as_hostkey() else {
+            return Ok(CertificateCheckStatus::CertificatePassthrough);
+        };
+        let Some(key) = hk.hostkey() else {
+            return Err(git2::Error::from_str("the ssh server sent no host key"));
+        };
+        let known = auth.known_hosts.as_deref().unwrap_or("");
+        check_host_key(known, host, &auth.url, key)
+            .map(|()| CertificateCheckStatus::CertificateOk)
+            .map_err(|m| git2::Error::from_str(&m))
+    });
+    cbs
+}
+
+/// Checks an ssh host key against `known_hosts` lines (plain host names; hashed entries are not supported).
+pub(crate) fn check_host_key(
+    known_hosts: &str,
+    host: &str,
+    url: &str,
+    key: &[u8],
+) -> std::result::Result<(), String> {
+    let port = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(22);
+    let names = if port == 22 {
+        vec![host.to_owned()]
+    } else {
+        vec![format!("[{host}]:{port}")]
+    };
+    let mut host_seen = false;
+    for line in known_hosts.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(b64)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !hosts.split(',').any(|h| names.iter().any(|n| n == h)) {
+            continue;
+        }
+        host_seen = true;
+        if base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .is_ok_and(|k| k == key)
+        {
+            return Ok(());
+        }
+    }
+    if host_seen {
+        Err(format!(
+            "host key of {host} does not match known_hosts (possible man-in-the-middle); update the Secret's `known_hosts`"
+        ))
+    } else {
+        Err(format!(
+            "{} is not in known_hosts; add its key (ssh-keyscan) to the Secret's `known_hosts`",
+            names[0]
+        ))
+    }
+}
+
+fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) -> Error {
+    let msg = e.message().to_owned();
+    let lower = msg.to_ascii_lowercase();
+    if auth_failed
+        || e.code() == ErrorCode::Auth
+        || lower.contains("authentication")
+        || lower.contains("status code: 401")
+    {
+        return ctx.auth(auth.hint());
+    }
+    if lower.contains("known_hosts") || lower.contains("host key") {
+        return ctx.credentials(msg);
+    }
+    if lower.contains("status code: 404")
+        || lower.contains("not found")
+        || lower.contains("not exported")
+        || lower.contains("access denied")
+    {
+        return ctx.not_found(format!("repository not found ({msg}); check git.url"));
+    }
+    if retry::text_is_transient(&msg)
+        || matches!(
+            e.class(),
+            ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh
+        )
+    {
+        return ctx.transient(msg);
+    }
+    ctx.source(msg)
+}
+
+/// Everything `apply` needs for a git layer, owned so it can move to a blocking thread.
+pub(crate) struct GitJob {
+    pub ctx: Ctx,
+    pub source: GitSource,
+    pub auth: GitAuth,
+    pub commit: String,
+    pub sub_path: String,
+    pub dest: String,
+    pub cache: PathBuf,
+    pub policy: RetryPolicy,
+    pub writer: Arc<TreeWriter>,
+}
+
+/// Fetches the pinned commit (unless cached) and writes its `subPath` into the staging tree.
+pub(crate) async fn apply(job: GitJob) -> Result<()> {
+    tokio::task::spawn_blocking(move || apply_blocking(&job))
+        .await
+        .map_err(|e| Error::Plan(format!("git task failed: {e}")))?
+}
+
+fn open_cache(ctx: &Ctx, cache: &Path, url: &str) -> Result<Repository> {
+    let name = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
+    let dir = cache.join(format!("{name}.git"));
+    if let Ok(r) = Repository::open_bare(&dir) {
+        return Ok(r);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(cache)
+        .map_err(|e| ctx.io(format!("create git cache {}", cache.display()), e))?;
+    Repository::init_bare(&dir)
+        .map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
+}
+
+fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<()> {
+    let failed = Cell::new(false);
+    let tried = Cell::new(false);
+    let mut remote = repo
+        .remote_anonymous(&auth.url)
+        .map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
+    let mut fo = FetchOptions::new();
+    fo.depth(1);
+    fo.download_tags(git2::AutotagOption::None);
+    fo.update_fetchhead(false);
+    let headers = auth.headers();
+    let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+    fo.custom_headers(&header_refs);
+    fo.remote_callbacks(callbacks(auth, &tried, &failed));
+    remote
+        .fetch(&[refspec], Some(&mut fo), None)
+        .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))
+}
+
+fn apply_blocking(job: &GitJob) -> Result<()> {
+    let ctx = &job.ctx;
+    let oid = Oid::from_str(&job.commit).map_err(|_| {
+        ctx.invalid(format!(
+            "pinned revision `{}` is not a commit id",
+            job.commit
+        ))
+    })?;
+    let repo = open_cache(ctx, &job.cache, &job.auth.url)?;
+    if repo.find_commit(oid).is_err() {
+        let by_id = retry::retry_blocking(&job.policy, "git fetch", || {
+            fetch(ctx, &repo, &job.auth, &job.commit)
+        });
+        match by_id {
+            Ok(()) => {}
+            Err(e @ (Error::Auth { .. } | Error::Credentials { .. } | Error::Transient { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                // The server may refuse wants that are not ref tips (no uploadpack.allowReachableSHA1InWant).
+                let (name, _) = wanted_ref(&job.source);
+                tracing::info!(layer = ctx.layer, error = %e, reference = %name, "fetch by commit refused; fetching the ref instead");
+                let spec = format!("+{name}:refs/gamezone/fetched");
+                retry::retry_blocking(&job.policy, "git fetch", || {
+                    fetch(ctx, &repo, &job.auth, &spec)
+                })?;
+            }
+        }
+    }
+    let commit = repo.find_commit(oid).map_err(|_| {
+        ctx.not_found(format!(
+            "commit {} is not available from the server (not a ref tip and fetching by id is refused); enable uploadpack.allowReachableSHA1InWant on the server or resolve again",
+            job.commit
+        ))
+    })?;
+    let tree = commit
+        .tree()
+        .map_err(|e| ctx.source(e.message().to_owned()))?;
+    if job.sub_path.is_empty() {
+        return write_tree(ctx, &repo, &tree, &job.dest, &job.writer);
+    }
+    let entry = tree.get_path(Path::new(&job.sub_path)).map_err(|_| {
+        ctx.not_found(format!(
+            "subPath `{}` not found in commit {}; check the layer's subPath",
+            job.sub_path, job.commit
+        ))
+    })?;
+    match entry.kind() {
+        Some(git2::ObjectType::Tree) => {
+            let sub = repo
+                .find_tree(entry.id())
+                .map_err(|e| ctx.source(e.message().to_owned()))?;
+            write_tree(ctx, &repo, &sub, &job.dest, &job.writer)
+        }
+        _ => write_entry(ctx, &repo, &entry, &job.dest, &job.writer),
+    }
+}
+
+fn write_tree(
+    ctx: &Ctx,
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    dest: &str,
+    w: &TreeWriter,
+) -> Result<()> {
+    w.ensure_dir(ctx, dest)?;
+    for entry in tree.iter() {
+        let Some(name) = entry.name() else {
+            return Err(ctx.hostile(format!("a name below `{dest}` is not UTF-8")));
+        };
+        if paths::components(name).map_or(true, |c| c.len() != 1 || c[0] != name) {
+            return Err(ctx.hostile(format!(
+                "tree entry `{}` below `{dest}` is not a plain name",
+                name.escape_debug()
+            )));
+        }
+        write_entry(ctx, repo, &entry, &paths::join2(dest, name), w)?;
+    }
+    Ok(())
+}
+
+fn write_entry(
+    ctx: &Ctx,
+    repo: &Repository,
+    entry: &git2::TreeEntry<'_>,
+    rel: &str,
+    w: &TreeWriter,
+) -> Result<()> {
+    let blob = |id| {
+        repo.find_blob(id)
+            .map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())))
+    };
+    match entry.filemode() {
+        0o040000 => {
+            let sub = repo
+                .find_tree(entry.id())
+                .map_err(|e| ctx.source(e.message().to_owned()))?;
+            write_tree(ctx, repo, &sub, rel, w)
+        }
+        0o120000 => {
+            let b = blob(entry.id())?;
+            let target = std::str::from_utf8(b.content())
+                .map_err(|_| ctx.hostile(format!("symlink `{rel}` target is not UTF-8")))?;
+            w.symlink(ctx, rel, target)
+        }
+        0o160000 => {
+            tracing::warn!(
+                layer = ctx.layer,
+                path = rel,
+                "submodule left as an empty directory"
+            );
+            w.ensure_dir(ctx, rel)
+        }
+        mode => {
+            let b = blob(entry.id())?;
+            w.write_reader(ctx, rel, mode & 0o111 != 0, &mut b.content())
+                .map(|_| ())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ref_advertisement() {
+        let mut body = Vec::new();
+        let mut pkt = |s: &str| body.extend(format!("{:04x}{s}", s.len() + 4).into_bytes());
+        pkt("# service=git-upload-pack\n");
+        body.extend(b"0000");
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let mut pkt = |s: &str| body.extend(format!("{:04x}{s}", s.len() + 4).into_bytes());
+        pkt(&format!(
+            "{a} HEAD\0multi_ack symref=HEAD:refs/heads/main\n"
+        ));
+        pkt(&format!("{a} refs/heads/main\n"));
+        pkt(&format!("{b} refs/tags/v1^{{}}\n"));
+        body.extend(b"0000");
+        let refs = parse_advertisement(&body).unwrap();
+        assert_eq!(refs.len(), 3);
+        let g = GitSource {
+            tag: Some("v1".into()),
+            ..Default::default()
+        };
+        assert_eq!(pick(&refs, &g, &Ctx::new(0, "t")).unwrap(), b);
+        let g = GitSource::default();
+        assert_eq!(pick(&refs, &g, &Ctx::new(0, "t")).unwrap(), a);
+        let g = GitSource {
+            branch: Some("nope".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            pick(&refs, &g, &Ctx::new(0, "t")),
+            Err(Error::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn host_keys_are_checked() {
+        let key = b"key-bytes";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let kh = format!("# c\nexample.com,other ssh-ed25519 {b64}\n[h2]:2222 ssh-ed25519 {b64}\n");
+        assert!(check_host_key(&kh, "example.com", "ssh://git@example.com/r.git", key).is_ok());
+        assert!(check_host_key(&kh, "h2", "ssh://git@h2:2222/r.git", key).is_ok());
+        assert!(
+            check_host_key(&kh, "example.com", "ssh://git@example.com/r.git", b"other")
+                .unwrap_err()
+                .contains("does not match")
+        );
+        assert!(
+            check_host_key(&kh, "nope", "ssh://git@nope/r.git", key)
+                .unwrap_err()
+                .contains("not in known_hosts")
+        );
+    }
+
+    #[test]
+    fn decodes_userinfo() {
+        assert_eq!(url_decode("p%40ss"), "p@ss");
+        assert_eq!(url_decode("plain"), "plain");
+    }
+}

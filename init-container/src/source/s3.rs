@@ -1,0 +1,207 @@
+//! S3 layers via object_store: the revision is a digest of sorted `key etag` lines; objects are
+//! downloaded in parallel (bounded), streamed to disk, and checked against the listed ETag.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectMeta;
+use object_store::aws::AmazonS3;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::Ctx;
+use crate::retry::{self, RetryPolicy};
+use crate::source::store_error;
+use crate::tree::TreeWriter;
+use crate::{Result, paths};
+
+/// Downloads at once per layer.
+pub(crate) const CONCURRENCY: usize = 16;
+
+/// One S3 layer, owned so its downloads can run as tasks.
+pub(crate) struct S3Layer {
+    pub ctx: Ctx,
+    pub store: Arc<AmazonS3>,
+    /// The folder taken (prefix joined with subPath), without slashes at the ends; empty for the bucket.
+    pub prefix: String,
+    pub secret: Option<String>,
+    pub policy: RetryPolicy,
+}
+
+impl S3Layer {
+    async fn list(&self) -> Result<Vec<ObjectMeta>> {
+        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let objs: Vec<ObjectMeta> = retry::retry(&self.policy, "s3 list", || async {
+            self.store
+                .list(prefix.as_ref())
+                .try_collect()
+                .await
+                .map_err(|e| {
+                    store_error(&self.ctx, &e, self.secret.as_deref(), "listing the prefix")
+                })
+        })
+        .await?;
+        if objs.is_empty() {
+            return Err(self.ctx.not_found(format!(
+                "no objects under prefix `{}`; check s3.bucket, s3.prefix and subPath",
+                self.prefix
+            )));
+        }
+        Ok(objs)
+    }
+
+    /// `sha256:` over sorted `key etag` lines of the objects under the prefix.
+    pub async fn resolve(&self) -> Result<String> {
+        Ok(digest(&self.list().await?))
+    }
+
+    /// Downloads the pinned listing into the staging tree at `dest`.
+    pub async fn apply(
+        self: Arc<Self>,
+        pinned: &str,
+        dest: &str,
+        w: Arc<TreeWriter>,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let objs = self.list().await?;
+        let now = digest(&objs);
+        if now != pinned {
+            return Err(ctx.changed(pinned, &now));
+        }
+        let mut items = Vec::with_capacity(objs.len());
+        for o in objs {
+            let key = o.location.as_ref().to_owned();
+            let rest = if self.prefix.is_empty() {
+                key.as_str()
+            } else {
+                key.strip_prefix(&format!("{}/", self.prefix)).unwrap_or("")
+            };
+            let comps = paths::strict_components(rest).map_err(|m| ctx.hostile(m))?;
+            items.push((paths::join2(dest, &paths::join(&comps)), o));
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        // A zero-byte object whose name is also a folder is a folder marker; any other
+        // object that is also a folder is ambiguous.
+        let mut files = Vec::with_capacity(items.len());
+        for i in 0..items.len() {
+            let (rel, o) = &items[i];
+            let is_folder = items
+                .get(i + 1)
+                .is_some_and(|(next, _)| next.starts_with(&format!("{rel}/")));
+            if is_folder {
+                if o.size != 0 {
+                    return Err(ctx.hostile(format!(
+                        "key `{}` is both an object and a folder",
+                        o.location
+                    )));
+                }
+                w.ensure_dir(ctx, rel)?;
+            } else {
+                files.push((rel.clone(), o.clone()));
+            }
+        }
+        w.check_budget(
+            ctx,
+            files.len() as u64,
+            files.iter().map(|(_, o)| o.size).sum(),
+        )?;
+        let mut jobs = Vec::with_capacity(files.len());
+        for (rel, o) in files {
+            let abs = w.prepare(ctx, &rel)?;
+            jobs.push((rel, abs, o));
+        }
+        futures::stream::iter(jobs)
+            .map(|(rel, abs, o)| {
+                let (this, w, pinned) = (self.clone(), w.clone(), pinned.to_owned());
+                async move {
+                    let (size, sha) = retry::retry(&this.policy, "s3 get", || {
+                        this.download(&o, &abs, &w, &pinned)
+                    })
+                    .await?;
+                    w.record_file(&this.ctx, &rel, false, size, sha)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn download(
+        &self,
+        o: &ObjectMeta,
+        abs: &PathBuf,
+        w: &TreeWriter,
+        pinned: &str,
+    ) -> Result<(u64, [u8; 32])> {
+        let ctx = &self.ctx;
+        let what = format!("downloading `{}`", o.location);
+        let r = self
+            .store
+            .get(&o.location)
+            .await
+            .map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
+        if r.meta.e_tag != o.e_tag {
+            return Err(ctx.changed(pinned, &format!("object `{}` has a new ETag", o.location)));
+        }
+        let mut f = tokio::fs::File::create(abs)
+            .await
+            .map_err(|e| ctx.io(format!("create {}", abs.display()), e))?;
+        let mut stream = r.into_stream();
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
+            size += chunk.len() as u64;
+            if size > o.size {
+                return Err(ctx.verification(format!(
+                    "`{}` is longer than the {} bytes listed",
+                    o.location, o.size
+                )));
+            }
+            w.add_bytes(ctx, chunk.len() as u64)?;
+            h.update(&chunk);
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
+        }
+        f.flush()
+            .await
+            .map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
+        drop(f);
+        // Independent of the umask: S3 has no modes, every object is a plain 0644 file.
+        tokio::fs::set_permissions(abs, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .await
+            .map_err(|e| ctx.io(format!("chmod {}", abs.display()), e))?;
+        if size != o.size {
+            return Err(ctx.transient(format!(
+                "`{}` ended after {size} of {} bytes",
+                o.location, o.size
+            )));
+        }
+        Ok((size, h.finalize().into()))
+    }
+}
+
+/// `sha256:` over sorted `key etag` lines.
+pub(crate) fn digest(objs: &[ObjectMeta]) -> String {
+    let mut lines: Vec<String> = objs
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}\n",
+                o.location.as_ref(),
+                o.e_tag.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    lines.sort();
+    let mut h = Sha256::new();
+    for l in &lines {
+        h.update(l.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}

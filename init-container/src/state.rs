@@ -1,0 +1,90 @@
+//! The state file beside the trees: what `current` holds, written atomically.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Layer;
+use crate::{Error, Result};
+
+/// Name of the state file in the destination root.
+pub const STATE_FILE: &str = ".gamezone-state.json";
+
+/// A layer as recorded in the state file: where it went and from where, never credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSummary {
+    /// Destination path inside the tree.
+    pub path: String,
+    /// Folder of the source taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+    /// Source kind and location.
+    pub source: String,
+    /// Branch, tag or commit followed, for git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl LayerSummary {
+    /// Summarizes each layer of a plan.
+    pub fn of(layers: &[Layer]) -> Vec<LayerSummary> {
+        layers
+            .iter()
+            .map(|l| LayerSummary {
+                path: l.path.clone(),
+                sub_path: l.sub_path.clone(),
+                source: l.describe(),
+                reference: l.reference(),
+            })
+            .collect()
+    }
+}
+
+/// What the destination's `current` tree was built from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// The layers, in order.
+    pub layers: Vec<LayerSummary>,
+    /// The pinned revision of each layer.
+    pub revisions: Vec<String>,
+    /// Directory name of the tree under `.trees/`.
+    pub tree: String,
+    /// sha256 over sorted `path mode size sha256` lines of the tree.
+    pub tree_digest: String,
+    /// Regular files in the tree.
+    pub files: u64,
+    /// Bytes of regular files in the tree.
+    pub bytes: u64,
+    /// When the tree was swapped in (RFC 3339).
+    pub applied_at: String,
+}
+
+/// Reads the state file; `None` when absent or unreadable (then the tree is rebuilt).
+pub fn read(root: &Path) -> Option<State> {
+    let text = fs::read(root.join(STATE_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes the state file: temp file, fsync, rename, fsync the directory.
+pub(crate) fn write(root: &Path, state: &State) -> Result<()> {
+    let path = root.join(STATE_FILE);
+    let tmp = root.join(format!("{STATE_FILE}.tmp-{}", fastrand::u32(..)));
+    let body = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::destination(&path, "encode state", std::io::Error::other(e)))?;
+    let res = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(root)?.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::destination(&path, "write state file", e));
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the real servers the gamezone-init tests run against. Idempotent: each tool is cached by version
+# under $GAMEZONE_TOOLS (default /root/.cache/gamezone/tools) and only built when missing.
+set -euo pipefail
+
+TOOLS="${GAMEZONE_TOOLS:-/root/.cache/gamezone/tools}"
+TOOLS_TARGET="${GAMEZONE_TOOLS_TARGET:-/root/.cache/gamezone/tools-target}"
+S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
+
+s3s_root="$TOOLS/s3s-fs-$S3S_FS_VERSION"
+if [[ -x "$s3s_root/bin/s3s-fs" ]]; then
+  echo "s3s-fs $S3S_FS_VERSION: cached at $s3s_root/bin/s3s-fs"
+else
+  echo "s3s-fs $S3S_FS_VERSION: building (a few minutes on 2 cores)"
+  mkdir -p "$TOOLS" "$TOOLS_TARGET"
+  CARGO_TARGET_DIR="$TOOLS_TARGET" cargo install s3s-fs --version "$S3S_FS_VERSION" \
+    --features binary --locked --root "$s3s_root"
+fi
+
+for tool in git; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
+done
+git_exec="$(git --exec-path)"
+[[ -x "$git_exec/git-http-backend" ]] || { echo "missing $git_exec/git-http-backend" >&2; exit 1; }
+
+echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs"
