@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# GameZone's local Kubernetes control plane: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler built from the official Go
+# modules (tests/controlplane/go), plus KWOK simulating nodes and pods.
+#
+#   cp.sh build                      build the binaries once into the cache
+#   cp.sh up DIR [--nodes N] [--watch-pid PID]
+#                                    start a control plane with state in DIR
+#   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
+#   cp.sh status DIR                 processes and their memory
+#   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
+#
+# Binaries live outside the repo in
+#   ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/controlplane/<versions>/bin
+# so a second `up` only pays for process start-up.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+GO_MODULE="$HERE/go"
+STAGES_DIR="$HERE/stages"
+
+KWOK_VERSION=v0.8.0
+# Kubernetes and etcd versions come from the wrapper module: one place to bump.
+K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$GO_MODULE/go.mod")
+ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$GO_MODULE/go.mod")
+
+CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
+VERSION_DIR="$CACHE/controlplane/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
+BIN="$VERSION_DIR/bin"
+PORTS_DIR="$CACHE/controlplane/port-reservations"
+
+# Ranges that never collide with each other or with kwok's pod CIDR.
+SERVICE_CIDR=10.0.0.0/24
+POD_CIDR=10.244.0.0/16
+MAX_NODES=250
+
+say() { printf '[cp] %s\n' "$*" >&2; }
+die() { printf '[cp] error: %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+usage() {
+  sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------- build
+
+# Everything that decides what the binaries contain. A marker with another
+# fingerprint means the module changed under the same versions: rebuild.
+inputs_fingerprint() {
+  (
+    cd "$GO_MODULE"
+    cat go.mod go.sum
+    find cmd -type f -name '*.go' | LC_ALL=C sort | xargs cat
+    echo "kwok $KWOK_VERSION"
+    go version
+  ) | sha256sum | cut -d' ' -f1
+}
+
+require_tools() {
+  local missing=()
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if ((${#missing[@]})); then
+    die "missing tools: ${missing[*]} (install them: Go from https://go.dev/dl, the rest from your distribution's packages)"
+  fi
+}
+
+cmd_build() {
+  require_tools go sha256sum
+  export GOFLAGS=${GOFLAGS:--mod=mod} GOSUMDB=${GOSUMDB:-off} GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0
+  local fingerprint
+  fingerprint=$(inputs_fingerprint)
+  if [[ -f "$VERSION_DIR/.complete" && "$(cat "$VERSION_DIR/.complete")" == "$fingerprint" ]]; then
+    say "binaries up to date in $BIN"
+    return 0
+  fi
+
+  local started stage
+  started=$(now)
+  mkdir -p "$VERSION_DIR"
+  rm -f "$VERSION_DIR/.complete"
+  stage=$(mktemp -d "$VERSION_DIR/bin.partial.XXXXXX")
+  # shellcheck disable=SC2064 # expand now: the directory is fixed
+  trap "rm -rf '$stage'" EXIT
+
+  local minor=${K8S_VERSION#v1.}
+  minor=${minor%%.*}
+  say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION) and etcd ($ETCD_VERSION)"
+  say "  cold: ~1 GB of module downloads and a long compile on 2 cores; full output in $VERSION_DIR/build.log"
+  : >"$VERSION_DIR/build.log"
+  (
+    cd "$GO_MODULE"
+    go build -v -o "$stage/" -ldflags "-s -w \
+      -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=1 \
+      -X k8s.io/component-base/version.gitMinor=$minor" ./cmd/...
+  ) 2>&1 | progress "$VERSION_DIR/build.log" || build_failed
+  say "  control plane built after $(since "$started")s"
+
+  say "building kwok $KWOK_VERSION"
+  # `go install pkg@version` uses kwok's own module graph, where -mod=mod is not allowed.
+  GOFLAGS= GOBIN="$stage" go install -v -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1 |
+    progress "$VERSION_DIR/build.log" || build_failed
+  say "  kwok built after $(since "$started")s"
+
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+    [[ -x "$stage/$b" ]] || die "build produced no $b"
+  done
+  "$stage/kube-apiserver" --version >&2
+
+  rm -rf "$BIN"
+  mv "$stage" "$BIN"
+  trap - EXIT
+  echo "$fingerprint" >"$VERSION_DIR/.complete"
+  say "binaries ready in $BIN (build took $(since "$started")s)"
+}
+
+# Copies go's -v output (one line per package) to LOG, saying every 250 packages.
+progress() {
+  tee -a "$1" | awk -v start="$(date +%s)" '
+    { n++ }
+    n % 250 == 0 { printf "[cp]   %d packages compiled (%ds)\n", n, systime() - start > "/dev/stderr" }' >/dev/null
+}
+
+build_failed() {
+  say "build failed; last lines of $VERSION_DIR/build.log:"
+  tail -n 30 "$VERSION_DIR/build.log" >&2
+  exit 1
+}
+
+ensure_built() {
+  if [[ ! -f "$VERSION_DIR/.complete" ]]; then
+    say "no binaries in $VERSION_DIR yet: building them first"
+    cmd_build
+  fi
+}
+
+# ---------------------------------------------------------------- ports
+
+# A free loopback port below the kernel's ephemeral range (so an outgoing
+# connection cannot grab it between here and the bind). Parallel `up`s
+# reserve ports with an atomic mkdir until their processes have bound them.
+# reserve_port VAR: sets VAR to the port.
+RESERVED=()
+reserve_port() {
+  local p _
+  mkdir -p "$PORTS_DIR"
+  for _ in $(seq 500); do
+    p=$((20000 + RANDOM % 12000))
+    if ss -Htan "( sport = :$p )" | grep -q .; then continue; fi
+    if mkdir "$PORTS_DIR/$p" 2>/dev/null; then
+      RESERVED+=("$p")
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+    # left behind by an `up` that was killed: nobody holds a port this long
+    find "$PORTS_DIR/$p" -maxdepth 0 -mmin +5 -exec rm -rf {} + 2>/dev/null || true
+  done
+  die "found no free loopback port in 20000-31999"
+}
+
+release_ports() {
+  local p
+  for p in "${RESERVED[@]}"; do rmdir "$PORTS_DIR/$p" 2>/dev/null || true; done
+  RESERVED=()
+}
+
+# ---------------------------------------------------------------- certificates
+
+new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# sign PKI NAME SUBJECT EXTENSIONS [CA]: a leaf certificate NAME.crt signed by CA (default ca)
+sign() {
+  local pki=$1 name=$2 subject=$3 ext=$4 ca=${5:-ca}
+  new_key "$pki/$name.key"
+  openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+make_pki() {
+  local pki=$1
+  mkdir -p "$pki"
+  new_key "$pki/ca.key"
+  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=gamezone-test-ca" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/ca.crt" 2>/dev/null
+  sign "$pki" apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  # system:masters: tests, the demo and the control plane components act as cluster admin.
+  sign "$pki" admin "/O=system:masters/CN=gamezone-admin" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  # The front proxy (aggregation layer) has a CA of its own, as kubeadm sets it up.
+  new_key "$pki/front-proxy-ca.key"
+  openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=gamezone-test-front-proxy-ca" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/front-proxy-ca.crt" 2>/dev/null
+  sign "$pki" front-proxy-client "/CN=front-proxy-client" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth" front-proxy-ca
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
+  openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+}
+
+b64() { base64 -w0 <"$1"; }
+
+write_kubeconfig() {
+  local dir=$1 port=$2
+  cat >"$dir/kubeconfig.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: gamezone
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $(b64 "$dir/pki/ca.crt")
+users:
+- name: gamezone-admin
+  user:
+    client-certificate-data: $(b64 "$dir/pki/admin.crt")
+    client-key-data: $(b64 "$dir/pki/admin.key")
+contexts:
+- name: gamezone
+  context:
+    cluster: gamezone
+    user: gamezone-admin
+    namespace: default
+current-context: gamezone
+EOF
+  mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
+}
+
+# ---------------------------------------------------------------- processes
+
+# True if PID runs (a zombie waiting for its reaper does not count).
+alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
+# Processes of the session led by $1: each component gets its own session,
+# so one signal to the group reaches anything it might have forked.
+group_alive() {
+  local p
+  for p in $(pgrep -s "$1" 2>/dev/null); do alive "$p" && return 0; done
+  alive "$1"
+}
+
+# start NAME CMD...: run CMD detached in its own session, logging to logs/NAME.log.
+start() {
+  local name=$1; shift
+  local pidfile="$DIR/logs/$name.pid"
+  rm -f "$pidfile"
+  # The inner shell writes its own pid, which is right whether or not setsid had to fork.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
+  local i
+  for i in $(seq 100); do [[ -s "$pidfile" ]] && break; sleep 0.01; done
+  [[ -s "$pidfile" ]] || die "$name did not start"
+  echo "$name $(cat "$pidfile")" >>"$DIR/pids"
+  rm -f "$pidfile"
+}
+
+# Fail fast with the log of any component that has exited.
+check_running() {
+  local name pid
+  while read -r name pid; do
+    if ! alive "$pid"; then
+      say "$name (pid $pid) exited; last lines of $DIR/logs/$name.log:"
+      tail -n 25 "$DIR/logs/$name.log" >&2 || true
+      return 1
+    fi
+  done <"$DIR/pids"
+}
+
+# wait_until SECONDS WHAT CMD...: poll CMD every 0.2s while all components live.
+wait_until() {
+  local timeout=$1 what=$2; shift 2
+  local deadline
+  deadline=$(($(date +%s) + timeout))
+  until "$@" >/dev/null 2>&1; do
+    check_running || die "control plane component died while waiting for $what"
+    (($(date +%s) < deadline)) || die "timed out after ${timeout}s waiting for $what (logs in $DIR/logs)"
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------- up
+
+nodes_manifest() {
+  local n=$1 i ip
+  for ((i = 1; i <= n; i++)); do
+    ip="10.0.1.$i"
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+spec:
+  podCIDR: 10.244.$i.0/24
+  podCIDRs: [10.244.$i.0/24]
+status:
+  addresses:
+  - {type: InternalIP, address: $ip}
+  - {type: Hostname, address: node-$i}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  nodeInfo: {architecture: amd64, operatingSystem: linux}
+EOF
+  done
+}
+
+cmd_up() {
+  local nodes=3 watch_pid=""
+  [[ $# -ge 1 ]] || usage
+  local dir_arg=$1; shift
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
+      --nodes=*) nodes=${1#*=}; shift ;;
+      --watch-pid) watch_pid=${2:?--watch-pid needs a pid}; shift 2 ;;
+      --watch-pid=*) watch_pid=${1#*=}; shift ;;
+      *) die "unknown option for up: $1" ;;
+    esac
+  done
+  [[ "$nodes" =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= MAX_NODES)) || die "--nodes must be 1..$MAX_NODES, got '$nodes'"
+  if [[ -n "$watch_pid" ]]; then
+    [[ "$watch_pid" =~ ^[0-9]+$ ]] && alive "$watch_pid" || die "--watch-pid $watch_pid is not a running process"
+  fi
+  require_tools openssl curl ss setsid pgrep base64
+  ensure_built
+
+  local started
+  started=$(now)
+  mkdir -p "$dir_arg"
+  DIR=$(cd "$dir_arg" && pwd)
+  if [[ -f "$DIR/pids" ]]; then
+    die "$DIR already holds a control plane (run: $SELF down $DIR)"
+  fi
+  touch "$DIR/.gamezone-controlplane"
+  mkdir -p "$DIR/logs"
+  : >"$DIR/pids"
+  trap 'up_failed' EXIT
+
+  local etcd_port etcd_peer_port api_port kcm_port sched_port
+  reserve_port etcd_port; reserve_port etcd_peer_port
+  reserve_port api_port; reserve_port kcm_port; reserve_port sched_port
+  printf 'etcd=%s\netcd-peer=%s\napiserver=%s\ncontroller-manager=%s\nscheduler=%s\n' \
+    "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" >"$DIR/ports"
+
+  local pki="$DIR/pki" kc="$DIR/kubeconfig"
+  make_pki "$pki"
+  write_kubeconfig "$DIR" "$api_port"
+
+  start etcd "$BIN/etcd" \
+    --name=gamezone \
+    --data-dir="$DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster="gamezone=http://127.0.0.1:$etcd_peer_port" \
+    --unsafe-no-fsync=true \
+    --log-level=warn
+
+  # Flags follow controller-runtime's envtest, with ServiceAccount admission
+  # kept on: the controller manager holds the signing key and creates the
+  # `default` ServiceAccount in every namespace, as in a real cluster.
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="$api_port" \
+    --cert-dir="$pki/apiserver" \
+    --tls-cert-file="$pki/apiserver.crt" \
+    --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$pki/front-proxy-client.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --authorization-mode=Node,RBAC \
+    --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    --shutdown-delay-duration=0s \
+    --profiling=false
+
+  local ca=(--cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key")
+  wait_until 120 "kube-apiserver /readyz" curl -fsS "${ca[@]}" "https://127.0.0.1:$api_port/readyz"
+  say "kube-apiserver ready after $(since "$started")s"
+
+  local auth=(--kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc")
+  start kube-controller-manager "$BIN/kube-controller-manager" "${auth[@]}" \
+    --leader-elect=false \
+    --bind-address=127.0.0.1 \
+    --secure-port="$kcm_port" \
+    --cert-dir="$pki/controller-manager" \
+    --controllers='*' \
+    --use-service-account-credentials=false \
+    --service-account-private-key-file="$pki/sa.key" \
+    --root-ca-file="$pki/ca.crt" \
+    --cluster-signing-cert-file="$pki/ca.crt" \
+    --cluster-signing-key-file="$pki/ca.key" \
+    --profiling=false
+
+  start kube-scheduler "$BIN/kube-scheduler" "${auth[@]}" \
+    --leader-elect=false \
+    --bind-address=127.0.0.1 \
+    --secure-port="$sched_port" \
+    --cert-dir="$pki/scheduler" \
+    --profiling=false
+
+  local stage_args=() f
+  for f in "$STAGES_DIR"/*.yaml; do stage_args+=(-c "$f"); done
+  start kwok "$BIN/kwok" \
+    --kubeconfig="$kc" \
+    --manage-all-nodes=true \
+    --cidr="$POD_CIDR" \
+    --node-lease-duration-seconds=40 \
+    "${stage_args[@]}"
+
+  local kubectl=("$BIN/kubectl" --kubeconfig="$kc")
+  nodes_manifest "$nodes" | "${kubectl[@]}" create -f - >/dev/null
+
+  wait_until 60 "kube-controller-manager /healthz" curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
+  wait_until 60 "kube-scheduler /readyz" curl -fsSk "https://127.0.0.1:$sched_port/readyz"
+  wait_until 60 "$nodes Ready nodes" all_nodes_ready "$nodes"
+  wait_until 60 "ServiceAccount default/default" "${kubectl[@]}" get serviceaccount default -n default
+
+  if [[ -n "$watch_pid" ]]; then start_watchdog "$watch_pid"; fi
+
+  release_ports
+  trap - EXIT
+  say "control plane with $nodes nodes up in $(since "$started")s (logs in $DIR/logs; stop: $SELF down $DIR)"
+  echo "export KUBECONFIG=$kc"
+  echo "$kc"
+}
+
+all_nodes_ready() {
+  local want=$1 ready
+  ready=$("$BIN/kubectl" --kubeconfig="$DIR/kubeconfig" get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')
+  [[ "$ready" -ge "$want" ]]
+}
+
+# Tears the control plane down once PID exits, so a crashed test run leaves nothing behind.
+start_watchdog() {
+  local pidfile="$DIR/watchdog.pid"
+  setsid bash -c '
+    echo $$ >"$0"
+    watched=$1 dir=$2 self=$3
+    running() { [[ -e /proc/$watched ]] && [[ $(awk "{ print \$3 }" /proc/$watched/stat 2>/dev/null) != Z ]]; }
+    while running && [[ -e $dir/pids ]]; do sleep 1; done
+    [[ -e $dir/pids ]] && exec "$self" down "$dir"
+  ' "$pidfile" "$1" "$DIR" "$SELF" </dev/null >>"$DIR/logs/watchdog.log" 2>&1 &
+}
+
+up_failed() {
+  local rc=$?
+  release_ports
+  say "up failed (exit $rc); stopping what was started, state kept in $DIR"
+  cmd_down "$DIR" --keep || true
+}
+
+# ---------------------------------------------------------------- down
+
+# stop_groups PID...: SIGTERM each process group, SIGKILL what is left after 5s.
+stop_groups() {
+  (($#)) || return 0
+  local pid left
+  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  local deadline=$(($(date +%s) + 5))
+  while :; do
+    left=()
+    for pid in "$@"; do if group_alive "$pid"; then left+=("$pid"); fi; done
+    ((${#left[@]} == 0)) && return 0
+    (($(date +%s) < deadline)) || break
+    sleep 0.1
+  done
+  for pid in "${left[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
+  sleep 0.2
+  for pid in "${left[@]}"; do group_alive "$pid" && say "warning: pid $pid survived SIGKILL"; done
+  return 0
+}
+
+cmd_down() {
+  [[ $# -ge 1 ]] || usage
+  local dir_arg=$1 keep=false
+  shift
+  [[ "${1:-}" == --keep ]] && keep=true
+  [[ -d "$dir_arg" ]] || { say "$dir_arg does not exist: nothing to stop"; return 0; }
+  local dir
+  dir=$(cd "$dir_arg" && pwd)
+
+  # The watchdog itself may be the caller (it execs `down`): do not kill ourselves.
+  if [[ -f "$dir/watchdog.pid" ]]; then
+    local w
+    w=$(cat "$dir/watchdog.pid")
+    if [[ "$w" != "$$" ]] && alive "$w"; then kill -TERM -- "-$w" 2>/dev/null || kill -TERM "$w" 2>/dev/null || true; fi
+    rm -f "$dir/watchdog.pid"
+  fi
+
+  local names=() pids=() name pid
+  if [[ -f "$dir/pids" ]]; then
+    while read -r name pid; do names+=("$name"); pids+=("$pid"); done <"$dir/pids"
+  fi
+  # Clients first, etcd last: an apiserver that loses etcd first shuts down slowly.
+  local clients=() storage=() i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    if [[ ${names[i]} == etcd ]]; then storage+=("${pids[i]}"); else clients+=("${pids[i]}"); fi
+  done
+  stop_groups "${clients[@]}"
+  stop_groups "${storage[@]}"
+  rm -f "$dir/pids"
+
+  if [[ $keep == false && -f "$dir/.gamezone-controlplane" ]]; then
+    rm -rf "$dir"
+  fi
+  say "control plane in $dir stopped"
+}
+
+# ---------------------------------------------------------------- status, kubectl
+
+cmd_status() {
+  [[ $# -ge 1 ]] || usage
+  local dir
+  dir=$(cd "$1" && pwd)
+  [[ -f "$dir/pids" ]] || die "no control plane in $dir"
+  local name pid rss total=0
+  printf '%-24s %8s %10s\n' COMPONENT PID RSS_MiB
+  while read -r name pid; do
+    if alive "$pid"; then
+      rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+      total=$((total + rss))
+      printf '%-24s %8s %10.1f\n' "$name" "$pid" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
+    else
+      printf '%-24s %8s %10s\n' "$name" "$pid" dead
+    fi
+  done <"$dir/pids"
+  printf '%-24s %8s %10.1f\n' total "" "$(awk -v k="$total" 'BEGIN { print k / 1024 }')"
+}
+
+cmd_kubectl() {
+  [[ $# -ge 1 ]] || usage
+  local dir=$1; shift
+  [[ -f "$dir/kubeconfig" ]] || die "no kubeconfig in $dir"
+  exec "$BIN/kubectl" --kubeconfig="$dir/kubeconfig" "$@"
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  local sub=$1; shift
+  case $sub in
+    build) cmd_build "$@" ;;
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    status) cmd_status "$@" ;;
+    kubectl) cmd_kubectl "$@" ;;
+    -h | --help | help) usage ;;
+    *) die "unknown subcommand '$sub' (build, up, down, status, kubectl)" ;;
+  esac
+}
+
+main "$@"
