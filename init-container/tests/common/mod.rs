@@ -1,0 +1,419 @@
+//! Real servers on loopback for the integration tests: git daemon, git smart HTTP behind basic
+//! auth (git-http-backend as CGI), s3s-fs with signature checking, and a static file server.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t"))
+}
+
+/// A non-bare repository served by the test servers.
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn init(root: &Path, name: &str) -> Repo {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        git(
+            &dir,
+            &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+        );
+        git(&dir, &["config", "http.receivepack", "false"]);
+        Repo { dir }
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn commit(&self, msg: &str) -> String {
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+}
+
+/// A process killed on drop.
+pub struct Server {
+    pub port: u16,
+    pub child: Option<Child>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn git_daemon(base: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--base-path={}", base.display()))
+        .arg(format!("--port={port}"))
+        .arg(base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    wait_port(port);
+    Server {
+        port,
+        child: Some(child),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let mut body = Vec::new();
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        r.read_exact(&mut body).ok()?;
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target.clone(), String::new()), |(p, q)| {
+            (p.to_owned(), q.to_owned())
+        });
+    Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
+}
+
+fn respond(s: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let _ = s.write_all(out.as_bytes());
+    let _ = s.write_all(body);
+}
+
+fn serve(handler: impl Fn(Request, &mut TcpStream) + Send + Sync + 'static) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = Arc::new(handler);
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            if st.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let h = handler.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                if let Some(req) = read_request(&mut r) {
+                    h(req, &mut w);
+                }
+            });
+        }
+    });
+    Server {
+        port,
+        child: None,
+        stop,
+    }
+}
+
+/// git smart HTTP behind basic auth (`user`/`password`), via git-http-backend as CGI.
+pub fn git_http(project_root: &Path, user: &str, password: &str) -> Server {
+    let root = project_root.to_owned();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let backend =
+        PathBuf::from(run(Command::new("git").arg("--exec-path"))).join("git-http-backend");
+    serve(move |req, s| {
+        if req.headers.get("authorization") != Some(&expected) {
+            respond(
+                s,
+                "401 Unauthorized",
+                &[("WWW-Authenticate".into(), "Basic realm=\"git\"".into())],
+                b"unauthorized",
+            );
+            return;
+        }
+        let mut cmd = Command::new(&backend);
+        cmd.env_clear()
+            .env("GIT_PROJECT_ROOT", &root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("PATH_INFO", &req.path)
+            .env("QUERY_STRING", &req.query)
+            .env("REQUEST_METHOD", &req.method)
+            .env(
+                "CONTENT_TYPE",
+                req.headers.get("content-type").cloned().unwrap_or_default(),
+            )
+            .env("CONTENT_LENGTH", req.body.len().to_string())
+            .env("REMOTE_USER", "user")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(p) = req.headers.get("git-protocol") {
+            cmd.env("GIT_PROTOCOL", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let body = req.body;
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        let split = out
+            .stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, 4))
+            .or_else(|| {
+                out.stdout
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|i| (i, 2))
+            });
+        let Some((i, n)) = split else {
+            respond(s, "500 Internal Server Error", &[], b"bad cgi output");
+            return;
+        };
+        let head = String::from_utf8_lossy(&out.stdout[..i]).into_owned();
+        let mut status = "200 OK".to_owned();
+        let mut headers = Vec::new();
+        for l in head.lines() {
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("status") {
+                    status = v.trim().to_owned();
+                } else {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+        }
+        respond(s, &status, &headers, &out.stdout[i + n..]);
+    })
+}
+
+/// Serves files below `dir` (GET, with Range), optionally cutting the connection after `cut_after`
+/// bytes of a body (once) to simulate a server dying mid-transfer.
+pub fn file_server(dir: &Path, cut_after: Option<u64>) -> (Server, Arc<AtomicU64>) {
+    let dir = dir.to_owned();
+    let served = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(cut_after.is_some()));
+    let count = served.clone();
+    let server = serve(move |req, s| {
+        let p = dir.join(req.path.trim_start_matches('/'));
+        let Ok(data) = std::fs::read(&p) else {
+            respond(s, "404 Not Found", &[], b"");
+            return;
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        let start = req
+            .headers
+            .get("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+        let (status, body) = match start {
+            Some(o) => ("206 Partial Content", &data[o.min(data.len())..]),
+            None => ("200 OK", &data[..]),
+        };
+        if let Some(limit) = cut_after
+            && cut.swap(false, Ordering::SeqCst)
+            && (limit as usize) < body.len()
+        {
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body[..limit as usize]);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        respond(s, status, &[], body);
+    });
+    (server, served)
+}
+
+pub const AK: &str = "AKIATESTKEY";
+pub const SK: &str = "s3cr3t-Secret-Key-42";
+
+pub fn s3s_fs_binary() -> PathBuf {
+    let p = std::env::var_os("GAMEZONE_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/gamezone/tools/s3s-fs-0.14.1/bin/s3s-fs"));
+    assert!(
+        p.is_file(),
+        "s3s-fs not found at {} — run init-container/tests/install-test-tools.sh (or set GAMEZONE_S3S_FS)",
+        p.display()
+    );
+    p
+}
+
+/// s3s-fs serving `dir` (buckets are its subdirectories) with signature checking.
+pub fn s3_server(dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(s3s_fs_binary())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            AK,
+            "--secret-key",
+            SK,
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs");
+    wait_port(port);
+    Server {
+        port,
+        child: Some(child),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+/// Writes `<secrets>/<name>/<key>` files.
+pub fn secret(secrets: &Path, name: &str, kv: &[(&str, &str)]) {
+    let d = secrets.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for (k, v) in kv {
+        std::fs::write(d.join(k), v).unwrap();
+    }
+}
+
+pub fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p.as_ref())
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gamezone-init"))
+}
