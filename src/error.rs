@@ -35,6 +35,9 @@ pub enum Error {
     /// A finalizer step failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Work is under way elsewhere (pods terminating ...); try again shortly.
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// An object could not be (de)serialized.
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -50,6 +53,7 @@ impl Error {
             Error::Artifacts(_) => "ArtifactsFailed",
             Error::Kube(_) => "ApiError",
             Error::Finalizer(_) => "FinalizerFailed",
+            Error::Waiting(_) => "Waiting",
             Error::Serialization(_) => "SerializationFailed",
         }
     }

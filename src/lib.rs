@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 mod error;
 pub use error::{Error, Result};
 pub mod controller;
 pub mod ports;
+pub mod telemetry;
 pub mod zone;

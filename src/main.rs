@@ -1,3 +1,9 @@
-fn main() {
-    print!("{}", gamezone::api::crds_yaml());
+//! The `gamezone` binary: the operator (`run`) and its tools (`crd`, `render`).
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = gamezone::cli::Cli::parse();
+    gamezone::telemetry::init(cli.log_format);
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(cli.run())
 }

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{GamePort, PortProtocol};
+use super::{GamePort, PortPolicy, PortProtocol};
 
 /// One service instance (`<zone>-<type>-<id>`): its ports and the pod that runs it.
 /// Made and updated by the zone controller; the server controller runs its Pod.
@@ -123,4 +123,10 @@ pub struct PortStatus {
     pub host_port: Option<i32>,
     /// Protocol.
     pub protocol: PortProtocol,
+    /// Container listening on the port.
+    #[serde(default)]
+    pub container: String,
+    /// Policy the port was allocated under.
+    #[serde(default)]
+    pub policy: PortPolicy,
 }

@@ -80,7 +80,7 @@ pub struct GameZoneSpec {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.endId) || self.id <= self.endId", "message": "endId must be >= id"},
     {"rule": "!has(self.endId) || self.endId - self.id < 1000", "message": "a range may hold at most 1000 instances"},
-    {"rule": "self.ports.all(a, self.ports.exists_one(b, b.name == a.name))", "message": "port names must be unique within a service"}
+    {"rule": "!has(self.ports) || self.ports.all(a, self.ports.exists_one(b, b.name == a.name))", "message": "port names must be unique within a service"}
 ]))]
 pub struct ServiceSpec {
     /// Service type (game, db, gateway, auth ...): a DNS label passed to the image as its first argument.
@@ -221,6 +221,9 @@ pub struct GameZoneStatus {
     /// Short digest over all pinned revisions, shown by `kubectl get gz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_revision: Option<String>,
+    /// Hash of the `spec.artifacts` the pins were resolved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_hash: Option<String>,
     /// When the artifacts were last resolved (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts_resolved_at: Option<String>,

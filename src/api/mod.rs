@@ -28,8 +28,7 @@ pub const MANAGER: &str = "gamezone";
 pub const TEMPLATE_HASH_ANNOTATION: &str = "gamezone.dev/template-hash";
 
 /// Every CRD of the API, in the order they should be applied.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![GameZone::crd(), GameServer::crd()]
 }

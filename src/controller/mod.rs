@@ -1,1 +1,190 @@
-//! Reconcilers.
+//! The zone and server controllers, and the runtime around them: leader election, HTTP
+//! endpoints (`/metrics`, `/healthz`, `/readyz`), shutdown.
+
+pub mod conditions;
+mod http;
+pub mod leader;
+pub mod metrics;
+pub mod ports;
+mod server;
+mod zone;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::MANAGER;
+use crate::zone::BuildConfig;
+use crate::{Error, Result};
+
+pub use metrics::Metrics;
+
+/// Finalizer the zone controller puts on every GameZone.
+pub const ZONE_FINALIZER: &str = "gamezone.dev/cleanup";
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// What zones build (init-container image ...).
+    pub build: BuildConfig,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Reconciles run at once per controller.
+    pub concurrency: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// Host port ranges for the Dynamic and Passthrough policies.
+    pub port_ranges: crate::ports::PortRanges,
+    /// Take a Lease before acting, so only one replica reconciles.
+    pub leader_election: Option<leader::LeaseConfig>,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator settings.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Nodes, for node addresses in GameServer status.
+    pub nodes: Store<Node>,
+    /// Host port tables.
+    pub ports: ports::SharedAllocator,
+}
+
+impl Context {
+    /// Publishes an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Server-side applies `obj` with the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?)
+}
+
+/// Server-side applies a status with the operator's field manager.
+pub async fn apply_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Api for `K` in the configured scope.
+pub fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the operator until a shutdown signal.
+pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
+    let http = tokio::spawn(http::serve(config.http_addr, metrics.clone(), ready.clone()));
+
+    let _lease = match &config.leader_election {
+        Some(lease) => Some(leader::acquire(client.clone(), lease.clone()).await?),
+        None => None,
+    };
+
+    // Rebuild port tables from what exists before any reconcile can hand out a port.
+    let node_api = Api::<Node>::all(client.clone());
+    let mut allocator = crate::ports::PortAllocator::new(config.port_ranges.clone());
+    let known_nodes = node_api.list(&Default::default()).await?.items;
+    let known_servers =
+        scoped::<crate::api::GameServer>(&client, &config.namespace).list(&Default::default()).await?.items;
+    ports::rebuild(&mut allocator, &known_nodes, &known_servers);
+
+    let (nodes, writer) = reflector::store();
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config,
+        metrics,
+        nodes,
+        ports: std::sync::Mutex::new(allocator),
+    });
+    let node_ctx = ctx.clone();
+    // Nodes joining and leaving change port capacity live.
+    let node_watch =
+        watcher(node_api, watcher::Config::default()).default_backoff().reflect(writer).for_each(move |event| {
+            let mut alloc = node_ctx.ports.lock().expect("allocator lock");
+            match event {
+                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                    if ports::node_usable(&node) {
+                        alloc.node_added(&node.name_any());
+                    } else if alloc.nodes().any(|n| n == node.name_any()) {
+                        alloc.node_removed(&node.name_any());
+                    }
+                }
+                Ok(watcher::Event::Delete(node)) => {
+                    alloc.node_removed(&node.name_any());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "node watch failed; retrying"),
+            }
+            futures::future::ready(())
+        });
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!("controllers starting");
+    tokio::select! {
+        _ = zone::run(ctx.clone()) => {},
+        _ = server::run(ctx.clone()) => {},
+        _ = node_watch => {},
+        r = http => { r??; }
+    }
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+/// Requeue delay after an error: user errors wait for a change, others back off briefly.
+fn requeue_after(err: &Error) -> Duration {
+    if err.is_user_error() { Duration::from_secs(120) } else { Duration::from_secs(5) }
+}
+
+/// Short label of an object for logs.
+fn key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}

@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use gamezone_init::plan::Layer;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -63,10 +62,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The labels every object of a zone carries.
 pub fn zone_labels(zone: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (ZONE_LABEL.to_string(), zone.to_string()),
-        (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
-    ])
+    BTreeMap::from([(ZONE_LABEL.to_string(), zone.to_string()), (MANAGED_BY_LABEL.to_string(), MANAGER.to_string())])
 }
 
 /// Label selector matching every object of a zone.
@@ -164,17 +160,26 @@ pub fn artifacts_mount(zone: &GameZone) -> Result<Option<ArtifactsMount>> {
     for (i, layer) in zone.spec.artifacts.iter().enumerate() {
         let field = format!("spec.artifacts[{i}].path");
         if !layer.path.starts_with('/') {
-            return Err(Error::invalid(field, format!("{:?} must be an absolute path inside the containers, e.g. /app/artifacts", layer.path)));
+            return Err(Error::invalid(
+                field,
+                format!("{:?} must be an absolute path inside the containers, e.g. /app/artifacts", layer.path),
+            ));
         }
         let parts: Vec<&str> = layer.path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
         if parts.contains(&"..") {
             return Err(Error::invalid(field, format!("{:?} must not contain ..", layer.path)));
         }
         if parts.is_empty() {
-            return Err(Error::invalid(field, "the artifacts cannot be mounted at /; use a folder such as /app/artifacts"));
+            return Err(Error::invalid(
+                field,
+                "the artifacts cannot be mounted at /; use a folder such as /app/artifacts",
+            ));
         }
         if layer.source().is_none() {
-            return Err(Error::invalid(format!("spec.artifacts[{i}]"), "set exactly one source: git, s3, p4Export or local"));
+            return Err(Error::invalid(
+                format!("spec.artifacts[{i}]"),
+                "set exactly one source: git, s3, p4Export or local",
+            ));
         }
         split.push(parts);
     }
@@ -225,7 +230,9 @@ struct ArtifactsPod {
 }
 
 fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<ArtifactsPod>> {
-    let Some(mount) = artifacts_mount(zone)? else { return Ok(None) };
+    let Some(mount) = artifacts_mount(zone)? else {
+        return Ok(None);
+    };
     let name = zone.name_any();
     let artifacts_volume = match &zone.spec.shared_artifacts {
         Some(_) => Volume {
@@ -243,11 +250,8 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
         },
     };
     let mut volumes = vec![artifacts_volume];
-    let mut init_mounts = vec![VolumeMount {
-        name: ARTIFACTS_VOLUME.into(),
-        mount_path: INIT_ROOT.into(),
-        ..Default::default()
-    }];
+    let mut init_mounts =
+        vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: INIT_ROOT.into(), ..Default::default() }];
     for (i, secret) in secret_names(&mount.layers).into_iter().enumerate() {
         let volume = format!("artifacts-secret-{i}");
         init_mounts.push(VolumeMount {
@@ -266,13 +270,7 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
         name: INIT_CONTAINER.into(),
         image: Some(cfg.init_image.clone()),
         command: Some(vec!["gamezone-init".into()]),
-        args: Some(vec![
-            "apply".into(),
-            "--root".into(),
-            INIT_ROOT.into(),
-            "--secrets-dir".into(),
-            SECRETS_DIR.into(),
-        ]),
+        args: Some(vec!["apply".into(), "--root".into(), INIT_ROOT.into(), "--secrets-dir".into(), SECRETS_DIR.into()]),
         env: Some(vec![
             env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
             env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
@@ -329,24 +327,25 @@ fn database_env(zone: &GameZone) -> Vec<EnvVar> {
 }
 
 fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>> {
-    (!zone.spec.image_pull_secrets.is_empty()).then(|| {
-        zone.spec
-            .image_pull_secrets
-            .iter()
-            .map(|n| LocalObjectReference { name: n.clone() })
-            .collect()
-    })
+    (!zone.spec.image_pull_secrets.is_empty())
+        .then(|| zone.spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect())
 }
 
 /// The pod template of one instance. Ports are added by the server controller once allocated.
-pub fn server_template(zone: &GameZone, instance: &Instance<'_>, pins: &[String], cfg: &BuildConfig) -> Result<PodTemplateSpec> {
+pub fn server_template(
+    zone: &GameZone,
+    instance: &Instance<'_>,
+    pins: &[String],
+    cfg: &BuildConfig,
+) -> Result<PodTemplateSpec> {
     let zone_name = zone.name_any();
     let service = instance.service;
-    let image = service
-        .image
-        .clone()
-        .or_else(|| zone.spec.default_image.clone())
-        .ok_or_else(|| Error::invalid(format!("spec.services[{}].image", instance.service_index), "no image: set spec.defaultImage or this service's image"))?;
+    let image = service.image.clone().or_else(|| zone.spec.default_image.clone()).ok_or_else(|| {
+        Error::invalid(
+            format!("spec.services[{}].image", instance.service_index),
+            "no image: set spec.defaultImage or this service's image",
+        )
+    })?;
     let mut labels = zone_labels(&zone_name);
     labels.insert(TYPE_LABEL.into(), service.type_.clone());
     labels.insert(ID_LABEL.into(), instance.id.to_string());
@@ -456,7 +455,11 @@ fn service_ports(ports: &[GamePort]) -> Vec<ServicePort> {
                 PortProtocol::Tcpudp => &["TCP", "UDP"],
             };
             protocols.iter().map(move |proto| ServicePort {
-                name: Some(if protocols.len() > 1 { format!("{}-{}", p.name, proto.to_lowercase()) } else { p.name.clone() }),
+                name: Some(if protocols.len() > 1 {
+                    format!("{}-{}", p.name, proto.to_lowercase())
+                } else {
+                    p.name.clone()
+                }),
                 port,
                 protocol: Some((*proto).into()),
                 target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)),
@@ -476,7 +479,14 @@ fn expand_hostname(template: &str, zone: &GameZone, type_: &str, id: Option<i64>
         .replace("{zoneId}", &zone.spec.zone_id.to_string())
 }
 
-fn exposing_service(zone: &GameZone, name: String, selector: BTreeMap<String, String>, ports: &[GamePort], exposure: &Exposure, hostname: Option<String>) -> Service {
+fn exposing_service(
+    zone: &GameZone,
+    name: String,
+    selector: BTreeMap<String, String>,
+    ports: &[GamePort],
+    exposure: &Exposure,
+    hostname: Option<String>,
+) -> Service {
     let mut labels = selector.clone();
     labels.extend(zone_labels(&zone.name_any()));
     let mut annotations = exposure.annotations.clone();
@@ -517,7 +527,9 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
         status: None,
     }];
     for service in &zone.spec.services {
-        let Some(expose) = &service.expose else { continue };
+        let Some(expose) = &service.expose else {
+            continue;
+        };
         if let Some(exposure) = &expose.per_type {
             let selector = BTreeMap::from([
                 (ZONE_LABEL.to_string(), zone_name.clone()),
@@ -531,7 +543,8 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
             for id in service.ids() {
                 let name = server_name(&zone_name, &service.type_, id);
                 let selector = BTreeMap::from([(SERVER_LABEL.to_string(), name.clone())]);
-                let hostname = exposure.hostname.as_deref().map(|h| expand_hostname(h, zone, &service.type_, Some(id), &name));
+                let hostname =
+                    exposure.hostname.as_deref().map(|h| expand_hostname(h, zone, &service.type_, Some(id), &name));
                 out.push(exposing_service(zone, name, selector, &service.ports, exposure, hostname));
             }
         }
@@ -601,10 +614,8 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
         return Ok(None);
     };
     let zone_name = zone.name_any();
-    let mut env_vars = vec![
-        env("GAMEZONE_ZONE", zone_name.clone()),
-        env("GAMEZONE_ZONE_ID", zone.spec.zone_id.to_string()),
-    ];
+    let mut env_vars =
+        vec![env("GAMEZONE_ZONE", zone_name.clone()), env("GAMEZONE_ZONE_ID", zone.spec.zone_id.to_string())];
     env_vars.extend(database_env(zone));
     env_vars.extend(migration.env.iter().cloned());
     let mut volumes = Vec::new();
@@ -662,4 +673,9 @@ pub fn artifacts_claim(zone: &GameZone) -> Option<PersistentVolumeClaim> {
         }),
         status: None,
     })
+}
+
+/// Identity of what a GameServer's pod is made from; a change replaces the pod.
+pub fn server_template_hash(spec: &GameServerSpec) -> String {
+    hash_of(&(&spec.template, &spec.ports))
 }

@@ -1,0 +1,178 @@
+//! Command-line interface of the `gamezone` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::ResourceExt;
+
+use crate::api::GameZone;
+use crate::controller::{self, leader::LeaseConfig};
+use crate::telemetry::LogFormat;
+use crate::zone::{self, BuildConfig};
+
+/// GameZone: one object in, a running game zone out.
+#[derive(Debug, Parser)]
+#[command(name = "gamezone", version)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "GAMEZONE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Print, offline, every object a GameZone file would create.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Kubeconfig to use; in-cluster config or $KUBECONFIG when empty.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace; all when empty.
+    #[arg(long, env = "GAMEZONE_NAMESPACE")]
+    namespace: Option<String>,
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Reconciles at once per controller.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "GAMEZONE_HTTP_ADDR")]
+    http_addr: SocketAddr,
+    /// Host port ranges for the Dynamic and Passthrough policies, e.g. `7000-7999,9000-9099`.
+    #[arg(long, default_value = "7000-7999", env = "GAMEZONE_PORT_RANGE")]
+    port_range: String,
+    /// Hold a Lease so that only one replica acts.
+    #[arg(long, env = "GAMEZONE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gamezone-system")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "gamezone-operator")]
+    lease_name: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// Image with the gamezone-init binary, run as the init-container of every pod with artifacts.
+    #[arg(long, env = "GAMEZONE_INIT_IMAGE", default_value = "ghcr.io/gamezone-dev/gamezone:0.1.0")]
+    init_image: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// The GameZone file (YAML or JSON); `-` for standard input.
+    #[arg(short = 'f', long)]
+    file: PathBuf,
+    /// Pinned revisions, one per artifact layer, as a JSON list; unpinned (resolved by each
+    /// init-container) when empty.
+    #[arg(long)]
+    revisions: Option<String>,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Crd => {
+                print!("{}", crate::api::crds_yaml());
+                Ok(())
+            }
+            Command::Render(args) => {
+                print!("{}", render(&args)?);
+                Ok(())
+            }
+            Command::Run(args) => run(args).await,
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let port_ranges =
+        args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("gamezone-{}", std::process::id()));
+    controller::run(
+        client,
+        controller::Config {
+            build: BuildConfig { init_image: args.build.init_image },
+            namespace: args.namespace,
+            concurrency: args.concurrency,
+            http_addr: args.http_addr,
+            port_ranges,
+            leader_election: args.leader_elect.then(|| LeaseConfig {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity,
+                duration: Duration::from_secs(args.lease_duration),
+            }),
+        },
+    )
+    .await
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<String> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let mut zone: GameZone =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not a GameZone", args.file.display()))?;
+    if zone.namespace().is_none() {
+        zone.metadata.namespace = Some("default".into());
+    }
+    let pins: Vec<String> = match &args.revisions {
+        Some(json) => serde_json::from_str(json).context("--revisions must be a JSON list of strings")?,
+        None => vec![String::new(); zone.spec.artifacts.len()],
+    };
+    let cfg = BuildConfig { init_image: args.build.init_image.clone() };
+    zone::validate(&zone)?;
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    if let Some(claim) = zone::artifacts_claim(&zone) {
+        docs.push(serde_json::to_value(claim)?);
+    }
+    if let Some(job) = zone::migration_job(&zone, &pins, &cfg)? {
+        docs.push(serde_json::to_value(job)?);
+    }
+    for gs in zone::game_servers(&zone, &pins, &cfg)? {
+        docs.push(serde_json::to_value(gs)?);
+    }
+    for svc in zone::services(&zone) {
+        docs.push(serde_json::to_value(svc)?);
+    }
+    docs.push(serde_json::to_value(zone::topology(&zone, &Default::default()))?);
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,102 @@
+//! Prometheus metrics of the controllers, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-controller series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `zone` or `server`.
+    pub controller: &'static str,
+}
+
+/// Labels of error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `zone` or `server`.
+    pub controller: &'static str,
+    /// The error's reason.
+    pub reason: &'static str,
+}
+
+/// Labels of managed-object gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Object kind.
+    pub kind: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    /// Reconciles run.
+    pub reconciles: Family<ControllerLabels, Counter>,
+    /// Reconciles that failed, by reason.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Reconcile durations in seconds.
+    pub durations: Family<ControllerLabels, Histogram>,
+    /// Objects the operator currently manages, by kind.
+    pub managed: Family<KindLabels, Gauge>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gamezone");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let managed = Family::<KindLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
+        registry.register("reconcile_duration_seconds", "Reconcile durations", durations.clone());
+        registry.register("managed_objects", "Objects managed, by kind", managed.clone());
+        Self { reconciles, errors, durations, managed, registry }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and returns a guard that records its duration when dropped.
+    pub fn start(&self, controller: &'static str) -> Timer<'_> {
+        self.reconciles.get_or_create(&ControllerLabels { controller }).inc();
+        Timer { metrics: self, controller, start: std::time::Instant::now() }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn error(&self, controller: &'static str, reason: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { controller, reason }).inc();
+    }
+
+    /// The registry to extend with more metrics (e.g. port usage) before serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode to a String");
+        out
+    }
+}
+
+/// Records a reconcile's duration on drop.
+pub struct Timer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    start: std::time::Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .durations
+            .get_or_create(&ControllerLabels { controller: self.controller })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,137 @@
+//! Glue between GameServers and the pure port allocator: requests from the spec, status from
+//! allocations, the rebuild at start, and nodes joining and leaving.
+
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+
+use crate::api::{GamePort, GameServer, PortPolicy, PortProtocol, PortStatus};
+use crate::ports::{self, Allocation, PortAllocator, PortRequest, Protocol};
+use crate::zone::SERVER_CONTAINER;
+
+/// The operator's one allocator.
+pub type SharedAllocator = Mutex<PortAllocator>;
+
+/// Allocator key of a GameServer.
+pub fn server_key(gs: &GameServer) -> String {
+    format!("{}/{}", gs.namespace().unwrap_or_default(), gs.name_any())
+}
+
+fn to_policy(p: PortPolicy) -> ports::PortPolicy {
+    match p {
+        PortPolicy::Dynamic => ports::PortPolicy::Dynamic,
+        PortPolicy::Static => ports::PortPolicy::Static,
+        PortPolicy::Passthrough => ports::PortPolicy::Passthrough,
+        PortPolicy::None => ports::PortPolicy::None,
+    }
+}
+
+fn from_policy(p: ports::PortPolicy) -> PortPolicy {
+    match p {
+        ports::PortPolicy::Dynamic => PortPolicy::Dynamic,
+        ports::PortPolicy::Static => PortPolicy::Static,
+        ports::PortPolicy::Passthrough => PortPolicy::Passthrough,
+        ports::PortPolicy::None => PortPolicy::None,
+    }
+}
+
+fn to_protocol(p: PortProtocol) -> Protocol {
+    match p {
+        PortProtocol::Tcp => Protocol::Tcp,
+        PortProtocol::Udp => Protocol::Udp,
+        PortProtocol::Tcpudp => Protocol::TcpUdp,
+    }
+}
+
+fn from_protocol(p: Protocol) -> PortProtocol {
+    match p {
+        Protocol::Tcp => PortProtocol::Tcp,
+        Protocol::Udp => PortProtocol::Udp,
+        Protocol::TcpUdp => PortProtocol::Tcpudp,
+    }
+}
+
+/// The allocator's requests for a GameServer's ports.
+pub fn requests(ports: &[GamePort]) -> Vec<PortRequest> {
+    ports
+        .iter()
+        .map(|p| PortRequest {
+            name: p.name.clone(),
+            container: p.container.clone().unwrap_or_else(|| SERVER_CONTAINER.to_string()),
+            container_port: p.container_port.and_then(|c| u16::try_from(c).ok()),
+            host_port: p.host_port.and_then(|h| u16::try_from(h).ok()),
+            protocol: to_protocol(p.protocol),
+            policy: to_policy(p.policy),
+        })
+        .collect()
+}
+
+/// Status entries of allocations.
+pub fn status_of(allocations: &[Allocation]) -> Vec<PortStatus> {
+    allocations
+        .iter()
+        .map(|a| PortStatus {
+            name: a.name.clone(),
+            port: i32::from(a.host_port.unwrap_or(a.container_port)),
+            container_port: i32::from(a.container_port),
+            host_port: a.host_port.map(i32::from),
+            protocol: from_protocol(a.protocol),
+            container: a.container.clone(),
+            policy: from_policy(a.policy),
+        })
+        .collect()
+}
+
+/// Allocations recorded in a status (for the rebuild at start).
+pub fn allocations_of(status: &[PortStatus]) -> Vec<Allocation> {
+    status
+        .iter()
+        .map(|p| Allocation {
+            name: p.name.clone(),
+            container: p.container.clone(),
+            container_port: p.container_port as u16,
+            host_port: p.host_port.map(|h| h as u16),
+            protocol: to_protocol(p.protocol),
+            policy: to_policy(p.policy),
+        })
+        .collect()
+}
+
+/// Whether a node can run game servers (Ready and schedulable).
+pub fn node_usable(node: &Node) -> bool {
+    let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    schedulable && ready
+}
+
+/// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
+/// out twice after a restart.
+pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer]) {
+    for node in nodes.iter().filter(|n| node_usable(n)) {
+        alloc.node_added(&node.name_any());
+    }
+    let mut restored = 0;
+    for gs in servers {
+        let Some(status) = &gs.status else { continue };
+        if status.ports.is_empty() {
+            continue;
+        }
+        let node = status.node_name.as_deref();
+        match alloc.restore(&server_key(gs), allocations_of(&status.ports), node) {
+            Ok(report) if !report.over_committed_ports.is_empty() => {
+                tracing::warn!(server = %server_key(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");
+                restored += 1;
+            }
+            Ok(_) => restored += 1,
+            Err(e) => {
+                tracing::warn!(server = %server_key(gs), error = %e, "could not restore ports; the server will get new ones")
+            }
+        }
+    }
+    tracing::info!(nodes = alloc.node_count(), servers = restored, "port allocations rebuilt");
+}
