@@ -134,11 +134,7 @@ pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
         .prefix(".staging-")
         .tempdir_in(&trees)
         .map_err(dest_err(&trees, "create staging directory"))?;
-    let writer = Arc::new(TreeWriter::new(
-        staging.path().to_owned(),
-        opts.limits,
-        opts.progress.clone(),
-    ));
+    let writer = Arc::new(TreeWriter::new(staging.path().to_owned(), opts.limits, opts.progress.clone()));
 
     for (i, layer) in opts.layers.iter().enumerate() {
         let layer_started = Instant::now();
@@ -146,10 +142,8 @@ pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
         let p = prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?;
         opts.progress.layer_started(i, &p.ctx.src);
         let dest = paths::join(&paths::components(&layer.path).map_err(|m| p.ctx.invalid(m))?);
-        let sub = paths::join(
-            &paths::components(layer.sub_path.as_deref().unwrap_or(""))
-                .map_err(|m| p.ctx.invalid(m))?,
-        );
+        let sub =
+            paths::join(&paths::components(layer.sub_path.as_deref().unwrap_or("")).map_err(|m| p.ctx.invalid(m))?);
         let pinned = opts.revisions[i].clone();
         writer.ensure_dir(&p.ctx, &dest)?;
         match p.kind {
@@ -169,17 +163,10 @@ pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
             }
             Kind::S3(s) => s.apply(&pinned, &dest, writer.clone()).await?,
             Kind::P4(x) => x.apply(&pinned, &sub, &dest, writer.clone()).await?,
-            Kind::Local(dir) => {
-                local::apply(p.ctx.clone(), dir, pinned, dest, writer.clone()).await?
-            }
+            Kind::Local(dir) => local::apply(p.ctx.clone(), dir, pinned, dest, writer.clone()).await?,
         }
         let after = writer.written();
-        opts.progress.layer_finished(
-            i,
-            after.0 - before.0,
-            after.1 - before.1,
-            layer_started.elapsed(),
-        );
+        opts.progress.layer_finished(i, after.0 - before.0, after.1 - before.1, layer_started.elapsed());
     }
 
     let stats = writer.stats();
@@ -234,15 +221,12 @@ fn swap_current(root: &Path, id: &str) -> Result<()> {
         ));
     }
     let tmp = root.join(format!(".current-{:08x}", fastrand::u32(..)));
-    std::os::unix::fs::symlink(Path::new(TREES).join(id), &tmp)
-        .map_err(dest_err(&tmp, "create symlink"))?;
+    std::os::unix::fs::symlink(Path::new(TREES).join(id), &tmp).map_err(dest_err(&tmp, "create symlink"))?;
     if let Err(e) = fs::rename(&tmp, &current) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::destination(&current, "swap symlink", e));
     }
-    fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .map_err(dest_err(root, "sync destination root"))
+    fs::File::open(root).and_then(|d| d.sync_all()).map_err(dest_err(root, "sync destination root"))
 }
 
 fn remove_old_trees(trees: &Path, keep: &str) {

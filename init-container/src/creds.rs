@@ -63,26 +63,20 @@ impl MapCredentials {
 
     /// Adds `key` of Secret `secret`.
     pub fn insert(&mut self, secret: &str, key: &str, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.values
-            .insert((secret.to_owned(), key.to_owned()), value.into());
+        self.values.insert((secret.to_owned(), key.to_owned()), value.into());
         self
     }
 }
 
 impl std::fmt::Debug for MapCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MapCredentials")
-            .field("entries", &self.values.len())
-            .finish()
+        f.debug_struct("MapCredentials").field("entries", &self.values.len()).finish()
     }
 }
 
 impl Credentials for MapCredentials {
     fn get(&self, secret: &str, key: &str) -> io::Result<Option<Secret>> {
-        Ok(self
-            .values
-            .get(&(secret.to_owned(), key.to_owned()))
-            .map(|v| Zeroizing::new(v.clone())))
+        Ok(self.values.get(&(secret.to_owned(), key.to_owned())).map(|v| Zeroizing::new(v.clone())))
     }
 }
 
@@ -109,7 +103,5 @@ pub(crate) fn text_key(
     let Some(raw) = raw else { return Ok(None) };
     let s = std::str::from_utf8(&raw)
         .map_err(|_| ctx.credentials(format!("Secret `{secret}` key `{key}` is not UTF-8 text")))?;
-    Ok(Some(Zeroizing::new(
-        s.trim_end_matches(['\n', '\r']).to_owned(),
-    )))
+    Ok(Some(Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_owned())))
 }

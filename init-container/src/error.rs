@@ -167,16 +167,8 @@ impl Error {
         self
     }
 
-    pub(crate) fn destination(
-        path: impl Into<PathBuf>,
-        message: impl Into<String>,
-        io: std::io::Error,
-    ) -> Self {
-        Error::Destination {
-            path: path.into(),
-            message: message.into(),
-            io,
-        }
+    pub(crate) fn destination(path: impl Into<PathBuf>, message: impl Into<String>, io: std::io::Error) -> Self {
+        Error::Destination { path: path.into(), message: message.into(), io }
     }
 }
 
@@ -191,11 +183,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub fn new(layer: usize, src: impl Into<String>) -> Self {
-        Ctx {
-            layer,
-            src: src.into(),
-            secrets: Vec::new(),
-        }
+        Ctx { layer, src: src.into(), secrets: Vec::new() }
     }
 
     /// Remembers a secret value so it is scrubbed from every message built by this context.
@@ -216,40 +204,19 @@ impl Ctx {
     }
 
     pub fn invalid(&self, m: impl Into<String>) -> Error {
-        Error::Invalid {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Invalid { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn credentials(&self, m: impl Into<String>) -> Error {
-        Error::Credentials {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Credentials { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn auth(&self, hint: impl Into<String>) -> Error {
-        Error::Auth {
-            layer: self.layer,
-            src: self.src.clone(),
-            hint: self.scrub(hint),
-        }
+        Error::Auth { layer: self.layer, src: self.src.clone(), hint: self.scrub(hint) }
     }
     pub fn not_found(&self, m: impl Into<String>) -> Error {
-        Error::NotFound {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::NotFound { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn transient(&self, m: impl Into<String>) -> Error {
-        Error::Transient {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-            attempts: 1,
-        }
+        Error::Transient { layer: self.layer, src: self.src.clone(), message: self.scrub(m), attempts: 1 }
     }
     pub fn changed(&self, pinned: &str, found: &str) -> Error {
         Error::RevisionChanged {
@@ -260,32 +227,16 @@ impl Ctx {
         }
     }
     pub fn verification(&self, m: impl Into<String>) -> Error {
-        Error::Verification {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Verification { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn hostile(&self, m: impl Into<String>) -> Error {
-        Error::Hostile {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Hostile { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn limit(&self, m: impl Into<String>) -> Error {
-        Error::Limit {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Limit { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     pub fn source(&self, m: impl Into<String>) -> Error {
-        Error::Source {
-            layer: self.layer,
-            src: self.src.clone(),
-            message: self.scrub(m),
-        }
+        Error::Source { layer: self.layer, src: self.src.clone(), message: self.scrub(m) }
     }
     /// A local I/O failure while reading a source or writing the staging tree.
     pub fn io(&self, what: impl std::fmt::Display, e: std::io::Error) -> Error {

@@ -35,11 +35,7 @@ struct PlanArgs {
     #[arg(long, env = "GAMEZONE_LAYERS", hide_env_values = true)]
     plan_json: Option<String>,
     /// Directory with mounted Secrets: <dir>/<secret>/<key>.
-    #[arg(
-        long,
-        env = "GAMEZONE_SECRETS_DIR",
-        default_value = "/var/run/secrets/gamezone"
-    )]
+    #[arg(long, env = "GAMEZONE_SECRETS_DIR", default_value = "/var/run/secrets/gamezone")]
     secrets_dir: PathBuf,
     /// Attempts for transient network failures (1 = no retry).
     #[arg(long, env = "GAMEZONE_RETRIES", default_value_t = 5)]
@@ -102,9 +98,7 @@ enum Command {
 
 fn layers(p: &PlanArgs) -> anyhow::Result<Vec<plan::Layer>> {
     let text = match (&p.plan, &p.plan_json) {
-        (Some(f), _) => {
-            std::fs::read_to_string(f).with_context(|| format!("read plan {}", f.display()))?
-        }
+        (Some(f), _) => std::fs::read_to_string(f).with_context(|| format!("read plan {}", f.display()))?,
         (None, Some(j)) => j.clone(),
         (None, None) => {
             anyhow::bail!("no plan: pass --plan FILE, --plan-json JSON or set GAMEZONE_LAYERS")
@@ -113,33 +107,13 @@ fn layers(p: &PlanArgs) -> anyhow::Result<Vec<plan::Layer>> {
     Ok(plan::parse_layers(&text)?)
 }
 
-fn options(
-    p: &PlanArgs,
-    t: &TreeArgs,
-    layers: Vec<plan::Layer>,
-    revisions: Vec<String>,
-    tty: bool,
-) -> ApplyOptions {
-    let mut o = ApplyOptions::new(
-        layers,
-        revisions,
-        &t.root,
-        Arc::new(DirCredentials::new(&p.secrets_dir)),
-    );
-    o.progress = if tty {
-        Arc::new(BarProgress::default()) as Arc<dyn Progress>
-    } else {
-        Arc::new(LogProgress::default())
-    };
+fn options(p: &PlanArgs, t: &TreeArgs, layers: Vec<plan::Layer>, revisions: Vec<String>, tty: bool) -> ApplyOptions {
+    let mut o = ApplyOptions::new(layers, revisions, &t.root, Arc::new(DirCredentials::new(&p.secrets_dir)));
+    o.progress =
+        if tty { Arc::new(BarProgress::default()) as Arc<dyn Progress> } else { Arc::new(LogProgress::default()) };
     let d = Limits::default();
-    o.limits = Limits {
-        max_bytes: t.max_bytes.unwrap_or(d.max_bytes),
-        max_files: t.max_files.unwrap_or(d.max_files),
-    };
-    o.retry = RetryPolicy {
-        attempts: p.retries.max(1),
-        ..RetryPolicy::default()
-    };
+    o.limits = Limits { max_bytes: t.max_bytes.unwrap_or(d.max_bytes), max_files: t.max_files.unwrap_or(d.max_files) };
+    o.retry = RetryPolicy { attempts: p.retries.max(1), ..RetryPolicy::default() };
     o
 }
 
@@ -147,38 +121,20 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Resolve(p) => {
             let layers = layers(&p)?;
-            let policy = RetryPolicy {
-                attempts: p.retries.max(1),
-                ..RetryPolicy::default()
-            };
-            let revs =
-                resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &policy)
-                    .await?;
+            let policy = RetryPolicy { attempts: p.retries.max(1), ..RetryPolicy::default() };
+            let revs = resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &policy).await?;
             println!("{}", serde_json::to_string(&revs)?);
         }
-        Command::Apply {
-            plan,
-            tree,
-            revisions,
-        } => {
+        Command::Apply { plan, tree, revisions } => {
             let layers = layers(&plan)?;
             let revisions = match revisions.filter(|r| !r.trim().is_empty()) {
                 Some(r) if r.starts_with('@') => resolve::parse_revisions(
-                    &std::fs::read_to_string(&r[1..])
-                        .with_context(|| format!("read {}", &r[1..]))?,
+                    &std::fs::read_to_string(&r[1..]).with_context(|| format!("read {}", &r[1..]))?,
                 )?,
                 Some(r) => resolve::parse_revisions(&r)?,
                 None => {
-                    let policy = RetryPolicy {
-                        attempts: plan.retries.max(1),
-                        ..RetryPolicy::default()
-                    };
-                    let revs = resolve::resolve_with(
-                        &layers,
-                        &DirCredentials::new(&plan.secrets_dir),
-                        &policy,
-                    )
-                    .await?;
+                    let policy = RetryPolicy { attempts: plan.retries.max(1), ..RetryPolicy::default() };
+                    let revs = resolve::resolve_with(&layers, &DirCredentials::new(&plan.secrets_dir), &policy).await?;
                     revs.into_iter().map(|r| r.revision).collect()
                 }
             };
@@ -194,21 +150,12 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                 "summary"
             );
         }
-        Command::Watch {
-            plan,
-            tree,
-            interval,
-        } => {
+        Command::Watch { plan, tree, interval } => {
             let layers = layers(&plan)?;
             let opts = options(&plan, &tree, layers, Vec::new(), tty);
             gamezone_init::watch::watch(opts, interval, shutdown()).await?;
         }
-        Command::MakeP4Export {
-            from,
-            out,
-            changelist,
-            depot_root,
-        } => {
+        Command::MakeP4Export { from, out, changelist, depot_root } => {
             let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)
                 .with_context(|| format!("export {} to {}", from.display(), out.display()))?;
             println!(
@@ -238,23 +185,14 @@ async fn shutdown() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let tty = std::io::stderr().is_terminal();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if tty {
         fmt.init()
     } else {
-        fmt.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init()
+        fmt.json().flatten_event(true).with_current_span(false).init()
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
@@ -268,11 +206,7 @@ fn main() -> ExitCode {
             let layer = e.downcast_ref::<Error>().and_then(Error::layer);
             tracing::error!(error = %format!("{e:#}"), layer, transient, "failed");
             // 75 = EX_TEMPFAIL: worth running again as is.
-            if transient {
-                ExitCode::from(75)
-            } else {
-                ExitCode::FAILURE
-            }
+            if transient { ExitCode::from(75) } else { ExitCode::FAILURE }
         }
     }
 }

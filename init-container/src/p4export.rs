@@ -64,13 +64,7 @@ impl Compression {
 
 /// Writes `out` (tar of `src`'s files, directories and symlinks) and `out.manifest.json`.
 /// Depot paths are `<depot_root>/<path>`, all at revision `rev`.
-pub fn write_export(
-    src: &Path,
-    out: &Path,
-    changelist: u64,
-    depot_root: &str,
-    rev: u64,
-) -> io::Result<Manifest> {
+pub fn write_export(src: &Path, out: &Path, changelist: u64, depot_root: &str, rev: u64) -> io::Result<Manifest> {
     let compression = Compression::from_name(&out.to_string_lossy());
     let mut files = Vec::new();
     let tar_path = out.with_extension("tar-tmp");
@@ -83,10 +77,8 @@ pub fn write_export(
     match compression {
         Compression::None => fs::rename(&tar_path, out)?,
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                io::BufWriter::new(fs::File::create(out)?),
-                flate2::Compression::fast(),
-            );
+            let mut enc =
+                flate2::write::GzEncoder::new(io::BufWriter::new(fs::File::create(out)?), flate2::Compression::fast());
             io::copy(&mut fs::File::open(&tar_path)?, &mut enc)?;
             enc.finish()?.flush()?;
             fs::remove_file(&tar_path)?;
@@ -102,11 +94,7 @@ pub fn write_export(
             fs::remove_file(&tar_path)?;
         }
     }
-    let manifest = Manifest {
-        changelist,
-        archive_sha256: sha256_file(out)?,
-        files,
-    };
+    let manifest = Manifest { changelist, archive_sha256: sha256_file(out)?, files };
     fs::write(manifest_path(out), serde_json::to_vec_pretty(&manifest)?)?;
     Ok(manifest)
 }
@@ -143,11 +131,7 @@ fn add_dir<W: Write>(
     items.sort_by_key(|d| d.file_name());
     for de in items {
         let name = de.file_name().to_string_lossy().into_owned();
-        let r = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
+        let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
         let m = fs::symlink_metadata(de.path())?;
         if m.is_dir() {
             b.append_dir(&r, de.path())?;
@@ -162,11 +146,7 @@ fn add_dir<W: Write>(
             let sha = sha256_file(&de.path())?;
             let mut h = tar::Header::new_gnu();
             h.set_size(m.len());
-            h.set_mode(if m.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            });
+            h.set_mode(if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 });
             h.set_entry_type(tar::EntryType::Regular);
             b.append_data(&mut h, &r, fs::File::open(de.path())?)?;
             files.push(ManifestFile {

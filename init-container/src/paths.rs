@@ -4,9 +4,7 @@
 /// (tar entries often start with `./`); absolute paths, `..` and NUL are rejected.
 pub(crate) fn components(path: &str) -> Result<Vec<&str>, String> {
     if path.starts_with('/') {
-        return Err(format!(
-            "`{path}` is absolute; use a path relative to the root"
-        ));
+        return Err(format!("`{path}` is absolute; use a path relative to the root"));
     }
     let mut out = Vec::new();
     for c in path.split('/') {
@@ -67,20 +65,14 @@ pub(crate) fn check_link_target(link: &str, target: &str) -> Result<(), String> 
     if target.starts_with('/') {
         return Err(format!("symlink `{link}` -> `{target}` is absolute"));
     }
-    let depth = link
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .count()
-        .saturating_sub(1);
+    let depth = link.split('/').filter(|c| !c.is_empty()).count().saturating_sub(1);
     let mut ups = 0usize;
     let mut seen_name = false;
     for c in target.split('/') {
         match c {
             "" | "." => {}
             ".." if seen_name => {
-                return Err(format!(
-                    "symlink `{link}` -> `{target}` has `..` after a name"
-                ));
+                return Err(format!("symlink `{link}` -> `{target}` has `..` after a name"));
             }
             ".." => ups += 1,
             c if c.contains('\0') => return Err(format!("symlink `{link}` target contains NUL")),
@@ -88,9 +80,7 @@ pub(crate) fn check_link_target(link: &str, target: &str) -> Result<(), String> 
         }
     }
     if ups > depth {
-        return Err(format!(
-            "symlink `{link}` -> `{target}` points outside the tree"
-        ));
+        return Err(format!("symlink `{link}` -> `{target}` points outside the tree"));
     }
     Ok(())
 }

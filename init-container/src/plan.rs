@@ -204,9 +204,7 @@ pub fn parse_layers(text: &str) -> crate::Result<Vec<Layer>> {
 
 /// Removes `user:password@` from a URL and drops its query (presigned URLs carry tokens there).
 pub fn redact_url(url: &str) -> String {
-    let (head, _query) = url
-        .split_once('?')
-        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let (head, _query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
     if let Some((scheme, rest)) = head.split_once("://") {
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -227,22 +225,12 @@ impl Layer {
             Some(SourceRef::Git(g)) => format!("git {}", redact_url(&g.url)),
             Some(SourceRef::S3(s)) => {
                 let prefix = s.prefix.as_deref().unwrap_or("");
-                format!(
-                    "s3 {}/{}/{}",
-                    redact_url(&s.endpoint).trim_end_matches('/'),
-                    s.bucket,
-                    prefix
-                )
+                format!("s3 {}/{}/{}", redact_url(&s.endpoint).trim_end_matches('/'), s.bucket, prefix)
             }
             Some(SourceRef::P4Export(p)) => match (&p.url, &p.s3) {
                 (Some(u), _) => format!("p4Export {}", redact_url(u)),
                 (None, Some(o)) => {
-                    format!(
-                        "p4Export s3 {}/{}/{}",
-                        redact_url(&o.endpoint).trim_end_matches('/'),
-                        o.bucket,
-                        o.key
-                    )
+                    format!("p4Export s3 {}/{}/{}", redact_url(&o.endpoint).trim_end_matches('/'), o.bucket, o.key)
                 }
                 (None, None) => "p4Export (no location)".to_owned(),
             },
@@ -269,31 +257,22 @@ pub fn validate(layers: &[Layer]) -> crate::Result<()> {
         let Some(source) = layer.source() else {
             return Err(ctx.invalid("set exactly one source: git, s3, p4Export or local"));
         };
-        crate::paths::components(&layer.path).map_err(|m| {
-            ctx.invalid(format!(
-                "path: {m} (paths are relative to the destination root)"
-            ))
-        })?;
+        crate::paths::components(&layer.path)
+            .map_err(|m| ctx.invalid(format!("path: {m} (paths are relative to the destination root)")))?;
         if let Some(sub) = &layer.sub_path {
-            crate::paths::components(sub).map_err(|m| {
-                ctx.invalid(format!("subPath: {m}; subPath must stay inside the source"))
-            })?;
+            crate::paths::components(sub)
+                .map_err(|m| ctx.invalid(format!("subPath: {m}; subPath must stay inside the source")))?;
         }
         match source {
             SourceRef::Git(g) => {
-                let refs = [&g.branch, &g.tag, &g.commit]
-                    .iter()
-                    .filter(|r| r.is_some())
-                    .count();
+                let refs = [&g.branch, &g.tag, &g.commit].iter().filter(|r| r.is_some()).count();
                 if refs > 1 {
                     return Err(ctx.invalid("set at most one of git.branch, git.tag or git.commit"));
                 }
                 if let Some(c) = &g.commit
                     && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
                 {
-                    return Err(
-                        ctx.invalid(format!("git.commit `{c}` must be a full 40-hex commit id"))
-                    );
+                    return Err(ctx.invalid(format!("git.commit `{c}` must be a full 40-hex commit id")));
                 }
                 if g.url.is_empty() {
                     return Err(ctx.invalid("git.url is empty"));
@@ -304,8 +283,7 @@ pub fn validate(layers: &[Layer]) -> crate::Result<()> {
                     return Err(ctx.invalid("s3.endpoint and s3.bucket are required"));
                 }
                 if let Some(p) = &s.prefix {
-                    crate::paths::components(p)
-                        .map_err(|m| ctx.invalid(format!("s3.prefix: {m}")))?;
+                    crate::paths::components(p).map_err(|m| ctx.invalid(format!("s3.prefix: {m}")))?;
                 }
             }
             SourceRef::P4Export(p) => {
@@ -315,9 +293,7 @@ pub fn validate(layers: &[Layer]) -> crate::Result<()> {
                 if let Some(sha) = &p.sha256
                     && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
                 {
-                    return Err(
-                        ctx.invalid(format!("p4Export.sha256 `{sha}` must be 64 hex digits"))
-                    );
+                    return Err(ctx.invalid(format!("p4Export.sha256 `{sha}` must be 64 hex digits")));
                 }
             }
             SourceRef::Local(l) => {
@@ -342,10 +318,7 @@ mod tests {
         let l = parse_layers(wrapped).unwrap();
         assert_eq!(l[0].sub_path.as_deref(), Some("cfg"));
         let yaml = "- path: a\n  s3:\n    endpoint: http://h:9000\n    bucket: b\n";
-        assert_eq!(
-            parse_layers(yaml).unwrap()[0].s3.as_ref().unwrap().bucket,
-            "b"
-        );
+        assert_eq!(parse_layers(yaml).unwrap()[0].s3.as_ref().unwrap().bucket, "b");
         assert!(matches!(parse_layers("{nope"), Err(crate::Error::Plan(_))));
     }
 
@@ -363,20 +336,14 @@ mod tests {
             r#"[{"path":"a","p4Export":{}}]"#,
         ] {
             let e = parse_layers(bad).unwrap_err();
-            assert!(
-                matches!(e, crate::Error::Invalid { layer: 0, .. }),
-                "{bad}: {e}"
-            );
+            assert!(matches!(e, crate::Error::Invalid { layer: 0, .. }), "{bad}: {e}");
         }
     }
 
     #[test]
     fn redacts_credentials_from_urls() {
         assert_eq!(redact_url("https://u:p@host/r.git"), "https://host/r.git");
-        assert_eq!(
-            redact_url("https://host/a.tgz?X-Amz-Signature=s"),
-            "https://host/a.tgz"
-        );
+        assert_eq!(redact_url("https://host/a.tgz?X-Amz-Signature=s"), "https://host/a.tgz");
         assert_eq!(redact_url("ssh://git@host:22/r.git"), "ssh://host:22/r.git");
         assert_eq!(redact_url("git@host:r.git"), "git@host:r.git");
         assert_eq!(redact_url("http://h:9000"), "http://h:9000");
@@ -385,10 +352,7 @@ mod tests {
     #[test]
     fn describes_without_credentials() {
         let l = Layer {
-            git: Some(GitSource {
-                url: "https://user:hunter2@h/r.git".into(),
-                ..Default::default()
-            }),
+            git: Some(GitSource { url: "https://user:hunter2@h/r.git".into(), ..Default::default() }),
             ..Default::default()
         };
         assert_eq!(l.describe(), "git https://h/r.git");

@@ -35,22 +35,11 @@ struct Counter {
 impl Counter {
     fn new(layer: usize, src: &str) -> Self {
         let now = Instant::now();
-        Counter {
-            layer,
-            src: src.to_owned(),
-            files: 0,
-            bytes: 0,
-            started: now,
-            last_log: now,
-        }
+        Counter { layer, src: src.to_owned(), files: 0, bytes: 0, started: now, last_log: now }
     }
     fn rate(&self) -> u64 {
         let s = self.started.elapsed().as_secs_f64();
-        if s > 0.0 {
-            (self.bytes as f64 / s) as u64
-        } else {
-            0
-        }
+        if s > 0.0 { (self.bytes as f64 / s) as u64 } else { 0 }
     }
 }
 
@@ -63,10 +52,7 @@ pub struct LogProgress {
 
 impl Default for LogProgress {
     fn default() -> Self {
-        LogProgress {
-            every: Duration::from_secs(2),
-            current: Mutex::new(None),
-        }
+        LogProgress { every: Duration::from_secs(2), current: Mutex::new(None) }
     }
 }
 
@@ -90,11 +76,7 @@ impl Progress for LogProgress {
     }
 
     fn layer_finished(&self, layer: usize, files: u64, bytes: u64, elapsed: Duration) {
-        let rate = if elapsed.as_secs_f64() > 0.0 {
-            (bytes as f64 / elapsed.as_secs_f64()) as u64
-        } else {
-            0
-        };
+        let rate = if elapsed.as_secs_f64() > 0.0 { (bytes as f64 / elapsed.as_secs_f64()) as u64 } else { 0 };
         tracing::info!(
             layer,
             files,
@@ -123,10 +105,7 @@ impl Default for BarProgress {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        BarProgress {
-            bar,
-            files: Mutex::new(0),
-        }
+        BarProgress { bar, files: Mutex::new(0) }
     }
 }
 
@@ -145,10 +124,7 @@ impl Progress for BarProgress {
         }
     }
     fn layer_finished(&self, layer: usize, files: u64, bytes: u64, elapsed: Duration) {
-        self.bar.println(format!(
-            "layer {layer}: {files} files, {bytes} bytes in {:.1?}",
-            elapsed
-        ));
+        self.bar.println(format!("layer {layer}: {files} files, {bytes} bytes in {:.1?}", elapsed));
     }
     fn finished(&self, _summary: &Summary) {
         self.bar.finish_and_clear();

@@ -39,12 +39,7 @@ pub(crate) enum Kind {
 }
 
 /// Reads the layer's Secret and builds its client.
-pub(crate) fn prepare(
-    index: usize,
-    layer: &Layer,
-    creds: &dyn Credentials,
-    policy: &RetryPolicy,
-) -> Result<Prepared> {
+pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, policy: &RetryPolicy) -> Result<Prepared> {
     let mut ctx = Ctx::new(index, layer.describe());
     let sub = layer
         .sub_path
@@ -67,8 +62,7 @@ pub(crate) fn prepare(
                 s.path_style,
                 keys.as_ref().map(|(a, k)| (a.as_str(), k.as_str())),
             )?;
-            let prefix = crate::paths::components(s.prefix.as_deref().unwrap_or(""))
-                .map_err(|m| ctx.invalid(m))?;
+            let prefix = crate::paths::components(s.prefix.as_deref().unwrap_or("")).map_err(|m| ctx.invalid(m))?;
             let prefix = crate::paths::join2(&crate::paths::join(&prefix), &sub);
             Kind::S3(Arc::new(s3::S3Layer {
                 ctx: ctx.clone(),
@@ -92,21 +86,14 @@ pub(crate) fn prepare(
                         }
                         basic = user.zip(pass);
                         if basic.is_none() && bearer.is_none() {
-                            return Err(ctx.credentials(format!(
-                                "Secret `{s}` needs `username`+`password` or `bearerToken`"
-                            )));
+                            return Err(
+                                ctx.credentials(format!("Secret `{s}` needs `username`+`password` or `bearerToken`"))
+                            );
                         }
                     }
-                    p4::Location::Http {
-                        url: u.clone(),
-                        basic,
-                        bearer,
-                        secret,
-                    }
+                    p4::Location::Http { url: u.clone(), basic, bearer, secret }
                 }
-                (Some(u), _) => {
-                    p4::Location::File(PathBuf::from(u.strip_prefix("file://").unwrap_or(u)))
-                }
+                (Some(u), _) => p4::Location::File(PathBuf::from(u.strip_prefix("file://").unwrap_or(u))),
                 (None, Some(o)) => {
                     let secret = o.secret_ref.as_ref().map(|r| r.name.clone());
                     let keys = source::s3_keys(&mut ctx, secret.as_deref(), creds)?;
@@ -118,11 +105,7 @@ pub(crate) fn prepare(
                         o.path_style,
                         keys.as_ref().map(|(a, k)| (a.as_str(), k.as_str())),
                     )?;
-                    p4::Location::S3 {
-                        store: Arc::new(store),
-                        key: o.key.clone(),
-                        secret,
-                    }
+                    p4::Location::S3 { store: Arc::new(store), key: o.key.clone(), secret }
                 }
                 (None, None) => return Err(ctx.invalid("set p4Export.url or p4Export.s3")),
             };
@@ -159,28 +142,14 @@ pub async fn resolve(layers: &[Layer], creds: &dyn Credentials) -> Result<Vec<Re
 }
 
 /// Resolves every layer to an exact revision (layers are resolved concurrently).
-pub async fn resolve_with(
-    layers: &[Layer],
-    creds: &dyn Credentials,
-    policy: &RetryPolicy,
-) -> Result<Vec<Revision>> {
+pub async fn resolve_with(layers: &[Layer], creds: &dyn Credentials, policy: &RetryPolicy) -> Result<Vec<Revision>> {
     crate::plan::validate(layers)?;
-    let prepared = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| prepare(i, l, creds, policy))
-        .collect::<Result<Vec<_>>>()?;
-    let revs =
-        futures::future::try_join_all(prepared.into_iter().map(|p| resolve_one(p, policy.clone())))
-            .await?;
+    let prepared = layers.iter().enumerate().map(|(i, l)| prepare(i, l, creds, policy)).collect::<Result<Vec<_>>>()?;
+    let revs = futures::future::try_join_all(prepared.into_iter().map(|p| resolve_one(p, policy.clone()))).await?;
     Ok(revs
         .into_iter()
         .enumerate()
-        .map(|(i, revision)| Revision {
-            layer: i,
-            source: layers[i].describe(),
-            revision,
-        })
+        .map(|(i, revision)| Revision { layer: i, source: layers[i].describe(), revision })
         .collect())
 }
 
@@ -197,9 +166,7 @@ pub fn parse_revisions(text: &str) -> Result<Vec<String>> {
         Ok(Doc::Full(mut v)) => {
             v.sort_by_key(|r| r.layer);
             if v.iter().enumerate().any(|(i, r)| r.layer != i) {
-                return Err(Error::Revisions(
-                    "layers must be numbered 0..n without gaps".into(),
-                ));
+                return Err(Error::Revisions("layers must be numbered 0..n without gaps".into()));
             }
             Ok(v.into_iter().map(|r| r.revision).collect())
         }
@@ -215,8 +182,7 @@ mod tests {
 
     #[test]
     fn parses_both_revision_forms() {
-        let full =
-            r#"[{"layer":1,"source":"s","revision":"b"},{"layer":0,"source":"s","revision":"a"}]"#;
+        let full = r#"[{"layer":1,"source":"s","revision":"b"},{"layer":0,"source":"s","revision":"a"}]"#;
         assert_eq!(parse_revisions(full).unwrap(), ["a", "b"]);
         assert_eq!(parse_revisions(r#"["x"]"#).unwrap(), ["x"]);
         assert!(parse_revisions("{").is_err());
@@ -225,17 +191,10 @@ mod tests {
 
     #[test]
     fn revision_json_shape() {
-        let r = Revision {
-            layer: 0,
-            source: "git https://h/r.git".into(),
-            revision: "a".repeat(40),
-        };
+        let r = Revision { layer: 0, source: "git https://h/r.git".into(), revision: "a".repeat(40) };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            format!(
-                r#"{{"layer":0,"source":"git https://h/r.git","revision":"{}"}}"#,
-                "a".repeat(40)
-            )
+            format!(r#"{{"layer":0,"source":"git https://h/r.git","revision":"{}"}}"#, "a".repeat(40))
         );
     }
 }

@@ -19,25 +19,16 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(10),
-        }
+        RetryPolicy { attempts: 5, base: Duration::from_millis(500), max: Duration::from_secs(10) }
     }
 }
 
 impl RetryPolicy {
     /// The delay before retry number `retry` (1-based): exponential, capped, with jitter in [d/2, d].
     pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
-            .min(self.max);
+        let exp = self.base.saturating_mul(1u32 << retry.saturating_sub(1).min(16)).min(self.max);
         let half = exp / 2;
-        half + Duration::from_nanos(fastrand::u64(
-            0..=half.as_nanos().min(u64::MAX as u128) as u64,
-        ))
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos().min(u64::MAX as u128) as u64))
     }
 }
 
@@ -63,11 +54,7 @@ where
 }
 
 /// Blocking variant for sources driven by synchronous libraries (libgit2).
-pub fn retry_blocking<T>(
-    policy: &RetryPolicy,
-    what: &str,
-    mut op: impl FnMut() -> Result<T>,
-) -> Result<T> {
+pub fn retry_blocking<T>(policy: &RetryPolicy, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
     let mut attempt = 1;
     loop {
         match op() {
@@ -143,11 +130,7 @@ mod tests {
 
     #[test]
     fn delays_grow_and_are_capped() {
-        let p = RetryPolicy {
-            attempts: 10,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
+        let p = RetryPolicy { attempts: 10, base: Duration::from_millis(100), max: Duration::from_secs(1) };
         for r in 1..10 {
             let d = p.delay(r);
             let exp = (Duration::from_millis(100) * (1 << (r - 1))).min(Duration::from_secs(1));
@@ -157,11 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_only() {
-        let p = RetryPolicy {
-            attempts: 3,
-            base: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        };
+        let p = RetryPolicy { attempts: 3, base: Duration::from_millis(1), max: Duration::from_millis(2) };
         let calls = AtomicU32::new(0);
         let ctx = Ctx::new(0, "test");
         let r: Result<()> = retry(&p, "t", || {

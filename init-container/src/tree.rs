@@ -27,10 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 64 << 30,
-            max_files: 2_000_000,
-        }
+        Limits { max_bytes: 64 << 30, max_files: 2_000_000 }
     }
 }
 
@@ -92,10 +89,7 @@ impl TreeWriter {
 
     /// Files and bytes written so far (including ones later replaced).
     pub fn written(&self) -> (u64, u64) {
-        (
-            self.written_files.load(Ordering::Relaxed),
-            self.written_bytes.load(Ordering::Relaxed),
-        )
+        (self.written_files.load(Ordering::Relaxed), self.written_bytes.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -103,18 +97,11 @@ impl TreeWriter {
     }
 
     fn abs(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        if rel.is_empty() { self.root.clone() } else { self.root.join(rel) }
     }
 
     fn io_err(&self, ctx: &Ctx, what: &str, rel: &str, e: io::Error) -> Error {
-        ctx.source(format!(
-            "cannot {what} `{rel}` in the staging tree {}: {e}",
-            self.root.display()
-        ))
+        ctx.source(format!("cannot {what} `{rel}` in the staging tree {}: {e}", self.root.display()))
     }
 
     /// Makes `rel` and its parents directories; a file or symlink in the way is replaced.
@@ -123,12 +110,7 @@ impl TreeWriter {
         self.ensure_dir_locked(ctx, rel, &mut entries)
     }
 
-    fn ensure_dir_locked(
-        &self,
-        ctx: &Ctx,
-        rel: &str,
-        entries: &mut BTreeMap<String, Entry>,
-    ) -> Result<()> {
+    fn ensure_dir_locked(&self, ctx: &Ctx, rel: &str, entries: &mut BTreeMap<String, Entry>) -> Result<()> {
         if rel.is_empty() {
             return Ok(());
         }
@@ -146,14 +128,7 @@ impl TreeWriter {
                     fs::remove_file(&p).map_err(|e| self.io_err(ctx, "replace", prefix, e))?;
                 }
                 fs::create_dir(&p).map_err(|e| self.io_err(ctx, "create directory", prefix, e))?;
-                entries.insert(
-                    prefix.to_owned(),
-                    Entry {
-                        kind: Kind::Dir,
-                        size: 0,
-                        sha256: [0; 32],
-                    },
-                );
+                entries.insert(prefix.to_owned(), Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] });
             }
             if end == rel.len() {
                 return Ok(());
@@ -166,9 +141,7 @@ impl TreeWriter {
     /// is at `rel` (file, link or a whole directory) goes. Returns the absolute path.
     pub fn prepare(&self, ctx: &Ctx, rel: &str) -> Result<PathBuf> {
         if rel.is_empty() {
-            return Err(ctx.invalid(
-                "a file cannot replace the tree root; set the layer's path to a file name",
-            ));
+            return Err(ctx.invalid("a file cannot replace the tree root; set the layer's path to a file name"));
         }
         let mut entries = self.lock();
         if let Some((parent, _)) = rel.rsplit_once('/') {
@@ -177,8 +150,7 @@ impl TreeWriter {
         let p = self.abs(rel);
         match entries.get(rel).map(|e| e.kind) {
             Some(Kind::Dir) => {
-                fs::remove_dir_all(&p)
-                    .map_err(|e| self.io_err(ctx, "replace directory", rel, e))?;
+                fs::remove_dir_all(&p).map_err(|e| self.io_err(ctx, "replace directory", rel, e))?;
                 let below = format!("{rel}/");
                 let doomed: Vec<String> = entries
                     .range(below.clone()..)
@@ -243,34 +215,14 @@ impl TreeWriter {
     }
 
     /// Records a file written at a path returned by [`prepare`](Self::prepare).
-    pub fn record_file(
-        &self,
-        ctx: &Ctx,
-        rel: &str,
-        exec: bool,
-        size: u64,
-        sha256: [u8; 32],
-    ) -> Result<()> {
+    pub fn record_file(&self, ctx: &Ctx, rel: &str, exec: bool, size: u64, sha256: [u8; 32]) -> Result<()> {
         self.add_file(ctx)?;
-        self.lock().insert(
-            rel.to_owned(),
-            Entry {
-                kind: Kind::File { exec },
-                size,
-                sha256,
-            },
-        );
+        self.lock().insert(rel.to_owned(), Entry { kind: Kind::File { exec }, size, sha256 });
         Ok(())
     }
 
     /// Writes a file from `r`, replacing whatever is at `rel`. Returns size and sha256.
-    pub fn write_reader(
-        &self,
-        ctx: &Ctx,
-        rel: &str,
-        exec: bool,
-        r: &mut dyn Read,
-    ) -> Result<(u64, [u8; 32])> {
+    pub fn write_reader(&self, ctx: &Ctx, rel: &str, exec: bool, r: &mut dyn Read) -> Result<(u64, [u8; 32])> {
         let p = self.prepare(ctx, rel)?;
         let mut f = create_file(&p, exec).map_err(|e| self.io_err(ctx, "create", rel, e))?;
         let mut hasher = Sha256::new();
@@ -285,8 +237,7 @@ impl TreeWriter {
             };
             self.add_bytes(ctx, n as u64)?;
             hasher.update(&buf[..n]);
-            f.write_all(&buf[..n])
-                .map_err(|e| self.io_err(ctx, "write", rel, e))?;
+            f.write_all(&buf[..n]).map_err(|e| self.io_err(ctx, "write", rel, e))?;
             size += n as u64;
         }
         let sha: [u8; 32] = hasher.finalize().into();
@@ -298,32 +249,19 @@ impl TreeWriter {
     pub fn symlink(&self, ctx: &Ctx, rel: &str, target: &str) -> Result<()> {
         paths::check_link_target(rel, target).map_err(|m| ctx.hostile(m))?;
         let p = self.prepare(ctx, rel)?;
-        std::os::unix::fs::symlink(target, &p)
-            .map_err(|e| self.io_err(ctx, "create symlink", rel, e))?;
+        std::os::unix::fs::symlink(target, &p).map_err(|e| self.io_err(ctx, "create symlink", rel, e))?;
         self.add_file(ctx)?;
         let sha: [u8; 32] = Sha256::digest(target.as_bytes()).into();
-        self.lock().insert(
-            rel.to_owned(),
-            Entry {
-                kind: Kind::Symlink,
-                size: target.len() as u64,
-                sha256: sha,
-            },
-        );
+        self.lock().insert(rel.to_owned(), Entry { kind: Kind::Symlink, size: target.len() as u64, sha256: sha });
         Ok(())
     }
 
     /// Copies a file already written in this tree (tar hard links).
     pub fn copy_file(&self, ctx: &Ctx, rel: &str, from: &str) -> Result<()> {
-        let Some(entry) = self
-            .lock()
-            .get(from)
-            .cloned()
-            .filter(|e| matches!(e.kind, Kind::File { .. }))
-        else {
-            return Err(ctx.hostile(format!(
-                "hard link `{rel}` -> `{from}` does not point to a file written before it"
-            )));
+        let Some(entry) = self.lock().get(from).cloned().filter(|e| matches!(e.kind, Kind::File { .. })) else {
+            return Err(
+                ctx.hostile(format!("hard link `{rel}` -> `{from}` does not point to a file written before it"))
+            );
         };
         let p = self.prepare(ctx, rel)?;
         fs::copy(self.abs(from), &p).map_err(|e| self.io_err(ctx, "copy", rel, e))?;
@@ -345,21 +283,13 @@ impl TreeWriter {
                 bytes += e.size;
             }
         }
-        TreeStats {
-            digest: format!("sha256:{}", hex::encode(h.finalize())),
-            files,
-            bytes,
-        }
+        TreeStats { digest: format!("sha256:{}", hex::encode(h.finalize())), files, bytes }
     }
 }
 
 pub(crate) fn create_file(p: &Path, exec: bool) -> io::Result<fs::File> {
     let mode = if exec { 0o755 } else { 0o644 };
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(p)?;
+    let f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(p)?;
     // The umask may have removed bits; the tree's modes must not depend on it.
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     Ok(f)
@@ -388,46 +318,25 @@ pub fn digest_dir(root: &Path) -> io::Result<String> {
 fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) -> io::Result<()> {
     for de in fs::read_dir(dir)? {
         let de = de?;
-        let name = de
-            .file_name()
-            .into_string()
-            .map_err(|n| io::Error::other(format!("non-UTF-8 name {n:?}")))?;
+        let name = de.file_name().into_string().map_err(|n| io::Error::other(format!("non-UTF-8 name {n:?}")))?;
         let r = paths::join2(rel, &name);
         let m = fs::symlink_metadata(de.path())?;
         let ft = m.file_type();
         if ft.is_dir() {
-            out.insert(
-                r.clone(),
-                Entry {
-                    kind: Kind::Dir,
-                    size: 0,
-                    sha256: [0; 32],
-                },
-            );
+            out.insert(r.clone(), Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] });
             walk(&de.path(), &r, out)?;
         } else if ft.is_symlink() {
             let t = fs::read_link(de.path())?;
             let t = t.to_string_lossy();
             out.insert(
                 r,
-                Entry {
-                    kind: Kind::Symlink,
-                    size: t.len() as u64,
-                    sha256: Sha256::digest(t.as_bytes()).into(),
-                },
+                Entry { kind: Kind::Symlink, size: t.len() as u64, sha256: Sha256::digest(t.as_bytes()).into() },
             );
         } else {
             let mut h = Sha256::new();
             io::copy(&mut fs::File::open(de.path())?, &mut HashWriter(&mut h))?;
             let exec = m.permissions().mode() & 0o111 != 0;
-            out.insert(
-                r,
-                Entry {
-                    kind: Kind::File { exec },
-                    size: m.len(),
-                    sha256: h.finalize().into(),
-                },
-            );
+            out.insert(r, Entry { kind: Kind::File { exec }, size: m.len(), sha256: h.finalize().into() });
         }
     }
     Ok(())
@@ -458,8 +367,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let w = writer(t.path());
         let ctx = Ctx::new(0, "test");
-        w.write_reader(&ctx, "a/b", false, &mut &b"one"[..])
-            .unwrap();
+        w.write_reader(&ctx, "a/b", false, &mut &b"one"[..]).unwrap();
         w.write_reader(&ctx, "a/c", true, &mut &b"two"[..]).unwrap();
         // a file replaces a directory, then a directory replaces the file
         w.write_reader(&ctx, "a", false, &mut &b"file"[..]).unwrap();
@@ -475,34 +383,14 @@ mod tests {
     #[test]
     fn caps_stop_bombs() {
         let t = tempfile::tempdir().unwrap();
-        let w = TreeWriter::new(
-            t.path().to_owned(),
-            Limits {
-                max_bytes: 10,
-                max_files: 2,
-            },
-            Arc::new(NoProgress),
-        );
+        let w = TreeWriter::new(t.path().to_owned(), Limits { max_bytes: 10, max_files: 2 }, Arc::new(NoProgress));
         let ctx = Ctx::new(0, "test");
-        assert!(matches!(
-            w.write_reader(&ctx, "big", false, &mut &[0u8; 11][..]),
-            Err(Error::Limit { .. })
-        ));
+        assert!(matches!(w.write_reader(&ctx, "big", false, &mut &[0u8; 11][..]), Err(Error::Limit { .. })));
         let t = tempfile::tempdir().unwrap();
-        let w = TreeWriter::new(
-            t.path().to_owned(),
-            Limits {
-                max_bytes: 10,
-                max_files: 2,
-            },
-            Arc::new(NoProgress),
-        );
+        let w = TreeWriter::new(t.path().to_owned(), Limits { max_bytes: 10, max_files: 2 }, Arc::new(NoProgress));
         w.write_reader(&ctx, "1", false, &mut &b""[..]).unwrap();
         w.write_reader(&ctx, "2", false, &mut &b""[..]).unwrap();
-        assert!(matches!(
-            w.write_reader(&ctx, "3", false, &mut &b""[..]),
-            Err(Error::Limit { .. })
-        ));
+        assert!(matches!(w.write_reader(&ctx, "3", false, &mut &b""[..]), Err(Error::Limit { .. })));
     }
 
     #[test]
@@ -510,13 +398,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let w = writer(t.path());
         let ctx = Ctx::new(0, "test");
-        assert!(matches!(
-            w.symlink(&ctx, "a/l", "../../x"),
-            Err(Error::Hostile { .. })
-        ));
-        assert!(matches!(
-            w.copy_file(&ctx, "h", "missing"),
-            Err(Error::Hostile { .. })
-        ));
+        assert!(matches!(w.symlink(&ctx, "a/l", "../../x"), Err(Error::Hostile { .. })));
+        assert!(matches!(w.copy_file(&ctx, "h", "missing"), Err(Error::Hostile { .. })));
     }
 }

@@ -71,18 +71,14 @@ pub async fn watch(
     }
 }
 
-fn watch_local_dirs(
-    opts: &ApplyOptions,
-    tx: mpsc::UnboundedSender<()>,
-) -> Result<Option<notify::RecommendedWatcher>> {
+fn watch_local_dirs(opts: &ApplyOptions, tx: mpsc::UnboundedSender<()>) -> Result<Option<notify::RecommendedWatcher>> {
     let dirs: Vec<PathBuf> = opts
         .layers
         .iter()
         .filter_map(|l| match l.source() {
-            Some(SourceRef::Local(s)) => Some(crate::source::local::source_dir(
-                &s.path,
-                l.sub_path.as_deref().unwrap_or(""),
-            )),
+            Some(SourceRef::Local(s)) => {
+                Some(crate::source::local::source_dir(&s.path, l.sub_path.as_deref().unwrap_or("")))
+            }
             _ => None,
         })
         .collect();

@@ -18,21 +18,13 @@ fn git_layer(url: &str, path: &str, sub: Option<&str>) -> Layer {
     Layer {
         path: path.into(),
         sub_path: sub.map(Into::into),
-        git: Some(GitSource {
-            url: url.into(),
-            branch: Some("main".into()),
-            ..Default::default()
-        }),
+        git: Some(GitSource { url: url.into(), branch: Some("main".into()), ..Default::default() }),
         ..Default::default()
     }
 }
 
 fn quick() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 2,
-        base: Duration::from_millis(50),
-        max: Duration::from_millis(100),
-    }
+    RetryPolicy { attempts: 2, base: Duration::from_millis(50), max: Duration::from_millis(100) }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,10 +32,7 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("srv");
     let repo = Repo::init(&base, "game");
-    repo.write("config/a.ini", "v1")
-        .write("config/sub/b.ini", "b")
-        .write("assets/big.bin", "x")
-        .write("README", "r");
+    repo.write("config/a.ini", "v1").write("config/sub/b.ini", "b").write("assets/big.bin", "x").write("README", "r");
     let first = repo.commit("one");
     let server = git_daemon(&base);
     let url = format!("git://127.0.0.1:{}/game", server.port);
@@ -54,32 +43,16 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     assert_eq!(revs[0].source, format!("git {url}"));
 
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(
-        layers.clone(),
-        vec![first.clone()],
-        &root,
-        Arc::new(NoCredentials),
-    );
+    let mut o = ApplyOptions::new(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
     o.retry = quick();
     let s = apply(o).await.unwrap();
     assert_eq!(read(root.join("current/etc/game/a.ini")), "v1");
     assert_eq!(read(root.join("current/etc/game/sub/b.ini")), "b");
-    assert!(
-        !root.join("current/etc/game/big.bin").exists(),
-        "only subPath is written"
-    );
+    assert!(!root.join("current/etc/game/big.bin").exists(), "only subPath is written");
     assert!(!root.join("current/assets").exists());
     assert_eq!(s.files, 2);
-    assert_eq!(
-        gamezone_init::digest_dir(&root.join("current")).unwrap(),
-        s.tree_digest
-    );
-    let cache = std::fs::read_dir(root.join(".cache/git"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    assert_eq!(gamezone_init::digest_dir(&root.join("current")).unwrap(), s.tree_digest);
+    let cache = std::fs::read_dir(root.join(".cache/git")).unwrap().next().unwrap().unwrap().path();
     assert!(cache.join("shallow").is_file(), "fetched with depth 1");
 
     // The branch moves on; the pinned commit still applies, the new one after resolving.
@@ -93,18 +66,12 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     let mut pinned = layers[0].clone();
     pinned.git.as_mut().unwrap().branch = None;
     pinned.git.as_mut().unwrap().commit = Some(first.clone());
-    let revs = resolve(std::slice::from_ref(&pinned), &NoCredentials)
-        .await
-        .unwrap();
+    let revs = resolve(std::slice::from_ref(&pinned), &NoCredentials).await.unwrap();
     assert_eq!(revs[0].revision, first);
     let o = ApplyOptions::new(vec![pinned], vec![first], &root, Arc::new(NoCredentials));
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/etc/game/a.ini")), "v1");
-    assert_eq!(
-        std::fs::read_dir(root.join(".trees")).unwrap().count(),
-        1,
-        "old trees are removed"
-    );
+    assert_eq!(std::fs::read_dir(root.join(".trees")).unwrap().count(), 1, "old trees are removed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,19 +89,10 @@ async fn git_tag_and_missing_branch() {
     let mut l = git_layer(&url, "", None);
     l.git.as_mut().unwrap().branch = None;
     l.git.as_mut().unwrap().tag = Some("v1".into());
-    let revs = resolve(std::slice::from_ref(&l), &NoCredentials)
-        .await
-        .unwrap();
+    let revs = resolve(std::slice::from_ref(&l), &NoCredentials).await.unwrap();
     assert_eq!(revs[0].revision, c1, "annotated tags resolve to the commit");
     let root = t.path().join("root");
-    apply(ApplyOptions::new(
-        vec![l],
-        vec![c1],
-        &root,
-        Arc::new(NoCredentials),
-    ))
-    .await
-    .unwrap();
+    apply(ApplyOptions::new(vec![l], vec![c1], &root, Arc::new(NoCredentials))).await.unwrap();
     assert_eq!(read(root.join("current/f")), "1");
 
     let mut l = git_layer(&url, "", None);
@@ -149,10 +107,7 @@ async fn git_fetch_of_a_tip_without_allow_reachable_sha1_in_want() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("srv");
     let repo = Repo::init(&base, "strict");
-    git(
-        &repo.dir,
-        &["config", "uploadpack.allowReachableSHA1InWant", "false"],
-    );
+    git(&repo.dir, &["config", "uploadpack.allowReachableSHA1InWant", "false"]);
     repo.write("d/f", "tip");
     let tip = repo.commit("one");
     let server = git_daemon(&base);
@@ -170,76 +125,38 @@ async fn git_http_basic_auth_and_wrong_password() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("srv");
     let repo = Repo::init(&base, "game.git");
-    repo.write("cfg/x", "x")
-        .write("bin/run.sh", "#!/bin/sh\n")
-        .write("link", "");
+    repo.write("cfg/x", "x").write("bin/run.sh", "#!/bin/sh\n").write("link", "");
     std::fs::remove_file(repo.dir.join("link")).unwrap();
     std::os::unix::fs::symlink("cfg/x", repo.dir.join("link")).unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(repo.dir.join("bin/run.sh"))
-        .status()
-        .unwrap();
+    Command::new("chmod").arg("+x").arg(repo.dir.join("bin/run.sh")).status().unwrap();
     let head = repo.commit("one");
     let password = "hunter2-Very-Secret";
     let server = git_http(&base, "alice", password);
     let url = format!("http://127.0.0.1:{}/game.git", server.port);
     let secrets = t.path().join("secrets");
-    secret(
-        &secrets,
-        "git-auth",
-        &[
-            ("username", "alice\n"),
-            ("password", &format!("{password}\n")),
-        ],
-    );
-    secret(
-        &secrets,
-        "bad-auth",
-        &[("username", "alice"), ("password", "wrong-password-xyz")],
-    );
+    secret(&secrets, "git-auth", &[("username", "alice\n"), ("password", &format!("{password}\n"))]);
+    secret(&secrets, "bad-auth", &[("username", "alice"), ("password", "wrong-password-xyz")]);
     let mut layer = git_layer(&url, "app", None);
-    layer.git.as_mut().unwrap().secret_ref = Some(SecretRef {
-        name: "git-auth".into(),
-    });
+    layer.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "git-auth".into() });
     let creds = Arc::new(DirCredentials::new(&secrets));
 
-    let revs = resolve(std::slice::from_ref(&layer), creds.as_ref())
-        .await
-        .unwrap();
+    let revs = resolve(std::slice::from_ref(&layer), creds.as_ref()).await.unwrap();
     assert_eq!(revs[0].revision, head);
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(
-        vec![layer.clone()],
-        vec![head.clone()],
-        &root,
-        creds.clone(),
-    );
+    let mut o = ApplyOptions::new(vec![layer.clone()], vec![head.clone()], &root, creds.clone());
     o.retry = quick();
     apply(o).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(root.join("current/app/bin/run.sh"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(root.join("current/app/bin/run.sh")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755, "exec bit kept");
-    assert_eq!(
-        std::fs::read_link(root.join("current/app/link"))
-            .unwrap()
-            .to_str(),
-        Some("cfg/x")
-    );
+    assert_eq!(std::fs::read_link(root.join("current/app/link")).unwrap().to_str(), Some("cfg/x"));
     let state_before = read(root.join(".gamezone-state.json"));
     assert!(!state_before.contains(password));
 
     // Wrong password: resolve and apply fail fast, naming layer, source and Secret keys.
     let mut bad = layer.clone();
-    bad.git.as_mut().unwrap().secret_ref = Some(SecretRef {
-        name: "bad-auth".into(),
-    });
-    let e = resolve(std::slice::from_ref(&bad), creds.as_ref())
-        .await
-        .unwrap_err();
+    bad.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "bad-auth".into() });
+    let e = resolve(std::slice::from_ref(&bad), creds.as_ref()).await.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, Error::Auth { layer: 0, .. }), "{msg}");
     assert!(
@@ -255,11 +172,7 @@ async fn git_http_basic_auth_and_wrong_password() {
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e}");
     assert!(!e.to_string().contains("wrong-password-xyz"));
-    assert_eq!(
-        read(root.join(".gamezone-state.json")),
-        state_before,
-        "failed run keeps the state"
-    );
+    assert_eq!(read(root.join(".gamezone-state.json")), state_before, "failed run keeps the state");
     assert_eq!(read(root.join("current/app/cfg/x")), "x");
 
     // Through the binary: logs carry neither password; exit code non-zero with the message.
@@ -276,10 +189,7 @@ async fn git_http_basic_auth_and_wrong_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("authentication failed"), "{stderr}");
-    assert!(
-        !stderr.contains("wrong-password-xyz") && !stderr.contains(password),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("wrong-password-xyz") && !stderr.contains(password), "{stderr}");
     let plan = serde_json::to_string(&vec![layer]).unwrap();
     let out = Command::new(bin())
         .args(["apply", "--root"])
@@ -311,13 +221,6 @@ async fn git_url_credentials_are_redacted() {
     let json = serde_json::to_string(&revs).unwrap();
     assert!(!json.contains("url-secret-123"), "{json}");
     let root = t.path().join("root");
-    apply(ApplyOptions::new(
-        layers,
-        vec![head],
-        &root,
-        Arc::new(NoCredentials),
-    ))
-    .await
-    .unwrap();
+    apply(ApplyOptions::new(layers, vec![head], &root, Arc::new(NoCredentials))).await.unwrap();
     assert!(!read(root.join(".gamezone-state.json")).contains("url-secret-123"));
 }

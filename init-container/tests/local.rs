@@ -16,13 +16,7 @@ use gamezone_init::resolve::resolve;
 use gamezone_init::{Error, Limits};
 
 fn local(dir: &Path, path: &str) -> Layer {
-    Layer {
-        path: path.into(),
-        local: Some(LocalSource {
-            path: dir.display().to_string(),
-        }),
-        ..Default::default()
-    }
+    Layer { path: path.into(), local: Some(LocalSource { path: dir.display().to_string() }), ..Default::default() }
 }
 
 fn write(p: PathBuf, content: &str) {
@@ -33,13 +27,7 @@ fn write(p: PathBuf, content: &str) {
 async fn run(layers: Vec<Layer>, root: &Path) -> gamezone_init::Result<Summary> {
     let revs = resolve(&layers, &NoCredentials).await?;
     let revs = revs.into_iter().map(|r| r.revision).collect();
-    apply(ApplyOptions::new(
-        layers,
-        revs,
-        root,
-        Arc::new(NoCredentials),
-    ))
-    .await
+    apply(ApplyOptions::new(layers, revs, root, Arc::new(NoCredentials))).await
 }
 
 #[tokio::test]
@@ -62,58 +50,22 @@ async fn override_order_conflicts_links_modes_and_empty_dirs() {
     write(b.join("deep/new.txt"), "new");
 
     let root = t.path().join("root");
-    let s = run(
-        vec![local(&a, ""), local(&b, ""), local(&b, "nested/copy")],
-        &root,
-    )
-    .await
-    .unwrap();
+    let s = run(vec![local(&a, ""), local(&b, ""), local(&b, "nested/copy")], &root).await.unwrap();
     let cur = root.join("current");
     assert_eq!(read(cur.join("same.txt")), "from b", "later layer wins");
     assert_eq!(read(cur.join("only-a.txt")), "a");
-    assert_eq!(
-        read(cur.join("dir-then-file")),
-        "now a file",
-        "a file replaces a directory"
-    );
-    assert_eq!(
-        read(cur.join("file-then-dir/y")),
-        "y",
-        "a directory replaces a file"
-    );
+    assert_eq!(read(cur.join("dir-then-file")), "now a file", "a file replaces a directory");
+    assert_eq!(read(cur.join("file-then-dir/y")), "y", "a directory replaces a file");
     assert_eq!(read(cur.join("deep/keep.txt")), "keep", "directories merge");
     assert_eq!(read(cur.join("deep/new.txt")), "new");
-    assert_eq!(
-        read(cur.join("nested/copy/same.txt")),
-        "from b",
-        "nested layer path"
-    );
+    assert_eq!(read(cur.join("nested/copy/same.txt")), "from b", "nested layer path");
     assert!(cur.join("empty/inner").is_dir(), "empty directories kept");
-    assert_eq!(
-        std::fs::metadata(cur.join("run.sh"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o755
-    );
-    assert_eq!(
-        std::fs::metadata(cur.join("same.txt"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o644
-    );
-    assert_eq!(
-        read(cur.join("link")),
-        "keep",
-        "symlinks inside the tree kept"
-    );
+    assert_eq!(std::fs::metadata(cur.join("run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(std::fs::metadata(cur.join("same.txt")).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(read(cur.join("link")), "keep", "symlinks inside the tree kept");
     assert_eq!(read(cur.join("deep/up")), "a");
     assert_eq!(gamezone_init::digest_dir(&cur).unwrap(), s.tree_digest);
-    let state: serde_json::Value =
-        serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();
     assert_eq!(state["treeDigest"], s.tree_digest.as_str());
     assert_eq!(state["revisions"].as_array().unwrap().len(), 3);
 }
@@ -127,42 +79,15 @@ async fn unchanged_run_is_a_fast_no_op() {
     }
     let root = t.path().join("root");
     let layers = vec![local(&src, "x")];
-    let revs: Vec<String> = resolve(&layers, &NoCredentials)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.revision)
-        .collect();
-    let first = apply(ApplyOptions::new(
-        layers.clone(),
-        revs.clone(),
-        &root,
-        Arc::new(NoCredentials),
-    ))
-    .await
-    .unwrap();
+    let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    let first = apply(ApplyOptions::new(layers.clone(), revs.clone(), &root, Arc::new(NoCredentials))).await.unwrap();
     let target = std::fs::read_link(root.join("current")).unwrap();
     let started = Instant::now();
-    let again = apply(ApplyOptions::new(
-        layers,
-        revs,
-        &root,
-        Arc::new(NoCredentials),
-    ))
-    .await
-    .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    let again = apply(ApplyOptions::new(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert!(again.unchanged);
     assert_eq!(again.tree_digest, first.tree_digest);
-    assert_eq!(
-        std::fs::read_link(root.join("current")).unwrap(),
-        target,
-        "not rebuilt"
-    );
+    assert_eq!(std::fs::read_link(root.join("current")).unwrap(), target, "not rebuilt");
 }
 
 #[tokio::test]
@@ -177,9 +102,7 @@ async fn failures_keep_the_previous_tree() {
 
     std::fs::create_dir_all(&evil).unwrap();
     std::os::unix::fs::symlink("../../../etc/passwd", evil.join("escape")).unwrap();
-    let e = run(vec![local(&good, ""), local(&evil, "a")], &root)
-        .await
-        .unwrap_err();
+    let e = run(vec![local(&good, ""), local(&evil, "a")], &root).await.unwrap_err();
     assert!(matches!(e, Error::Hostile { layer: 1, .. }), "{e}");
     assert!(e.to_string().contains("points outside the tree"), "{e}");
 
@@ -188,9 +111,7 @@ async fn failures_keep_the_previous_tree() {
     let e = run(vec![local(&evil, "")], &root).await.unwrap_err();
     assert!(matches!(e, Error::Hostile { .. }), "{e}");
 
-    let e = run(vec![local(&t.path().join("missing"), "")], &root)
-        .await
-        .unwrap_err();
+    let e = run(vec![local(&t.path().join("missing"), "")], &root).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { layer: 0, .. }), "{e}");
 
     let mut escape = local(&good, "");
@@ -201,56 +122,24 @@ async fn failures_keep_the_previous_tree() {
     assert!(e.to_string().contains("absolute"), "{e}");
 
     // Pinned revision no longer matches the directory.
-    let layers = vec![local(&good, "")];
-    let revs: Vec<String> = resolve(&layers, &NoCredentials)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.revision)
-        .collect();
+    let layers = vec![local(&good, "other")];
+    let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
     std::thread::sleep(Duration::from_millis(10));
     write(good.join("f"), "changed");
-    let e = apply(ApplyOptions::new(
-        layers,
-        revs,
-        &root,
-        Arc::new(NoCredentials),
-    ))
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::RevisionChanged { .. }) && e.to_string().contains("resolve again"),
-        "{e}"
-    );
+    let e = apply(ApplyOptions::new(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap_err();
+    assert!(matches!(e, Error::RevisionChanged { .. }) && e.to_string().contains("resolve again"), "{e}");
 
     // Caps.
-    let mut o = ApplyOptions::new(
-        vec![local(&good, "capped")],
-        vec![],
-        &root,
-        Arc::new(NoCredentials),
-    );
-    o.revisions = resolve(&o.layers, &NoCredentials)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.revision)
-        .collect();
-    o.limits = Limits {
-        max_bytes: 3,
-        max_files: 10,
-    };
+    let mut o = ApplyOptions::new(vec![local(&good, "capped")], vec![], &root, Arc::new(NoCredentials));
+    o.revisions = resolve(&o.layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    o.limits = Limits { max_bytes: 3, max_files: 10 };
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Limit { .. }), "{e}");
 
     assert_eq!(read(root.join(".gamezone-state.json")), state);
     assert_eq!(std::fs::read_link(root.join("current")).unwrap(), target);
     assert_eq!(read(root.join("current/f")), "good");
-    let leftovers: Vec<_> = std::fs::read_dir(root.join(".trees"))
-        .unwrap()
-        .flatten()
-        .map(|d| d.file_name())
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(root.join(".trees")).unwrap().flatten().map(|d| d.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "staging cleaned: {leftovers:?}");
 }
 
@@ -263,28 +152,16 @@ async fn concurrent_runs_take_turns() {
         write(b.join(format!("f{i}")), "b");
     }
     let root = t.path().join("root");
-    let (ra, rb) = tokio::join!(
-        run(vec![local(&a, "")], &root),
-        run(vec![local(&b, "")], &root)
-    );
+    let (ra, rb) = tokio::join!(run(vec![local(&a, "")], &root), run(vec![local(&b, "")], &root));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let cur = root.join("current");
     let digest = gamezone_init::digest_dir(&cur).unwrap();
     assert!(digest == ra.tree_digest || digest == rb.tree_digest);
-    let state: serde_json::Value =
-        serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();
-    assert_eq!(
-        state["treeDigest"],
-        digest.as_str(),
-        "state matches the tree"
-    );
+    let state: serde_json::Value = serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();
+    assert_eq!(state["treeDigest"], digest.as_str(), "state matches the tree");
     let content = read(cur.join("f0"));
     for i in 0..300 {
-        assert_eq!(
-            read(cur.join(format!("f{i}"))),
-            content,
-            "tree is from one run only"
-        );
+        assert_eq!(read(cur.join(format!("f{i}"))), content, "tree is from one run only");
     }
     assert_eq!(std::fs::read_dir(root.join(".trees")).unwrap().count(), 1);
 }
@@ -295,10 +172,7 @@ fn binary_resolve_apply_and_watch() {
     let src = t.path().join("src");
     write(src.join("cfg.ini"), "v1");
     let root = t.path().join("root");
-    let plan = format!(
-        r#"[{{"path":"cfg","local":{{"path":"{}"}}}}]"#,
-        src.display()
-    );
+    let plan = format!(r#"[{{"path":"cfg","local":{{"path":"{}"}}}}]"#, src.display());
     let out = run_cmd(std::process::Command::new(bin()).args(["resolve", "--plan-json", &plan]));
     let revs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(revs[0]["layer"], 0);
@@ -312,10 +186,7 @@ fn binary_resolve_apply_and_watch() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let summary = stderr
-        .lines()
-        .find(|l| l.contains("\"summary\""))
-        .expect("summary line");
+    let summary = stderr.lines().find(|l| l.contains("\"summary\"")).expect("summary line");
     let v: serde_json::Value = serde_json::from_str(summary).unwrap();
     assert_eq!(v["files"], 1);
     assert!(v["tree_digest"].as_str().unwrap().starts_with("sha256:"));
@@ -332,10 +203,7 @@ fn binary_resolve_apply_and_watch() {
     write(src.join("cfg.ini"), "v2");
     let started = Instant::now();
     while read(root.join("current/cfg/cfg.ini")) != "v2" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "watch did not pick up the local change"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "watch did not pick up the local change");
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();

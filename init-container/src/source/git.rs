@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use git2::{
-    CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, Oid,
-    RemoteCallbacks, Repository,
+    CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, Oid, RemoteCallbacks, Repository,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -45,19 +44,13 @@ impl GitAuth {
     }
 
     fn headers(&self) -> Vec<String> {
-        self.bearer
-            .as_ref()
-            .map(|t| vec![format!("Authorization: Bearer {}", t.as_str())])
-            .unwrap_or_default()
+        self.bearer.as_ref().map(|t| vec![format!("Authorization: Bearer {}", t.as_str())]).unwrap_or_default()
     }
 }
 
 /// Reads the layer's Secret; registers every secret value with `ctx` so messages are scrubbed.
 pub(crate) fn load_auth(ctx: &mut Ctx, g: &GitSource, creds: &dyn Credentials) -> Result<GitAuth> {
-    let mut auth = GitAuth {
-        url: g.url.clone(),
-        ..Default::default()
-    };
+    let mut auth = GitAuth { url: g.url.clone(), ..Default::default() };
     if let Ok(mut u) = url::Url::parse(&g.url)
         && (!u.username().is_empty() || u.password().is_some())
         && matches!(u.scheme(), "http" | "https")
@@ -86,9 +79,7 @@ pub(crate) fn load_auth(ctx: &mut Ctx, g: &GitSource, creds: &dyn Credentials) -
     match (user, pass) {
         (Some(u), Some(p)) => auth.userpass = Some((u, p)),
         (Some(_), None) | (None, Some(_)) => {
-            return Err(ctx.credentials(format!(
-                "Secret `{secret}` needs both `username` and `password`"
-            )));
+            return Err(ctx.credentials(format!("Secret `{secret}` needs both `username` and `password`")));
         }
         (None, None) => {}
     }
@@ -116,8 +107,7 @@ fn url_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
         {
             out.push(v);
             i += 3;
@@ -132,18 +122,9 @@ fn url_decode(s: &str) -> String {
 /// Which advertised ref a layer follows.
 fn wanted_ref(g: &GitSource) -> (String, String) {
     match (&g.branch, &g.tag) {
-        (Some(b), _) => (
-            format!("refs/heads/{b}"),
-            format!("branch `{b}` not found; check git.branch"),
-        ),
-        (None, Some(t)) => (
-            format!("refs/tags/{t}"),
-            format!("tag `{t}` not found; check git.tag"),
-        ),
-        _ => (
-            "HEAD".to_owned(),
-            "the repository has no HEAD (empty?); set git.branch or git.commit".to_owned(),
-        ),
+        (Some(b), _) => (format!("refs/heads/{b}"), format!("branch `{b}` not found; check git.branch")),
+        (None, Some(t)) => (format!("refs/tags/{t}"), format!("tag `{t}` not found; check git.tag")),
+        _ => ("HEAD".to_owned(), "the repository has no HEAD (empty?); set git.branch or git.commit".to_owned()),
     }
 }
 
@@ -158,12 +139,7 @@ fn pick(refs: &[(String, String)], g: &GitSource, ctx: &Ctx) -> Result<String> {
 }
 
 /// Resolves the layer's branch, tag or HEAD to a 40-hex commit (a pinned commit is returned as is).
-pub(crate) async fn resolve(
-    ctx: &Ctx,
-    g: &GitSource,
-    auth: GitAuth,
-    policy: &RetryPolicy,
-) -> Result<String> {
+pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: GitAuth, policy: &RetryPolicy) -> Result<String> {
     if let Some(c) = &g.commit {
         return Ok(c.to_ascii_lowercase());
     }
@@ -186,23 +162,15 @@ pub(crate) async fn resolve(
 
 /// Lists refs over smart HTTP (`info/refs`), which also lets a bearer token through.
 async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
-    let url = format!(
-        "{}/info/refs?service=git-upload-pack",
-        auth.url.trim_end_matches('/')
-    );
+    let url = format!("{}/info/refs?service=git-upload-pack", auth.url.trim_end_matches('/'));
     let client = crate::source::http_client(ctx)?;
-    let mut req = client
-        .get(&url)
-        .header("User-Agent", "git/2.39 (gamezone-init)");
+    let mut req = client.get(&url).header("User-Agent", "git/2.39 (gamezone-init)");
     if let Some((u, p)) = &auth.userpass {
         req = req.basic_auth(u.as_str(), Some(p.as_str()));
     } else if let Some(t) = &auth.bearer {
         req = req.bearer_auth(t.as_str());
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    let resp = req.send().await.map_err(|e| crate::source::reqwest_error(ctx, &e))?;
     let status = resp.status().as_u16();
     match status {
         200 => {}
@@ -212,23 +180,15 @@ async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
             return Err(ctx.transient(format!("HTTP {s} listing refs")));
         }
         s => {
-            return Err(ctx.source(format!(
-                "HTTP {s} listing refs; is git.url a git repository?"
-            )));
+            return Err(ctx.source(format!("HTTP {s} listing refs; is git.url a git repository?")));
         }
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| crate::source::reqwest_error(ctx, &e))?;
-    parse_advertisement(&body)
-        .map_err(|m| ctx.source(format!("{m}; is git.url a smart-HTTP git repository?")))
+    let body = resp.bytes().await.map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    parse_advertisement(&body).map_err(|m| ctx.source(format!("{m}; is git.url a smart-HTTP git repository?")))
 }
 
 /// Parses a protocol v0/v1 ref advertisement (pkt-lines) into (ref, oid) pairs.
-pub(crate) fn parse_advertisement(
-    mut body: &[u8],
-) -> std::result::Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_advertisement(mut body: &[u8]) -> std::result::Result<Vec<(String, String)>, String> {
     let mut refs = Vec::new();
     while body.len() >= 4 {
         let len = std::str::from_utf8(&body[..4])
@@ -268,20 +228,11 @@ fn libgit2_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
     let conn = remote
         .connect_auth(git2::Direction::Fetch, Some(cbs), None)
         .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))?;
-    let list = conn
-        .list()
-        .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))?;
-    Ok(list
-        .iter()
-        .map(|h| (h.name().to_owned(), h.oid().to_string()))
-        .collect())
+    let list = conn.list().map_err(|e| map_git_error(ctx, auth, &e, failed.get()))?;
+    Ok(list.iter().map(|h| (h.name().to_owned(), h.oid().to_string())).collect())
 }
 
-fn callbacks<'a>(
-    auth: &'a GitAuth,
-    tried: &'a Cell<bool>,
-    failed: &'a Cell<bool>,
-) -> RemoteCallbacks<'a> {
+fn callbacks<'a>(auth: &'a GitAuth, tried: &'a Cell<bool>, failed: &'a Cell<bool>) -> RemoteCallbacks<'a> {
     let mut cbs = RemoteCallbacks::new();
     cbs.credentials(move |_url, user_from_url, allowed| {
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
@@ -306,9 +257,7 @@ fn callbacks<'a>(
             return Cred::username(user_from_url.unwrap_or("git"));
         }
         failed.set(true);
-        Err(git2::Error::from_str(
-            "the server asks for credentials this layer does not have",
-        ))
+        Err(git2::Error::from_str("the server asks for credentials this layer does not have"))
     });
     cbs.certificate_check(move |cert, host| {
         let Some(hk) = cert.as_hostkey() else {
@@ -326,21 +275,9 @@ fn callbacks<'a>(
 }
 
 /// Checks an ssh host key against `known_hosts` lines (plain host names; hashed entries are not supported).
-pub(crate) fn check_host_key(
-    known_hosts: &str,
-    host: &str,
-    url: &str,
-    key: &[u8],
-) -> std::result::Result<(), String> {
-    let port = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.port())
-        .unwrap_or(22);
-    let names = if port == 22 {
-        vec![host.to_owned()]
-    } else {
-        vec![format!("[{host}]:{port}")]
-    };
+pub(crate) fn check_host_key(known_hosts: &str, host: &str, url: &str, key: &[u8]) -> std::result::Result<(), String> {
+    let port = url::Url::parse(url).ok().and_then(|u| u.port()).unwrap_or(22);
+    let names = if port == 22 { vec![host.to_owned()] } else { vec![format!("[{host}]:{port}")] };
     let mut host_seen = false;
     for line in known_hosts.lines() {
         let line = line.trim();
@@ -355,10 +292,7 @@ pub(crate) fn check_host_key(
             continue;
         }
         host_seen = true;
-        if base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .is_ok_and(|k| k == key)
-        {
+        if base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k == key) {
             return Ok(());
         }
     }
@@ -367,10 +301,7 @@ pub(crate) fn check_host_key(
             "host key of {host} does not match known_hosts (possible man-in-the-middle); update the Secret's `known_hosts`"
         ))
     } else {
-        Err(format!(
-            "{} is not in known_hosts; add its key (ssh-keyscan) to the Secret's `known_hosts`",
-            names[0]
-        ))
+        Err(format!("{} is not in known_hosts; add its key (ssh-keyscan) to the Secret's `known_hosts`", names[0]))
     }
 }
 
@@ -394,12 +325,7 @@ fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) 
     {
         return ctx.not_found(format!("repository not found ({msg}); check git.url"));
     }
-    if retry::text_is_transient(&msg)
-        || matches!(
-            e.class(),
-            ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh
-        )
-    {
+    if retry::text_is_transient(&msg) || matches!(e.class(), ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh) {
         return ctx.transient(msg);
     }
     ctx.source(msg)
@@ -432,18 +358,14 @@ fn open_cache(ctx: &Ctx, cache: &Path, url: &str) -> Result<Repository> {
         return Ok(r);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(cache)
-        .map_err(|e| ctx.io(format!("create git cache {}", cache.display()), e))?;
-    Repository::init_bare(&dir)
-        .map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
+    std::fs::create_dir_all(cache).map_err(|e| ctx.io(format!("create git cache {}", cache.display()), e))?;
+    Repository::init_bare(&dir).map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
 }
 
 fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<()> {
     let failed = Cell::new(false);
     let tried = Cell::new(false);
-    let mut remote = repo
-        .remote_anonymous(&auth.url)
-        .map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
+    let mut remote = repo.remote_anonymous(&auth.url).map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
     let mut fo = FetchOptions::new();
     fo.depth(1);
     fo.download_tags(git2::AutotagOption::None);
@@ -452,24 +374,16 @@ fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
     fo.custom_headers(&header_refs);
     fo.remote_callbacks(callbacks(auth, &tried, &failed));
-    remote
-        .fetch(&[refspec], Some(&mut fo), None)
-        .map_err(|e| map_git_error(ctx, auth, &e, failed.get()))
+    remote.fetch(&[refspec], Some(&mut fo), None).map_err(|e| map_git_error(ctx, auth, &e, failed.get()))
 }
 
 fn apply_blocking(job: &GitJob) -> Result<()> {
     let ctx = &job.ctx;
-    let oid = Oid::from_str(&job.commit).map_err(|_| {
-        ctx.invalid(format!(
-            "pinned revision `{}` is not a commit id",
-            job.commit
-        ))
-    })?;
+    let oid = Oid::from_str(&job.commit)
+        .map_err(|_| ctx.invalid(format!("pinned revision `{}` is not a commit id", job.commit)))?;
     let repo = open_cache(ctx, &job.cache, &job.auth.url)?;
     if repo.find_commit(oid).is_err() {
-        let by_id = retry::retry_blocking(&job.policy, "git fetch", || {
-            fetch(ctx, &repo, &job.auth, &job.commit)
-        });
+        let by_id = retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, &repo, &job.auth, &job.commit));
         match by_id {
             Ok(()) => {}
             Err(e @ (Error::Auth { .. } | Error::Credentials { .. } | Error::Transient { .. })) => {
@@ -480,9 +394,7 @@ fn apply_blocking(job: &GitJob) -> Result<()> {
                 let (name, _) = wanted_ref(&job.source);
                 tracing::info!(layer = ctx.layer, error = %e, reference = %name, "fetch by commit refused; fetching the ref instead");
                 let spec = format!("+{name}:refs/gamezone/fetched");
-                retry::retry_blocking(&job.policy, "git fetch", || {
-                    fetch(ctx, &repo, &job.auth, &spec)
-                })?;
+                retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, &repo, &job.auth, &spec))?;
             }
         }
     }
@@ -492,9 +404,7 @@ fn apply_blocking(job: &GitJob) -> Result<()> {
             job.commit
         ))
     })?;
-    let tree = commit
-        .tree()
-        .map_err(|e| ctx.source(e.message().to_owned()))?;
+    let tree = commit.tree().map_err(|e| ctx.source(e.message().to_owned()))?;
     if job.sub_path.is_empty() {
         return write_tree(ctx, &repo, &tree, &job.dest, &job.writer);
     }
@@ -506,54 +416,32 @@ fn apply_blocking(job: &GitJob) -> Result<()> {
     })?;
     match entry.kind() {
         Some(git2::ObjectType::Tree) => {
-            let sub = repo
-                .find_tree(entry.id())
-                .map_err(|e| ctx.source(e.message().to_owned()))?;
+            let sub = repo.find_tree(entry.id()).map_err(|e| ctx.source(e.message().to_owned()))?;
             write_tree(ctx, &repo, &sub, &job.dest, &job.writer)
         }
         _ => write_entry(ctx, &repo, &entry, &job.dest, &job.writer),
     }
 }
 
-fn write_tree(
-    ctx: &Ctx,
-    repo: &Repository,
-    tree: &git2::Tree<'_>,
-    dest: &str,
-    w: &TreeWriter,
-) -> Result<()> {
+fn write_tree(ctx: &Ctx, repo: &Repository, tree: &git2::Tree<'_>, dest: &str, w: &TreeWriter) -> Result<()> {
     w.ensure_dir(ctx, dest)?;
     for entry in tree.iter() {
         let Some(name) = entry.name() else {
             return Err(ctx.hostile(format!("a name below `{dest}` is not UTF-8")));
         };
         if paths::components(name).map_or(true, |c| c.len() != 1 || c[0] != name) {
-            return Err(ctx.hostile(format!(
-                "tree entry `{}` below `{dest}` is not a plain name",
-                name.escape_debug()
-            )));
+            return Err(ctx.hostile(format!("tree entry `{}` below `{dest}` is not a plain name", name.escape_debug())));
         }
         write_entry(ctx, repo, &entry, &paths::join2(dest, name), w)?;
     }
     Ok(())
 }
 
-fn write_entry(
-    ctx: &Ctx,
-    repo: &Repository,
-    entry: &git2::TreeEntry<'_>,
-    rel: &str,
-    w: &TreeWriter,
-) -> Result<()> {
-    let blob = |id| {
-        repo.find_blob(id)
-            .map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())))
-    };
+fn write_entry(ctx: &Ctx, repo: &Repository, entry: &git2::TreeEntry<'_>, rel: &str, w: &TreeWriter) -> Result<()> {
+    let blob = |id| repo.find_blob(id).map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())));
     match entry.filemode() {
         0o040000 => {
-            let sub = repo
-                .find_tree(entry.id())
-                .map_err(|e| ctx.source(e.message().to_owned()))?;
+            let sub = repo.find_tree(entry.id()).map_err(|e| ctx.source(e.message().to_owned()))?;
             write_tree(ctx, repo, &sub, rel, w)
         }
         0o120000 => {
@@ -563,17 +451,12 @@ fn write_entry(
             w.symlink(ctx, rel, target)
         }
         0o160000 => {
-            tracing::warn!(
-                layer = ctx.layer,
-                path = rel,
-                "submodule left as an empty directory"
-            );
+            tracing::warn!(layer = ctx.layer, path = rel, "submodule left as an empty directory");
             w.ensure_dir(ctx, rel)
         }
         mode => {
             let b = blob(entry.id())?;
-            w.write_reader(ctx, rel, mode & 0o111 != 0, &mut b.content())
-                .map(|_| ())
+            w.write_reader(ctx, rel, mode & 0o111 != 0, &mut b.content()).map(|_| ())
         }
     }
 }
@@ -591,29 +474,18 @@ mod tests {
         let a = "a".repeat(40);
         let b = "b".repeat(40);
         let mut pkt = |s: &str| body.extend(format!("{:04x}{s}", s.len() + 4).into_bytes());
-        pkt(&format!(
-            "{a} HEAD\0multi_ack symref=HEAD:refs/heads/main\n"
-        ));
+        pkt(&format!("{a} HEAD\0multi_ack symref=HEAD:refs/heads/main\n"));
         pkt(&format!("{a} refs/heads/main\n"));
         pkt(&format!("{b} refs/tags/v1^{{}}\n"));
         body.extend(b"0000");
         let refs = parse_advertisement(&body).unwrap();
         assert_eq!(refs.len(), 3);
-        let g = GitSource {
-            tag: Some("v1".into()),
-            ..Default::default()
-        };
+        let g = GitSource { tag: Some("v1".into()), ..Default::default() };
         assert_eq!(pick(&refs, &g, &Ctx::new(0, "t")).unwrap(), b);
         let g = GitSource::default();
         assert_eq!(pick(&refs, &g, &Ctx::new(0, "t")).unwrap(), a);
-        let g = GitSource {
-            branch: Some("nope".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            pick(&refs, &g, &Ctx::new(0, "t")),
-            Err(Error::NotFound { .. })
-        ));
+        let g = GitSource { branch: Some("nope".into()), ..Default::default() };
+        assert!(matches!(pick(&refs, &g, &Ctx::new(0, "t")), Err(Error::NotFound { .. })));
     }
 
     #[test]
@@ -628,11 +500,7 @@ mod tests {
                 .unwrap_err()
                 .contains("does not match")
         );
-        assert!(
-            check_host_key(&kh, "nope", "ssh://git@nope/r.git", key)
-                .unwrap_err()
-                .contains("not in known_hosts")
-        );
+        assert!(check_host_key(&kh, "nope", "ssh://git@nope/r.git", key).unwrap_err().contains("not in known_hosts"));
     }
 
     #[test]

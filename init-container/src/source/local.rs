@@ -15,24 +15,16 @@ use crate::{Result, paths};
 
 /// The directory a local layer takes (its path plus subPath).
 pub(crate) fn source_dir(path: &str, sub_path: &str) -> PathBuf {
-    if sub_path.is_empty() {
-        PathBuf::from(path)
-    } else {
-        Path::new(path).join(sub_path)
-    }
+    if sub_path.is_empty() { PathBuf::from(path) } else { Path::new(path).join(sub_path) }
 }
 
 fn open_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(ctx.invalid(format!(
-            "{} is not a directory; check local.path and subPath",
-            dir.display()
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ctx.not_found(format!(
-            "directory {} not found; check local.path and subPath",
-            dir.display()
-        ))),
+        Ok(_) => Err(ctx.invalid(format!("{} is not a directory; check local.path and subPath", dir.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ctx.not_found(format!("directory {} not found; check local.path and subPath", dir.display())))
+        }
         Err(e) => Err(ctx.io(format!("read {}", dir.display()), e)),
     }
 }
@@ -58,8 +50,7 @@ fn scan(ctx: &Ctx, dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
             .into_string()
             .map_err(|n| ctx.invalid(format!("name {n:?} in {} is not UTF-8", dir.display())))?;
         let r = paths::join2(rel, &name);
-        let m = fs::symlink_metadata(de.path())
-            .map_err(|e| ctx.io(format!("stat {}", de.path().display()), e))?;
+        let m = fs::symlink_metadata(de.path()).map_err(|e| ctx.io(format!("stat {}", de.path().display()), e))?;
         let nanos = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
         out.push(format!("{r} {} {nanos} {:o}\n", m.len(), m.mode()));
         if m.file_type().is_dir() {
@@ -70,13 +61,7 @@ fn scan(ctx: &Ctx, dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
 }
 
 /// Copies the directory into the staging tree at `dest`, after checking it still has the pinned revision.
-pub(crate) async fn apply(
-    ctx: Ctx,
-    dir: PathBuf,
-    pinned: String,
-    dest: String,
-    w: Arc<TreeWriter>,
-) -> Result<()> {
+pub(crate) async fn apply(ctx: Ctx, dir: PathBuf, pinned: String, dest: String, w: Arc<TreeWriter>) -> Result<()> {
     tokio::task::spawn_blocking(move || {
         let now = resolve(&ctx, &dir)?;
         if now != pinned {
@@ -107,15 +92,11 @@ fn copy_dir(ctx: &Ctx, dir: &Path, dest: &str, w: &TreeWriter) -> Result<()> {
         if ft.is_dir() {
             copy_dir(ctx, &p, &rel, w)?;
         } else if ft.is_symlink() {
-            let t =
-                fs::read_link(&p).map_err(|e| ctx.io(format!("read link {}", p.display()), e))?;
-            let t = t.to_str().ok_or_else(|| {
-                ctx.invalid(format!("link target of {} is not UTF-8", p.display()))
-            })?;
+            let t = fs::read_link(&p).map_err(|e| ctx.io(format!("read link {}", p.display()), e))?;
+            let t = t.to_str().ok_or_else(|| ctx.invalid(format!("link target of {} is not UTF-8", p.display())))?;
             w.symlink(ctx, &rel, t)?;
         } else if ft.is_file() {
-            let mut f =
-                fs::File::open(&p).map_err(|e| ctx.io(format!("open {}", p.display()), e))?;
+            let mut f = fs::File::open(&p).map_err(|e| ctx.io(format!("open {}", p.display()), e))?;
             w.write_reader(ctx, &rel, m.permissions().mode() & 0o111 != 0, &mut f)?;
         } else {
             return Err(ctx.hostile(format!(

@@ -31,12 +31,7 @@ pub(crate) fn reqwest_error(ctx: &Ctx, e: &reqwest::Error) -> Error {
         cur = s.source();
     }
     let text = strip_urls(&text);
-    if e.is_timeout()
-        || e.is_connect()
-        || e.is_body()
-        || e.is_request()
-        || retry::text_is_transient(&text)
-    {
+    if e.is_timeout() || e.is_connect() || e.is_body() || e.is_request() || retry::text_is_transient(&text) {
         ctx.transient(text)
     } else {
         ctx.source(text)
@@ -48,11 +43,7 @@ pub(crate) fn strip_urls(text: &str) -> String {
     text.split(' ')
         .map(|w| {
             let trimmed = w.trim_matches(|c| c == '(' || c == ')' || c == '"' || c == '\'');
-            if trimmed.contains("://") {
-                w.replace(trimmed, &crate::plan::redact_url(trimmed))
-            } else {
-                w.to_owned()
-            }
+            if trimmed.contains("://") { w.replace(trimmed, &crate::plan::redact_url(trimmed)) } else { w.to_owned() }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -81,11 +72,8 @@ pub(crate) fn s3_store(
             _ => endpoint.to_owned(),
         }
     };
-    let retry = object_store::RetryConfig {
-        max_retries: 0,
-        retry_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let retry =
+        object_store::RetryConfig { max_retries: 0, retry_timeout: Duration::from_secs(1), ..Default::default() };
     let options = object_store::ClientOptions::new()
         .with_allow_http(true)
         .with_connect_timeout(Duration::from_secs(15))
@@ -101,8 +89,7 @@ pub(crate) fn s3_store(
         Some((ak, sk)) => b.with_access_key_id(ak).with_secret_access_key(sk),
         None => b.with_skip_signature(true),
     };
-    b.build()
-        .map_err(|e| ctx.invalid(format!("s3 settings: {e}")))
+    b.build().map_err(|e| ctx.invalid(format!("s3 settings: {e}")))
 }
 
 /// S3 keys for a layer: from its Secret (`accesskey`/`secretkey`), else the environment
@@ -119,16 +106,11 @@ pub(crate) fn s3_keys(
             match (ak, sk) {
                 (Some(a), Some(k)) => Some((a, k)),
                 _ => {
-                    return Err(ctx.credentials(format!(
-                        "Secret `{s}` needs keys `accesskey` and `secretkey`"
-                    )));
+                    return Err(ctx.credentials(format!("Secret `{s}` needs keys `accesskey` and `secretkey`")));
                 }
             }
         }
-        None => match (
-            std::env::var("AWS_ACCESS_KEY_ID"),
-            std::env::var("AWS_SECRET_ACCESS_KEY"),
-        ) {
+        None => match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(k)) => Some((zeroize::Zeroizing::new(a), zeroize::Zeroizing::new(k))),
             _ => None,
         },
@@ -140,12 +122,7 @@ pub(crate) fn s3_keys(
 }
 
 /// Classifies an object_store failure.
-pub(crate) fn store_error(
-    ctx: &Ctx,
-    e: &object_store::Error,
-    secret: Option<&str>,
-    what: &str,
-) -> Error {
+pub(crate) fn store_error(ctx: &Ctx, e: &object_store::Error, secret: Option<&str>, what: &str) -> Error {
     use object_store::Error as E;
     let text = strip_urls(&format!("{e}"));
     let auth_hint = match secret {
@@ -161,15 +138,15 @@ pub(crate) fn store_error(
         {
             ctx.auth(auth_hint)
         }
-        E::NotFound { .. } => ctx.not_found(format!(
-            "{what}: not found; check endpoint, bucket and prefix/key ({text})"
-        )),
-        _ if lower.contains("nosuchbucket") => ctx.not_found(format!(
-            "{what}: bucket not found; check s3.bucket ({text})"
-        )),
-        E::InvalidPath { .. } => ctx.hostile(format!(
-            "{what}: the bucket holds a key that is not a plain relative path ({text})"
-        )),
+        E::NotFound { .. } => {
+            ctx.not_found(format!("{what}: not found; check endpoint, bucket and prefix/key ({text})"))
+        }
+        _ if lower.contains("nosuchbucket") => {
+            ctx.not_found(format!("{what}: bucket not found; check s3.bucket ({text})"))
+        }
+        E::InvalidPath { .. } => {
+            ctx.hostile(format!("{what}: the bucket holds a key that is not a plain relative path ({text})"))
+        }
         _ if retry::text_is_transient(&text) => ctx.transient(format!("{what}: {text}")),
         _ if lower.contains("status code: 4") => ctx.source(format!("{what}: {text}")),
         E::Generic { .. } => ctx.transient(format!("{what}: {text}")),

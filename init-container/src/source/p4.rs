@@ -75,28 +75,18 @@ impl P4Layer {
     }
 
     async fn http_open(&self, url: &str, offset: u64, what: &str) -> Result<reqwest::Response> {
-        let Location::Http { secret, .. } = &self.location else {
-            unreachable!("http open for a non-http location")
-        };
-        let resp = self
-            .http_request(url, offset)?
-            .send()
-            .await
-            .map_err(|e| reqwest_error(&self.ctx, &e))?;
+        let Location::Http { secret, .. } = &self.location else { unreachable!("http open for a non-http location") };
+        let resp = self.http_request(url, offset)?.send().await.map_err(|e| reqwest_error(&self.ctx, &e))?;
         let s = resp.status().as_u16();
         match s {
             200 if offset == 0 => Ok(resp),
             206 if offset > 0 => Ok(resp),
-            200 => Err(self.ctx.source(format!(
-                "{what}: the server cannot resume a download (no range support); run again"
-            ))),
-            401 | 403 => Err(self.ctx.auth(self.auth_hint(secret))),
-            404 => Err(self
+            200 => Err(self
                 .ctx
-                .not_found(format!("{what}: not found (HTTP 404); check p4Export.url"))),
-            s if retry::status_is_transient(s) => {
-                Err(self.ctx.transient(format!("{what}: HTTP {s}")))
-            }
+                .source(format!("{what}: the server cannot resume a download (no range support); run again"))),
+            401 | 403 => Err(self.ctx.auth(self.auth_hint(secret))),
+            404 => Err(self.ctx.not_found(format!("{what}: not found (HTTP 404); check p4Export.url"))),
+            s if retry::status_is_transient(s) => Err(self.ctx.transient(format!("{what}: HTTP {s}"))),
             s => Err(self.ctx.source(format!("{what}: HTTP {s}"))),
         }
     }
@@ -108,53 +98,37 @@ impl P4Layer {
                 let murl = manifest_url(url);
                 retry::retry(&self.policy, "p4 manifest", || async {
                     let resp = self.http_open(&murl, 0, "manifest").await?;
-                    if resp
-                        .content_length()
-                        .is_some_and(|l| l as usize > MAX_MANIFEST)
-                    {
+                    if resp.content_length().is_some_and(|l| l as usize > MAX_MANIFEST) {
                         return Err(ctx.limit("the manifest is larger than 256 MiB"));
                     }
-                    Ok(resp
-                        .bytes()
-                        .await
-                        .map_err(|e| reqwest_error(ctx, &e))?
-                        .to_vec())
+                    Ok(resp.bytes().await.map_err(|e| reqwest_error(ctx, &e))?.to_vec())
                 })
                 .await?
             }
             Location::File(p) => {
                 let mp = PathBuf::from(format!("{}.manifest.json", p.display()));
                 std::fs::read(&mp).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => ctx.not_found(format!(
-                        "manifest {} not found; check p4Export.url",
-                        mp.display()
-                    )),
+                    io::ErrorKind::NotFound => {
+                        ctx.not_found(format!("manifest {} not found; check p4Export.url", mp.display()))
+                    }
                     _ => ctx.io(format!("read {}", mp.display()), e),
                 })?
             }
             Location::S3 { store, key, secret } => {
                 let mk = StorePath::from(format!("{key}.manifest.json").as_str());
                 retry::retry(&self.policy, "p4 manifest", || async {
-                    let r = store
-                        .get(&mk)
-                        .await
-                        .map_err(|e| store_error(ctx, &e, secret.as_deref(), "manifest"))?;
+                    let r = store.get(&mk).await.map_err(|e| store_error(ctx, &e, secret.as_deref(), "manifest"))?;
                     if r.meta.size as usize > MAX_MANIFEST {
                         return Err(ctx.limit("the manifest is larger than 256 MiB"));
                     }
-                    Ok(r.bytes()
-                        .await
-                        .map_err(|e| store_error(ctx, &e, secret.as_deref(), "manifest"))?
-                        .to_vec())
+                    Ok(r.bytes().await.map_err(|e| store_error(ctx, &e, secret.as_deref(), "manifest"))?.to_vec())
                 })
                 .await?
             }
         };
-        let m: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| ctx.verification(format!("the manifest is not valid: {e}")))?;
-        if !(m.archive_sha256.len() == 64
-            && m.archive_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        let m: Manifest =
+            serde_json::from_slice(&body).map_err(|e| ctx.verification(format!("the manifest is not valid: {e}")))?;
+        if !(m.archive_sha256.len() == 64 && m.archive_sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(ctx.verification("the manifest's archiveSha256 is not 64 hex digits"));
         }
         if let Some(want) = &self.expected_sha256
@@ -171,38 +145,23 @@ impl P4Layer {
     /// `<changelist>@sha256:<archive hex>` from the manifest.
     pub async fn resolve(&self) -> Result<String> {
         let m = self.manifest().await?;
-        Ok(format!(
-            "{}@sha256:{}",
-            m.changelist,
-            m.archive_sha256.to_ascii_lowercase()
-        ))
+        Ok(format!("{}@sha256:{}", m.changelist, m.archive_sha256.to_ascii_lowercase()))
     }
 
     /// Streams the archive into the staging tree at `dest`, taking only `sub_path`.
-    pub async fn apply(
-        self: Arc<Self>,
-        pinned: &str,
-        sub_path: &str,
-        dest: &str,
-        w: Arc<TreeWriter>,
-    ) -> Result<()> {
+    pub async fn apply(self: Arc<Self>, pinned: &str, sub_path: &str, dest: &str, w: Arc<TreeWriter>) -> Result<()> {
         let ctx = &self.ctx;
         let m = self.manifest().await?;
-        let now = format!(
-            "{}@sha256:{}",
-            m.changelist,
-            m.archive_sha256.to_ascii_lowercase()
-        );
+        let now = format!("{}@sha256:{}", m.changelist, m.archive_sha256.to_ascii_lowercase());
         if now != pinned {
             return Err(ctx.changed(pinned, &now));
         }
         let (input, producer): (Box<dyn Read + Send>, _) = match &self.location {
             Location::File(p) => {
                 let f = std::fs::File::open(p).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => ctx.not_found(format!(
-                        "archive {} not found; check p4Export.url",
-                        p.display()
-                    )),
+                    io::ErrorKind::NotFound => {
+                        ctx.not_found(format!("archive {} not found; check p4Export.url", p.display()))
+                    }
                     _ => ctx.io(format!("open {}", p.display()), e),
                 })?;
                 (Box::new(f), None)
@@ -211,25 +170,19 @@ impl P4Layer {
                 let (tx, rx) = mpsc::channel(16);
                 let this = self.clone();
                 (
-                    Box::new(ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                    }),
+                    Box::new(ChannelReader { rx, cur: Bytes::new() }),
                     Some(tokio::spawn(async move { this.pump(tx).await })),
                 )
             }
         };
         let (ctx2, sub, dest, w2) = (ctx.clone(), sub_path.to_owned(), dest.to_owned(), w.clone());
         let sha = m.archive_sha256.to_ascii_lowercase();
-        let extracted =
-            tokio::task::spawn_blocking(move || extract(&ctx2, input, &m, &sha, &sub, &dest, &w2))
-                .await
-                .map_err(|e| Error::Plan(format!("unpack task failed: {e}")))?;
+        let extracted = tokio::task::spawn_blocking(move || extract(&ctx2, input, &m, &sha, &sub, &dest, &w2))
+            .await
+            .map_err(|e| Error::Plan(format!("unpack task failed: {e}")))?;
         if let Some(p) = producer {
             // The producer's error says what went wrong on the wire; prefer it.
-            let fetched = p
-                .await
-                .map_err(|e| Error::Plan(format!("download task failed: {e}")))?;
+            let fetched = p.await.map_err(|e| Error::Plan(format!("download task failed: {e}")))?;
             fetched?;
         }
         extracted
@@ -242,8 +195,7 @@ impl P4Layer {
         let mut offset = 0u64;
         let mut resumes = 0u32;
         loop {
-            let opened =
-                retry::retry(&self.policy, "p4 archive", || self.open_stream(offset)).await;
+            let opened = retry::retry(&self.policy, "p4 archive", || self.open_stream(offset)).await;
             let mut stream = match opened {
                 Ok(s) => s,
                 Err(e) => {
@@ -279,33 +231,22 @@ impl P4Layer {
         }
     }
 
-    async fn open_stream(
-        &self,
-        offset: u64,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    async fn open_stream(&self, offset: u64) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         let ctx = self.ctx.clone();
         match &self.location {
             Location::Http { url, .. } => {
                 let resp = self.http_open(url, offset, "archive").await?;
-                Ok(resp
-                    .bytes_stream()
-                    .map(move |r| r.map_err(|e| reqwest_error(&ctx, &e)))
-                    .boxed())
+                Ok(resp.bytes_stream().map(move |r| r.map_err(|e| reqwest_error(&ctx, &e))).boxed())
             }
             Location::S3 { store, key, secret } => {
-                let opts = GetOptions {
-                    range: (offset > 0).then_some(GetRange::Offset(offset)),
-                    ..Default::default()
-                };
+                let opts = GetOptions { range: (offset > 0).then_some(GetRange::Offset(offset)), ..Default::default() };
                 let r = store
                     .get_opts(&StorePath::from(key.as_str()), opts)
                     .await
                     .map_err(|e| store_error(&ctx, &e, secret.as_deref(), "archive"))?;
                 let secret = secret.clone();
                 Ok(r.into_stream()
-                    .map(move |c| {
-                        c.map_err(|e| store_error(&ctx, &e, secret.as_deref(), "archive"))
-                    })
+                    .map(move |c| c.map_err(|e| store_error(&ctx, &e, secret.as_deref(), "archive")))
                     .boxed())
             }
             Location::File(_) => Err(self.ctx.source("internal: file archives are read directly")),
@@ -375,9 +316,7 @@ fn corrupt(ctx: &Ctx, e: io::Error) -> Error {
     if retry::io_is_transient(&e) {
         ctx.transient(format!("reading the archive: {e}"))
     } else {
-        ctx.verification(format!(
-            "the archive cannot be read (corrupt or not a tar): {e}"
-        ))
+        ctx.verification(format!("the archive cannot be read (corrupt or not a tar): {e}"))
     }
 }
 
@@ -401,18 +340,13 @@ fn extract(
     dest: &str,
     w: &TreeWriter,
 ) -> Result<()> {
-    let mut files: HashMap<String, &crate::p4export::ManifestFile> =
-        HashMap::with_capacity(m.files.len());
+    let mut files: HashMap<String, &crate::p4export::ManifestFile> = HashMap::with_capacity(m.files.len());
     for f in &m.files {
-        let comps =
-            paths::components(&f.path).map_err(|e| ctx.hostile(format!("manifest path: {e}")))?;
+        let comps = paths::components(&f.path).map_err(|e| ctx.hostile(format!("manifest path: {e}")))?;
         files.insert(paths::join(&comps), f);
     }
     let mut seen = HashSet::with_capacity(files.len());
-    let mut hr = HashReader {
-        inner: input,
-        hasher: Sha256::new(),
-    };
+    let mut hr = HashReader { inner: input, hasher: Sha256::new() };
     {
         let mut buf = BufReader::with_capacity(256 * 1024, &mut hr);
         let magic = buf.fill_buf().map_err(|e| corrupt(ctx, e))?.to_vec();
@@ -430,10 +364,8 @@ fn extract(
         for entry in ar.entries().map_err(|e| corrupt(ctx, e))? {
             let mut entry = entry.map_err(|e| corrupt(ctx, e))?;
             let raw = entry.path_bytes().into_owned();
-            let raw = std::str::from_utf8(&raw)
-                .map_err(|_| ctx.hostile("an archive path is not UTF-8"))?;
-            let comps =
-                paths::components(raw).map_err(|e| ctx.hostile(format!("archive entry {e}")))?;
+            let raw = std::str::from_utf8(&raw).map_err(|_| ctx.hostile("an archive path is not UTF-8"))?;
+            let comps = paths::components(raw).map_err(|e| ctx.hostile(format!("archive entry {e}")))?;
             let path = paths::join(&comps);
             let inside = within(sub, &path);
             let target = inside.map(|rest| paths::join2(dest, rest));
@@ -442,14 +374,11 @@ fn extract(
             match ty {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let Some(mf) = files.get(path.as_str()) else {
-                        return Err(ctx.verification(format!(
-                            "`{path}` is in the archive but not in the manifest"
-                        )));
+                        return Err(ctx.verification(format!("`{path}` is in the archive but not in the manifest")));
                     };
                     let (size, digest) = match &target {
                         Some(t) => {
-                            let (size, d) =
-                                w.write_reader(ctx, t, mode & 0o111 != 0, &mut entry)?;
+                            let (size, d) = w.write_reader(ctx, t, mode & 0o111 != 0, &mut entry)?;
                             (size, hex::encode(d))
                         }
                         None => {
@@ -472,46 +401,32 @@ fn extract(
                     }
                 }
                 tar::EntryType::Symlink => {
-                    let link = entry
-                        .link_name_bytes()
-                        .map(|b| b.into_owned())
-                        .unwrap_or_default();
-                    let link = std::str::from_utf8(&link).map_err(|_| {
-                        ctx.hostile(format!("symlink `{path}` target is not UTF-8"))
-                    })?;
+                    let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                    let link = std::str::from_utf8(&link)
+                        .map_err(|_| ctx.hostile(format!("symlink `{path}` target is not UTF-8")))?;
                     paths::check_link_target(&path, link).map_err(|e| ctx.hostile(e))?;
                     if let Some(t) = &target {
                         w.symlink(ctx, t, link)?;
                     }
                 }
                 tar::EntryType::Link => {
-                    let link = entry
-                        .link_name_bytes()
-                        .map(|b| b.into_owned())
-                        .unwrap_or_default();
-                    let link = std::str::from_utf8(&link).map_err(|_| {
-                        ctx.hostile(format!("hard link `{path}` target is not UTF-8"))
-                    })?;
-                    let lcomps = paths::components(link)
-                        .map_err(|e| ctx.hostile(format!("hard link `{path}` target {e}")))?;
+                    let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                    let link = std::str::from_utf8(&link)
+                        .map_err(|_| ctx.hostile(format!("hard link `{path}` target is not UTF-8")))?;
+                    let lcomps =
+                        paths::components(link).map_err(|e| ctx.hostile(format!("hard link `{path}` target {e}")))?;
                     let lpath = paths::join(&lcomps);
-                    let (Some(mf), Some(lf)) =
-                        (files.get(path.as_str()), files.get(lpath.as_str()))
-                    else {
-                        return Err(ctx.verification(format!(
-                            "hard link `{path}` -> `{lpath}` is not in the manifest"
-                        )));
+                    let (Some(mf), Some(lf)) = (files.get(path.as_str()), files.get(lpath.as_str())) else {
+                        return Err(ctx.verification(format!("hard link `{path}` -> `{lpath}` is not in the manifest")));
                     };
                     if mf.sha256 != lf.sha256 || !seen.contains(&lpath) {
-                        return Err(ctx.verification(format!(
-                            "hard link `{path}` -> `{lpath}` does not match the manifest"
-                        )));
+                        return Err(
+                            ctx.verification(format!("hard link `{path}` -> `{lpath}` does not match the manifest"))
+                        );
                     }
                     if let Some(t) = &target {
                         let Some(from) = within(sub, &lpath) else {
-                            return Err(ctx.hostile(format!(
-                                "hard link `{path}` points outside subPath to `{lpath}`"
-                            )));
+                            return Err(ctx.hostile(format!("hard link `{path}` points outside subPath to `{lpath}`")));
                         };
                         w.copy_file(ctx, t, &paths::join2(dest, from))?;
                     }
@@ -534,9 +449,7 @@ fn extract(
         )));
     }
     if let Some(missing) = files.keys().find(|k| !seen.contains(*k)) {
-        return Err(ctx.verification(format!(
-            "`{missing}` is in the manifest but missing from the archive"
-        )));
+        return Err(ctx.verification(format!("`{missing}` is in the manifest but missing from the archive")));
     }
     Ok(())
 }
@@ -555,10 +468,7 @@ mod tests {
 
     #[test]
     fn manifest_url_keeps_query() {
-        assert_eq!(
-            manifest_url("https://h/x.tar.gz?sig=1"),
-            "https://h/x.tar.gz.manifest.json?sig=1"
-        );
+        assert_eq!(manifest_url("https://h/x.tar.gz?sig=1"), "https://h/x.tar.gz.manifest.json?sig=1");
         assert_eq!(manifest_url("/tmp/x.tar"), "/tmp/x.tar.manifest.json");
     }
 }

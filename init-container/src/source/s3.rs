@@ -39,9 +39,7 @@ impl S3Layer {
                 .list(prefix.as_ref())
                 .try_collect()
                 .await
-                .map_err(|e| {
-                    store_error(&self.ctx, &e, self.secret.as_deref(), "listing the prefix")
-                })
+                .map_err(|e| store_error(&self.ctx, &e, self.secret.as_deref(), "listing the prefix"))
         })
         .await?;
         if objs.is_empty() {
@@ -59,12 +57,7 @@ impl S3Layer {
     }
 
     /// Downloads the pinned listing into the staging tree at `dest`.
-    pub async fn apply(
-        self: Arc<Self>,
-        pinned: &str,
-        dest: &str,
-        w: Arc<TreeWriter>,
-    ) -> Result<()> {
+    pub async fn apply(self: Arc<Self>, pinned: &str, dest: &str, w: Arc<TreeWriter>) -> Result<()> {
         let ctx = &self.ctx;
         let objs = self.list().await?;
         let now = digest(&objs);
@@ -88,26 +81,17 @@ impl S3Layer {
         let mut files = Vec::with_capacity(items.len());
         for i in 0..items.len() {
             let (rel, o) = &items[i];
-            let is_folder = items
-                .get(i + 1)
-                .is_some_and(|(next, _)| next.starts_with(&format!("{rel}/")));
+            let is_folder = items.get(i + 1).is_some_and(|(next, _)| next.starts_with(&format!("{rel}/")));
             if is_folder {
                 if o.size != 0 {
-                    return Err(ctx.hostile(format!(
-                        "key `{}` is both an object and a folder",
-                        o.location
-                    )));
+                    return Err(ctx.hostile(format!("key `{}` is both an object and a folder", o.location)));
                 }
                 w.ensure_dir(ctx, rel)?;
             } else {
                 files.push((rel.clone(), o.clone()));
             }
         }
-        w.check_budget(
-            ctx,
-            files.len() as u64,
-            files.iter().map(|(_, o)| o.size).sum(),
-        )?;
+        w.check_budget(ctx, files.len() as u64, files.iter().map(|(_, o)| o.size).sum())?;
         let mut jobs = Vec::with_capacity(files.len());
         for (rel, o) in files {
             let abs = w.prepare(ctx, &rel)?;
@@ -117,10 +101,8 @@ impl S3Layer {
             .map(|(rel, abs, o)| {
                 let (this, w, pinned) = (self.clone(), w.clone(), pinned.to_owned());
                 async move {
-                    let (size, sha) = retry::retry(&this.policy, "s3 get", || {
-                        this.download(&o, &abs, &w, &pinned)
-                    })
-                    .await?;
+                    let (size, sha) =
+                        retry::retry(&this.policy, "s3 get", || this.download(&o, &abs, &w, &pinned)).await?;
                     w.record_file(&this.ctx, &rel, false, size, sha)
                 }
             })
@@ -130,26 +112,19 @@ impl S3Layer {
         Ok(())
     }
 
-    async fn download(
-        &self,
-        o: &ObjectMeta,
-        abs: &PathBuf,
-        w: &TreeWriter,
-        pinned: &str,
-    ) -> Result<(u64, [u8; 32])> {
+    async fn download(&self, o: &ObjectMeta, abs: &PathBuf, w: &TreeWriter, pinned: &str) -> Result<(u64, [u8; 32])> {
         let ctx = &self.ctx;
         let what = format!("downloading `{}`", o.location);
-        let r = self
-            .store
-            .get(&o.location)
-            .await
-            .map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
-        if r.meta.e_tag != o.e_tag {
+        let r = self.store.get(&o.location).await.map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
+        let same = match &o.e_tag {
+            Some(e) => r.meta.e_tag.as_ref() == Some(e),
+            // No ETag listed: size and (second-precision, as in HTTP headers) mtime must match.
+            None => r.meta.size == o.size && r.meta.last_modified.timestamp() == o.last_modified.timestamp(),
+        };
+        if !same {
             return Err(ctx.changed(pinned, &format!("object `{}` has a new ETag", o.location)));
         }
-        let mut f = tokio::fs::File::create(abs)
-            .await
-            .map_err(|e| ctx.io(format!("create {}", abs.display()), e))?;
+        let mut f = tokio::fs::File::create(abs).await.map_err(|e| ctx.io(format!("create {}", abs.display()), e))?;
         let mut stream = r.into_stream();
         let mut h = Sha256::new();
         let mut size = 0u64;
@@ -157,47 +132,36 @@ impl S3Layer {
             let chunk = chunk.map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
             size += chunk.len() as u64;
             if size > o.size {
-                return Err(ctx.verification(format!(
-                    "`{}` is longer than the {} bytes listed",
-                    o.location, o.size
-                )));
+                return Err(ctx.verification(format!("`{}` is longer than the {} bytes listed", o.location, o.size)));
             }
             w.add_bytes(ctx, chunk.len() as u64)?;
             h.update(&chunk);
-            f.write_all(&chunk)
-                .await
-                .map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
+            f.write_all(&chunk).await.map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
         }
-        f.flush()
-            .await
-            .map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
+        f.flush().await.map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
         drop(f);
         // Independent of the umask: S3 has no modes, every object is a plain 0644 file.
         tokio::fs::set_permissions(abs, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .await
             .map_err(|e| ctx.io(format!("chmod {}", abs.display()), e))?;
         if size != o.size {
-            return Err(ctx.transient(format!(
-                "`{}` ended after {size} of {} bytes",
-                o.location, o.size
-            )));
+            return Err(ctx.transient(format!("`{}` ended after {size} of {} bytes", o.location, o.size)));
         }
         Ok((size, h.finalize().into()))
     }
 }
 
+/// The ETag; stores that list no ETags (s3s-fs) get `size mtime` instead.
+fn version(o: &ObjectMeta) -> String {
+    match &o.e_tag {
+        Some(e) => e.clone(),
+        None => format!("size={},mtime={}", o.size, o.last_modified.timestamp_nanos_opt().unwrap_or_default()),
+    }
+}
+
 /// `sha256:` over sorted `key etag` lines.
 pub(crate) fn digest(objs: &[ObjectMeta]) -> String {
-    let mut lines: Vec<String> = objs
-        .iter()
-        .map(|o| {
-            format!(
-                "{} {}\n",
-                o.location.as_ref(),
-                o.e_tag.as_deref().unwrap_or("-")
-            )
-        })
-        .collect();
+    let mut lines: Vec<String> = objs.iter().map(|o| format!("{} {}\n", o.location.as_ref(), version(o))).collect();
     lines.sort();
     let mut h = Sha256::new();
     for l in &lines {

@@ -14,20 +14,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn wait_port(port: u16) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server on port {port} did not start"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "server on port {port} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -64,10 +57,7 @@ impl Repo {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "main"]);
-        git(
-            &dir,
-            &["config", "uploadpack.allowReachableSHA1InWant", "true"],
-        );
+        git(&dir, &["config", "uploadpack.allowReachableSHA1InWant", "true"]);
         git(&dir, &["config", "http.receivepack", "false"]);
         Repo { dir }
     }
@@ -112,12 +102,7 @@ impl Drop for Server {
 pub fn git_daemon(base: &Path) -> Server {
     let port = free_port();
     let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
+        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--base-path={}", base.display()))
         .arg(format!("--port={port}"))
         .arg(base)
@@ -126,11 +111,7 @@ pub fn git_daemon(base: &Path) -> Server {
         .spawn()
         .expect("git daemon");
     wait_port(port);
-    Server {
-        port,
-        child: Some(child),
-        stop: Arc::new(AtomicBool::new(false)),
-    }
+    Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) }
 }
 
 struct Request {
@@ -161,16 +142,10 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
     }
     let mut body = Vec::new();
-    if let Some(len) = headers
-        .get("content-length")
-        .and_then(|l| l.parse::<usize>().ok())
-    {
+    if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
         body.resize(len, 0);
         r.read_exact(&mut body).ok()?;
-    } else if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"))
-    {
+    } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).ok()?;
@@ -183,25 +158,13 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
             body.extend_from_slice(&chunk[..n]);
         }
     }
-    let (path, query) = target
-        .split_once('?')
-        .map_or((target.clone(), String::new()), |(p, q)| {
-            (p.to_owned(), q.to_owned())
-        });
-    Some(Request {
-        method,
-        path,
-        query,
-        headers,
-        body,
-    })
+    let (path, query) =
+        target.split_once('?').map_or((target.clone(), String::new()), |(p, q)| (p.to_owned(), q.to_owned()));
+    Some(Request { method, path, query, headers, body })
 }
 
 fn respond(s: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -232,22 +195,14 @@ fn serve(handler: impl Fn(Request, &mut TcpStream) + Send + Sync + 'static) -> S
             });
         }
     });
-    Server {
-        port,
-        child: None,
-        stop,
-    }
+    Server { port, child: None, stop }
 }
 
 /// git smart HTTP behind basic auth (`user`/`password`), via git-http-backend as CGI.
 pub fn git_http(project_root: &Path, user: &str, password: &str) -> Server {
     let root = project_root.to_owned();
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    );
-    let backend =
-        PathBuf::from(run(Command::new("git").arg("--exec-path"))).join("git-http-backend");
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    let backend = PathBuf::from(run(Command::new("git").arg("--exec-path"))).join("git-http-backend");
     serve(move |req, s| {
         if req.headers.get("authorization") != Some(&expected) {
             respond(
@@ -265,10 +220,7 @@ pub fn git_http(project_root: &Path, user: &str, password: &str) -> Server {
             .env("PATH_INFO", &req.path)
             .env("QUERY_STRING", &req.query)
             .env("REQUEST_METHOD", &req.method)
-            .env(
-                "CONTENT_TYPE",
-                req.headers.get("content-type").cloned().unwrap_or_default(),
-            )
+            .env("CONTENT_TYPE", req.headers.get("content-type").cloned().unwrap_or_default())
             .env("CONTENT_LENGTH", req.body.len().to_string())
             .env("REMOTE_USER", "user")
             .env("REMOTE_ADDR", "127.0.0.1")
@@ -291,12 +243,7 @@ pub fn git_http(project_root: &Path, user: &str, password: &str) -> Server {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|i| (i, 4))
-            .or_else(|| {
-                out.stdout
-                    .windows(2)
-                    .position(|w| w == b"\n\n")
-                    .map(|i| (i, 2))
-            });
+            .or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
         let Some((i, n)) = split else {
             respond(s, "500 Internal Server Error", &[], b"bad cgi output");
             return;
@@ -344,10 +291,7 @@ pub fn file_server(dir: &Path, cut_after: Option<u64>) -> (Server, Arc<AtomicU64
             && cut.swap(false, Ordering::SeqCst)
             && (limit as usize) < body.len()
         {
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = s.write_all(head.as_bytes());
             let _ = s.write_all(&body[..limit as usize]);
             let _ = s.shutdown(std::net::Shutdown::Both);
@@ -377,27 +321,14 @@ pub fn s3s_fs_binary() -> PathBuf {
 pub fn s3_server(dir: &Path) -> Server {
     let port = free_port();
     let child = Command::new(s3s_fs_binary())
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            AK,
-            "--secret-key",
-            SK,
-        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", AK, "--secret-key", SK])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("s3s-fs");
     wait_port(port);
-    Server {
-        port,
-        child: Some(child),
-        stop: Arc::new(AtomicBool::new(false)),
-    }
+    Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) }
 }
 
 /// Writes `<secrets>/<name>/<key>` files.
@@ -410,10 +341,22 @@ pub fn secret(secrets: &Path, name: &str, kv: &[(&str, &str)]) {
 }
 
 pub fn read(p: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(p.as_ref())
-        .unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
+    std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
 }
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gamezone-init"))
+}
+
+/// Serves every request with `f(path?query) -> (status, body)`.
+pub fn serve_fn(f: impl Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Server {
+    serve(move |req, s| {
+        let pq = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
+        let (status, body) = f(&pq);
+        let status = match status {
+            200 => "200 OK".to_owned(),
+            s => format!("{s} Error"),
+        };
+        respond(s, &status, &[("Content-Type".into(), "application/xml".into())], &body);
+    })
 }
