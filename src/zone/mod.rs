@@ -6,3 +6,6 @@ mod names;
 
 pub use build::*;
 pub use names::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::api::*;
+
+fn zone(spec: serde_json::Value) -> GameZone {
+    let mut z: GameZone = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": "zone1", "namespace": "team", "uid": "u-1"},
+        "spec": spec
+    }))
+    .unwrap();
+    z.metadata.uid = Some("u-1".into());
+    z
+}
+
+fn basic() -> GameZone {
+    zone(serde_json::json!({
+        "zoneId": 7, "defaultImage": "svc:1",
+        "services": [
+            {"type": "game", "id": 1, "endId": 3, "ports": [{"name": "client", "containerPort": 7777, "protocol": "TCPUDP"}],
+             "expose": {"perInstance": {"type": "LoadBalancer", "hostname": "{instance}.z{zoneId}.example.com"}}},
+            {"type": "db", "id": 1, "image": "svc:2"}
+        ],
+        "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}},
+        "migration": {"image": "mig:1"},
+        "artifacts": [
+            {"path": "/app/artifacts", "s3": {"endpoint": "http://s3", "bucket": "b", "secretRef": {"name": "s3cred"}}},
+            {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}
+        ]
+    }))
+}
+
+#[test]
+fn one_server_per_instance_with_type_and_id_arguments() {
+    let servers = game_servers(&basic(), &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let names: Vec<_> = servers.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["zone1-game-1", "zone1-game-2", "zone1-game-3", "zone1-db-1"]);
+    let pod = servers[1].spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.args.as_ref().unwrap(), &["game", "2"]);
+    assert_eq!(c.image.as_deref(), Some("svc:1"));
+    assert_eq!(servers[3].spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("svc:2"));
+    let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.clone())).collect();
+    assert_eq!(env["GAMEZONE_ZONE_ID"].value.as_deref(), Some("7"));
+    assert_eq!(env["GAMEZONE_INSTANCE"].value.as_deref(), Some("zone1-game-2"));
+    let pw = env["MYSQL_PASSWORD"].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((pw.name.as_str(), pw.key.as_str()), ("s", "k"));
+    assert!(env["MYSQL_PASSWORD"].value.is_none(), "passwords never inline");
+    assert_eq!(pod.hostname.as_deref(), Some("zone1-game-2"));
+    assert_eq!(pod.subdomain.as_deref(), Some("zone1"));
+    let owner = &servers[0].metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("GameZone", Some(true)));
+}
+
+#[test]
+fn artifacts_mount_at_the_common_folder_with_relative_layers() {
+    let m = artifacts_mount(&basic()).unwrap().unwrap();
+    assert_eq!(m.root, "/app/artifacts");
+    assert_eq!(m.layers[0].path, "");
+    assert_eq!(m.layers[1].path, "config");
+    let single = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
+        "artifacts": [{"path": "/srv/res", "local": {"path": "/data"}}]}));
+    assert_eq!(artifacts_mount(&single).unwrap().unwrap().root, "/srv/res");
+}
+
+#[test]
+fn bad_artifact_paths_name_the_field() {
+    for (path, needle) in [("relative/x", "absolute"), ("/app/../etc", ".."), ("/", "cannot be mounted at /")] {
+        let z = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
+            "artifacts": [{"path": path, "local": {"path": "/data"}}]}));
+        let e = validate(&z).unwrap_err().to_string();
+        assert!(e.starts_with("spec.artifacts[0].path") && e.contains(needle), "{e}");
+    }
+    let disjoint = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
+        "artifacts": [{"path": "/a", "local": {"path": "/d"}}, {"path": "/b", "local": {"path": "/d"}}]}));
+    assert!(validate(&disjoint).unwrap_err().to_string().contains("share no folder"));
+}
+
+#[test]
+fn too_long_instance_names_are_refused_with_the_service() {
+    let z = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i",
+        "services": [{"type": "a", "id": 1}, {"type": "averyveryveryveryverylongtypename", "id": 1, "endId": 99999}]}));
+    let mut z = z;
+    z.metadata.name = Some("a-zone-name-that-is-rather-long-too".into());
+    let e = validate(&z).unwrap_err().to_string();
+    assert!(e.starts_with("spec.services[1]") && e.contains("63"), "{e}");
+}
+
+#[test]
+fn init_container_gets_the_plan_pins_and_secrets() {
+    let servers = game_servers(&basic(), &["sha256:aa".into(), "c0ffee".into()], &BuildConfig::default()).unwrap();
+    let pod = servers[0].spec.template.spec.as_ref().unwrap();
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    let env: BTreeMap<_, _> = init.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+    let layers: Vec<gamezone_init::plan::Layer> = serde_json::from_str(&env["GAMEZONE_LAYERS"]).unwrap();
+    assert_eq!(layers[1].path, "config");
+    assert_eq!(env["GAMEZONE_REVISIONS"], r#"["sha256:aa","c0ffee"]"#);
+    let mounts = init.volume_mounts.as_ref().unwrap();
+    assert!(mounts.iter().any(|m| m.mount_path == "/var/run/secrets/gamezone/s3cred"));
+    let server_mount = pod.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == ARTIFACTS_VOLUME).unwrap();
+    assert_eq!((server_mount.mount_path.as_str(), server_mount.sub_path.as_deref()), ("/app/artifacts", Some("current")));
+}
+
+#[test]
+fn template_hash_changes_only_for_the_changed_service() {
+    let z = basic();
+    let pins = ["a".to_string(), "b".to_string()];
+    let before = game_servers(&z, &pins, &BuildConfig::default()).unwrap();
+    let mut bumped = z.clone();
+    bumped.spec.services[1].image = Some("svc:3".into());
+    let after = game_servers(&bumped, &pins, &BuildConfig::default()).unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        let changed = server_template_hash(&b.spec) != server_template_hash(&a.spec);
+        assert_eq!(changed, a.spec.type_ == "db", "{}", a.metadata.name.clone().unwrap());
+    }
+    let repinned = game_servers(&z, &["a".into(), "c".into()], &BuildConfig::default()).unwrap();
+    assert!(before.iter().zip(&repinned).all(|(b, a)| server_template_hash(&b.spec) != server_template_hash(&a.spec)));
+}
+
+#[test]
+fn migration_reruns_when_its_inputs_change() {
+    let z = basic();
+    let pins = ["a".to_string(), "b".to_string()];
+    let h = migration_inputs_hash(&z, &pins).unwrap();
+    let mut other_db = z.clone();
+    other_db.spec.mysql.as_mut().unwrap().host = "m2".into();
+    assert_ne!(migration_inputs_hash(&other_db, &pins).unwrap(), h);
+    assert_ne!(migration_inputs_hash(&z, &["a".into(), "x".into()]).unwrap(), h);
+    let mut image_only = z.clone();
+    image_only.spec.default_image = Some("svc:9".into());
+    assert_eq!(migration_inputs_hash(&image_only, &pins).unwrap(), h, "a server image bump needs no migration");
+    let job = migration_job(&z, &pins, &BuildConfig::default()).unwrap().unwrap();
+    assert_eq!(job.metadata.name.unwrap(), migration_job_name("zone1", &h));
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert!(spec.init_containers.is_some(), "migration scripts in artifacts are layered first");
+}
+
+#[test]
+fn services_expose_instances_with_external_dns_names() {
+    let svcs = services(&basic());
+    let names: Vec<_> = svcs.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["zone1", "zone1-game-1", "zone1-game-2", "zone1-game-3"]);
+    assert_eq!(svcs[0].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+    let lb = &svcs[2];
+    assert_eq!(lb.metadata.annotations.as_ref().unwrap()["external-dns.alpha.kubernetes.io/hostname"], "zone1-game-2.z7.example.com");
+    let ports = lb.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    let protos: Vec<_> = ports.iter().map(|p| (p.name.clone().unwrap(), p.protocol.clone().unwrap())).collect();
+    assert_eq!(protos, [("client-tcp".to_string(), "TCP".to_string()), ("client-udp".to_string(), "UDP".to_string())]);
+}
+
+#[test]
+fn topology_lists_every_instance_with_dns_and_ports() {
+    let ports = BTreeMap::from([(
+        "zone1-game-2".to_string(),
+        vec![PortStatus { name: "client".into(), port: 7005, container_port: 7777, host_port: Some(7005), ..Default::default() }],
+    )]);
+    let cm = topology(&basic(), &ports);
+    let doc: serde_json::Value = serde_json::from_str(&cm.data.unwrap()[TOPOLOGY_KEY]).unwrap();
+    let list = doc["instances"].as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[1]["dns"], "zone1-game-2.zone1.team.svc");
+    assert_eq!(list[1]["ports"][0]["port"], 7005);
+    assert_eq!(doc["zoneId"], 7);
+}
