@@ -147,7 +147,8 @@ pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
         let pinned = opts.revisions[i].clone();
         writer.ensure_dir(&p.ctx, &dest)?;
         match p.kind {
-            Kind::Git(auth, source) => {
+            Kind::Git(b) => {
+                let (auth, source) = *b;
                 git::apply(git::GitJob {
                     ctx: p.ctx.clone(),
                     source,

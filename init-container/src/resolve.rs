@@ -32,7 +32,7 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) enum Kind {
-    Git(git::GitAuth, crate::plan::GitSource),
+    Git(Box<(git::GitAuth, crate::plan::GitSource)>),
     S3(Arc<s3::S3Layer>),
     P4(Arc<p4::P4Layer>),
     Local(PathBuf),
@@ -50,7 +50,7 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
         .unwrap_or_default();
     let sub = crate::paths::join(&sub);
     let kind = match layer.source() {
-        Some(SourceRef::Git(g)) => Kind::Git(git::load_auth(&mut ctx, g, creds)?, g.clone()),
+        Some(SourceRef::Git(g)) => Kind::Git(Box::new((git::load_auth(&mut ctx, g, creds)?, g.clone()))),
         Some(SourceRef::S3(s)) => {
             let secret = s.secret_ref.as_ref().map(|r| r.name.clone());
             let keys = source::s3_keys(&mut ctx, secret.as_deref(), creds)?;
@@ -124,7 +124,10 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
 
 async fn resolve_one(p: Prepared, policy: RetryPolicy) -> Result<String> {
     match p.kind {
-        Kind::Git(auth, g) => git::resolve(&p.ctx, &g, auth, &policy).await,
+        Kind::Git(b) => {
+            let (auth, g) = *b;
+            git::resolve(&p.ctx, &g, auth, &policy).await
+        }
         Kind::S3(s) => s.resolve().await,
         Kind::P4(x) => x.resolve().await,
         Kind::Local(dir) => {

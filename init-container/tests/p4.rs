@@ -192,6 +192,9 @@ async fn p4_export_from_s3() {
     assert_eq!(read(root.join("current/p4/game/config/a.ini")), "a");
 }
 
+/// A raw tar entry: path, type flag, link target, data.
+type RawEntry<'a> = (&'a str, u8, &'a str, &'a [u8]);
+
 /// Writes a raw tar entry, bypassing the tar crate's own path checks.
 fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
     let mut h = [0u8; 512];
@@ -213,7 +216,7 @@ fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
 
-fn hostile_export(dir: &Path, name: &str, entries: &[(&str, u8, &str, &[u8])]) -> PathBuf {
+fn hostile_export(dir: &Path, name: &str, entries: &[RawEntry]) -> PathBuf {
     let mut tar = Vec::new();
     let mut files = Vec::new();
     for (path, kind, link, data) in entries {
@@ -239,7 +242,7 @@ fn hostile_export(dir: &Path, name: &str, entries: &[(&str, u8, &str, &[u8])]) -
 #[tokio::test(flavor = "multi_thread")]
 async fn p4_export_hostile_tars_are_rejected() {
     let t = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, u8, &str, &[u8])>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry>, &str)> = vec![
         ("dotdot", vec![("ok", b'0', "", b"1"), ("../escape", b'0', "", b"x")], "contains `..`"),
         ("dotdot-deep", vec![("a/../../escape", b'0', "", b"x")], "contains `..`"),
         ("absolute", vec![("/tmp/escape", b'0', "", b"x")], "absolute"),
@@ -275,7 +278,7 @@ async fn p4_export_hostile_tars_are_rejected() {
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Limit { .. }) && e.to_string().contains("--max-bytes"), "{e}");
     let many: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
-    let entries: Vec<(&str, u8, &str, &[u8])> = many.iter().map(|n| (n.as_str(), b'0', "", &b""[..])).collect();
+    let entries: Vec<RawEntry> = many.iter().map(|n| (n.as_str(), b'0', "", &b""[..])).collect();
     let archive = hostile_export(t.path(), "many.tar", &entries);
     let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
     let mut o = ApplyOptions::new(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));

@@ -77,7 +77,7 @@ async fn s3_prefix_subpath_and_pinning() {
     // The prefix changes after pinning: apply refuses the old pin, resolve gives a new one.
     std::thread::sleep(Duration::from_millis(20));
     put(&store, "builds/v1/a.txt", b"a2-changed");
-    let mut o = ApplyOptions::new(layers.clone(), pinned.clone(), &t.path().join("root2"), creds.clone());
+    let mut o = ApplyOptions::new(layers.clone(), pinned.clone(), t.path().join("root2"), creds.clone());
     o.retry = quick();
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::RevisionChanged { layer: 0, .. }), "{e}");
