@@ -3,82 +3,19 @@
 //! Each test runs its own operator process, scoped to its own namespace.
 
 mod common;
+mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gamezone::api::*;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// The operator binary, running against one namespace; killed on drop.
-struct Operator {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Operator {
-    fn start(kubeconfig: &Path, namespace: &str) -> Operator {
-        let log = std::env::temp_dir().join(format!("gamezone-operator-{namespace}-{}.log", std::process::id()));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
-            .args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start the gamezone operator");
-        Operator { child, log }
-    }
-
-    /// SIGKILL, as a crashed or evicted operator would go.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- operator log tail ({}) ---", self.log.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds() {
-        api.patch(&crd.name_any(), &PatchParams::apply("gamezone-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
-    }
-    for crd in crds() {
-        common::wait_for(&format!("CRD {} established", crd.name_any()), WAIT, || async {
-            let live = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
-            let ok = live
-                .status
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-            if ok { Ok(()) } else { Err("not established".to_string()) }
-        })
-        .await;
-    }
-}
+use support::{Operator, WAIT, install_crds, kubectl, names, pod_uids, selector, wait_ready};
 
 async fn mysql_secret(api: &Api<Secret>) {
     let secret: Secret = serde_json::from_value(json!({
@@ -116,50 +53,6 @@ fn zone(name: &str) -> GameZone {
         }
     }))
     .expect("a valid GameZone")
-}
-
-async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
-    common::wait_for(&format!("GameZone {name} Ready at its current generation"), WAIT, || async {
-        let z = api.get(name).await.map_err(|e| e.to_string())?;
-        let status = z.status.clone().unwrap_or_default();
-        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready && status.observed_generation == z.metadata.generation {
-            Ok(z)
-        } else {
-            Err(format!("phase {:?}, conditions {:?}", status.phase, status.conditions.iter().map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message)).collect::<Vec<_>>()))
-        }
-    })
-    .await
-}
-
-fn selector(zone: &str) -> ListParams {
-    ListParams::default().labels(&format!("{ZONE_LABEL}={zone}"))
-}
-
-async fn names<K>(api: &Api<K>, zone: &str) -> Vec<String>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut n: Vec<String> = api.list(&selector(zone)).await.unwrap().items.iter().map(|o| o.name_any()).collect();
-    n.sort();
-    n
-}
-
-async fn pod_uids(pods: &Api<Pod>, zone: &str) -> BTreeMap<String, String> {
-    pods.list(&selector(zone).labels(&format!("{ZONE_LABEL}={zone},{SERVER_LABEL}")))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| (p.name_any(), p.uid().unwrap()))
-        .collect()
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let dir = kubeconfig.parent().expect("kubeconfig has a folder");
-    let out = Command::new(common::cp_script()).arg("kubectl").arg(dir).args(args).output().expect("run kubectl");
-    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -427,5 +320,120 @@ async fn bad_input_is_refused_or_reported_by_field() {
             assert!(!fields.contains("f:spec"), "the operator owns spec fields: {fields}");
         }
     }
+    ns.cleanup().await;
+}
+
+/// A git repository served by `git daemon` on loopback, killed on drop.
+struct GitServer {
+    daemon: Child,
+    work: PathBuf,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl GitServer {
+    fn start() -> GitServer {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("srv/config.git");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&bare, &["init", "-q", "--bare"]);
+        git(&bare, &["config", "uploadpack.allowReachableSHA1InWant", "true"]);
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let daemon = Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", dir.path().join("srv").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let server = GitServer { daemon, work, url: format!("git://127.0.0.1:{port}/config.git"), _dir: dir };
+        // Wait until it accepts connections.
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// Commits `content` as config/server.yaml and pushes; returns the commit.
+    fn commit(&self, content: &str) -> String {
+        std::fs::create_dir_all(self.work.join("config")).unwrap();
+        std::fs::write(self.work.join("config/server.yaml"), content).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", content]);
+        let bare = self.work.parent().unwrap().join("srv/config.git");
+        git(&self.work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[tokio::test]
+async fn artifact_revision_change_rolls_servers_with_the_new_pin() {
+    let git = GitServer::start();
+    let first = git.commit("max_players: 100");
+    let ns = common::namespace("zone-artifacts").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let mut z = zone("zone1");
+    z.spec.services.truncate(2);
+    z.spec.artifacts_interval = Some("2s".into());
+    z.spec.artifacts = vec![serde_json::from_value(json!({
+        "path": "/app/artifacts/config", "subPath": "config", "git": {"url": git.url, "branch": "main"}
+    }))
+    .unwrap()];
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let ready = wait_ready(&zones, "zone1").await.status.unwrap();
+    assert_eq!(ready.artifacts[0].revision, first);
+    assert!(!ready.artifacts[0].source.is_empty());
+    let revisions_env = |pod: &Pod| {
+        let init = &pod.spec.as_ref().unwrap().init_containers.as_ref().expect("an artifacts init-container")[0];
+        init.env.as_ref().unwrap().iter().find(|e| e.name == "GAMEZONE_REVISIONS").unwrap().value.clone().unwrap()
+    };
+    assert!(revisions_env(&pods.get("zone1-game-1").await.unwrap()).contains(&first));
+    let before = pod_uids(&pods, "zone1").await;
+
+    // A push to the branch is picked up on the next resolve; every server rolls to the new pin.
+    let second = git.commit("max_players: 200");
+    common::wait_for("the new commit pinned and every server on it", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let st = z.status.unwrap_or_default();
+        let pinned = st.artifacts.first().map(|a| a.revision.clone()).unwrap_or_default();
+        let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if pinned != second || !ready {
+            return Err(format!("pinned {pinned}, ready {ready}"));
+        }
+        for name in before.keys() {
+            let p = pods.get(name).await.map_err(|e| e.to_string())?;
+            if !revisions_env(&p).contains(&second) {
+                return Err(format!("{name} still on the old pin"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let after = pod_uids(&pods, "zone1").await;
+    assert!(before.iter().all(|(n, uid)| after.get(n) != Some(uid)), "every server rolled");
     ns.cleanup().await;
 }

@@ -1,0 +1,131 @@
+//! Helpers for tests that run the operator: the operator process, CRDs, waiting on zones.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gamezone::api::*;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+
+use crate::common;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The operator binary, running against one namespace; killed on drop.
+pub struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(kubeconfig: &Path, namespace: &str) -> Operator {
+        Self::start_with(kubeconfig, namespace, &[])
+    }
+
+    /// Starts the operator with extra `run` flags.
+    pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = std::env::temp_dir().join(format!("gamezone-operator-{namespace}-{}-{n}.log", std::process::id()));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+            .args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the gamezone operator");
+        Operator { child, log }
+    }
+
+    /// SIGKILL, as a crashed or evicted operator would go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- operator log tail ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        api.patch(&crd.name_any(), &PatchParams::apply("gamezone-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    }
+    for crd in crds() {
+        common::wait_for(&format!("CRD {} established", crd.name_any()), WAIT, || async {
+            let live = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+            let ok = live
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if ok { Ok(()) } else { Err("not established".to_string()) }
+        })
+        .await;
+    }
+}
+
+pub async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
+    common::wait_for(&format!("GameZone {name} Ready at its current generation"), WAIT, || async {
+        let z = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = z.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && status.observed_generation == z.metadata.generation {
+            Ok(z)
+        } else {
+            Err(format!("phase {:?}, conditions {:?}", status.phase, status.conditions.iter().map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message)).collect::<Vec<_>>()))
+        }
+    })
+    .await
+}
+
+pub fn selector(zone: &str) -> ListParams {
+    ListParams::default().labels(&format!("{ZONE_LABEL}={zone}"))
+}
+
+pub async fn names<K>(api: &Api<K>, zone: &str) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut n: Vec<String> = api.list(&selector(zone)).await.unwrap().items.iter().map(|o| o.name_any()).collect();
+    n.sort();
+    n
+}
+
+pub async fn pod_uids(pods: &Api<Pod>, zone: &str) -> BTreeMap<String, String> {
+    pods.list(&selector(zone).labels(&format!("{ZONE_LABEL}={zone},{SERVER_LABEL}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap()))
+        .collect()
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let dir = kubeconfig.parent().expect("kubeconfig has a folder");
+    let out = Command::new(common::cp_script()).arg("kubectl").arg(dir).args(args).output().expect("run kubectl");
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
