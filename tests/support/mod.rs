@@ -34,7 +34,8 @@ impl Operator {
         let log = std::env::temp_dir().join(format!("gamezone-operator-{namespace}-{}-{n}.log", std::process::id()));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
-            .args(["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["run", "--namespace", namespace, "--log-format", "json"])
+            .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", "127.0.0.1:0"][..] })
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(extra)

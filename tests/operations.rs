@@ -1,0 +1,140 @@
+//! Operating the operator: leader election on a Lease, metrics and health endpoints, render.
+
+mod common;
+mod support;
+
+use gamezone::api::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde::Deserialize;
+use serde_json::json;
+use support::{Operator, WAIT, install_crds, wait_ready};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+fn small_zone() -> GameZone {
+    serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
+        "spec": {"zoneId": 1, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1, "endId": 2}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
+    let ns = common::namespace("leader").await;
+    install_crds(&ns.client).await;
+    let (pa, pb) = (free_port(), free_port());
+    let flags = |port: u16| {
+        vec![
+            "--leader-elect".to_string(),
+            "--lease-namespace".into(),
+            ns.name.clone(),
+            "--lease-duration".into(),
+            "3".into(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ]
+    };
+    let fa = flags(pa);
+    let mut a = Operator::start_with(ns.kubeconfig(), &ns.name, &fa.iter().map(String::as_str).collect::<Vec<_>>());
+    let leases: Api<Lease> = ns.api();
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    let first = common::wait_for("a Lease holder", WAIT, || async {
+        match leases.get_opt("gamezone-operator").await {
+            Ok(Some(l)) if !holder(l.clone()).is_empty() => Ok(holder(l)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let fb = flags(pb);
+    let _b = Operator::start_with(ns.kubeconfig(), &ns.name, &fb.iter().map(String::as_str).collect::<Vec<_>>());
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &small_zone()).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+
+    // The follower is alive but not ready, and has reconciled nothing.
+    let follower = common::wait_for("the follower's /healthz", WAIT, || async { http_get(pb, "/healthz").ok_or("no answer") }).await;
+    assert_eq!(follower.0, 200);
+    assert_eq!(http_get(pb, "/readyz").map(|r| r.0), Some(503));
+    let (code, leader_metrics) = http_get(pa, "/metrics").expect("leader metrics");
+    assert_eq!(code, 200);
+    assert!(leader_metrics.contains(r#"gamezone_reconciles_total{controller="zone"}"#), "{leader_metrics}");
+    assert!(leader_metrics.contains("gamezone_reconcile_duration_seconds"), "{leader_metrics}");
+    assert!(!http_get(pb, "/metrics").unwrap().1.contains("gamezone_reconciles_total{"), "the follower reconciled");
+    assert_eq!(http_get(pa, "/readyz").map(|r| r.0), Some(200));
+
+    // The leader dies; the follower takes the Lease once it expires and carries on.
+    a.kill();
+    common::wait_for("the follower to take the Lease", WAIT, || async {
+        let h = leases.get("gamezone-operator").await.map(holder).map_err(|e| e.to_string())?;
+        if h != first && !h.is_empty() { Ok(()) } else { Err(h) }
+    })
+    .await;
+    let patch = json!({"spec": {"services": [{"type": "game", "id": 1, "endId": 3}]}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let z = wait_ready(&zones, "zone1").await;
+    assert_eq!(z.status.unwrap().desired_servers, 3);
+    assert_eq!(http_get(pb, "/readyz").map(|r| r.0), Some(200));
+    ns.cleanup().await;
+}
+
+#[test]
+fn render_prints_every_object_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: gamezone.dev/v1alpha1
+kind: GameZone
+metadata: {name: zone1, namespace: team}
+spec:
+  zoneId: 101
+  defaultImage: svc:1
+  migration: {image: mig:1}
+  mysql: {host: db, user: u, database: d, passwordSecretRef: {name: s, key: password}}
+  services:
+    - {type: game, id: 1, endId: 2, expose: {perType: {type: LoadBalancer}}}
+  artifacts:
+    - {path: /app/artifacts, git: {url: "https://example.com/x.git", branch: main}}
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            let v = serde_yaml::Value::deserialize(d).unwrap();
+            format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Job/zone1-migrate-", "GameServer/zone1-game-1", "GameServer/zone1-game-2", "Service/zone1", "Service/zone1-game", "ConfigMap/zone1-topology"]
+            .iter()
+            .zip(&kinds)
+            .map(|(want, got)| if want.ends_with('-') && got.starts_with(want) { got.clone() } else { want.to_string() })
+            .collect::<Vec<_>>()
+    );
+
+    // A bad file names the field.
+    std::fs::write(&file, "apiVersion: gamezone.dev/v1alpha1\nkind: GameZone\nmetadata: {name: z}\nspec: {zoneId: 1, services: [{type: game, id: 1}]}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.services[0].image"), "{}", String::from_utf8_lossy(&out.stderr));
+}
