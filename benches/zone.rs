@@ -1,0 +1,197 @@
+//! Operator throughput on the local control plane, beside a plain client in the same run.
+//!
+//! 1. Apply → Ready for one zone of 50 instances.
+//! 2. 200 zones × 10 instances on 50 simulated nodes: instances made Ready per second by the
+//!    operator, and by a plain client creating the same objects (GameServers, Pods, Services,
+//!    ConfigMaps) as fast as it can against the same control plane.
+//! 3. The operator's peak memory.
+//!
+//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use gamezone::api::*;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn zone(name: &str, instances: usize) -> GameZone {
+    serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name},
+        "spec": {"zoneId": 1, "defaultImage": "svc:1",
+                 "services": [{"type": "game", "id": 1, "endId": instances, "ports": [{"name": "client", "containerPort": 7777}]}]}
+    }))
+    .unwrap()
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+}
+
+/// Counts Ready pods in `ns` until `want`; returns the time it took from `start`.
+async fn until_ready_pods(client: &Client, ns: &str, want: usize, start: Instant) -> Duration {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    loop {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready >= want {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Counts GameServers in state Ready in `ns` until `want`.
+async fn until_ready_servers(client: &Client, ns: &str, want: usize, start: Instant) -> Duration {
+    let servers: Api<GameServer> = Api::namespaced(client.clone(), ns);
+    loop {
+        let list = servers.list(&ListParams::default()).await.unwrap();
+        let ready = list.items.iter().filter(|g| g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)).count();
+        if ready >= want {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The plain client: the objects the operator would make for the zones, created as fast as it can.
+async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize) -> Duration {
+    let start = Instant::now();
+    let cfg = gamezone::zone::BuildConfig::default();
+    let mut work = Vec::new();
+    for z in 0..zones {
+        let mut gz = zone(&format!("p{z}"), instances);
+        gz.metadata.namespace = Some(ns.to_string());
+        for gs in gamezone::zone::game_servers(&gz, &[], &cfg).unwrap() {
+            work.push(json!(gs));
+            let mut pod = gs.spec.template.clone();
+            let meta = pod.metadata.get_or_insert_with(Default::default);
+            meta.name = gs.metadata.name.clone();
+            work.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod.spec}));
+        }
+        for s in gamezone::zone::services(&gz) {
+            work.push(json!(s));
+        }
+        work.push(json!(gamezone::zone::topology(&gz, &Default::default())));
+    }
+    futures::stream::iter(work)
+        .map(|obj| {
+            let client = client.clone();
+            let ns = ns.to_string();
+            async move {
+                let kind = obj["kind"].as_str().unwrap().to_string();
+                let pp = PostParams::default();
+                match kind.as_str() {
+                    "GameServer" => Api::<GameServer>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
+                    "Pod" => Api::<Pod>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
+                    "Service" => Api::<Service>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
+                    _ => Api::<ConfigMap>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
+                }
+                .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    until_ready_pods(client, ns, zones * instances, start).await
+}
+
+#[tokio::main]
+async fn main() {
+    let zones = env_or("GAMEZONE_BENCH_ZONES", 200);
+    let instances = env_or("GAMEZONE_BENCH_INSTANCES", 10);
+    let nodes = env_or("GAMEZONE_BENCH_NODES", 50);
+    let big = env_or("GAMEZONE_BENCH_BIG_ZONE", 50);
+    eprintln!("starting a control plane with {nodes} simulated nodes");
+    let cluster = common::start_private(nodes);
+    let client = cluster.client().await;
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        crd_api.patch(&crd.name_any(), &PatchParams::apply("bench").force(), &Patch::Apply(&crd)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    namespace(&client, "bench-op").await;
+    namespace(&client, "bench-plain").await;
+
+    let mut op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["run", "--namespace", "bench-op", "--http-addr", "127.0.0.1:0", "--log-format", "json", "--concurrency", "32"])
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the operator");
+    let pid = op.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. One big zone.
+    let zapi: Api<GameZone> = Api::namespaced(client.clone(), "bench-op");
+    let start = Instant::now();
+    zapi.create(&PostParams::default(), &zone("big", big)).await.unwrap();
+    loop {
+        let z = zapi.get("big").await.unwrap();
+        if z.status.as_ref().is_some_and(|s| s.phase == Some(ZonePhase::Running)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let big_time = start.elapsed();
+
+    // 2. Many zones, operator then plain client, on the same control plane.
+    let start = Instant::now();
+    futures::stream::iter(0..zones)
+        .map(|z| {
+            let zapi = zapi.clone();
+            async move { zapi.create(&PostParams::default(), &zone(&format!("z{z}"), instances)).await.map(|_| ()) }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let op_time = until_ready_servers(&client, "bench-op", zones * instances + big, start).await;
+    let op_rss = peak_rss_mib(pid);
+    let _ = op.kill();
+    let _ = op.wait();
+    let plain_time = plain_client(&client, "bench-plain", zones, instances).await;
+
+    let n = (zones * instances) as f64;
+    let op_rate = n / op_time.as_secs_f64();
+    let plain_rate = n / plain_time.as_secs_f64();
+    println!("one zone of {big} instances, apply -> Running: {:.2} s", big_time.as_secs_f64());
+    println!("{zones} zones x {instances} instances on {nodes} nodes:");
+    println!("  operator:     {:>8.1} instances Ready/s ({:.1} s)", op_rate, op_time.as_secs_f64());
+    println!("  plain client: {:>8.1} instances Ready/s ({:.1} s)", plain_rate, plain_time.as_secs_f64());
+    println!("  ratio operator/plain: {:.2} (goal >= 0.70)", op_rate / plain_rate);
+    println!("operator peak RSS: {op_rss:.1} MiB");
+}
