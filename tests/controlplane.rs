@@ -83,7 +83,7 @@ async fn custom_resources_can_be_created_listed_watched_and_applied() {
         .resource_version
         .expect("list has a resourceVersion");
     let mut events = widgets
-        .watch(&WatchParams::default().timeout(30), &since)
+        .watch(&WatchParams::default().timeout(120), &since)
         .await
         .expect("watch widgets")
         .boxed();

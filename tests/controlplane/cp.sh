@@ -56,6 +56,7 @@ inputs_fingerprint() {
     find cmd -type f -name '*.go' | LC_ALL=C sort | xargs cat
     echo "kwok $KWOK_VERSION"
     go version
+    sed -n '/^cmd_build()/,/^}/p' "$SELF" # how they are built
   ) | sha256sum | cut -d' ' -f1
 }
 
@@ -70,7 +71,7 @@ require_tools() {
 }
 
 cmd_build() {
-  require_tools go sha256sum
+  require_tools go sha256sum flock
   export GOFLAGS=${GOFLAGS:--mod=mod} GOSUMDB=${GOSUMDB:-off} GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0
   local fingerprint
   fingerprint=$(inputs_fingerprint)
@@ -78,10 +79,21 @@ cmd_build() {
     say "binaries up to date in $BIN"
     return 0
   fi
+  # One build at a time (parallel `up`s on a cold cache): wait, then look again.
+  mkdir -p "$VERSION_DIR"
+  exec 9>"$VERSION_DIR/.lock"
+  if ! flock -n 9; then
+    say "another build holds $VERSION_DIR/.lock; waiting for it"
+    flock 9
+  fi
+  if [[ -f "$VERSION_DIR/.complete" && "$(cat "$VERSION_DIR/.complete")" == "$fingerprint" ]]; then
+    say "binaries up to date in $BIN"
+    exec 9>&-
+    return 0
+  fi
 
   local started stage
   started=$(now)
-  mkdir -p "$VERSION_DIR"
   rm -f "$VERSION_DIR/.complete"
   stage=$(mktemp -d "$VERSION_DIR/bin.partial.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the directory is fixed
@@ -92,6 +104,9 @@ cmd_build() {
   say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION) and etcd ($ETCD_VERSION)"
   say "  cold: ~1 GB of module downloads and a long compile on 2 cores; full output in $VERSION_DIR/build.log"
   : >"$VERSION_DIR/build.log"
+  local packages
+  packages=$(cd "$GO_MODULE" && go list -deps ./cmd/... 2>>"$VERSION_DIR/build.log" | wc -l) || build_failed
+  say "  modules ready after $(since "$started")s; compiling what is not cached of $packages packages"
   (
     cd "$GO_MODULE"
     go build -v -o "$stage/" -ldflags "-s -w \
@@ -103,7 +118,7 @@ cmd_build() {
 
   say "building kwok $KWOK_VERSION"
   # `go install pkg@version` uses kwok's own module graph, where -mod=mod is not allowed.
-  GOFLAGS= GOBIN="$stage" go install -v -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1 |
+  GOFLAGS='' GOBIN="$stage" go install -v -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1 |
     progress "$VERSION_DIR/build.log" || build_failed
   say "  kwok built after $(since "$started")s"
 
@@ -116,6 +131,7 @@ cmd_build() {
   mv "$stage" "$BIN"
   trap - EXIT
   echo "$fingerprint" >"$VERSION_DIR/.complete"
+  exec 9>&- # unlock; the daemons that `up` starts next must not inherit the lock
   say "binaries ready in $BIN (build took $(since "$started")s)"
 }
 
@@ -262,6 +278,7 @@ start() {
   local pidfile="$DIR/logs/$name.pid"
   rm -f "$pidfile"
   # The inner shell writes its own pid, which is right whether or not setsid had to fork.
+  # shellcheck disable=SC2016 # expanded by the inner shell
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
   local i
   for i in $(seq 100); do [[ -s "$pidfile" ]] && break; sleep 0.01; done
@@ -273,6 +290,10 @@ start() {
 # Fail fast with the log of any component that has exited.
 check_running() {
   local name pid
+  if [[ ! -f "$DIR/pids" ]]; then
+    say "the control plane was stopped while starting (by \`down\` or the watchdog: watched process gone?)"
+    return 1
+  fi
   while read -r name pid; do
     if ! alive "$pid"; then
       say "$name (pid $pid) exited; last lines of $DIR/logs/$name.log:"
@@ -340,9 +361,11 @@ cmd_up() {
       *) die "unknown option for up: $1" ;;
     esac
   done
-  [[ "$nodes" =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= MAX_NODES)) || die "--nodes must be 1..$MAX_NODES, got '$nodes'"
-  if [[ -n "$watch_pid" ]]; then
-    [[ "$watch_pid" =~ ^[0-9]+$ ]] && alive "$watch_pid" || die "--watch-pid $watch_pid is not a running process"
+  if ! [[ "$nodes" =~ ^[0-9]+$ ]] || ((nodes < 1 || nodes > MAX_NODES)); then
+    die "--nodes must be 1..$MAX_NODES, got '$nodes'"
+  fi
+  if [[ -n "$watch_pid" ]] && ! { [[ "$watch_pid" =~ ^[0-9]+$ ]] && alive "$watch_pid"; }; then
+    die "--watch-pid $watch_pid is not a running process"
   fi
   require_tools openssl curl ss setsid pgrep base64
   ensure_built
@@ -358,6 +381,8 @@ cmd_up() {
   mkdir -p "$DIR/logs"
   : >"$DIR/pids"
   trap 'up_failed' EXIT
+  # Watch from the start: a test run killed while this starts still cleans up.
+  if [[ -n "$watch_pid" ]]; then start_watchdog "$watch_pid"; fi
 
   local etcd_port etcd_peer_port api_port kcm_port sched_port
   reserve_port etcd_port; reserve_port etcd_peer_port
@@ -451,8 +476,6 @@ cmd_up() {
   wait_until 60 "$nodes Ready nodes" all_nodes_ready "$nodes"
   wait_until 60 "ServiceAccount default/default" "${kubectl[@]}" get serviceaccount default -n default
 
-  if [[ -n "$watch_pid" ]]; then start_watchdog "$watch_pid"; fi
-
   release_ports
   trap - EXIT
   say "control plane with $nodes nodes up in $(since "$started")s (logs in $DIR/logs; stop: $SELF down $DIR)"
@@ -470,6 +493,7 @@ all_nodes_ready() {
 # Tears the control plane down once PID exits, so a crashed test run leaves nothing behind.
 start_watchdog() {
   local pidfile="$DIR/watchdog.pid"
+  # shellcheck disable=SC2016 # expanded by the inner shell
   setsid bash -c '
     echo $$ >"$0"
     watched=$1 dir=$2 self=$3
@@ -527,6 +551,8 @@ cmd_down() {
   local names=() pids=() name pid
   if [[ -f "$dir/pids" ]]; then
     while read -r name pid; do names+=("$name"); pids+=("$pid"); done <"$dir/pids"
+    # Gone first, so a concurrent `up` or the watchdog sees the stop, not crashed components.
+    mv -f "$dir/pids" "$dir/pids.stopping"
   fi
   # Clients first, etcd last: an apiserver that loses etcd first shuts down slowly.
   local clients=() storage=() i
@@ -535,7 +561,7 @@ cmd_down() {
   done
   stop_groups "${clients[@]}"
   stop_groups "${storage[@]}"
-  rm -f "$dir/pids"
+  rm -f "$dir/pids.stopping"
 
   if [[ $keep == false && -f "$dir/.gamezone-controlplane" ]]; then
     rm -rf "$dir"
