@@ -123,8 +123,9 @@ say "zone1's conditions"
 kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' | column -t -s $'\t'
 say "pinned artifacts"
 kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.artifacts[*]}{.source}{" @ "}{.revision}{"\n"}{end}'
-say "events"
-kubectl -n "$NS" get events --sort-by=.lastTimestamp -o custom-columns=OBJECT:.regarding.name,REASON:.reason,NOTE:.note 2>/dev/null | grep -E 'zone1( |$)|OBJECT' | tail -n 12 || true
+say "events of zone1"
+kubectl -n "$NS" get events --field-selector involvedObject.kind=GameZone,involvedObject.name=zone1 \
+  -o custom-columns=REASON:.reason,MESSAGE:.message
 cat <<MSG
 
 The cluster and the operator keep running:
