@@ -42,3 +42,46 @@ pub fn crds_yaml() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    /// CI fails when the committed CRDs differ from the types.
+    #[test]
+    fn committed_crds_are_current() {
+        let committed = include_str!("../../deploy/crds.yaml");
+        assert!(
+            committed == super::crds_yaml(),
+            "deploy/crds.yaml is stale: run `cargo run -q -p gamezone -- crd > deploy/crds.yaml` and commit it"
+        );
+    }
+
+    #[test]
+    fn every_schema_field_is_described() {
+        fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>, seen: &mut usize) {
+            if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+                for (name, schema) in props {
+                    let here = format!("{path}.{name}");
+                    *seen += 1;
+                    if schema.get("description").is_none() {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, schema, missing, seen);
+                }
+            }
+            if let Some(items) = v.get("items") {
+                walk(&format!("{path}[]"), items, missing, seen);
+            }
+        }
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        for crd in super::crds() {
+            let json = serde_json::to_value(&crd).unwrap();
+            let schema = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            for part in ["spec", "status"] {
+                walk(&format!("{}.{part}", crd.spec.names.kind), &schema["properties"][part], &mut missing, &mut seen);
+            }
+        }
+        assert!(seen > 100, "only {seen} fields walked: the schema layout changed");
+        // Kubernetes' own types (EnvVar, Toleration ...) carry their upstream descriptions.
+        assert!(missing.is_empty(), "fields without a description (kubectl explain shows nothing): {missing:?}");
+    }
+}
