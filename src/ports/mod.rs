@@ -10,8 +10,10 @@
 //! * [`PortRequest`] / [`Allocation`]: what a server asks for and what it gets, per port policy
 //!   ([`PortPolicy`]) and [`Protocol`] (`TcpUdp` costs one host port for both).
 //! * [`PortRanges`]: the validated `--port-range` flag.
-//! * [`PortAllocator`]: the per-node tables and the counts; every operation is O(1) amortized
-//!   per port plus hashing, never a scan over ports × nodes.
+//! * [`PortAllocator`]: the per-node tables and the counts. Allocate, release, bind and node
+//!   joins cost O(1) per port plus hashing, never a scan over ports × nodes; a node leaving costs
+//!   O(servers on it), plus one pass over servers only if some port ends up over-committed;
+//!   `usage()` is O(ports) for metric scrapes.
 //! * [`pod_ports`], [`port_env`]: what the Pod spec needs.
 
 mod allocator;

@@ -31,7 +31,7 @@ impl PortRange {
         u32::from(self.max) - u32::from(self.min) + 1
     }
 
-    /// Always false: a valid range holds at least one port (here for clippy's `len_without_is_empty`).
+    /// Whether the range holds no port; only a hand-built `min > max` range does, `new` rejects it.
     pub fn is_empty(&self) -> bool {
         self.max < self.min
     }
