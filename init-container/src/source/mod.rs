@@ -60,18 +60,7 @@ pub(crate) fn s3_store(
 ) -> Result<object_store::aws::AmazonS3> {
     use object_store::aws::AmazonS3Builder;
     let path_style = path_style.unwrap_or(true);
-    let endpoint = endpoint.trim_end_matches('/');
-    // object_store expects the bucket in the endpoint for virtual-hosted requests.
-    let endpoint = if path_style {
-        endpoint.to_owned()
-    } else {
-        match endpoint.split_once("://") {
-            Some((scheme, host)) if !host.starts_with(&format!("{bucket}.")) => {
-                format!("{scheme}://{bucket}.{host}")
-            }
-            _ => endpoint.to_owned(),
-        }
-    };
+    let endpoint = endpoint_for(endpoint, bucket, path_style);
     let retry =
         object_store::RetryConfig { max_retries: 0, retry_timeout: Duration::from_secs(1), ..Default::default() };
     let options = object_store::ClientOptions::new()
@@ -90,6 +79,18 @@ pub(crate) fn s3_store(
         None => b.with_skip_signature(true),
     };
     b.build().map_err(|e| ctx.invalid(format!("s3 settings: {e}")))
+}
+
+/// object_store expects the bucket in the endpoint host for virtual-hosted requests.
+pub(crate) fn endpoint_for(endpoint: &str, bucket: &str, path_style: bool) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    if path_style {
+        return endpoint.to_owned();
+    }
+    match endpoint.split_once("://") {
+        Some((scheme, host)) if !host.starts_with(&format!("{bucket}.")) => format!("{scheme}://{bucket}.{host}"),
+        _ => endpoint.to_owned(),
+    }
 }
 
 /// S3 keys for a layer: from its Secret (`accesskey`/`secretkey`), else the environment
@@ -151,5 +152,22 @@ pub(crate) fn store_error(ctx: &Ctx, e: &object_store::Error, secret: Option<&st
         _ if lower.contains("status code: 4") => ctx.source(format!("{what}: {text}")),
         E::Generic { .. } => ctx.transient(format!("{what}: {text}")),
         _ => ctx.source(format!("{what}: {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_hosted_endpoints_carry_the_bucket() {
+        assert_eq!(endpoint_for("https://cos.ap-beijing.myqcloud.com/", "b-123", false), "https://b-123.cos.ap-beijing.myqcloud.com");
+        assert_eq!(endpoint_for("https://b.s3.amazonaws.com", "b", false), "https://b.s3.amazonaws.com");
+        assert_eq!(endpoint_for("http://minio:9000/", "b", true), "http://minio:9000");
+    }
+
+    #[test]
+    fn urls_in_text_lose_credentials() {
+        assert_eq!(strip_urls("error for url (http://u:p@h/x?sig=1): boom"), "error for url (http://h/x): boom");
     }
 }

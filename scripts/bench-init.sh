@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Benchmarks gamezone-init against the usual tools on the same loopback servers, and prints time,
+# ratio (ours / peer; <= 1.0 is the goal) and peak memory (max RSS) for each case.
+#
+#   GIT_FILES=20000 GIT_MB=200   git repo; the layer takes subPath `part0` (1/GIT_PARTS of it)
+#   GIT_PARTS=4
+#   S3_OBJECTS=5000 S3_MB=500    objects under one prefix in s3s-fs
+#   P4_MB=500 P4_FILES=2000      p4-export tar.gz
+#   BENCH_DIR=/tmp/gamezone-bench  work directory (kept between runs: data is generated once per size)
+#   GAMEZONE_INIT=path          binary (default: a release build, profile `initbench`)
+# Small quick run: GIT_FILES=2000 GIT_MB=20 S3_OBJECTS=500 S3_MB=50 P4_MB=50 scripts/bench-init.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GIT_FILES="${GIT_FILES:-20000}"; GIT_MB="${GIT_MB:-200}"; GIT_PARTS="${GIT_PARTS:-4}"
+S3_OBJECTS="${S3_OBJECTS:-5000}"; S3_MB="${S3_MB:-500}"
+P4_MB="${P4_MB:-500}"; P4_FILES="${P4_FILES:-2000}"
+BENCH_DIR="${BENCH_DIR:-/tmp/gamezone-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/gamezone/cargo-target}"
+S3S_FS="${GAMEZONE_S3S_FS:-/root/.cache/gamezone/tools/s3s-fs-0.14.1/bin/s3s-fs}"
+
+command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
+command -v rclone >/dev/null || apt-get install -y rclone >/dev/null
+[[ -x "$S3S_FS" ]] || init-container/tests/install-test-tools.sh
+if [[ -z "${GAMEZONE_INIT:-}" ]]; then
+  # A release-like profile of its own: its own output directory and lock in the shared target dir.
+  cargo build -q --config 'profile.initbench.inherits="release"' --profile initbench -p gamezone-init
+  GAMEZONE_INIT="$CARGO_TARGET_DIR/initbench/gamezone-init"
+fi
+mkdir -p "$BENCH_DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+
+# measure NAME CMD...: runs CMD under /usr/bin/time, sets SECS and RSS_MB.
+measure() {
+  local log="$BENCH_DIR/time.log"
+  sync
+  /usr/bin/time -f '%e %M' -o "$log" "$@" >"$BENCH_DIR/out.log" 2>&1 || { echo "FAILED: $*" >&2; tail -5 "$BENCH_DIR/out.log" >&2; exit 1; }
+  read -r SECS RSS_KB < "$log"
+  RSS_MB=$((RSS_KB / 1024))
+}
+rows=()
+row() { rows+=("$(printf '%-28s %8.2f %8.2f %7.2f %8s %8s' "$1" "$2" "$3" "$(python3 -c "print($2/$3 if $3 > 0 else 0)")" "$4" "$5")"); }
+
+gen() { # gen DIR FILES MB [PARTS]: random files spread over PARTS folders
+  python3 - "$@" <<'PY'
+import os, sys
+d, n, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+parts = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+size = mb * 1024 * 1024 // n
+for i in range(n):
+    p = os.path.join(d, f"part{i % parts}", f"d{(i // parts) % 50:02}", f"f{i}.bin")
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(os.urandom(size))
+PY
+}
+
+# ---------- git ----------
+git_key="git-$GIT_FILES-$GIT_MB-$GIT_PARTS"
+if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
+  rm -rf "$BENCH_DIR/$git_key"; mkdir -p "$BENCH_DIR/$git_key/repo"
+  gen "$BENCH_DIR/$git_key/repo" "$GIT_FILES" "$GIT_MB" "$GIT_PARTS"
+  ( cd "$BENCH_DIR/$git_key/repo" && git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm bench \
+    && git config uploadpack.allowReachableSHA1InWant true && git config uploadpack.allowFilter true && git gc -q )
+fi
+gport=$(free_port)
+git daemon --reuseaddr --base-path="$BENCH_DIR/$git_key" --export-all --listen=127.0.0.1 --port="$gport" "$BENCH_DIR/$git_key" &
+pids+=($!); wait_port "$gport"
+gurl="git://127.0.0.1:$gport/repo"
+plan="[{\"path\":\"game\",\"subPath\":\"part0\",\"git\":{\"url\":\"$gurl\",\"branch\":\"main\"}}]"
+rm -rf "$BENCH_DIR/out-git"
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-git" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-git" --plan-json "$plan"; n_s=$SECS; n_m=$RSS_MB
+rm -rf "$BENCH_DIR/peer-git"
+measure sh -c "git clone -q --depth 1 --filter=blob:none --sparse '$gurl' '$BENCH_DIR/peer-git' && git -C '$BENCH_DIR/peer-git' sparse-checkout set part0"
+row "git subPath (1/$GIT_PARTS)" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+# Whole repo too: what libgit2's lack of partial clone costs when the subPath is small.
+plan_all="[{\"path\":\"game\",\"git\":{\"url\":\"$gurl\",\"branch\":\"main\"}}]"
+rm -rf "$BENCH_DIR/out-git-all" "$BENCH_DIR/peer-git-all"
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-git-all" --plan-json "$plan_all"; a_s=$SECS; a_m=$RSS_MB
+measure git clone -q --depth 1 "$gurl" "$BENCH_DIR/peer-git-all"
+row "git whole repo" "$a_s" "$SECS" "$a_m" "$RSS_MB"
+# The unchanged re-run against a peer that also has nothing to do (git pull on the sparse clone).
+measure git -C "$BENCH_DIR/peer-git" pull -q --depth 1
+row "git unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
+
+# ---------- s3 ----------
+s3_key="s3-$S3_OBJECTS-$S3_MB"
+if [[ ! -d "$BENCH_DIR/$s3_key/bench/prefix" ]]; then
+  rm -rf "$BENCH_DIR/$s3_key"; mkdir -p "$BENCH_DIR/$s3_key/bench/prefix"
+  gen "$BENCH_DIR/$s3_key/bench/prefix" "$S3_OBJECTS" "$S3_MB"
+fi
+sport=$(free_port)
+"$S3S_FS" --host 127.0.0.1 --port "$sport" --access-key AKBENCH --secret-key SKBENCH "$BENCH_DIR/$s3_key" >/dev/null 2>&1 &
+pids+=($!); wait_port "$sport"
+mkdir -p "$BENCH_DIR/secrets/s3"; printf AKBENCH > "$BENCH_DIR/secrets/s3/accesskey"; printf SKBENCH > "$BENCH_DIR/secrets/s3/secretkey"
+plan="[{\"path\":\"art\",\"s3\":{\"endpoint\":\"http://127.0.0.1:$sport\",\"bucket\":\"bench\",\"prefix\":\"prefix/\",\"secretRef\":{\"name\":\"s3\"}}}]"
+rm -rf "$BENCH_DIR/out-s3"
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; n_s=$SECS; n_m=$RSS_MB
+rm -rf "$BENCH_DIR/peer-s3"
+export RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ACCESS_KEY_ID=AKBENCH \
+  RCLONE_CONFIG_B_SECRET_ACCESS_KEY=SKBENCH RCLONE_CONFIG_B_ENDPOINT="http://127.0.0.1:$sport" RCLONE_CONFIG_B_FORCE_PATH_STYLE=true
+measure rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
+row "s3 prefix" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+measure rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
+row "s3 unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
+
+# ---------- p4 export ----------
+p4_key="p4-$P4_FILES-$P4_MB"
+if [[ ! -f "$BENCH_DIR/$p4_key/export.tar.gz" ]]; then
+  rm -rf "$BENCH_DIR/$p4_key"; mkdir -p "$BENCH_DIR/$p4_key/src"
+  gen "$BENCH_DIR/$p4_key/src" "$P4_FILES" "$P4_MB"
+  "$GAMEZONE_INIT" make-p4-export --from "$BENCH_DIR/$p4_key/src" --out "$BENCH_DIR/$p4_key/export.tar.gz" --changelist 1 >/dev/null
+fi
+plan="[{\"path\":\"p4\",\"p4Export\":{\"url\":\"$BENCH_DIR/$p4_key/export.tar.gz\"}}]"
+rm -rf "$BENCH_DIR/out-p4"
+measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-p4" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
+rm -rf "$BENCH_DIR/peer-p4"; mkdir -p "$BENCH_DIR/peer-p4"
+measure tar -xzf "$BENCH_DIR/$p4_key/export.tar.gz" -C "$BENCH_DIR/peer-p4"
+row "p4 export tar.gz" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+
+echo
+echo "sizes: git $GIT_FILES files/${GIT_MB}MB (subPath 1/$GIT_PARTS), s3 $S3_OBJECTS objects/${S3_MB}MB, p4 $P4_FILES files/${P4_MB}MB"
+printf '%-28s %8s %8s %7s %8s %8s\n' case ours_s peer_s ratio ours_MB peer_MB
+printf '%s\n' "${rows[@]}"
