@@ -86,6 +86,19 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
         assert_eq!(told, Some(p.host_port.unwrap().to_string()), "the process is told its public port");
     }
 
+    // A deleted pod comes back with the same host port.
+    let held = servers.get("zone1-game-1").await.unwrap().status.unwrap().ports[0].host_port;
+    let old_uid = pods.get("zone1-game-1").await.unwrap().metadata.uid;
+    pods.delete("zone1-game-1", &DeleteParams::default()).await.unwrap();
+    let again = common::wait_for("zone1-game-1's pod re-created and Ready", WAIT, || async {
+        let p = pods.get_opt("zone1-game-1").await.map_err(|e| e.to_string())?.ok_or("no pod")?;
+        let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if p.metadata.uid != old_uid && ready { Ok(p) } else { Err("old or not ready".to_string()) }
+    })
+    .await;
+    let port = again.spec.unwrap().containers[0].ports.clone().unwrap()[0].host_port;
+    assert_eq!(port, held, "the instance kept its host port");
+
     // Restart: allocations are rebuilt, so the two new servers take the last free slots only.
     op.kill();
     let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--port-range", "7100-7101"]);

@@ -437,3 +437,46 @@ async fn artifact_revision_change_rolls_servers_with_the_new_pin() {
     assert!(before.iter().all(|(n, uid)| after.get(n) != Some(uid)), "every server rolled");
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn failed_migration_degrades_the_zone_and_leaves_servers_alone() {
+    let ns = common::namespace("zone-migfail").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let before = pod_uids(&pods, "zone1").await;
+
+    // A new server version whose migration fails (the simulated migrater exits 1).
+    let patch = json!({"spec": {"defaultImage": "registry.example.com/project1/service:0.9.0",
+                                "migration": {"image": "gamezone.test/fail", "backoffLimit": 0}}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let z = common::wait_for("zone1 Degraded by the failed migration", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let st = z.status.clone().unwrap_or_default();
+        if st.phase == Some(ZonePhase::Degraded) && st.observed_generation == z.metadata.generation { Ok(z) } else { Err(format!("{:?}", st.phase)) }
+    })
+    .await;
+    let st = z.status.unwrap();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MigrationFailed"));
+    let job = st.migration.as_ref().unwrap().job_name.clone();
+    assert!(ready.message.contains(&job) && ready.message.contains("BackoffLimitExceeded"), "{}", ready.message);
+    assert_eq!(st.migration.unwrap().state, "Failed");
+    // Running servers are untouched: same pods, old image.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pod_uids(&pods, "zone1").await, before, "servers were touched");
+    let game = pods.get("zone1-db-1").await.unwrap();
+    assert_eq!(game.spec.unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.1.0"));
+
+    // Fixing the migrater lets the version through.
+    let fix = json!({"spec": {"migration": {"image": "registry.example.com/project1/dbmigrater:0.1.1"}}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let db = pods.get("zone1-db-1").await.unwrap();
+    assert_eq!(db.spec.unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.9.0"));
+    ns.cleanup().await;
+}
