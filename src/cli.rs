@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use crate::api::GameZone;
 use crate::controller::{self, leader::LeaseConfig};
 use crate::telemetry::LogFormat;
+use crate::webhook::{self, FeatureGates};
 use crate::zone::{self, BuildConfig};
 
 /// GameZone: one object in, a running game zone out.
@@ -27,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the operator.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Print, offline, every object a GameZone file would create.
@@ -65,6 +66,47 @@ struct RunArgs {
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Feature gates, `Name=true|false` separated by commas, e.g. `AutopilotPassthroughPort=true`.
+    #[arg(long, default_value = "", env = "GAMEZONE_FEATURE_GATES")]
+    feature_gates: String,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The passthrough webhook (served with `--feature-gates AutopilotPassthroughPort=true`).
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    /// Address the webhook's HTTPS server listens on.
+    #[arg(long, default_value = "0.0.0.0:9443", env = "GAMEZONE_WEBHOOK_ADDR")]
+    webhook_addr: SocketAddr,
+    /// Namespace of the Service in front of the webhook.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gamezone-system")]
+    webhook_service_namespace: String,
+    /// Name of the Service in front of the webhook.
+    #[arg(long, default_value = "gamezone-webhook")]
+    webhook_service_name: String,
+    /// Port of that Service.
+    #[arg(long, default_value_t = 443)]
+    webhook_service_port: u16,
+    /// Reach the webhook at this https:// URL instead of the Service (an operator run outside the
+    /// cluster), e.g. `https://127.0.0.1:9443/mutate-pods-passthrough`.
+    #[arg(long, env = "GAMEZONE_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Namespace of the webhook's TLS Secret (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gamezone-system")]
+    webhook_secret_namespace: String,
+    /// Name of the webhook's TLS Secret, made and rotated by the leader.
+    #[arg(long, default_value = "gamezone-webhook-tls")]
+    webhook_secret_name: String,
+    /// Seconds a new webhook certificate is valid.
+    #[arg(long, default_value_t = 365 * 24 * 3600)]
+    webhook_cert_validity: u64,
+    /// Renew the webhook certificate this many seconds before it expires.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    webhook_cert_renew_before: u64,
+    /// Seconds between checks of the webhook certificate and configuration.
+    #[arg(long, default_value_t = 300)]
+    webhook_check_interval: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,12 +141,36 @@ impl Cli {
                 print!("{}", render(&args)?);
                 Ok(())
             }
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
         }
     }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Flags first, so a bad one is reported before any connection is tried.
+    let feature_gates: FeatureGates =
+        args.feature_gates.parse().map_err(|e| anyhow::anyhow!("--feature-gates {:?}: {e}", args.feature_gates))?;
+    let w = args.webhook;
+    if let Some(url) = &w.webhook_url {
+        anyhow::ensure!(url.starts_with("https://"), "--webhook-url {url:?} must start with https://");
+    }
+    let webhook = webhook::Config {
+        addr: w.webhook_addr,
+        endpoint: match w.webhook_url {
+            Some(url) => webhook::Endpoint::Url(url),
+            None => webhook::Endpoint::Service {
+                namespace: w.webhook_service_namespace,
+                name: w.webhook_service_name,
+                port: w.webhook_service_port,
+            },
+        },
+        secret_namespace: w.webhook_secret_namespace,
+        secret_name: w.webhook_secret_name,
+        cert_validity: Duration::from_secs(w.webhook_cert_validity),
+        renew_before: Duration::from_secs(w.webhook_cert_renew_before),
+        check_every: Duration::from_secs(w.webhook_check_interval.max(1)),
+        watch_namespace: args.namespace.clone(),
+    };
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -133,6 +199,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 identity,
                 duration: Duration::from_secs(args.lease_duration),
             }),
+            feature_gates,
+            webhook: Some(webhook),
         },
     )
     .await

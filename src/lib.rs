@@ -12,4 +12,5 @@ pub use error::{Error, Result};
 pub mod controller;
 pub mod ports;
 pub mod telemetry;
+pub mod webhook;
 pub mod zone;

@@ -48,6 +48,10 @@ pub struct Config {
     pub port_ranges: crate::ports::PortRanges,
     /// Take a Lease before acting, so only one replica reconciles.
     pub leader_election: Option<leader::LeaseConfig>,
+    /// Feature gates.
+    pub feature_gates: crate::webhook::FeatureGates,
+    /// The passthrough webhook; served only with the `AutopilotPassthroughPort` gate on.
+    pub webhook: Option<crate::webhook::Config>,
 }
 
 /// Shared state of the reconcilers.
@@ -122,10 +126,24 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let http = tokio::spawn(http::serve(config.http_addr, metrics.clone(), ready.clone()));
 
+    // Every replica serves the webhook; only the leader writes its Secret and configuration.
+    let leading = Arc::new(AtomicBool::new(config.leader_election.is_none()));
+    let webhook = match (&config.webhook, config.feature_gates.autopilot_passthrough_port) {
+        (Some(cfg), true) => Some(crate::webhook::start(client.clone(), cfg.clone(), leading.clone()).await?),
+        _ => None,
+    };
+    let webhook_stopped = async move {
+        match webhook {
+            Some(handle) => handle.await,
+            None => std::future::pending().await,
+        }
+    };
+
     let _lease = match &config.leader_election {
         Some(lease) => Some(leader::acquire(client.clone(), lease.clone()).await?),
         None => None,
     };
+    leading.store(true, Ordering::SeqCst);
 
     // Rebuild port tables from what exists before any reconcile can hand out a port.
     let node_api = Api::<Node>::all(client.clone());
@@ -133,7 +151,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let known_nodes = node_api.list(&Default::default()).await?.items;
     let known_servers =
         scoped::<crate::api::GameServer>(&client, &config.namespace).list(&Default::default()).await?.items;
-    ports::rebuild(&mut allocator, &known_nodes, &known_servers);
+    let deferred = config.feature_gates.autopilot_passthrough_port;
+    ports::rebuild(&mut allocator, &known_nodes, &known_servers, deferred);
 
     let (nodes, writer) = reflector::store();
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -173,6 +192,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         _ = server::run(ctx.clone()) => {},
         _ = node_watch => {},
         r = http => { r??; }
+        r = webhook_stopped => { r?; anyhow::bail!("the webhook server stopped"); }
     }
     ready.store(false, Ordering::SeqCst);
     tracing::info!("controllers stopped");

@@ -52,6 +52,35 @@ fn from_protocol(p: Protocol) -> PortProtocol {
     }
 }
 
+/// Splits requests into those the allocator serves and the Passthrough ports left to the
+/// platform (when `passthrough_deferred`), each of the latter with its placeholder allocation.
+pub fn defer_passthrough(
+    wanted: Vec<PortRequest>,
+    passthrough_deferred: bool,
+) -> (Vec<PortRequest>, Vec<(Allocation, crate::webhook::patch::Deferred)>) {
+    if !passthrough_deferred {
+        return (wanted, Vec::new());
+    }
+    let (deferred, kept): (Vec<_>, Vec<_>) =
+        wanted.into_iter().partition(|r| r.policy == ports::PortPolicy::Passthrough);
+    let placeholders = deferred
+        .into_iter()
+        .zip(crate::webhook::patch::PLACEHOLDER_BASE..)
+        .map(|(r, placeholder)| {
+            let alloc = Allocation {
+                name: r.name.clone(),
+                container: r.container.clone(),
+                container_port: placeholder,
+                host_port: Some(placeholder),
+                protocol: r.protocol,
+                policy: r.policy,
+            };
+            (alloc, crate::webhook::patch::Deferred { name: r.name, container: r.container, placeholder })
+        })
+        .collect();
+    (kept, placeholders)
+}
+
 /// The allocator's requests for a GameServer's ports.
 pub fn requests(ports: &[GamePort]) -> Vec<PortRequest> {
     ports
@@ -110,8 +139,9 @@ pub fn node_usable(node: &Node) -> bool {
 }
 
 /// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
-/// out twice after a restart.
-pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer]) {
+/// out twice after a restart. With `passthrough_deferred` (the platform assigns Passthrough
+/// host ports), Passthrough ports are not the allocator's and are left out.
+pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer], passthrough_deferred: bool) {
     for node in nodes.iter().filter(|n| node_usable(n)) {
         alloc.node_added(&node.name_any());
     }
@@ -122,7 +152,11 @@ pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer]
             continue;
         }
         let node = status.node_name.as_deref();
-        match alloc.restore(&server_key(gs), allocations_of(&status.ports), node) {
+        let mut held = allocations_of(&status.ports);
+        if passthrough_deferred {
+            held.retain(|a| a.policy != ports::PortPolicy::Passthrough);
+        }
+        match alloc.restore(&server_key(gs), held, node) {
             Ok(report) if !report.over_committed_ports.is_empty() => {
                 tracing::warn!(server = %server_key(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");
                 restored += 1;

@@ -12,10 +12,11 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::conditions;
-use super::ports::{requests, server_key, status_of};
+use super::ports::{defer_passthrough, requests, server_key, status_of};
 use super::{Context, apply, apply_status, key, requeue_after, scoped};
 use crate::api::*;
 use crate::ports::{AllocError, pod_ports, port_env};
+use crate::webhook::patch::{final_ports, mark_pod};
 use crate::zone::server_template_hash;
 use crate::{Error, Result};
 
@@ -95,7 +96,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
 
     // 1. Host ports, before the pod exists, so the process can be told them.
     let key = server_key(gs);
-    let wanted = requests(&gs.spec.ports);
+    // With AutopilotPassthroughPort, the platform assigns Passthrough host ports at admission.
+    let (wanted, deferred) =
+        defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
     let allocated = {
         let mut alloc = ctx.ports.lock().expect("allocator lock");
         match alloc.allocate(&key, &wanted) {
@@ -124,6 +127,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
     };
+    let mut allocations = allocations;
+    allocations.extend(deferred.iter().map(|(a, _)| a.clone()));
+    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
     status.ports = status_of(&allocations);
     conditions::set(
         &mut status.conditions,
@@ -158,14 +164,31 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         Some(p) => p,
         None => {
-            let pod = build_pod(gs, &allocations, &hash)?;
+            let mut pod = build_pod(gs, &allocations, &hash)?;
+            if !deferred.is_empty() {
+                let deferred: Vec<_> = deferred.iter().map(|(_, d)| d.clone()).collect();
+                let range = ctx.config.port_ranges.ranges().first().copied().ok_or_else(|| {
+                    Error::invalid(
+                        format!("GameServer {name}: ports"),
+                        "a Passthrough port needs --port-range for the platform's host port assignment",
+                    )
+                })?;
+                mark_pod(&mut pod, &deferred, range)
+                    .map_err(|e| Error::invalid(format!("GameServer {name}: ports"), e))?;
+            }
             let created = apply(&pods, &pod).await?;
             status.pod_name = Some(name.clone());
             created
         }
     };
 
-    // 3. Status from the pod.
+    // 3. Status from the pod, whose Passthrough ports the platform may have assigned.
+    let assigned = final_ports(&pod);
+    for p in status.ports.iter_mut().filter(|p| p.policy == PortPolicy::Passthrough) {
+        if let Some(&port) = assigned.get(&p.name) {
+            (p.port, p.container_port, p.host_port) = (i32::from(port), i32::from(port), Some(i32::from(port)));
+        }
+    }
     let pod_status = pod.status.clone().unwrap_or_default();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     if let Some(n) = &node
