@@ -36,7 +36,8 @@ fn zone(name: &str, instances: usize) -> GameZone {
 }
 
 async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).unwrap();
+    let ns: Namespace =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
 }
 
@@ -49,7 +50,10 @@ async fn until_ready_pods(client: &Client, ns: &str, want: usize, start: Instant
             .items
             .iter()
             .filter(|p| {
-                p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .count();
         if ready >= want {
@@ -64,7 +68,8 @@ async fn until_ready_servers(client: &Client, ns: &str, want: usize, start: Inst
     let servers: Api<GameServer> = Api::namespaced(client.clone(), ns);
     loop {
         let list = servers.list(&ListParams::default()).await.unwrap();
-        let ready = list.items.iter().filter(|g| g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)).count();
+        let ready =
+            list.items.iter().filter(|g| g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)).count();
         if ready >= want {
             return start.elapsed();
         }
@@ -111,10 +116,21 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize)
                 let kind = obj["kind"].as_str().unwrap().to_string();
                 let pp = PostParams::default();
                 match kind.as_str() {
-                    "GameServer" => Api::<GameServer>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
-                    "Pod" => Api::<Pod>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
-                    "Service" => Api::<Service>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
-                    _ => Api::<ConfigMap>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ()),
+                    "GameServer" => Api::<GameServer>::namespaced(client, &ns)
+                        .create(&pp, &serde_json::from_value(obj)?)
+                        .await
+                        .map(|_| ()),
+                    "Pod" => {
+                        Api::<Pod>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ())
+                    }
+                    "Service" => Api::<Service>::namespaced(client, &ns)
+                        .create(&pp, &serde_json::from_value(obj)?)
+                        .await
+                        .map(|_| ()),
+                    _ => Api::<ConfigMap>::namespaced(client, &ns)
+                        .create(&pp, &serde_json::from_value(obj)?)
+                        .await
+                        .map(|_| ()),
                 }
                 .map_err(anyhow::Error::from)
             }
@@ -144,7 +160,17 @@ async fn main() {
     namespace(&client, "bench-plain").await;
 
     let mut op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
-        .args(["run", "--namespace", "bench-op", "--http-addr", "127.0.0.1:0", "--log-format", "json", "--concurrency", "32"])
+        .args([
+            "run",
+            "--namespace",
+            "bench-op",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--concurrency",
+            "32",
+        ])
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .env("RUST_LOG", "warn")

@@ -67,7 +67,9 @@ async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
     wait_ready(&zones, "zone1").await;
 
     // The follower is alive but not ready, and has reconciled nothing.
-    let follower = common::wait_for("the follower's /healthz", WAIT, || async { http_get(pb, "/healthz").ok_or("no answer") }).await;
+    let follower =
+        common::wait_for("the follower's /healthz", WAIT, || async { http_get(pb, "/healthz").ok_or("no answer") })
+            .await;
     assert_eq!(follower.0, 200);
     assert_eq!(http_get(pb, "/readyz").map(|r| r.0), Some(503));
     let (code, leader_metrics) = http_get(pa, "/metrics").expect("leader metrics");
@@ -114,7 +116,8 @@ spec:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
@@ -125,16 +128,28 @@ spec:
         .collect();
     assert_eq!(
         kinds,
-        ["Job/zone1-migrate-", "GameServer/zone1-game-1", "GameServer/zone1-game-2", "Service/zone1", "Service/zone1-game", "ConfigMap/zone1-topology"]
-            .iter()
-            .zip(&kinds)
-            .map(|(want, got)| if want.ends_with('-') && got.starts_with(want) { got.clone() } else { want.to_string() })
-            .collect::<Vec<_>>()
+        [
+            "Job/zone1-migrate-",
+            "GameServer/zone1-game-1",
+            "GameServer/zone1-game-2",
+            "Service/zone1",
+            "Service/zone1-game",
+            "ConfigMap/zone1-topology"
+        ]
+        .iter()
+        .zip(&kinds)
+        .map(|(want, got)| if want.ends_with('-') && got.starts_with(want) { got.clone() } else { want.to_string() })
+        .collect::<Vec<_>>()
     );
 
     // A bad file names the field.
     std::fs::write(&file, "apiVersion: gamezone.dev/v1alpha1\nkind: GameZone\nmetadata: {name: z}\nspec: {zoneId: 1, services: [{type: game, id: 1}]}\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.services[0].image"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.services[0].image"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -92,7 +92,11 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
     pods.delete("zone1-game-1", &DeleteParams::default()).await.unwrap();
     let again = common::wait_for("zone1-game-1's pod re-created and Ready", WAIT, || async {
         let p = pods.get_opt("zone1-game-1").await.map_err(|e| e.to_string())?.ok_or("no pod")?;
-        let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if p.metadata.uid != old_uid && ready { Ok(p) } else { Err("old or not ready".to_string()) }
     })
     .await;
@@ -102,7 +106,14 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
     // Restart: allocations are rebuilt, so the two new servers take the last free slots only.
     op.kill();
     let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--port-range", "7100-7101"]);
-    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [{"type": "game", "id": 1, "endId": 6, "ports": ports}]}}))).await.unwrap();
+    zones
+        .patch(
+            "zone1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"services": [{"type": "game", "id": 1, "endId": 6, "ports": ports}]}})),
+        )
+        .await
+        .unwrap();
     wait_ready(&zones, "zone1").await;
     let used = host_ports(&pods).await;
     assert_eq!(used.len(), 12);
@@ -125,14 +136,23 @@ async fn exhausted_range_is_reported_and_recovers_when_ports_free() {
     let waiting = common::wait_for("the late zone's servers waiting for ports", WAIT, || async {
         let s = states(&servers).await;
         let late: Vec<_> = s.iter().filter(|(n, _)| n.starts_with("late-")).map(|(_, v)| v.clone()).collect();
-        if late.len() == 2 && late.iter().all(|(st, _)| *st == Some(ServerState::PortAllocation)) { Ok(late) } else { Err(format!("{s:?}")) }
+        if late.len() == 2 && late.iter().all(|(st, _)| *st == Some(ServerState::PortAllocation)) {
+            Ok(late)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     assert!(waiting[0].1.contains("7200"), "the message names the range: {}", waiting[0].1);
     common::wait_for("the late zone to say its servers wait for ports", WAIT, || async {
         let st = zones.get("late").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
-        let msg = st.conditions.iter().find(|c| c.type_ == "ServersReady").map(|c| c.message.clone()).unwrap_or_default();
-        if st.phase == Some(ZonePhase::Deploying) && msg.contains("PortAllocation") && msg.contains("7200") { Ok(()) } else { Err(format!("{:?}: {msg}", st.phase)) }
+        let msg =
+            st.conditions.iter().find(|c| c.type_ == "ServersReady").map(|c| c.message.clone()).unwrap_or_default();
+        if st.phase == Some(ZonePhase::Deploying) && msg.contains("PortAllocation") && msg.contains("7200") {
+            Ok(())
+        } else {
+            Err(format!("{:?}: {msg}", st.phase))
+        }
     })
     .await;
 
@@ -166,7 +186,9 @@ async fn passthrough_static_and_none_ports() {
         let pass = by["pass"];
         assert_eq!(Some(pass.container_port), pass.host_port);
         assert!((7300..=7309).contains(&pass.container_port));
-        assert!(cports.iter().any(|c| c.container_port == pass.container_port && c.host_port == Some(pass.container_port) && c.protocol.as_deref() == Some("UDP")));
+        assert!(cports.iter().any(|c| c.container_port == pass.container_port
+            && c.host_port == Some(pass.container_port)
+            && c.protocol.as_deref() == Some("UDP")));
         // Static: the user's host port.
         assert_eq!((by["fixed"].host_port, by["fixed"].container_port), (Some(7399), 9000));
         // None: no host port; reached at the pod IP and container port.
@@ -185,7 +207,13 @@ async fn a_joining_node_adds_capacity_live() {
     let _op = Operator::start_with(cluster.kubeconfig(), "default", &["--port-range", "7400-7400"]);
     let zones: Api<GameZone> = Api::namespaced(client.clone(), "default");
     let servers: Api<GameServer> = Api::namespaced(client.clone(), "default");
-    zones.create(&PostParams::default(), &zone("zone1", 2, json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]))).await.unwrap();
+    zones
+        .create(
+            &PostParams::default(),
+            &zone("zone1", 2, json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}])),
+        )
+        .await
+        .unwrap();
     common::wait_for("one server Ready, one waiting for a port", WAIT, || async {
         let s = states(&servers).await;
         let ready = s.values().filter(|v| v.0 == Some(ServerState::Ready)).count();
@@ -206,6 +234,13 @@ async fn a_joining_node_adds_capacity_live() {
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap();
     let z = wait_ready(&zones, "zone1").await;
     assert_eq!(z.status.unwrap().ready_servers, 2);
-    let nodes: BTreeSet<String> = servers.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|g| g.status?.node_name).collect();
+    let nodes: BTreeSet<String> = servers
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|g| g.status?.node_name)
+        .collect();
     assert_eq!(nodes.len(), 2, "the same host port, on two nodes");
 }

@@ -69,7 +69,11 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
     assert_eq!((status.ready_servers, status.desired_servers), (5, 5));
     assert_eq!(status.phase, Some(ZonePhase::Running));
     for t in ["Ready", "ArtifactsReady", "Migrated", "ServersReady"] {
-        assert!(status.conditions.iter().any(|c| c.type_ == t && c.status == "True"), "condition {t} not True: {:?}", status.conditions);
+        assert!(
+            status.conditions.iter().any(|c| c.type_ == t && c.status == "True"),
+            "condition {t} not True: {:?}",
+            status.conditions
+        );
     }
     // The migration ran before the servers.
     let jobs: Api<Job> = ns.api();
@@ -81,7 +85,11 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
     let pods: Api<Pod> = ns.api();
     for pod in pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap() {
         let created = pod.metadata.creation_timestamp.clone().unwrap().0;
-        assert!(created >= finished - Duration::from_secs(1), "{} created before the migration finished", pod.name_any());
+        assert!(
+            created >= finished - Duration::from_secs(1),
+            "{} created before the migration finished",
+            pod.name_any()
+        );
         assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
     }
     // One GameServer per instance, each with its pod's address and node.
@@ -96,12 +104,16 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
     assert_eq!(game.ports[0].port, 7777);
     // Services and the topology every process reads.
     let services: Api<Service> = ns.api();
-    assert_eq!(names(&services, "zone1").await, ["zone1", "zone1-game-1", "zone1-gateway", "zone1-gateway-1", "zone1-gateway-2"]);
+    assert_eq!(
+        names(&services, "zone1").await,
+        ["zone1", "zone1-game-1", "zone1-gateway", "zone1-gateway-1", "zone1-gateway-2"]
+    );
     let lb = services.get("zone1-gateway").await.unwrap();
     assert_eq!(lb.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
     assert_eq!(lb.metadata.annotations.unwrap()["metallb.universe.tf/address-pool"], "game");
     let topology: Api<ConfigMap> = ns.api();
-    let doc: serde_json::Value = serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
     let instances = doc["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 5);
     let game1 = instances.iter().find(|i| i["name"] == "zone1-game-1").unwrap();
@@ -174,7 +186,10 @@ async fn edits_converge() {
         assert_eq!(replaced, pod.starts_with("zone1-gateway-"), "{pod} replaced={replaced}");
     }
     let gw = pods.get("zone1-gateway-1").await.unwrap();
-    assert_eq!(gw.spec.unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.2.1-hotfix"));
+    assert_eq!(
+        gw.spec.unwrap().containers[0].image.as_deref(),
+        Some("registry.example.com/project1/service:0.2.1-hotfix")
+    );
 
     // Change the MySQL config: the migration runs again, then every server rolls.
     let before = pod_uids(&pods, "zone1").await;
@@ -189,7 +204,10 @@ async fn edits_converge() {
     for (pod, uid) in &before {
         assert_ne!(after.get(pod), Some(uid), "{pod} was not rolled after the MySQL change");
         let p = pods.get(pod).await.unwrap();
-        assert!(p.metadata.creation_timestamp.unwrap().0 >= finished - Duration::from_secs(1), "{pod} rolled before the migration finished");
+        assert!(
+            p.metadata.creation_timestamp.unwrap().0 >= finished - Duration::from_secs(1),
+            "{pod} rolled before the migration finished"
+        );
     }
     assert_eq!(names(&jobs, "zone1").await, [job_name], "older migration Jobs are removed");
 
@@ -245,7 +263,10 @@ async fn operator_restarts_mid_way_converge_without_duplicates() {
     let list = pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap().items;
     assert_eq!(list.len(), 5, "no duplicate pods: {:?}", list.iter().map(|p| p.name_any()).collect::<Vec<_>>());
     for p in list.iter().filter(|p| p.name_any().starts_with("zone1-db") || p.name_any().starts_with("zone1-auth")) {
-        assert_eq!(p.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.3.0"));
+        assert_eq!(
+            p.spec.as_ref().unwrap().containers[0].image.as_deref(),
+            Some("registry.example.com/project1/service:0.3.0")
+        );
     }
     ns.cleanup().await;
 }
@@ -259,7 +280,10 @@ async fn bad_input_is_refused_or_reported_by_field() {
     // What CEL can tell, the API server refuses with the rule's message.
     let cases = [
         (json!({"services": [{"type": "game", "id": 3, "endId": 1}]}), "endId must be >= id"),
-        (json!({"services": [{"type": "game", "id": 1}, {"type": "game", "id": 2}]}), "each service type may appear once"),
+        (
+            json!({"services": [{"type": "game", "id": 1}, {"type": "game", "id": 2}]}),
+            "each service type may appear once",
+        ),
         (json!({"services": [{"type": "game", "id": 1}], "defaultImage": null}), "every service needs an image"),
         (
             json!({"services": [{"type": "game", "id": 1}], "artifacts": [{"path": "/app/a", "local": {"path": "/x"}, "git": {"url": "https://example.com/x.git"}}]}),
@@ -277,7 +301,10 @@ async fn bad_input_is_refused_or_reported_by_field() {
         }
         let obj = json!({"apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "bad"}, "spec": full});
         let z: GameZone = serde_json::from_value(obj).unwrap();
-        let err = zones.create(&PostParams::default(), &z).await.expect_err(&format!("accepted a zone that should fail with {message:?}"));
+        let err = zones
+            .create(&PostParams::default(), &z)
+            .await
+            .expect_err(&format!("accepted a zone that should fail with {message:?}"));
         assert!(err.to_string().contains(message), "error {err} does not say {message:?}");
     }
 
@@ -292,24 +319,44 @@ async fn bad_input_is_refused_or_reported_by_field() {
     .await;
     let ready = z.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.reason, "SecretNotFound");
-    assert!(ready.message.contains("spec.mysql.passwordSecretRef") && ready.message.contains("zone1-mysql"), "{}", ready.message);
+    assert!(
+        ready.message.contains("spec.mysql.passwordSecretRef") && ready.message.contains("zone1-mysql"),
+        "{}",
+        ready.message
+    );
     let servers: Api<GameServer> = ns.api();
     let jobs: Api<Job> = ns.api();
     assert!(names(&servers, "zone1").await.is_empty() && names(&jobs, "zone1").await.is_empty(), "a half-made zone");
 
     // A Secret without the key is named as such; adding the key heals the zone.
     let secrets: Api<Secret> = ns.api();
-    let wrong: Secret = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zone1-mysql"}, "stringData": {"pwd": "x"}})).unwrap();
+    let wrong: Secret = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zone1-mysql"}, "stringData": {"pwd": "x"}}),
+    )
+    .unwrap();
     secrets.create(&PostParams::default(), &wrong).await.unwrap();
-    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}}))).await.unwrap();
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})))
+        .await
+        .unwrap();
     common::wait_for("the missing key named", WAIT, || async {
         let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
-        let msg = z.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")).map(|c| c.message).unwrap_or_default();
+        let msg = z
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message)
+            .unwrap_or_default();
         if msg.contains("has no key \"password\"") { Ok(()) } else { Err(msg) }
     })
     .await;
-    secrets.patch("zone1-mysql", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "s3cret"}}))).await.unwrap();
-    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "2"}}}))).await.unwrap();
+    secrets
+        .patch("zone1-mysql", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "s3cret"}})))
+        .await
+        .unwrap();
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "2"}}})))
+        .await
+        .unwrap();
     wait_ready(&zones, "zone1").await;
 
     // The operator never writes a user's spec.
@@ -399,10 +446,12 @@ async fn artifact_revision_change_rolls_servers_with_the_new_pin() {
     let mut z = zone("zone1");
     z.spec.services.truncate(2);
     z.spec.artifacts_interval = Some("2s".into());
-    z.spec.artifacts = vec![serde_json::from_value(json!({
-        "path": "/app/artifacts/config", "subPath": "config", "git": {"url": git.url, "branch": "main"}
-    }))
-    .unwrap()];
+    z.spec.artifacts = vec![
+        serde_json::from_value(json!({
+            "path": "/app/artifacts/config", "subPath": "config", "git": {"url": git.url, "branch": "main"}
+        }))
+        .unwrap(),
+    ];
     zones.create(&PostParams::default(), &z).await.unwrap();
     let ready = wait_ready(&zones, "zone1").await.status.unwrap();
     assert_eq!(ready.artifacts[0].revision, first);
@@ -457,7 +506,11 @@ async fn failed_migration_degrades_the_zone_and_leaves_servers_alone() {
     let z = common::wait_for("zone1 Degraded by the failed migration", WAIT, || async {
         let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
         let st = z.status.clone().unwrap_or_default();
-        if st.phase == Some(ZonePhase::Degraded) && st.observed_generation == z.metadata.generation { Ok(z) } else { Err(format!("{:?}", st.phase)) }
+        if st.phase == Some(ZonePhase::Degraded) && st.observed_generation == z.metadata.generation {
+            Ok(z)
+        } else {
+            Err(format!("{:?}", st.phase))
+        }
     })
     .await;
     let st = z.status.unwrap();

@@ -92,14 +92,19 @@ fn init_container_gets_the_plan_pins_and_secrets() {
     let servers = game_servers(&basic(), &["sha256:aa".into(), "c0ffee".into()], &BuildConfig::default()).unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     let init = &pod.init_containers.as_ref().unwrap()[0];
-    let env: BTreeMap<_, _> = init.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+    let env: BTreeMap<_, _> =
+        init.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
     let layers: Vec<gamezone_init::plan::Layer> = serde_json::from_str(&env["GAMEZONE_LAYERS"]).unwrap();
     assert_eq!(layers[1].path, "config");
     assert_eq!(env["GAMEZONE_REVISIONS"], r#"["sha256:aa","c0ffee"]"#);
     let mounts = init.volume_mounts.as_ref().unwrap();
     assert!(mounts.iter().any(|m| m.mount_path == "/var/run/secrets/gamezone/s3cred"));
-    let server_mount = pod.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == ARTIFACTS_VOLUME).unwrap();
-    assert_eq!((server_mount.mount_path.as_str(), server_mount.sub_path.as_deref()), ("/app/artifacts", Some("current")));
+    let server_mount =
+        pod.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == ARTIFACTS_VOLUME).unwrap();
+    assert_eq!(
+        (server_mount.mount_path.as_str(), server_mount.sub_path.as_deref()),
+        ("/app/artifacts", Some("current"))
+    );
 }
 
 #[test]
@@ -144,7 +149,10 @@ fn services_expose_instances_with_external_dns_names() {
     assert_eq!(names, ["zone1", "zone1-game-1", "zone1-game-2", "zone1-game-3"]);
     assert_eq!(svcs[0].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
     let lb = &svcs[2];
-    assert_eq!(lb.metadata.annotations.as_ref().unwrap()["external-dns.alpha.kubernetes.io/hostname"], "zone1-game-2.z7.example.com");
+    assert_eq!(
+        lb.metadata.annotations.as_ref().unwrap()["external-dns.alpha.kubernetes.io/hostname"],
+        "zone1-game-2.z7.example.com"
+    );
     let ports = lb.spec.as_ref().unwrap().ports.as_ref().unwrap();
     let protos: Vec<_> = ports.iter().map(|p| (p.name.clone().unwrap(), p.protocol.clone().unwrap())).collect();
     assert_eq!(protos, [("client-tcp".to_string(), "TCP".to_string()), ("client-udp".to_string(), "UDP".to_string())]);
@@ -154,7 +162,13 @@ fn services_expose_instances_with_external_dns_names() {
 fn topology_lists_every_instance_with_dns_and_ports() {
     let ports = BTreeMap::from([(
         "zone1-game-2".to_string(),
-        vec![PortStatus { name: "client".into(), port: 7005, container_port: 7777, host_port: Some(7005), ..Default::default() }],
+        vec![PortStatus {
+            name: "client".into(),
+            port: 7005,
+            container_port: 7777,
+            host_port: Some(7005),
+            ..Default::default()
+        }],
     )]);
     let cm = topology(&basic(), &ports);
     let doc: serde_json::Value = serde_json::from_str(&cm.data.unwrap()[TOPOLOGY_KEY]).unwrap();

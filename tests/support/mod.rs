@@ -71,7 +71,9 @@ impl Drop for Operator {
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crds() {
-        api.patch(&crd.name_any(), &PatchParams::apply("gamezone-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        api.patch(&crd.name_any(), &PatchParams::apply("gamezone-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
     }
     for crd in crds() {
         common::wait_for(&format!("CRD {} established", crd.name_any()), WAIT, || async {
@@ -94,7 +96,15 @@ pub async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
         if ready && status.observed_generation == z.metadata.generation {
             Ok(z)
         } else {
-            Err(format!("phase {:?}, conditions {:?}", status.phase, status.conditions.iter().map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message)).collect::<Vec<_>>()))
+            Err(format!(
+                "phase {:?}, conditions {:?}",
+                status.phase,
+                status
+                    .conditions
+                    .iter()
+                    .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                    .collect::<Vec<_>>()
+            ))
         }
     })
     .await
@@ -129,4 +139,3 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
