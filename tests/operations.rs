@@ -66,12 +66,12 @@ async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
     zones.create(&PostParams::default(), &small_zone()).await.unwrap();
     wait_ready(&zones, "zone1").await;
 
-    // The follower is alive but not ready, and has reconciled nothing.
+    // The follower is alive and ready (a healthy standby) but has reconciled nothing.
     let follower =
         common::wait_for("the follower's /healthz", WAIT, || async { http_get(pb, "/healthz").ok_or("no answer") })
             .await;
     assert_eq!(follower.0, 200);
-    assert_eq!(http_get(pb, "/readyz").map(|r| r.0), Some(503));
+    assert_eq!(http_get(pb, "/readyz").map(|r| r.0), Some(200));
     let (code, leader_metrics) = http_get(pa, "/metrics").expect("leader metrics");
     assert_eq!(code, 200);
     assert!(leader_metrics.contains(r#"gamezone_reconciles_total{controller="zone"}"#), "{leader_metrics}");

@@ -17,7 +17,6 @@ use super::{GamePort, PortPolicy, PortProtocol};
     kind = "GameServer",
     plural = "gameservers",
     shortname = "gs",
-    category = "gamezone",
     namespaced,
     status = "GameServerStatus",
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,

@@ -20,7 +20,6 @@ use super::{GamePort, MysqlSpec, RedisSpec};
     kind = "GameZone",
     plural = "gamezones",
     shortname = "gz",
-    category = "gamezone",
     namespaced,
     status = "GameZoneStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,

@@ -28,7 +28,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBoo
                 if s.ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading or not started")
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 }
             }),
         )

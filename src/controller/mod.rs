@@ -125,6 +125,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::default());
     let http = tokio::spawn(http::serve(config.http_addr, metrics.clone(), ready.clone()));
+    // A standby replica is healthy and ready: it serves webhooks and waits for the Lease, and a
+    // rolling update must be able to count it.
+    ready.store(true, Ordering::SeqCst);
 
     // Every replica serves the webhook; only the leader writes its Secret and configuration.
     let leading = Arc::new(AtomicBool::new(config.leader_election.is_none()));
