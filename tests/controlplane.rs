@@ -18,9 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::{
-    DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
-};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client, CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,12 +32,7 @@ const IMAGE: &str = "registry.invalid/gamezone/placeholder:1";
 
 /// A small custom resource, only for these tests.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "controlplane.test.gamezone.dev",
-    version = "v1",
-    kind = "Widget",
-    namespaced
-)]
+#[kube(group = "controlplane.test.gamezone.dev", version = "v1", kind = "Widget", namespaced)]
 #[kube(status = "WidgetStatus")]
 struct WidgetSpec {
     /// How big the widget is.
@@ -61,10 +54,7 @@ async fn api_server_reports_the_pinned_version() {
     let client = common::shared_client().await;
     let version = client.apiserver_version().await.expect("GET /version");
     assert_eq!(version.git_version, "v1.37.2", "{version:?}");
-    assert_eq!(
-        (version.major.as_str(), version.minor.as_str()),
-        ("1", "37")
-    );
+    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "37"));
 }
 
 #[tokio::test]
@@ -73,32 +63,13 @@ async fn custom_resources_can_be_created_listed_watched_and_applied() {
     install_widget_crd(&ns.client).await;
     let widgets: Api<Widget> = ns.api();
 
-    let empty = widgets
-        .list(&ListParams::default())
-        .await
-        .expect("list widgets");
+    let empty = widgets.list(&ListParams::default()).await.expect("list widgets");
     assert!(empty.items.is_empty());
-    let since = empty
-        .metadata
-        .resource_version
-        .expect("list has a resourceVersion");
-    let mut events = widgets
-        .watch(&WatchParams::default().timeout(120), &since)
-        .await
-        .expect("watch widgets")
-        .boxed();
+    let since = empty.metadata.resource_version.expect("list has a resourceVersion");
+    let mut events = widgets.watch(&WatchParams::default().timeout(120), &since).await.expect("watch widgets").boxed();
 
     let created = widgets
-        .create(
-            &PostParams::default(),
-            &Widget::new(
-                "first",
-                WidgetSpec {
-                    size: 1,
-                    color: None,
-                },
-            ),
-        )
+        .create(&PostParams::default(), &Widget::new("first", WidgetSpec { size: 1, color: None }))
         .await
         .expect("create widget");
     assert_eq!(created.spec.size, 1);
@@ -118,13 +89,7 @@ async fn custom_resources_can_be_created_listed_watched_and_applied() {
         .patch(
             "second",
             &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(Widget::new(
-                "second",
-                WidgetSpec {
-                    size: 2,
-                    color: Some("teal".into()),
-                },
-            )),
+            &Patch::Apply(Widget::new("second", WidgetSpec { size: 2, color: Some("teal".into()) })),
         )
         .await
         .expect("server-side apply widget");
@@ -132,22 +97,14 @@ async fn custom_resources_can_be_created_listed_watched_and_applied() {
     let managers: Vec<(String, String)> = applied
         .managed_fields()
         .iter()
-        .map(|m| {
-            (
-                m.manager.clone().unwrap_or_default(),
-                m.operation.clone().unwrap_or_default(),
-            )
-        })
+        .map(|m| (m.manager.clone().unwrap_or_default(), m.operation.clone().unwrap_or_default()))
         .collect();
     assert!(
         managers.contains(&(FIELD_MANAGER.to_string(), "Apply".to_string())),
         "managedFields should name {FIELD_MANAGER} with operation Apply: {managers:?}"
     );
 
-    let listed = widgets
-        .list(&ListParams::default())
-        .await
-        .expect("list widgets");
+    let listed = widgets.list(&ListParams::default()).await.expect("list widgets");
     let mut names: Vec<String> = listed.iter().map(|w| w.name_any()).collect();
     names.sort();
     assert_eq!(names, ["first", "second"]);
@@ -157,10 +114,7 @@ async fn custom_resources_can_be_created_listed_watched_and_applied() {
         .expect("a second watch event within the timeout")
         .expect("watch stream error")
         .expect("watch stream ended");
-    assert!(
-        matches!(&second_event, WatchEvent::Added(w) if w.name_any() == "second"),
-        "{second_event:?}"
-    );
+    assert!(matches!(&second_event, WatchEvent::Added(w) if w.name_any() == "second"), "{second_event:?}");
 
     // The status subresource is separate from the spec.
     let status = serde_json::json!({ "status": { "seen": true } });
@@ -177,13 +131,7 @@ async fn install_widget_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = Widget::crd();
     let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply Widget CRD");
+    crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply Widget CRD");
     wait_for(&format!("CRD {name} Established"), TIMEOUT, || async {
         let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
@@ -199,50 +147,27 @@ async fn install_widget_crd(client: &Client) {
 async fn deployment_pod_runs_on_a_simulated_node_with_an_ip() {
     let ns = namespace("deploy").await;
     let deployments: Api<Deployment> = ns.api();
-    deployments
-        .create(&PostParams::default(), &deployment("web", 1))
-        .await
-        .expect("create deployment");
+    deployments.create(&PostParams::default(), &deployment("web", 1)).await.expect("create deployment");
 
     let pods: Api<Pod> = ns.api();
     let pod = wait_for("the Deployment's pod to run", TIMEOUT, || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=web"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
         let phases: Vec<_> = list.iter().map(|p| (p.name_any(), phase(p))).collect();
-        list.items
-            .into_iter()
-            .find(|p| phase(p) == "Running")
-            .ok_or(format!("{phases:?}"))
+        list.items.into_iter().find(|p| phase(p) == "Running").ok_or(format!("{phases:?}"))
     })
     .await;
 
     let status = pod.status.clone().expect("pod status");
-    let node_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .expect("pod is bound to a node");
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("pod is bound to a node");
     assert!(node_name.starts_with("node-"), "scheduled onto {node_name}");
     let pod_ip = status.pod_ip.expect("pod IP");
     let host_ip = status.host_ip.expect("host IP");
 
     // The IP comes from the node's podCIDR and the host IP is the node's address.
-    let node = Api::<Node>::all(ns.client.clone())
-        .get(&node_name)
-        .await
-        .expect("get node");
-    let pod_cidr = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.clone())
-        .expect("node podCIDR");
+    let node = Api::<Node>::all(ns.client.clone()).get(&node_name).await.expect("get node");
+    let pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).expect("node podCIDR");
     let cidr_prefix = pod_cidr.trim_end_matches("0/24");
-    assert!(
-        pod_ip.starts_with(cidr_prefix),
-        "pod IP {pod_ip} outside {pod_cidr}"
-    );
+    assert!(pod_ip.starts_with(cidr_prefix), "pod IP {pod_ip} outside {pod_cidr}");
     let internal_ip = node
         .status
         .and_then(|s| s.addresses)
@@ -253,23 +178,11 @@ async fn deployment_pod_runs_on_a_simulated_node_with_an_ip() {
         .address;
     assert_eq!(host_ip, internal_ip);
 
-    let ready = wait_for(
-        "the Deployment to report 1 available replica",
-        TIMEOUT,
-        || async {
-            let d = deployments.get("web").await.map_err(|e| e.to_string())?;
-            let available = d
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            if available == 1 {
-                Ok(d)
-            } else {
-                Err(format!("{:?}", d.status))
-            }
-        },
-    )
+    let ready = wait_for("the Deployment to report 1 available replica", TIMEOUT, || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        let available = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+        if available == 1 { Ok(d) } else { Err(format!("{:?}", d.status)) }
+    })
     .await;
     assert_eq!(ready.status.and_then(|s| s.ready_replicas), Some(1));
 }
@@ -279,10 +192,7 @@ async fn job_pod_completes_and_the_job_succeeds() {
     let ns = namespace("job").await;
     let jobs: Api<Job> = ns.api();
     let job = Job {
-        metadata: ObjectMeta {
-            name: Some("once".into()),
-            ..ObjectMeta::default()
-        },
+        metadata: ObjectMeta { name: Some("once".into()), ..ObjectMeta::default() },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             template: PodTemplateSpec {
@@ -297,23 +207,13 @@ async fn job_pod_completes_and_the_job_succeeds() {
         }),
         ..Job::default()
     };
-    jobs.create(&PostParams::default(), &job)
-        .await
-        .expect("create job");
+    jobs.create(&PostParams::default(), &job).await.expect("create job");
 
     let done = wait_for("the Job to complete", TIMEOUT, || async {
         let j = jobs.get("once").await.map_err(|e| e.to_string())?;
         let status = j.status.clone().unwrap_or_default();
-        let complete = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Complete" && c.status == "True");
-        if complete {
-            Ok(status)
-        } else {
-            Err(format!("{status:?}"))
-        }
+        let complete = status.conditions.iter().flatten().any(|c| c.type_ == "Complete" && c.status == "True");
+        if complete { Ok(status) } else { Err(format!("{status:?}")) }
     })
     .await;
     assert_eq!(done.succeeded, Some(1));
@@ -343,37 +243,23 @@ async fn second_pod_wanting_a_taken_host_port_stays_pending_on_one_node() {
     let cluster = start_private(1);
     let client = cluster.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &host_port_pod("first", 7777))
-        .await
-        .expect("create first");
+    pods.create(&PostParams::default(), &host_port_pod("first", 7777)).await.expect("create first");
     wait_for_phase(&pods, "first", "Running").await;
 
-    pods.create(&PostParams::default(), &host_port_pod("second", 7777))
-        .await
-        .expect("create second");
+    pods.create(&PostParams::default(), &host_port_pod("second", 7777)).await.expect("create second");
     let events: Api<Event> = Api::namespaced(client, "default");
-    let message = wait_for(
-        "a FailedScheduling event for pod second",
-        TIMEOUT,
-        || async {
-            let list = events
-                .list(
-                    &ListParams::default()
-                        .fields("involvedObject.kind=Pod,involvedObject.name=second"),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let seen: Vec<_> = list
-                .iter()
-                .map(|e| (e.reason.clone(), e.message.clone()))
-                .collect();
-            list.items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
-                .and_then(|e| e.message)
-                .ok_or(format!("{seen:?}"))
-        },
-    )
+    let message = wait_for("a FailedScheduling event for pod second", TIMEOUT, || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.kind=Pod,involvedObject.name=second"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let seen: Vec<_> = list.iter().map(|e| (e.reason.clone(), e.message.clone())).collect();
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+            .and_then(|e| e.message)
+            .ok_or(format!("{seen:?}"))
+    })
     .await;
     assert!(
         message.contains("didn't have free ports for the requested pod ports"),
@@ -382,11 +268,7 @@ async fn second_pod_wanting_a_taken_host_port_stays_pending_on_one_node() {
 
     let second = pods.get("second").await.expect("get second");
     assert_eq!(phase(&second), "Pending");
-    assert_eq!(
-        second.spec.and_then(|s| s.node_name),
-        None,
-        "second must not be bound"
-    );
+    assert_eq!(second.spec.and_then(|s| s.node_name), None, "second must not be bound");
 }
 
 #[tokio::test]
@@ -394,23 +276,12 @@ async fn pods_wanting_the_same_host_port_run_on_different_nodes_of_two() {
     let cluster = start_private(2);
     let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
     for name in ["first", "second"] {
-        pods.create(&PostParams::default(), &host_port_pod(name, 7777))
-            .await
-            .expect("create pod");
+        pods.create(&PostParams::default(), &host_port_pod(name, 7777)).await.expect("create pod");
     }
     let first = wait_for_phase(&pods, "first", "Running").await;
     let second = wait_for_phase(&pods, "second", "Running").await;
-    let node = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .expect("bound")
-    };
-    assert_ne!(
-        node(&first),
-        node(&second),
-        "both pods on one node despite the host port"
-    );
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).expect("bound");
+    assert_ne!(node(&first), node(&second), "both pods on one node despite the host port");
 }
 
 #[tokio::test]
@@ -419,124 +290,66 @@ async fn deleting_an_owner_garbage_collects_its_children() {
 
     // A ConfigMap owned by another ConfigMap.
     let config_maps: Api<ConfigMap> = ns.api();
-    let parent = config_maps
-        .create(&PostParams::default(), &config_map("parent", None))
-        .await
-        .expect("create parent");
+    let parent = config_maps.create(&PostParams::default(), &config_map("parent", None)).await.expect("create parent");
     let owner = owner_reference(&parent);
-    config_maps
-        .create(&PostParams::default(), &config_map("child", Some(owner)))
-        .await
-        .expect("create child");
-    config_maps
-        .delete("parent", &DeleteParams::background())
-        .await
-        .expect("delete parent");
+    config_maps.create(&PostParams::default(), &config_map("child", Some(owner))).await.expect("create child");
+    config_maps.delete("parent", &DeleteParams::background()).await.expect("delete parent");
     wait_gone(&config_maps, "child").await;
 
     // A Deployment: foreground deletion ends only when its ReplicaSet and pods are gone.
     let deployments: Api<Deployment> = ns.api();
-    deployments
-        .create(&PostParams::default(), &deployment("app", 2))
-        .await
-        .expect("create deployment");
+    deployments.create(&PostParams::default(), &deployment("app", 2)).await.expect("create deployment");
     let pods: Api<Pod> = ns.api();
     wait_for("2 running pods", TIMEOUT, || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=app"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = pods.list(&ListParams::default().labels("app=app")).await.map_err(|e| e.to_string())?;
         let phases: Vec<_> = list.iter().map(phase).collect();
-        if phases.iter().filter(|p| *p == "Running").count() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{phases:?}"))
-        }
+        if phases.iter().filter(|p| *p == "Running").count() == 2 { Ok(()) } else { Err(format!("{phases:?}")) }
     })
     .await;
-    deployments
-        .delete("app", &DeleteParams::foreground())
-        .await
-        .expect("delete deployment");
+    deployments.delete("app", &DeleteParams::foreground()).await.expect("delete deployment");
     wait_gone(&deployments, "app").await;
     let replica_sets: Api<ReplicaSet> = ns.api();
-    assert!(
-        replica_sets
-            .list(&ListParams::default())
-            .await
-            .expect("list replicasets")
-            .items
-            .is_empty()
-    );
-    assert!(
-        pods.list(&ListParams::default())
-            .await
-            .expect("list pods")
-            .items
-            .is_empty()
-    );
+    assert!(replica_sets.list(&ListParams::default()).await.expect("list replicasets").items.is_empty());
+    assert!(pods.list(&ListParams::default()).await.expect("list pods").items.is_empty());
 }
 
 #[tokio::test]
 async fn deleting_a_namespace_finishes() {
     let ns = namespace("nsdel").await;
     let config_maps: Api<ConfigMap> = ns.api();
-    config_maps
-        .create(&PostParams::default(), &config_map("data", None))
-        .await
-        .expect("create configmap");
+    config_maps.create(&PostParams::default(), &config_map("data", None)).await.expect("create configmap");
     let deployments: Api<Deployment> = ns.api();
-    deployments
-        .create(&PostParams::default(), &deployment("app", 1))
-        .await
-        .expect("create deployment");
+    deployments.create(&PostParams::default(), &deployment("app", 1)).await.expect("create deployment");
     let pods: Api<Pod> = ns.api();
     wait_for("a running pod", TIMEOUT, || async {
-        let list = pods
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.iter()
-            .find(|p| phase(p) == "Running")
-            .map(|_| ())
-            .ok_or(format!("{} pods", list.items.len()))
+        let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        list.iter().find(|p| phase(p) == "Running").map(|_| ()).ok_or(format!("{} pods", list.items.len()))
     })
     .await;
 
     let namespaces: Api<Namespace> = Api::all(ns.client.clone());
     let name = ns.name.clone();
     ns.cleanup().await;
-    wait_for(
-        &format!("namespace {name} to disappear"),
-        TIMEOUT,
-        || async {
-            match namespaces.get_opt(&name).await {
-                Ok(None) => Ok(()),
-                Ok(Some(n)) => Err(format!("still there: {:?}", n.status)),
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
+    wait_for(&format!("namespace {name} to disappear"), TIMEOUT, || async {
+        match namespaces.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(n)) => Err(format!("still there: {:?}", n.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
     .await;
 }
 
 // ---------------------------------------------------------------- helpers
 
 fn phase(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_default()
+    pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
 }
 
 async fn wait_for_phase(pods: &Api<Pod>, name: &str, want: &str) -> Pod {
     wait_for(&format!("pod {name} to be {want}"), TIMEOUT, || async {
         let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-        if phase(&pod) == want {
-            Ok(pod)
-        } else {
-            Err(format!("phase {:?}", phase(&pod)))
-        }
+        if phase(&pod) == want { Ok(pod) } else { Err(format!("phase {:?}", phase(&pod))) }
     })
     .await
 }
@@ -577,25 +390,13 @@ fn container(name: &str, host_port: Option<i32>) -> Container {
 
 fn deployment(name: &str, replicas: i32) -> Deployment {
     Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
         spec: DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels(name)),
-                ..LabelSelector::default()
-            },
+            selector: LabelSelector { match_labels: Some(labels(name)), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(name)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container("main", None)],
-                    ..PodSpec::default()
-                }),
+                metadata: Some(ObjectMeta { labels: Some(labels(name)), ..ObjectMeta::default() }),
+                spec: Some(PodSpec { containers: vec![container("main", None)], ..PodSpec::default() }),
             },
             ..DeploymentSpec::default()
         },
@@ -606,14 +407,8 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
 /// A game-server-like pod: one UDP host port.
 fn host_port_pod(name: &str, port: i32) -> Pod {
     Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![container("server", Some(port))],
-            ..PodSpec::default()
-        }),
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+        spec: Some(PodSpec { containers: vec![container("server", Some(port))], ..PodSpec::default() }),
         ..Pod::default()
     }
 }

@@ -99,10 +99,7 @@ fn cp_up(dir: &Path, nodes: usize) -> Result<PathBuf, String> {
         .map(|l| PathBuf::from(l.trim()))
         .ok_or_else(|| format!("`cp.sh up` printed no kubeconfig path: {stdout:?}"))?;
     if !kubeconfig.is_file() {
-        return Err(format!(
-            "`cp.sh up` named {} but it is not a file",
-            kubeconfig.display()
-        ));
+        return Err(format!("`cp.sh up` named {} but it is not a file", kubeconfig.display()));
     }
     Ok(kubeconfig)
 }
@@ -164,12 +161,7 @@ pub async fn namespace(prefix: &str) -> TestNs {
         },
     )
     .await;
-    TestNs {
-        client,
-        name,
-        kubeconfig,
-        deleted: false,
-    }
+    TestNs { client, name, kubeconfig, deleted: false }
 }
 
 impl TestNs {
@@ -206,9 +198,7 @@ impl Drop for TestNs {
         // delete from a thread with a runtime of its own.
         let (kubeconfig, name) = (self.kubeconfig.clone(), self.name.clone());
         let deleting = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
                     let client = client_for(&kubeconfig).await;
@@ -222,32 +212,19 @@ impl Drop for TestNs {
 
 async fn delete_namespace(client: &Client, name: &str) {
     // Best effort: a control plane already gone takes the namespace with it.
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::background())
-        .await;
+    let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await;
 }
 
 /// `<prefix>-<suffix>`, unique across tests, test binaries and runs, valid as a DNS label.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let prefix: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(40)
-        .collect();
+    let prefix: String =
+        prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(40).collect();
     let prefix = prefix.trim_matches('-');
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let suffix = format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xfffff);
-    if prefix.is_empty() {
-        format!("t-{suffix}")
-    } else {
-        format!("{prefix}-{suffix}")
-    }
+    if prefix.is_empty() { format!("t-{suffix}") } else { format!("{prefix}-{suffix}") }
 }
 
 /// A control plane of its own for one test; stopped (nothing left running) on drop.
@@ -293,10 +270,7 @@ impl Drop for PrivateCluster {
             .stderr(Stdio::null())
             .status();
         if !matches!(status, Ok(s) if s.success()) {
-            eprintln!(
-                "warning: `cp.sh down {}` failed: {status:?}",
-                self.dir.display()
-            );
+            eprintln!("warning: `cp.sh down {}` failed: {status:?}", self.dir.display());
         }
     }
 }

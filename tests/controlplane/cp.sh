@@ -96,6 +96,7 @@ cmd_build() {
   started=$(now)
   rm -f "$VERSION_DIR/.complete"
   stage=$(mktemp -d "$VERSION_DIR/bin.partial.XXXXXX")
+  chmod 755 "$stage"
   # shellcheck disable=SC2064 # expand now: the directory is fixed
   trap "rm -rf '$stage'" EXIT
 
