@@ -183,37 +183,27 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         by_name.iter().filter_map(|(n, g)| Some((n.clone(), g.status.as_ref()?.ports.clone()))).collect();
     apply(&Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns), &build::topology(zone, &ports)).await?;
 
-    // 4. Status.
-    let ready = servers
-        .iter()
-        .filter(|want| {
-            by_name.get(&want.name_any()).and_then(|live| live.status.as_ref()).is_some_and(|s| {
-                s.state == Some(ServerState::Ready)
-                    && s.template_hash.as_deref() == Some(build::server_template_hash(&want.spec).as_str())
-            })
-        })
-        .count() as i32;
+    // 4. Status. An instance counts once it is Ready on the current template.
+    let mut waiting = Vec::new();
+    for want in &servers {
+        let live = by_name.get(&want.name_any()).and_then(|l| l.status.as_ref());
+        let current = live.is_some_and(|s| {
+            s.state == Some(ServerState::Ready)
+                && s.template_hash.as_deref() == Some(build::server_template_hash(&want.spec).as_str())
+        });
+        if !current {
+            let state = live.and_then(|s| s.state).map(|s| format!("{s:?}")).unwrap_or_else(|| "Pending".into());
+            let why = live.and_then(|s| s.message.clone()).map(|m| format!(": {m}")).unwrap_or_default();
+            waiting.push(format!("{} {state}{why}", want.name_any()));
+        }
+    }
+    let ready = (servers.len() - waiting.len()) as i32;
     status.desired_servers = servers.len() as i32;
     status.ready_servers = ready;
     status.ready_text = Some(format!("{ready}/{}", servers.len()));
     status.endpoints = endpoints(&live_services.items);
-    let all_ready = ready == status.desired_servers;
-    let waiting: Vec<String> = servers
-        .iter()
-        .filter_map(|want| {
-            let live = by_name.get(&want.name_any()).and_then(|l| l.status.as_ref());
-            let ok = live.is_some_and(|s| {
-                s.state == Some(ServerState::Ready)
-                    && s.template_hash.as_deref() == Some(build::server_template_hash(&want.spec).as_str())
-            });
-            (!ok).then(|| {
-                let state = live.and_then(|s| s.state).map(|s| format!("{s:?}")).unwrap_or_else(|| "Pending".into());
-                let why = live.and_then(|s| s.message.clone()).map(|m| format!(": {m}")).unwrap_or_default();
-                format!("{} {state}{why}", want.name_any())
-            })
-        })
-        .take(5)
-        .collect();
+    let all_ready = waiting.is_empty();
+    waiting.truncate(5);
     if all_ready {
         conditions::set(
             &mut status.conditions,
@@ -255,16 +245,8 @@ async fn check_secrets(zone: &GameZone, ctx: &Context) -> Result<()> {
         wanted.push(("spec.redis.passwordSecretRef".into(), &r.name, Some(&r.key)));
     }
     for (i, layer) in zone.spec.artifacts.iter().enumerate() {
-        let refs = [
-            ("git", layer.git.as_ref().and_then(|g| g.secret_ref.as_ref())),
-            ("s3", layer.s3.as_ref().and_then(|s| s.secret_ref.as_ref())),
-            ("p4Export", layer.p4_export.as_ref().and_then(|p| p.secret_ref.as_ref())),
-            ("p4Export.s3", layer.p4_export.as_ref().and_then(|p| p.s3.as_ref()).and_then(|s| s.secret_ref.as_ref())),
-        ];
-        for (field, r) in refs {
-            if let Some(r) = r {
-                wanted.push((format!("spec.artifacts[{i}].{field}.secretRef"), &r.name, None));
-            }
+        for (field, r) in build::layer_secret_refs(layer) {
+            wanted.push((format!("spec.artifacts[{i}].{field}"), &r.name, None));
         }
     }
     for (field, name, key) in wanted {
@@ -382,23 +364,11 @@ async fn resolve(
     let ns = zone.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut creds = MapCredentials::new();
-    let names: BTreeSet<&str> = layers
-        .iter()
-        .flat_map(|l| {
-            [
-                l.git.as_ref().and_then(|g| g.secret_ref.as_ref()),
-                l.s3.as_ref().and_then(|s| s.secret_ref.as_ref()),
-                l.p4_export.as_ref().and_then(|p| p.secret_ref.as_ref()),
-                l.p4_export.as_ref().and_then(|p| p.s3.as_ref()).and_then(|s| s.secret_ref.as_ref()),
-            ]
-        })
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
+    let names = build::secret_names(layers);
     for name in names {
-        if let Some(secret) = secrets.get_opt(name).await? {
+        if let Some(secret) = secrets.get_opt(&name).await? {
             for (k, v) in secret.data.unwrap_or_default() {
-                creds.insert(name, &k, v.0);
+                creds.insert(&name, &k, v.0);
             }
         }
     }

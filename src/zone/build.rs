@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gamezone_init::plan::Layer;
+use gamezone_init::plan::{Layer, SecretRef};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
@@ -206,20 +206,24 @@ pub fn artifacts_mount(zone: &GameZone) -> Result<Option<ArtifactsMount>> {
     Ok(Some(ArtifactsMount { root: format!("/{}", common.join("/")), layers }))
 }
 
-fn secret_names(layers: &[Layer]) -> BTreeSet<String> {
-    layers
-        .iter()
-        .flat_map(|l| {
-            [
-                l.git.as_ref().and_then(|g| g.secret_ref.as_ref()),
-                l.s3.as_ref().and_then(|s| s.secret_ref.as_ref()),
-                l.p4_export.as_ref().and_then(|p| p.secret_ref.as_ref()),
-                l.p4_export.as_ref().and_then(|p| p.s3.as_ref()).and_then(|s| s.secret_ref.as_ref()),
-            ]
-        })
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect()
+/// The Secrets a layer refers to, each with the field (below the layer) that names it.
+pub fn layer_secret_refs(layer: &Layer) -> impl Iterator<Item = (&'static str, &SecretRef)> {
+    [
+        ("git.secretRef", layer.git.as_ref().and_then(|g| g.secret_ref.as_ref())),
+        ("s3.secretRef", layer.s3.as_ref().and_then(|s| s.secret_ref.as_ref())),
+        ("p4Export.secretRef", layer.p4_export.as_ref().and_then(|p| p.secret_ref.as_ref())),
+        (
+            "p4Export.s3.secretRef",
+            layer.p4_export.as_ref().and_then(|p| p.s3.as_ref()).and_then(|s| s.secret_ref.as_ref()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(field, r)| Some((field, r?)))
+}
+
+/// Names of every Secret the layers refer to.
+pub fn secret_names(layers: &[Layer]) -> BTreeSet<String> {
+    layers.iter().flat_map(layer_secret_refs).map(|(_, r)| r.name.clone()).collect()
 }
 
 /// Artifacts volumes, the init-container and the server's mount, for pods that need the tree.
