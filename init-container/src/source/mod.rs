@@ -42,7 +42,7 @@ pub(crate) fn reqwest_error(ctx: &Ctx, e: &reqwest::Error) -> Error {
 pub(crate) fn strip_urls(text: &str) -> String {
     text.split(' ')
         .map(|w| {
-            let trimmed = w.trim_matches(|c| c == '(' || c == ')' || c == '"' || c == '\'');
+            let trimmed = w.trim_matches(['(', ')', '"', '\'', ':', ',', ';']);
             if trimmed.contains("://") { w.replace(trimmed, &crate::plan::redact_url(trimmed)) } else { w.to_owned() }
         })
         .collect::<Vec<_>>()
@@ -161,7 +161,10 @@ mod tests {
 
     #[test]
     fn virtual_hosted_endpoints_carry_the_bucket() {
-        assert_eq!(endpoint_for("https://cos.ap-beijing.myqcloud.com/", "b-123", false), "https://b-123.cos.ap-beijing.myqcloud.com");
+        assert_eq!(
+            endpoint_for("https://cos.ap-beijing.myqcloud.com/", "b-123", false),
+            "https://b-123.cos.ap-beijing.myqcloud.com"
+        );
         assert_eq!(endpoint_for("https://b.s3.amazonaws.com", "b", false), "https://b.s3.amazonaws.com");
         assert_eq!(endpoint_for("http://minio:9000/", "b", true), "http://minio:9000");
     }
