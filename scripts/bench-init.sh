@@ -68,7 +68,7 @@ if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
     && git config uploadpack.allowReachableSHA1InWant true && git config uploadpack.allowFilter true && git gc -q )
 fi
 gport=$(free_port)
-git daemon --reuseaddr --base-path="$BENCH_DIR/$git_key" --export-all --listen=127.0.0.1 --port="$gport" "$BENCH_DIR/$git_key" &
+git daemon --reuseaddr --base-path="$BENCH_DIR/$git_key" --export-all --listen=127.0.0.1 --port="$gport" "$BENCH_DIR/$git_key" 2>/dev/null &
 pids+=($!); wait_port "$gport"
 gurl="git://127.0.0.1:$gport/repo"
 plan="[{\"path\":\"game\",\"subPath\":\"part0\",\"git\":{\"url\":\"$gurl\",\"branch\":\"main\"}}]"
@@ -105,9 +105,9 @@ measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_
 rm -rf "$BENCH_DIR/peer-s3"
 export RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ACCESS_KEY_ID=AKBENCH \
   RCLONE_CONFIG_B_SECRET_ACCESS_KEY=SKBENCH RCLONE_CONFIG_B_ENDPOINT="http://127.0.0.1:$sport" RCLONE_CONFIG_B_FORCE_PATH_STYLE=true
-measure rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
+measure env -u AWS_CA_BUNDLE rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
 row "s3 prefix" "$o_s" "$SECS" "$o_m" "$RSS_MB"
-measure rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
+measure env -u AWS_CA_BUNDLE rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
 row "s3 unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
 
 # ---------- p4 export ----------
