@@ -91,7 +91,9 @@ fn dest_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Applies the pinned revisions of a plan to `root` (see the crate README for the layout).
-pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
+/// An empty revision means "not pinned": such layers (for example local folders, which the
+/// operator cannot see) are resolved here, just before applying.
+pub async fn apply(mut opts: ApplyOptions) -> Result<Summary> {
     let started = Instant::now();
     crate::plan::validate(&opts.layers)?;
     if opts.revisions.len() != opts.layers.len() {
@@ -100,6 +102,14 @@ pub async fn apply(opts: ApplyOptions) -> Result<Summary> {
             opts.revisions.len(),
             opts.layers.len()
         )));
+    }
+    let unpinned: Vec<usize> = (0..opts.layers.len()).filter(|&i| opts.revisions[i].is_empty()).collect();
+    if !unpinned.is_empty() {
+        let layers: Vec<_> = unpinned.iter().map(|&i| opts.layers[i].clone()).collect();
+        let resolved = crate::resolve::resolve_with(&layers, opts.credentials.as_ref(), &opts.retry).await?;
+        for (&i, rev) in unpinned.iter().zip(resolved) {
+            opts.revisions[i] = rev.revision;
+        }
     }
     let root = &opts.root;
     fs::create_dir_all(root).map_err(dest_err(root, "create destination root"))?;

@@ -213,3 +213,22 @@ fn binary_resolve_apply_and_watch() {
 fn run_cmd(cmd: &mut std::process::Command) -> String {
     common::run(cmd)
 }
+
+#[tokio::test]
+async fn empty_revisions_are_resolved_at_apply_time() {
+    // The operator cannot see a node's folders, so it leaves local layers unpinned ("").
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(src.join("a.txt"), "one");
+    let root = t.path().join("root");
+    let opts = || ApplyOptions::new(vec![local(&src, "")], vec![String::new()], &root, Arc::new(NoCredentials));
+    let first = apply(opts()).await.unwrap();
+    assert_eq!(read(root.join("current/a.txt")), "one");
+    let state: serde_json::Value = serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();
+    assert!(state["revisions"][0].as_str().unwrap().starts_with("sha256:"), "the resolved revision is recorded");
+    assert!(apply(opts()).await.unwrap().unchanged, "same content: nothing to do");
+    write(src.join("a.txt"), "two!");
+    let third = apply(opts()).await.unwrap();
+    assert!(!third.unchanged && third.tree_digest != first.tree_digest);
+    assert_eq!(read(root.join("current/a.txt")), "two!");
+}

@@ -88,8 +88,16 @@ pub fn requests(ports: &[GamePort]) -> Vec<PortRequest> {
         .map(|p| PortRequest {
             name: p.name.clone(),
             container: p.container.clone().unwrap_or_else(|| SERVER_CONTAINER.to_string()),
-            container_port: p.container_port.and_then(|c| u16::try_from(c).ok()),
-            host_port: p.host_port.and_then(|h| u16::try_from(h).ok()),
+            // The API documents containerPort as ignored for Passthrough: the allocated port is used.
+            container_port: match p.policy {
+                PortPolicy::Passthrough => None,
+                _ => p.container_port.and_then(|c| u16::try_from(c).ok()),
+            },
+            // Only Static takes the user's host port; the others are given one or none.
+            host_port: match p.policy {
+                PortPolicy::Static => p.host_port.and_then(|h| u16::try_from(h).ok()),
+                _ => None,
+            },
             protocol: to_protocol(p.protocol),
             policy: to_policy(p.policy),
         })
@@ -168,4 +176,29 @@ pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer]
         }
     }
     tracing::info!(nodes = alloc.node_count(), servers = restored, "port allocations rebuilt");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{PortAllocator, PortRanges};
+
+    #[test]
+    fn fields_a_policy_ignores_do_not_fail_the_allocation() {
+        let spec: Vec<GamePort> = serde_json::from_value(serde_json::json!([
+            {"name": "pass", "containerPort": 7777, "hostPort": 1, "policy": "Passthrough"},
+            {"name": "dyn", "containerPort": 8000, "hostPort": 2, "policy": "Dynamic"},
+            {"name": "fixed", "containerPort": 9000, "hostPort": 7500, "policy": "Static"}
+        ]))
+        .unwrap();
+        let mut alloc = PortAllocator::new("7000-7099".parse::<PortRanges>().unwrap());
+        alloc.node_added("n1");
+        let got = alloc.allocate("ns/a", &requests(&spec)).expect("allocates");
+        let status = status_of(&got);
+        assert_eq!(Some(status[0].container_port), status[0].host_port, "passthrough uses the allocated port");
+        assert!((7000..7100).contains(&status[1].host_port.unwrap()));
+        assert_eq!(status[1].container_port, 8000);
+        assert_eq!(status[2].host_port, Some(7500));
+        assert_eq!(allocations_of(&status), got, "status round-trips for the rebuild");
+    }
 }
