@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::{Operator, WAIT, install_crds, wait_ready};
+use support::{Operator, WAIT, free_port, http_get, install_crds, wait_ready};
 
 fn zone(name: &str, instances: i64, ports: serde_json::Value) -> GameZone {
     serde_json::from_value(json!({
@@ -125,7 +125,9 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
 async fn exhausted_range_is_reported_and_recovers_when_ports_free() {
     let ns = common::namespace("ports-exhaust").await;
     install_crds(&ns.client).await;
-    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--port-range", "7200-7200"]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--port-range", "7200-7200", "--http-addr", &addr]);
     let zones: Api<GameZone> = ns.api();
     let servers: Api<GameServer> = ns.api();
     let ports = json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]);
@@ -155,6 +157,11 @@ async fn exhausted_range_is_reported_and_recovers_when_ports_free() {
         }
     })
     .await;
+
+    // The exhausted range shows in the metrics: no free slot of 7200 on any of the 3 nodes.
+    let (_, metrics) = http_get(port, "/metrics").expect("operator metrics");
+    assert!(metrics.contains(r#"gamezone_port_slots{range="7200",state="free"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"gamezone_port_slots{range="7200",state="used"} 3"#), "{metrics}");
 
     // Freeing ports lets them start, without anyone restarting anything.
     zones.delete("big", &DeleteParams::default()).await.unwrap();

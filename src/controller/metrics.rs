@@ -30,6 +30,15 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels of host port usage series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// The range, e.g. `7000-7999`.
+    pub range: String,
+    /// `used` or `free` slots (a slot is one port on one node).
+    pub state: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     /// Reconciles run.
@@ -40,6 +49,8 @@ pub struct Metrics {
     pub durations: Family<ControllerLabels, Histogram>,
     /// Objects the operator currently manages, by kind.
     pub managed: Family<KindLabels, Gauge>,
+    /// Host port slots per range, used and free.
+    pub port_slots: Family<PortLabels, Gauge>,
     registry: Registry,
 }
 
@@ -52,11 +63,13 @@ impl Default for Metrics {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         let managed = Family::<KindLabels, Gauge>::default();
+        let port_slots = Family::<PortLabels, Gauge>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile durations", durations.clone());
         registry.register("managed_objects", "Objects managed, by kind", managed.clone());
-        Self { reconciles, errors, durations, managed, registry }
+        registry.register("port_slots", "Host port slots (port x node) per range, used and free", port_slots.clone());
+        Self { reconciles, errors, durations, managed, port_slots, registry }
     }
 }
 
@@ -70,6 +83,15 @@ impl Metrics {
     /// Counts a failed reconcile.
     pub fn error(&self, controller: &'static str, reason: &'static str) {
         self.errors.get_or_create(&ErrorLabels { controller, reason }).inc();
+    }
+
+    /// Records the allocator's per-range usage.
+    pub fn ports(&self, usage: &crate::ports::Usage) {
+        for r in &usage.ranges {
+            let range = r.range.to_string();
+            self.port_slots.get_or_create(&PortLabels { range: range.clone(), state: "used" }).set(r.slots.used as i64);
+            self.port_slots.get_or_create(&PortLabels { range, state: "free" }).set(r.slots.free as i64);
+        }
     }
 
     /// The registry to extend with more metrics (e.g. port usage) before serving.

@@ -156,6 +156,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         scoped::<crate::api::GameServer>(&client, &config.namespace).list(&Default::default()).await?.items;
     let deferred = config.feature_gates.autopilot_passthrough_port;
     ports::rebuild(&mut allocator, &known_nodes, &known_servers, deferred);
+    metrics.ports(&allocator.usage());
 
     let (nodes, writer) = reflector::store();
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -186,6 +187,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "node watch failed; retrying"),
             }
+            node_ctx.metrics.ports(&alloc.usage());
             futures::future::ready(())
         });
     ready.store(true, Ordering::SeqCst);

@@ -55,7 +55,9 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
         match event {
             Finalizer::Apply(gs) => reconcile_apply(&gs, &ctx).await,
             Finalizer::Cleanup(gs) => {
-                ctx.ports.lock().expect("allocator lock").release(&server_key(&gs));
+                let mut alloc = ctx.ports.lock().expect("allocator lock");
+                alloc.release(&server_key(&gs));
+                ctx.metrics.ports(&alloc.usage());
                 Ok(Action::await_change())
             }
         }
@@ -101,14 +103,19 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
     let allocated = {
         let mut alloc = ctx.ports.lock().expect("allocator lock");
-        match alloc.allocate(&key, &wanted) {
+        let known = alloc.allocation(&key).is_some();
+        let result = match alloc.allocate(&key, &wanted) {
             Err(AllocError::AlreadyAllocated { .. }) => {
                 // The spec's ports changed: hand back the old ones and take new ones.
                 alloc.release(&key);
                 alloc.allocate(&key, &wanted)
             }
             other => other,
+        };
+        if !known {
+            ctx.metrics.ports(&alloc.usage());
         }
+        result
     };
     let allocations = match allocated {
         Ok(a) => a,
