@@ -533,3 +533,55 @@ async fn failed_migration_degrades_the_zone_and_leaves_servers_alone() {
     assert_eq!(db.spec.unwrap().containers[0].image.as_deref(), Some("registry.example.com/project1/service:0.9.0"));
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn operator_killed_during_each_edit_and_the_delete_converges() {
+    let ns = common::namespace("zone-killedits").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let services: Api<Service> = ns.api();
+    let jobs: Api<Job> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let mut op = Operator::start(ns.kubeconfig(), &ns.name);
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+
+    let mut z = zone("zone1");
+    z.spec.services[2].end_id = None; // shrink gateway 1..2 -> 1
+    let edits = [
+        ("MySQL change", json!({"spec": {"mysql": {"host": "mysql-2.db.svc"}}})),
+        ("shrink", json!({"spec": {"services": z.spec.services}})),
+    ];
+    for (what, patch) in edits {
+        zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        op.kill();
+        op = Operator::start(ns.kubeconfig(), &ns.name);
+        let z = wait_ready(&zones, "zone1").await;
+        let desired = z.status.unwrap().desired_servers as usize;
+        common::wait_for(&format!("exactly one pod per instance after the {what}"), WAIT, || async {
+            let p = names(&pods, "zone1").await.into_iter().filter(|n| !n.contains("-migrate-")).count();
+            let s = names(&servers, "zone1").await.len();
+            if (p, s) == (desired, desired) { Ok(()) } else { Err(format!("{p} pods, {s} servers, want {desired}")) }
+        })
+        .await;
+        assert_eq!(names(&jobs, "zone1").await.len(), 1, "one migration Job after the {what}");
+    }
+    assert!(!names(&services, "zone1").await.contains(&"zone1-gateway-2".to_string()));
+
+    // Killed right after the delete: the restarted operator finishes the cleanup.
+    zones.delete("zone1", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.kill();
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    common::wait_for("zone1 and everything it made gone", WAIT, || async {
+        let zone_left = zones.get_opt("zone1").await.map_err(|e| e.to_string())?.is_some();
+        let left =
+            [names(&servers, "zone1").await, names(&services, "zone1").await, names(&jobs, "zone1").await].concat();
+        if !zone_left && left.is_empty() { Ok(()) } else { Err(format!("zone left {zone_left}, objects {left:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
