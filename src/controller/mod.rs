@@ -68,6 +68,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Host port tables.
     pub ports: ports::SharedAllocator,
+    /// Content hash of each child object this process applied, by `kind/namespace/name`.
+    pub applied: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -167,6 +169,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         metrics,
         nodes,
         ports: std::sync::Mutex::new(allocator),
+        applied: Default::default(),
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.

@@ -144,7 +144,23 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let servers = build::game_servers(zone, &pins, cfg)?;
     let gs_api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &ns);
     let desired: BTreeSet<String> = servers.iter().map(|s| s.name_any()).collect();
-    futures::stream::iter(servers.clone())
+    let selector = ListParams::default().labels(&build::zone_selector(&name));
+    let existing = gs_api.list(&selector).await?;
+    // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
+    let live: BTreeMap<String, serde_json::Value> = existing
+        .items
+        .iter()
+        .map(|g| (g.name_any(), serde_json::json!({"spec": g.spec, "labels": g.metadata.labels})))
+        .collect();
+    let stale: Vec<GameServer> = servers
+        .iter()
+        .filter(|want| {
+            let wanted = serde_json::json!({"spec": want.spec, "labels": want.metadata.labels});
+            live.get(&want.name_any()) != Some(&wanted)
+        })
+        .cloned()
+        .collect();
+    futures::stream::iter(stale)
         .map(|gs| {
             let api = gs_api.clone();
             async move { apply(&api, &gs).await }
@@ -152,8 +168,6 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    let selector = ListParams::default().labels(&build::zone_selector(&name));
-    let existing = gs_api.list(&selector).await?;
     for gs in &existing.items {
         if !desired.contains(&gs.name_any()) && gs.metadata.deletion_timestamp.is_none() {
             gs_api.delete(&gs.name_any(), &DeleteParams::default()).await?;
@@ -165,10 +179,11 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let services = build::services(zone);
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
-    for svc in &services {
-        apply(&svc_api, svc).await?;
-    }
     let live_services = svc_api.list(&selector).await?;
+    let live: BTreeSet<String> = live_services.items.iter().map(|s| s.name_any()).collect();
+    for svc in &services {
+        apply_changed(ctx, &svc_api, svc, live.contains(&svc.name_any())).await?;
+    }
     for svc in &live_services.items {
         if !wanted.contains(&svc.name_any()) {
             svc_api.delete(&svc.name_any(), &DeleteParams::default()).await?;
@@ -227,6 +242,23 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         .set(existing.items.len() as i64);
     let requeue = if all_ready { interval.unwrap_or(Duration::from_secs(600)) } else { Duration::from_secs(30) };
     Ok(Action::requeue(requeue))
+}
+
+/// Applies `obj` unless this process already applied the same content and it still exists.
+/// A zone is reconciled on every change of its servers' status; re-applying unchanged children
+/// each time would multiply the API calls for nothing.
+async fn apply_changed<K>(ctx: &Context, api: &Api<K>, obj: &K, exists: bool) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let key = format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any());
+    let hash = hash_of(obj);
+    if exists && ctx.applied.lock().expect("applied cache lock").get(&key) == Some(&hash) {
+        return Ok(());
+    }
+    apply(api, obj).await?;
+    ctx.applied.lock().expect("applied cache lock").insert(key, hash);
+    Ok(())
 }
 
 /// Fails with the field naming any Secret or key the zone refers to that does not exist.
