@@ -443,15 +443,12 @@ async fn migrate(
     let hash = build::migration_inputs_hash(zone, pins).unwrap_or_default();
     let job_name = job.name_any();
     let previous = status.migration.as_ref().and_then(|m| m.succeeded_hash.clone());
+    let succeeded = |status: &mut GameZoneStatus| {
+        let msg = format!("migration {job_name} succeeded");
+        conditions::set(&mut status.conditions, types::MIGRATED, true, "Succeeded", msg, generation);
+    };
     if previous.as_deref() == Some(hash.as_str()) {
-        conditions::set(
-            &mut status.conditions,
-            types::MIGRATED,
-            true,
-            "Succeeded",
-            format!("migration {job_name} succeeded"),
-            generation,
-        );
+        succeeded(status);
         return Ok(None);
     }
     let ns = zone.namespace().unwrap_or_default();
@@ -472,14 +469,7 @@ async fn migrate(
         m.state = "Succeeded".into();
         m.succeeded_hash = Some(hash.clone());
         status.migration = Some(m);
-        conditions::set(
-            &mut status.conditions,
-            types::MIGRATED,
-            true,
-            "Succeeded",
-            format!("migration {job_name} succeeded"),
-            generation,
-        );
+        succeeded(status);
         // Older migration Jobs have served their purpose.
         let old = ListParams::default()
             .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
