@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gamezone::api::*;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -84,6 +84,15 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
         let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
         let told = env.iter().find(|e| e.name == "GAMEZONE_PORT_GAME").and_then(|e| e.value.clone());
         assert_eq!(told, Some(p.host_port.unwrap().to_string()), "the process is told its public port");
+    }
+    // The topology lists every instance's allocated ports; the pod was made only once it did.
+    let topology: Api<ConfigMap> = ns.api();
+    let doc: serde_json::Value =
+        serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
+    for g in servers.list(&ListParams::default()).await.unwrap() {
+        let entry = doc["instances"].as_array().unwrap().iter().find(|i| i["name"] == g.name_any()).unwrap().clone();
+        let listed: Vec<PortStatus> = serde_json::from_value(entry["ports"].clone()).unwrap();
+        assert_eq!(listed, g.status.clone().unwrap().ports, "topology of {}", g.name_any());
     }
 
     // A deleted pod comes back with the same host port.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -17,7 +17,7 @@ use super::{Context, apply, apply_status, key, requeue_after, scoped};
 use crate::api::*;
 use crate::ports::{AllocError, pod_ports, port_env};
 use crate::webhook::patch::{final_ports, mark_pod};
-use crate::zone::server_template_hash;
+use crate::zone::{TOPOLOGY_KEY, server_template_hash, topology_name};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "server";
@@ -75,7 +75,13 @@ async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
     status.observed_generation = gs.metadata.generation;
     let action = converge(gs, ctx, &mut status).await?;
     if status != before {
-        if status.state != before.state {
+        // Routine steps (Creating, Scheduling, Starting) show in status; Events are kept for what a
+        // person may look for, since each one is an API write.
+        let noteworthy = matches!(
+            status.state,
+            Some(ServerState::Ready | ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating)
+        );
+        if status.state != before.state && noteworthy {
             let warning = matches!(status.state, Some(ServerState::Unhealthy | ServerState::PortAllocation));
             let note = format!(
                 "{:?}{}",
@@ -171,6 +177,13 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         Some(p) => p,
         None => {
+            // The zone's topology must list this instance's ports before its process starts, so
+            // its peers can reach it from the first moment.
+            if !gs.spec.ports.is_empty() && !topology_lists(ctx, gs, &status.ports).await? {
+                status.state = Some(ServerState::Creating);
+                status.message = Some("waiting for the zone's topology to list its ports".into());
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
             let mut pod = build_pod(gs, &allocations, &hash)?;
             if !deferred.is_empty() {
                 let deferred: Vec<_> = deferred.iter().map(|(_, d)| d.clone()).collect();
@@ -232,6 +245,19 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         generation,
     );
     Ok(if state == ServerState::Ready { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) })
+}
+
+/// Whether the zone's topology ConfigMap lists `ports` for this instance.
+async fn topology_lists(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> Result<bool> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
+    let Some(cm) = api.get_opt(&topology_name(&gs.spec.zone)).await? else { return Ok(false) };
+    let Some(doc) = cm.data.as_ref().and_then(|d| d.get(TOPOLOGY_KEY)) else { return Ok(false) };
+    let doc: serde_json::Value = serde_json::from_str(doc)?;
+    let listed = doc["instances"]
+        .as_array()
+        .and_then(|list| list.iter().find(|i| i["name"] == gs.name_any()))
+        .and_then(|i| serde_json::from_value::<Vec<PortStatus>>(i["ports"].clone()).ok());
+    Ok(listed.as_deref() == Some(ports))
 }
 
 fn node_address(ctx: &Context, node: &str) -> Option<String> {

@@ -33,7 +33,12 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(scoped::<GameServer>(client, ns), owned.clone())
         .owns(scoped::<Job>(client, ns), owned.clone())
         .owns(scoped::<Service>(client, ns), owned)
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+        // A zone hears of every status change of each of its servers; coalesce bursts of them.
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.config.concurrency)
+                .debounce(std::time::Duration::from_millis(500)),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
