@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -31,9 +30,7 @@ pub async fn run(ctx: Arc<Context>) {
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     Controller::new(scoped::<GameServer>(client, ns), watcher::Config::default())
-        .owns(scoped::<Pod>(client, ns), owned.clone())
-        // Servers wait for their zone's topology to list their ports; wake them when it changes.
-        .watches(scoped::<ConfigMap>(client, ns), owned, listed_servers)
+        .owns(scoped::<Pod>(client, ns), owned)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
@@ -43,17 +40,6 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
-}
-
-/// The GameServers a topology ConfigMap lists (none for other ConfigMaps).
-fn listed_servers(cm: ConfigMap) -> Vec<ObjectRef<GameServer>> {
-    let ns = cm.namespace().unwrap_or_default();
-    let Some(doc) = cm.data.as_ref().and_then(|d| d.get(TOPOLOGY_KEY)) else { return Vec::new() };
-    let doc: serde_json::Value = serde_json::from_str(doc).unwrap_or_default();
-    doc["instances"]
-        .as_array()
-        .map(|list| list.iter().filter_map(|i| i["name"].as_str()).map(|n| ObjectRef::new(n).within(&ns)).collect())
-        .unwrap_or_default()
 }
 
 fn error_policy(gs: Arc<GameServer>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -196,8 +182,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             if !gs.spec.ports.is_empty() && !topology_lists(ctx, gs, &status.ports).await? {
                 status.state = Some(ServerState::Creating);
                 status.message = Some("waiting for the zone's topology to list its ports".into());
-                // The ConfigMap watch wakes this server; the requeue is only a fallback.
-                return Ok(Action::requeue(Duration::from_secs(5)));
+                return Ok(Action::requeue(Duration::from_millis(500)));
             }
             let mut pod = build_pod(gs, &allocations, &hash)?;
             if !deferred.is_empty() {

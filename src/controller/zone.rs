@@ -37,7 +37,7 @@ pub async fn run(ctx: Arc<Context>) {
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.config.concurrency)
-                .debounce(std::time::Duration::from_millis(250)),
+                .debounce(std::time::Duration::from_millis(500)),
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
