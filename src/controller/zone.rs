@@ -556,6 +556,13 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
         tracing::info!(zone = %key(zone), left, "waiting for servers to go before releasing the zone");
         return Err(Error::Waiting(format!("{left} GameServers of zone {} still terminating", zone.name_any())));
     }
+    // Forget what was applied for this zone, or the cache would grow with every zone ever deleted.
+    {
+        let mut applied = ctx.applied.lock().expect("applied cache lock");
+        for svc in build::services(zone) {
+            applied.remove(&format!("Service/{ns}/{}", svc.name_any()));
+        }
+    }
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(Action::await_change())
 }
