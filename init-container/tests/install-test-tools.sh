@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real servers the gamezone-init tests run against. Idempotent: each tool is cached by version
+# Installs the real servers the gamezone-init tests run against (s3s-fs, sshd). Idempotent: s3s-fs is cached by version
 # under $GAMEZONE_TOOLS (default /root/.cache/gamezone/tools) and only built when missing.
 set -euo pipefail
 
@@ -17,10 +17,20 @@ else
     --features binary --locked --root "$s3s_root"
 fi
 
-for tool in git; do
+# sshd for the git-over-ssh tests (the tests run their own sshd on a loopback port; the system's
+# ssh service is not started or changed).
+if [[ ! -x "${GAMEZONE_SSHD:-/usr/sbin/sshd}" ]] || ! command -v ssh-keygen >/dev/null; then
+  echo "openssh-server: installing from Debian"
+  SUDO=; [[ "$(id -u)" = 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  # policy-rc.d keeps the package's service from starting where there is no init system.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null
+fi
+
+for tool in git ssh-keygen; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
 git_exec="$(git --exec-path)"
 [[ -x "$git_exec/git-http-backend" ]] || { echo "missing $git_exec/git-http-backend" >&2; exit 1; }
 
-echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs"
+echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd"

@@ -29,6 +29,8 @@ pub(crate) struct GitAuth {
     known_hosts: Option<String>,
     /// URL without userinfo, used for every connection.
     url: String,
+    /// Why the ssh host key was refused: libgit2 replaces the callback's message with its own.
+    host_key_refused: std::sync::Mutex<Option<String>>,
 }
 
 impl GitAuth {
@@ -263,13 +265,15 @@ fn callbacks<'a>(auth: &'a GitAuth, tried: &'a Cell<bool>, failed: &'a Cell<bool
         let Some(hk) = cert.as_hostkey() else {
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
-        let Some(key) = hk.hostkey() else {
-            return Err(git2::Error::from_str("the ssh server sent no host key"));
-        };
         let known = auth.known_hosts.as_deref().unwrap_or("");
-        check_host_key(known, host, &auth.url, key)
-            .map(|()| CertificateCheckStatus::CertificateOk)
-            .map_err(|m| git2::Error::from_str(&m))
+        let checked = match hk.hostkey() {
+            Some(key) => check_host_key(known, host, &auth.url, key),
+            None => Err("the ssh server sent no host key".to_owned()),
+        };
+        checked.map(|()| CertificateCheckStatus::CertificateOk).map_err(|m| {
+            *auth.host_key_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+            git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, m)
+        })
     });
     cbs
 }
@@ -278,25 +282,37 @@ fn callbacks<'a>(auth: &'a GitAuth, tried: &'a Cell<bool>, failed: &'a Cell<bool
 pub(crate) fn check_host_key(known_hosts: &str, host: &str, url: &str, key: &[u8]) -> std::result::Result<(), String> {
     let port = url::Url::parse(url).ok().and_then(|u| u.port()).unwrap_or(22);
     let names = if port == 22 { vec![host.to_owned()] } else { vec![format!("[{host}]:{port}")] };
-    let mut host_seen = false;
+    let mut kinds_listed: Vec<&str> = Vec::new();
     for line in known_hosts.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
             continue;
         }
         let mut f = line.split_whitespace();
-        let (Some(hosts), Some(_kind), Some(b64)) = (f.next(), f.next(), f.next()) else {
+        let (Some(hosts), Some(kind), Some(b64)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
         if !hosts.split(',').any(|h| names.iter().any(|n| n == h)) {
             continue;
         }
-        host_seen = true;
+        kinds_listed.push(kind);
         if base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k == key) {
             return Ok(());
         }
     }
-    if host_seen {
+    // libssh2 picks the host key kind by its own preference (ed25519 first), not by the Secret's
+    // known_hosts, so one listing only other kinds is a setup mistake rather than an attack.
+    if let Some(offered) = key_kind(key)
+        && !kinds_listed.is_empty()
+        && !kinds_listed.contains(&offered)
+    {
+        return Err(format!(
+            "known_hosts lists only {} for {} but the server offered its {offered} host key; add that key (ssh-keyscan lists every kind) to the Secret's `known_hosts`",
+            kinds_listed.join(", "),
+            names[0]
+        ));
+    }
+    if !kinds_listed.is_empty() {
         Err(format!(
             "host key of {host} does not match known_hosts (possible man-in-the-middle); update the Secret's `known_hosts`"
         ))
@@ -305,7 +321,16 @@ pub(crate) fn check_host_key(known_hosts: &str, host: &str, url: &str, key: &[u8
     }
 }
 
+/// The algorithm name that starts an ssh public key blob (an ssh wire-format string).
+fn key_kind(key: &[u8]) -> Option<&str> {
+    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(key.get(4..4usize.checked_add(len)?)?).ok()
+}
+
 fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) -> Error {
+    if let Some(m) = auth.host_key_refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return ctx.credentials(m);
+    }
     let msg = e.message().to_owned();
     let lower = msg.to_ascii_lowercase();
     if auth_failed

@@ -1,5 +1,6 @@
 //! Real servers on loopback for the integration tests: git daemon, git smart HTTP behind basic
-//! auth (git-http-backend as CGI), s3s-fs with signature checking, and a static file server.
+//! auth (git-http-backend as CGI), git over ssh (a private sshd), s3s-fs with signature checking,
+//! a forward HTTP proxy, and a static file server.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -7,8 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -319,9 +320,14 @@ pub fn s3s_fs_binary() -> PathBuf {
 
 /// s3s-fs serving `dir` (buckets are its subdirectories) with signature checking.
 pub fn s3_server(dir: &Path) -> Server {
-    let port = free_port();
+    s3_server_with(dir, free_port(), &[])
+}
+
+/// s3s-fs on `port` with extra arguments (e.g. `--domain` for virtual-hosted requests).
+pub fn s3_server_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
     let child = Command::new(s3s_fs_binary())
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", AK, "--secret-key", SK])
+        .args(extra)
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -359,4 +365,169 @@ pub fn serve_fn(f: impl Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static) -> S
         };
         respond(s, &status, &[("Content-Type".into(), "application/xml".into())], &body);
     })
+}
+
+/// One request seen by [`forward_proxy`]: its `Host` header, method and request target.
+#[derive(Clone, Debug)]
+pub struct Proxied {
+    pub host: String,
+    pub method: String,
+    pub target: String,
+}
+
+/// A forward HTTP proxy for plain `http://` URLs that sends every request to `127.0.0.1:upstream`
+/// whatever host it names (so test host names need no DNS), unchanged but for the request line
+/// (origin-form) and `Connection: close`, and records what it saw.
+pub fn forward_proxy(upstream: u16) -> (Server, Arc<Mutex<Vec<Proxied>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let server = serve(move |req, client| {
+        let host = req.headers.get("host").cloned().unwrap_or_default();
+        let full = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
+        log.lock().unwrap().push(Proxied { host, method: req.method.clone(), target: full.clone() });
+        // Absolute-form `http://authority/path?q` becomes origin-form `/path?q`.
+        let origin = match full.strip_prefix("http://") {
+            Some(rest) => rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned()),
+            None => full,
+        };
+        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+            respond(client, "502 Bad Gateway", &[], b"upstream down");
+            return;
+        };
+        let mut head = format!("{} {origin} HTTP/1.1\r\n", req.method);
+        for (k, v) in &req.headers {
+            if !matches!(k.as_str(), "connection" | "proxy-connection" | "keep-alive" | "transfer-encoding") {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        if !req.headers.contains_key("content-length") && !req.body.is_empty() {
+            head.push_str(&format!("content-length: {}\r\n", req.body.len()));
+        }
+        head.push_str("connection: close\r\n\r\n");
+        if up.write_all(head.as_bytes()).and_then(|()| up.write_all(&req.body)).is_err() {
+            respond(client, "502 Bad Gateway", &[], b"upstream write failed");
+            return;
+        }
+        // Pass the response through, telling the client this connection ends with it.
+        let mut r = BufReader::new(up);
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+            if name != "connection" && name != "keep-alive" {
+                out.push_str(&line);
+            }
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        let _ = client.write_all(out.as_bytes());
+        let _ = std::io::copy(&mut r, client);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+    });
+    (server, seen)
+}
+
+/// sshd from `GAMEZONE_SSHD` or Debian's openssh-server.
+pub fn sshd_binary() -> PathBuf {
+    let p = std::env::var_os("GAMEZONE_SSHD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"));
+    assert!(
+        p.is_file(),
+        "sshd not found at {} — run init-container/tests/install-test-tools.sh (apt-get install openssh-server) or set GAMEZONE_SSHD",
+        p.display()
+    );
+    p
+}
+
+/// Makes an unencrypted key pair with ssh-keygen: (private key file text, public key line).
+pub fn ssh_keygen(dir: &Path, name: &str, kind: &str, extra: &[&str]) -> (String, String) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir).unwrap();
+    let _ = std::fs::remove_file(&path);
+    run(Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-C", name]).args(extra).arg("-f").arg(&path));
+    (read(&path), read(path.with_extension("pub")).trim().to_owned())
+}
+
+/// A private sshd on 127.0.0.1, run as the current user, that lets the authorized keys run only
+/// `git-upload-pack` (through git-shell, as git hosts do).
+pub struct Sshd {
+    pub server: Server,
+    pub port: u16,
+    pub user: String,
+    /// `known_hosts` lines for every host key the server has.
+    pub known_hosts: String,
+    pub log: PathBuf,
+}
+
+impl Sshd {
+    /// `ssh://user@127.0.0.1:port/<abs path>`.
+    pub fn url(&self, repo: &Path) -> String {
+        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, repo.display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn sshd(dir: &Path, host_key_kinds: &[&str], authorized_keys: &[&str]) -> Sshd {
+    let bin = sshd_binary();
+    std::fs::create_dir_all(dir).unwrap();
+    let user = run(Command::new("id").arg("-un"));
+    let port = free_port();
+    let mut config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nPidFile {pid}\nAuthorizedKeysFile {ak}\nAllowUsers {user}\n\
+         PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+         PermitRootLogin prohibit-password\nStrictModes no\nAllowTcpForwarding no\nX11Forwarding no\n\
+         PrintMotd no\nLogLevel VERBOSE\nForceCommand {shell} -c \"$SSH_ORIGINAL_COMMAND\"\n",
+        pid = dir.join("sshd.pid").display(),
+        ak = dir.join("authorized_keys").display(),
+        shell = git_shell().display(),
+    );
+    let mut known_hosts = String::new();
+    for kind in host_key_kinds {
+        let (_, public) = ssh_keygen(dir, &format!("host_{kind}"), kind, &[]);
+        config.push_str(&format!("HostKey {}\n", dir.join(format!("host_{kind}")).display()));
+        let mut f = public.split_whitespace();
+        known_hosts.push_str(&format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap()));
+    }
+    std::fs::write(dir.join("authorized_keys"), authorized_keys.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    // As root, sshd separates privileges and needs its empty directory (a systemd unit makes it).
+    if user == "root" {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+    }
+    let log = dir.join("sshd.log");
+    let mut child = Command::new(&bin)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("sshd");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sshd exited ({status}): {}", read(&log));
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "sshd did not start: {}", read(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd {
+        server: Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) },
+        port,
+        user,
+        known_hosts,
+        log,
+    }
+}
+
+fn git_shell() -> PathBuf {
+    let p = PathBuf::from(run(Command::new("git").arg("--exec-path"))).join("git-shell");
+    assert!(p.is_file(), "git-shell not found at {}", p.display());
+    p
 }
