@@ -224,3 +224,200 @@ async fn git_url_credentials_are_redacted() {
     apply(ApplyOptions::new(layers, vec![head], &root, Arc::new(NoCredentials))).await.unwrap();
     assert!(!read(root.join(".gamezone-state.json")).contains("url-secret-123"));
 }
+
+/// True when the layer's cache repository under `root` holds the object `oid`.
+fn cache_has(root: &std::path::Path, oid: &str) -> bool {
+    let cache = std::fs::read_dir(root.join(".cache/git")).unwrap().next().unwrap().unwrap().path();
+    Command::new("git").args(["cat-file", "-e", oid]).current_dir(&cache).status().unwrap().success()
+}
+
+/// A repository with an executable, a symlink and nested folders under `game/`, and a large
+/// file outside it; partial fetches allowed as the caller says.
+fn partial_repo(base: &std::path::Path, name: &str, allow_filter: bool) -> Repo {
+    let repo = Repo::init(base, name);
+    git(&repo.dir, &["config", "uploadpack.allowFilter", if allow_filter { "true" } else { "false" }]);
+    repo.write("game/cfg/a.ini", "a")
+        .write("game/bin/run.sh", "#!/bin/sh\necho run\n")
+        .write("game/deep/er/x.txt", "x")
+        .write("assets/big.bin", &"B".repeat(100_000))
+        .write("README", "r");
+    std::os::unix::fs::symlink("cfg/a.ini", repo.dir.join("game/link")).unwrap();
+    std::os::unix::fs::symlink("../cfg/a.ini", repo.dir.join("game/deep/a")).unwrap();
+    Command::new("chmod").arg("+x").arg(repo.dir.join("game/bin/run.sh")).status().unwrap();
+    repo
+}
+
+fn assert_game_tree(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(read(dir.join("cfg/a.ini")), "a");
+    assert_eq!(read(dir.join("deep/er/x.txt")), "x");
+    assert_eq!(read(dir.join("bin/run.sh")), "#!/bin/sh\necho run\n");
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("bin/run.sh"), 0o755, "exec bit kept");
+    assert_eq!(mode("cfg/a.ini"), 0o644);
+    assert_eq!(std::fs::read_link(dir.join("link")).unwrap().to_str(), Some("cfg/a.ini"));
+    assert_eq!(std::fs::read_link(dir.join("deep/a")).unwrap().to_str(), Some("../cfg/a.ini"));
+    assert_eq!(read(dir.join("deep/a")), read(dir.join("cfg/a.ini")));
+}
+
+/// Runs the binary's `apply` for `layers` and returns its (JSON) log.
+fn apply_bin(root: &std::path::Path, secrets: Option<&std::path::Path>, layers: &[Layer]) -> (bool, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["apply", "--root"]).arg(root).args(["--retries", "1"]);
+    if let Some(s) = secrets {
+        cmd.arg("--secrets-dir").arg(s);
+    }
+    let out = cmd.env("GAMEZONE_LAYERS", serde_json::to_string(layers).unwrap()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_daemon_partial_fetch_brings_only_subpath_blobs() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    let repo = partial_repo(&base, "game", true);
+    // Protocol v2 lets the client want any commit: no allowReachableSHA1InWant needed.
+    git(&repo.dir, &["config", "uploadpack.allowReachableSHA1InWant", "false"]);
+    let first = repo.commit("one");
+    let big = git(&repo.dir, &["rev-parse", "HEAD:assets/big.bin"]);
+    let inside = git(&repo.dir, &["rev-parse", "HEAD:game/deep/er/x.txt"]);
+    repo.write("game/cfg/a.ini", "a2");
+    let second = repo.commit("two");
+    let server = git_daemon(&base);
+    let url = format!("git://127.0.0.1:{}/game", server.port);
+
+    // The pinned commit is no longer the branch tip.
+    let layers = vec![git_layer(&url, "srv", Some("game"))];
+    let root = t.path().join("root");
+    let (ok, log) = apply_bin(&root, None, &layers);
+    assert!(ok, "{log}");
+    assert!(log.contains(r#""via":"protocol v2""#) && log.contains(r#""filtered":true"#), "{log}");
+    let mut o = ApplyOptions::new(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
+    o.retry = quick();
+    let s = apply(o).await.unwrap();
+    assert_game_tree(&root.join("current/srv"));
+    assert!(!root.join("current/srv/assets").exists() && !root.join("current/assets").exists());
+    assert_eq!(s.files, 3, "regular files; the two symlinks are not counted");
+    assert_eq!(gamezone_init::digest_dir(&root.join("current")).unwrap(), s.tree_digest);
+    assert!(cache_has(&root, &first) && cache_has(&root, &inside), "commit and subPath blobs fetched");
+    assert!(!cache_has(&root, &big), "blobs outside subPath are not fetched");
+    let cache = std::fs::read_dir(root.join(".cache/git")).unwrap().next().unwrap().unwrap().path();
+    assert!(read(cache.join("shallow")).contains(&first), "fetched with depth 1");
+
+    // Another subPath of the same commit: the cache has its trees; only the missing blobs come.
+    let mut assets = git_layer(&url, "art", Some("assets"));
+    assets.git.as_mut().unwrap().branch = None;
+    assets.git.as_mut().unwrap().commit = Some(first.clone());
+    let o =
+        ApplyOptions::new(vec![layers[0].clone(), assets], vec![first.clone(), first], &root, Arc::new(NoCredentials));
+    apply(o).await.unwrap();
+    assert_eq!(read(root.join("current/art/big.bin")).len(), 100_000);
+    assert_game_tree(&root.join("current/srv"));
+
+    // The branch tip, through the binary.
+    let (ok, log) = apply_bin(&root, None, &layers);
+    assert!(ok, "{log}");
+    assert_eq!(read(root.join("current/srv/cfg/a.ini")), "a2");
+    assert!(cache_has(&root, &second));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_http_partial_fetch_with_basic_auth_and_wrong_password() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    let repo = partial_repo(&base, "game.git", true);
+    let head = repo.commit("one");
+    let big = git(&repo.dir, &["rev-parse", "HEAD:assets/big.bin"]);
+    let password = "v2-Very-Secret-pw";
+    let server = git_http(&base, "alice", password);
+    let url = format!("http://127.0.0.1:{}/game.git", server.port);
+    let secrets = t.path().join("secrets");
+    secret(&secrets, "git-auth", &[("username", "alice"), ("password", password)]);
+    secret(&secrets, "bad-auth", &[("username", "alice"), ("password", "wrong-v2-password")]);
+    let mut layer = git_layer(&url, "", Some("game"));
+    layer.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "git-auth".into() });
+    let creds = Arc::new(DirCredentials::new(&secrets));
+
+    let root = t.path().join("root");
+    let (ok, log) = apply_bin(&root, Some(&secrets), std::slice::from_ref(&layer));
+    assert!(ok, "{log}");
+    assert!(log.contains(r#""via":"protocol v2""#) && log.contains(r#""transport":"http""#), "{log}");
+    assert!(!log.contains(password), "{log}");
+    assert_game_tree(&root.join("current"));
+    assert!(!cache_has(&root, &big), "blobs outside subPath are not fetched");
+    let state = read(root.join(".gamezone-state.json"));
+    assert!(state.contains(&head) && !state.contains(password));
+
+    // Wrong password: the partial fetch fails at once with the layer, source and Secret keys.
+    let mut bad = layer.clone();
+    bad.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "bad-auth".into() });
+    repo.write("game/cfg/a.ini", "new");
+    let newer = repo.commit("two");
+    let mut o = ApplyOptions::new(vec![bad.clone()], vec![newer], &root, creds.clone());
+    o.retry = quick();
+    let e = apply(o).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Auth { layer: 0, .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("layer 0 (git {url})")) && msg.contains("Secret `bad-auth` keys `username`/`password`"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong-v2-password"), "{msg}");
+    assert_eq!(read(root.join(".gamezone-state.json")), state, "failed run keeps the state");
+    let (ok, log) = apply_bin(&root, Some(&secrets), &[bad]);
+    assert!(!ok && log.contains("authentication failed"), "{log}");
+    assert!(!log.contains("wrong-v2-password") && !log.contains(password), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_without_allow_filter_falls_back_to_libgit2() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    let repo = partial_repo(&base, "game", true);
+    let head = repo.commit("one");
+    let big = git(&repo.dir, &["rev-parse", "HEAD:assets/big.bin"]);
+    let server = git_daemon(&base);
+    let url = format!("git://127.0.0.1:{}/game", server.port);
+    let layers = vec![git_layer(&url, "", Some("game"))];
+    let root = t.path().join("root");
+    let mut o = ApplyOptions::new(layers.clone(), vec![head.clone()], &root, Arc::new(NoCredentials));
+    o.retry = quick();
+    apply(o).await.unwrap();
+    assert!(!cache_has(&root, &big), "partial while the server allows filters");
+
+    // Blobs of a commit the cache holds come by id, with no filter: a second subPath still
+    // works after the server turns filters off.
+    git(&repo.dir, &["config", "uploadpack.allowFilter", "false"]);
+    let mut assets = git_layer(&url, "art", Some("assets"));
+    assets.git.as_mut().unwrap().branch = None;
+    assets.git.as_mut().unwrap().commit = Some(head.clone());
+    let (ok, log) = apply_bin(&root, None, &[assets]);
+    assert!(ok && log.contains(r#""via":"protocol v2""#), "{log}");
+    assert_eq!(read(root.join("current/art/big.bin")).len(), 100_000);
+
+    // A new commit needs the filter: the fallback names why and fetches the whole commit into
+    // the cache that holds partial packs.
+    repo.write("assets/big.bin", "small now").write("game/cfg/a.ini", "a3");
+    repo.commit("two");
+    let newer_big = git(&repo.dir, &["rev-parse", "HEAD:assets/big.bin"]);
+    let (ok, log) = apply_bin(&root, None, &layers);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains(r#""via":"libgit2""#) && log.contains("uploadpack.allowFilter is off"),
+        "the log says which path and why: {log}"
+    );
+    assert_eq!(read(root.join("current/cfg/a.ini")), "a3");
+    assert!(cache_has(&root, &newer_big), "libgit2 fetched the whole commit");
+
+    // Same over smart HTTP, from an empty cache.
+    let http = git_http(&base, "u", "p4ss-word");
+    let mut layer = git_layer(&format!("http://u:p4ss-word@127.0.0.1:{}/game", http.port), "", Some("game"));
+    layer.git.as_mut().unwrap().branch = None;
+    layer.git.as_mut().unwrap().commit = Some(head.clone());
+    let root = t.path().join("root-http");
+    let (ok, log) = apply_bin(&root, None, &[layer]);
+    assert!(ok, "{log}");
+    assert!(log.contains(r#""via":"libgit2""#) && !log.contains("p4ss-word"), "{log}");
+    assert_game_tree(&root.join("current"));
+    assert!(cache_has(&root, &big), "libgit2 fetched the whole commit");
+}

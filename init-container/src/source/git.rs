@@ -1,5 +1,12 @@
-//! git layers via libgit2: resolve a branch/tag to a commit, shallow-fetch exactly that commit
-//! into a bare cache repository, write only the `subPath` subtree from the tree objects.
+//! git layers: resolve a branch/tag to a commit, fetch what the layer needs into a bare cache
+//! repository, write only the `subPath` subtree from the tree objects.
+//!
+//! Fetching prefers a partial fetch over protocol v2 (`partial`: the commit's trees, then only the
+//! blobs below `subPath`); servers or URLs that cannot do that get libgit2's depth-1 fetch of the
+//! whole commit.
+
+mod partial;
+mod protocol;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -18,6 +25,9 @@ use crate::plan::GitSource;
 use crate::retry::{self, RetryPolicy};
 use crate::tree::TreeWriter;
 use crate::{Result, paths};
+
+/// Sent on smart-HTTP requests: some servers only speak the smart protocol to `git/` agents.
+const USER_AGENT: &str = "git/2.39 (gamezone-init)";
 
 /// Credentials for one git layer, read from its Secret (and URL userinfo).
 #[derive(Default)]
@@ -42,6 +52,17 @@ impl GitAuth {
             Some(s) => format!("Secret `{s}` has none of `username`/`password`, `bearerToken`, `identity`"),
             None if self.userpass.is_some() => "check the credentials in git.url".to_owned(),
             None => "the server wants credentials: set git.secretRef to a Secret with `username`/`password`, `bearerToken` or `identity`/`known_hosts`".to_owned(),
+        }
+    }
+
+    /// Adds this layer's credentials to a smart-HTTP request.
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some((u, p)) = &self.userpass {
+            req.basic_auth(u.as_str(), Some(p.as_str()))
+        } else if let Some(t) = &self.bearer {
+            req.bearer_auth(t.as_str())
+        } else {
+            req
         }
     }
 
@@ -166,12 +187,7 @@ pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: GitAuth, policy: &Re
 async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
     let url = format!("{}/info/refs?service=git-upload-pack", auth.url.trim_end_matches('/'));
     let client = crate::source::http_client(ctx)?;
-    let mut req = client.get(&url).header("User-Agent", "git/2.39 (gamezone-init)");
-    if let Some((u, p)) = &auth.userpass {
-        req = req.basic_auth(u.as_str(), Some(p.as_str()));
-    } else if let Some(t) = &auth.bearer {
-        req = req.bearer_auth(t.as_str());
-    }
+    let req = auth.authorize(client.get(&url).header("User-Agent", USER_AGENT));
     let resp = req.send().await.map_err(|e| crate::source::reqwest_error(ctx, &e))?;
     let status = resp.status().as_u16();
     match status {
@@ -369,22 +385,32 @@ pub(crate) struct GitJob {
     pub writer: Arc<TreeWriter>,
 }
 
-/// Fetches the pinned commit (unless cached) and writes its `subPath` into the staging tree.
+/// Fetches what the layer needs of the pinned commit (unless cached) and writes its `subPath`
+/// into the staging tree.
 pub(crate) async fn apply(job: GitJob) -> Result<()> {
-    tokio::task::spawn_blocking(move || apply_blocking(&job))
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || apply_blocking(&job, &rt))
         .await
         .map_err(|e| Error::Plan(format!("git task failed: {e}")))?
 }
 
-fn open_cache(ctx: &Ctx, cache: &Path, url: &str) -> Result<Repository> {
+fn cache_dir(cache: &Path, url: &str) -> PathBuf {
     let name = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
-    let dir = cache.join(format!("{name}.git"));
+    cache.join(format!("{name}.git"))
+}
+
+fn open_cache(ctx: &Ctx, cache: &Path, url: &str) -> Result<Repository> {
+    let dir = cache_dir(cache, url);
     if let Ok(r) = Repository::open_bare(&dir) {
         return Ok(r);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    init_cache(ctx, cache, &dir)
+}
+
+fn init_cache(ctx: &Ctx, cache: &Path, dir: &Path) -> Result<Repository> {
+    let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(cache).map_err(|e| ctx.io(format!("create git cache {}", cache.display()), e))?;
-    Repository::init_bare(&dir).map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
+    Repository::init_bare(dir).map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
 }
 
 fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<()> {
@@ -402,24 +428,55 @@ fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<
     remote.fetch(&[refspec], Some(&mut fo), None).map_err(|e| map_git_error(ctx, auth, &e, failed.get()))
 }
 
-fn apply_blocking(job: &GitJob) -> Result<()> {
+fn sub_path_missing(ctx: &Ctx, sub_path: &str, commit: &str) -> Error {
+    ctx.not_found(format!("subPath `{sub_path}` not found in commit {commit}; check the layer's subPath"))
+}
+
+/// True when the cache holds the commit and everything below `subPath`.
+fn cached(job: &GitJob, repo: &Repository, oid: Oid) -> Result<bool> {
+    if repo.find_commit(oid).is_err() {
+        return Ok(false);
+    }
+    match partial::locate(repo, oid, &job.sub_path) {
+        Ok(Some((root, is_tree))) => Ok(partial::MissingBlobs::new(repo, root, is_tree).is_ok_and(|w| w.complete())),
+        // Trees come with every fetch of a commit, so the path is really absent.
+        Ok(None) => Err(sub_path_missing(&job.ctx, &job.sub_path, &job.commit)),
+        Err(_) => Ok(false),
+    }
+}
+
+fn apply_blocking(job: &GitJob, rt: &tokio::runtime::Handle) -> Result<()> {
     let ctx = &job.ctx;
     let oid = Oid::from_str(&job.commit)
         .map_err(|_| ctx.invalid(format!("pinned revision `{}` is not a commit id", job.commit)))?;
-    let repo = open_cache(ctx, &job.cache, &job.auth.url)?;
-    if repo.find_commit(oid).is_err() {
-        let by_id = retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, &repo, &job.auth, &job.commit));
-        match by_id {
-            Ok(()) => {}
-            Err(e @ (Error::Auth { .. } | Error::Credentials { .. } | Error::Transient { .. })) => {
-                return Err(e);
-            }
-            Err(e) => {
-                // The server may refuse wants that are not ref tips (no uploadpack.allowReachableSHA1InWant).
-                let (name, _) = wanted_ref(&job.source);
-                tracing::info!(layer = ctx.layer, error = %e, reference = %name, "fetch by commit refused; fetching the ref instead");
-                let spec = format!("+{name}:refs/gamezone/fetched");
-                retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, &repo, &job.auth, &spec))?;
+    let mut repo = open_cache(ctx, &job.cache, &job.auth.url)?;
+    if cached(job, &repo, oid)? {
+        tracing::debug!(layer = ctx.layer, commit = %job.commit, "commit and subPath already in the git cache");
+    } else {
+        match partial::fetch(job, &repo, rt, oid)? {
+            Ok(f) => tracing::info!(
+                layer = ctx.layer,
+                via = "protocol v2",
+                transport = f.transport,
+                commit_fetched = f.commit_fetched,
+                filtered = f.filtered,
+                blobs = f.blobs,
+                pack_bytes = f.pack_bytes,
+                "fetched over protocol v2"
+            ),
+            Err(partial::Fallback(why)) => {
+                tracing::info!(
+                    layer = ctx.layer,
+                    via = "libgit2",
+                    reason = %ctx.scrub(why),
+                    "partial fetch over protocol v2 not possible; fetching the whole commit with libgit2"
+                );
+                if repo.find_commit(oid).is_ok() {
+                    // A partial copy of the commit: libgit2 would take it as complete and fetch nothing.
+                    drop(repo);
+                    repo = init_cache(ctx, &job.cache, &cache_dir(&job.cache, &job.auth.url))?;
+                }
+                libgit2_fetch(job, &repo)?;
             }
         }
     }
@@ -433,12 +490,8 @@ fn apply_blocking(job: &GitJob) -> Result<()> {
     if job.sub_path.is_empty() {
         return write_tree(ctx, &repo, &tree, &job.dest, &job.writer);
     }
-    let entry = tree.get_path(Path::new(&job.sub_path)).map_err(|_| {
-        ctx.not_found(format!(
-            "subPath `{}` not found in commit {}; check the layer's subPath",
-            job.sub_path, job.commit
-        ))
-    })?;
+    let entry =
+        tree.get_path(Path::new(&job.sub_path)).map_err(|_| sub_path_missing(ctx, &job.sub_path, &job.commit))?;
     match entry.kind() {
         Some(git2::ObjectType::Tree) => {
             let sub = repo.find_tree(entry.id()).map_err(|e| ctx.source(e.message().to_owned()))?;
@@ -446,6 +499,26 @@ fn apply_blocking(job: &GitJob) -> Result<()> {
         }
         _ => write_entry(ctx, &repo, &entry, &job.dest, &job.writer),
     }
+}
+
+/// Fetches the whole commit with depth 1 through libgit2 (no partial clone there).
+fn libgit2_fetch(job: &GitJob, repo: &Repository) -> Result<()> {
+    let ctx = &job.ctx;
+    let by_id = retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, repo, &job.auth, &job.commit));
+    match by_id {
+        Ok(()) => {}
+        Err(e @ (Error::Auth { .. } | Error::Credentials { .. } | Error::Transient { .. })) => {
+            return Err(e);
+        }
+        Err(e) => {
+            // The server may refuse wants that are not ref tips (no uploadpack.allowReachableSHA1InWant).
+            let (name, _) = wanted_ref(&job.source);
+            tracing::info!(layer = ctx.layer, error = %e, reference = %name, "fetch by commit refused; fetching the ref instead");
+            let spec = format!("+{name}:refs/gamezone/fetched");
+            retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, repo, &job.auth, &spec))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_tree(ctx: &Ctx, repo: &Repository, tree: &git2::Tree<'_>, dest: &str, w: &TreeWriter) -> Result<()> {
