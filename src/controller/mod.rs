@@ -9,22 +9,23 @@ pub mod ports;
 mod server;
 mod zone;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::MANAGER;
+use crate::api::{GameServer, MANAGED_BY_LABEL, MANAGER, PortStatus};
 use crate::zone::BuildConfig;
 use crate::{Error, Result};
 
@@ -68,8 +69,46 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Host port tables.
     pub ports: ports::SharedAllocator,
-    /// Content hash of each child object this process applied, by `kind/namespace/name`.
-    pub applied: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// GameServers, as the watch shared by both controllers last saw them.
+    pub servers: Store<GameServer>,
+    /// Pods the operator made, from the server controller's watch.
+    pub pods: Store<Pod>,
+    /// Services the operator made, from the zone controller's watch.
+    pub services: Store<Service>,
+    /// What this process applied, so unchanged children are not written again.
+    pub applied: Applied,
+    /// The ports each zone's topology ConfigMap lists per server (`namespace/name`), as this
+    /// process last wrote them: a server's pod starts only once its ports are listed.
+    pub listed: std::sync::Mutex<HashMap<String, Vec<PortStatus>>>,
+}
+
+/// Content hashes of the child objects this process applied, by `kind/namespace/name`, with
+/// when. A zone is reconciled on every change of its servers' status; writing unchanged
+/// children each time would multiply the API calls for nothing.
+#[derive(Default)]
+pub struct Applied(std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>);
+
+impl Applied {
+    /// Whether `hash` is what was applied to `key` less than `within` ago.
+    pub fn recent(&self, key: &str, hash: &str, within: Duration) -> bool {
+        let map = self.0.lock().expect("applied cache lock");
+        map.get(key).is_some_and(|(h, at)| h == hash && at.elapsed() < within)
+    }
+
+    /// Records that `hash` was applied to `key` now.
+    pub fn record(&self, key: String, hash: String) {
+        self.0.lock().expect("applied cache lock").insert(key, (hash, std::time::Instant::now()));
+    }
+
+    /// Forgets `key`.
+    pub fn forget(&self, key: &str) {
+        self.0.lock().expect("applied cache lock").remove(key);
+    }
+}
+
+/// Cache key of a child object.
+pub fn applied_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 impl Context {
@@ -156,11 +195,39 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let known_nodes = node_api.list(&Default::default()).await?.items;
     let known_servers =
         scoped::<crate::api::GameServer>(&client, &config.namespace).list(&Default::default()).await?.items;
+    let topologies = scoped::<ConfigMap>(&client, &config.namespace)
+        .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")))
+        .await?
+        .items;
+    let listed: HashMap<String, Vec<PortStatus>> = topologies
+        .iter()
+        .flat_map(|cm| {
+            let ns = cm.namespace().unwrap_or_default();
+            crate::zone::topology_ports(cm).into_iter().map(move |(name, ports)| (format!("{ns}/{name}"), ports))
+        })
+        .collect();
     let deferred = config.feature_gates.autopilot_passthrough_port;
-    ports::rebuild(&mut allocator, &known_nodes, &known_servers, deferred);
+    ports::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
     metrics.ports(&allocator.usage());
 
     let (nodes, writer) = reflector::store();
+    // One watch per kind, shared: both controllers hear of GameServers from the same stream, and
+    // reconciles read pods, servers and Services from memory instead of asking the API server.
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let (servers, server_writer) = reflector::store_shared::<GameServer>(SHARED_BUFFER);
+    let (pods, pod_writer) = reflector::store_shared::<Pod>(SHARED_BUFFER);
+    let (services, service_writer) = reflector::store_shared::<Service>(SHARED_BUFFER);
+    let streams = Streams {
+        servers_for_servers: server_writer.subscribe().expect("shared store"),
+        servers_for_zones: server_writer.subscribe().expect("shared store"),
+        pods: pod_writer.subscribe().expect("shared store"),
+        services: service_writer.subscribe().expect("shared store"),
+    };
+    let shared_watches = futures::future::join3(
+        drive(scoped::<GameServer>(&client, &config.namespace), watcher::Config::default(), server_writer),
+        drive(scoped::<Pod>(&client, &config.namespace), owned.clone(), pod_writer),
+        drive(scoped::<Service>(&client, &config.namespace), owned, service_writer),
+    );
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -169,7 +236,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         metrics,
         nodes,
         ports: std::sync::Mutex::new(allocator),
+        servers,
+        pods,
+        services,
         applied: Default::default(),
+        listed: std::sync::Mutex::new(listed),
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.
@@ -196,8 +267,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     ready.store(true, Ordering::SeqCst);
     tracing::info!("controllers starting");
     tokio::select! {
-        _ = zone::run(ctx.clone()) => {},
-        _ = server::run(ctx.clone()) => {},
+        _ = zone::run(ctx.clone(), streams.servers_for_zones, streams.services) => {},
+        _ = server::run(ctx.clone(), streams.servers_for_servers, streams.pods) => {},
+        _ = shared_watches => {},
         _ = node_watch => {},
         r = http => { r??; }
         r = webhook_stopped => { r?; anyhow::bail!("the webhook server stopped"); }
@@ -205,6 +277,34 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::SeqCst);
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+/// Events a shared watch may hold for a slow subscriber before it waits.
+const SHARED_BUFFER: usize = 4096;
+
+/// Subscriptions to the shared watches.
+struct Streams {
+    servers_for_servers: ReflectHandle<GameServer>,
+    servers_for_zones: ReflectHandle<GameServer>,
+    pods: ReflectHandle<Pod>,
+    services: ReflectHandle<Service>,
+}
+
+/// Runs a shared watch of `api`, feeding `writer`'s store and subscribers, until shutdown.
+async fn drive<K>(api: Api<K>, cfg: watcher::Config, writer: reflector::store::Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, cfg)
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying");
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// Requeue delay after an error: user errors wait for a change, others back off briefly.

@@ -1,6 +1,7 @@
 //! Glue between GameServers and the pure port allocator: requests from the spec, status from
 //! allocations, the rebuild at start, and nodes joining and leaving.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Node;
@@ -147,20 +148,32 @@ pub fn node_usable(node: &Node) -> bool {
 }
 
 /// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
-/// out twice after a restart. With `passthrough_deferred` (the platform assigns Passthrough
-/// host ports), Passthrough ports are not the allocator's and are left out.
-pub fn rebuild(alloc: &mut PortAllocator, nodes: &[Node], servers: &[GameServer], passthrough_deferred: bool) {
+/// out twice after a restart. A server's ports come from its status, or else from what its
+/// zone's topology lists (`listed`, by server key): ports are listed there before its pod is
+/// made, and may not have reached its status yet. With `passthrough_deferred` (the platform
+/// assigns Passthrough host ports), Passthrough ports are not the allocator's and are left out.
+pub fn rebuild(
+    alloc: &mut PortAllocator,
+    nodes: &[Node],
+    servers: &[GameServer],
+    listed: &HashMap<String, Vec<PortStatus>>,
+    passthrough_deferred: bool,
+) {
     for node in nodes.iter().filter(|n| node_usable(n)) {
         alloc.node_added(&node.name_any());
     }
     let mut restored = 0;
     for gs in servers {
-        let Some(status) = &gs.status else { continue };
-        if status.ports.is_empty() {
-            continue;
-        }
-        let node = status.node_name.as_deref();
-        let mut held = allocations_of(&status.ports);
+        let status = gs.status.as_ref();
+        let ports = match status.map(|s| &s.ports) {
+            Some(p) if !p.is_empty() => p,
+            _ => match listed.get(&server_key(gs)) {
+                Some(p) if !p.is_empty() => p,
+                _ => continue,
+            },
+        };
+        let node = status.and_then(|s| s.node_name.as_deref());
+        let mut held = allocations_of(ports);
         if passthrough_deferred {
             held.retain(|a| a.policy != ports::PortPolicy::Passthrough);
         }

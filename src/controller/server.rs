@@ -8,30 +8,33 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Resource, ResourceExt};
 
 use super::conditions;
 use super::ports::{defer_passthrough, requests, server_key, status_of};
-use super::{Context, apply, apply_status, key, requeue_after, scoped};
+use super::{Context, apply, apply_status, key, requeue_after};
 use crate::api::*;
-use crate::ports::{AllocError, pod_ports, port_env};
-use crate::webhook::patch::{final_ports, mark_pod};
-use crate::zone::{TOPOLOGY_KEY, server_template_hash, topology_name};
+use crate::ports::{AllocError, Allocation, pod_ports, port_env};
+use crate::webhook::patch::{Deferred, final_ports, mark_pod};
+use crate::zone::{server_template_hash, topology_name, topology_ports};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "server";
 /// Finalizer releasing a GameServer's host ports.
 pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 
-/// Runs the server controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
-    let ns = &ctx.config.namespace;
-    let client = &ctx.client;
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    Controller::new(scoped::<GameServer>(client, ns), watcher::Config::default())
-        .owns(scoped::<Pod>(client, ns), owned)
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+/// Runs the server controller until shutdown, fed by the shared GameServer and Pod watches.
+pub async fn run(ctx: Arc<Context>, servers: ReflectHandle<GameServer>, pods: ReflectHandle<Pod>) {
+    Controller::for_shared_stream(servers, ctx.servers.clone())
+        .owns_shared_stream(pods)
+        // A new pod's first steps (scheduled, started, ready) come in quick succession; one
+        // reconcile after they settle writes one status instead of one per step.
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.config.concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -73,14 +76,12 @@ async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
     let before = gs.status.clone().unwrap_or_default();
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
-    let action = converge(gs, ctx, &mut status).await?;
-    if status != before {
-        // Routine steps (Creating, Scheduling, Starting) show in status; Events are kept for what a
-        // person may look for, since each one is an API write.
-        let noteworthy = matches!(
-            status.state,
-            Some(ServerState::Ready | ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating)
-        );
+    let (action, write) = converge(gs, ctx, &mut status).await?;
+    if write && status != before {
+        // Routine steps (Creating, Scheduling, Starting, Ready) show in status; Events are kept
+        // for what a person may look for, since each one is an API write.
+        let noteworthy =
+            matches!(status.state, Some(ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating));
         if status.state != before.state && noteworthy {
             let warning = matches!(status.state, Some(ServerState::Unhealthy | ServerState::PortAllocation));
             let note = format!(
@@ -96,7 +97,38 @@ async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
     Ok(action)
 }
 
-async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<Action> {
+/// Holds host ports for `gs`'s spec: the allocations in spec order, with the Passthrough ports
+/// the platform assigns (`AutopilotPassthroughPort`) as placeholders. The zone controller calls
+/// this too, to list the ports in the topology before the server exists; both get the same ports.
+pub(super) fn ensure_ports(
+    ctx: &Context,
+    gs: &GameServer,
+) -> std::result::Result<(Vec<Allocation>, Vec<Deferred>), AllocError> {
+    let key = server_key(gs);
+    let (wanted, deferred) =
+        defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
+    let mut alloc = ctx.ports.lock().expect("allocator lock");
+    let known = alloc.allocation(&key).is_some();
+    let result = match alloc.allocate(&key, &wanted) {
+        Err(AllocError::AlreadyAllocated { .. }) => {
+            // The spec's ports changed: hand back the old ones and take new ones.
+            alloc.release(&key);
+            alloc.allocate(&key, &wanted)
+        }
+        other => other,
+    };
+    if !known {
+        ctx.metrics.ports(&alloc.usage());
+    }
+    let mut allocations = result?;
+    allocations.extend(deferred.iter().map(|(a, _)| a.clone()));
+    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
+    Ok((allocations, deferred.into_iter().map(|(_, d)| d).collect()))
+}
+
+/// Brings the pod in line with `gs` and fills `status`. Returns what to do next and whether the
+/// status is worth writing now (not right after making a pod: its own events follow at once).
+async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Action, bool)> {
     let generation = gs.metadata.generation;
     let name = gs.name_any();
     let ns = gs.namespace().unwrap_or_default();
@@ -104,26 +136,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
 
     // 1. Host ports, before the pod exists, so the process can be told them.
     let key = server_key(gs);
-    // With AutopilotPassthroughPort, the platform assigns Passthrough host ports at admission.
-    let (wanted, deferred) =
-        defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
-    let allocated = {
-        let mut alloc = ctx.ports.lock().expect("allocator lock");
-        let known = alloc.allocation(&key).is_some();
-        let result = match alloc.allocate(&key, &wanted) {
-            Err(AllocError::AlreadyAllocated { .. }) => {
-                // The spec's ports changed: hand back the old ones and take new ones.
-                alloc.release(&key);
-                alloc.allocate(&key, &wanted)
-            }
-            other => other,
-        };
-        if !known {
-            ctx.metrics.ports(&alloc.usage());
-        }
-        result
-    };
-    let allocations = match allocated {
+    let (allocations, deferred) = match ensure_ports(ctx, gs) {
         Ok(a) => a,
         Err(e) => {
             status.state = Some(ServerState::PortAllocation);
@@ -137,12 +150,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
                 generation,
             );
             conditions::set(&mut status.conditions, "Ready", false, "PortsUnavailable", e.to_string(), generation);
-            return Ok(Action::requeue(Duration::from_secs(10)));
+            return Ok((Action::requeue(Duration::from_secs(10)), true));
         }
     };
-    let mut allocations = allocations;
-    allocations.extend(deferred.iter().map(|(a, _)| a.clone()));
-    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
     status.ports = status_of(&allocations);
     conditions::set(
         &mut status.conditions,
@@ -153,40 +163,40 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         generation,
     );
 
-    // 2. The pod, made from the current template.
+    // 2. The pod, made from the current template. The shared watch's copy may lag behind this
+    // process's own writes; every step below is safe to repeat.
     let hash = server_template_hash(&gs.spec);
-    let live = pods.get_opt(&name).await?;
+    let live = ctx.pods.get(&ObjectRef::new(&name).within(&ns)).map(|p| Pod::clone(&p));
     let pod = match live {
         Some(p) if p.metadata.deletion_timestamp.is_some() => {
             status.state = Some(ServerState::Updating);
             status.message = Some("waiting for the old pod to go".into());
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         Some(p) if p.annotations().get(TEMPLATE_HASH_ANNOTATION) != Some(&hash) => {
-            pods.delete(&name, &DeleteParams::default()).await?;
+            delete_pod(&pods, &name).await?;
             status.state = Some(ServerState::Updating);
             status.message = Some("replacing the pod with one from the new template".into());
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         Some(p) if matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) => {
             let why = p.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
-            pods.delete(&name, &DeleteParams::default()).await?;
+            delete_pod(&pods, &name).await?;
             status.state = Some(ServerState::Unhealthy);
             status.message = Some(format!("pod ended ({why}); making a new one"));
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         Some(p) => p,
         None => {
             // The zone's topology must list this instance's ports before its process starts, so
             // its peers can reach it from the first moment.
-            if !gs.spec.ports.is_empty() && !topology_lists(ctx, gs, &status.ports).await? {
+            if !gs.spec.ports.is_empty() && !ports_listed(ctx, gs, &status.ports).await? {
                 status.state = Some(ServerState::Creating);
                 status.message = Some("waiting for the zone's topology to list its ports".into());
-                return Ok(Action::requeue(Duration::from_millis(500)));
+                return Ok((Action::requeue(Duration::from_millis(500)), true));
             }
             let mut pod = build_pod(gs, &allocations, &hash)?;
             if !deferred.is_empty() {
-                let deferred: Vec<_> = deferred.iter().map(|(_, d)| d.clone()).collect();
                 let range = ctx.config.port_ranges.ranges().first().copied().ok_or_else(|| {
                     Error::invalid(
                         format!("GameServer {name}: ports"),
@@ -197,7 +207,10 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
                     .map_err(|e| Error::invalid(format!("GameServer {name}: ports"), e))?;
             }
             let created = apply(&pods, &pod).await?;
-            status.pod_name = Some(name.clone());
+            if created.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+                // Its scheduling and start come as events of the pod; report from there.
+                return Ok((Action::requeue(Duration::from_secs(15)), false));
+            }
             created
         }
     };
@@ -244,20 +257,36 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         status.message.clone().unwrap_or_else(|| format!("{state:?}")),
         generation,
     );
-    Ok(if state == ServerState::Ready { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) })
+    let next =
+        if state == ServerState::Ready { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) };
+    Ok((next, true))
 }
 
-/// Whether the zone's topology ConfigMap lists `ports` for this instance.
-async fn topology_lists(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> Result<bool> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
+/// Deletes a pod; one already gone is fine (the watch may not have caught up).
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the zone's topology lists `ports` for this server: known in memory when this process
+/// wrote the topology, read from the ConfigMap otherwise (after a restart, or a zone handled
+/// elsewhere).
+async fn ports_listed(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> Result<bool> {
+    let key = server_key(gs);
+    if ctx.listed.lock().expect("listed lock").get(&key).map(Vec::as_slice) == Some(ports) {
+        return Ok(true);
+    }
+    let ns = gs.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(cm) = api.get_opt(&topology_name(&gs.spec.zone)).await? else { return Ok(false) };
-    let Some(doc) = cm.data.as_ref().and_then(|d| d.get(TOPOLOGY_KEY)) else { return Ok(false) };
-    let doc: serde_json::Value = serde_json::from_str(doc)?;
-    let listed = doc["instances"]
-        .as_array()
-        .and_then(|list| list.iter().find(|i| i["name"] == gs.name_any()))
-        .and_then(|i| serde_json::from_value::<Vec<PortStatus>>(i["ports"].clone()).ok());
-    Ok(listed.as_deref() == Some(ports))
+    let mut listed = ctx.listed.lock().expect("listed lock");
+    for (name, p) in topology_ports(&cm) {
+        listed.insert(format!("{ns}/{name}"), p);
+    }
+    Ok(listed.get(&key).map(Vec::as_slice) == Some(ports))
 }
 
 fn node_address(ctx: &Context, node: &str) -> Option<String> {

@@ -14,25 +14,28 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::watcher;
 
 use super::conditions::{self, types};
-use super::{Context, ZONE_FINALIZER, apply, apply_status, key, requeue_after, scoped};
+use super::server::SERVER_FINALIZER;
+use super::{Context, ZONE_FINALIZER, applied_key, apply, apply_status, key, requeue_after, scoped};
 use crate::api::*;
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "zone";
 
-/// Runs the zone controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the zone controller until shutdown, hearing of its servers and Services from the shared
+/// watches.
+pub async fn run(ctx: Arc<Context>, servers: ReflectHandle<GameServer>, services: ReflectHandle<Service>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     Controller::new(scoped::<GameZone>(client, ns), watcher::Config::default())
-        .owns(scoped::<GameServer>(client, ns), owned.clone())
-        .owns(scoped::<Job>(client, ns), owned.clone())
-        .owns(scoped::<Service>(client, ns), owned)
+        .owns_shared_stream(servers)
+        .owns_shared_stream(services)
+        .owns(scoped::<Job>(client, ns), owned)
         // A zone hears of every status change of each of its servers; coalesce bursts of them.
         .with_config(
             kube::runtime::controller::Config::default()
@@ -145,35 +148,76 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         return Ok(action);
     }
 
-    // 3. Servers, Services, topology.
+    // 3. Host ports, the topology that lists them, then the servers, so that each server's
+    // ports are listed before its pod exists; then Services.
     let servers = build::game_servers(zone, &pins, cfg)?;
-    let gs_api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &ns);
     let desired: BTreeSet<String> = servers.iter().map(|s| s.name_any()).collect();
-    let selector = ListParams::default().labels(&build::zone_selector(&name));
-    let existing = gs_api.list(&selector).await?;
-    // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
-    let live: BTreeMap<String, serde_json::Value> = existing
-        .items
-        .iter()
-        .map(|g| (g.name_any(), serde_json::json!({"spec": g.spec, "labels": g.metadata.labels})))
+    let existing: Vec<Arc<GameServer>> = ctx
+        .servers
+        .state()
+        .into_iter()
+        .filter(|g| g.namespace().as_deref() == Some(ns.as_str()) && g.labels().get(ZONE_LABEL) == Some(&name))
         .collect();
+    let by_name: BTreeMap<String, &GameServer> = existing.iter().map(|g| (g.name_any(), g.as_ref())).collect();
+    let mut ports: BTreeMap<String, Vec<PortStatus>> = BTreeMap::new();
+    for gs in &servers {
+        match super::server::ensure_ports(ctx, gs) {
+            // Ports the platform assigns are known once the pod exists: take them from status.
+            Ok((_, deferred)) if !deferred.is_empty() => {
+                let reported = by_name.get(&gs.name_any()).and_then(|g| g.status.as_ref()).map(|s| s.ports.clone());
+                ports.insert(gs.name_any(), reported.unwrap_or_default());
+            }
+            Ok((allocations, _)) => {
+                ports.insert(gs.name_any(), super::ports::status_of(&allocations));
+            }
+            // The server reports why; the topology lists it without ports until it has them.
+            Err(_) => {}
+        }
+    }
+    let topology = build::topology(zone, &ports);
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    // Nothing watches ConfigMaps here; one deleted by hand comes back within TOPOLOGY_REFRESH.
+    apply_changed(ctx, &cm_api, &topology, TOPOLOGY_REFRESH).await?;
+    {
+        let mut listed = ctx.listed.lock().expect("listed lock");
+        for (server, p) in ports {
+            listed.insert(format!("{ns}/{server}"), p);
+        }
+    }
+
+    let gs_api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &ns);
+    // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
+    // The watch may not show this process's last writes yet: what was applied moments ago is
+    // not applied again.
     let stale: Vec<GameServer> = servers
         .iter()
         .filter(|want| {
+            let live = by_name.get(&want.name_any());
+            if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
+                return false;
+            }
             let wanted = serde_json::json!({"spec": want.spec, "labels": want.metadata.labels});
-            live.get(&want.name_any()) != Some(&wanted)
+            let current = live.map(|l| serde_json::json!({"spec": l.spec, "labels": l.metadata.labels}));
+            current.as_ref() != Some(&wanted) && !ctx.applied.recent(&applied_key(*want), &hash_of(&wanted), WATCH_LAG)
         })
         .cloned()
         .collect();
     futures::stream::iter(stale)
-        .map(|gs| {
+        .map(|mut gs| {
             let api = gs_api.clone();
-            async move { apply(&api, &gs).await }
+            let wanted = hash_of(&serde_json::json!({"spec": gs.spec, "labels": gs.metadata.labels}));
+            // The server controller's finalizer comes with the object: one write, not two.
+            gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
+            async move {
+                apply(&api, &gs).await?;
+                ctx.applied.record(applied_key(&gs), wanted);
+                Ok::<_, Error>(())
+            }
         })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    for gs in &existing.items {
+    for gs in &existing {
         if !desired.contains(&gs.name_any()) && gs.metadata.deletion_timestamp.is_none() {
             gs_api.delete(&gs.name_any(), &DeleteParams::default()).await?;
             ctx.event(zone, false, "ServerRemoved", format!("removed {} (no longer in spec.services)", gs.name_any()))
@@ -184,24 +228,31 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let services = build::services(zone);
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
-    let live_services = svc_api.list(&selector).await?;
-    let live: BTreeSet<String> = live_services.items.iter().map(|s| s.name_any()).collect();
+    let live_services: Vec<Service> = ctx
+        .services
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.labels().get(ZONE_LABEL) == Some(&name))
+        .map(|s| Service::clone(&s))
+        .collect();
+    let live: BTreeSet<String> = live_services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
-        apply_changed(ctx, &svc_api, svc, live.contains(&svc.name_any())).await?;
+        let fresh_for = if live.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
+        apply_changed(ctx, &svc_api, svc, fresh_for).await?;
     }
-    for svc in &live_services.items {
-        if !wanted.contains(&svc.name_any()) {
-            svc_api.delete(&svc.name_any(), &DeleteParams::default()).await?;
+    for svc in &live_services {
+        if !wanted.contains(&svc.name_any()) && svc.metadata.deletion_timestamp.is_none() {
+            match svc_api.delete(&svc.name_any(), &DeleteParams::default()).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                other => {
+                    other?;
+                }
+            }
         }
     }
     if let Some(claim) = build::artifacts_claim(zone) {
         apply(&Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns), &claim).await?;
     }
-
-    let by_name: BTreeMap<String, &GameServer> = existing.items.iter().map(|g| (g.name_any(), g)).collect();
-    let ports: BTreeMap<String, Vec<PortStatus>> =
-        by_name.iter().filter_map(|(n, g)| Some((n.clone(), g.status.as_ref()?.ports.clone()))).collect();
-    apply(&Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns), &build::topology(zone, &ports)).await?;
 
     // 4. Status. An instance counts once it is Ready on the current template.
     let mut waiting = Vec::new();
@@ -221,7 +272,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     status.desired_servers = servers.len() as i32;
     status.ready_servers = ready;
     status.ready_text = Some(format!("{ready}/{}", servers.len()));
-    status.endpoints = endpoints(&live_services.items);
+    status.endpoints = endpoints(&live_services);
     let all_ready = waiting.is_empty();
     waiting.truncate(5);
     if all_ready {
@@ -244,25 +295,30 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     ctx.metrics
         .managed
         .get_or_create(&super::metrics::KindLabels { kind: "GameServer" })
-        .set(existing.items.len() as i64);
+        .set(ctx.servers.state().len() as i64);
     let requeue = if all_ready { interval.unwrap_or(Duration::from_secs(600)) } else { Duration::from_secs(30) };
     Ok(Action::requeue(requeue))
 }
 
-/// Applies `obj` unless this process already applied the same content and it still exists.
+/// How long a write may take to show in the shared watches.
+const WATCH_LAG: Duration = Duration::from_secs(10);
+/// How long a written topology ConfigMap is trusted to still be there.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
+
+/// Applies `obj` unless this process applied the same content less than `fresh_for` ago.
 /// A zone is reconciled on every change of its servers' status; re-applying unchanged children
 /// each time would multiply the API calls for nothing.
-async fn apply_changed<K>(ctx: &Context, api: &Api<K>, obj: &K, exists: bool) -> Result<()>
+async fn apply_changed<K>(ctx: &Context, api: &Api<K>, obj: &K, fresh_for: Duration) -> Result<()>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let key = format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = applied_key(obj);
     let hash = hash_of(obj);
-    if exists && ctx.applied.lock().expect("applied cache lock").get(&key) == Some(&hash) {
+    if ctx.applied.recent(&key, &hash, fresh_for) {
         return Ok(());
     }
     apply(api, obj).await?;
-    ctx.applied.lock().expect("applied cache lock").insert(key, hash);
+    ctx.applied.record(key, hash);
     Ok(())
 }
 
@@ -556,12 +612,21 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
         tracing::info!(zone = %key(zone), left, "waiting for servers to go before releasing the zone");
         return Err(Error::Waiting(format!("{left} GameServers of zone {} still terminating", zone.name_any())));
     }
-    // Forget what was applied for this zone, or the cache would grow with every zone ever deleted.
-    {
-        let mut applied = ctx.applied.lock().expect("applied cache lock");
-        for svc in build::services(zone) {
-            applied.remove(&format!("Service/{ns}/{}", svc.name_any()));
+    // Forget what was applied and listed for this zone, and hand back ports held for servers that
+    // never came to be, or this process's memory would grow with every zone ever deleted.
+    for svc in build::services(zone) {
+        ctx.applied.forget(&applied_key(&svc));
+    }
+    ctx.applied.forget(&applied_key(&build::topology(zone, &BTreeMap::new())));
+    if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
+        let mut listed = ctx.listed.lock().expect("listed lock");
+        let mut alloc = ctx.ports.lock().expect("allocator lock");
+        for gs in &servers {
+            ctx.applied.forget(&applied_key(gs));
+            listed.remove(&super::ports::server_key(gs));
+            alloc.release(&super::ports::server_key(gs));
         }
+        ctx.metrics.ports(&alloc.usage());
     }
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(Action::await_change())

@@ -599,6 +599,20 @@ pub fn topology(zone: &GameZone, ports: &BTreeMap<String, Vec<PortStatus>>) -> C
     }
 }
 
+/// The ports a topology ConfigMap lists, by instance name; empty if it is not a topology.
+pub fn topology_ports(cm: &ConfigMap) -> BTreeMap<String, Vec<PortStatus>> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        instances: Vec<TopologyEntry>,
+    }
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(TOPOLOGY_KEY))
+        .and_then(|text| serde_json::from_str::<Doc>(text).ok())
+        .map(|doc| doc.instances.into_iter().map(|e| (e.name, e.ports)).collect())
+        .unwrap_or_default()
+}
+
 /// Hash of what the migration depends on: its image and settings, the databases, the pinned
 /// artifacts. `None` when the zone has no migration.
 pub fn migration_inputs_hash(zone: &GameZone, pins: &[String]) -> Option<String> {

@@ -1,5 +1,7 @@
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use super::*;
 use crate::api::*;
 
@@ -177,4 +179,10 @@ fn topology_lists_every_instance_with_dns_and_ports() {
     assert_eq!(list[1]["dns"], "zone1-game-2.zone1.team.svc");
     assert_eq!(list[1]["ports"][0]["port"], 7005);
     assert_eq!(doc["zoneId"], 7);
+    // What a topology lists reads back, for the port tables' rebuild after a restart.
+    let listed = topology_ports(&topology(&basic(), &ports));
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed["zone1-game-2"], ports["zone1-game-2"]);
+    assert!(listed["zone1-game-1"].is_empty());
+    assert!(topology_ports(&ConfigMap::default()).is_empty());
 }
