@@ -4,7 +4,8 @@
 #
 #   GIT_FILES=20000 GIT_MB=200   git repo; the layer takes subPath `part0` (1/GIT_PARTS of it)
 #   GIT_PARTS=4
-#   S3_OBJECTS=5000 S3_MB=500    objects under one prefix in s3s-fs
+#   S3_OBJECTS=5000 S3_MB=500    objects under one prefix
+#   S3_SERVER=s3s-fs             or versitygw (built once with `go install`, filled through PUTs)
 #   P4_MB=500 P4_FILES=2000      p4-export tar.gz
 #   BENCH_DIR=/tmp/gamezone-bench  work directory (kept between runs: data is generated once per size)
 #   GAMEZONE_INIT=path          binary (default: a release build, profile `initbench`)
@@ -18,6 +19,9 @@ P4_MB="${P4_MB:-500}"; P4_FILES="${P4_FILES:-2000}"
 BENCH_DIR="${BENCH_DIR:-/tmp/gamezone-bench}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/gamezone/cargo-target}"
 S3S_FS="${GAMEZONE_S3S_FS:-/root/.cache/gamezone/tools/s3s-fs-0.14.1/bin/s3s-fs}"
+S3_SERVER="${S3_SERVER:-s3s-fs}"
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
+VERSITYGW="${GAMEZONE_VERSITYGW:-/root/.cache/gamezone/tools/versitygw-$VERSITYGW_VERSION/bin/versitygw}"
 
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 command -v rclone >/dev/null || apt-get install -y rclone >/dev/null
@@ -89,25 +93,52 @@ measure git -C "$BENCH_DIR/peer-git" pull -q --depth 1
 row "git unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
 
 # ---------- s3 ----------
+# Both tools read the same prefix from the same server: s3s-fs (default; lists no ETags and hashes
+# each object on GET) or, with S3_SERVER=versitygw, versitygw's posix backend filled through PUTs
+# (real ETags, like AWS/MinIO/COS). versitygw is built once from its Go module.
 s3_key="s3-$S3_OBJECTS-$S3_MB"
 if [[ ! -d "$BENCH_DIR/$s3_key/bench/prefix" ]]; then
   rm -rf "$BENCH_DIR/$s3_key"; mkdir -p "$BENCH_DIR/$s3_key/bench/prefix"
   gen "$BENCH_DIR/$s3_key/bench/prefix" "$S3_OBJECTS" "$S3_MB"
 fi
 sport=$(free_port)
-"$S3S_FS" --host 127.0.0.1 --port "$sport" --access-key AKBENCH --secret-key SKBENCH "$BENCH_DIR/$s3_key" >/dev/null 2>&1 &
-pids+=($!); wait_port "$sport"
+export RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ACCESS_KEY_ID=AKBENCH \
+  RCLONE_CONFIG_B_SECRET_ACCESS_KEY=SKBENCH RCLONE_CONFIG_B_ENDPOINT="http://127.0.0.1:$sport" RCLONE_CONFIG_B_FORCE_PATH_STYLE=true
+case "$S3_SERVER" in
+  s3s-fs)
+    "$S3S_FS" --host 127.0.0.1 --port "$sport" --access-key AKBENCH --secret-key SKBENCH "$BENCH_DIR/$s3_key" >/dev/null 2>&1 &
+    pids+=($!); wait_port "$sport" ;;
+  versitygw)
+    if [[ ! -x "$VERSITYGW" ]]; then
+      GOBIN="$(dirname "$VERSITYGW")" GOFLAGS=-mod=mod GOSUMDB=off GOTOOLCHAIN=local \
+        go install "github.com/versity/versitygw/cmd/versitygw@v$VERSITYGW_VERSION"
+    fi
+    vroot="$BENCH_DIR/$s3_key-versitygw"; fresh=; [[ -d "$vroot/bench" ]] || { mkdir -p "$vroot"; fresh=1; }
+    "$VERSITYGW" --access AKBENCH --secret SKBENCH --port "127.0.0.1:$sport" posix "$vroot" >/dev/null 2>&1 &
+    pids+=($!); wait_port "$sport"
+    [[ -z "$fresh" ]] || env -u AWS_CA_BUNDLE rclone copy -q --transfers 16 "$BENCH_DIR/$s3_key/bench/prefix" b:bench/prefix ;;
+  *) echo "S3_SERVER must be s3s-fs or versitygw" >&2; exit 1 ;;
+esac
 mkdir -p "$BENCH_DIR/secrets/s3"; printf AKBENCH > "$BENCH_DIR/secrets/s3/accesskey"; printf SKBENCH > "$BENCH_DIR/secrets/s3/secretkey"
 plan="[{\"path\":\"art\",\"s3\":{\"endpoint\":\"http://127.0.0.1:$sport\",\"bucket\":\"bench\",\"prefix\":\"prefix/\",\"secretRef\":{\"name\":\"s3\"}}}]"
 rm -rf "$BENCH_DIR/out-s3"
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; n_s=$SECS; n_m=$RSS_MB
 rm -rf "$BENCH_DIR/peer-s3"
-export RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ACCESS_KEY_ID=AKBENCH \
-  RCLONE_CONFIG_B_SECRET_ACCESS_KEY=SKBENCH RCLONE_CONFIG_B_ENDPOINT="http://127.0.0.1:$sport" RCLONE_CONFIG_B_FORCE_PATH_STYLE=true
-measure env -u AWS_CA_BUNDLE rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
-row "s3 prefix" "$o_s" "$SECS" "$o_m" "$RSS_MB"
-measure env -u AWS_CA_BUNDLE rclone copy --transfers 16 --checkers 16 b:bench/prefix "$BENCH_DIR/peer-s3"
+# rclone as a user would run a fast bulk copy of a folder:
+# - the remote path ends in `/`: it names a folder, so rclone does not first HEAD `prefix` to see
+#   whether it is a file. s3s-fs answers that HEAD (a directory on its disk) with 500 instead of
+#   404, and rclone retried it with backoff for about 100 s: the fixed cost that looked like
+#   "75 ms per object" in earlier runs.
+# - 16 transfers and checkers, like our 16 downloads at once.
+# - --use-server-modtime: compare with the listed Last-Modified instead of a HEAD per object for
+#   rclone's mtime metadata (the re-run is then a listing plus a stat per file, like ours).
+# Not --fast-list: s3s-fs 0.14 takes rclone's empty `delimiter=` as a delimiter and lists nothing.
+rclone_s3=(rclone copy --transfers 16 --checkers 16 --use-server-modtime b:bench/prefix/ "$BENCH_DIR/peer-s3")
+measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
+[[ $(find "$BENCH_DIR/peer-s3" -type f | wc -l) -eq "$S3_OBJECTS" ]] || { echo "rclone copied the wrong number of objects" >&2; exit 1; }
+row "s3 prefix ($S3_SERVER)" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
 row "s3 unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
 
 # ---------- p4 export ----------

@@ -116,8 +116,8 @@ impl S3Layer {
         let ctx = &self.ctx;
         let what = format!("downloading `{}`", o.location);
         let r = self.store.get(&o.location).await.map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
-        let same = match &o.e_tag {
-            Some(e) => r.meta.e_tag.as_ref() == Some(e),
+        let same = match listed_etag(o) {
+            Some(e) => r.meta.e_tag.as_deref() == Some(e),
             // No ETag listed: size and (second-precision, as in HTTP headers) mtime must match.
             None => r.meta.size == o.size && r.meta.last_modified.timestamp() == o.last_modified.timestamp(),
         };
@@ -151,10 +151,16 @@ impl S3Layer {
     }
 }
 
-/// The ETag; stores that list no ETags (s3s-fs) get `size mtime` instead.
+/// The listed ETag, unless it is missing or empty: versitygw lists `<ETag></ETag>` for files put in
+/// its directory by hand and then sends no ETag with the object.
+fn listed_etag(o: &ObjectMeta) -> Option<&str> {
+    o.e_tag.as_deref().filter(|e| !e.is_empty())
+}
+
+/// The ETag; stores that list none (s3s-fs) or an empty one get `size mtime` instead.
 fn version(o: &ObjectMeta) -> String {
-    match &o.e_tag {
-        Some(e) => e.clone(),
+    match listed_etag(o) {
+        Some(e) => e.to_owned(),
         None => format!("size={},mtime={}", o.size, o.last_modified.timestamp_nanos_opt().unwrap_or_default()),
     }
 }
@@ -168,4 +174,27 @@ pub(crate) fn digest(objs: &[ObjectMeta]) -> String {
         h.update(l.as_bytes());
     }
     format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &str, e_tag: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            location: StorePath::from(key),
+            last_modified: Default::default(),
+            size: 3,
+            e_tag: e_tag.map(Into::into),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn empty_etags_count_as_missing() {
+        assert_eq!(version(&meta("a", Some("\"x\""))), "\"x\"");
+        assert_eq!(version(&meta("a", Some(""))), "size=3,mtime=0");
+        assert_eq!(version(&meta("a", Some(""))), version(&meta("a", None)));
+        assert_ne!(digest(&[meta("a", Some("1"))]), digest(&[meta("b", Some("1"))]));
+    }
 }
