@@ -421,3 +421,32 @@ async fn git_without_allow_filter_falls_back_to_libgit2() {
     assert_game_tree(&root.join("current"));
     assert!(cache_has(&root, &big), "libgit2 fetched the whole commit");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_http_partial_fetch_of_many_blobs_over_parallel_connections() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    let repo = Repo::init(&base, "many.git");
+    git(&repo.dir, &["config", "uploadpack.allowFilter", "true"]);
+    // Enough blobs for more than one connection; two files share content (one want).
+    for i in 0..1200 {
+        repo.write(&format!("game/d{}/f{i}", i % 7), &format!("content {i}\n"));
+    }
+    repo.write("game/same-a", "same").write("game/same-b", "same").write("other/x", "x");
+    let head = repo.commit("many");
+    let server = git_http(&base, "carol", "many-pw-123");
+    let secrets = t.path().join("secrets");
+    secret(&secrets, "auth", &[("username", "carol"), ("password", "many-pw-123")]);
+    let mut layer = git_layer(&format!("http://127.0.0.1:{}/many.git", server.port), "", Some("game"));
+    layer.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "auth".into() });
+    let root = t.path().join("root");
+    let (ok, log) = apply_bin(&root, Some(&secrets), &[layer]);
+    assert!(ok, "{log}");
+    assert!(log.contains(r#""via":"protocol v2""#) && log.contains(r#""blobs":1201"#), "{log}");
+    for i in 0..1200 {
+        assert_eq!(read(root.join(format!("current/d{}/f{i}", i % 7))), format!("content {i}\n"));
+    }
+    assert_eq!(read(root.join("current/same-b")), "same");
+    assert!(!root.join("current/x").exists());
+    assert!(read(root.join(".gamezone-state.json")).contains(&head));
+}

@@ -388,6 +388,11 @@ pub(crate) struct GitJob {
 /// Fetches what the layer needs of the pinned commit (unless cached) and writes its `subPath`
 /// into the staging tree.
 pub(crate) async fn apply(job: GitJob) -> Result<()> {
+    // libgit2 re-hashes every object it reads (SHA-1 with collision detection, the costliest
+    // step of writing a tree). Every object in the cache was hashed from its content when its
+    // pack was indexed, by us, so reading it back need not hash it again.
+    static NO_READ_REHASH: std::sync::Once = std::sync::Once::new();
+    NO_READ_REHASH.call_once(|| git2::opts::strict_hash_verification(false));
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || apply_blocking(&job, &rt))
         .await
@@ -487,18 +492,168 @@ fn apply_blocking(job: &GitJob, rt: &tokio::runtime::Handle) -> Result<()> {
         ))
     })?;
     let tree = commit.tree().map_err(|e| ctx.source(e.message().to_owned()))?;
-    if job.sub_path.is_empty() {
-        return write_tree(ctx, &repo, &tree, &job.dest, &job.writer);
+    let (root, mode) = if job.sub_path.is_empty() {
+        (tree.id(), 0o040000)
+    } else {
+        let entry =
+            tree.get_path(Path::new(&job.sub_path)).map_err(|_| sub_path_missing(ctx, &job.sub_path, &job.commit))?;
+        (entry.id(), entry.filemode())
+    };
+    drop((tree, commit));
+    write_layer(ctx, repo, root, mode, &job.dest, &job.writer)
+}
+
+/// Blob bytes one reader reads before it opens the cache repository afresh.
+const REOPEN_AFTER: u64 = 16 << 20;
+
+/// Reads objects from the cache. libgit2 keeps every pack window it has read mapped until the
+/// repository closes, so it is reopened every [`REOPEN_AFTER`] bytes: memory stays flat however
+/// much the layer writes.
+struct CacheReader {
+    dir: PathBuf,
+    repo: Repository,
+    read: u64,
+}
+
+impl CacheReader {
+    fn open(ctx: &Ctx, dir: &Path) -> Result<Self> {
+        let repo = Repository::open_bare(dir)
+            .map_err(|e| ctx.source(format!("open git cache {}: {}", dir.display(), e.message())))?;
+        Ok(CacheReader { dir: dir.to_owned(), repo, read: 0 })
     }
-    let entry =
-        tree.get_path(Path::new(&job.sub_path)).map_err(|_| sub_path_missing(ctx, &job.sub_path, &job.commit))?;
-    match entry.kind() {
-        Some(git2::ObjectType::Tree) => {
-            let sub = repo.find_tree(entry.id()).map_err(|e| ctx.source(e.message().to_owned()))?;
-            write_tree(ctx, &repo, &sub, &job.dest, &job.writer)
+
+    /// The entries of one tree as (name, id, mode), names checked to be plain.
+    fn entries(&self, ctx: &Ctx, tree: Oid, dest: &str) -> Result<Vec<(String, Oid, i32)>> {
+        let tree = self.repo.find_tree(tree).map_err(|e| ctx.source(e.message().to_owned()))?;
+        let mut out = Vec::with_capacity(tree.len());
+        for entry in tree.iter() {
+            let Some(name) = entry.name() else {
+                return Err(ctx.hostile(format!("a name below `{dest}` is not UTF-8")));
+            };
+            if paths::components(name).map_or(true, |c| c.len() != 1 || c[0] != name) {
+                return Err(
+                    ctx.hostile(format!("tree entry `{}` below `{dest}` is not a plain name", name.escape_debug()))
+                );
+            }
+            out.push((name.to_owned(), entry.id(), entry.filemode()));
         }
-        _ => write_entry(ctx, &repo, &entry, &job.dest, &job.writer),
+        Ok(out)
     }
+
+    fn with_blob<T>(&mut self, ctx: &Ctx, rel: &str, id: Oid, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        if self.read >= REOPEN_AFTER {
+            *self = CacheReader::open(ctx, &self.dir)?;
+        }
+        let blob =
+            self.repo.find_blob(id).map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())))?;
+        self.read += blob.size() as u64;
+        f(blob.content())
+    }
+}
+
+/// A file or symlink to write: its path in the staging tree, blob id and git mode.
+type BlobJob = (String, Oid, i32);
+
+/// Writes the entry `root` (a tree or a blob) at `dest`. One thread walks the trees and makes
+/// the directories; a few workers, each with its own reader, inflate and write the blobs.
+fn write_layer(ctx: &Ctx, repo: Repository, root: Oid, mode: i32, dest: &str, w: &TreeWriter) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, mpsc};
+
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let dir = repo.path().to_owned();
+    let walker = CacheReader { dir: dir.clone(), repo, read: 0 };
+    let (tx, rx) = mpsc::sync_channel::<BlobJob>(1024);
+    let rx = Mutex::new(rx);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let walked = std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut reader = match CacheReader::open(ctx, &dir) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        None
+                    }
+                };
+                // After a failure the worker keeps draining, so the walker never blocks on a full queue.
+                while let Ok((rel, id, mode)) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    let Some(r) = reader.as_mut().filter(|_| !failed.load(Ordering::Relaxed)) else { continue };
+                    if let Err(e) = write_blob(ctx, r, &rel, id, mode, w) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
+                }
+            });
+        }
+        let mut send = |job: BlobJob| {
+            // A worker failed: stop walking; its error is the one reported.
+            if failed.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            Ok(tx.send(job).is_ok())
+        };
+        let r = walk(ctx, &walker, root, mode, dest, w, &mut send);
+        drop(tx);
+        r
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    walked.map(|_| ())
+}
+
+/// Makes the directories below `root` and hands every blob to `send`; stops when it returns false.
+fn walk(
+    ctx: &Ctx,
+    r: &CacheReader,
+    id: Oid,
+    mode: i32,
+    rel: &str,
+    w: &TreeWriter,
+    send: &mut dyn FnMut(BlobJob) -> Result<bool>,
+) -> Result<bool> {
+    match mode {
+        0o040000 => {
+            w.ensure_dir(ctx, rel)?;
+            for (name, id, mode) in r.entries(ctx, id, rel)? {
+                if !walk(ctx, r, id, mode, &paths::join2(rel, &name), w, send)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        0o160000 => {
+            tracing::warn!(layer = ctx.layer, path = rel, "submodule left as an empty directory");
+            w.ensure_dir(ctx, rel).map(|()| true)
+        }
+        _ => send((rel.to_owned(), id, mode)),
+    }
+}
+
+fn write_blob(ctx: &Ctx, r: &mut CacheReader, rel: &str, id: Oid, mode: i32, w: &TreeWriter) -> Result<()> {
+    if mode == 0o120000 {
+        return r.with_blob(ctx, rel, id, |target| {
+            let target =
+                std::str::from_utf8(target).map_err(|_| ctx.hostile(format!("symlink `{rel}` target is not UTF-8")))?;
+            w.symlink(ctx, rel, target)
+        });
+    }
+    r.with_blob(ctx, rel, id, |content| write_file(ctx, w, rel, mode & 0o111 != 0, content))
+}
+
+/// Writes a blob already in memory (no copy through a read buffer).
+fn write_file(ctx: &Ctx, w: &TreeWriter, rel: &str, exec: bool, content: &[u8]) -> Result<()> {
+    w.add_bytes(ctx, content.len() as u64)?;
+    let p = w.prepare(ctx, rel)?;
+    let write = || -> std::io::Result<()> {
+        let mut f = crate::tree::create_file(&p, exec)?;
+        std::io::Write::write_all(&mut f, content)
+    };
+    write().map_err(|e| ctx.source(format!("cannot write `{rel}` in the staging tree: {e}")))?;
+    w.record_file(ctx, rel, exec, content.len() as u64, Sha256::digest(content).into())
 }
 
 /// Fetches the whole commit with depth 1 through libgit2 (no partial clone there).
@@ -519,44 +674,6 @@ fn libgit2_fetch(job: &GitJob, repo: &Repository) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_tree(ctx: &Ctx, repo: &Repository, tree: &git2::Tree<'_>, dest: &str, w: &TreeWriter) -> Result<()> {
-    w.ensure_dir(ctx, dest)?;
-    for entry in tree.iter() {
-        let Some(name) = entry.name() else {
-            return Err(ctx.hostile(format!("a name below `{dest}` is not UTF-8")));
-        };
-        if paths::components(name).map_or(true, |c| c.len() != 1 || c[0] != name) {
-            return Err(ctx.hostile(format!("tree entry `{}` below `{dest}` is not a plain name", name.escape_debug())));
-        }
-        write_entry(ctx, repo, &entry, &paths::join2(dest, name), w)?;
-    }
-    Ok(())
-}
-
-fn write_entry(ctx: &Ctx, repo: &Repository, entry: &git2::TreeEntry<'_>, rel: &str, w: &TreeWriter) -> Result<()> {
-    let blob = |id| repo.find_blob(id).map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())));
-    match entry.filemode() {
-        0o040000 => {
-            let sub = repo.find_tree(entry.id()).map_err(|e| ctx.source(e.message().to_owned()))?;
-            write_tree(ctx, repo, &sub, rel, w)
-        }
-        0o120000 => {
-            let b = blob(entry.id())?;
-            let target = std::str::from_utf8(b.content())
-                .map_err(|_| ctx.hostile(format!("symlink `{rel}` target is not UTF-8")))?;
-            w.symlink(ctx, rel, target)
-        }
-        0o160000 => {
-            tracing::warn!(layer = ctx.layer, path = rel, "submodule left as an empty directory");
-            w.ensure_dir(ctx, rel)
-        }
-        mode => {
-            let b = blob(entry.id())?;
-            w.write_reader(ctx, rel, mode & 0o111 != 0, &mut b.content()).map(|_| ())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -42,8 +42,15 @@ pub(crate) struct Fetched {
     pub pack_bytes: u64,
 }
 
+/// Connections that fetch blobs at once: the server packs, and this side indexes, each part on
+/// its own core.
+const PARALLEL: usize = 2;
+
+/// Fewest blobs worth a connection of their own.
+const MIN_PART: usize = 500;
+
 /// Where upload-pack is reached.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Endpoint {
     /// git:// on TCP.
     Daemon { host: String, port: u16, path: String, host_param: String },
@@ -361,6 +368,7 @@ impl Fetcher<'_> {
     fn fetch(&mut self, repo: &Repository, req: &FetchRequest) -> Step<FetchResponse> {
         let ctx = &self.job.ctx;
         let needs_filter = req.filter.is_some();
+        let started = std::time::Instant::now();
         retry::retry_blocking(&self.job.policy, "git fetch (protocol v2)", || {
             if self.session.is_none() {
                 match Session::open(ctx, &self.job.auth, &self.endpoint, self.rt)? {
@@ -384,6 +392,14 @@ impl Fetcher<'_> {
                         .commit()
                         .map_err(|e| ctx.source(format!("index the fetched pack in the git cache: {}", e.message())))?;
                     let _ = odb.refresh();
+                    tracing::debug!(
+                        layer = ctx.layer,
+                        wants = req.wants.len(),
+                        filter = needs_filter,
+                        pack_bytes = resp.pack_bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "protocol v2 fetch done"
+                    );
                     Ok(Ok(resp))
                 }
                 other => {
@@ -436,11 +452,10 @@ pub(crate) fn fetch(job: &GitJob, repo: &Repository, rt: &Handle, commit: Oid) -
         if batch.is_empty() {
             break;
         }
-        let req = FetchRequest { wants: batch.iter().map(Oid::to_string).collect(), ..Default::default() };
-        match f.fetch(repo, &req)? {
-            Ok(resp) => {
+        match fetch_parts(&mut f, repo, &batch)? {
+            Ok(bytes) => {
                 f.fetched.blobs += batch.len() as u64;
-                f.fetched.pack_bytes += resp.pack_bytes;
+                f.fetched.pack_bytes += bytes;
             }
             Err(fb) => return Ok(Err(fb)),
         }
@@ -452,6 +467,49 @@ pub(crate) fn fetch(job: &GitJob, repo: &Repository, rt: &Handle, commit: Oid) -
         return Ok(Err(Fallback("the server did not send every requested blob".into())));
     }
     Ok(Ok(f.fetched))
+}
+
+/// Fetches `blobs` in up to [`PARALLEL`] parts at once, each over its own connection into its
+/// own pack. Returns the pack bytes.
+fn fetch_parts(f: &mut Fetcher<'_>, repo: &Repository, blobs: &[Oid]) -> Step<u64> {
+    let parts = PARALLEL.min(blobs.len().div_ceil(MIN_PART)).max(1);
+    let chunks: Vec<&[Oid]> = blobs.chunks(blobs.len().div_ceil(parts)).collect();
+    let request = |c: &[Oid]| FetchRequest { wants: c.iter().map(Oid::to_string).collect(), ..Default::default() };
+    let (job, rt, endpoint, dir) = (f.job, f.rt, f.endpoint.clone(), repo.path().to_owned());
+    let results: Vec<Step<FetchResponse>> = std::thread::scope(|s| {
+        let others: Vec<_> = chunks[1..]
+            .iter()
+            .map(|c| {
+                let (endpoint, dir) = (endpoint.clone(), &dir);
+                s.spawn(move || {
+                    // HTTP clients need the runtime's context on this thread too.
+                    let _rt = rt.enter();
+                    let repo = Repository::open_bare(dir)
+                        .map_err(|e| job.ctx.source(format!("open the git cache: {}", e.message())))?;
+                    let mut other = Fetcher { job, rt, endpoint, session: None, fetched: Fetched::default() };
+                    other.fetch(&repo, &request(c))
+                })
+            })
+            .collect();
+        let mut results = vec![f.fetch(repo, &request(chunks[0]))];
+        for h in others {
+            results.push(h.join().unwrap_or_else(|_| Err(job.ctx.source("a git fetch thread panicked"))));
+        }
+        results
+    });
+    // Packs written through the other handles: make this one see them.
+    if let Ok(odb) = repo.odb() {
+        let _ = odb.refresh();
+    }
+    let mut bytes = 0;
+    let mut fallback = None;
+    for r in results {
+        match r? {
+            Ok(resp) => bytes += resp.pack_bytes,
+            Err(fb) => fallback = fallback.or(Some(fb)),
+        }
+    }
+    Ok(fallback.map_or(Ok(bytes), Err))
 }
 
 /// Adds the commits a depth-limited fetch cut off to the repository's `shallow` file (what
