@@ -18,7 +18,8 @@ use futures::{StreamExt, TryStreamExt};
 use gamezone::api::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -41,40 +42,42 @@ async fn namespace(client: &Client, name: &str) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
 }
 
-/// Counts Ready pods in `ns` until `want`; returns the time it took from `start`.
-async fn until_ready_pods(client: &Client, ns: &str, want: usize, start: Instant) -> Duration {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    loop {
-        let list = pods.list(&ListParams::default()).await.unwrap();
-        let ready = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        if ready >= want {
-            return start.elapsed();
+/// Waits until `want` objects in `ns` pass `ready`, watching (not polling lists, which would load
+/// the API server the run measures); returns the time it took from `start`.
+async fn until_ready<K>(client: &Client, ns: &str, want: usize, start: Instant, ready: fn(&K) -> bool) -> Duration
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut seen = std::collections::HashSet::new();
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.try_next().await.unwrap() {
+        if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = event
+            && ready(&obj)
+        {
+            seen.insert(obj.name_any());
+            if seen.len() >= want {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    start.elapsed()
 }
 
-/// Counts GameServers in state Ready in `ns` until `want`.
-async fn until_ready_servers(client: &Client, ns: &str, want: usize, start: Instant) -> Duration {
-    let servers: Api<GameServer> = Api::namespaced(client.clone(), ns);
-    loop {
-        let list = servers.list(&ListParams::default()).await.unwrap();
-        let ready =
-            list.items.iter().filter(|g| g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)).count();
-        if ready >= want {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn server_ready(g: &GameServer) -> bool {
+    g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -139,7 +142,7 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize)
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    until_ready_pods(client, ns, zones * instances, start).await
+    until_ready(client, ns, zones * instances, start, pod_ready).await
 }
 
 #[tokio::main]
@@ -205,7 +208,7 @@ async fn main() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    let op_time = until_ready_servers(&client, "bench-op", zones * instances + big, start).await;
+    let op_time = until_ready(&client, "bench-op", zones * instances + big, start, server_ready).await;
     let op_rss = peak_rss_mib(pid);
     let _ = op.kill();
     let _ = op.wait();

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -214,20 +214,16 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // One watch per kind, shared: both controllers hear of GameServers from the same stream, and
     // reconciles read pods, servers and Services from memory instead of asking the API server.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let (servers, server_writer) = reflector::store_shared::<GameServer>(SHARED_BUFFER);
-    let (pods, pod_writer) = reflector::store_shared::<Pod>(SHARED_BUFFER);
-    let (services, service_writer) = reflector::store_shared::<Service>(SHARED_BUFFER);
-    let streams = Streams {
-        servers_for_servers: server_writer.subscribe().expect("shared store"),
-        servers_for_zones: server_writer.subscribe().expect("shared store"),
-        pods: pod_writer.subscribe().expect("shared store"),
-        services: service_writer.subscribe().expect("shared store"),
-    };
-    let shared_watches = futures::future::join3(
-        drive(scoped::<GameServer>(&client, &config.namespace), watcher::Config::default(), server_writer),
-        drive(scoped::<Pod>(&client, &config.namespace), owned.clone(), pod_writer),
-        drive(scoped::<Service>(&client, &config.namespace), owned, service_writer),
-    );
+    let (servers, server_watch, mut server_triggers) =
+        shared_watch(scoped::<GameServer>(&client, &config.namespace), watcher::Config::default(), 2);
+    let (pods, pod_watch, mut pod_triggers) = shared_watch(scoped::<Pod>(&client, &config.namespace), owned.clone(), 1);
+    let (services, service_watch, mut service_triggers) =
+        shared_watch(scoped::<Service>(&client, &config.namespace), owned, 1);
+    let shared_watches = futures::future::join3(server_watch, pod_watch, service_watch);
+    let (servers_for_zones, servers_for_servers) =
+        (server_triggers.pop().expect("two"), server_triggers.pop().expect("two"));
+    let (pods_for_servers, services_for_zones) =
+        (pod_triggers.pop().expect("one"), service_triggers.pop().expect("one"));
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -267,8 +263,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     ready.store(true, Ordering::SeqCst);
     tracing::info!("controllers starting");
     tokio::select! {
-        _ = zone::run(ctx.clone(), streams.servers_for_zones, streams.services) => {},
-        _ = server::run(ctx.clone(), streams.servers_for_servers, streams.pods) => {},
+        _ = zone::run(ctx.clone(), servers_for_zones, services_for_zones) => {},
+        _ = server::run(ctx.clone(), servers_for_servers, pods_for_servers) => {},
         _ = shared_watches => {},
         _ = node_watch => {},
         r = http => { r??; }
@@ -279,32 +275,34 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Events a shared watch may hold for a slow subscriber before it waits.
-const SHARED_BUFFER: usize = 4096;
+/// Changes of one kind, as a controller takes them: every object added, changed or deleted.
+pub type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<std::result::Result<K, watcher::Error>>;
 
-/// Subscriptions to the shared watches.
-struct Streams {
-    servers_for_servers: ReflectHandle<GameServer>,
-    servers_for_zones: ReflectHandle<GameServer>,
-    pods: ReflectHandle<Pod>,
-    services: ReflectHandle<Service>,
-}
-
-/// Runs a shared watch of `api`, feeding `writer`'s store and subscribers, until shutdown.
-async fn drive<K>(api: Api<K>, cfg: watcher::Config, writer: reflector::store::Writer<K>)
+/// One watch of `api` shared by `n` controllers: a store to read from, the future that runs the
+/// watch, and one stream of changed objects (deletions included) per controller.
+fn shared_watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    n: usize,
+) -> (Store<K>, impl std::future::Future<Output = ()>, Vec<Triggers<K>>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    watcher(api, cfg)
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying");
+    let (store, writer) = reflector::store();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| futures::channel::mpsc::unbounded()).unzip();
+    let run = watcher(api, cfg).default_backoff().reflect(writer).touched_objects().for_each(move |event| {
+        match event {
+            Ok(obj) => {
+                for tx in &senders {
+                    // A controller that stopped is going down with the process.
+                    let _ = tx.unbounded_send(Ok(obj.clone()));
+                }
             }
-            futures::future::ready(())
-        })
-        .await;
+            Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    (store, run, receivers)
 }
 
 /// Requeue delay after an error: user errors wait for a change, others back off briefly.

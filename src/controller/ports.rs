@@ -214,4 +214,51 @@ mod tests {
         assert_eq!(status[2].host_port, Some(7500));
         assert_eq!(allocations_of(&status), got, "status round-trips for the rebuild");
     }
+
+    #[test]
+    fn rebuild_takes_ports_from_status_or_else_from_the_topology() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let spec: Vec<GamePort> =
+            serde_json::from_value(serde_json::json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]))
+                .unwrap();
+        let server = |name: &str, reported: Option<u16>| {
+            let mut gs: GameServer = serde_json::from_value(serde_json::json!({
+                "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"zone": "z", "type": "game", "id": 1, "ports": spec, "template": {}}
+            }))
+            .unwrap();
+            if let Some(port) = reported {
+                let mut a = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
+                a.node_added("n1");
+                let mut held = a.allocate("x", &requests(&spec)).unwrap();
+                held[0].host_port = Some(port);
+                gs.status = Some(crate::api::GameServerStatus { ports: status_of(&held), ..Default::default() });
+            }
+            gs
+        };
+        let listed_port = |port: u16| {
+            let mut a = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
+            a.node_added("n1");
+            let mut held = a.allocate("x", &requests(&spec)).unwrap();
+            held[0].host_port = Some(port);
+            status_of(&held)
+        };
+        // a: in status; b: only in the topology (its status not written yet); c: nowhere.
+        let servers = [server("a", Some(7003)), server("b", None), server("c", None)];
+        let listed = HashMap::from([("ns/b".to_string(), listed_port(7005)), ("ns/a".to_string(), listed_port(7009))]);
+        let mut alloc = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
+        rebuild(&mut alloc, &[node], &servers, &listed, false);
+        let port_of = |key: &str| alloc.allocation(key).map(|a| a[0].host_port);
+        assert_eq!(port_of("ns/a"), Some(Some(7003)), "status wins over the topology");
+        assert_eq!(port_of("ns/b"), Some(Some(7005)), "the topology stands in for a status not yet written");
+        assert_eq!(port_of("ns/c"), None);
+        // What was restored is not handed out again.
+        let next = alloc.allocate("ns/d", &requests(&spec)).unwrap();
+        assert!(![7003, 7005].contains(&next[0].host_port.unwrap()));
+    }
 }

@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::conditions;
 use super::ports::{defer_passthrough, requests, server_key, status_of};
-use super::{Context, apply, apply_status, key, requeue_after};
+use super::{Context, Triggers, apply, apply_status, key, requeue_after};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
 use crate::webhook::patch::{Deferred, final_ports, mark_pod};
@@ -21,13 +22,15 @@ use crate::zone::{server_template_hash, topology_name, topology_ports};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "server";
+/// How long a new pod's routine steps (scheduling, starting) go unreported.
+const START_QUIET: Duration = Duration::from_secs(5);
 /// Finalizer releasing a GameServer's host ports.
 pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 
 /// Runs the server controller until shutdown, fed by the shared GameServer and Pod watches.
-pub async fn run(ctx: Arc<Context>, servers: ReflectHandle<GameServer>, pods: ReflectHandle<Pod>) {
-    Controller::for_shared_stream(servers, ctx.servers.clone())
-        .owns_shared_stream(pods)
+pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Triggers<Pod>) {
+    Controller::for_stream(servers, ctx.servers.clone())
+        .owns_stream(pods)
         // A new pod's first steps (scheduled, started, ready) come in quick succession; one
         // reconcile after they settle writes one status instead of one per step.
         .with_config(
@@ -247,6 +250,16 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         _ => (ServerState::Starting, None),
     };
+    // A pod that comes up within START_QUIET gets one status write, when it is Ready; one that
+    // takes longer shows each step, and a scheduling failure shows at once.
+    if matches!(state, ServerState::Scheduling | ServerState::Starting) && message.is_none() {
+        let age = pod.metadata.creation_timestamp.as_ref().map(|t| Timestamp::now().duration_since(t.0));
+        if let Some(left) = age.and_then(|a| START_QUIET.checked_sub(a.unsigned_abs()))
+            && !left.is_zero()
+        {
+            return Ok((Action::requeue(left), false));
+        }
+    }
     status.state = Some(state);
     status.message = message;
     conditions::set(

@@ -14,12 +14,11 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::watcher;
 
 use super::conditions::{self, types};
 use super::server::SERVER_FINALIZER;
-use super::{Context, ZONE_FINALIZER, applied_key, apply, apply_status, key, requeue_after, scoped};
+use super::{Context, Triggers, ZONE_FINALIZER, applied_key, apply, apply_status, key, requeue_after, scoped};
 use crate::api::*;
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
@@ -28,13 +27,13 @@ const CONTROLLER: &str = "zone";
 
 /// Runs the zone controller until shutdown, hearing of its servers and Services from the shared
 /// watches.
-pub async fn run(ctx: Arc<Context>, servers: ReflectHandle<GameServer>, services: ReflectHandle<Service>) {
+pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Triggers<Service>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     Controller::new(scoped::<GameZone>(client, ns), watcher::Config::default())
-        .owns_shared_stream(servers)
-        .owns_shared_stream(services)
+        .owns_stream(servers)
+        .owns_stream(services)
         .owns(scoped::<Job>(client, ns), owned)
         // A zone hears of every status change of each of its servers; coalesce bursts of them.
         .with_config(
@@ -93,10 +92,29 @@ async fn reconcile_apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
     };
     publish_changes(zone, ctx, &before, &status).await;
     if status != before {
+        // While servers come up one by one, counts are written at most every COUNTS_EVERY; any
+        // other change (phase, a condition's status or reason) at once.
+        let key = format!("GameZoneStatus/{}", key(zone));
+        if only_counts_changed(&before, &status) && ctx.applied.recent(&key, "", COUNTS_EVERY) {
+            return Ok(Action::requeue(COUNTS_EVERY));
+        }
         let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
         apply_status(&api, &zone.name_any(), serde_json::to_value(&status)?).await?;
+        ctx.applied.record(key, String::new());
     }
     Ok(action)
+}
+
+/// How often a zone's status is written when only its counts and messages move.
+const COUNTS_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether `after` differs from `before` only in counts and messages.
+fn only_counts_changed(before: &GameZoneStatus, after: &GameZoneStatus) -> bool {
+    fn shape(s: &GameZoneStatus) -> impl PartialEq + '_ {
+        let conditions: Vec<_> = s.conditions.iter().map(|c| (&c.type_, &c.status, &c.reason)).collect();
+        (s.phase, s.observed_generation, conditions, &s.artifacts, &s.migration, s.desired_servers)
+    }
+    shape(before) == shape(after)
 }
 
 /// One Event per condition that changed, so `kubectl describe gz` tells the story.
