@@ -503,8 +503,8 @@ fn apply_blocking(job: &GitJob, rt: &tokio::runtime::Handle) -> Result<()> {
     write_layer(ctx, repo, root, mode, &job.dest, &job.writer)
 }
 
-/// Blob bytes one reader reads before it opens the cache repository afresh.
-const REOPEN_AFTER: u64 = 16 << 20;
+/// Blob bytes read before the cache repository is opened afresh.
+const REOPEN_AFTER: u64 = 32 << 20;
 
 /// Reads objects from the cache. libgit2 keeps every pack window it has read mapped until the
 /// repository closes, so it is reopened every [`REOPEN_AFTER`] bytes: memory stays flat however
@@ -516,12 +516,6 @@ struct CacheReader {
 }
 
 impl CacheReader {
-    fn open(ctx: &Ctx, dir: &Path) -> Result<Self> {
-        let repo = Repository::open_bare(dir)
-            .map_err(|e| ctx.source(format!("open git cache {}: {}", dir.display(), e.message())))?;
-        Ok(CacheReader { dir: dir.to_owned(), repo, read: 0 })
-    }
-
     /// The entries of one tree as (name, id, mode), names checked to be plain.
     fn entries(&self, ctx: &Ctx, tree: Oid, dest: &str) -> Result<Vec<(String, Oid, i32)>> {
         let tree = self.repo.find_tree(tree).map_err(|e| ctx.source(e.message().to_owned()))?;
@@ -542,7 +536,9 @@ impl CacheReader {
 
     fn with_blob<T>(&mut self, ctx: &Ctx, rel: &str, id: Oid, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
         if self.read >= REOPEN_AFTER {
-            *self = CacheReader::open(ctx, &self.dir)?;
+            self.repo = Repository::open_bare(&self.dir)
+                .map_err(|e| ctx.source(format!("reopen git cache {}: {}", self.dir.display(), e.message())))?;
+            self.read = 0;
         }
         let blob =
             self.repo.find_blob(id).map_err(|e| ctx.source(format!("read blob for `{rel}`: {}", e.message())))?;
@@ -551,85 +547,29 @@ impl CacheReader {
     }
 }
 
-/// A file or symlink to write: its path in the staging tree, blob id and git mode.
-type BlobJob = (String, Oid, i32);
-
-/// Writes the entry `root` (a tree or a blob) at `dest`. One thread walks the trees and makes
-/// the directories; a few workers, each with its own reader, inflate and write the blobs.
+/// Writes the entry `root` (a tree or a blob) at `dest`, one blob at a time through one reader:
+/// libgit2 shares a pack between every open handle, so a second reader would keep the first
+/// one's pack mappings alive and memory would grow with the layer.
 fn write_layer(ctx: &Ctx, repo: Repository, root: Oid, mode: i32, dest: &str, w: &TreeWriter) -> Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Mutex, mpsc};
-
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let dir = repo.path().to_owned();
-    let walker = CacheReader { dir: dir.clone(), repo, read: 0 };
-    let (tx, rx) = mpsc::sync_channel::<BlobJob>(1024);
-    let rx = Mutex::new(rx);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let walked = std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                let mut reader = match CacheReader::open(ctx, &dir) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                        None
-                    }
-                };
-                // After a failure the worker keeps draining, so the walker never blocks on a full queue.
-                while let Ok((rel, id, mode)) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                    let Some(r) = reader.as_mut().filter(|_| !failed.load(Ordering::Relaxed)) else { continue };
-                    if let Err(e) = write_blob(ctx, r, &rel, id, mode, w) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                    }
-                }
-            });
-        }
-        let mut send = |job: BlobJob| {
-            // A worker failed: stop walking; its error is the one reported.
-            if failed.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            Ok(tx.send(job).is_ok())
-        };
-        let r = walk(ctx, &walker, root, mode, dest, w, &mut send);
-        drop(tx);
-        r
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    walked.map(|_| ())
+    let mut r = CacheReader { dir: repo.path().to_owned(), repo, read: 0 };
+    walk(ctx, &mut r, root, mode, dest, w)
 }
 
-/// Makes the directories below `root` and hands every blob to `send`; stops when it returns false.
-fn walk(
-    ctx: &Ctx,
-    r: &CacheReader,
-    id: Oid,
-    mode: i32,
-    rel: &str,
-    w: &TreeWriter,
-    send: &mut dyn FnMut(BlobJob) -> Result<bool>,
-) -> Result<bool> {
+/// Makes the directories below `id` and writes its blobs.
+fn walk(ctx: &Ctx, r: &mut CacheReader, id: Oid, mode: i32, rel: &str, w: &TreeWriter) -> Result<()> {
     match mode {
         0o040000 => {
             w.ensure_dir(ctx, rel)?;
             for (name, id, mode) in r.entries(ctx, id, rel)? {
-                if !walk(ctx, r, id, mode, &paths::join2(rel, &name), w, send)? {
-                    return Ok(false);
-                }
+                walk(ctx, r, id, mode, &paths::join2(rel, &name), w)?;
             }
-            Ok(true)
+            Ok(())
         }
         0o160000 => {
             tracing::warn!(layer = ctx.layer, path = rel, "submodule left as an empty directory");
-            w.ensure_dir(ctx, rel).map(|()| true)
+            w.ensure_dir(ctx, rel)
         }
-        _ => send((rel.to_owned(), id, mode)),
+        _ => write_blob(ctx, r, rel, id, mode, w),
     }
 }
 
