@@ -150,6 +150,18 @@ where
     Ok(())
 }
 
+/// Deletes `name`; one already gone is fine (the watch this process reads may lag behind).
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Api for `K` in the configured scope.
 pub fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
@@ -199,13 +211,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")))
         .await?
         .items;
-    let listed: HashMap<String, Vec<PortStatus>> = topologies
-        .iter()
-        .flat_map(|cm| {
-            let ns = cm.namespace().unwrap_or_default();
-            crate::zone::topology_ports(cm).into_iter().map(move |(name, ports)| (format!("{ns}/{name}"), ports))
-        })
-        .collect();
+    let listed: HashMap<String, Vec<PortStatus>> = topologies.iter().flat_map(ports::listed_in).collect();
     let deferred = config.feature_gates.autopilot_passthrough_port;
     ports::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
     metrics.ports(&allocator.usage());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
 
 use crate::api::{GamePort, GameServer, PortPolicy, PortProtocol, PortStatus};
@@ -16,7 +16,18 @@ pub type SharedAllocator = Mutex<PortAllocator>;
 
 /// Allocator key of a GameServer.
 pub fn server_key(gs: &GameServer) -> String {
-    format!("{}/{}", gs.namespace().unwrap_or_default(), gs.name_any())
+    key_of(&gs.namespace().unwrap_or_default(), &gs.name_any())
+}
+
+/// Allocator key of the GameServer `name` in `namespace`.
+pub fn key_of(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The ports a zone's topology ConfigMap lists, by server key.
+pub fn listed_in(topology: &ConfigMap) -> impl Iterator<Item = (String, Vec<PortStatus>)> {
+    let ns = topology.namespace().unwrap_or_default();
+    crate::zone::topology_ports(topology).into_iter().map(move |(name, ports)| (key_of(&ns, &name), ports))
 }
 
 fn to_policy(p: PortPolicy) -> ports::PortPolicy {
@@ -225,6 +236,14 @@ mod tests {
         let spec: Vec<GamePort> =
             serde_json::from_value(serde_json::json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]))
                 .unwrap();
+        // The status entries of the one Dynamic port held at `port`.
+        let held_at = |port: u16| {
+            let mut a = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
+            a.node_added("n1");
+            let mut held = a.allocate("x", &requests(&spec)).unwrap();
+            held[0].host_port = Some(port);
+            status_of(&held)
+        };
         let server = |name: &str, reported: Option<u16>| {
             let mut gs: GameServer = serde_json::from_value(serde_json::json!({
                 "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
@@ -232,25 +251,12 @@ mod tests {
                 "spec": {"zone": "z", "type": "game", "id": 1, "ports": spec, "template": {}}
             }))
             .unwrap();
-            if let Some(port) = reported {
-                let mut a = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
-                a.node_added("n1");
-                let mut held = a.allocate("x", &requests(&spec)).unwrap();
-                held[0].host_port = Some(port);
-                gs.status = Some(crate::api::GameServerStatus { ports: status_of(&held), ..Default::default() });
-            }
+            gs.status = reported.map(|p| crate::api::GameServerStatus { ports: held_at(p), ..Default::default() });
             gs
-        };
-        let listed_port = |port: u16| {
-            let mut a = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
-            a.node_added("n1");
-            let mut held = a.allocate("x", &requests(&spec)).unwrap();
-            held[0].host_port = Some(port);
-            status_of(&held)
         };
         // a: in status; b: only in the topology (its status not written yet); c: nowhere.
         let servers = [server("a", Some(7003)), server("b", None), server("c", None)];
-        let listed = HashMap::from([("ns/b".to_string(), listed_port(7005)), ("ns/a".to_string(), listed_port(7009))]);
+        let listed = HashMap::from([("ns/b".to_string(), held_at(7005)), ("ns/a".to_string(), held_at(7009))]);
         let mut alloc = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
         rebuild(&mut alloc, &[node], &servers, &listed, false);
         let port_of = |key: &str| alloc.allocation(key).map(|a| a[0].host_port);

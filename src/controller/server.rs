@@ -6,19 +6,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::conditions;
-use super::ports::{defer_passthrough, requests, server_key, status_of};
-use super::{Context, Triggers, apply, apply_status, key, requeue_after};
+use super::ports::{defer_passthrough, listed_in, requests, server_key, status_of};
+use super::{Context, Triggers, apply, apply_status, delete_if_present, key, requeue_after};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
 use crate::webhook::patch::{Deferred, final_ports, mark_pod};
-use crate::zone::{server_template_hash, topology_name, topology_ports};
+use crate::zone::{server_template_hash, topology_name};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "server";
@@ -177,14 +177,14 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         Some(p) if p.annotations().get(TEMPLATE_HASH_ANNOTATION) != Some(&hash) => {
-            delete_pod(&pods, &name).await?;
+            delete_if_present(&pods, &name).await?;
             status.state = Some(ServerState::Updating);
             status.message = Some("replacing the pod with one from the new template".into());
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         Some(p) if matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) => {
             let why = p.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
-            delete_pod(&pods, &name).await?;
+            delete_if_present(&pods, &name).await?;
             status.state = Some(ServerState::Unhealthy);
             status.message = Some(format!("pod ended ({why}); making a new one"));
             return Ok((Action::requeue(Duration::from_secs(1)), true));
@@ -275,15 +275,6 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     Ok((next, true))
 }
 
-/// Deletes a pod; one already gone is fine (the watch may not have caught up).
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
-    match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether the zone's topology lists `ports` for this server: known in memory when this process
 /// wrote the topology, read from the ConfigMap otherwise (after a restart, or a zone handled
 /// elsewhere).
@@ -296,9 +287,7 @@ async fn ports_listed(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> R
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(cm) = api.get_opt(&topology_name(&gs.spec.zone)).await? else { return Ok(false) };
     let mut listed = ctx.listed.lock().expect("listed lock");
-    for (name, p) in topology_ports(&cm) {
-        listed.insert(format!("{ns}/{name}"), p);
-    }
+    listed.extend(listed_in(&cm));
     Ok(listed.get(&key).map(Vec::as_slice) == Some(ports))
 }
 

@@ -17,8 +17,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 
 use super::conditions::{self, types};
+use super::ports::{key_of, server_key, status_of};
 use super::server::SERVER_FINALIZER;
-use super::{Context, Triggers, ZONE_FINALIZER, applied_key, apply, apply_status, key, requeue_after, scoped};
+use super::{
+    Context, Triggers, ZONE_FINALIZER, applied_key, apply, apply_status, delete_if_present, key, requeue_after, scoped,
+};
 use crate::api::*;
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
@@ -170,12 +173,10 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     // ports are listed before its pod exists; then Services.
     let servers = build::game_servers(zone, &pins, cfg)?;
     let desired: BTreeSet<String> = servers.iter().map(|s| s.name_any()).collect();
-    let existing: Vec<Arc<GameServer>> = ctx
-        .servers
-        .state()
-        .into_iter()
-        .filter(|g| g.namespace().as_deref() == Some(ns.as_str()) && g.labels().get(ZONE_LABEL) == Some(&name))
-        .collect();
+    let ours = |labels: &BTreeMap<String, String>, namespace: Option<String>| {
+        namespace.as_deref() == Some(ns.as_str()) && labels.get(ZONE_LABEL) == Some(&name)
+    };
+    let existing = ctx.servers.state_filter(|g| ours(g.labels(), g.namespace()));
     let by_name: BTreeMap<String, &GameServer> = existing.iter().map(|g| (g.name_any(), g.as_ref())).collect();
     let mut ports: BTreeMap<String, Vec<PortStatus>> = BTreeMap::new();
     for gs in &servers {
@@ -186,7 +187,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
                 ports.insert(gs.name_any(), reported.unwrap_or_default());
             }
             Ok((allocations, _)) => {
-                ports.insert(gs.name_any(), super::ports::status_of(&allocations));
+                ports.insert(gs.name_any(), status_of(&allocations));
             }
             // The server reports why; the topology lists it without ports until it has them.
             Err(_) => {}
@@ -199,7 +200,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     {
         let mut listed = ctx.listed.lock().expect("listed lock");
         for (server, p) in ports {
-            listed.insert(format!("{ns}/{server}"), p);
+            listed.insert(key_of(&ns, &server), p);
         }
     }
 
@@ -207,23 +208,24 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
     // The watch may not show this process's last writes yet: what was applied moments ago is
     // not applied again.
-    let stale: Vec<GameServer> = servers
+    let stale: Vec<(GameServer, String)> = servers
         .iter()
-        .filter(|want| {
+        .filter_map(|want| {
             let live = by_name.get(&want.name_any());
             if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
-                return false;
+                return None;
             }
             let wanted = serde_json::json!({"spec": want.spec, "labels": want.metadata.labels});
             let current = live.map(|l| serde_json::json!({"spec": l.spec, "labels": l.metadata.labels}));
-            current.as_ref() != Some(&wanted) && !ctx.applied.recent(&applied_key(*want), &hash_of(&wanted), WATCH_LAG)
+            let hash = hash_of(&wanted);
+            let changed =
+                current.as_ref() != Some(&wanted) && !ctx.applied.recent(&applied_key(want), &hash, WATCH_LAG);
+            changed.then(|| (want.clone(), hash))
         })
-        .cloned()
         .collect();
     futures::stream::iter(stale)
-        .map(|mut gs| {
+        .map(|(mut gs, wanted)| {
             let api = gs_api.clone();
-            let wanted = hash_of(&serde_json::json!({"spec": gs.spec, "labels": gs.metadata.labels}));
             // The server controller's finalizer comes with the object: one write, not two.
             gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
             async move {
@@ -246,13 +248,8 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let services = build::services(zone);
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
-    let live_services: Vec<Service> = ctx
-        .services
-        .state()
-        .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.labels().get(ZONE_LABEL) == Some(&name))
-        .map(|s| Service::clone(&s))
-        .collect();
+    let live_services: Vec<Service> =
+        ctx.services.state_filter(|s| ours(s.labels(), s.namespace())).iter().map(|s| Service::clone(s)).collect();
     let live: BTreeSet<String> = live_services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
         let fresh_for = if live.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
@@ -260,12 +257,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     }
     for svc in &live_services {
         if !wanted.contains(&svc.name_any()) && svc.metadata.deletion_timestamp.is_none() {
-            match svc_api.delete(&svc.name_any(), &DeleteParams::default()).await {
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                other => {
-                    other?;
-                }
-            }
+            delete_if_present(&svc_api, &svc.name_any()).await?;
         }
     }
     if let Some(claim) = build::artifacts_claim(zone) {
@@ -310,10 +302,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         conditions::set(&mut status.conditions, types::READY, false, "Deploying", msg, generation);
         status.phase = Some(ZonePhase::Deploying);
     }
-    ctx.metrics
-        .managed
-        .get_or_create(&super::metrics::KindLabels { kind: "GameServer" })
-        .set(ctx.servers.state().len() as i64);
+    ctx.metrics.managed.get_or_create(&super::metrics::KindLabels { kind: "GameServer" }).set(ctx.servers.len() as i64);
     let requeue = if all_ready { interval.unwrap_or(Duration::from_secs(600)) } else { Duration::from_secs(30) };
     Ok(Action::requeue(requeue))
 }
@@ -641,8 +630,9 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
         let mut alloc = ctx.ports.lock().expect("allocator lock");
         for gs in &servers {
             ctx.applied.forget(&applied_key(gs));
-            listed.remove(&super::ports::server_key(gs));
-            alloc.release(&super::ports::server_key(gs));
+            let key = server_key(gs);
+            listed.remove(&key);
+            alloc.release(&key);
         }
         ctx.metrics.ports(&alloc.usage());
     }
