@@ -6,7 +6,8 @@
 //!    ConfigMaps) as fast as it can against the same control plane.
 //! 3. The operator's peak memory.
 //!
-//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES.
+//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES;
+//! the operator's log goes to the file GAMEZONE_BENCH_LOG at GAMEZONE_BENCH_LOG_LEVEL (`warn`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -78,6 +79,21 @@ fn pod_ready(p: &Pod) -> bool {
 
 fn server_ready(g: &GameServer) -> bool {
     g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
+}
+
+/// CPU seconds (user + system) `pid` has used so far; 0 once it is gone.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// CPU seconds used so far by each process of `procs`.
+fn cpu_of(procs: &[(String, u32)]) -> Vec<f64> {
+    procs.iter().map(|(_, pid)| cpu_secs(*pid)).collect()
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -176,13 +192,21 @@ async fn main() {
         ])
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("GAMEZONE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("GAMEZONE_BENCH_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create GAMEZONE_BENCH_LOG")),
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("start the operator");
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Where the CPU goes in each phase: the control plane's processes, the operator, this process
+    // (the plain client and the Ready counting).
+    let mut procs = cluster.processes();
+    procs.push(("gamezone".into(), pid));
+    procs.push(("bench".into(), std::process::id()));
 
     // 1. One big zone.
     let zapi: Api<GameZone> = Api::namespaced(client.clone(), "bench-op");
@@ -198,6 +222,8 @@ async fn main() {
     let big_time = start.elapsed();
 
     // 2. Many zones, operator then plain client, on the same control plane.
+    let cpu_start = cpu_of(&procs);
+    eprintln!("operator: creating {zones} zones of {instances} instances");
     let start = Instant::now();
     futures::stream::iter(0..zones)
         .map(|z| {
@@ -210,9 +236,13 @@ async fn main() {
         .unwrap();
     let op_time = until_ready(&client, "bench-op", zones * instances + big, start, server_ready).await;
     let op_rss = peak_rss_mib(pid);
+    let cpu_op = cpu_of(&procs);
     let _ = op.kill();
     let _ = op.wait();
+    let cpu_plain_start = cpu_of(&procs);
+    eprintln!("operator: done in {:.1} s; plain client: creating the same objects", op_time.as_secs_f64());
     let plain_time = plain_client(&client, "bench-plain", zones, instances).await;
+    let cpu_plain = cpu_of(&procs);
 
     let n = (zones * instances) as f64;
     let op_rate = n / op_time.as_secs_f64();
@@ -223,4 +253,14 @@ async fn main() {
     println!("  plain client: {:>8.1} instances Ready/s ({:.1} s)", plain_rate, plain_time.as_secs_f64());
     println!("  ratio operator/plain: {:.2} (goal >= 0.70)", op_rate / plain_rate);
     println!("operator peak RSS: {op_rss:.1} MiB");
+    println!("CPU seconds per 1000 instances:  {:>8} {:>8}", "operator", "plain");
+    let per_k = 1000.0 / n;
+    let (mut total_op, mut total_plain) = (0.0, 0.0);
+    for (i, (name, _)) in procs.iter().enumerate() {
+        let o = (cpu_op[i] - cpu_start[i]) * per_k;
+        let p = if name == "gamezone" { 0.0 } else { (cpu_plain[i] - cpu_plain_start[i]) * per_k };
+        (total_op, total_plain) = (total_op + o, total_plain + p);
+        println!("  {name:<28} {o:>8.1} {p:>8.1}");
+    }
+    println!("  {:<28} {total_op:>8.1} {total_plain:>8.1}", "total");
 }

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ports;
 mod server;
+pub mod written;
 mod zone;
 
 use std::collections::HashMap;
@@ -30,6 +31,9 @@ use crate::zone::BuildConfig;
 use crate::{Error, Result};
 
 pub use metrics::Metrics;
+
+/// Progress-only status writes per second, across all zones and servers.
+const ROUTINE_WRITES_PER_SECOND: f64 = 10.0;
 
 /// Finalizer the zone controller puts on every GameZone.
 pub const ZONE_FINALIZER: &str = "gamezone.dev/cleanup";
@@ -76,34 +80,17 @@ pub struct Context {
     /// Services the operator made, from the zone controller's watch.
     pub services: Store<Service>,
     /// What this process applied, so unchanged children are not written again.
-    pub applied: Applied,
+    pub applied: written::Applied,
+    /// The GameServer statuses this process wrote, until the watch shows them.
+    pub server_status: written::Statuses<crate::api::GameServerStatus>,
+    /// The GameZone statuses this process wrote, until the watch shows them.
+    pub zone_status: written::Statuses<crate::api::GameZoneStatus>,
+    /// Status writes that only report progress (a zone's counts, a server's step), shared by
+    /// every object: with hundreds of zones coming up at once, each one reports less often.
+    pub routine_writes: written::Budget,
     /// The ports each zone's topology ConfigMap lists per server (`namespace/name`), as this
     /// process last wrote them: a server's pod starts only once its ports are listed.
     pub listed: std::sync::Mutex<HashMap<String, Vec<PortStatus>>>,
-}
-
-/// Content hashes of the child objects this process applied, by `kind/namespace/name`, with
-/// when. A zone is reconciled on every change of its servers' status; writing unchanged
-/// children each time would multiply the API calls for nothing.
-#[derive(Default)]
-pub struct Applied(std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>);
-
-impl Applied {
-    /// Whether `hash` is what was applied to `key` less than `within` ago.
-    pub fn recent(&self, key: &str, hash: &str, within: Duration) -> bool {
-        let map = self.0.lock().expect("applied cache lock");
-        map.get(key).is_some_and(|(h, at)| h == hash && at.elapsed() < within)
-    }
-
-    /// Records that `hash` was applied to `key` now.
-    pub fn record(&self, key: String, hash: String) {
-        self.0.lock().expect("applied cache lock").insert(key, (hash, std::time::Instant::now()));
-    }
-
-    /// Forgets `key`.
-    pub fn forget(&self, key: &str) {
-        self.0.lock().expect("applied cache lock").remove(key);
-    }
 }
 
 /// Cache key of a child object.
@@ -136,8 +123,9 @@ where
     Ok(api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?)
 }
 
-/// Server-side applies a status with the operator's field manager.
-pub async fn apply_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<()>
+/// Server-side applies a status with the operator's field manager; returns the object's new
+/// resourceVersion.
+pub async fn apply_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<Option<String>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -146,8 +134,8 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
-    Ok(())
+    let written = api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(written.meta().resource_version.clone())
 }
 
 /// Deletes `name`; one already gone is fine (the watch this process reads may lag behind).
@@ -242,6 +230,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         pods,
         services,
         applied: Default::default(),
+        server_status: Default::default(),
+        zone_status: Default::default(),
+        routine_writes: written::Budget::new(ROUTINE_WRITES_PER_SECOND),
         listed: std::sync::Mutex::new(listed),
     });
     let node_ctx = ctx.clone();

@@ -24,6 +24,8 @@ use crate::{Error, Result};
 const CONTROLLER: &str = "server";
 /// How long a new pod's routine steps (scheduling, starting) go unreported.
 const START_QUIET: Duration = Duration::from_secs(5);
+/// When a step the routine write budget held back is tried again.
+const ROUTINE_RETRY: Duration = Duration::from_secs(2);
 /// Finalizer releasing a GameServer's host ports.
 pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 
@@ -64,6 +66,7 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
                 let mut alloc = ctx.ports.lock().expect("allocator lock");
                 alloc.release(&server_key(&gs));
                 ctx.metrics.ports(&alloc.usage());
+                ctx.server_status.forget(&server_key(&gs));
                 Ok(Action::await_change())
             }
         }
@@ -76,7 +79,11 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
-    let before = gs.status.clone().unwrap_or_default();
+    let memo_key = server_key(gs);
+    let before = ctx
+        .server_status
+        .base(&memo_key, gs.metadata.resource_version.as_deref(), gs.status.as_ref())
+        .unwrap_or_default();
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
     let (action, write) = converge(gs, ctx, &mut status).await?;
@@ -94,8 +101,10 @@ async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
             );
             ctx.event(gs, warning, &format!("{:?}", status.state.unwrap_or(ServerState::Creating)), note).await;
         }
+        tracing::debug!(server = %memo_key, from = ?before.state, to = ?status.state, "writing status");
         let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
-        apply_status(&api, &gs.name_any(), serde_json::to_value(&status)?).await?;
+        let version = apply_status(&api, &gs.name_any(), serde_json::to_value(&status)?).await?;
+        ctx.server_status.record(memo_key, version, status);
     }
     Ok(action)
 }
@@ -250,14 +259,24 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         _ => (ServerState::Starting, None),
     };
-    // A pod that comes up within START_QUIET gets one status write, when it is Ready; one that
-    // takes longer shows each step, and a scheduling failure shows at once.
+    // A routine step (Scheduling, Starting) shows once it has lasted START_QUIET, so a pod that
+    // comes up quickly gets one status write, when it is Ready, and one in a slow queue of pods
+    // one per step that is slow; Ready and a scheduling failure show at once.
     if matches!(state, ServerState::Scheduling | ServerState::Starting) && message.is_none() {
-        let age = pod.metadata.creation_timestamp.as_ref().map(|t| Timestamp::now().duration_since(t.0));
-        if let Some(left) = age.and_then(|a| START_QUIET.checked_sub(a.unsigned_abs()))
+        let scheduled = pod_conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
+        let since = match (state, scheduled.and_then(|c| c.last_transition_time.as_ref())) {
+            (ServerState::Starting, Some(t)) => Some(&t.0),
+            _ => pod.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+        };
+        let lasted = since.map(|t| Timestamp::now().duration_since(*t).unsigned_abs());
+        if let Some(left) = lasted.and_then(|a| START_QUIET.checked_sub(a))
             && !left.is_zero()
         {
             return Ok((Action::requeue(left), false));
+        }
+        // Within the routine write budget: many pods queued at once show their steps in turn.
+        if status.state != Some(state) && !ctx.routine_writes.take() {
+            return Ok((Action::requeue(ROUTINE_RETRY), false));
         }
     }
     status.state = Some(state);

@@ -19,6 +19,7 @@ use kube::runtime::watcher;
 use super::conditions::{self, types};
 use super::ports::{key_of, server_key, status_of};
 use super::server::SERVER_FINALIZER;
+use super::written::WATCH_LAG;
 use super::{
     Context, Triggers, ZONE_FINALIZER, applied_key, apply, apply_status, delete_if_present, key, requeue_after, scoped,
 };
@@ -79,7 +80,9 @@ async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
 
 /// Applies the zone and writes its status, turning user errors into a Degraded status.
 async fn reconcile_apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
-    let before = zone.status.clone().unwrap_or_default();
+    let memo_key = key(zone);
+    let version = zone.metadata.resource_version.as_deref();
+    let before = ctx.zone_status.base(&memo_key, version, zone.status.as_ref()).unwrap_or_default();
     let mut status = before.clone();
     let generation = zone.metadata.generation;
     status.observed_generation = generation;
@@ -95,15 +98,18 @@ async fn reconcile_apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
     };
     publish_changes(zone, ctx, &before, &status).await;
     if status != before {
-        // While servers come up one by one, counts are written at most every COUNTS_EVERY; any
-        // other change (phase, a condition's status or reason) at once.
-        let key = format!("GameZoneStatus/{}", key(zone));
-        if only_counts_changed(&before, &status) && ctx.applied.recent(&key, "", COUNTS_EVERY) {
+        // While servers come up one by one, a zone's counts are written at most every
+        // COUNTS_EVERY, within the routine write budget; any other change (phase, a
+        // condition's status or reason) at once.
+        if only_counts_changed(&before, &status)
+            && (ctx.zone_status.written_within(&memo_key, COUNTS_EVERY) || !ctx.routine_writes.take())
+        {
             return Ok(Action::requeue(COUNTS_EVERY));
         }
+        tracing::debug!(zone = %memo_key, phase = ?status.phase, ready = status.ready_servers, "writing status");
         let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-        apply_status(&api, &zone.name_any(), serde_json::to_value(&status)?).await?;
-        ctx.applied.record(key, String::new());
+        let version = apply_status(&api, &zone.name_any(), serde_json::to_value(&status)?).await?;
+        ctx.zone_status.record(memo_key, version, status);
     }
     Ok(action)
 }
@@ -120,15 +126,24 @@ fn only_counts_changed(before: &GameZoneStatus, after: &GameZoneStatus) -> bool 
     shape(before) == shape(after)
 }
 
-/// One Event per condition that changed, so `kubectl describe gz` tells the story.
+/// One Event per change of the zone's conditions, naming each condition that changed, so
+/// `kubectl describe gz` tells the story.
 async fn publish_changes(zone: &GameZone, ctx: &Context, before: &GameZoneStatus, after: &GameZoneStatus) {
-    for c in &after.conditions {
-        let old = before.conditions.iter().find(|o| o.type_ == c.type_);
-        if old.map(|o| (&o.status, &o.reason)) != Some((&c.status, &c.reason)) {
-            let warning = c.status == "False" && !matches!(c.reason.as_str(), "Migrating" | "Deploying" | "Resolving");
-            ctx.event(zone, warning, &c.reason, format!("{}: {}", c.type_, c.message)).await;
-        }
-    }
+    let changed: Vec<_> = after
+        .conditions
+        .iter()
+        .filter(|c| {
+            let old = before.conditions.iter().find(|o| o.type_ == c.type_);
+            old.map(|o| (&o.status, &o.reason)) != Some((&c.status, &c.reason))
+        })
+        .collect();
+    // The Ready condition's reason says where the zone is; otherwise the first change's.
+    let Some(lead) = changed.iter().find(|c| c.type_ == types::READY).or(changed.first()) else { return };
+    let warning = changed
+        .iter()
+        .any(|c| c.status == "False" && !matches!(c.reason.as_str(), "Migrating" | "Deploying" | "Resolving"));
+    let note: Vec<String> = changed.iter().map(|c| format!("{}: {}", c.type_, c.message)).collect();
+    ctx.event(zone, warning, &lead.reason, note.join("; ")).await;
 }
 
 fn interval(zone: &GameZone) -> Result<Option<Duration>> {
@@ -307,8 +322,6 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     Ok(Action::requeue(requeue))
 }
 
-/// How long a write may take to show in the shared watches.
-const WATCH_LAG: Duration = Duration::from_secs(10);
 /// How long a written topology ConfigMap is trusted to still be there.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
 
@@ -625,6 +638,7 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
         ctx.applied.forget(&applied_key(&svc));
     }
     ctx.applied.forget(&applied_key(&build::topology(zone, &BTreeMap::new())));
+    ctx.zone_status.forget(&key(zone));
     if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
         let mut listed = ctx.listed.lock().expect("listed lock");
         let mut alloc = ctx.ports.lock().expect("allocator lock");

@@ -258,6 +258,18 @@ impl PrivateCluster {
     pub async fn client(&self) -> Client {
         client_for(&self.kubeconfig).await
     }
+
+    /// The cluster's processes (etcd, kube-apiserver, ..., kwok) by name, with their pids.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        std::fs::read_to_string(self.dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (name, pid) = l.split_once(' ')?;
+                Some((name.to_string(), pid.trim().parse().ok()?))
+            })
+            .collect()
+    }
 }
 
 impl Drop for PrivateCluster {

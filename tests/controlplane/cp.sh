@@ -10,6 +10,9 @@
 #   cp.sh status DIR                 processes and their memory
 #   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
 #
+# GAMEZONE_CP_PROFILING=1 serves /debug/pprof on the API server, controller
+# manager and scheduler (for `go tool pprof` while a benchmark runs).
+#
 # Binaries live outside the repo in
 #   ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/controlplane/<versions>/bin
 # so a second `up` only pays for process start-up.
@@ -26,6 +29,7 @@ K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$GO_MODULE/go.
 ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$GO_MODULE/go.mod")
 
 CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
+PROFILING=false; [[ "${GAMEZONE_CP_PROFILING:-}" == 1 ]] && PROFILING=true
 VERSION_DIR="$CACHE/controlplane/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 BIN="$VERSION_DIR/bin"
 PORTS_DIR="$CACHE/controlplane/port-reservations"
@@ -433,7 +437,7 @@ cmd_up() {
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
     --shutdown-delay-duration=0s \
-    --profiling=false
+    --profiling="$PROFILING"
 
   local ca=(--cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key")
   wait_until 120 "kube-apiserver /readyz" curl -fsS "${ca[@]}" "https://127.0.0.1:$api_port/readyz"
@@ -451,16 +455,19 @@ cmd_up() {
     --root-ca-file="$pki/ca.crt" \
     --cluster-signing-cert-file="$pki/ca.crt" \
     --cluster-signing-key-file="$pki/ca.key" \
-    --profiling=false
+    --profiling="$PROFILING"
 
+  # Not held to a client's default of 50 requests/s (as kwokctl's --disable-qps-limits; kwok's
+  # own client has no limit): benchmarks measure the API server, not a client-side throttle.
   start kube-scheduler "$BIN/kube-scheduler" "${auth[@]}" \
     --leader-elect=false \
     --bind-address=127.0.0.1 \
     --secure-port="$sched_port" \
     --cert-dir="$pki/scheduler" \
-    --profiling=false
+    --kube-api-qps=5000 --kube-api-burst=10000 \
+    --profiling="$PROFILING"
 
-  local stage_args=() f
+  local stage_args=(-c "$HERE/kwok.yaml") f
   for f in "$STAGES_DIR"/*.yaml; do stage_args+=(-c "$f"); done
   start kwok "$BIN/kwok" \
     --kubeconfig="$kc" \
