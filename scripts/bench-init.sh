@@ -10,6 +10,7 @@
 #   P4_MB=500 P4_FILES=2000      p4-export tar.gz
 #   BENCH_DIR=/tmp/gamezone-bench  work directory (kept between runs: data is generated once per size)
 #   GAMEZONE_INIT=path          binary (default: a release build, profile `initbench`)
+#   ONLY=git,s3,p4               run only these sections (default: all)
 # Small quick run: GIT_FILES=2000 GIT_MB=20 S3_OBJECTS=500 S3_MB=50 P4_MB=50 scripts/bench-init.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,10 @@ for i in range(n):
 PY
 }
 
+only() { [[ -z "${ONLY:-}" || ",$ONLY," == *",$1,"* ]]; }
+
 # ---------- git ----------
+if only git; then
 git_key="git-$GIT_FILES-$GIT_MB-$GIT_PARTS"
 if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
   rm -rf "$BENCH_DIR/$git_key"; mkdir -p "$BENCH_DIR/$git_key/repo"
@@ -110,8 +114,10 @@ grep -q '"via":"libgit2"' "$BENCH_DIR/out.log" || { echo "the fallback was not t
 measure sh -c "$(peer_sparse "$BENCH_DIR/peer-git-nofilter")"
 row "git subPath, no allowFilter" "$f_s" "$SECS" "$f_m" "$RSS_MB"
 git -C "$BENCH_DIR/$git_key/repo" config uploadpack.allowFilter true
+fi
 
 # ---------- s3 ----------
+if only s3; then
 # Both tools read the same prefix from the same server: s3s-fs (default; lists no ETags and hashes
 # each object on GET) or, with S3_SERVER=versitygw, versitygw's posix backend filled through PUTs
 # (real ETags, like AWS/MinIO/COS). versitygw is built once from its Go module.
@@ -159,8 +165,10 @@ measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
 row "s3 prefix ($S3_SERVER)" "$o_s" "$SECS" "$o_m" "$RSS_MB"
 measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
 row "s3 unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
+fi
 
 # ---------- p4 export ----------
+if only p4; then
 p4_key="p4-$P4_FILES-$P4_MB"
 if [[ ! -f "$BENCH_DIR/$p4_key/export.tar.gz" ]]; then
   rm -rf "$BENCH_DIR/$p4_key"; mkdir -p "$BENCH_DIR/$p4_key/src"
@@ -173,6 +181,7 @@ measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-p4" --plan-json "$plan"; o
 rm -rf "$BENCH_DIR/peer-p4"; mkdir -p "$BENCH_DIR/peer-p4"
 measure tar -xzf "$BENCH_DIR/$p4_key/export.tar.gz" -C "$BENCH_DIR/peer-p4"
 row "p4 export tar.gz" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+fi
 
 echo
 echo "sizes: git $GIT_FILES files/${GIT_MB}MB (subPath 1/$GIT_PARTS), s3 $S3_OBJECTS objects/${S3_MB}MB, p4 $P4_FILES files/${P4_MB}MB"

@@ -1,13 +1,15 @@
-//! S3 layers via object_store: the revision is a digest of sorted `key etag` lines; objects are
-//! downloaded in parallel (bounded), streamed to disk, and checked against the listed ETag.
+//! S3 layers via object_store: the revision is a digest of sorted `key etag` lines; the prefix is
+//! listed folder by folder (bounded, in parallel), objects are downloaded in parallel (bounded),
+//! streamed to disk, and checked against the listed ETag.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectMeta;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as StorePath;
+use object_store::{ListResult, ObjectMeta};
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -21,6 +23,13 @@ use crate::{Result, paths};
 /// Downloads at once per layer.
 pub(crate) const CONCURRENCY: usize = 16;
 
+/// Folders listed at once per layer.
+const LIST_CONCURRENCY: usize = 16;
+
+/// Longer folder names cannot be a path on disk (Linux PATH_MAX); a server that hands them out is
+/// looping, so the listing stops there.
+const MAX_FOLDER_LEN: usize = 4096;
+
 /// One S3 layer, owned so its downloads can run as tasks.
 pub(crate) struct S3Layer {
     pub ctx: Ctx,
@@ -29,19 +38,33 @@ pub(crate) struct S3Layer {
     pub prefix: String,
     pub secret: Option<String>,
     pub policy: RetryPolicy,
+    /// The listing `resolve` made, which `apply` takes so that a run lists the prefix once.
+    pub listed: Mutex<Option<Vec<ObjectMeta>>>,
 }
 
 impl S3Layer {
+    /// Every object under the prefix. Listed folder by folder with delimiter `/`, up to
+    /// [`LIST_CONCURRENCY`] folders at once: a flat listing is one page after another, and some
+    /// stores (s3s-fs) walk the whole prefix again for every page.
     async fn list(&self) -> Result<Vec<ObjectMeta>> {
-        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
-        let objs: Vec<ObjectMeta> = retry::retry(&self.policy, "s3 list", || async {
-            self.store
-                .list(prefix.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| store_error(&self.ctx, &e, self.secret.as_deref(), "listing the prefix"))
-        })
-        .await?;
+        let root = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let mut objs = Vec::new();
+        let mut waiting = Vec::new();
+        let mut running = FuturesUnordered::new();
+        running.push(self.list_folder(root));
+        while let Some(listed) = running.next().await {
+            let (folder, ListResult { common_prefixes, objects }) = listed?;
+            objs.extend(objects);
+            for sub in common_prefixes {
+                self.check_subfolder(folder.as_ref(), &sub)?;
+                waiting.push(sub);
+            }
+            while running.len() < LIST_CONCURRENCY
+                && let Some(sub) = waiting.pop()
+            {
+                running.push(self.list_folder(Some(sub)));
+            }
+        }
         if objs.is_empty() {
             return Err(self.ctx.not_found(format!(
                 "no objects under prefix `{}`; check s3.bucket, s3.prefix and subPath",
@@ -51,15 +74,47 @@ impl S3Layer {
         Ok(objs)
     }
 
+    /// One folder's objects and subfolders (all pages).
+    async fn list_folder(&self, folder: Option<StorePath>) -> Result<(Option<StorePath>, ListResult)> {
+        let listed = retry::retry(&self.policy, "s3 list", || async {
+            self.store
+                .list_with_delimiter(folder.as_ref())
+                .await
+                .map_err(|e| store_error(&self.ctx, &e, self.secret.as_deref(), "listing the prefix"))
+        })
+        .await?;
+        Ok((folder, listed))
+    }
+
+    /// A subfolder must sit one level below the folder listed, or the descent would not end.
+    fn check_subfolder(&self, folder: Option<&StorePath>, sub: &StorePath) -> Result<()> {
+        let depth = folder.map_or(0, |f| f.parts().count());
+        let below = folder.is_none_or(|f| sub.prefix_matches(f)) && sub.parts().count() == depth + 1;
+        if !below || sub.as_ref().len() > MAX_FOLDER_LEN {
+            let folder = folder.map_or("", |f| f.as_ref());
+            return Err(self.ctx.hostile(format!(
+                "the listing of folder `{folder}/` names `{sub}/` as its subfolder; the store is not listing by delimiter `/` as S3 does"
+            )));
+        }
+        Ok(())
+    }
+
     /// `sha256:` over sorted `key etag` lines of the objects under the prefix.
     pub async fn resolve(&self) -> Result<String> {
-        Ok(digest(&self.list().await?))
+        let objs = self.list().await?;
+        let revision = digest(&objs);
+        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(objs);
+        Ok(revision)
     }
 
     /// Downloads the pinned listing into the staging tree at `dest`.
     pub async fn apply(self: Arc<Self>, pinned: &str, dest: &str, w: Arc<TreeWriter>) -> Result<()> {
         let ctx = &self.ctx;
-        let objs = self.list().await?;
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let objs = match listed {
+            Some(objs) => objs,
+            None => self.list().await?,
+        };
         let now = digest(&objs);
         if now != pinned {
             return Err(ctx.changed(pinned, &now));
@@ -76,6 +131,11 @@ impl S3Layer {
             items.push((paths::join2(dest, &paths::join(&comps)), o));
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));
+        // Folders are listed one by one, so a server that lists an object in two of them would
+        // have it written twice at once.
+        if let Some(w) = items.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(ctx.hostile(format!("key `{}` is listed twice", w[1].1.location)));
+        }
         // A zero-byte object whose name is also a folder is a folder marker; any other
         // object that is also a folder is ambiguous.
         let mut files = Vec::with_capacity(items.len());
