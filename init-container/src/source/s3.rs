@@ -2,7 +2,7 @@
 //! listed folder by folder (bounded, in parallel), objects are downloaded in parallel (bounded),
 //! streamed to disk, and checked against the listed ETag.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::FuturesUnordered;
@@ -12,7 +12,6 @@ use object_store::path::Path as StorePath;
 use object_store::{ListResult, ObjectMeta};
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::Ctx;
 use crate::retry::{self, RetryPolicy};
@@ -22,6 +21,9 @@ use crate::{Result, paths};
 
 /// Downloads at once per layer.
 pub(crate) const CONCURRENCY: usize = 16;
+
+/// Bytes gathered before each write to an object's file.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Folders listed at once per layer.
 const LIST_CONCURRENCY: usize = 16;
@@ -172,7 +174,7 @@ impl S3Layer {
         Ok(())
     }
 
-    async fn download(&self, o: &ObjectMeta, abs: &PathBuf, w: &TreeWriter, pinned: &str) -> Result<(u64, [u8; 32])> {
+    async fn download(&self, o: &ObjectMeta, abs: &Path, w: &TreeWriter, pinned: &str) -> Result<(u64, [u8; 32])> {
         let ctx = &self.ctx;
         let what = format!("downloading `{}`", o.location);
         let r = self.store.get(&o.location).await.map_err(|e| store_error(ctx, &e, self.secret.as_deref(), &what))?;
@@ -184,7 +186,8 @@ impl S3Layer {
         if !same {
             return Err(ctx.changed(pinned, &format!("object `{}` has a new ETag", o.location)));
         }
-        let mut f = tokio::fs::File::create(abs).await.map_err(|e| ctx.io(format!("create {}", abs.display()), e))?;
+        let write_err = |e| ctx.io(format!("write {}", abs.display()), e);
+        let mut f = ObjectFile::new(abs.to_path_buf(), o.size);
         let mut stream = r.into_stream();
         let mut h = Sha256::new();
         let mut size = 0u64;
@@ -196,19 +199,70 @@ impl S3Layer {
             }
             w.add_bytes(ctx, chunk.len() as u64)?;
             h.update(&chunk);
-            f.write_all(&chunk).await.map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
+            f.write(&chunk).await.map_err(write_err)?;
         }
-        f.flush().await.map_err(|e| ctx.io(format!("write {}", abs.display()), e))?;
-        drop(f);
-        // Independent of the umask: S3 has no modes, every object is a plain 0644 file.
-        tokio::fs::set_permissions(abs, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .await
-            .map_err(|e| ctx.io(format!("chmod {}", abs.display()), e))?;
+        f.finish().await.map_err(write_err)?;
         if size != o.size {
             return Err(ctx.transient(format!("`{}` ended after {size} of {} bytes", o.location, o.size)));
         }
         Ok((size, h.finalize().into()))
     }
+}
+
+/// An object's file, written from a blocking thread a buffer at a time. Every tokio file
+/// operation is a hop to a blocking thread; this takes one hop per [`WRITE_BUFFER`] bytes, and
+/// a single one (create, write, close) for a smaller object, instead of one per network chunk
+/// (about 16 KiB) plus create and chmod.
+struct ObjectFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+impl ObjectFile {
+    fn new(path: PathBuf, size: u64) -> Self {
+        let cap = usize::try_from(size).unwrap_or(usize::MAX).min(WRITE_BUFFER);
+        ObjectFile { path, file: None, buf: Vec::with_capacity(cap) }
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= WRITE_BUFFER {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rest and closes the file (creating it, for an empty object).
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.flush(true).await
+    }
+
+    async fn flush(&mut self, last: bool) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let (path, file, mut buf) = (self.path.clone(), self.file.take(), std::mem::take(&mut self.buf));
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let mut f = match file {
+                Some(f) => f,
+                None => create_object_file(&path)?,
+            };
+            f.write_all(&buf)?;
+            buf.clear();
+            Ok::<_, std::io::Error>((if last { None } else { Some(f) }, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        (self.file, self.buf) = (file, buf);
+        Ok(())
+    }
+}
+
+/// Creates (or truncates, on a retry) an object's file, 0644 whatever the umask: S3 has no modes.
+fn create_object_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    Ok(f)
 }
 
 /// The listed ETag, unless it is missing or empty: versitygw lists `<ETag></ETag>` for files put in
