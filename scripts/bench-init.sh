@@ -79,7 +79,8 @@ only s3 && outs+=(out-s3 peer-s3)
 only p4 && outs+=(out-p4 peer-p4)
 deleted=
 for d in "${outs[@]}"; do [[ -e "$BENCH_DIR/$d" ]] && { rm -rf "${BENCH_DIR:?}/$d"; deleted=1; }; done
-[[ -z "$deleted" ]] || { sync; sleep "${SETTLE:-${GIT_SETTLE:-61}}"; }
+# Called before a section's first measurement, once data generation is done too.
+settle() { [[ -z "$deleted" ]] || { sync; sleep "${SETTLE:-${GIT_SETTLE:-61}}"; deleted=; }; }
 
 # ---------- git ----------
 if only git; then
@@ -90,7 +91,9 @@ if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
   # gc.auto=0: with many files the commit would start a background gc that the explicit one trips over.
   ( cd "$BENCH_DIR/$git_key/repo" && git init -q -b main && git add -A && git -c gc.auto=0 -c user.name=b -c user.email=b@b commit -qm bench \
     && git config uploadpack.allowReachableSHA1InWant true && git config uploadpack.allowFilter true && git gc -q )
+  deleted=1 # gc removed every loose object
 fi
+settle
 git -C "$BENCH_DIR/$git_key/repo" config uploadpack.allowFilter true
 gport=$(free_port)
 git daemon --reuseaddr --base-path="$BENCH_DIR/$git_key" --export-all --listen=127.0.0.1 --port="$gport" "$BENCH_DIR/$git_key" 2>/dev/null &
@@ -150,6 +153,7 @@ case "$S3_SERVER" in
     [[ -z "$fresh" ]] || env -u AWS_CA_BUNDLE rclone copy -q --transfers 16 "$BENCH_DIR/$s3_key/bench/prefix" b:bench/prefix ;;
   *) echo "S3_SERVER must be s3s-fs or versitygw" >&2; exit 1 ;;
 esac
+settle
 mkdir -p "$BENCH_DIR/secrets/s3"; printf AKBENCH > "$BENCH_DIR/secrets/s3/accesskey"; printf SKBENCH > "$BENCH_DIR/secrets/s3/secretkey"
 plan="[{\"path\":\"art\",\"s3\":{\"endpoint\":\"http://127.0.0.1:$sport\",\"bucket\":\"bench\",\"prefix\":\"prefix/\",\"secretRef\":{\"name\":\"s3\"}}}]"
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
@@ -179,6 +183,7 @@ if [[ ! -f "$BENCH_DIR/$p4_key/export.tar.gz" ]]; then
   gen "$BENCH_DIR/$p4_key/src" "$P4_FILES" "$P4_MB"
   "$GAMEZONE_INIT" make-p4-export --from "$BENCH_DIR/$p4_key/src" --out "$BENCH_DIR/$p4_key/export.tar.gz" --changelist 1 >/dev/null
 fi
+settle
 plan="[{\"path\":\"p4\",\"p4Export\":{\"url\":\"$BENCH_DIR/$p4_key/export.tar.gz\"}}]"
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-p4" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
 mkdir -p "$BENCH_DIR/peer-p4"
