@@ -4,13 +4,15 @@
 #
 #   GIT_FILES=20000 GIT_MB=200   git repo; the layer takes subPath `part0` (1/GIT_PARTS of it)
 #   GIT_PARTS=4
-#   GIT_SETTLE=61                seconds to wait after deleting the last run's git outputs (see there)
+#   SETTLE=61                    seconds to wait after deleting the last run's outputs (see there;
+#                                GIT_SETTLE is the old name)
 #   S3_OBJECTS=5000 S3_MB=500    objects under one prefix
 #   S3_SERVER=s3s-fs             or versitygw (built once with `go install`, filled through PUTs)
 #   P4_MB=500 P4_FILES=2000      p4-export tar.gz
 #   BENCH_DIR=/tmp/gamezone-bench  work directory (kept between runs: data is generated once per size)
 #   GAMEZONE_INIT=path          binary (default: a release build, profile `initbench`)
-# Small quick run: GIT_FILES=2000 GIT_MB=20 S3_OBJECTS=500 S3_MB=50 P4_MB=50 scripts/bench-init.sh
+#   ONLY=git,s3,p4               run only these sections (default: all)
+# Small quick run: GIT_FILES=2000 GIT_MB=20 S3_OBJECTS=500 S3_MB=50 P4_MB=50 SETTLE=5 scripts/bench-init.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +66,24 @@ for i in range(n):
 PY
 }
 
+only() { [[ -z "${ONLY:-}" || ",$ONLY," == *",$1,"* ]]; }
+
+# Every output of the last run goes first, then the deleted inodes settle: on ext4 without a
+# journal (this machine's root), creating files within about a minute of deleting many makes
+# the kernel skip each recently freed inode one by one (recently_deleted()), which cost whichever
+# tool ran first after an `rm -rf` several times its real time (git and S3 alike: 5000 objects
+# written right after the last run's were deleted spent most of their system time there).
+outs=()
+only git && outs+=(out-git peer-git out-git-all peer-git-all out-git-nofilter peer-git-nofilter)
+only s3 && outs+=(out-s3 peer-s3)
+only p4 && outs+=(out-p4 peer-p4)
+deleted=
+for d in "${outs[@]}"; do [[ -e "$BENCH_DIR/$d" ]] && { rm -rf "${BENCH_DIR:?}/$d"; deleted=1; }; done
+# Called before a section's first measurement, once data generation is done too.
+settle() { [[ -z "$deleted" ]] || { sync; sleep "${SETTLE:-${GIT_SETTLE:-61}}"; deleted=; }; }
+
 # ---------- git ----------
+if only git; then
 git_key="git-$GIT_FILES-$GIT_MB-$GIT_PARTS"
 if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
   rm -rf "$BENCH_DIR/$git_key"; mkdir -p "$BENCH_DIR/$git_key/repo"
@@ -72,15 +91,9 @@ if [[ ! -d "$BENCH_DIR/$git_key/repo/.git" ]]; then
   # gc.auto=0: with many files the commit would start a background gc that the explicit one trips over.
   ( cd "$BENCH_DIR/$git_key/repo" && git init -q -b main && git add -A && git -c gc.auto=0 -c user.name=b -c user.email=b@b commit -qm bench \
     && git config uploadpack.allowReachableSHA1InWant true && git config uploadpack.allowFilter true && git gc -q )
+  deleted=1 # gc removed every loose object
 fi
-# Every output of the last run goes first, then the deleted inodes settle: on ext4 without a
-# journal (this machine's root), creating files within about a minute of deleting many makes
-# the kernel skip each recently freed inode one by one (recently_deleted()), which cost whichever
-# tool ran first after an `rm -rf` several times its real time.
-git_outs=(out-git peer-git out-git-all peer-git-all out-git-nofilter peer-git-nofilter)
-deleted=
-for d in "${git_outs[@]}"; do [[ -e "$BENCH_DIR/$d" ]] && { rm -rf "${BENCH_DIR:?}/$d"; deleted=1; }; done
-[[ -z "$deleted" ]] || { sync; sleep "${GIT_SETTLE:-61}"; }
+settle
 git -C "$BENCH_DIR/$git_key/repo" config uploadpack.allowFilter true
 gport=$(free_port)
 git daemon --reuseaddr --base-path="$BENCH_DIR/$git_key" --export-all --listen=127.0.0.1 --port="$gport" "$BENCH_DIR/$git_key" 2>/dev/null &
@@ -110,8 +123,10 @@ grep -q '"via":"libgit2"' "$BENCH_DIR/out.log" || { echo "the fallback was not t
 measure sh -c "$(peer_sparse "$BENCH_DIR/peer-git-nofilter")"
 row "git subPath, no allowFilter" "$f_s" "$SECS" "$f_m" "$RSS_MB"
 git -C "$BENCH_DIR/$git_key/repo" config uploadpack.allowFilter true
+fi
 
 # ---------- s3 ----------
+if only s3; then
 # Both tools read the same prefix from the same server: s3s-fs (default; lists no ETags and hashes
 # each object on GET) or, with S3_SERVER=versitygw, versitygw's posix backend filled through PUTs
 # (real ETags, like AWS/MinIO/COS). versitygw is built once from its Go module.
@@ -138,12 +153,11 @@ case "$S3_SERVER" in
     [[ -z "$fresh" ]] || env -u AWS_CA_BUNDLE rclone copy -q --transfers 16 "$BENCH_DIR/$s3_key/bench/prefix" b:bench/prefix ;;
   *) echo "S3_SERVER must be s3s-fs or versitygw" >&2; exit 1 ;;
 esac
+settle
 mkdir -p "$BENCH_DIR/secrets/s3"; printf AKBENCH > "$BENCH_DIR/secrets/s3/accesskey"; printf SKBENCH > "$BENCH_DIR/secrets/s3/secretkey"
 plan="[{\"path\":\"art\",\"s3\":{\"endpoint\":\"http://127.0.0.1:$sport\",\"bucket\":\"bench\",\"prefix\":\"prefix/\",\"secretRef\":{\"name\":\"s3\"}}}]"
-rm -rf "$BENCH_DIR/out-s3"
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-s3" --secrets-dir "$BENCH_DIR/secrets" --plan-json "$plan"; n_s=$SECS; n_m=$RSS_MB
-rm -rf "$BENCH_DIR/peer-s3"
 # rclone as a user would run a fast bulk copy of a folder:
 # - the remote path ends in `/`: it names a folder, so rclone does not first HEAD `prefix` to see
 #   whether it is a file. s3s-fs answers that HEAD (a directory on its disk) with 500 instead of
@@ -159,20 +173,23 @@ measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
 row "s3 prefix ($S3_SERVER)" "$o_s" "$SECS" "$o_m" "$RSS_MB"
 measure env -u AWS_CA_BUNDLE "${rclone_s3[@]}"
 row "s3 unchanged re-run" "$n_s" "$SECS" "$n_m" "$RSS_MB"
+fi
 
 # ---------- p4 export ----------
+if only p4; then
 p4_key="p4-$P4_FILES-$P4_MB"
 if [[ ! -f "$BENCH_DIR/$p4_key/export.tar.gz" ]]; then
   rm -rf "$BENCH_DIR/$p4_key"; mkdir -p "$BENCH_DIR/$p4_key/src"
   gen "$BENCH_DIR/$p4_key/src" "$P4_FILES" "$P4_MB"
   "$GAMEZONE_INIT" make-p4-export --from "$BENCH_DIR/$p4_key/src" --out "$BENCH_DIR/$p4_key/export.tar.gz" --changelist 1 >/dev/null
 fi
+settle
 plan="[{\"path\":\"p4\",\"p4Export\":{\"url\":\"$BENCH_DIR/$p4_key/export.tar.gz\"}}]"
-rm -rf "$BENCH_DIR/out-p4"
 measure "$GAMEZONE_INIT" apply --root "$BENCH_DIR/out-p4" --plan-json "$plan"; o_s=$SECS; o_m=$RSS_MB
-rm -rf "$BENCH_DIR/peer-p4"; mkdir -p "$BENCH_DIR/peer-p4"
+mkdir -p "$BENCH_DIR/peer-p4"
 measure tar -xzf "$BENCH_DIR/$p4_key/export.tar.gz" -C "$BENCH_DIR/peer-p4"
 row "p4 export tar.gz" "$o_s" "$SECS" "$o_m" "$RSS_MB"
+fi
 
 echo
 echo "sizes: git $GIT_FILES files/${GIT_MB}MB (subPath 1/$GIT_PARTS), s3 $S3_OBJECTS objects/${S3_MB}MB, p4 $P4_FILES files/${P4_MB}MB"

@@ -12,7 +12,7 @@ use crate::creds::Credentials;
 use crate::error::Error;
 use crate::plan::Layer;
 use crate::progress::{NoProgress, Progress};
-use crate::resolve::{Kind, prepare};
+use crate::resolve::{Kind, Prepared, prepare, resolve_one};
 use crate::retry::RetryPolicy;
 use crate::source::{git, local};
 use crate::state::{self, LayerSummary, State};
@@ -103,13 +103,18 @@ pub async fn apply(mut opts: ApplyOptions) -> Result<Summary> {
             opts.layers.len()
         )));
     }
-    let unpinned: Vec<usize> = (0..opts.layers.len()).filter(|&i| opts.revisions[i].is_empty()).collect();
-    if !unpinned.is_empty() {
-        let layers: Vec<_> = unpinned.iter().map(|&i| opts.layers[i].clone()).collect();
-        let resolved = crate::resolve::resolve_with(&layers, opts.credentials.as_ref(), &opts.retry).await?;
-        for (&i, rev) in unpinned.iter().zip(resolved) {
-            opts.revisions[i] = rev.revision;
-        }
+    // Unpinned layers are prepared once, resolved, and applied from the same preparation, so an
+    // S3 layer lists its prefix once per run. Pinned layers are prepared when their turn comes.
+    let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(opts.layers.len());
+    for (i, layer) in opts.layers.iter().enumerate() {
+        let unpinned = opts.revisions[i].is_empty();
+        prepared.push(if unpinned { Some(prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?) } else { None });
+    }
+    let resolving = prepared.iter().flatten().map(|p| resolve_one(p, &opts.retry));
+    let resolved = futures::future::try_join_all(resolving).await?;
+    let unpinned = (0..opts.layers.len()).filter(|&i| prepared[i].is_some()).collect::<Vec<_>>();
+    for (i, revision) in unpinned.into_iter().zip(resolved) {
+        opts.revisions[i] = revision;
     }
     let root = &opts.root;
     fs::create_dir_all(root).map_err(dest_err(root, "create destination root"))?;
@@ -146,10 +151,13 @@ pub async fn apply(mut opts: ApplyOptions) -> Result<Summary> {
         .map_err(dest_err(&trees, "create staging directory"))?;
     let writer = Arc::new(TreeWriter::new(staging.path().to_owned(), opts.limits, opts.progress.clone()));
 
-    for (i, layer) in opts.layers.iter().enumerate() {
+    for (i, (layer, p)) in opts.layers.iter().zip(prepared).enumerate() {
         let layer_started = Instant::now();
         let before = writer.written();
-        let p = prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?;
+        let p = match p {
+            Some(p) => p,
+            None => prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?,
+        };
         opts.progress.layer_started(i, &p.ctx.src);
         let dest = paths::join(&paths::components(&layer.path).map_err(|m| p.ctx.invalid(m))?);
         let sub =

@@ -132,11 +132,8 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                     &std::fs::read_to_string(&r[1..]).with_context(|| format!("read {}", &r[1..]))?,
                 )?,
                 Some(r) => resolve::parse_revisions(&r)?,
-                None => {
-                    let policy = RetryPolicy { attempts: plan.retries.max(1), ..RetryPolicy::default() };
-                    let revs = resolve::resolve_with(&layers, &DirCredentials::new(&plan.secrets_dir), &policy).await?;
-                    revs.into_iter().map(|r| r.revision).collect()
-                }
+                // Not pinned: `apply` resolves each layer and reuses what it fetched to do so.
+                None => vec![String::new(); layers.len()],
             };
             let s = apply(options(&plan, &tree, layers, revisions, tty)).await?;
             tracing::info!(

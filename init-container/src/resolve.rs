@@ -32,7 +32,7 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) enum Kind {
-    Git(Box<(git::GitAuth, crate::plan::GitSource)>),
+    Git(Box<(Arc<git::GitAuth>, crate::plan::GitSource)>),
     S3(Arc<s3::S3Layer>),
     P4(Arc<p4::P4Layer>),
     Local(PathBuf),
@@ -50,7 +50,7 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
         .unwrap_or_default();
     let sub = crate::paths::join(&sub);
     let kind = match layer.source() {
-        Some(SourceRef::Git(g)) => Kind::Git(Box::new((git::load_auth(&mut ctx, g, creds)?, g.clone()))),
+        Some(SourceRef::Git(g)) => Kind::Git(Box::new((Arc::new(git::load_auth(&mut ctx, g, creds)?), g.clone()))),
         Some(SourceRef::S3(s)) => {
             let secret = s.secret_ref.as_ref().map(|r| r.name.clone());
             let keys = source::s3_keys(&mut ctx, secret.as_deref(), creds)?;
@@ -70,6 +70,7 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
                 prefix,
                 secret,
                 policy: policy.clone(),
+                listed: Default::default(),
             }))
         }
         Some(SourceRef::P4Export(p)) => {
@@ -122,16 +123,17 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
     Ok(Prepared { ctx, kind })
 }
 
-async fn resolve_one(p: Prepared, policy: RetryPolicy) -> Result<String> {
-    match p.kind {
+/// Resolves one prepared layer; an S3 layer keeps its listing for `apply` of the same layer.
+pub(crate) async fn resolve_one(p: &Prepared, policy: &RetryPolicy) -> Result<String> {
+    match &p.kind {
         Kind::Git(b) => {
-            let (auth, g) = *b;
-            git::resolve(&p.ctx, &g, auth, &policy).await
+            let (auth, g) = &**b;
+            git::resolve(&p.ctx, g, auth.clone(), policy).await
         }
         Kind::S3(s) => s.resolve().await,
         Kind::P4(x) => x.resolve().await,
         Kind::Local(dir) => {
-            let ctx = p.ctx.clone();
+            let (ctx, dir) = (p.ctx.clone(), dir.clone());
             tokio::task::spawn_blocking(move || local::resolve(&ctx, &dir))
                 .await
                 .map_err(|e| Error::Plan(format!("resolve task failed: {e}")))?
@@ -148,7 +150,7 @@ pub async fn resolve(layers: &[Layer], creds: &dyn Credentials) -> Result<Vec<Re
 pub async fn resolve_with(layers: &[Layer], creds: &dyn Credentials, policy: &RetryPolicy) -> Result<Vec<Revision>> {
     crate::plan::validate(layers)?;
     let prepared = layers.iter().enumerate().map(|(i, l)| prepare(i, l, creds, policy)).collect::<Result<Vec<_>>>()?;
-    let revs = futures::future::try_join_all(prepared.into_iter().map(|p| resolve_one(p, policy.clone()))).await?;
+    let revs = futures::future::try_join_all(prepared.iter().map(|p| resolve_one(p, policy))).await?;
     Ok(revs
         .into_iter()
         .enumerate()

@@ -4,6 +4,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -207,4 +208,124 @@ async fn s3_hostile_keys_are_rejected() {
         assert!(matches!(e, Error::Hostile { .. }), "{key}: {e}");
         assert!(!t.path().join("escape.txt").exists() && !root.join("current").exists());
     }
+}
+
+/// A store over fixed `(key, etag, body)` objects in bucket `art` that lists like S3 (prefix,
+/// delimiter `/`, one page) and serves GETs; counts the listing requests. With `loop_at`, the
+/// listing of that folder names the folder itself as its subfolder.
+fn fake_store(
+    objects: &'static [(&'static str, &'static str, &'static str)],
+    loop_at: Option<&'static str>,
+) -> (Server, Arc<AtomicUsize>) {
+    let lists = Arc::new(AtomicUsize::new(0));
+    let count = lists.clone();
+    let server = common::serve_http(move |method, pq| {
+        let (path, query) = pq.split_once('?').unwrap_or((pq, ""));
+        let param =
+            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(percent_decode);
+        if method == "GET" && path == "/art" && query.contains("list-type=2") {
+            count.fetch_add(1, Ordering::SeqCst);
+            let prefix = param("prefix").unwrap_or_default();
+            assert_eq!(param("delimiter").as_deref(), Some("/"), "listed without delimiter: {pq}");
+            let mut contents = String::new();
+            let mut folders = std::collections::BTreeSet::new();
+            if loop_at == Some(prefix.as_str()) {
+                folders.insert(prefix.clone());
+            }
+            for (key, etag, body) in objects {
+                let Some(rest) = key.strip_prefix(&prefix) else { continue };
+                match rest.split_once('/') {
+                    Some((dir, _)) => {
+                        folders.insert(format!("{prefix}{dir}/"));
+                    }
+                    None => contents.push_str(&format!(
+                        "<Contents><Key>{key}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;{etag}&quot;</ETag><Size>{}</Size></Contents>",
+                        body.len()
+                    )),
+                }
+            }
+            let folders: String =
+                folders.iter().map(|f| format!("<CommonPrefixes><Prefix>{f}</Prefix></CommonPrefixes>")).collect();
+            let body = format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>art</Name><Prefix>{prefix}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{contents}{folders}</ListBucketResult>"#
+            );
+            return (200, vec![], body.into_bytes());
+        }
+        let key = percent_decode(path.strip_prefix("/art/").unwrap_or(""));
+        match objects.iter().find(|(k, _, _)| *k == key) {
+            Some((_, etag, body)) => (
+                200,
+                vec![
+                    ("ETag".into(), format!("\"{etag}\"")),
+                    ("Last-Modified".into(), "Mon, 01 Jan 2024 00:00:00 GMT".into()),
+                ],
+                body.as_bytes().to_vec(),
+            ),
+            None => (404, vec![], b"<Error><Code>NoSuchKey</Code></Error>".to_vec()),
+        }
+    });
+    (server, lists)
+}
+
+const OBJECTS: &[(&str, &str, &str)] = &[
+    ("p/a.txt", "1", "a"),
+    ("p/d/b.txt", "2", "bb"),
+    ("p/d/e/c.txt", "3", "ccc"),
+    ("p/f/g.txt", "4", "g"),
+    ("other/x.txt", "5", "x"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_listing_by_folder_keeps_the_revision_and_runs_once_per_apply() {
+    let (server, lists) = fake_store(OBJECTS, None);
+    let layers = vec![s3_layer(server.port, "p/", "", None, None)];
+
+    // The revision is still sha256 over sorted `key etag` lines of every object under the prefix.
+    let revs = resolve_with(&layers, &NoCredentials, &quick()).await.unwrap();
+    let lines = "p/a.txt \"1\"\np/d/b.txt \"2\"\np/d/e/c.txt \"3\"\np/f/g.txt \"4\"\n";
+    use sha2::Digest as _;
+    let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(lines.as_bytes())));
+    assert_eq!(revs[0].revision, expected);
+    assert_eq!(lists.load(Ordering::SeqCst), 4, "p/, p/d/, p/d/e/ and p/f/");
+
+    // Not pinned: apply resolves and downloads from that one listing.
+    lists.store(0, Ordering::SeqCst);
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let mut o = ApplyOptions::new(layers.clone(), vec![String::new()], &root, Arc::new(NoCredentials));
+    o.retry = quick();
+    let s = apply(o).await.unwrap();
+    assert_eq!(lists.load(Ordering::SeqCst), 4, "listed once, not again to check the pin");
+    assert_eq!(s.files, 4);
+    assert_eq!(read(root.join("current/d/e/c.txt")), "ccc");
+    assert!(!root.join("current/x.txt").exists());
+
+    // Pinned elsewhere: apply lists itself and checks the pin against that listing.
+    lists.store(0, Ordering::SeqCst);
+    let mut o = ApplyOptions::new(layers.clone(), vec![expected], t.path().join("root2"), Arc::new(NoCredentials));
+    o.retry = quick();
+    apply(o).await.unwrap();
+    assert_eq!(lists.load(Ordering::SeqCst), 4);
+    let mut o = ApplyOptions::new(
+        layers,
+        vec![format!("sha256:{}", "0".repeat(64))],
+        t.path().join("root3"),
+        Arc::new(NoCredentials),
+    );
+    o.retry = quick();
+    let e = apply(o).await.unwrap_err();
+    assert!(matches!(e, Error::RevisionChanged { layer: 0, .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_listing_that_does_not_descend_is_rejected() {
+    let (server, lists) = fake_store(OBJECTS, Some("p/d/"));
+    let layers = vec![s3_layer(server.port, "p", "", None, None)];
+    let e = tokio::time::timeout(Duration::from_secs(60), resolve_with(&layers, &NoCredentials, &quick()))
+        .await
+        .expect("the listing must end")
+        .unwrap_err();
+    assert!(matches!(e, Error::Hostile { layer: 0, .. }), "{e}");
+    assert!(e.to_string().contains("`p/d/`"), "{e}");
+    assert!(lists.load(Ordering::SeqCst) <= 4);
 }

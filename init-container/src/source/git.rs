@@ -162,14 +162,13 @@ fn pick(refs: &[(String, String)], g: &GitSource, ctx: &Ctx) -> Result<String> {
 }
 
 /// Resolves the layer's branch, tag or HEAD to a 40-hex commit (a pinned commit is returned as is).
-pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: GitAuth, policy: &RetryPolicy) -> Result<String> {
+pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: Arc<GitAuth>, policy: &RetryPolicy) -> Result<String> {
     if let Some(c) = &g.commit {
         return Ok(c.to_ascii_lowercase());
     }
     let refs = if auth.url.starts_with("http://") || auth.url.starts_with("https://") {
         retry::retry(policy, "git ls-remote", || http_refs(ctx, &auth)).await?
     } else {
-        let auth = Arc::new(auth);
         retry::retry(policy, "git ls-remote", || {
             let (ctx, auth) = (ctx.clone(), auth.clone());
             async move {
@@ -376,7 +375,7 @@ fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) 
 pub(crate) struct GitJob {
     pub ctx: Ctx,
     pub source: GitSource,
-    pub auth: GitAuth,
+    pub auth: Arc<GitAuth>,
     pub commit: String,
     pub sub_path: String,
     pub dest: String,

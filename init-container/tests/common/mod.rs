@@ -367,6 +367,35 @@ pub fn serve_fn(f: impl Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static) -> S
     })
 }
 
+/// A server answering `f(method, path?query)` with a status, headers and a body.
+pub fn serve_http(f: impl Fn(&str, &str) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static) -> Server {
+    serve(move |req, s| {
+        let pq = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
+        let (status, headers, body) = f(&req.method, &pq);
+        let status = if status == 200 { "200 OK".to_owned() } else { format!("{status} Error") };
+        respond(s, &status, &headers, &body);
+    })
+}
+
+/// Decodes `%XX` escapes (query values as object_store sends them).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// One request seen by [`forward_proxy`]: its `Host` header, method and request target.
 #[derive(Clone, Debug)]
 pub struct Proxied {
