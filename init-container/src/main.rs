@@ -113,16 +113,22 @@ fn options(p: &PlanArgs, t: &TreeArgs, layers: Vec<plan::Layer>, revisions: Vec<
         if tty { Arc::new(BarProgress::default()) as Arc<dyn Progress> } else { Arc::new(LogProgress::default()) };
     let d = Limits::default();
     o.limits = Limits { max_bytes: t.max_bytes.unwrap_or(d.max_bytes), max_files: t.max_files.unwrap_or(d.max_files) };
-    o.retry = RetryPolicy { attempts: p.retries.max(1), ..RetryPolicy::default() };
+    o.retry = p.retry_policy();
     o
+}
+
+impl PlanArgs {
+    /// Retries of transient failures as `--retries` asks.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy { attempts: self.retries.max(1), ..RetryPolicy::default() }
+    }
 }
 
 async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Resolve(p) => {
             let layers = layers(&p)?;
-            let policy = RetryPolicy { attempts: p.retries.max(1), ..RetryPolicy::default() };
-            let revs = resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &policy).await?;
+            let revs = resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &p.retry_policy()).await?;
             println!("{}", serde_json::to_string(&revs)?);
         }
         Command::Apply { plan, tree, revisions } => {

@@ -22,7 +22,7 @@ use crate::zone::{server_template_hash, topology_name};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "server";
-/// How long a new pod's routine steps (scheduling, starting) go unreported.
+/// How long a routine step of a new pod (scheduling, starting) lasts before it is reported.
 const START_QUIET: Duration = Duration::from_secs(5);
 /// When a step the routine write budget held back is tried again.
 const ROUTINE_RETRY: Duration = Duration::from_secs(2);
