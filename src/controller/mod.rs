@@ -3,6 +3,7 @@
 
 pub mod conditions;
 mod http;
+mod index;
 pub mod leader;
 pub mod metrics;
 pub mod ports;
@@ -79,6 +80,10 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Services the operator made, from the zone controller's watch.
     pub services: Store<Service>,
+    /// `servers` by zone.
+    pub servers_by_zone: Arc<index::ByZone>,
+    /// `services` by zone.
+    pub services_by_zone: Arc<index::ByZone>,
     /// What this process applied, so unchanged children are not written again.
     pub applied: written::Applied,
     /// The GameServer statuses this process wrote, until the watch shows them.
@@ -208,11 +213,17 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // One watch per kind, shared: both controllers hear of GameServers from the same stream, and
     // reconciles read pods, servers and Services from memory instead of asking the API server.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let (servers, server_watch, mut server_triggers) =
-        shared_watch(scoped::<GameServer>(&client, &config.namespace), watcher::Config::default(), 2);
-    let (pods, pod_watch, mut pod_triggers) = shared_watch(scoped::<Pod>(&client, &config.namespace), owned.clone(), 1);
+    let (servers_by_zone, services_by_zone) = (Arc::new(index::ByZone::default()), Arc::new(index::ByZone::default()));
+    let (servers, server_watch, mut server_triggers) = shared_watch(
+        scoped::<GameServer>(&client, &config.namespace),
+        watcher::Config::default(),
+        2,
+        Some(servers_by_zone.clone()),
+    );
+    let (pods, pod_watch, mut pod_triggers) =
+        shared_watch(scoped::<Pod>(&client, &config.namespace), owned.clone(), 1, None);
     let (services, service_watch, mut service_triggers) =
-        shared_watch(scoped::<Service>(&client, &config.namespace), owned, 1);
+        shared_watch(scoped::<Service>(&client, &config.namespace), owned, 1, Some(services_by_zone.clone()));
     let shared_watches = futures::future::join3(server_watch, pod_watch, service_watch);
     let (servers_for_zones, servers_for_servers) =
         (server_triggers.pop().expect("two"), server_triggers.pop().expect("two"));
@@ -229,6 +240,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         servers,
         pods,
         services,
+        servers_by_zone,
+        services_by_zone,
         applied: Default::default(),
         server_status: Default::default(),
         zone_status: Default::default(),
@@ -275,12 +288,14 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
 /// Changes of one kind, as a controller takes them: every object added, changed or deleted.
 pub type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<std::result::Result<K, watcher::Error>>;
 
-/// One watch of `api` shared by `n` controllers: a store to read from, the future that runs the
-/// watch, and one stream of changed objects (deletions included) per controller.
+/// One watch of `api` shared by `n` controllers: a store to read from (indexed by zone into
+/// `by_zone` when given), the future that runs the watch, and one stream of changed objects
+/// (deletions included) per controller.
 fn shared_watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     n: usize,
+    by_zone: Option<Arc<index::ByZone>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>, Vec<Triggers<K>>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -290,6 +305,9 @@ where
     let run = watcher(api, cfg).default_backoff().reflect(writer).touched_objects().for_each(move |event| {
         match event {
             Ok(obj) => {
+                if let Some(index) = &by_zone {
+                    index.saw(&obj);
+                }
                 for tx in &senders {
                     // A controller that stopped is going down with the process.
                     let _ = tx.unbounded_send(Ok(obj.clone()));

@@ -178,7 +178,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     // 2. The pod, made from the current template. The shared watch's copy may lag behind this
     // process's own writes; every step below is safe to repeat.
     let hash = server_template_hash(&gs.spec);
-    let live = ctx.pods.get(&ObjectRef::new(&name).within(&ns)).map(|p| Pod::clone(&p));
+    let live = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
     let pod = match live {
         Some(p) if p.metadata.deletion_timestamp.is_some() => {
             status.state = Some(ServerState::Updating);
@@ -223,7 +223,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
                 // Its scheduling and start come as events of the pod; report from there.
                 return Ok((Action::requeue(Duration::from_secs(15)), false));
             }
-            created
+            Arc::new(created)
         }
     };
 

@@ -188,10 +188,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     // ports are listed before its pod exists; then Services.
     let servers = build::game_servers(zone, &pins, cfg)?;
     let desired: BTreeSet<String> = servers.iter().map(|s| s.name_any()).collect();
-    let ours = |labels: &BTreeMap<String, String>, namespace: Option<String>| {
-        namespace.as_deref() == Some(ns.as_str()) && labels.get(ZONE_LABEL) == Some(&name)
-    };
-    let existing = ctx.servers.state_filter(|g| ours(g.labels(), g.namespace()));
+    let existing = ctx.servers_by_zone.of(&ctx.servers, &ns, &name);
     let by_name: BTreeMap<String, &GameServer> = existing.iter().map(|g| (g.name_any(), g.as_ref())).collect();
     let mut ports: BTreeMap<String, Vec<PortStatus>> = BTreeMap::new();
     for gs in &servers {
@@ -230,6 +227,10 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
             if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
                 return None;
             }
+            // Most reconciles find every server as wanted: compare before serializing anything.
+            if live.is_some_and(|l| l.spec == want.spec && l.metadata.labels == want.metadata.labels) {
+                return None;
+            }
             let wanted = serde_json::json!({"spec": want.spec, "labels": want.metadata.labels});
             let current = live.map(|l| serde_json::json!({"spec": l.spec, "labels": l.metadata.labels}));
             let hash = hash_of(&wanted);
@@ -264,7 +265,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let services = build::services(zone);
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
     let live_services: Vec<Service> =
-        ctx.services.state_filter(|s| ours(s.labels(), s.namespace())).iter().map(|s| Service::clone(s)).collect();
+        ctx.services_by_zone.of(&ctx.services, &ns, &name).iter().map(|s| Service::clone(s)).collect();
     let live: BTreeSet<String> = live_services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
         let fresh_for = if live.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
