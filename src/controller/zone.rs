@@ -115,7 +115,7 @@ async fn reconcile_apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
 }
 
 /// How often a zone's status is written when only its counts and messages move.
-const COUNTS_EVERY: Duration = Duration::from_secs(2);
+const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 /// Whether `after` differs from `before` only in counts and messages.
 fn only_counts_changed(before: &GameZoneStatus, after: &GameZoneStatus) -> bool {

@@ -53,11 +53,19 @@ impl Default for BuildConfig {
 /// sha256 of an object's JSON, hex; the identity of templates and migration inputs.
 pub fn hash_of<T: Serialize>(value: &T) -> String {
     let json = serde_json::to_vec(value).expect("API objects serialize to JSON");
-    hex(&Sha256::digest(json))[..16].to_string()
+    hex(&Sha256::digest(json)[..8])
 }
 
+/// Lower-case hex of `bytes`. Reconciles hash every server's template each time, so this
+/// avoids a `format!` per byte.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The labels every object of a zone carries.
