@@ -137,51 +137,42 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The plain client: the objects the operator would make for the zones, created as fast as it can.
+/// The plain client: the objects the operator would make for the zones, created as fast as it
+/// can. Each pod is the one the operator makes for its server (ports, env, owner reference), so
+/// it follows its GameServer's creation.
 async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize) -> Duration {
     let start = Instant::now();
     let cfg = gamezone::zone::BuildConfig::default();
+    let (servers, pods, services, maps): (Api<GameServer>, Api<Pod>, Api<Service>, Api<ConfigMap>) = (
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+    );
     let mut work = Vec::new();
     for z in 0..zones {
         let mut gz = zone(&format!("p{z}"), instances);
         gz.metadata.namespace = Some(ns.to_string());
-        for gs in gamezone::zone::game_servers(&gz, &[], &cfg).unwrap() {
-            work.push(json!(gs));
-            let mut pod = gs.spec.template.clone();
-            let meta = pod.metadata.get_or_insert_with(Default::default);
-            meta.name = gs.metadata.name.clone();
-            work.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod.spec}));
-        }
-        for s in gamezone::zone::services(&gz) {
-            work.push(json!(s));
-        }
-        work.push(json!(gamezone::zone::topology(&gz, &Default::default())));
+        work.extend(
+            gamezone::zone::game_servers(&gz, &[], &cfg).unwrap().into_iter().map(|gs| Plain::Server(Box::new(gs))),
+        );
+        work.extend(gamezone::zone::services(&gz).into_iter().map(|s| Plain::Service(Box::new(s))));
+        work.push(Plain::Map(Box::new(gamezone::zone::topology(&gz, &Default::default()))));
     }
+    let pp = PostParams::default();
     futures::stream::iter(work)
         .map(|obj| {
-            let client = client.clone();
-            let ns = ns.to_string();
+            let (servers, pods, services, maps, pp) = (&servers, &pods, &services, &maps, &pp);
             async move {
-                let kind = obj["kind"].as_str().unwrap().to_string();
-                let pp = PostParams::default();
-                match kind.as_str() {
-                    "GameServer" => Api::<GameServer>::namespaced(client, &ns)
-                        .create(&pp, &serde_json::from_value(obj)?)
-                        .await
-                        .map(|_| ()),
-                    "Pod" => {
-                        Api::<Pod>::namespaced(client, &ns).create(&pp, &serde_json::from_value(obj)?).await.map(|_| ())
+                match obj {
+                    Plain::Server(gs) => {
+                        let gs = servers.create(pp, &gs).await?;
+                        let pod = gamezone::controller::pod_without_host_ports(&gs).expect("a pod for the server");
+                        pods.create(pp, &pod).await.map(|_| ())
                     }
-                    "Service" => Api::<Service>::namespaced(client, &ns)
-                        .create(&pp, &serde_json::from_value(obj)?)
-                        .await
-                        .map(|_| ()),
-                    _ => Api::<ConfigMap>::namespaced(client, &ns)
-                        .create(&pp, &serde_json::from_value(obj)?)
-                        .await
-                        .map(|_| ()),
+                    Plain::Service(s) => services.create(pp, &s).await.map(|_| ()),
+                    Plain::Map(m) => maps.create(pp, &m).await.map(|_| ()),
                 }
-                .map_err(anyhow::Error::from)
             }
         })
         .buffer_unordered(64)
@@ -189,6 +180,13 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize)
         .await
         .unwrap();
     until_ready(client, ns, zones * instances, start, pod_ready).await
+}
+
+/// What the plain client creates.
+enum Plain {
+    Server(Box<GameServer>),
+    Service(Box<Service>),
+    Map(Box<ConfigMap>),
 }
 
 #[tokio::main]
