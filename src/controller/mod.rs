@@ -32,6 +32,7 @@ use crate::zone::BuildConfig;
 use crate::{Error, Result};
 
 pub use metrics::Metrics;
+pub use server::pod_without_host_ports;
 
 /// Progress-only status writes per second, across all zones and servers.
 const ROUTINE_WRITES_PER_SECOND: f64 = 5.0;
@@ -127,18 +128,6 @@ impl Context {
 /// no one reads.
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force().validation_ignore()
-}
-
-/// The pod the server controller makes for `gs` (as created, with its uid) when none of its
-/// ports takes a host port, so a benchmark's plain client creates exactly the pods the operator
-/// does.
-pub fn pod_without_host_ports(gs: &GameServer) -> Result<Pod> {
-    let mut alloc = crate::ports::PortAllocator::new(Default::default());
-    let mut allocations = alloc
-        .allocate(&ports::server_key(gs), &ports::requests(&gs.spec.ports))
-        .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
-    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
-    server::build_pod(gs, &allocations, &crate::zone::server_template_hash(&gs.spec))
 }
 
 /// Server-side applies `obj` with the operator's field manager.

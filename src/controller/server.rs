@@ -134,8 +134,25 @@ pub(super) fn ensure_ports(
     }
     let mut allocations = result?;
     allocations.extend(deferred.iter().map(|(a, _)| a.clone()));
-    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
+    in_spec_order(gs, &mut allocations);
     Ok((allocations, deferred.into_iter().map(|(_, d)| d).collect()))
+}
+
+/// Sorts `allocations` in the order of `gs`'s ports, as the pod lists them.
+fn in_spec_order(gs: &GameServer, allocations: &mut [Allocation]) {
+    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
+}
+
+/// The pod the server controller makes for `gs` (as created, with its uid) when none of its
+/// ports takes a host port, so a benchmark's plain client creates exactly the pods the operator
+/// does.
+pub fn pod_without_host_ports(gs: &GameServer) -> Result<Pod> {
+    let mut alloc = crate::ports::PortAllocator::new(Default::default());
+    let mut allocations = alloc
+        .allocate(&server_key(gs), &requests(&gs.spec.ports))
+        .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
+    in_spec_order(gs, &mut allocations);
+    build_pod(gs, &allocations, &server_template_hash(&gs.spec))
 }
 
 /// Brings the pod in line with `gs` and fills `status`. Returns what to do next and whether the
