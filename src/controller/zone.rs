@@ -227,16 +227,11 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
             if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
                 return None;
             }
-            // Most reconciles find every server as wanted: compare before serializing anything.
             if live.is_some_and(|l| l.spec == want.spec && l.metadata.labels == want.metadata.labels) {
                 return None;
             }
-            let wanted = serde_json::json!({"spec": want.spec, "labels": want.metadata.labels});
-            let current = live.map(|l| serde_json::json!({"spec": l.spec, "labels": l.metadata.labels}));
-            let hash = hash_of(&wanted);
-            let changed =
-                current.as_ref() != Some(&wanted) && !ctx.applied.recent(&applied_key(want), &hash, WATCH_LAG);
-            changed.then(|| (want.clone(), hash))
+            let hash = hash_of(&(&want.spec, &want.metadata.labels));
+            (!ctx.applied.recent(&applied_key(want), &hash, WATCH_LAG)).then(|| (want.clone(), hash))
         })
         .collect();
     futures::stream::iter(stale)
@@ -264,8 +259,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let services = build::services(zone);
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
-    let live_services: Vec<Service> =
-        ctx.services_by_zone.of(&ctx.services, &ns, &name).iter().map(|s| Service::clone(s)).collect();
+    let live_services = ctx.services_by_zone.of(&ctx.services, &ns, &name);
     let live: BTreeSet<String> = live_services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
         let fresh_for = if live.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
@@ -580,7 +574,7 @@ async fn migrate(
     Ok(Some(Action::requeue(Duration::from_secs(10))))
 }
 
-fn endpoints(services: &[Service]) -> Vec<Endpoint> {
+fn endpoints(services: &[Arc<Service>]) -> Vec<Endpoint> {
     services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|sp| sp.type_.as_deref()).is_some_and(|t| t != "ClusterIP"))
