@@ -3,16 +3,24 @@
 //! 1. Apply → Ready for one zone of 50 instances.
 //! 2. 200 zones × 10 instances on 50 simulated nodes: instances made Ready per second by the
 //!    operator, and by a plain client creating the same objects (GameServers, Pods, Services,
-//!    ConfigMaps) as fast as it can against the same control plane.
+//!    ConfigMaps) as fast as it can against the same control plane, ending where the operator
+//!    does: each GameServer's status says Ready once its pod is. Beside them, the same client
+//!    creating the objects only (no GameServer ever shows a state). Each side runs once per
+//!    round, in turns (operator, plain, create-only; create-only, plain, operator; ...), and the
+//!    rates are taken over all of a side's phases: one phase swings by up to a quarter with the
+//!    machine.
 //! 3. The operator's peak memory.
 //!
-//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES;
-//! the operator's log goes to the file GAMEZONE_BENCH_LOG at GAMEZONE_BENCH_LOG_LEVEL (`warn`).
+//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES,
+//! rounds via GAMEZONE_BENCH_ROUNDS (2); the operator's log goes to the file GAMEZONE_BENCH_LOG
+//! at GAMEZONE_BENCH_LOG_LEVEL (`warn`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -138,9 +146,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// The plain client: the objects the operator would make for the zones, created as fast as it
-/// can. Each pod is the one the operator makes for its server (ports, env, owner reference), so
-/// it follows its GameServer's creation.
-async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize) -> Duration {
+/// can, ending as the operator leaves them. Each pod is the one the operator makes for its server
+/// (ports, env, owner reference), so it follows its GameServer's creation. With `report`, once
+/// the pod is Ready the GameServer's status says so, as the operator's does, and instances count
+/// as Ready as the operator's do: by their GameServer's state. Without, by their pods.
+async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize, report: bool) -> Duration {
     let start = Instant::now();
     let cfg = gamezone::zone::BuildConfig::default();
     let (servers, pods, services, maps): (Api<GameServer>, Api<Pod>, Api<Service>, Api<ConfigMap>) = (
@@ -159,15 +169,19 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize)
         work.extend(gamezone::zone::services(&gz).into_iter().map(|s| Plain::Service(Box::new(s))));
         work.push(Plain::Map(Box::new(gamezone::zone::topology(&gz, &Default::default()))));
     }
+    let n = zones * instances;
+    // Each GameServer as created (its resourceVersion with it), for its status.
+    let created: Mutex<HashMap<String, GameServer>> = Mutex::default();
     let pp = PostParams::default();
-    futures::stream::iter(work)
+    let create = futures::stream::iter(work)
         .map(|obj| {
-            let (servers, pods, services, maps, pp) = (&servers, &pods, &services, &maps, &pp);
+            let (servers, pods, services, maps, pp, created) = (&servers, &pods, &services, &maps, &pp, &created);
             async move {
                 match obj {
                     Plain::Server(gs) => {
                         let gs = servers.create(pp, &gs).await?;
                         let pod = gamezone::controller::pod_without_host_ports(&gs).expect("a pod for the server");
+                        created.lock().unwrap().insert(gs.name_any(), gs);
                         pods.create(pp, &pod).await.map(|_| ())
                     }
                     Plain::Service(s) => services.create(pp, &s).await.map(|_| ()),
@@ -176,10 +190,38 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize)
             }
         })
         .buffer_unordered(64)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-    until_ready(client, ns, zones * instances, start, pod_ready).await
+        .try_collect::<Vec<_>>();
+    if !report {
+        let (made, time) = tokio::join!(create, until_ready(client, ns, n, start, pod_ready));
+        made.unwrap();
+        return time;
+    }
+    let report = watcher(pods.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .try_filter_map(|pod| {
+            let gs = if pod_ready(&pod) { created.lock().unwrap().remove(&pod.name_any()) } else { None };
+            futures::future::ok(gs.map(|gs| (gs, pod)))
+        })
+        .map_err(|e| e.to_string())
+        .map_ok(|(mut gs, pod)| {
+            let servers = &servers;
+            async move {
+                gs.status = Some(gamezone::controller::ready_status(&gs, &pod).expect("a status for the server"));
+                servers
+                    .replace_status(&gs.name_any(), &PostParams::default(), &gs)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .try_buffer_unordered(64)
+        .take(n)
+        .try_collect::<Vec<_>>();
+    let (made, reported, time) = tokio::join!(create, report, until_ready(client, ns, n, start, server_ready));
+    made.unwrap();
+    reported.unwrap();
+    time
 }
 
 /// What the plain client creates.
@@ -189,14 +231,73 @@ enum Plain {
     Map(Box<ConfigMap>),
 }
 
+/// Who makes the objects in a phase.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The operator, from GameZones.
+    Operator,
+    /// The plain client, ending where the operator does: each GameServer's status says Ready.
+    Plain,
+    /// The plain client creating the objects only: its GameServers never show a state, so its
+    /// instances count as Ready by their pods.
+    Bare,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Operator => "operator",
+            Side::Plain => "plain",
+            Side::Bare => "create-only",
+        }
+    }
+}
+
+/// One timed phase of the many-zones run.
+struct Phase {
+    side: Side,
+    time: Duration,
+    /// CPU seconds each process used in the phase, in the order of the process list.
+    cpu: Vec<f64>,
+}
+
+/// The sides in the order they run: operator, plain, create-only; create-only, plain, operator;
+/// ... Over every two rounds each side runs as often early as late, so none gains from an
+/// emptier cluster, and a drift of the machine's speed over the run falls on all alike.
+fn order(rounds: usize) -> Vec<Side> {
+    let forth = [Side::Operator, Side::Plain, Side::Bare];
+    (0..rounds)
+        .flat_map(|r| {
+            let mut sides = forth;
+            if r % 2 == 1 {
+                sides.reverse();
+            }
+            sides
+        })
+        .collect()
+}
+
+/// Instances made Ready per second over the phases of `side`.
+fn rate(phases: &[Phase], side: Side, per_phase: usize) -> f64 {
+    let mine: Vec<_> = phases.iter().filter(|p| p.side == side).collect();
+    (mine.len() * per_phase) as f64 / mine.iter().map(|p| p.time.as_secs_f64()).sum::<f64>()
+}
+
 #[tokio::main]
 async fn main() {
     let zones = env_or("GAMEZONE_BENCH_ZONES", 200);
     let instances = env_or("GAMEZONE_BENCH_INSTANCES", 10);
     let nodes = env_or("GAMEZONE_BENCH_NODES", 50);
     let big = env_or("GAMEZONE_BENCH_BIG_ZONE", 50);
-    eprintln!("starting a control plane with {nodes} simulated nodes");
-    let cluster = common::start_private(nodes);
+    let rounds = env_or("GAMEZONE_BENCH_ROUNDS", 2).max(1);
+    let n = zones * instances;
+    let sides = order(rounds);
+    // Every phase's pods stay to the end; nodes take them all (a /24 pod CIDR holds 250).
+    let pods = big + sides.len() * n;
+    let max_pods = (pods.div_ceil(nodes) + 5).max(110);
+    assert!(max_pods <= 250, "{pods} pods do not fit on {nodes} nodes; lower GAMEZONE_BENCH_ROUNDS");
+    eprintln!("starting a control plane with {nodes} simulated nodes of {max_pods} pods");
+    let cluster = common::start_private_with(nodes, max_pods);
     let client = cluster.client().await;
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crds() {
@@ -204,7 +305,6 @@ async fn main() {
     }
     until_collector_watches(&client, &["gamezones", "gameservers"]).await;
     namespace(&client, "bench-op").await;
-    namespace(&client, "bench-plain").await;
 
     let mut op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
         .args([
@@ -249,46 +349,83 @@ async fn main() {
     }
     let big_time = start.elapsed();
 
-    // 2. Many zones, operator then plain client, on the same control plane.
-    let cpu_start = cpu_of(&procs);
-    eprintln!("operator: creating {zones} zones of {instances} instances");
-    let start = Instant::now();
-    futures::stream::iter(0..zones)
-        .map(|z| {
-            let zapi = zapi.clone();
-            async move { zapi.create(&PostParams::default(), &zone(&format!("z{z}"), instances)).await.map(|_| ()) }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-    let op_time = until_ready(&client, "bench-op", zones * instances + big, start, server_ready).await;
-    let op_rss = peak_rss_mib(pid);
-    let cpu_op = cpu_of(&procs);
+    // 2. Many zones, by each side in turn, on the same control plane. The operator stays up
+    // between its phases; it has nothing to do in the plain client's, whose objects are in
+    // other namespaces.
+    let mut phases = Vec::new();
+    let mut op_rss = None;
+    let mut op_done = 0;
+    for (i, side) in sides.into_iter().enumerate() {
+        eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
+        let before = cpu_of(&procs);
+        let time = match side {
+            Side::Operator => {
+                let start = Instant::now();
+                futures::stream::iter(0..zones)
+                    .map(|z| {
+                        let zapi = zapi.clone();
+                        let gz = zone(&format!("z{op_done}-{z}"), instances);
+                        async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
+                    })
+                    .buffer_unordered(32)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .unwrap();
+                op_done += 1;
+                let time = until_ready(&client, "bench-op", op_done * n + big, start, server_ready).await;
+                // At the scale asked about: one phase's zones (and the big one).
+                op_rss.get_or_insert_with(|| peak_rss_mib(pid));
+                time
+            }
+            Side::Plain | Side::Bare => {
+                let ns = format!("bench-plain-{i}");
+                namespace(&client, &ns).await;
+                plain_client(&client, &ns, zones, instances, side == Side::Plain).await
+            }
+        };
+        let after = cpu_of(&procs);
+        eprintln!("  {:.1} instances Ready/s", n as f64 / time.as_secs_f64());
+        phases.push(Phase { side, time, cpu: after.iter().zip(&before).map(|(a, b)| a - b).collect() });
+    }
+    let final_rss = peak_rss_mib(pid);
     let _ = op.kill();
     let _ = op.wait();
-    let cpu_plain_start = cpu_of(&procs);
-    eprintln!("operator: done in {:.1} s; plain client: creating the same objects", op_time.as_secs_f64());
-    let plain_time = plain_client(&client, "bench-plain", zones, instances).await;
-    let cpu_plain = cpu_of(&procs);
 
-    let n = (zones * instances) as f64;
-    let op_rate = n / op_time.as_secs_f64();
-    let plain_rate = n / plain_time.as_secs_f64();
+    let all = [Side::Operator, Side::Plain, Side::Bare];
+    let rates = all.map(|side| rate(&phases, side, n));
     println!("one zone of {big} instances, apply -> Running: {:.2} s", big_time.as_secs_f64());
-    println!("{zones} zones x {instances} instances on {nodes} nodes:");
-    println!("  operator:     {:>8.1} instances Ready/s ({:.1} s)", op_rate, op_time.as_secs_f64());
-    println!("  plain client: {:>8.1} instances Ready/s ({:.1} s)", plain_rate, plain_time.as_secs_f64());
-    println!("  ratio operator/plain: {:.2} (goal >= 0.70)", op_rate / plain_rate);
-    println!("operator peak RSS: {op_rss:.1} MiB");
-    println!("CPU seconds per 1000 instances:  {:>8} {:>8}", "operator", "plain");
-    let per_k = 1000.0 / n;
-    let (mut total_op, mut total_plain) = (0.0, 0.0);
-    for (i, (name, _)) in procs.iter().enumerate() {
-        let o = (cpu_op[i] - cpu_start[i]) * per_k;
-        let p = if name == "gamezone" { 0.0 } else { (cpu_plain[i] - cpu_plain_start[i]) * per_k };
-        (total_op, total_plain) = (total_op + o, total_plain + p);
-        println!("  {name:<28} {o:>8.1} {p:>8.1}");
+    println!("{zones} zones x {instances} instances on {nodes} nodes, {rounds} rounds:");
+    for (r, round) in phases.chunks(all.len()).enumerate() {
+        let shown: Vec<String> =
+            round.iter().map(|p| format!("{} {:.1}/s", p.side.name(), n as f64 / p.time.as_secs_f64())).collect();
+        let ratio = rate(round, Side::Operator, n) / rate(round, Side::Plain, n);
+        println!("  round {}: {}; operator/plain {ratio:.2}", r + 1, shown.join(", "));
     }
-    println!("  {:<28} {total_op:>8.1} {total_plain:>8.1}", "total");
+    for (side, rate) in all.iter().zip(rates) {
+        println!("  {:<13} {rate:>8.1} instances Ready/s over its {rounds} phases", format!("{}:", side.name()));
+    }
+    println!("  ratio operator/plain: {:.2} (goal >= 0.70)", rates[0] / rates[1]);
+    println!("  ratio operator/create-only: {:.2} (GameServers without a state)", rates[0] / rates[2]);
+    println!(
+        "operator peak RSS: {:.1} MiB with one phase's zones; {final_rss:.1} MiB with all {}",
+        op_rss.unwrap_or(final_rss),
+        rounds * zones + 1
+    );
+    println!("CPU seconds per 1000 instances:  {:>11} {:>11} {:>11}", all[0].name(), all[1].name(), all[2].name());
+    let per_k = 1000.0 / (rounds * n) as f64;
+    let mut totals = [0.0; 3];
+    for (i, (name, _)) in procs.iter().enumerate() {
+        let used = all.map(|side| {
+            // The operator idles through the plain client's phases; that is not the plain client's.
+            if name == "gamezone" && side != Side::Operator {
+                return 0.0;
+            }
+            phases.iter().filter(|p| p.side == side).map(|p| p.cpu[i]).sum::<f64>() * per_k
+        });
+        for (t, u) in totals.iter_mut().zip(used) {
+            *t += u;
+        }
+        println!("  {name:<28} {:>11.1} {:>11.1} {:>11.1}", used[0], used[1], used[2]);
+    }
+    println!("  {:<28} {:>11.1} {:>11.1} {:>11.1}", "total", totals[0], totals[1], totals[2]);
 }

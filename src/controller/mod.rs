@@ -32,7 +32,7 @@ use crate::zone::BuildConfig;
 use crate::{Error, Result};
 
 pub use metrics::Metrics;
-pub use server::pod_without_host_ports;
+pub use server::{pod_without_host_ports, ready_status};
 
 /// Progress-only status writes per second, across all zones and servers.
 const ROUTINE_WRITES_PER_SECOND: f64 = 5.0;

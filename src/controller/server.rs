@@ -147,12 +147,86 @@ fn in_spec_order(gs: &GameServer, allocations: &mut [Allocation]) {
 /// ports takes a host port, so a benchmark's plain client creates exactly the pods the operator
 /// does.
 pub fn pod_without_host_ports(gs: &GameServer) -> Result<Pod> {
+    build_pod(gs, &without_host_ports(gs)?, &server_template_hash(&gs.spec))
+}
+
+/// The status the server controller writes for `gs` once `pod` (from
+/// [`pod_without_host_ports`]) is Ready, so a benchmark's plain client reports the same.
+pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
+    let generation = gs.metadata.generation;
+    let mut status = GameServerStatus { observed_generation: generation, ..Default::default() };
+    report_ports(&mut status, &without_host_ports(gs)?, generation);
+    let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.clone());
+    let (state, message) = observe_pod(&mut status, pod, host_ip, server_template_hash(&gs.spec));
+    report_state(&mut status, state, message, generation);
+    Ok(status)
+}
+
+/// The ports of `gs` in spec order, when none of them takes a host port.
+fn without_host_ports(gs: &GameServer) -> Result<Vec<Allocation>> {
     let mut alloc = crate::ports::PortAllocator::new(Default::default());
     let mut allocations = alloc
         .allocate(&server_key(gs), &requests(&gs.spec.ports))
         .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
     in_spec_order(gs, &mut allocations);
-    build_pod(gs, &allocations, &server_template_hash(&gs.spec))
+    Ok(allocations)
+}
+
+/// Reports `allocations` as the server's ports.
+fn report_ports(status: &mut GameServerStatus, allocations: &[Allocation], generation: Option<i64>) {
+    status.ports = status_of(allocations);
+    conditions::set(
+        &mut status.conditions,
+        "PortsAllocated",
+        true,
+        "Allocated",
+        format!("{} port(s) allocated", allocations.len()),
+        generation,
+    );
+}
+
+/// Fills in what `pod` tells of the server (its name, node, addresses, template) and returns
+/// the state the pod puts it in, with why when the pod cannot be scheduled.
+fn observe_pod(
+    status: &mut GameServerStatus,
+    pod: &Pod,
+    node_address: Option<String>,
+    hash: String,
+) -> (ServerState, Option<String>) {
+    let pod_status = pod.status.as_ref();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    status.pod_name = pod.metadata.name.clone();
+    status.node_name = node.clone();
+    status.address = pod_status.and_then(|s| s.pod_ip.clone());
+    status.node_address = node_address.or_else(|| pod_status.and_then(|s| s.host_ip.clone()));
+    status.template_hash = Some(hash);
+    let pod_conditions = pod_status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    match (pod_status.and_then(|s| s.phase.as_deref()), node.is_some(), ready) {
+        (Some("Running"), _, true) => (ServerState::Ready, None),
+        (_, false, _) => {
+            let why = pod_conditions
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .and_then(|c| c.message.clone());
+            (ServerState::Scheduling, why)
+        }
+        _ => (ServerState::Starting, None),
+    }
+}
+
+/// Sets the server's state and its Ready condition.
+fn report_state(status: &mut GameServerStatus, state: ServerState, message: Option<String>, generation: Option<i64>) {
+    status.state = Some(state);
+    status.message = message;
+    conditions::set(
+        &mut status.conditions,
+        "Ready",
+        state == ServerState::Ready,
+        &format!("{state:?}"),
+        status.message.clone().unwrap_or_else(|| format!("{state:?}")),
+        generation,
+    );
 }
 
 /// Brings the pod in line with `gs` and fills `status`. Returns what to do next and whether the
@@ -182,15 +256,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok((Action::requeue(Duration::from_secs(10)), true));
         }
     };
-    status.ports = status_of(&allocations);
-    conditions::set(
-        &mut status.conditions,
-        "PortsAllocated",
-        true,
-        "Allocated",
-        format!("{} port(s) allocated", allocations.len()),
-        generation,
-    );
+    report_ports(status, &allocations, generation);
 
     // 2. The pod, made from the current template. The shared watch's copy may lag behind this
     // process's own writes; every step below is safe to repeat.
@@ -251,36 +317,19 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             (p.port, p.container_port, p.host_port) = (i32::from(port), i32::from(port), Some(i32::from(port)));
         }
     }
-    let pod_status = pod.status.clone().unwrap_or_default();
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    if let Some(n) = &node
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if let Some(n) = node
         && let Err(e) = ctx.ports.lock().expect("allocator lock").bind(&key, n)
     {
         tracing::warn!(server = %key, node = %n, error = %e, "pod landed where its host port is held");
     }
-    status.pod_name = Some(name.clone());
-    status.node_name = node.clone();
-    status.address = pod_status.pod_ip.clone();
-    status.node_address = node.as_ref().and_then(|n| node_address(ctx, n)).or(pod_status.host_ip.clone());
-    status.template_hash = Some(hash);
-    let pod_conditions = pod_status.conditions.unwrap_or_default();
-    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    let (state, message) = match (pod_status.phase.as_deref(), node.is_some(), ready) {
-        (Some("Running"), _, true) => (ServerState::Ready, None),
-        (_, false, _) => {
-            let why = pod_conditions
-                .iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                .and_then(|c| c.message.clone());
-            (ServerState::Scheduling, why)
-        }
-        _ => (ServerState::Starting, None),
-    };
+    let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
     // A routine step (Scheduling, Starting) shows once it has lasted START_QUIET, so a pod that
     // comes up quickly gets one status write, when it is Ready, and one in a slow queue of pods
     // one per step that is slow; Ready and a scheduling failure show at once.
     if matches!(state, ServerState::Scheduling | ServerState::Starting) && message.is_none() {
-        let scheduled = pod_conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
         let since = match (state, scheduled.and_then(|c| c.last_transition_time.as_ref())) {
             (ServerState::Starting, Some(t)) => Some(&t.0),
             _ => pod.metadata.creation_timestamp.as_ref().map(|t| &t.0),
@@ -296,16 +345,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok((Action::requeue(ROUTINE_RETRY), false));
         }
     }
-    status.state = Some(state);
-    status.message = message;
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
-        state == ServerState::Ready,
-        &format!("{state:?}"),
-        status.message.clone().unwrap_or_else(|| format!("{state:?}")),
-        generation,
-    );
+    report_state(status, state, message, generation);
     let next =
         if state == ServerState::Ready { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) };
     Ok((next, true))
@@ -373,4 +413,86 @@ pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash
         c.env.get_or_insert_with(Vec::new).extend(env.iter().cloned());
     }
     Ok(Pod { metadata, spec: Some(spec), status: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+
+    fn server() -> GameServer {
+        let zone: GameZone = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+            "metadata": {"name": "z1", "namespace": "ns", "uid": "u1"},
+            "spec": {"zoneId": 1, "defaultImage": "svc:1",
+                     "services": [{"type": "game", "id": 1, "ports": [{"name": "client", "containerPort": 7777}]}]}
+        }))
+        .unwrap();
+        let mut gs = crate::zone::game_servers(&zone, &[], &Default::default()).unwrap().remove(0);
+        gs.metadata.generation = Some(1);
+        gs
+    }
+
+    fn scheduled(mut pod: Pod, ready: bool) -> Pod {
+        pod.spec.as_mut().unwrap().node_name = Some("node-1".into());
+        let condition = |type_: &str, status: &str| PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        pod.status = Some(PodStatus {
+            phase: Some(if ready { "Running" } else { "Pending" }.into()),
+            pod_ip: ready.then(|| "10.244.1.5".into()),
+            host_ip: Some("10.0.1.1".into()),
+            conditions: Some(vec![
+                condition("PodScheduled", "True"),
+                condition("Ready", if ready { "True" } else { "False" }),
+            ]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_ready_pod_makes_the_status_the_controller_writes() {
+        let gs = server();
+        let pod = scheduled(pod_without_host_ports(&gs).unwrap(), true);
+        let status = ready_status(&gs, &pod).unwrap();
+        assert_eq!(status.state, Some(ServerState::Ready));
+        assert_eq!(status.message, None);
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.pod_name.as_deref(), Some("z1-game-1"));
+        assert_eq!(status.node_name.as_deref(), Some("node-1"));
+        assert_eq!(status.address.as_deref(), Some("10.244.1.5"));
+        assert_eq!(status.node_address.as_deref(), Some("10.0.1.1"));
+        assert_eq!(status.template_hash, Some(server_template_hash(&gs.spec)));
+        assert_eq!(status.ports.len(), 1);
+        assert_eq!((status.ports[0].name.as_str(), status.ports[0].port), ("client", 7777));
+        let conditions: Vec<_> =
+            status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+        assert_eq!(conditions, [("PortsAllocated", "True", "Allocated"), ("Ready", "True", "Ready")]);
+    }
+
+    #[test]
+    fn a_pod_not_ready_is_starting_and_one_unscheduled_says_why() {
+        let gs = server();
+        let pod = scheduled(pod_without_host_ports(&gs).unwrap(), false);
+        let mut status = GameServerStatus::default();
+        assert_eq!(observe_pod(&mut status, &pod, None, "h".into()), (ServerState::Starting, None));
+        assert_eq!(status.node_address.as_deref(), Some("10.0.1.1"), "the pod's host IP when the node has none");
+
+        let mut pending = pod_without_host_ports(&gs).unwrap();
+        pending.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                message: Some("0/3 nodes are available".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, "h".into());
+        assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
+    }
 }
