@@ -60,7 +60,7 @@ pub fn shared_kubeconfig() -> &'static Path {
             .map_err(|e| format!("cannot create a directory for the control plane: {e}"))?
             // `cp.sh down`, run by the watchdog, removes it.
             .keep();
-        cp_up(&dir, SHARED_NODES, KUBELET_MAX_PODS)
+        cp_up(&dir, SHARED_NODES)
     });
     match shared {
         Ok(path) => path,
@@ -69,16 +69,12 @@ pub fn shared_kubeconfig() -> &'static Path {
     }
 }
 
-/// Pods a node takes unless told otherwise, as a kubelet's default.
-const KUBELET_MAX_PODS: usize = 110;
-
 /// Runs `cp.sh up DIR`, watched by this process, and returns the kubeconfig path.
-fn cp_up(dir: &Path, nodes: usize, max_pods: usize) -> Result<PathBuf, String> {
+fn cp_up(dir: &Path, nodes: usize) -> Result<PathBuf, String> {
     let output = Command::new(cp_script())
         .arg("up")
         .arg(dir)
         .args(["--nodes", &nodes.to_string()])
-        .args(["--max-pods", &max_pods.to_string()])
         .args(["--watch-pid", &std::process::id().to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -240,18 +236,13 @@ pub struct PrivateCluster {
 /// Starts a private control plane with `nodes` simulated nodes (`node-1..N`).
 /// Takes a few seconds; use it only where the shared one cannot do.
 pub fn start_private(nodes: usize) -> PrivateCluster {
-    start_private_with(nodes, KUBELET_MAX_PODS)
-}
-
-/// [`start_private`] with nodes that take up to `max_pods` pods each.
-pub fn start_private_with(nodes: usize, max_pods: usize) -> PrivateCluster {
     let dir = tempfile::Builder::new()
         .prefix("gamezone-private-cp-")
         .tempdir()
         .expect("cannot create a directory for a private control plane")
         // `cp.sh down` removes it, on drop or from the watchdog.
         .keep();
-    match cp_up(&dir, nodes, max_pods) {
+    match cp_up(&dir, nodes) {
         Ok(kubeconfig) => PrivateCluster { dir, kubeconfig },
         Err(e) => panic!("cannot start a private control plane: {e}"),
     }

@@ -4,7 +4,7 @@
 # modules (tests/controlplane/go), plus KWOK simulating nodes and pods.
 #
 #   cp.sh build                      build the binaries once into the cache
-#   cp.sh up DIR [--nodes N] [--max-pods N] [--watch-pid PID]
+#   cp.sh up DIR [--nodes N] [--watch-pid PID]
 #                                    start a control plane with state in DIR
 #   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
 #   cp.sh status DIR                 processes and their memory
@@ -38,8 +38,6 @@ PORTS_DIR="$CACHE/controlplane/port-reservations"
 SERVICE_CIDR=10.0.0.0/24
 POD_CIDR=10.244.0.0/16
 MAX_NODES=250
-# Pods per node at most: each takes an address of its node's /24 pod CIDR.
-MAX_PODS=250
 
 say() { printf '[cp] %s\n' "$*" >&2; }
 die() { printf '[cp] error: %s\n' "$*" >&2; exit 1; }
@@ -325,7 +323,7 @@ wait_until() {
 # ---------------------------------------------------------------- up
 
 nodes_manifest() {
-  local n=$1 max_pods=$2 i ip
+  local n=$1 i ip
   for ((i = 1; i <= n; i++)); do
     ip="10.0.1.$i"
     cat <<EOF
@@ -348,23 +346,21 @@ status:
   addresses:
   - {type: InternalIP, address: $ip}
   - {type: Hostname, address: node-$i}
-  capacity: {cpu: "32", memory: 256Gi, pods: "$max_pods"}
-  allocatable: {cpu: "32", memory: 256Gi, pods: "$max_pods"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
   nodeInfo: {architecture: amd64, operatingSystem: linux}
 EOF
   done
 }
 
 cmd_up() {
-  local nodes=3 max_pods=110 watch_pid=""
+  local nodes=3 watch_pid=""
   [[ $# -ge 1 ]] || usage
   local dir_arg=$1; shift
   while [[ $# -gt 0 ]]; do
     case $1 in
       --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
       --nodes=*) nodes=${1#*=}; shift ;;
-      --max-pods) max_pods=${2:?--max-pods needs a number}; shift 2 ;;
-      --max-pods=*) max_pods=${1#*=}; shift ;;
       --watch-pid) watch_pid=${2:?--watch-pid needs a pid}; shift 2 ;;
       --watch-pid=*) watch_pid=${1#*=}; shift ;;
       *) die "unknown option for up: $1" ;;
@@ -372,9 +368,6 @@ cmd_up() {
   done
   if ! [[ "$nodes" =~ ^[0-9]+$ ]] || ((nodes < 1 || nodes > MAX_NODES)); then
     die "--nodes must be 1..$MAX_NODES, got '$nodes'"
-  fi
-  if ! [[ "$max_pods" =~ ^[0-9]+$ ]] || ((max_pods < 1 || max_pods > MAX_PODS)); then
-    die "--max-pods must be 1..$MAX_PODS (a node's /24 pod CIDR), got '$max_pods'"
   fi
   if [[ -n "$watch_pid" ]] && ! { [[ "$watch_pid" =~ ^[0-9]+$ ]] && alive "$watch_pid"; }; then
     die "--watch-pid $watch_pid is not a running process"
@@ -484,7 +477,7 @@ cmd_up() {
     "${stage_args[@]}"
 
   local kubectl=("$BIN/kubectl" --kubeconfig="$kc")
-  nodes_manifest "$nodes" "$max_pods" | "${kubectl[@]}" create -f - >/dev/null
+  nodes_manifest "$nodes" | "${kubectl[@]}" create -f - >/dev/null
 
   wait_until 60 "kube-controller-manager /healthz" curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
   wait_until 60 "kube-scheduler /readyz" curl -fsSk "https://127.0.0.1:$sched_port/readyz"
