@@ -156,8 +156,8 @@ pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
     let generation = gs.metadata.generation;
     let mut status = GameServerStatus { observed_generation: generation, ..Default::default() };
     report_ports(&mut status, &without_host_ports(gs)?, generation);
-    let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.clone());
-    let (state, message) = observe_pod(&mut status, pod, host_ip, server_template_hash(&gs.spec));
+    // Without the operator's store of nodes, the node's address is the pod's host IP.
+    let (state, message) = observe_pod(&mut status, pod, None, server_template_hash(&gs.spec));
     report_state(&mut status, state, message, generation);
     Ok(status)
 }
