@@ -277,6 +277,38 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
 /// Quiet time after a phase's objects are gone.
 const SETTLE: Duration = Duration::from_secs(5);
 
+/// Where a phase of `side` puts its objects, and the names of its `zones` zones.
+fn place(side: Side, phase: &str, zones: usize) -> (String, Vec<String>) {
+    let ns = if side == Side::Operator { "bench-op".to_string() } else { format!("bench-plain-{phase}") };
+    (ns, (0..zones).map(|z| format!("z{phase}-{z}")).collect())
+}
+
+/// One phase: `side` makes the zones `names` in `ns`; returns how long until all their instances
+/// were Ready (the operator's namespace also holds the big zone's `big`).
+async fn make(client: &Client, side: Side, ns: &str, names: &[String], instances: usize, big: usize) -> Duration {
+    let start = Instant::now();
+    match side {
+        Side::Operator => {
+            let zapi: Api<GameZone> = Api::namespaced(client.clone(), ns);
+            futures::stream::iter(names)
+                .map(|name| {
+                    let zapi = zapi.clone();
+                    let gz = zone(name, instances);
+                    async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
+                })
+                .buffer_unordered(32)
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap();
+            until_ready(client, ns, names.len() * instances + big, start, server_ready).await
+        }
+        Side::Plain | Side::Bare => {
+            namespace(client, ns).await;
+            plain_client(client, ns, names.len(), instances, side == Side::Plain).await
+        }
+    }
+}
+
 /// Who makes the objects in a phase.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
@@ -396,34 +428,24 @@ async fn main() {
     // the plain client's, whose objects are in other namespaces.
     let mut phases = Vec::new();
     let mut op_rss = None;
+    // First a short turn of each side, not measured: whichever side runs the first phase of a
+    // run is a quarter slower than in its later ones, while caches, heaps and connections grow.
+    let warm = (zones / 10).max(1);
+    eprintln!("warming up: each side makes {warm} zones");
+    for side in [Side::Operator, Side::Plain, Side::Bare] {
+        let (ns, names) = place(side, "w", warm);
+        make(&client, side, &ns, &names, instances, big).await;
+        clear(&client, side, &ns, &names).await;
+    }
     for (i, side) in sides.into_iter().enumerate() {
         eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
-        let ns = if side == Side::Operator { "bench-op".to_string() } else { format!("bench-plain-{i}") };
-        let names: Vec<String> = (0..zones).map(|z| format!("z{i}-{z}")).collect();
+        let (ns, names) = place(side, &i.to_string(), zones);
         let before = cpu_of(&procs);
-        let time = match side {
-            Side::Operator => {
-                let start = Instant::now();
-                futures::stream::iter(&names)
-                    .map(|name| {
-                        let zapi = zapi.clone();
-                        let gz = zone(name, instances);
-                        async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
-                    })
-                    .buffer_unordered(32)
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .unwrap();
-                let time = until_ready(&client, "bench-op", n + big, start, server_ready).await;
-                // At the scale asked about: one phase's zones (and the big one).
-                op_rss.get_or_insert_with(|| peak_rss_mib(pid));
-                time
-            }
-            Side::Plain | Side::Bare => {
-                namespace(&client, &ns).await;
-                plain_client(&client, &ns, zones, instances, side == Side::Plain).await
-            }
-        };
+        let time = make(&client, side, &ns, &names, instances, big).await;
+        if side == Side::Operator {
+            // At the scale asked about: one phase's zones (and the big one).
+            op_rss.get_or_insert_with(|| peak_rss_mib(pid));
+        }
         let after = cpu_of(&procs);
         eprintln!("  {:.1} instances Ready/s", n as f64 / time.as_secs_f64());
         phases.push(Phase { side, time, cpu: after.iter().zip(&before).map(|(a, b)| a - b).collect() });
