@@ -437,6 +437,7 @@ async fn main() {
         make(&client, side, &ns, &names, instances, big).await;
         clear(&client, side, &ns, &names).await;
     }
+    let last = sides.len() - 1;
     for (i, side) in sides.into_iter().enumerate() {
         eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
         let (ns, names) = place(side, &i.to_string(), zones);
@@ -449,7 +450,9 @@ async fn main() {
         let after = cpu_of(&procs);
         eprintln!("  {:.1} instances Ready/s", n as f64 / time.as_secs_f64());
         phases.push(Phase { side, time, cpu: after.iter().zip(&before).map(|(a, b)| a - b).collect() });
-        clear(&client, side, &ns, &names).await;
+        if i < last {
+            clear(&client, side, &ns, &names).await;
+        }
     }
     let final_rss = peak_rss_mib(pid);
     let _ = op.kill();
