@@ -8,7 +8,8 @@
 //!    creating the objects only (no GameServer ever shows a state). Each side runs once per
 //!    round, in turns (operator, plain, create-only; create-only, plain, operator; ...), and the
 //!    rates are taken over all of a side's phases: one phase swings by up to a quarter with the
-//!    machine. Each phase's objects are deleted before the next starts.
+//!    machine. A short unmeasured turn of each side comes first, and each phase's objects are
+//!    deleted before the next starts.
 //! 3. The operator's peak memory.
 //!
 //! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES,
