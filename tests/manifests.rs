@@ -415,6 +415,7 @@ fn cluster_role_grants_no_wildcards_and_leases_only_in_the_operator_namespace() 
         "gamezone.dev/gamezones/status:patch",
         "gamezone.dev/gameservers:deletecollection",
         "/pods:create",
+        "/pods:deletecollection",
         "batch/jobs:deletecollection",
         "events.k8s.io/events:create",
         "/nodes:list",
