@@ -252,15 +252,11 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
     match side {
         Side::Operator => {
             let zapi: Api<GameZone> = Api::namespaced(client.clone(), ns);
-            futures::stream::iter(zones)
-                .map(|z| {
-                    let zapi = zapi.clone();
-                    async move { zapi.delete(z, &DeleteParams::default()).await.map(|_| ()) }
-                })
-                .buffer_unordered(32)
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap();
+            each_zone(zones, |z| {
+                let zapi = zapi.clone();
+                async move { zapi.delete(z, &DeleteParams::default()).await.map(|_| ()) }
+            })
+            .await;
         }
         Side::Plain | Side::Bare => {
             Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await.unwrap();
@@ -278,6 +274,16 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
 /// Quiet time after a phase's objects are gone.
 const SETTLE: Duration = Duration::from_secs(5);
 
+/// Runs `call` for each of the zones `names`, 32 at a time, as a client creating or deleting
+/// many zones would.
+async fn each_zone<'a, F, Fut>(names: &'a [String], call: F)
+where
+    F: FnMut(&'a String) -> Fut,
+    Fut: std::future::Future<Output = kube::Result<()>>,
+{
+    futures::stream::iter(names).map(call).buffer_unordered(32).try_collect::<Vec<_>>().await.unwrap();
+}
+
 /// Where a phase of `side` puts its objects, and the names of its `zones` zones.
 fn place(side: Side, phase: &str, zones: usize) -> (String, Vec<String>) {
     let ns = if side == Side::Operator { "bench-op".to_string() } else { format!("bench-plain-{phase}") };
@@ -291,16 +297,11 @@ async fn make(client: &Client, side: Side, ns: &str, names: &[String], instances
     match side {
         Side::Operator => {
             let zapi: Api<GameZone> = Api::namespaced(client.clone(), ns);
-            futures::stream::iter(names)
-                .map(|name| {
-                    let zapi = zapi.clone();
-                    let gz = zone(name, instances);
-                    async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
-                })
-                .buffer_unordered(32)
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap();
+            each_zone(names, |name| {
+                let (zapi, gz) = (zapi.clone(), zone(name, instances));
+                async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
+            })
+            .await;
             until_ready(client, ns, names.len() * instances + big, start, server_ready).await
         }
         Side::Plain | Side::Bare => {
