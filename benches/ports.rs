@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use gamezone::ports::{Allocation, PortAllocator, PortRanges, PortRequest, Protocol};
+use gamezone::ports::{Allocation, PortAllocator, PortProtocol, PortRanges, PortRequest};
 
 /// First-fit over per-node used-port sets.
 struct Naive {
@@ -118,8 +118,8 @@ fn main() {
     let keys: Vec<String> = (0..servers).map(|i| format!("zone-{}/gs-{i}", i % 50)).collect();
     let nodes: Vec<String> = (0..node_count).map(|i| format!("node-{i:04}")).collect();
     let requests = [
-        PortRequest::dynamic("game", "server", 7777, Protocol::Udp),
-        PortRequest::dynamic("query", "server", 27015, Protocol::Tcp),
+        PortRequest::dynamic("game", "server", 7777, PortProtocol::Udp),
+        PortRequest::dynamic("query", "server", 27015, PortProtocol::Tcp),
     ];
     println!(
         "ports benchmark: {servers} servers x {} ports, {node_count} nodes, range {min}-{max} ({port_count} ports)",

@@ -17,7 +17,20 @@ pub enum PortPolicy {
     None,
 }
 
-/// Transport protocol of a port.
+impl PortPolicy {
+    /// Whether the operator picks the host port from the configured ranges.
+    pub fn picks_from_range(self) -> bool {
+        matches!(self, PortPolicy::Dynamic | PortPolicy::Passthrough)
+    }
+}
+
+impl std::fmt::Display for PortPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Transport protocol of a port. A host port slot covers both protocols, so `TcpUdp` costs one slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum PortProtocol {
@@ -27,7 +40,30 @@ pub enum PortProtocol {
     /// UDP.
     Udp,
     /// TCP and UDP on the same port number.
-    Tcpudp,
+    #[serde(rename = "TCPUDP")]
+    TcpUdp,
+}
+
+impl PortProtocol {
+    /// Whether two protocols share a transport, i.e. could clash on one port number.
+    pub fn overlaps(self, other: PortProtocol) -> bool {
+        self == other || self == PortProtocol::TcpUdp || other == PortProtocol::TcpUdp
+    }
+
+    /// The spelling Kubernetes and the API use: `TCP`, `UDP`, `TCPUDP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "TCP",
+            PortProtocol::Udp => "UDP",
+            PortProtocol::TcpUdp => "TCPUDP",
+        }
+    }
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A port a game process listens on.

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
 
-use crate::api::{GamePort, GameServer, PortPolicy, PortProtocol, PortStatus};
-use crate::ports::{self, Allocation, PortAllocator, PortRequest, Protocol};
+use crate::api::{GamePort, GameServer, PortPolicy, PortStatus};
+use crate::ports::{Allocation, PortAllocator, PortRequest};
 use crate::zone::SERVER_CONTAINER;
 
 /// The operator's one allocator.
@@ -30,40 +30,6 @@ pub fn listed_in(topology: &ConfigMap) -> impl Iterator<Item = (String, Vec<Port
     crate::zone::topology_ports(topology).into_iter().map(move |(name, ports)| (key_of(&ns, &name), ports))
 }
 
-fn to_policy(p: PortPolicy) -> ports::PortPolicy {
-    match p {
-        PortPolicy::Dynamic => ports::PortPolicy::Dynamic,
-        PortPolicy::Static => ports::PortPolicy::Static,
-        PortPolicy::Passthrough => ports::PortPolicy::Passthrough,
-        PortPolicy::None => ports::PortPolicy::None,
-    }
-}
-
-fn from_policy(p: ports::PortPolicy) -> PortPolicy {
-    match p {
-        ports::PortPolicy::Dynamic => PortPolicy::Dynamic,
-        ports::PortPolicy::Static => PortPolicy::Static,
-        ports::PortPolicy::Passthrough => PortPolicy::Passthrough,
-        ports::PortPolicy::None => PortPolicy::None,
-    }
-}
-
-fn to_protocol(p: PortProtocol) -> Protocol {
-    match p {
-        PortProtocol::Tcp => Protocol::Tcp,
-        PortProtocol::Udp => Protocol::Udp,
-        PortProtocol::Tcpudp => Protocol::TcpUdp,
-    }
-}
-
-fn from_protocol(p: Protocol) -> PortProtocol {
-    match p {
-        Protocol::Tcp => PortProtocol::Tcp,
-        Protocol::Udp => PortProtocol::Udp,
-        Protocol::TcpUdp => PortProtocol::Tcpudp,
-    }
-}
-
 /// Splits requests into those the allocator serves and the Passthrough ports left to the
 /// platform (when `passthrough_deferred`), each of the latter with its placeholder allocation.
 pub fn defer_passthrough(
@@ -73,8 +39,7 @@ pub fn defer_passthrough(
     if !passthrough_deferred {
         return (wanted, Vec::new());
     }
-    let (deferred, kept): (Vec<_>, Vec<_>) =
-        wanted.into_iter().partition(|r| r.policy == ports::PortPolicy::Passthrough);
+    let (deferred, kept): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|r| r.policy == PortPolicy::Passthrough);
     let placeholders = deferred
         .into_iter()
         .zip(crate::webhook::patch::PLACEHOLDER_BASE..)
@@ -110,8 +75,8 @@ pub fn requests(ports: &[GamePort]) -> Vec<PortRequest> {
                 PortPolicy::Static => p.host_port.and_then(|h| u16::try_from(h).ok()),
                 _ => None,
             },
-            protocol: to_protocol(p.protocol),
-            policy: to_policy(p.policy),
+            protocol: p.protocol,
+            policy: p.policy,
         })
         .collect()
 }
@@ -125,9 +90,9 @@ pub fn status_of(allocations: &[Allocation]) -> Vec<PortStatus> {
             port: i32::from(a.host_port.unwrap_or(a.container_port)),
             container_port: i32::from(a.container_port),
             host_port: a.host_port.map(i32::from),
-            protocol: from_protocol(a.protocol),
+            protocol: a.protocol,
             container: a.container.clone(),
-            policy: from_policy(a.policy),
+            policy: a.policy,
         })
         .collect()
 }
@@ -141,8 +106,8 @@ pub fn allocations_of(status: &[PortStatus]) -> Vec<Allocation> {
             container: p.container.clone(),
             container_port: p.container_port as u16,
             host_port: p.host_port.map(|h| h as u16),
-            protocol: to_protocol(p.protocol),
-            policy: to_policy(p.policy),
+            protocol: p.protocol,
+            policy: p.policy,
         })
         .collect()
 }
@@ -186,7 +151,7 @@ pub fn rebuild(
         let node = status.and_then(|s| s.node_name.as_deref());
         let mut held = allocations_of(ports);
         if passthrough_deferred {
-            held.retain(|a| a.policy != ports::PortPolicy::Passthrough);
+            held.retain(|a| a.policy != PortPolicy::Passthrough);
         }
         match alloc.restore(&server_key(gs), held, node) {
             Ok(report) if !report.over_committed_ports.is_empty() => {

@@ -582,7 +582,7 @@ impl PortAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::Protocol;
+    use crate::ports::PortProtocol;
 
     fn alloc(ranges: &str, nodes: &[&str]) -> PortAllocator {
         let mut a = PortAllocator::new(ranges.parse().unwrap());
@@ -593,7 +593,7 @@ mod tests {
     }
 
     fn game(port: u16) -> PortRequest {
-        PortRequest::dynamic("game", "server", port, Protocol::Udp)
+        PortRequest::dynamic("game", "server", port, PortProtocol::Udp)
     }
 
     fn host(allocs: &[Allocation]) -> Vec<u16> {
@@ -620,8 +620,8 @@ mod tests {
         let mut a = alloc("7000-7009", &["n1"]);
         let reqs = [
             game(7777),
-            PortRequest::dynamic("query", "server", 27015, Protocol::Tcp),
-            PortRequest::passthrough("voice", "voice-sidecar", Protocol::TcpUdp),
+            PortRequest::dynamic("query", "server", 27015, PortProtocol::Tcp),
+            PortRequest::passthrough("voice", "voice-sidecar", PortProtocol::TcpUdp),
         ];
         let got = a.allocate("ns/a", &reqs).unwrap();
         let mut ports = host(&got);
@@ -635,7 +635,7 @@ mod tests {
     #[test]
     fn static_uses_the_given_port_and_fails_naming_it_when_every_node_has_it() {
         let mut a = alloc("7000-7999", &["n1", "n2"]);
-        let req = PortRequest::static_port("game", "server", 25565, Protocol::Tcp);
+        let req = PortRequest::static_port("game", "server", 25565, PortProtocol::Tcp);
         for s in ["a", "b"] {
             let got = a.allocate(s, std::slice::from_ref(&req)).unwrap();
             assert_eq!((got[0].container_port, got[0].host_port), (25565, Some(25565)));
@@ -647,7 +647,7 @@ mod tests {
 
         // A static port inside the range takes a slot the dynamic side then can't use.
         let mut a = alloc("7000", &["n1"]);
-        let mut req = PortRequest::static_port("game", "server", 7000, Protocol::Udp);
+        let mut req = PortRequest::static_port("game", "server", 7000, PortProtocol::Udp);
         req.container_port = Some(7777);
         let got = a.allocate("s", &[req]).unwrap();
         assert_eq!((got[0].container_port, got[0].host_port), (7777, Some(7000)));
@@ -660,8 +660,8 @@ mod tests {
         let mut a = alloc("7000-7002", &["n1"]);
         // The Dynamic container port 7000 is avoided so the passthrough port can't collide with it.
         let reqs = [
-            PortRequest::passthrough("game", "server", Protocol::Udp),
-            PortRequest::dynamic("admin", "server", 7000, Protocol::Udp),
+            PortRequest::passthrough("game", "server", PortProtocol::Udp),
+            PortRequest::dynamic("admin", "server", 7000, PortProtocol::Udp),
         ];
         let got = a.allocate("s", &reqs).unwrap();
         assert_eq!(Some(got[0].container_port), got[0].host_port);
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn none_has_no_host_port_and_needs_no_node_or_range() {
         let mut a = alloc("", &[]);
-        let got = a.allocate("s", &[PortRequest::no_host_port("game", "server", 7777, Protocol::Tcp)]).unwrap();
+        let got = a.allocate("s", &[PortRequest::no_host_port("game", "server", 7777, PortProtocol::Tcp)]).unwrap();
         assert_eq!((got[0].container_port, got[0].host_port), (7777, None));
         assert!(a.usage().ranges.is_empty());
     }
@@ -679,10 +679,10 @@ mod tests {
     #[test]
     fn tcpudp_costs_one_host_port() {
         let mut a = alloc("7000", &["n1"]);
-        let got = a.allocate("s", &[PortRequest::dynamic("g", "c", 7777, Protocol::TcpUdp)]).unwrap();
+        let got = a.allocate("s", &[PortRequest::dynamic("g", "c", 7777, PortProtocol::TcpUdp)]).unwrap();
         assert_eq!(got[0].host_port, Some(7000));
         assert_eq!(a.uses(7000), 1);
-        let err = a.allocate("t", &[PortRequest::dynamic("g", "c", 7777, Protocol::Tcp)]).unwrap_err();
+        let err = a.allocate("t", &[PortRequest::dynamic("g", "c", 7777, PortProtocol::Tcp)]).unwrap_err();
         assert!(matches!(err, AllocError::Exhausted { available: 0, .. }));
     }
 
@@ -708,7 +708,7 @@ mod tests {
     #[test]
     fn allocate_is_idempotent_per_server() {
         let mut a = alloc("7000-7999", &["n1"]);
-        let reqs = [game(7777), PortRequest::static_port("q", "server", 8000, Protocol::Tcp)];
+        let reqs = [game(7777), PortRequest::static_port("q", "server", 8000, PortProtocol::Tcp)];
         let first = a.allocate("ns/a", &reqs).unwrap();
         let again = a.allocate("ns/a", &[reqs[1].clone(), reqs[0].clone()]).unwrap();
         assert_eq!(first, again);
@@ -746,7 +746,7 @@ mod tests {
             AllocError::Exhausted { ranges: "7000-7001".into(), ports: 2, requested: 1, available: 0, nodes: 1 }
         );
         // Nothing held after a failure, including a partial multi-port request.
-        let partial = a.allocate("d", &[game(1), PortRequest::static_port("f", "c", 80, Protocol::Tcp)]);
+        let partial = a.allocate("d", &[game(1), PortRequest::static_port("f", "c", 80, PortProtocol::Tcp)]);
         assert!(partial.is_err());
         assert_eq!(a.allocation("d"), None);
         assert_eq!(a.uses(80), 0);
@@ -755,7 +755,7 @@ mod tests {
         assert!(a.allocate("c", &[game(1)]).is_ok());
         assert!(a.allocate("e", &[game(1)]).is_err());
         a.node_added("n2");
-        let both = a.allocate("e", &[game(1), PortRequest::dynamic("q", "server", 2, Protocol::Tcp)]).unwrap();
+        let both = a.allocate("e", &[game(1), PortRequest::dynamic("q", "server", 2, PortProtocol::Tcp)]).unwrap();
         assert_eq!(host(&both).len(), 2);
         a.check_invariants();
     }
@@ -770,7 +770,7 @@ mod tests {
         let mut a = alloc("", &["n1"]);
         let err = a.allocate("ns/a", &[game(1)]).unwrap_err();
         assert!(err.to_string().contains("set --port-range"), "{err}");
-        assert!(a.allocate("ns/b", &[PortRequest::static_port("g", "c", 7000, Protocol::Udp)]).is_ok());
+        assert!(a.allocate("ns/b", &[PortRequest::static_port("g", "c", 7000, PortProtocol::Udp)]).is_ok());
     }
 
     #[test]
@@ -859,7 +859,7 @@ mod tests {
             container: "server".into(),
             container_port: 7777,
             host_port: Some(7000),
-            protocol: Protocol::Udp,
+            protocol: PortProtocol::Udp,
             policy: PortPolicy::Dynamic,
         };
         a.restore("a", vec![old], Some("n1")).unwrap();

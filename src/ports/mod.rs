@@ -8,7 +8,7 @@
 //! leaving can tell which servers it took along.
 //!
 //! * [`PortRequest`] / [`Allocation`]: what a server asks for and what it gets, per port policy
-//!   ([`PortPolicy`]) and [`Protocol`] (`TcpUdp` costs one host port for both).
+//!   ([`PortPolicy`]) and [`PortProtocol`] (`TcpUdp` costs one host port for both).
 //! * [`PortRanges`]: the validated `--port-range` flag.
 //! * [`PortAllocator`]: the per-node tables and the counts. Allocate, release, bind and node
 //!   joins cost O(1) per port plus hashing, never a scan over ports × nodes; a node leaving costs
@@ -28,7 +28,7 @@ mod proptests;
 pub use allocator::{NodeRemoval, OverCommit, PortAllocator, RestoreReport};
 pub use pod::{PORT_ENV_PREFIX, PodPort, WireProtocol, pod_ports, port_env, port_env_name};
 pub use range::{PortRange, PortRanges, RangeError, parse_port_ranges};
-pub use types::{Allocation, PortPolicy, PortRequest, Protocol};
+pub use types::{Allocation, PortPolicy, PortProtocol, PortRequest};
 
 use serde::{Deserialize, Serialize};
 

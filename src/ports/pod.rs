@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Allocation, Protocol};
+use super::types::{Allocation, PortProtocol};
 
 /// Prefix of the env vars that tell a container its ports.
 pub const PORT_ENV_PREFIX: &str = "GAMEZONE_PORT_";
@@ -51,13 +51,13 @@ impl WireProtocol {
     }
 }
 
-impl Protocol {
+impl PortProtocol {
     /// The Pod protocols this protocol needs: `TcpUdp` is two entries on the same numbers.
     pub fn wire(self) -> &'static [WireProtocol] {
         match self {
-            Protocol::Tcp => &[WireProtocol::Tcp],
-            Protocol::Udp => &[WireProtocol::Udp],
-            Protocol::TcpUdp => &[WireProtocol::Tcp, WireProtocol::Udp],
+            PortProtocol::Tcp => &[WireProtocol::Tcp],
+            PortProtocol::Udp => &[WireProtocol::Udp],
+            PortProtocol::TcpUdp => &[WireProtocol::Tcp, WireProtocol::Udp],
         }
     }
 }
@@ -111,7 +111,7 @@ mod tests {
                 container: "server".into(),
                 container_port: 7777,
                 host_port: Some(7042),
-                protocol: Protocol::TcpUdp,
+                protocol: PortProtocol::TcpUdp,
                 policy: PortPolicy::Dynamic,
             },
             Allocation {
@@ -119,7 +119,7 @@ mod tests {
                 container: "sidecar".into(),
                 container_port: 9090,
                 host_port: None,
-                protocol: Protocol::Tcp,
+                protocol: PortProtocol::Tcp,
                 policy: PortPolicy::None,
             },
         ];

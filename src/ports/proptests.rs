@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 
-use super::{AllocError, Allocation, NodeRemoval, PortAllocator, PortPolicy, PortRequest, Protocol};
+use super::{AllocError, Allocation, NodeRemoval, PortAllocator, PortPolicy, PortProtocol, PortRequest};
 
 /// Two ranges with a hole at 7002, which only Static ports reach.
 const RANGES: &str = "7000-7001,7003-7004";
@@ -16,10 +16,10 @@ const STATIC_PORTS: [u16; 3] = [7001, 7002, 8000];
 
 #[derive(Debug, Clone)]
 enum Req {
-    Dynamic(Protocol),
-    Static(usize, Protocol),
-    Passthrough(Protocol),
-    NoHost(Protocol),
+    Dynamic(PortProtocol),
+    Static(usize, PortProtocol),
+    Passthrough(PortProtocol),
+    NoHost(PortProtocol),
 }
 
 #[derive(Debug, Clone)]
@@ -35,8 +35,8 @@ enum Op {
     Rebuild,
 }
 
-fn protocol() -> impl Strategy<Value = Protocol> {
-    prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::TcpUdp)]
+fn protocol() -> impl Strategy<Value = PortProtocol> {
+    prop_oneof![Just(PortProtocol::Tcp), Just(PortProtocol::Udp), Just(PortProtocol::TcpUdp)]
 }
 
 fn req() -> impl Strategy<Value = Req> {
@@ -312,7 +312,7 @@ fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
                     container: "c".into(),
                     container_port: 200 + i as u16,
                     host_port: Some(p),
-                    protocol: Protocol::Udp,
+                    protocol: PortProtocol::Udp,
                     policy: PortPolicy::Dynamic,
                 })
                 .collect();

@@ -1,68 +1,11 @@
 //! What a server asks for (`PortRequest`) and what it gets (`Allocation`).
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::AllocError;
 use super::pod::{port_env_name, same_env_name};
 
-/// Transport protocol of a port. A host port slot covers both protocols, so `TcpUdp` costs one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    /// TCP only.
-    Tcp,
-    /// UDP only (the default, as game traffic mostly is).
-    #[default]
-    Udp,
-    /// TCP and UDP on the same port number.
-    TcpUdp,
-}
-
-impl Protocol {
-    /// Whether two protocols share a transport, i.e. could clash on one port number.
-    pub fn overlaps(self, other: Protocol) -> bool {
-        self == other || self == Protocol::TcpUdp || other == Protocol::TcpUdp
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::TcpUdp => "TCPUDP",
-        })
-    }
-}
-
-/// How a port gets its host port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum PortPolicy {
-    /// The operator picks a host port from the configured ranges; the container port is given.
-    #[default]
-    Dynamic,
-    /// The user gives the host port (and optionally the container port, defaulting to the host port).
-    Static,
-    /// The operator picks a host port from the ranges and the container listens on that same number.
-    Passthrough,
-    /// No host port: clients reach the container port on the pod IP.
-    None,
-}
-
-impl PortPolicy {
-    /// Whether the operator picks the host port from the configured ranges.
-    pub fn picks_from_range(self) -> bool {
-        matches!(self, PortPolicy::Dynamic | PortPolicy::Passthrough)
-    }
-}
-
-impl fmt::Display for PortPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+pub use crate::api::{PortPolicy, PortProtocol};
 
 /// One port a server asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,7 +24,7 @@ pub struct PortRequest {
     pub host_port: Option<u16>,
     /// Transport protocol.
     #[serde(default)]
-    pub protocol: Protocol,
+    pub protocol: PortProtocol,
     /// How the host port is chosen.
     #[serde(default)]
     pub policy: PortPolicy,
@@ -89,22 +32,22 @@ pub struct PortRequest {
 
 impl PortRequest {
     /// A Dynamic request: the operator picks the host port.
-    pub fn dynamic(name: &str, container: &str, container_port: u16, protocol: Protocol) -> Self {
+    pub fn dynamic(name: &str, container: &str, container_port: u16, protocol: PortProtocol) -> Self {
         Self::build(name, container, Some(container_port), None, protocol, PortPolicy::Dynamic)
     }
 
     /// A Static request for `host_port`, with the container listening on the same number.
-    pub fn static_port(name: &str, container: &str, host_port: u16, protocol: Protocol) -> Self {
+    pub fn static_port(name: &str, container: &str, host_port: u16, protocol: PortProtocol) -> Self {
         Self::build(name, container, None, Some(host_port), protocol, PortPolicy::Static)
     }
 
     /// A Passthrough request: container and host port are the same, operator-picked number.
-    pub fn passthrough(name: &str, container: &str, protocol: Protocol) -> Self {
+    pub fn passthrough(name: &str, container: &str, protocol: PortProtocol) -> Self {
         Self::build(name, container, None, None, protocol, PortPolicy::Passthrough)
     }
 
     /// A request without a host port.
-    pub fn no_host_port(name: &str, container: &str, container_port: u16, protocol: Protocol) -> Self {
+    pub fn no_host_port(name: &str, container: &str, container_port: u16, protocol: PortProtocol) -> Self {
         Self::build(name, container, Some(container_port), None, protocol, PortPolicy::None)
     }
 
@@ -113,7 +56,7 @@ impl PortRequest {
         container: &str,
         container_port: Option<u16>,
         host_port: Option<u16>,
-        protocol: Protocol,
+        protocol: PortProtocol,
         policy: PortPolicy,
     ) -> Self {
         Self { name: name.to_owned(), container: container.to_owned(), container_port, host_port, protocol, policy }
@@ -134,7 +77,7 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
     /// Transport protocol.
-    pub protocol: Protocol,
+    pub protocol: PortProtocol,
     /// Policy the port was allocated under.
     pub policy: PortPolicy,
 }
@@ -177,7 +120,7 @@ struct Entry<'a> {
     name: &'a str,
     container: &'a str,
     container_port: Option<u16>,
-    protocol: Protocol,
+    protocol: PortProtocol,
 }
 
 /// Checks names (unique, also as env vars) and that no two ports of the server share a
@@ -337,60 +280,60 @@ mod tests {
 
     #[test]
     fn rejects_inconsistent_requests_with_the_port_named() {
-        let mut bad = PortRequest::dynamic("game", "server", 7777, Protocol::Udp);
+        let mut bad = PortRequest::dynamic("game", "server", 7777, PortProtocol::Udp);
         bad.container_port = None;
         assert!(reason("ns/gs", &[bad]).contains("port \"game\": portPolicy Dynamic needs a containerPort"));
 
-        let mut bad = PortRequest::passthrough("game", "server", Protocol::Udp);
+        let mut bad = PortRequest::passthrough("game", "server", PortProtocol::Udp);
         bad.container_port = Some(7777);
         assert!(reason("ns/gs", &[bad]).contains("leave containerPort and hostPort empty"));
 
-        let mut bad = PortRequest::static_port("game", "server", 7777, Protocol::Udp);
+        let mut bad = PortRequest::static_port("game", "server", 7777, PortProtocol::Udp);
         bad.host_port = None;
         assert!(reason("ns/gs", &[bad]).contains("needs a hostPort"));
 
-        let mut bad = PortRequest::no_host_port("game", "server", 7777, Protocol::Udp);
+        let mut bad = PortRequest::no_host_port("game", "server", 7777, PortProtocol::Udp);
         bad.host_port = Some(7000);
         assert!(reason("ns/gs", &[bad]).contains("use portPolicy Static"));
     }
 
     #[test]
     fn rejects_duplicate_names_env_vars_and_ports() {
-        let a = PortRequest::dynamic("game", "server", 7777, Protocol::Udp);
-        let b = PortRequest::dynamic("game", "sidecar", 8080, Protocol::Tcp);
+        let a = PortRequest::dynamic("game", "server", 7777, PortProtocol::Udp);
+        let b = PortRequest::dynamic("game", "sidecar", 8080, PortProtocol::Tcp);
         assert!(reason("s", &[a.clone(), b]).contains("used twice"));
 
-        let b = PortRequest::dynamic("GAME", "sidecar", 8080, Protocol::Tcp);
+        let b = PortRequest::dynamic("GAME", "sidecar", 8080, PortProtocol::Tcp);
         assert!(reason("s", &[a.clone(), b]).contains("GAMEZONE_PORT_GAME"));
 
         // Same container port, TCP vs TCPUDP overlap, even across containers (one pod network);
         // TCP and UDP on one number are fine.
-        let a = PortRequest::dynamic("a", "server", 7777, Protocol::TcpUdp);
-        let b = PortRequest::dynamic("b", "sidecar", 7777, Protocol::Tcp);
+        let a = PortRequest::dynamic("a", "server", 7777, PortProtocol::TcpUdp);
+        let b = PortRequest::dynamic("b", "sidecar", 7777, PortProtocol::Tcp);
         assert!(reason("s", &[a, b]).contains("containerPort 7777 is already used by port \"a\""));
-        let c = PortRequest::dynamic("c", "sidecar", 7777, Protocol::Tcp);
-        let d = PortRequest::dynamic("d", "server", 7777, Protocol::Udp);
+        let c = PortRequest::dynamic("c", "sidecar", 7777, PortProtocol::Tcp);
+        let d = PortRequest::dynamic("d", "server", 7777, PortProtocol::Udp);
         assert!(check_requests("s", &[c, d]).is_ok());
 
-        let a = PortRequest::static_port("a", "server", 7000, Protocol::Tcp);
-        let b = PortRequest::static_port("b", "sidecar", 7000, Protocol::Udp);
+        let a = PortRequest::static_port("a", "server", 7000, PortProtocol::Tcp);
+        let b = PortRequest::static_port("b", "sidecar", 7000, PortProtocol::Udp);
         assert!(reason("s", &[a, b]).contains("hostPort 7000 is used by another port"));
     }
 
     #[test]
     fn satisfies_matches_the_request_it_came_from() {
-        let req = PortRequest::static_port("q", "server", 7000, Protocol::Tcp);
+        let req = PortRequest::static_port("q", "server", 7000, PortProtocol::Tcp);
         let a = Allocation {
             name: "q".into(),
             container: "server".into(),
             container_port: 7000,
             host_port: Some(7000),
-            protocol: Protocol::Tcp,
+            protocol: PortProtocol::Tcp,
             policy: PortPolicy::Static,
         };
         assert!(a.satisfies(&req));
-        assert!(!a.satisfies(&PortRequest::static_port("q", "server", 7001, Protocol::Tcp)));
-        assert!(!a.satisfies(&PortRequest::static_port("q", "server", 7000, Protocol::Udp)));
+        assert!(!a.satisfies(&PortRequest::static_port("q", "server", 7001, PortProtocol::Tcp)));
+        assert!(!a.satisfies(&PortRequest::static_port("q", "server", 7000, PortProtocol::Udp)));
     }
 
     #[test]
@@ -399,10 +342,11 @@ mod tests {
             r#"{"name":"game","container":"server","containerPort":7777,"protocol":"TCPUDP","policy":"Passthrough"}"#,
         )
         .unwrap();
-        assert_eq!(req.protocol, Protocol::TcpUdp);
+        assert_eq!(req.protocol, PortProtocol::TcpUdp);
         assert_eq!(req.policy, PortPolicy::Passthrough);
         let d: PortRequest = serde_json::from_str(r#"{"name":"g","container":"c","containerPort":1}"#).unwrap();
-        assert_eq!((d.protocol, d.policy), (Protocol::Udp, PortPolicy::Dynamic));
+        // One default with the API's: a port without a protocol or policy is TCP with no host port.
+        assert_eq!((d.protocol, d.policy), (PortProtocol::Tcp, PortPolicy::None));
         assert_eq!(serde_json::to_string(&PortPolicy::None).unwrap(), r#""None""#);
     }
 }

@@ -464,7 +464,7 @@ fn service_ports(ports: &[GamePort]) -> Vec<ServicePort> {
             let protocols: &[&str] = match p.protocol {
                 PortProtocol::Tcp => &["TCP"],
                 PortProtocol::Udp => &["UDP"],
-                PortProtocol::Tcpudp => &["TCP", "UDP"],
+                PortProtocol::TcpUdp => &["TCP", "UDP"],
             };
             protocols.iter().map(move |proto| ServicePort {
                 name: Some(if protocols.len() > 1 {
