@@ -445,7 +445,7 @@ async fn artifact_revision_change_rolls_servers_with_the_new_pin() {
     let pods: Api<Pod> = ns.api();
     let mut z = zone("zone1");
     z.spec.services.truncate(2);
-    z.spec.artifacts_interval = Some("2s".into());
+    z.spec.artifacts_interval = Some(Interval::from_secs(2));
     z.spec.artifacts = vec![
         serde_json::from_value(json!({
             "path": "/app/artifacts/config", "subPath": "config", "git": {"url": git.url, "branch": "main"}
@@ -518,7 +518,7 @@ async fn failed_migration_degrades_the_zone_and_leaves_servers_alone() {
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MigrationFailed"));
     let job = st.migration.as_ref().unwrap().job_name.clone();
     assert!(ready.message.contains(&job) && ready.message.contains("BackoffLimitExceeded"), "{}", ready.message);
-    assert_eq!(st.migration.unwrap().state, "Failed");
+    assert_eq!(st.migration.unwrap().state, MigrationState::Failed);
     // Running servers are untouched: same pods, old image.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pod_uids(&pods, "zone1").await, before, "servers were touched");
@@ -583,5 +583,103 @@ async fn operator_killed_during_each_edit_and_the_delete_converges() {
         if !zone_left && left.is_empty() { Ok(()) } else { Err(format!("zone left {zone_left}, objects {left:?}")) }
     })
     .await;
+    ns.cleanup().await;
+}
+
+/// The Ready condition's reason and message.
+fn ready_condition(z: &GameZone) -> (String, String) {
+    let c = z.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    c.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_created_secret_moves_the_zone_at_once_and_status_shows_the_failure_of_now() {
+    let ns = common::namespace("zone-truth").await;
+    install_crds(&ns.client).await;
+    let op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    // A git source nothing listens on: every pin fails, transiently.
+    let closed = support::free_port();
+    let mut z = zone("zone1");
+    z.spec.artifacts = vec![
+        serde_json::from_value(json!({"path": "/app/config", "git": {"url": format!("git://127.0.0.1:{closed}/config.git"), "branch": "main"}}))
+            .unwrap(),
+    ];
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    common::wait_for("SecretNotFound", WAIT, || async {
+        let (reason, msg) = ready_condition(&zones.get("zone1").await.map_err(|e| e.to_string())?);
+        if reason == "SecretNotFound" { Ok(()) } else { Err(format!("{reason}: {msg}")) }
+    })
+    .await;
+
+    // The fix, and nothing else: no touch of the zone. The zone hears of the Secret at once, well
+    // before its two-minute requeue, and says what fails now.
+    let created = std::time::Instant::now();
+    mysql_secret(&ns.api()).await;
+    let z = common::wait_for("the failure of now in status", Duration::from_secs(40), || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let (reason, msg) = ready_condition(&z);
+        if reason == "FetchFailed" { Ok(z) } else { Err(format!("{reason}: {msg}")) }
+    })
+    .await;
+    assert!(created.elapsed() < Duration::from_secs(40), "took {:?}", created.elapsed());
+    let status = z.status.unwrap();
+    let artifacts = status.conditions.iter().find(|c| c.type_ == "ArtifactsReady").unwrap();
+    assert_eq!((artifacts.status.as_str(), artifacts.reason.as_str()), ("False", "FetchFailed"));
+    assert!(
+        artifacts.message.contains(&format!("127.0.0.1:{closed}")) && artifacts.message.contains("retrying in"),
+        "{}",
+        artifacts.message
+    );
+    assert_ne!(status.phase, Some(ZonePhase::Running));
+    let servers: Api<GameServer> = ns.api();
+    assert!(names(&servers, "zone1").await.is_empty(), "no server runs unpinned artifacts");
+    drop(op);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleting_zone_is_terminating_says_what_it_waits_for_and_waiting_is_no_failure() {
+    let ns = common::namespace("zone-terminating").await;
+    install_crds(&ns.client).await;
+    mysql_secret(&ns.api()).await;
+    let op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &zone("zone1")).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+
+    // Something else holds one server (as a drain will): the zone waits for it.
+    let servers: Api<GameServer> = ns.api();
+    let hold = json!({"metadata": {"finalizers": ["gamezone.dev/ports", "test.gamezone.dev/hold"]}});
+    servers.patch("zone1-db-1", &PatchParams::default(), &Patch::Merge(hold)).await.unwrap();
+    zones.delete("zone1", &DeleteParams::default()).await.unwrap();
+    common::wait_for("zone1 Terminating, naming the server it waits for", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let (reason, msg) = ready_condition(&z);
+        let phase = z.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(ZonePhase::Terminating) && reason == "Terminating" && msg.contains("zone1-db-1") {
+            Ok(())
+        } else {
+            Err(format!("{phase:?} {reason}: {msg}"))
+        }
+    })
+    .await;
+    let table = kubectl(ns.kubeconfig(), &["get", "gz", "-n", &ns.name]);
+    assert!(table.contains("Terminating"), "kubectl get gz:\n{table}");
+
+    servers
+        .patch("zone1-db-1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    common::wait_for("zone1 gone", WAIT, || async {
+        match zones.get_opt("zone1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|z| z.map(|z| z.status)))),
+        }
+    })
+    .await;
+    let log = op.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("reconcile failed")).collect();
+    assert!(failed.is_empty(), "waiting logged as failing: {failed:?}");
     ns.cleanup().await;
 }

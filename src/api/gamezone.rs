@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{GamePort, MysqlSpec, RedisSpec};
+use super::{GamePort, Interval, MysqlSpec, RedisSpec};
 
 /// A game zone (大区): which service instances run, from which image, against which Redis and MySQL,
 /// with which artifacts layered into their file system.
@@ -62,8 +62,7 @@ pub struct GameZoneSpec {
     /// How often moving artifact references (branches, prefixes) are resolved again, e.g. `5m`.
     /// Default `5m`; `0s` resolves only when the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
-    pub artifacts_interval: Option<String>,
+    pub artifacts_interval: Option<Interval>,
     /// Put the artifacts on one zone-wide ReadWriteMany volume instead of a per-pod emptyDir, so
     /// testers can edit files every process sees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,11 +281,23 @@ pub struct MigrationStatus {
     pub inputs_hash: String,
     /// The Job running it.
     pub job_name: String,
-    /// Succeeded, Failed or Running.
-    pub state: String,
+    /// Running, Succeeded or Failed.
+    pub state: MigrationState,
     /// Inputs hash of the last migration that succeeded; servers run the version it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded_hash: Option<String>,
+}
+
+/// Where the migration of one version is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MigrationState {
+    /// Its Job is running; servers wait.
+    #[default]
+    Running,
+    /// Its Job completed; servers may move to this version.
+    Succeeded,
+    /// Its Job failed; servers stay on the previous version.
+    Failed,
 }
 
 /// An externally reachable address of a service.

@@ -151,3 +151,109 @@ pub struct RedisSpec {
 fn default_redis_port() -> i32 {
     6379
 }
+
+/// A whole number of seconds, minutes or hours written as `30s`, `5m`, `1h`: parsed once, when the
+/// object is read; the CRD's pattern makes the API server refuse anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Interval(std::time::Duration);
+
+impl Interval {
+    /// The CRD pattern; seven digits at most, so every value the API server admits fits a duration.
+    pub const PATTERN: &str = r"^[0-9]{1,7}(s|m|h)$";
+
+    /// The interval as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        self.0
+    }
+
+    /// An interval of whole seconds (shown as `Ns`).
+    pub fn from_secs(secs: u64) -> Self {
+        Interval(std::time::Duration::from_secs(secs))
+    }
+}
+
+impl std::str::FromStr for Interval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a duration such as 30s, 5m or 1h");
+        let (num, unit) = text.split_at(text.len().saturating_sub(1));
+        if num.is_empty() || num.len() > 7 || !num.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(bad()),
+        };
+        Ok(Interval(std::time::Duration::from_secs(secs)))
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        match secs {
+            s if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Interval {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Interval".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": Interval::PATTERN})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_is_parsed_once_and_written_back_as_given() {
+        for (text, secs) in [("30s", 30), ("5m", 300), ("1h", 3600), ("0s", 0), ("9999999h", 9_999_999 * 3600)] {
+            let i: Interval = text.parse().unwrap();
+            assert_eq!(i.duration().as_secs(), secs, "{text}");
+            assert_eq!(i.to_string(), text);
+            assert_eq!(serde_json::to_value(i).unwrap(), serde_json::json!(text));
+        }
+        for bad in ["", "5", "m", "5d", "1.5h", "-1s", "12345678s", " 5m"] {
+            let err = bad.parse::<Interval>().unwrap_err();
+            assert!(err.contains("30s, 5m or 1h"), "{bad:?}: {err}");
+        }
+        let err = serde_json::from_value::<Interval>(serde_json::json!("5 minutes")).unwrap_err();
+        assert!(err.to_string().contains("\"5 minutes\" is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_pattern_admits_exactly_what_parses() {
+        let schema = serde_json::to_value(schemars::schema_for!(Interval)).unwrap();
+        assert_eq!(schema["pattern"], Interval::PATTERN);
+        assert_eq!(schema["type"], "string");
+    }
+}

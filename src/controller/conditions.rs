@@ -14,6 +14,14 @@ pub mod types {
     pub const SERVERS_READY: &str = "ServersReady";
 }
 
+/// Condition types a GameServer reports.
+pub mod server_types {
+    /// The server's pod is Ready on its current template.
+    pub const READY: &str = "Ready";
+    /// Every port of the server has its host port (or needs none).
+    pub const PORTS_ALLOCATED: &str = "PortsAllocated";
+}
+
 /// Sets (or adds) the condition `type_`, keeping `lastTransitionTime` when `status` did not change.
 pub fn set(
     conditions: &mut Vec<Condition>,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use super::key::ObjectKey;
 use crate::api::ZONE_LABEL;
 
 /// Names of the objects carrying a zone label, by `namespace/zone`, as the watch feeding the
@@ -15,17 +16,13 @@ use crate::api::ZONE_LABEL;
 /// lookup that finds it gone from the store or moved to another zone, so the index needs no
 /// deletion events and is never behind the store for a lookup.
 #[derive(Default)]
-pub struct ByZone(Mutex<HashMap<String, BTreeSet<String>>>);
-
-fn zone_key(namespace: &str, zone: &str) -> String {
-    format!("{namespace}/{zone}")
-}
+pub struct ByZone(Mutex<HashMap<ObjectKey, BTreeSet<String>>>);
 
 impl ByZone {
     /// Records `obj` under its zone; objects without a zone label are not indexed.
     pub fn saw<K: Resource>(&self, obj: &K) {
         let Some(zone) = obj.labels().get(ZONE_LABEL) else { return };
-        let key = zone_key(obj.meta().namespace.as_deref().unwrap_or_default(), zone);
+        let key = ObjectKey::new(obj.meta().namespace.as_deref().unwrap_or_default(), zone);
         let mut map = self.0.lock().expect("zone index lock");
         let names = map.entry(key).or_default();
         if !names.contains(obj.meta().name.as_deref().unwrap_or_default()) {
@@ -33,19 +30,19 @@ impl ByZone {
         }
     }
 
-    /// The objects of `zone` in `namespace` that `store` holds now.
-    pub fn of<K>(&self, store: &Store<K>, namespace: &str, zone: &str) -> Vec<Arc<K>>
+    /// The objects of the zone `zone` that `store` holds now.
+    pub fn of<K>(&self, store: &Store<K>, zone: &ObjectKey) -> Vec<Arc<K>>
     where
         K: Resource<DynamicType = ()> + Clone,
     {
-        let key = zone_key(namespace, zone);
+        let (namespace, zone_name) = (zone.namespace(), zone.name());
         let mut map = self.0.lock().expect("zone index lock");
-        let Some(names) = map.get_mut(&key) else { return Vec::new() };
+        let Some(names) = map.get_mut(zone) else { return Vec::new() };
         let mut found = Vec::with_capacity(names.len());
         names.retain(|name| {
             let obj = store.get(&ObjectRef::new(name).within(namespace));
             match obj {
-                Some(o) if o.labels().get(ZONE_LABEL).map(String::as_str) == Some(zone) => {
+                Some(o) if o.labels().get(ZONE_LABEL).map(String::as_str) == Some(zone_name) => {
                     found.push(o);
                     true
                 }
@@ -53,7 +50,7 @@ impl ByZone {
             }
         });
         if names.is_empty() {
-            map.remove(&key);
+            map.remove(zone);
         }
         found
     }
@@ -97,17 +94,20 @@ mod tests {
             writer.apply_watcher_event(&Event::Apply(o.clone()));
             index.saw(o);
         }
-        assert_eq!(names(index.of(&reader, "a", "z1")), ["z1-x", "z1-y"]);
-        assert_eq!(names(index.of(&reader, "b", "z1")), ["z1-x"]);
-        assert_eq!(names(index.of(&reader, "a", "z3")), Vec::<String>::new());
+        assert_eq!(names(index.of(&reader, &ObjectKey::new("a", "z1"))), ["z1-x", "z1-y"]);
+        assert_eq!(names(index.of(&reader, &ObjectKey::new("b", "z1"))), ["z1-x"]);
+        assert_eq!(names(index.of(&reader, &ObjectKey::new("a", "z3"))), Vec::<String>::new());
 
         // Deleted from the store: gone from the zone. Relabelled: found under its new zone only.
         writer.apply_watcher_event(&Event::Delete(objects[0].clone()));
         let moved = svc("a", "z1-y", Some("z2"));
         writer.apply_watcher_event(&Event::Apply(moved.clone()));
         index.saw(&moved);
-        assert_eq!(names(index.of(&reader, "a", "z1")), Vec::<String>::new());
-        assert_eq!(names(index.of(&reader, "a", "z2")), ["z1-y", "z2-x"]);
-        assert!(!index.0.lock().unwrap().contains_key("a/z1"), "an empty zone is dropped from the index");
+        assert_eq!(names(index.of(&reader, &ObjectKey::new("a", "z1"))), Vec::<String>::new());
+        assert_eq!(names(index.of(&reader, &ObjectKey::new("a", "z2"))), ["z1-y", "z2-x"]);
+        assert!(
+            !index.0.lock().unwrap().contains_key(&ObjectKey::new("a", "z1")),
+            "an empty zone is dropped from the index"
+        );
     }
 }

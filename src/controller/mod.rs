@@ -4,11 +4,12 @@
 pub mod conditions;
 mod http;
 mod index;
+pub mod key;
 pub mod leader;
 pub mod metrics;
 pub mod ports;
 mod server;
-pub mod written;
+pub mod writer;
 mod zone;
 
 use std::collections::HashMap;
@@ -19,12 +20,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{GameServer, MANAGED_BY_LABEL, MANAGER, PortStatus};
@@ -33,9 +34,6 @@ use crate::{Error, Result};
 
 pub use metrics::Metrics;
 pub use server::{pod_without_host_ports, ready_status};
-
-/// Progress-only status writes per second, across all zones and servers.
-const ROUTINE_WRITES_PER_SECOND: f64 = 5.0;
 
 /// Finalizer the zone controller puts on every GameZone.
 pub const ZONE_FINALIZER: &str = "gamezone.dev/cleanup";
@@ -61,9 +59,9 @@ pub struct Config {
     pub webhook: Option<crate::webhook::Config>,
 }
 
-/// Shared state of the reconcilers.
+/// What a reconcile needs.
 pub struct Context {
-    /// API client.
+    /// API client, for reads and deletions; writes that are spared go through `writer`.
     pub client: Client,
     /// Operator settings.
     pub config: Config,
@@ -71,10 +69,19 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Applies children and writes statuses, remembering what it wrote.
+    pub writer: writer::Writer,
+    /// Host port tables and what each zone's topology lists.
+    pub ports: ports::Ports,
+    /// What the shared watches show.
+    pub cache: Cache,
+}
+
+/// The shared watches' stores. Reconciles read servers, pods, Services and nodes from memory
+/// instead of asking the API server; zones read their own through the zone indexes.
+pub struct Cache {
     /// Nodes, for node addresses in GameServer status.
     pub nodes: Store<Node>,
-    /// Host port tables.
-    pub ports: ports::SharedAllocator,
     /// GameServers, as the watch shared by both controllers last saw them.
     pub servers: Store<GameServer>,
     /// Pods the operator made, from the server controller's watch.
@@ -85,23 +92,6 @@ pub struct Context {
     pub servers_by_zone: Arc<index::ByZone>,
     /// `services` by zone.
     pub services_by_zone: Arc<index::ByZone>,
-    /// What this process applied, so unchanged children are not written again.
-    pub applied: written::Applied,
-    /// The GameServer statuses this process wrote, until the watch shows them.
-    pub server_status: written::Statuses<crate::api::GameServerStatus>,
-    /// The GameZone statuses this process wrote, until the watch shows them.
-    pub zone_status: written::Statuses<crate::api::GameZoneStatus>,
-    /// Status writes that only report progress (a zone's counts, a server's step), shared by
-    /// every object: with hundreds of zones coming up at once, each one reports less often.
-    pub routine_writes: written::Budget,
-    /// The ports each zone's topology ConfigMap lists per server (`namespace/name`), as this
-    /// process last wrote them: a server's pod starts only once its ports are listed.
-    pub listed: std::sync::Mutex<HashMap<String, Vec<PortStatus>>>,
-}
-
-/// Cache key of a child object.
-pub fn applied_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 impl Context {
@@ -118,40 +108,6 @@ impl Context {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
-}
-
-/// How the operator applies: its one field manager, taking over fields others set.
-///
-/// Field validation is off: every body is serialized from typed objects, so it cannot hold a
-/// duplicate or misspelt field, and the API server's default (`Warn`) parses each apply body a
-/// second time to look for them (4% of the API server's CPU while zones come up), for warnings
-/// no one reads.
-fn apply_params() -> PatchParams {
-    PatchParams::apply(MANAGER).force().validation_ignore()
-}
-
-/// Server-side applies `obj` with the operator's field manager.
-pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    Ok(api.patch(&name, &apply_params(), &Patch::Apply(obj)).await?)
-}
-
-/// Server-side applies a status with the operator's field manager; returns the object's new
-/// resourceVersion.
-pub async fn apply_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<Option<String>>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    let written = api.patch_status(name, &apply_params(), &Patch::Apply(&body)).await?;
-    Ok(written.meta().resource_version.clone())
 }
 
 /// Deletes `name`; one already gone is fine (the watch this process reads may lag behind).
@@ -215,7 +171,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")))
         .await?
         .items;
-    let listed: HashMap<String, Vec<PortStatus>> = topologies.iter().flat_map(ports::listed_in).collect();
+    let listed: HashMap<key::ObjectKey, Vec<PortStatus>> = topologies.iter().flat_map(ports::listed_in).collect();
     let deferred = config.feature_gates.autopilot_passthrough_port;
     ports::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
     metrics.ports(&allocator.usage());
@@ -243,27 +199,18 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
+        writer: writer::Writer::new(client.clone()),
         client,
         config,
         metrics,
-        nodes,
-        ports: std::sync::Mutex::new(allocator),
-        servers,
-        pods,
-        services,
-        servers_by_zone,
-        services_by_zone,
-        applied: Default::default(),
-        server_status: Default::default(),
-        zone_status: Default::default(),
-        routine_writes: written::Budget::new(ROUTINE_WRITES_PER_SECOND),
-        listed: std::sync::Mutex::new(listed),
+        ports: ports::Ports::new(allocator, listed),
+        cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.
     let node_watch =
         watcher(node_api, watcher::Config::default()).default_backoff().reflect(writer).for_each(move |event| {
-            let mut alloc = node_ctx.ports.lock().expect("allocator lock");
+            let mut alloc = node_ctx.ports.allocator();
             match event {
                 Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
                     if ports::node_usable(&node) {
@@ -333,12 +280,32 @@ where
     (store, run, receivers)
 }
 
-/// Requeue delay after an error: user errors wait for a change, others back off briefly.
+/// Requeue delay after an error: user errors wait for a change (or a watched Secret), others
+/// back off briefly.
 fn requeue_after(err: &Error) -> Duration {
     if err.is_user_error() { Duration::from_secs(120) } else { Duration::from_secs(5) }
 }
 
-/// Short label of an object for logs.
-fn key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+/// A controller's error policy: a failure is logged and counted; waiting (for servers to
+/// terminate) is neither, since nothing failed.
+fn report_error(controller: &'static str, obj: &key::ObjectKey, err: &Error, metrics: &Metrics) -> Action {
+    match err {
+        Error::Waiting(what) => {
+            tracing::debug!(controller, object = %obj, waiting = %what, "waiting");
+            Action::requeue(Duration::from_secs(5))
+        }
+        err => {
+            metrics.error(controller, err.reason());
+            tracing::warn!(controller, object = %obj, error = %err, "reconcile failed");
+            Action::requeue(requeue_after(err))
+        }
+    }
+}
+
+/// The error of a finalizer step: a step's own error as it is.
+fn unwrap_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    }
 }

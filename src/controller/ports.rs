@@ -2,7 +2,7 @@
 //! allocations, the rebuild at start, and nodes joining and leaving.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
@@ -11,23 +11,60 @@ use crate::api::{GamePort, GameServer, PortPolicy, PortStatus};
 use crate::ports::{Allocation, PortAllocator, PortRequest};
 use crate::zone::SERVER_CONTAINER;
 
-/// The operator's one allocator.
-pub type SharedAllocator = Mutex<PortAllocator>;
+use super::Metrics;
+use super::key::ObjectKey;
 
-/// Allocator key of a GameServer.
-pub fn server_key(gs: &GameServer) -> String {
-    key_of(&gs.namespace().unwrap_or_default(), &gs.name_any())
+/// The operator's one allocator, and the ports each zone's topology ConfigMap lists per server
+/// as this process last wrote them: a server's pod starts only once its ports are listed.
+pub struct Ports {
+    allocator: Mutex<PortAllocator>,
+    listed: Mutex<HashMap<ObjectKey, Vec<PortStatus>>>,
 }
 
-/// Allocator key of the GameServer `name` in `namespace`.
-pub fn key_of(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+impl Ports {
+    /// Port tables rebuilt at start, and the topologies' listings read then.
+    pub fn new(allocator: PortAllocator, listed: HashMap<ObjectKey, Vec<PortStatus>>) -> Self {
+        Ports { allocator: Mutex::new(allocator), listed: Mutex::new(listed) }
+    }
+
+    /// The allocator, locked.
+    pub fn allocator(&self) -> MutexGuard<'_, PortAllocator> {
+        self.allocator.lock().expect("allocator lock")
+    }
+
+    /// Records what a topology now lists.
+    pub fn list(&self, entries: impl IntoIterator<Item = (ObjectKey, Vec<PortStatus>)>) {
+        self.listed.lock().expect("listed lock").extend(entries);
+    }
+
+    /// Whether the topology lists exactly `ports` for `server`.
+    pub fn lists(&self, server: &ObjectKey, ports: &[PortStatus]) -> bool {
+        self.listed.lock().expect("listed lock").get(server).map(Vec::as_slice) == Some(ports)
+    }
+
+    /// Forgets `server`'s listing and hands back its ports.
+    pub fn forget(&self, server: &ObjectKey, metrics: &Metrics) {
+        self.listed.lock().expect("listed lock").remove(server);
+        self.release(server, metrics);
+    }
+
+    /// Hands back `server`'s ports.
+    pub fn release(&self, server: &ObjectKey, metrics: &Metrics) {
+        let mut alloc = self.allocator();
+        alloc.release(&holder(server));
+        metrics.ports(&alloc.usage());
+    }
 }
 
-/// The ports a zone's topology ConfigMap lists, by server key.
-pub fn listed_in(topology: &ConfigMap) -> impl Iterator<Item = (String, Vec<PortStatus>)> {
+/// The port allocator's name for a server's holdings: its key, as `namespace/name`.
+pub fn holder(server: &ObjectKey) -> String {
+    server.to_string()
+}
+
+/// The ports a zone's topology ConfigMap lists, by server.
+pub fn listed_in(topology: &ConfigMap) -> impl Iterator<Item = (ObjectKey, Vec<PortStatus>)> {
     let ns = topology.namespace().unwrap_or_default();
-    crate::zone::topology_ports(topology).into_iter().map(move |(name, ports)| (key_of(&ns, &name), ports))
+    crate::zone::topology_ports(topology).into_iter().map(move |(name, ports)| (ObjectKey::new(&ns, name), ports))
 }
 
 /// Splits requests into those the allocator serves and the Passthrough ports left to the
@@ -132,7 +169,7 @@ pub fn rebuild(
     alloc: &mut PortAllocator,
     nodes: &[Node],
     servers: &[GameServer],
-    listed: &HashMap<String, Vec<PortStatus>>,
+    listed: &HashMap<ObjectKey, Vec<PortStatus>>,
     passthrough_deferred: bool,
 ) {
     for node in nodes.iter().filter(|n| node_usable(n)) {
@@ -143,7 +180,7 @@ pub fn rebuild(
         let status = gs.status.as_ref();
         let ports = match status.map(|s| &s.ports) {
             Some(p) if !p.is_empty() => p,
-            _ => match listed.get(&server_key(gs)) {
+            _ => match listed.get(&ObjectKey::of(gs)) {
                 Some(p) if !p.is_empty() => p,
                 _ => continue,
             },
@@ -153,14 +190,14 @@ pub fn rebuild(
         if passthrough_deferred {
             held.retain(|a| a.policy != PortPolicy::Passthrough);
         }
-        match alloc.restore(&server_key(gs), held, node) {
+        match alloc.restore(&holder(&ObjectKey::of(gs)), held, node) {
             Ok(report) if !report.over_committed_ports.is_empty() => {
-                tracing::warn!(server = %server_key(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");
+                tracing::warn!(server = %ObjectKey::of(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");
                 restored += 1;
             }
             Ok(_) => restored += 1,
             Err(e) => {
-                tracing::warn!(server = %server_key(gs), error = %e, "could not restore ports; the server will get new ones")
+                tracing::warn!(server = %ObjectKey::of(gs), error = %e, "could not restore ports; the server will get new ones")
             }
         }
     }
@@ -221,7 +258,8 @@ mod tests {
         };
         // a: in status; b: only in the topology (its status not written yet); c: nowhere.
         let servers = [server("a", Some(7003)), server("b", None), server("c", None)];
-        let listed = HashMap::from([("ns/b".to_string(), held_at(7005)), ("ns/a".to_string(), held_at(7009))]);
+        let listed =
+            HashMap::from([(ObjectKey::new("ns", "b"), held_at(7005)), (ObjectKey::new("ns", "a"), held_at(7009))]);
         let mut alloc = PortAllocator::new("7000-7009".parse::<PortRanges>().unwrap());
         rebuild(&mut alloc, &[node], &servers, &listed, false);
         let port_of = |key: &str| alloc.allocation(key).map(|a| a[0].host_port);

@@ -12,9 +12,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::conditions;
-use super::ports::{defer_passthrough, listed_in, requests, server_key, status_of};
-use super::{Context, Triggers, apply, apply_status, delete_if_present, key, requeue_after};
+use super::conditions::{self, server_types};
+use super::key::ObjectKey;
+use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
+use super::writer;
+use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
 use crate::webhook::patch::{Deferred, final_ports, mark_pod};
@@ -31,7 +33,7 @@ pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 
 /// Runs the server controller until shutdown, fed by the shared GameServer and Pod watches.
 pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Triggers<Pod>) {
-    Controller::for_stream(servers, ctx.servers.clone())
+    Controller::for_stream(servers, ctx.cache.servers.clone())
         .owns_stream(pods)
         // A new pod's first steps (scheduled, started, ready) come in quick succession; one
         // reconcile after they settle writes one status instead of one per step.
@@ -51,9 +53,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Trigger
 }
 
 fn error_policy(gs: Arc<GameServer>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, err.reason());
-    tracing::warn!(server = %key(gs.as_ref()), error = %err, "server reconcile failed");
-    Action::requeue(requeue_after(err))
+    super::report_error(CONTROLLER, &ObjectKey::of(gs.as_ref()), err, &ctx.metrics)
 }
 
 async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
@@ -61,52 +61,47 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
     finalizer(&api, SERVER_FINALIZER, gs, |event| async {
         match event {
-            Finalizer::Apply(gs) => reconcile_apply(&gs, &ctx).await,
+            Finalizer::Apply(gs) => apply(&gs, &ctx).await,
             Finalizer::Cleanup(gs) => {
-                let mut alloc = ctx.ports.lock().expect("allocator lock");
-                alloc.release(&server_key(&gs));
-                ctx.metrics.ports(&alloc.usage());
-                ctx.server_status.forget(&server_key(&gs));
+                ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
+                ctx.writer.forget_server(&gs);
                 Ok(Action::await_change())
             }
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
-    })
+    .map_err(super::unwrap_finalizer)
 }
 
-async fn reconcile_apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
-    let memo_key = server_key(gs);
-    let before = ctx
-        .server_status
-        .base(&memo_key, gs.metadata.resource_version.as_deref(), gs.status.as_ref())
-        .unwrap_or_default();
+/// Converges the server and writes its status when it is worth writing.
+async fn apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
+    let before = ctx.writer.server_base(gs);
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
     let (action, write) = converge(gs, ctx, &mut status).await?;
     if write && status != before {
-        // Routine steps (Creating, Scheduling, Starting, Ready) show in status; Events are kept
-        // for what a person may look for, since each one is an API write.
-        let noteworthy =
-            matches!(status.state, Some(ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating));
-        if status.state != before.state && noteworthy {
-            let warning = matches!(status.state, Some(ServerState::Unhealthy | ServerState::PortAllocation));
-            let note = format!(
-                "{:?}{}",
-                status.state.unwrap_or(ServerState::Creating),
-                status.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
-            );
-            ctx.event(gs, warning, &format!("{:?}", status.state.unwrap_or(ServerState::Creating)), note).await;
+        if let Some((warning, reason, note)) = noteworthy(&before, &status) {
+            ctx.event(gs, warning, &reason, note).await;
         }
-        tracing::debug!(server = %memo_key, from = ?before.state, to = ?status.state, "writing status");
-        let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
-        let version = apply_status(&api, &gs.name_any(), serde_json::to_value(&status)?).await?;
-        ctx.server_status.record(memo_key, version, status);
+        tracing::debug!(server = %ObjectKey::of(gs), from = ?before.state, to = ?status.state, "writing status");
+        ctx.writer.server_status(gs, &status).await?;
     }
     Ok(action)
+}
+
+/// The Event a state change is worth, if any: routine steps (Creating, Scheduling, Starting,
+/// Ready) show in status only, since each Event is an API write; what a person may look for
+/// (a failure, a replacement) gets one.
+fn noteworthy(before: &GameServerStatus, after: &GameServerStatus) -> Option<(bool, String, String)> {
+    let state = after.state?;
+    if after.state == before.state
+        || !matches!(state, ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating)
+    {
+        return None;
+    }
+    let warning = matches!(state, ServerState::Unhealthy | ServerState::PortAllocation);
+    let note = format!("{state:?}{}", after.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default());
+    Some((warning, format!("{state:?}"), note))
 }
 
 /// Holds host ports for `gs`'s spec: the allocations in spec order, with the Passthrough ports
@@ -116,10 +111,10 @@ pub(super) fn ensure_ports(
     ctx: &Context,
     gs: &GameServer,
 ) -> std::result::Result<(Vec<Allocation>, Vec<Deferred>), AllocError> {
-    let key = server_key(gs);
+    let key = holder(&ObjectKey::of(gs));
     let (wanted, deferred) =
         defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
-    let mut alloc = ctx.ports.lock().expect("allocator lock");
+    let mut alloc = ctx.ports.allocator();
     let known = alloc.allocation(&key).is_some();
     let result = match alloc.allocate(&key, &wanted) {
         Err(AllocError::AlreadyAllocated { .. }) => {
@@ -166,7 +161,7 @@ pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
 fn without_host_ports(gs: &GameServer) -> Result<Vec<Allocation>> {
     let mut alloc = crate::ports::PortAllocator::new(Default::default());
     let mut allocations = alloc
-        .allocate(&server_key(gs), &requests(&gs.spec.ports))
+        .allocate(&holder(&ObjectKey::of(gs)), &requests(&gs.spec.ports))
         .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
     in_spec_order(gs, &mut allocations);
     Ok(allocations)
@@ -177,7 +172,7 @@ fn report_ports(status: &mut GameServerStatus, allocations: &[Allocation], gener
     status.ports = status_of(allocations);
     conditions::set(
         &mut status.conditions,
-        "PortsAllocated",
+        server_types::PORTS_ALLOCATED,
         true,
         "Allocated",
         format!("{} port(s) allocated", allocations.len()),
@@ -221,7 +216,7 @@ fn report_state(status: &mut GameServerStatus, state: ServerState, message: Opti
     status.message = message;
     conditions::set(
         &mut status.conditions,
-        "Ready",
+        server_types::READY,
         state == ServerState::Ready,
         &format!("{state:?}"),
         status.message.clone().unwrap_or_else(|| format!("{state:?}")),
@@ -229,88 +224,126 @@ fn report_state(status: &mut GameServerStatus, state: ServerState, message: Opti
     );
 }
 
-/// Brings the pod in line with `gs` and fills `status`. Returns what to do next and whether the
-/// status is worth writing now (not right after making a pod: its own events follow at once).
+/// What to do about the server's pod, given the one the watch shows.
+#[derive(Debug, PartialEq, Eq)]
+enum PodStep {
+    /// None exists: make it (once the topology lists the server's ports).
+    Create,
+    /// The old one is going; wait for it.
+    WaitGone,
+    /// It was made from another template: delete it, a new one follows.
+    Replace,
+    /// Its process ended: delete it, a new one follows; with why it ended.
+    Recreate(String),
+    /// It is the current one: report from it.
+    Observe,
+}
+
+/// The pod step for `live` when the current template hashes to `hash`.
+fn pod_step(live: Option<&Pod>, hash: &str) -> PodStep {
+    let Some(pod) = live else { return PodStep::Create };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodStep::WaitGone;
+    }
+    if pod.annotations().get(TEMPLATE_HASH_ANNOTATION).map(String::as_str) != Some(hash) {
+        return PodStep::Replace;
+    }
+    let status = pod.status.as_ref();
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) {
+        let why = status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
+        return PodStep::Recreate(why);
+    }
+    PodStep::Observe
+}
+
+/// How much longer a routine step (Scheduling, Starting) stays unreported: a step shows once
+/// it has lasted [`START_QUIET`], so a pod that comes up quickly gets one status write, when
+/// it is Ready. `None` when it is due now (Ready and failures always are).
+fn quiet_left(state: ServerState, message: Option<&str>, pod: &Pod, now: Timestamp) -> Option<Duration> {
+    if !matches!(state, ServerState::Scheduling | ServerState::Starting) || message.is_some() {
+        return None;
+    }
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
+    let since = match (state, scheduled.and_then(|c| c.last_transition_time.as_ref())) {
+        (ServerState::Starting, Some(t)) => Some(&t.0),
+        _ => pod.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+    };
+    let lasted = now.duration_since(*since?).unsigned_abs();
+    START_QUIET.checked_sub(lasted).filter(|left| !left.is_zero())
+}
+
+/// Sets a state that is not the pod's own (ports, replacement) with why.
+fn report_step(status: &mut GameServerStatus, state: ServerState, message: impl Into<String>) {
+    status.state = Some(state);
+    status.message = Some(message.into());
+}
+
+/// The steps of a server: host ports, the pod, status from the pod. Returns what to do next and
+/// whether the status is worth writing now (not right after making a pod: its own events
+/// follow at once).
 async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Action, bool)> {
     let generation = gs.metadata.generation;
-    let name = gs.name_any();
-    let ns = gs.namespace().unwrap_or_default();
+    let (name, ns) = (gs.name_any(), gs.namespace().unwrap_or_default());
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
-    // 1. Host ports, before the pod exists, so the process can be told them.
-    let key = server_key(gs);
+    // Host ports, before the pod exists, so the process can be told them.
     let (allocations, deferred) = match ensure_ports(ctx, gs) {
         Ok(a) => a,
         Err(e) => {
-            status.state = Some(ServerState::PortAllocation);
-            status.message = Some(e.to_string());
+            report_step(status, ServerState::PortAllocation, e.to_string());
+            let why = e.to_string();
             conditions::set(
                 &mut status.conditions,
-                "PortsAllocated",
+                server_types::PORTS_ALLOCATED,
                 false,
                 "PortsUnavailable",
-                e.to_string(),
+                why.clone(),
                 generation,
             );
-            conditions::set(&mut status.conditions, "Ready", false, "PortsUnavailable", e.to_string(), generation);
+            conditions::set(&mut status.conditions, server_types::READY, false, "PortsUnavailable", why, generation);
             return Ok((Action::requeue(Duration::from_secs(10)), true));
         }
     };
     report_ports(status, &allocations, generation);
 
-    // 2. The pod, made from the current template. The shared watch's copy may lag behind this
+    // The pod, made from the current template. The shared watch's copy may lag behind this
     // process's own writes; every step below is safe to repeat.
     let hash = server_template_hash(&gs.spec);
-    let live = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
-    let pod = match live {
-        Some(p) if p.metadata.deletion_timestamp.is_some() => {
-            status.state = Some(ServerState::Updating);
-            status.message = Some("waiting for the old pod to go".into());
+    let live = ctx.cache.pods.get(&ObjectRef::new(&name).within(&ns));
+    let pod = match pod_step(live.as_deref(), &hash) {
+        PodStep::WaitGone => {
+            report_step(status, ServerState::Updating, "waiting for the old pod to go");
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
-        Some(p) if p.annotations().get(TEMPLATE_HASH_ANNOTATION) != Some(&hash) => {
+        PodStep::Replace => {
             delete_if_present(&pods, &name).await?;
-            status.state = Some(ServerState::Updating);
-            status.message = Some("replacing the pod with one from the new template".into());
+            report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
-        Some(p) if matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) => {
-            let why = p.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
+        PodStep::Recreate(why) => {
             delete_if_present(&pods, &name).await?;
-            status.state = Some(ServerState::Unhealthy);
-            status.message = Some(format!("pod ended ({why}); making a new one"));
+            report_step(status, ServerState::Unhealthy, format!("pod ended ({why}); making a new one"));
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
-        Some(p) => p,
-        None => {
+        PodStep::Create => {
             // The zone's topology must list this instance's ports before its process starts, so
             // its peers can reach it from the first moment.
             if !gs.spec.ports.is_empty() && !ports_listed(ctx, gs, &status.ports).await? {
-                status.state = Some(ServerState::Creating);
-                status.message = Some("waiting for the zone's topology to list its ports".into());
+                report_step(status, ServerState::Creating, "waiting for the zone's topology to list its ports");
                 return Ok((Action::requeue(Duration::from_millis(500)), true));
             }
-            let mut pod = build_pod(gs, &allocations, &hash)?;
-            if !deferred.is_empty() {
-                let range = ctx.config.port_ranges.ranges().first().copied().ok_or_else(|| {
-                    Error::invalid(
-                        format!("GameServer {name}: ports"),
-                        "a Passthrough port needs --port-range for the platform's host port assignment",
-                    )
-                })?;
-                mark_pod(&mut pod, &deferred, range)
-                    .map_err(|e| Error::invalid(format!("GameServer {name}: ports"), e))?;
-            }
-            let created = apply(&pods, &pod).await?;
+            let created = create_pod(ctx, gs, &allocations, &deferred, &hash).await?;
             if created.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
                 // Its scheduling and start come as events of the pod; report from there.
                 return Ok((Action::requeue(Duration::from_secs(15)), false));
             }
             Arc::new(created)
         }
+        PodStep::Observe => live.expect("observed pods exist"),
     };
 
-    // 3. Status from the pod, whose Passthrough ports the platform may have assigned.
+    // Status from the pod, whose Passthrough ports the platform may have assigned.
     let assigned = final_ports(&pod);
     for p in status.ports.iter_mut().filter(|p| p.policy == PortPolicy::Passthrough) {
         if let Some(&port) = assigned.get(&p.name) {
@@ -319,31 +352,21 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     }
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     if let Some(n) = node
-        && let Err(e) = ctx.ports.lock().expect("allocator lock").bind(&key, n)
+        && let Err(e) = ctx.ports.allocator().bind(&holder(&ObjectKey::of(gs)), n)
     {
-        tracing::warn!(server = %key, node = %n, error = %e, "pod landed where its host port is held");
+        tracing::warn!(server = %ObjectKey::of(gs), node = %n, error = %e, "pod landed where its host port is held");
     }
     let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
-    // A routine step (Scheduling, Starting) shows once it has lasted START_QUIET, so a pod that
-    // comes up quickly gets one status write, when it is Ready, and one in a slow queue of pods
-    // one per step that is slow; Ready and a scheduling failure show at once.
-    if matches!(state, ServerState::Scheduling | ServerState::Starting) && message.is_none() {
-        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-        let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
-        let since = match (state, scheduled.and_then(|c| c.last_transition_time.as_ref())) {
-            (ServerState::Starting, Some(t)) => Some(&t.0),
-            _ => pod.metadata.creation_timestamp.as_ref().map(|t| &t.0),
-        };
-        let lasted = since.map(|t| Timestamp::now().duration_since(*t).unsigned_abs());
-        if let Some(left) = lasted.and_then(|a| START_QUIET.checked_sub(a))
-            && !left.is_zero()
-        {
-            return Ok((Action::requeue(left), false));
-        }
-        // Within the routine write budget: many pods queued at once show their steps in turn.
-        if status.state != Some(state) && !ctx.routine_writes.take() {
-            return Ok((Action::requeue(ROUTINE_RETRY), false));
-        }
+    if let Some(left) = quiet_left(state, message.as_deref(), &pod, Timestamp::now()) {
+        return Ok((Action::requeue(left), false));
+    }
+    // Within the routine write budget: many pods queued at once show their steps in turn.
+    if matches!(state, ServerState::Scheduling | ServerState::Starting)
+        && message.is_none()
+        && status.state != Some(state)
+        && !ctx.writer.routine_write()
+    {
+        return Ok((Action::requeue(ROUTINE_RETRY), false));
     }
     report_state(status, state, message, generation);
     let next =
@@ -351,24 +374,46 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     Ok((next, true))
 }
 
+/// Creates the server's pod, marked for the platform's port assignment when it has deferred
+/// Passthrough ports.
+async fn create_pod(
+    ctx: &Context,
+    gs: &GameServer,
+    allocations: &[Allocation],
+    deferred: &[Deferred],
+    hash: &str,
+) -> Result<Pod> {
+    let name = gs.name_any();
+    let mut pod = build_pod(gs, allocations, hash)?;
+    if !deferred.is_empty() {
+        let range = ctx.config.port_ranges.ranges().first().copied().ok_or_else(|| {
+            Error::invalid(
+                format!("GameServer {name}: ports"),
+                "a Passthrough port needs --port-range for the platform's host port assignment",
+            )
+        })?;
+        mark_pod(&mut pod, deferred, range).map_err(|e| Error::invalid(format!("GameServer {name}: ports"), e))?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
+    writer::apply(&pods, &pod).await
+}
+
 /// Whether the zone's topology lists `ports` for this server: known in memory when this process
 /// wrote the topology, read from the ConfigMap otherwise (after a restart, or a zone handled
 /// elsewhere).
 async fn ports_listed(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> Result<bool> {
-    let key = server_key(gs);
-    if ctx.listed.lock().expect("listed lock").get(&key).map(Vec::as_slice) == Some(ports) {
+    let key = ObjectKey::of(gs);
+    if ctx.ports.lists(&key, ports) {
         return Ok(true);
     }
-    let ns = gs.namespace().unwrap_or_default();
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), key.namespace());
     let Some(cm) = api.get_opt(&topology_name(&gs.spec.zone)).await? else { return Ok(false) };
-    let mut listed = ctx.listed.lock().expect("listed lock");
-    listed.extend(listed_in(&cm));
-    Ok(listed.get(&key).map(Vec::as_slice) == Some(ports))
+    ctx.ports.list(listed_in(&cm));
+    Ok(ctx.ports.lists(&key, ports))
 }
 
 fn node_address(ctx: &Context, node: &str) -> Option<String> {
-    let node = ctx.nodes.get(&kube::runtime::reflector::ObjectRef::new(node))?;
+    let node = ctx.cache.nodes.get(&kube::runtime::reflector::ObjectRef::new(node))?;
     let addresses = node.status.as_ref()?.addresses.clone()?;
     addresses
         .iter()
@@ -470,7 +515,7 @@ mod tests {
         assert_eq!((status.ports[0].name.as_str(), status.ports[0].port), ("client", 7777));
         let conditions: Vec<_> =
             status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
-        assert_eq!(conditions, [("PortsAllocated", "True", "Allocated"), ("Ready", "True", "Ready")]);
+        assert_eq!(conditions, [(server_types::PORTS_ALLOCATED, "True", "Allocated"), ("Ready", "True", "Ready")]);
     }
 
     #[test]
@@ -494,5 +539,55 @@ mod tests {
         });
         let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, "h".into());
         assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
+    }
+
+    #[test]
+    fn the_pod_step_follows_the_live_pod() {
+        let gs = server();
+        let hash = server_template_hash(&gs.spec);
+        let current = pod_without_host_ports(&gs).unwrap();
+        assert_eq!(pod_step(None, &hash), PodStep::Create);
+        assert_eq!(pod_step(Some(&current), &hash), PodStep::Observe);
+        assert_eq!(pod_step(Some(&current), "another template"), PodStep::Replace);
+        let mut going = current.clone();
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        assert_eq!(pod_step(Some(&going), &hash), PodStep::WaitGone);
+        let mut ended = current.clone();
+        ended.status =
+            Some(PodStatus { phase: Some("Failed".into()), message: Some("OOMKilled".into()), ..Default::default() });
+        assert_eq!(pod_step(Some(&ended), &hash), PodStep::Recreate("OOMKilled".into()));
+    }
+
+    #[test]
+    fn routine_steps_stay_quiet_for_a_while_and_failures_show_at_once() {
+        let gs = server();
+        let mut pod = scheduled(pod_without_host_ports(&gs).unwrap(), false);
+        let now = Timestamp::now();
+        let created =
+            |ago: u64| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now - Duration::from_secs(ago)));
+        pod.metadata.creation_timestamp = created(2);
+        let left = quiet_left(ServerState::Scheduling, None, &pod, now).unwrap();
+        assert!(left <= Duration::from_secs(3) && left > Duration::from_secs(2), "{left:?}");
+        assert_eq!(quiet_left(ServerState::Scheduling, Some("0/3 nodes are available"), &pod, now), None);
+        assert_eq!(quiet_left(ServerState::Ready, None, &pod, now), None);
+        pod.metadata.creation_timestamp = created(10);
+        assert_eq!(quiet_left(ServerState::Scheduling, None, &pod, now), None, "lasted long enough to show");
+    }
+
+    #[test]
+    fn events_mark_what_a_person_looks_for() {
+        let state = |s: ServerState, m: &str| GameServerStatus {
+            state: Some(s),
+            message: Some(m.into()),
+            ..Default::default()
+        };
+        let starting = state(ServerState::Starting, "");
+        assert_eq!(noteworthy(&starting, &state(ServerState::Ready, "")), None);
+        let (warning, reason, note) = noteworthy(&starting, &state(ServerState::Unhealthy, "pod ended")).unwrap();
+        assert_eq!((warning, reason.as_str(), note.as_str()), (true, "Unhealthy", "Unhealthy: pod ended"));
+        let updating = state(ServerState::Updating, "replacing");
+        assert!(!noteworthy(&starting, &updating).unwrap().0);
+        assert_eq!(noteworthy(&updating, &updating), None, "once per change");
     }
 }

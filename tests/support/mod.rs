@@ -47,6 +47,11 @@ impl Operator {
         Operator { child, log }
     }
 
+    /// What the operator logged so far (JSON lines).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGKILL, as a crashed or evicted operator would go.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,396 @@
+//! What each step of a zone's reconcile decides, as pure functions of the zone, what it wants
+//! and what the watches show: unit-tested without a server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::*;
+use crate::controller::conditions::{self, types};
+use crate::zone::{self as build, hash_of};
+use crate::{Error, Result};
+
+/// A Secret (and maybe one key of it) the zone refers to, with the field that names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse {
+    /// JSON path of the referring field, e.g. `spec.mysql.passwordSecretRef`.
+    pub field: String,
+    /// The Secret's name.
+    pub name: String,
+    /// The key that must be in it, when the field names one.
+    pub key: Option<String>,
+}
+
+/// Every Secret the zone refers to.
+pub fn secrets_used(zone: &GameZone) -> Vec<SecretUse> {
+    let mut out = Vec::new();
+    let mut add = |field: String, name: &str, key: Option<&str>| {
+        out.push(SecretUse { field, name: name.to_string(), key: key.map(str::to_string) })
+    };
+    if let Some(m) = &zone.spec.mysql {
+        add("spec.mysql.passwordSecretRef".into(), &m.password_secret_ref.name, Some(&m.password_secret_ref.key));
+    }
+    if let Some(r) = zone.spec.redis.as_ref().and_then(|r| r.password_secret_ref.as_ref()) {
+        add("spec.redis.passwordSecretRef".into(), &r.name, Some(&r.key));
+    }
+    for (i, layer) in zone.spec.artifacts.iter().enumerate() {
+        for (field, r) in build::layer_secret_refs(layer) {
+            add(format!("spec.artifacts[{i}].{field}"), &r.name, None);
+        }
+    }
+    out
+}
+
+/// What is wrong with the Secret `found` for `using`: `None` when it is there with its key.
+pub fn secret_problem(using: &SecretUse, found: Option<&k8s_openapi::api::core::v1::Secret>) -> Option<String> {
+    let Some(secret) = found else { return Some("does not exist".into()) };
+    let key = using.key.as_deref()?;
+    let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+        || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key));
+    (!has).then(|| format!("has no key {key:?}"))
+}
+
+/// Whether the pins must be resolved now: the artifacts changed since they were resolved, or
+/// `interval` passed.
+pub fn resolve_due(status: &GameZoneStatus, spec_hash: &str, interval: Option<Duration>, now: Timestamp) -> bool {
+    if status.artifacts_hash.as_deref() != Some(spec_hash) {
+        return true;
+    }
+    match (&status.artifacts_resolved_at, interval) {
+        (Some(at), Some(every)) => at.parse::<Timestamp>().map(|t| t + every < now).unwrap_or(true),
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+/// The pinned revisions in layer order.
+pub fn pins_of(status: &GameZoneStatus) -> Vec<String> {
+    status.artifacts.iter().map(|a| a.revision.clone()).collect()
+}
+
+/// A revision as `kubectl get gz` shows it.
+pub fn short(revision: &str) -> String {
+    let r = revision.strip_prefix("sha256:").unwrap_or(revision);
+    r.chars().take(12).collect()
+}
+
+/// The one short revision over all pins.
+pub fn artifact_revision(pins: &[String]) -> String {
+    if pins.len() == 1 { short(&pins[0]) } else { hash_of(&pins)[..12].to_string() }
+}
+
+/// Where the migration Job of the current inputs is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Still running (or not started).
+    Running,
+    /// Completed.
+    Succeeded,
+    /// Failed, with the Job's reason and message.
+    Failed(String),
+}
+
+/// What the migration Job's conditions say.
+pub fn job_outcome(job: &Job) -> JobOutcome {
+    let conds = job.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let has = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
+    if has("Complete").is_some() {
+        return JobOutcome::Succeeded;
+    }
+    match has("Failed") {
+        Some(f) => JobOutcome::Failed(format!(
+            "{}: {}",
+            f.reason.clone().unwrap_or_default(),
+            f.message.clone().unwrap_or_default()
+        )),
+        None => JobOutcome::Running,
+    }
+}
+
+/// Records the migration's outcome in status; true when servers may move to this version.
+pub fn report_migration(status: &mut GameZoneStatus, job_name: &str, hash: &str, outcome: &JobOutcome) -> bool {
+    let generation = status.observed_generation;
+    let previous = status.migration.as_ref().and_then(|m| m.succeeded_hash.clone());
+    let mut m = MigrationStatus {
+        inputs_hash: hash.to_string(),
+        job_name: job_name.to_string(),
+        state: MigrationState::Running,
+        succeeded_hash: previous,
+    };
+    let go_on = match outcome {
+        JobOutcome::Succeeded => {
+            m.state = MigrationState::Succeeded;
+            m.succeeded_hash = Some(hash.to_string());
+            let msg = format!("migration {job_name} succeeded");
+            conditions::set(&mut status.conditions, types::MIGRATED, true, "Succeeded", msg, generation);
+            true
+        }
+        JobOutcome::Failed(why) => {
+            m.state = MigrationState::Failed;
+            let msg = format!(
+                "migration Job {job_name} failed ({why}); running servers are left on the previous version. Fix spec.migration or the database, then edit the zone to retry"
+            );
+            conditions::set(&mut status.conditions, types::MIGRATED, false, "MigrationFailed", msg.clone(), generation);
+            conditions::set(&mut status.conditions, types::READY, false, "MigrationFailed", msg, generation);
+            status.phase = Some(ZonePhase::Degraded);
+            false
+        }
+        JobOutcome::Running => {
+            let msg = format!("migration Job {job_name} is running; servers wait for it");
+            conditions::set(&mut status.conditions, types::MIGRATED, false, "Migrating", msg.clone(), generation);
+            conditions::set(&mut status.conditions, types::READY, false, "Migrating", msg, generation);
+            status.phase = Some(ZonePhase::Migrating);
+            false
+        }
+    };
+    status.migration = Some(m);
+    go_on
+}
+
+/// The wanted servers that must be applied: those missing or differing from the watch's copy,
+/// except the ones terminating and those `applied_recently` (the watch may lag this process's
+/// own writes). Each comes with the hash of what is applied.
+pub fn servers_to_apply<'a>(
+    wanted: &'a [GameServer],
+    live: &BTreeMap<String, &GameServer>,
+    applied_recently: impl Fn(&GameServer, &str) -> bool,
+) -> Vec<(&'a GameServer, String)> {
+    wanted
+        .iter()
+        .filter_map(|want| {
+            let live = live.get(&want.name_any());
+            if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
+                return None;
+            }
+            // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
+            if live.is_some_and(|l| l.spec == want.spec && l.metadata.labels == want.metadata.labels) {
+                return None;
+            }
+            let hash = hash_of(&(&want.spec, &want.metadata.labels));
+            (!applied_recently(want, &hash)).then_some((want, hash))
+        })
+        .collect()
+}
+
+/// The live objects no longer wanted and not yet being deleted.
+pub fn to_delete<'a, K: kube::Resource>(wanted: &BTreeSet<String>, live: &'a [Arc<K>]) -> Vec<&'a K> {
+    live.iter()
+        .filter(|o| !wanted.contains(&o.name_any()) && o.meta().deletion_timestamp.is_none())
+        .map(|o| o.as_ref())
+        .collect()
+}
+
+/// How many wanted servers are Ready on their current template, and what the others wait for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Servers wanted.
+    pub desired: usize,
+    /// Of those, Ready on the current template.
+    pub ready: usize,
+    /// The first few not Ready, as `name State: why`.
+    pub waiting: Vec<String>,
+}
+
+/// How many of the first waiting servers a zone's status names.
+const WAITING_SHOWN: usize = 5;
+
+/// The zone's readiness: an instance counts once it is Ready on the current template.
+pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) -> Readiness {
+    let mut waiting = Vec::new();
+    let mut ready = 0;
+    for want in wanted {
+        let status = live.get(&want.name_any()).and_then(|l| l.status.as_ref());
+        let current = status.is_some_and(|s| {
+            s.state == Some(ServerState::Ready)
+                && s.template_hash.as_deref() == Some(build::server_template_hash(&want.spec).as_str())
+        });
+        if current {
+            ready += 1;
+        } else if waiting.len() < WAITING_SHOWN {
+            let state = status.and_then(|s| s.state).map(|s| format!("{s:?}")).unwrap_or_else(|| "Pending".into());
+            let why = status.and_then(|s| s.message.clone()).map(|m| format!(": {m}")).unwrap_or_default();
+            waiting.push(format!("{} {state}{why}", want.name_any()));
+        }
+    }
+    Readiness { desired: wanted.len(), ready, waiting }
+}
+
+/// Reports the servers' readiness: counts, `ServersReady`, `Ready` and the phase.
+pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness) {
+    let generation = status.observed_generation;
+    status.desired_servers = r.desired as i32;
+    status.ready_servers = r.ready as i32;
+    status.ready_text = Some(format!("{}/{}", r.ready, r.desired));
+    if r.ready == r.desired {
+        let msg = format!("{} of {} instances Ready", r.ready, r.desired);
+        conditions::set(&mut status.conditions, types::SERVERS_READY, true, "AllReady", msg, generation);
+        conditions::set(&mut status.conditions, types::READY, true, "Ready", "the zone is up", generation);
+        status.phase = Some(ZonePhase::Running);
+    } else {
+        let msg = format!("{} of {} instances Ready; waiting for {}", r.ready, r.desired, r.waiting.join(", "));
+        conditions::set(&mut status.conditions, types::SERVERS_READY, false, "Deploying", msg.clone(), generation);
+        conditions::set(&mut status.conditions, types::READY, false, "Deploying", msg, generation);
+        status.phase = Some(ZonePhase::Deploying);
+    }
+}
+
+/// The step of a zone's reconcile that failed, which names the condition that reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Checking the spec and the Secrets it names.
+    Check,
+    /// Pinning the artifacts.
+    Pin,
+    /// Running the migration.
+    Migrate,
+    /// Holding ports, writing the topology, applying servers and Services.
+    Serve,
+}
+
+impl Step {
+    /// The condition a failure of this step shows in, besides `Ready`.
+    fn condition(self) -> Option<&'static str> {
+        match self {
+            Step::Check => None,
+            Step::Pin => Some(types::ARTIFACTS_READY),
+            Step::Migrate => Some(types::MIGRATED),
+            Step::Serve => Some(types::SERVERS_READY),
+        }
+    }
+}
+
+/// The reason a failure shows with: the error's own, except that a transient failure to reach
+/// an artifact source is `FetchFailed`.
+fn failure_reason(err: &Error) -> &'static str {
+    match err {
+        Error::Artifacts(e) if e.is_transient() => "FetchFailed",
+        e => e.reason(),
+    }
+}
+
+/// Records a failed step in status: its condition and `Ready` say what failed and, for a
+/// transient failure, that it is retried and when. A failure a person must fix marks the zone
+/// Degraded; a transient one leaves the phase as it was.
+pub fn report_failure(status: &mut GameZoneStatus, step: Step, err: &Error, retry_in: Duration) {
+    let generation = status.observed_generation;
+    let reason = failure_reason(err);
+    let message = if err.is_user_error() {
+        err.to_string()
+    } else {
+        format!("{err}; retrying in {}s", retry_in.as_secs().max(1))
+    };
+    if let Some(condition) = step.condition() {
+        conditions::set(&mut status.conditions, condition, false, reason, message.clone(), generation);
+    }
+    conditions::set(&mut status.conditions, types::READY, false, reason, message, generation);
+    if err.is_user_error() {
+        status.phase = Some(ZonePhase::Degraded);
+    }
+}
+
+/// Reports a deletion under way: phase Terminating and what it still waits for.
+pub fn report_terminating(status: &mut GameZoneStatus, waiting_for: &str) {
+    let generation = status.observed_generation;
+    status.phase = Some(ZonePhase::Terminating);
+    let msg = format!("the zone is being deleted; waiting for {waiting_for}");
+    conditions::set(&mut status.conditions, types::READY, false, "Terminating", msg, generation);
+}
+
+/// The first few `servers` by name, for a message.
+pub fn some_names(servers: &[Arc<GameServer>]) -> String {
+    let mut names: Vec<String> = servers.iter().map(|s| s.name_any()).collect();
+    names.sort();
+    let more = names.len().saturating_sub(WAITING_SHOWN);
+    names.truncate(WAITING_SHOWN);
+    let mut text = names.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+/// The conditions that changed between `before` and `after` (status or reason), `Ready` first:
+/// what one Event per transition tells. `None` when nothing changed; else whether it is a
+/// warning, the reason and the note.
+pub fn transition(before: &GameZoneStatus, after: &GameZoneStatus) -> Option<(bool, String, String)> {
+    let changed: Vec<_> = after
+        .conditions
+        .iter()
+        .filter(|c| {
+            let old = before.conditions.iter().find(|o| o.type_ == c.type_);
+            old.map(|o| (&o.status, &o.reason)) != Some((&c.status, &c.reason))
+        })
+        .collect();
+    // The Ready condition's reason says where the zone is; otherwise the first change's.
+    let lead = changed.iter().find(|c| c.type_ == types::READY).or(changed.first())?;
+    let warning = changed.iter().any(|c| {
+        c.status == "False" && !matches!(c.reason.as_str(), "Migrating" | "Deploying" | "Resolving" | "Terminating")
+    });
+    let note: Vec<String> = changed.iter().map(|c| format!("{}: {}", c.type_, c.message)).collect();
+    Some((warning, lead.reason.clone(), note.join("; ")))
+}
+
+/// Exposed Services' external addresses, for status.
+pub fn endpoints(services: &[Arc<Service>]) -> Vec<Endpoint> {
+    services
+        .iter()
+        .filter(|s| s.spec.as_ref().and_then(|sp| sp.type_.as_deref()).is_some_and(|t| t != "ClusterIP"))
+        .map(|s| {
+            let ingress = s
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .and_then(|i| i.first().cloned());
+            let ports = s.spec.as_ref().and_then(|sp| sp.ports.clone()).unwrap_or_default();
+            Endpoint {
+                service: s.name_any(),
+                address: ingress.and_then(|i| i.ip.or(i.hostname)),
+                hostname: s.annotations().get("external-dns.alpha.kubernetes.io/hostname").cloned(),
+                ports: ports
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{}/{}",
+                            p.name.clone().unwrap_or_default(),
+                            p.node_port.unwrap_or(p.port),
+                            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Whether `zone` names the Secret `secret` (the trigger of a Secret watch).
+pub fn names_secret(zone: &GameZone, secret: &str) -> bool {
+    secrets_used(zone).iter().any(|u| u.name == secret)
+}
+
+/// Fails on the first Secret that is missing or lacks its key.
+pub fn check_secrets<'a>(
+    namespace: &str,
+    uses: &[SecretUse],
+    found: impl Fn(&str) -> Option<&'a k8s_openapi::api::core::v1::Secret>,
+) -> Result<()> {
+    for using in uses {
+        if let Some(problem) = secret_problem(using, found(&using.name)) {
+            return Err(Error::MissingSecret {
+                field: using.field.clone(),
+                secret: using.name.clone(),
+                problem,
+                namespace: namespace.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

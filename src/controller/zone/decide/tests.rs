@@ -1,0 +1,253 @@
+//! Unit tests of the zone decisions, without a server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::*;
+use crate::zone::BuildConfig;
+
+fn zone() -> GameZone {
+    let mut z: GameZone = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": "z1", "namespace": "ns", "uid": "u1", "generation": 3},
+        "spec": {
+            "zoneId": 1, "defaultImage": "svc:1",
+            "services": [{"type": "game", "id": 1, "endId": 7}],
+            "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "db", "key": "password"}},
+            "artifacts": [
+                {"path": "/app/a", "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": "git"}}}
+            ]
+        }
+    }))
+    .unwrap();
+    z.metadata.generation = Some(3);
+    z
+}
+
+fn wanted() -> Vec<GameServer> {
+    crate::zone::game_servers(&zone(), &["c0ffee".into()], &BuildConfig::default()).unwrap()
+}
+
+fn by_name(servers: &[GameServer]) -> BTreeMap<String, &GameServer> {
+    servers.iter().map(|g| (g.name_any(), g)).collect()
+}
+
+fn ready(mut gs: GameServer) -> GameServer {
+    let hash = crate::zone::server_template_hash(&gs.spec);
+    gs.status =
+        Some(GameServerStatus { state: Some(ServerState::Ready), template_hash: Some(hash), ..Default::default() });
+    gs
+}
+
+fn condition<'a>(status: &'a GameZoneStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+}
+
+fn secret(name: &str, keys: &[&str]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.data = Some(keys.iter().map(|k| (k.to_string(), k8s_openapi::ByteString(b"x".to_vec()))).collect());
+    s
+}
+
+#[test]
+fn every_secret_a_zone_names_is_checked_with_the_field_that_names_it() {
+    let uses = secrets_used(&zone());
+    let fields: Vec<_> = uses.iter().map(|u| (u.field.as_str(), u.name.as_str(), u.key.as_deref())).collect();
+    assert_eq!(
+        fields,
+        [("spec.mysql.passwordSecretRef", "db", Some("password")), ("spec.artifacts[0].git.secretRef", "git", None),]
+    );
+    assert!(names_secret(&zone(), "git") && names_secret(&zone(), "db") && !names_secret(&zone(), "other"));
+
+    let (db, git) = (secret("db", &["password"]), secret("git", &["username"]));
+    assert!(check_secrets("ns", &uses, |n| [&db, &git].into_iter().find(|s| s.name_any() == n)).is_ok());
+
+    let err = check_secrets("ns", &uses, |n| [&git].into_iter().find(|s| s.name_any() == n)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"spec.mysql.passwordSecretRef: Secret "db" does not exist; create it in namespace "ns""#
+    );
+    let wrong_key = secret("db", &["pwd"]);
+    let err = check_secrets("ns", &uses, |n| [&wrong_key, &git].into_iter().find(|s| s.name_any() == n)).unwrap_err();
+    assert!(err.to_string().contains(r#"Secret "db" has no key "password""#), "{err}");
+    assert_eq!(err.reason(), "SecretNotFound");
+}
+
+#[test]
+fn pins_are_resolved_when_the_artifacts_change_or_the_interval_passed() {
+    let now = Timestamp::now();
+    let mut status = GameZoneStatus::default();
+    assert!(resolve_due(&status, "h1", None, now), "never resolved");
+    status.artifacts_hash = Some("h1".into());
+    status.artifacts_resolved_at = Some((now - Duration::from_secs(60)).to_string());
+    assert!(!resolve_due(&status, "h1", Some(Duration::from_secs(300)), now));
+    assert!(resolve_due(&status, "h1", Some(Duration::from_secs(30)), now), "interval passed");
+    assert!(!resolve_due(&status, "h1", None, now), "no interval: only spec changes");
+    assert!(resolve_due(&status, "h2", None, now), "the artifacts changed");
+}
+
+#[test]
+fn a_migration_holds_servers_until_it_succeeds_and_a_failure_degrades_the_zone() {
+    let job = |type_: &str, reason: &str| Job {
+        status: Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: Some(reason.into()),
+                message: Some("Job has reached the specified backoff limit".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(job_outcome(&Job::default()), JobOutcome::Running);
+    assert_eq!(job_outcome(&job("Complete", "")), JobOutcome::Succeeded);
+    let failed = job_outcome(&job("Failed", "BackoffLimitExceeded"));
+    assert_eq!(failed, JobOutcome::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into()));
+
+    let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
+    assert!(!report_migration(&mut status, "z1-migrate-h2", "h2", &JobOutcome::Running));
+    assert_eq!(status.phase, Some(ZonePhase::Migrating));
+    assert_eq!(status.migration.as_ref().unwrap().state, MigrationState::Running);
+
+    assert!(!report_migration(&mut status, "z1-migrate-h2", "h2", &failed));
+    assert_eq!(status.phase, Some(ZonePhase::Degraded));
+    let (ok, reason, message) = condition(&status, types::READY);
+    assert_eq!((ok, reason), ("False", "MigrationFailed"));
+    assert!(message.contains("BackoffLimitExceeded") && message.contains("left on the previous version"), "{message}");
+    assert_eq!(status.migration.as_ref().unwrap().succeeded_hash, None);
+
+    assert!(report_migration(&mut status, "z1-migrate-h2", "h2", &JobOutcome::Succeeded));
+    let m = status.migration.as_ref().unwrap();
+    assert_eq!((m.state, m.succeeded_hash.as_deref()), (MigrationState::Succeeded, Some("h2")));
+    assert_eq!(condition(&status, types::MIGRATED).0, "True");
+}
+
+#[test]
+fn only_missing_or_drifted_servers_are_applied_and_only_unwanted_ones_deleted() {
+    let want = wanted();
+    let mut live: Vec<GameServer> = want[..4].to_vec();
+    live[1].spec.template.spec.as_mut().unwrap().containers[0].image = Some("svc:0".into()); // drifted
+    live[2].metadata.deletion_timestamp = Some(Time(Timestamp::now())); // terminating: left alone
+    let mut extra = want[0].clone();
+    extra.metadata.name = Some("z1-game-99".into());
+    live.push(extra);
+    let index = by_name(&live);
+
+    let names = |v: Vec<(&GameServer, String)>| v.into_iter().map(|(g, _)| g.name_any()).collect::<Vec<_>>();
+    let apply = names(servers_to_apply(&want, &index, |_, _| false));
+    assert_eq!(apply, ["z1-game-2", "z1-game-5", "z1-game-6", "z1-game-7"]);
+    // What this process applied moments ago, the lagging watch not showing it yet, is not re-sent.
+    let apply = names(servers_to_apply(&want, &index, |g, _| g.name_any() == "z1-game-5"));
+    assert_eq!(apply, ["z1-game-2", "z1-game-6", "z1-game-7"]);
+
+    let wanted_names = want.iter().map(|g| g.name_any()).collect();
+    let arcs: Vec<Arc<GameServer>> = live.into_iter().map(Arc::new).collect();
+    let gone: Vec<_> = to_delete(&wanted_names, &arcs).into_iter().map(|g| g.name_any()).collect();
+    assert_eq!(gone, ["z1-game-99"]);
+}
+
+#[test]
+fn an_instance_counts_once_ready_on_its_current_template_and_the_rest_are_named() {
+    let want = wanted();
+    let mut live: Vec<GameServer> = want.iter().cloned().map(ready).collect();
+    // Ready, but on an older template.
+    live[0].status.as_mut().unwrap().template_hash = Some("old".into());
+    live[1].status = Some(GameServerStatus {
+        state: Some(ServerState::Scheduling),
+        message: Some("0/3 nodes have free ports".into()),
+        ..Default::default()
+    });
+    let r = readiness(&want, &by_name(&live[..6]));
+    assert_eq!((r.desired, r.ready), (7, 4));
+    assert_eq!(r.waiting, ["z1-game-1 Ready", "z1-game-2 Scheduling: 0/3 nodes have free ports", "z1-game-7 Pending"]);
+
+    let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
+    report_servers(&mut status, &r);
+    assert_eq!((status.phase, status.ready_text.as_deref()), (Some(ZonePhase::Deploying), Some("4/7")));
+    assert!(condition(&status, types::READY).2.contains("waiting for z1-game-1 Ready, z1-game-2 Scheduling"));
+
+    let all: Vec<GameServer> = want.iter().cloned().map(ready).collect();
+    report_servers(&mut status, &readiness(&want, &by_name(&all)));
+    assert_eq!((status.phase, status.ready_servers), (Some(ZonePhase::Running), 7));
+    assert_eq!(condition(&status, types::SERVERS_READY), ("True", "AllReady", "7 of 7 instances Ready"));
+
+    let none = readiness(&want, &BTreeMap::new());
+    assert_eq!(none.waiting.len(), 5, "a zone's status names the first five waiting");
+}
+
+#[test]
+fn a_transient_failure_shows_in_its_condition_with_when_it_is_retried() {
+    let mut status =
+        GameZoneStatus { observed_generation: Some(3), phase: Some(ZonePhase::Running), ..Default::default() };
+    // An older, fixed error must not linger.
+    conditions::set(&mut status.conditions, types::READY, false, "SecretNotFound", "old", Some(2));
+    let unreachable = Error::Artifacts(gamezone_init::Error::Transient {
+        layer: 0,
+        src: "git https://g/x.git".into(),
+        message: "connection refused".into(),
+        attempts: 5,
+    });
+    report_failure(&mut status, Step::Pin, &unreachable, Duration::from_secs(5));
+    let (ok, reason, message) = condition(&status, types::ARTIFACTS_READY);
+    assert_eq!((ok, reason), ("False", "FetchFailed"));
+    assert!(message.contains("connection refused") && message.ends_with("retrying in 5s"), "{message}");
+    assert_eq!(condition(&status, types::READY).1, "FetchFailed", "Ready says the current truth");
+    assert_eq!(status.phase, Some(ZonePhase::Running), "a transient failure needs no person");
+
+    let missing = Error::MissingSecret {
+        field: "spec.mysql.passwordSecretRef".into(),
+        secret: "db".into(),
+        problem: "does not exist".into(),
+        namespace: "ns".into(),
+    };
+    report_failure(&mut status, Step::Check, &missing, Duration::from_secs(120));
+    let (_, reason, message) = condition(&status, types::READY);
+    assert_eq!(reason, "SecretNotFound");
+    assert!(!message.contains("retrying"), "a user error waits for a fix: {message}");
+    assert_eq!(status.phase, Some(ZonePhase::Degraded));
+}
+
+#[test]
+fn a_deleting_zone_is_terminating_and_says_what_it_waits_for() {
+    let servers: Vec<Arc<GameServer>> = wanted().into_iter().map(Arc::new).collect();
+    let mut status = GameZoneStatus { phase: Some(ZonePhase::Running), ..Default::default() };
+    report_terminating(&mut status, &format!("{} GameServer(s) to terminate: {}", servers.len(), some_names(&servers)));
+    assert_eq!(status.phase, Some(ZonePhase::Terminating));
+    let (ok, reason, message) = condition(&status, types::READY);
+    assert_eq!((ok, reason), ("False", "Terminating"));
+    assert!(
+        message.ends_with(
+            "7 GameServer(s) to terminate: z1-game-1, z1-game-2, z1-game-3, z1-game-4, z1-game-5 and 2 more"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn one_event_per_transition_led_by_ready() {
+    let mut before = GameZoneStatus::default();
+    conditions::set(&mut before.conditions, types::READY, false, "Deploying", "1 of 2", None);
+    let mut after = before.clone();
+    conditions::set(&mut after.conditions, types::READY, false, "Deploying", "2 of 3", None);
+    assert_eq!(transition(&before, &after), None, "only the message moved");
+    conditions::set(&mut after.conditions, types::ARTIFACTS_READY, false, "FetchFailed", "unreachable", None);
+    conditions::set(&mut after.conditions, types::READY, false, "FetchFailed", "unreachable", None);
+    let (warning, reason, note) = transition(&before, &after).unwrap();
+    assert!(warning);
+    assert_eq!(reason, "FetchFailed");
+    assert_eq!(note, "Ready: unreachable; ArtifactsReady: unreachable");
+    let mut deleting = after.clone();
+    report_terminating(&mut deleting, "1 GameServer(s) to terminate: z1-game-1");
+    assert!(!transition(&after, &deleting).unwrap().0, "a deletion under way is no warning");
+}

@@ -1,0 +1,247 @@
+//! The zone controller: GameZone → pinned artifacts → migration Job → GameServers, Services,
+//! topology ConfigMap → status.
+//!
+//! A reconcile is a list of named steps ([`converge`]); each step's decisions are pure
+//! functions in [`decide`], its requests in [`steps`].
+
+mod decide;
+mod steps;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use self::decide::Step;
+use self::steps::{At, Live, StepResult, background};
+use super::key::ObjectKey;
+use super::writer::StatusWrite;
+use super::{Context, Triggers, ZONE_FINALIZER, requeue_after, scoped};
+use crate::api::*;
+use crate::zone as build;
+use crate::{Error, Result};
+
+const CONTROLLER: &str = "zone";
+
+/// `spec.artifactsInterval` when it is not given.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Runs the zone controller until shutdown, hearing of its servers and Services from the shared
+/// watches, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
+/// creation moves its zone on at once.
+pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Triggers<Service>) {
+    let ns = &ctx.config.namespace;
+    let client = &ctx.client;
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let controller = Controller::new(scoped::<GameZone>(client, ns), watcher::Config::default());
+    let zones = controller.store();
+    // Metadata only: Secrets' data never reaches this watch, and their managedFields are dropped.
+    let secrets = watcher(scoped::<PartialObjectMeta<Secret>>(client, ns), watcher::Config::default())
+        .modify(|s| s.managed_fields_mut().clear())
+        .default_backoff()
+        .touched_objects();
+    controller
+        .owns_stream(servers)
+        .owns_stream(services)
+        .owns(scoped::<Job>(client, ns), owned)
+        .watches_stream(secrets, move |secret| {
+            let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+            zones
+                .state()
+                .into_iter()
+                .filter(|z| z.namespace().as_deref() == Some(ns.as_str()) && decide::names_secret(z, &name))
+                .map(|z| ObjectRef::from_obj(z.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // A zone hears of every status change of each of its servers; coalesce bursts of them.
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.config.concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "zone reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(zone: Arc<GameZone>, err: &Error, ctx: Arc<Context>) -> Action {
+    super::report_error(CONTROLLER, &ObjectKey::of(zone.as_ref()), err, &ctx.metrics)
+}
+
+async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    finalizer(&api, ZONE_FINALIZER, zone, |event| async {
+        match event {
+            Finalizer::Apply(zone) => apply(&zone, &ctx).await,
+            Finalizer::Cleanup(zone) => cleanup(&zone, &ctx).await,
+        }
+    })
+    .await
+    .map_err(super::unwrap_finalizer)
+}
+
+/// Converges the zone and writes its status. Every outcome shows in status: a step that fails
+/// sets its condition (and `Ready`) with why and, when it is transient, when it is retried.
+async fn apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
+    let before = ctx.writer.zone_base(zone);
+    let mut status = before.clone();
+    status.observed_generation = zone.metadata.generation;
+    status.phase.get_or_insert(ZonePhase::Pending);
+    let outcome = converge(zone, ctx, &mut status).await;
+    if let Err((step, e)) = &outcome {
+        decide::report_failure(&mut status, *step, e, requeue_after(e));
+    }
+    if let Some((warning, reason, note)) = decide::transition(&before, &status) {
+        ctx.event(zone, warning, &reason, note).await;
+    }
+    let written = ctx.writer.zone_status(zone, &before, &status).await?;
+    let action = match outcome {
+        Ok(action) => action,
+        // A person must act; the Secret watch or an edit of the zone brings it back sooner.
+        Err((_, e)) if e.is_user_error() => Action::requeue(requeue_after(&e)),
+        Err((_, e)) => return Err(e),
+    };
+    // A status held back comes out at the next reconcile, due by then.
+    Ok(match written {
+        StatusWrite::Deferred(within) => Action::requeue(within),
+        _ => action,
+    })
+}
+
+/// The steps of a zone, in order. Servers move to a new version only once its migration
+/// succeeded; each server's ports are listed in the topology before the server exists.
+async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Action> {
+    build::validate(zone).at(Step::Check)?;
+    steps::check_secrets(zone, ctx).await.at(Step::Check)?;
+    let interval = interval(zone);
+
+    let pins = steps::pin(zone, ctx, status, interval).await.at(Step::Pin)?;
+
+    if !steps::migrate(zone, ctx, status, &pins).await.at(Step::Migrate)? {
+        let wait = if status.phase == Some(ZonePhase::Degraded) { 120 } else { 10 };
+        return Ok(Action::requeue(Duration::from_secs(wait)));
+    }
+
+    let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
+    let live = Live::of(zone, ctx);
+    let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name());
+    steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
+    steps::apply_servers(zone, ctx, &wanted, &live).await.at(Step::Serve)?;
+    steps::apply_services(zone, ctx, &live).await.at(Step::Serve)?;
+
+    let readiness = decide::readiness(&wanted, &live.servers_by_name());
+    decide::report_servers(status, &readiness);
+    status.endpoints = decide::endpoints(&live.services);
+    ctx.metrics
+        .managed
+        .get_or_create(&super::metrics::KindLabels { kind: "GameServer" })
+        .set(ctx.cache.servers.len() as i64);
+    let all_ready = readiness.ready == readiness.desired;
+    Ok(Action::requeue(if all_ready { interval.unwrap_or(Duration::from_secs(600)) } else { Duration::from_secs(30) }))
+}
+
+/// How often moving references are resolved again; `None` when only spec changes do it.
+fn interval(zone: &GameZone) -> Option<Duration> {
+    let every = zone.spec.artifacts_interval.map_or(DEFAULT_INTERVAL, Interval::duration);
+    (!every.is_zero()).then_some(every)
+}
+
+/// Removes everything the zone made, even objects whose owner reference was lost. While it
+/// waits, the zone's phase is Terminating and `Ready` says for what.
+async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
+    let before = ctx.writer.zone_base(zone);
+    let mut status = before.clone();
+    let result = remove_children(zone, ctx).await;
+    if let Err(Error::Waiting(what)) = &result {
+        decide::report_terminating(&mut status, what);
+        if let Some((warning, reason, note)) = decide::transition(&before, &status) {
+            ctx.event(zone, warning, &reason, note).await;
+        }
+        ctx.writer.zone_status(zone, &before, &status).await?;
+    }
+    result
+}
+
+/// The work of [`cleanup`]: `Err(Error::Waiting)` while servers are still terminating.
+async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
+    let ns = zone.namespace().unwrap_or_default();
+    let lp = ListParams::default().labels(&build::zone_selector(&zone.name_any()));
+    let bg = background();
+    let client = ctx.client.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Once every server the watch shows is terminating, their finalizers finish the work, and
+    // each server's deletion wakes the zone again: wait without asking the API server. With
+    // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
+    // of the teardown's load. The last pass below still checks.
+    let servers = ctx.cache.servers_by_zone.of(&ctx.cache.servers, &ObjectKey::of(zone));
+    if !servers.is_empty() && servers.iter().all(|g| g.metadata.deletion_timestamp.is_some()) {
+        // Their pods go now, in one request, not one by one behind the garbage collector (a
+        // controller manager's default client limit, 20 requests/s, held 2000 pods for two
+        // minutes). No server is left to make a new one: all are terminating.
+        let running = |g: &Arc<GameServer>| {
+            let pod = ctx.cache.pods.get(&ObjectRef::new(&g.name_any()).within(&ns));
+            pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+        };
+        if servers.iter().any(running) {
+            pods.delete_collection(&bg, &lp).await?;
+        }
+        return Err(Error::Waiting(terminating(&servers)));
+    }
+    let gs: Api<GameServer> = Api::namespaced(client.clone(), &ns);
+    gs.delete_collection(&bg, &lp).await?;
+    Api::<Job>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    // Services have no delete-collection endpoint.
+    let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for s in svc.list(&lp).await?.items {
+        svc.delete(&s.name_any(), &bg).await?;
+    }
+    let left: Vec<Arc<GameServer>> = gs.list(&lp).await?.items.into_iter().map(Arc::new).collect();
+    if !left.is_empty() {
+        tracing::info!(zone = %ObjectKey::of(zone), left = left.len(), "waiting for servers to go before releasing the zone");
+        return Err(Error::Waiting(terminating(&left)));
+    }
+    // Pods whose servers went before their deletion was seen here.
+    pods.delete_collection(&bg, &lp).await?;
+    forget(zone, ctx);
+    ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
+    Ok(Action::await_change())
+}
+
+/// Forgets what was applied and listed for the zone, and hands back ports held for servers that
+/// never came to be, or this process's memory would grow with every zone ever deleted.
+fn forget(zone: &GameZone, ctx: &Context) {
+    for svc in build::services(zone) {
+        ctx.writer.forget_child(&svc);
+    }
+    ctx.writer.forget_child(&build::topology(zone, &BTreeMap::new()));
+    ctx.writer.forget_zone(zone);
+    if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
+        for gs in &servers {
+            ctx.writer.forget_child(gs);
+            ctx.ports.forget(&ObjectKey::of(gs), &ctx.metrics);
+        }
+    }
+}
+
+/// What a deletion waits for.
+fn terminating(servers: &[Arc<GameServer>]) -> String {
+    format!("{} GameServer(s) to terminate: {}", servers.len(), decide::some_names(servers))
+}

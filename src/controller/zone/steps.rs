@@ -1,0 +1,298 @@
+//! The steps of a zone's reconcile that talk to the API server or to artifact sources. What
+//! each one decides is in [`super::decide`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use gamezone_init::creds::MapCredentials;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+
+use super::decide::{self, JobOutcome};
+use crate::api::*;
+use crate::controller::Context;
+use crate::controller::conditions::{self, types};
+use crate::controller::key::ObjectKey;
+use crate::controller::ports::status_of;
+use crate::controller::server::{SERVER_FINALIZER, ensure_ports};
+use crate::controller::writer::{WATCH_LAG, apply};
+use crate::zone::{self as build, hash_of};
+use crate::{Error, Result};
+
+/// How long a written topology ConfigMap is trusted to still be there: nothing watches
+/// ConfigMaps here, so one deleted by hand comes back within this time.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
+
+/// What the shared watches show of a zone's children.
+pub struct Live {
+    /// Its GameServers.
+    pub servers: Vec<Arc<GameServer>>,
+    /// Its Services.
+    pub services: Vec<Arc<Service>>,
+}
+
+impl Live {
+    /// The zone's servers and Services, read from the shared stores through the zone index.
+    pub fn of(zone: &GameZone, ctx: &Context) -> Self {
+        let key = ObjectKey::of(zone);
+        let cache = &ctx.cache;
+        Live {
+            servers: cache.servers_by_zone.of(&cache.servers, &key),
+            services: cache.services_by_zone.of(&cache.services, &key),
+        }
+    }
+
+    /// The servers by name.
+    pub fn servers_by_name(&self) -> BTreeMap<String, &GameServer> {
+        self.servers.iter().map(|g| (g.name_any(), g.as_ref())).collect()
+    }
+}
+
+/// Fails with the field naming any Secret or key the zone refers to that does not exist.
+/// Secrets are read, not cached: their data would sit in this process's memory, and only their
+/// metadata is watched, to hear of a fix at once.
+pub async fn check_secrets(zone: &GameZone, ctx: &Context) -> Result<()> {
+    let ns = zone.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let uses = decide::secrets_used(zone);
+    let mut found = BTreeMap::new();
+    for name in uses.iter().map(|u| u.name.as_str()).collect::<BTreeSet<_>>() {
+        if let Some(secret) = api.get_opt(name).await? {
+            found.insert(name.to_string(), secret);
+        }
+    }
+    decide::check_secrets(&ns, &uses, |name| found.get(name))
+}
+
+/// Resolves moving references when the artifacts changed or the interval passed; returns the
+/// pins. When a re-resolve of unchanged artifacts fails, the last good pins stay and
+/// `ArtifactsReady` says why.
+pub async fn pin(
+    zone: &GameZone,
+    ctx: &Context,
+    status: &mut GameZoneStatus,
+    interval: Option<Duration>,
+) -> Result<Vec<String>> {
+    let generation = status.observed_generation;
+    let Some(mount) = build::artifacts_mount(zone)? else {
+        status.artifacts.clear();
+        status.artifacts_hash = None;
+        status.artifact_revision = None;
+        status.artifacts_resolved_at = None;
+        let msg = "the zone has no artifacts";
+        conditions::set(&mut status.conditions, types::ARTIFACTS_READY, true, "NoArtifacts", msg, generation);
+        return Ok(Vec::new());
+    };
+    let spec_hash = hash_of(&zone.spec.artifacts);
+    let same_spec = status.artifacts_hash.as_deref() == Some(spec_hash.as_str());
+    if decide::resolve_due(status, &spec_hash, interval, Timestamp::now()) {
+        if !same_spec {
+            status.phase = Some(ZonePhase::Resolving);
+        }
+        match resolve(zone, ctx, &mount.layers).await {
+            Ok(revisions) => {
+                let changed = !same_spec
+                    || status.artifacts.iter().map(|a| &a.revision).ne(revisions.iter().map(|r| &r.revision));
+                status.artifacts = revisions
+                    .into_iter()
+                    .map(|r| ArtifactStatus { layer: r.layer as i32, source: r.source, revision: r.revision })
+                    .collect();
+                status.artifacts_hash = Some(spec_hash);
+                status.artifacts_resolved_at = Some(Timestamp::now().to_string());
+                if changed {
+                    let list: Vec<String> = status
+                        .artifacts
+                        .iter()
+                        .map(|a| format!("{} @ {}", a.source, decide::short(&a.revision)))
+                        .collect();
+                    ctx.event(zone, false, "ArtifactsPinned", list.join("; ")).await;
+                }
+            }
+            Err(e) if !same_spec => return Err(e),
+            Err(e) => {
+                // Keep serving the last good pins; say why they are not fresh.
+                let reason = if e.is_user_error() { e.reason() } else { "FetchFailed" };
+                let every = interval.map(|i| format!(", and again in {}s", i.as_secs())).unwrap_or_default();
+                let msg = format!("{e}; keeping the revisions pinned before{every}");
+                conditions::set(&mut status.conditions, types::ARTIFACTS_READY, false, reason, msg, generation);
+                return Ok(decide::pins_of(status));
+            }
+        }
+    }
+    let pins = decide::pins_of(status);
+    status.artifact_revision = Some(decide::artifact_revision(&pins));
+    let msg = format!("{} layer(s) pinned", pins.len());
+    conditions::set(&mut status.conditions, types::ARTIFACTS_READY, true, "Pinned", msg, generation);
+    Ok(pins)
+}
+
+/// Pins every layer the operator can reach. Local folders live on the nodes, so they are left
+/// for the init-container to resolve (an empty pin).
+async fn resolve(
+    zone: &GameZone,
+    ctx: &Context,
+    layers: &[gamezone_init::plan::Layer],
+) -> Result<Vec<gamezone_init::resolve::Revision>> {
+    let ns = zone.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut creds = MapCredentials::new();
+    for name in build::secret_names(layers) {
+        if let Some(secret) = secrets.get_opt(&name).await? {
+            for (k, v) in secret.data.unwrap_or_default() {
+                creds.insert(&name, &k, v.0);
+            }
+        }
+    }
+    let remote: Vec<(usize, gamezone_init::plan::Layer)> =
+        layers.iter().enumerate().filter(|(_, l)| l.local.is_none()).map(|(i, l)| (i, l.clone())).collect();
+    let only: Vec<gamezone_init::plan::Layer> = remote.iter().map(|(_, l)| l.clone()).collect();
+    let resolved = gamezone_init::resolve::resolve(&only, &creds).await?;
+    let mut out: Vec<gamezone_init::resolve::Revision> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| gamezone_init::resolve::Revision { layer: i, source: l.describe(), revision: String::new() })
+        .collect();
+    for ((index, _), mut rev) in remote.into_iter().zip(resolved) {
+        rev.layer = index;
+        out[index] = rev;
+    }
+    Ok(out)
+}
+
+/// Runs the migration for the current inputs; true when servers may move to this version.
+/// The Job is read with a GET while it runs rather than from a store: it is one object per zone
+/// version, read only until it ends, and its changes wake the zone through `owns`.
+pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, pins: &[String]) -> Result<bool> {
+    let generation = status.observed_generation;
+    let Some(job) = build::migration_job(zone, pins, &ctx.config.build)? else {
+        status.migration = None;
+        let msg = "the zone has no migration";
+        conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, generation);
+        return Ok(true);
+    };
+    let hash = build::migration_inputs_hash(zone, pins).unwrap_or_default();
+    let job_name = job.name_any();
+    if status.migration.as_ref().and_then(|m| m.succeeded_hash.as_deref()) == Some(hash.as_str()) {
+        return Ok(decide::report_migration(status, &job_name, &hash, &JobOutcome::Succeeded));
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    let live = match jobs.get_opt(&job_name).await? {
+        Some(j) => j,
+        None => apply(&jobs, &job).await?,
+    };
+    let outcome = decide::job_outcome(&live);
+    if outcome == JobOutcome::Succeeded {
+        // Older migration Jobs have served their purpose.
+        let old = ListParams::default()
+            .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
+        jobs.delete_collection(&background(), &old).await?;
+    }
+    Ok(decide::report_migration(status, &job_name, &hash, &outcome))
+}
+
+/// Holds each wanted server's host ports and returns them by server name. A server whose ports
+/// cannot be held is left out: it reports why, and the topology lists it without ports until
+/// it has them.
+pub fn hold_ports(
+    ctx: &Context,
+    wanted: &[GameServer],
+    live: &BTreeMap<String, &GameServer>,
+) -> BTreeMap<String, Vec<PortStatus>> {
+    let mut ports = BTreeMap::new();
+    for gs in wanted {
+        match ensure_ports(ctx, gs) {
+            // Ports the platform assigns are known once the pod exists: take them from status.
+            Ok((_, deferred)) if !deferred.is_empty() => {
+                let reported = live.get(&gs.name_any()).and_then(|g| g.status.as_ref()).map(|s| s.ports.clone());
+                ports.insert(gs.name_any(), reported.unwrap_or_default());
+            }
+            Ok((allocations, _)) => {
+                ports.insert(gs.name_any(), status_of(&allocations));
+            }
+            Err(_) => {}
+        }
+    }
+    ports
+}
+
+/// Writes the topology listing `ports`, and remembers what it lists: a server's pod starts only
+/// once its ports are listed.
+pub async fn publish_topology(zone: &GameZone, ctx: &Context, ports: BTreeMap<String, Vec<PortStatus>>) -> Result<()> {
+    let topology = build::topology(zone, &ports);
+    ctx.writer.apply_child(&topology, TOPOLOGY_REFRESH).await?;
+    let ns = zone.namespace().unwrap_or_default();
+    ctx.ports.list(ports.into_iter().map(|(server, p)| (ObjectKey::new(&ns, server), p)));
+    Ok(())
+}
+
+/// Applies the wanted servers that differ from what the watch shows, and deletes those no
+/// longer wanted.
+pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer], live: &Live) -> Result<()> {
+    let by_name = live.servers_by_name();
+    let stale = decide::servers_to_apply(wanted, &by_name, |gs, hash| ctx.writer.applied_recently(gs, hash, WATCH_LAG));
+    let stale: Vec<(GameServer, String)> = stale.into_iter().map(|(gs, hash)| (gs.clone(), hash)).collect();
+    futures::stream::iter(stale)
+        .map(|(mut gs, hash)| {
+            // The server controller's finalizer comes with the object: one write, not two.
+            gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
+            async move { ctx.writer.apply_as(&gs, hash).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let names: BTreeSet<String> = wanted.iter().map(|s| s.name_any()).collect();
+    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    for gs in decide::to_delete(&names, &live.servers) {
+        api.delete(&gs.name_any(), &DeleteParams::default()).await?;
+        ctx.event(zone, false, "ServerRemoved", format!("removed {} (no longer in spec.services)", gs.name_any()))
+            .await;
+    }
+    Ok(())
+}
+
+/// Applies the zone's Services and its shared artifacts claim, and deletes Services no longer
+/// wanted.
+pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Result<()> {
+    let services = build::services(zone);
+    let live_names: BTreeSet<String> = live.services.iter().map(|s| s.name_any()).collect();
+    for svc in &services {
+        // A Service the watch shows is re-applied only when its content changes.
+        let fresh_for = if live_names.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
+        ctx.writer.apply_child(svc, fresh_for).await?;
+    }
+    let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    for svc in decide::to_delete(&wanted, &live.services) {
+        crate::controller::delete_if_present(&api, &svc.name_any()).await?;
+    }
+    if let Some(claim) = build::artifacts_claim(zone) {
+        let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+        apply(&api, &claim).await?;
+    }
+    Ok(())
+}
+
+/// Deletion in the background: the garbage collector removes dependents.
+pub fn background() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }
+}
+
+/// The result of a step, with the step that failed.
+pub type StepResult<T> = std::result::Result<T, (decide::Step, Error)>;
+
+/// Tags a step's error with the step.
+pub trait At<T> {
+    /// This result, its error tagged with `step`.
+    fn at(self, step: decide::Step) -> StepResult<T>;
+}
+
+impl<T> At<T> for Result<T> {
+    fn at(self, step: decide::Step) -> StepResult<T> {
+        self.map_err(|e| (step, e))
+    }
+}
