@@ -51,6 +51,7 @@ struct RealNode {
     name: String,
     #[serde(rename = "nodeIP")]
     node_ip: String,
+    #[serde(rename = "podCIDR")]
     pod_cidr: String,
     netns: String,
     cgroup: String,
@@ -83,11 +84,17 @@ impl RealCluster {
             dir.display()
         );
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let kubeconfig = PathBuf::from(stdout.lines().last().expect("cp.sh up printed the kubeconfig path").trim());
-        let json = std::fs::read_to_string(dir.join("real-nodes.json")).expect("cp.sh up writes real-nodes.json");
-        let info: RealNodes = serde_json::from_str(&json).unwrap_or_else(|e| panic!("real-nodes.json: {e}: {json}"));
-        assert_eq!(info.nodes.len(), 1, "{info:?}");
-        RealCluster { dir: dir.to_path_buf(), kubeconfig, info, stopped: false }
+        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+        let json = std::fs::read_to_string(dir.join("real-nodes.json")).unwrap_or_default();
+        match serde_json::from_str::<RealNodes>(&json) {
+            Ok(info) if info.nodes.len() == 1 => {
+                RealCluster { dir: dir.to_path_buf(), kubeconfig, info, stopped: false }
+            }
+            other => {
+                let _ = Command::new(cp_script()).arg("down").arg(dir).stdin(Stdio::null()).status();
+                panic!("{}/real-nodes.json should describe one node: {other:?}: {json}", dir.display())
+            }
+        }
     }
 
     fn node(&self) -> &RealNode {
@@ -319,11 +326,18 @@ fn lines_of(program: &str, args: &[&str]) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
 }
 
-/// Pids of the processes in a cgroup whose path starts with `prefix` (in any hierarchy).
+/// Pids of the live processes in a cgroup whose path starts with `prefix` (in
+/// any hierarchy). Zombies do not count: they wait for the machine's init to
+/// reap them, and still name the cgroup they died in.
 fn processes_in_cgroups(prefix: &str) -> BTreeSet<u32> {
     let mut found = BTreeSet::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z')) {
+            continue;
+        }
         let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
         if cgroups.lines().any(|l| l.splitn(3, ':').nth(2).is_some_and(|p| p.starts_with(prefix))) {
             found.insert(pid);

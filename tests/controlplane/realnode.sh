@@ -189,6 +189,8 @@ reserve_real_slot() {
   for ((s = 0; s < REAL_SLOTS; s++)); do
     if mkdir "$REAL_SLOTS_DIR/$s" 2>/dev/null; then
       echo "$DIR $$" >"$REAL_SLOTS_DIR/$s/owner"
+      # Anything still named for this slot (a `down` that could not finish) goes first.
+      teardown_real_slot_resources "$s"
       REAL_SLOT=$s
       return 0
     fi
@@ -541,9 +543,23 @@ remove_cgroup_tree() {
   say "warning: could not remove cgroup /$cg everywhere"
 }
 
-# Everything of slot $1 on this machine; $2 is the old state dir (may be empty or gone).
+# Everything of slot $1 on this machine, and the slot; $2 is the old state dir (may be empty or gone).
 teardown_real_slot() {
-  local s=$1 old_dir=${2:-} i ns veth cg
+  local s=$1 old_dir=${2:-}
+  teardown_real_slot_resources "$s"
+  # Mounts a killed node could have left on the host (none when its mount namespace did its job).
+  if [[ -n "$old_dir" && -d "$old_dir/real-nodes" ]]; then
+    local mnt
+    while read -r mnt; do
+      [[ -n "$mnt" ]] && { umount -l "$mnt" 2>/dev/null || true; }
+    done < <(awk -v d="$old_dir/real-nodes/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
+  fi
+  rm -rf "${REAL_SLOTS_DIR:?}/$s"
+}
+
+# Processes, cgroups, network namespaces, veths and NAT rules named for slot $1.
+teardown_real_slot_resources() {
+  local s=$1 i ns veth cg
   for ((i = 1; i <= MAX_REAL_NODES; i++)); do
     ns=$(real_netns "$s" "$i") veth=$(real_veth "$s" "$i") cg=$(real_cgroup "$s" "$i")
     kill_cgroup_tree "$cg"
@@ -554,14 +570,6 @@ teardown_real_slot() {
     while iptables -w -t nat -D PREROUTING -i "$veth" -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
       -j DNAT --to-destination 127.0.0.1 2>/dev/null; do :; done
   done
-  # Mounts a killed node could have left on the host (none when its mount namespace did its job).
-  if [[ -n "$old_dir" && -d "$old_dir/real-nodes" ]]; then
-    local mnt
-    while read -r mnt; do
-      [[ -n "$mnt" ]] && { umount -l "$mnt" 2>/dev/null || true; }
-    done < <(awk -v d="$old_dir/real-nodes/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
-  fi
-  rm -rf "${REAL_SLOTS_DIR:?}/$s"
 }
 
 # The slot recorded for the control plane in $1, if it has real nodes.
