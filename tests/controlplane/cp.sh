@@ -390,6 +390,7 @@ cmd_up() {
   if ((real_nodes)); then
     [[ $(id -u) == 0 ]] || die "real nodes need root (network namespaces, cgroups, mounts)"
     ensure_real_nodes_built
+    require_tools ip iptables nsenter unshare mount
   fi
 
   local started

@@ -16,7 +16,8 @@
 #        (`cp.sh up DIR --real-nodes N`); pods use them with
 #        `imagePullPolicy: Never` (or IfNotPresent).
 #
-# Archives live in ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/images/<inputs-sha256>.tar.
+# Archives live in ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/images/<inputs-sha256>.tar;
+# those not built or used for 3 days are removed (every build of a binary makes a new one).
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -123,12 +124,14 @@ cmd_build() {
   key=$(sha256sum <<<"$key" | cut -d' ' -f1)
   local archive="$IMAGES/$key.tar"
   if [[ -f "$archive" ]]; then
+    touch "$archive" # in use: kept by the pruning below
     say "$name: cached"
     echo "$archive"
     return 0
   fi
 
   mkdir -p "$IMAGES"
+  find "$IMAGES" -maxdepth 1 -name '*.tar' -mtime +3 -delete 2>/dev/null || true
   local work
   work=$(mktemp -d "$IMAGES/.build.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the directory is fixed
