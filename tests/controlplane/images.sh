@@ -30,7 +30,7 @@ say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,21p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,20p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
