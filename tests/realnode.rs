@@ -267,6 +267,10 @@ async fn pod_on_the_real_node_serves_its_init_containers_file_on_a_host_port() {
     assert!(pod_ip.starts_with(prefix), "pod IP {pod_ip} outside {}", node.pod_cidr);
     assert_eq!(fetch(&format!("{pod_ip}:8080")).await, text);
 
+    // Nothing leaves the node's namespace but towards the host: it has no default route.
+    let default_route = lines_of("ip", &["-n", &node.netns, "route", "show", "default"]);
+    assert!(default_route.is_empty(), "{} has a default route: {default_route:?}", node.netns);
+
     // Without the toleration a pod cannot land on real-1, even when it asks for it ...
     let mut untolerated = serving_pod("untolerated", &["write", "/content/index", "never written"], 18081);
     let spec = untolerated.spec.as_mut().expect("spec");
