@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GameZone's local Kubernetes control plane: etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler built from the official Go
-# modules (tests/controlplane/go), plus KWOK simulating nodes and pods.
+# modules (tests/controlplane/go), plus KWOK simulating nodes and pods, and
+# on request real nodes (kubelet + containerd, see realnode.sh).
 #
-#   cp.sh build                      build the binaries once into the cache
-#   cp.sh up DIR [--nodes N] [--watch-pid PID]
-#                                    start a control plane with state in DIR
+#   cp.sh build [--real-nodes]       build the binaries once into the cache
+#                                    (--real-nodes: also kubelet, containerd, runc, CNI)
+#   cp.sh up DIR [--nodes N] [--real-nodes R] [--watch-pid PID]
+#                                    start a control plane with state in DIR:
+#                                    N KWOK nodes node-1.., R real nodes real-1..
 #   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
 #   cp.sh status DIR                 processes and their memory
 #   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
@@ -44,8 +47,11 @@ die() { printf '[cp] error: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
+# shellcheck source=realnode.sh
+source "$HERE/realnode.sh"
+
 usage() {
-  sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -148,8 +154,9 @@ progress() {
 }
 
 build_failed() {
-  say "build failed; last lines of $VERSION_DIR/build.log:"
-  tail -n 30 "$VERSION_DIR/build.log" >&2
+  local log=${BUILD_LOG:-$VERSION_DIR/build.log}
+  say "build failed; last lines of $log:"
+  tail -n 30 "$log" >&2
   exit 1
 }
 
@@ -205,8 +212,9 @@ sign() {
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
+# make_pki DIR [EXTRA_SANS]: EXTRA_SANS like ",IP:10.1.2.3" go into the API server's certificate.
 make_pki() {
-  local pki=$1
+  local pki=$1 extra_sans=${2:-}
   mkdir -p "$pki"
   new_key "$pki/ca.key"
   openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=gamezone-test-ca" -days 3650 -sha256 \
@@ -215,7 +223,7 @@ make_pki() {
   sign "$pki" apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local$extra_sans"
   # system:masters: tests, the demo and the control plane components act as cluster admin.
   sign "$pki" admin "/O=system:masters/CN=gamezone-admin" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
@@ -354,13 +362,15 @@ EOF
 }
 
 cmd_up() {
-  local nodes=3 watch_pid=""
+  local nodes=3 real_nodes=0 watch_pid=""
   [[ $# -ge 1 ]] || usage
   local dir_arg=$1; shift
   while [[ $# -gt 0 ]]; do
     case $1 in
       --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
       --nodes=*) nodes=${1#*=}; shift ;;
+      --real-nodes) real_nodes=${2:?--real-nodes needs a number}; shift 2 ;;
+      --real-nodes=*) real_nodes=${1#*=}; shift ;;
       --watch-pid) watch_pid=${2:?--watch-pid needs a pid}; shift 2 ;;
       --watch-pid=*) watch_pid=${1#*=}; shift ;;
       *) die "unknown option for up: $1" ;;
@@ -369,19 +379,37 @@ cmd_up() {
   if ! [[ "$nodes" =~ ^[0-9]+$ ]] || ((nodes < 1 || nodes > MAX_NODES)); then
     die "--nodes must be 1..$MAX_NODES, got '$nodes'"
   fi
+  if ! [[ "$real_nodes" =~ ^[0-9]+$ ]] || ((real_nodes > MAX_REAL_NODES)); then
+    die "--real-nodes must be 0..$MAX_REAL_NODES, got '$real_nodes'"
+  fi
   if [[ -n "$watch_pid" ]] && ! { [[ "$watch_pid" =~ ^[0-9]+$ ]] && alive "$watch_pid"; }; then
     die "--watch-pid $watch_pid is not a running process"
   fi
   require_tools openssl curl ss setsid pgrep base64
   ensure_built
+  if ((real_nodes)); then
+    [[ $(id -u) == 0 ]] || die "real nodes need root (network namespaces, cgroups, mounts)"
+    ensure_real_nodes_built
+    require_tools ip iptables nsenter unshare mount
+  fi
 
   local started
   started=$(now)
   mkdir -p "$dir_arg"
   DIR=$(cd "$dir_arg" && pwd)
   if [[ -f "$DIR/pids" ]]; then
-    die "$DIR already holds a control plane (run: $SELF down $DIR)"
+    local name pid running=false
+    while read -r name pid; do alive "$pid" && running=true; done <"$DIR/pids"
+    $running && die "$DIR already holds a control plane (run: $SELF down $DIR)"
+    # Killed without `down` (kill -9, a crash): clean what it left, then start afresh.
+    say "$DIR holds a control plane that was killed; cleaning up after it"
+    cmd_down "$DIR" --keep
+    [[ -f "$DIR/.gamezone-controlplane" ]] && find "$DIR" -mindepth 1 -delete
   fi
+  case $DIR/ in
+    /run/* | /var/run/* | /var/lib/* | /var/log/*)
+      ((real_nodes == 0)) || die "real nodes hide /run, /var/lib and /var/log from their daemons: put $DIR elsewhere (e.g. under /tmp)" ;;
+  esac
   touch "$DIR/.gamezone-controlplane"
   mkdir -p "$DIR/logs"
   : >"$DIR/pids"
@@ -395,8 +423,17 @@ cmd_up() {
   printf 'etcd=%s\netcd-peer=%s\napiserver=%s\ncontroller-manager=%s\nscheduler=%s\n' \
     "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" >"$DIR/ports"
 
+  local extra_sans=""
+  if ((real_nodes)); then
+    reserve_real_slot
+    # Written first: `down` finds the slot to clean even if this `up` fails half-way.
+    echo "SLOT=$REAL_SLOT" >"$DIR/real-nodes.env"
+    extra_sans=",IP:$HOST_ADDRESS"
+  fi
+
   local pki="$DIR/pki" kc="$DIR/kubeconfig"
-  make_pki "$pki"
+  make_pki "$pki" "$extra_sans"
+  ((real_nodes == 0)) || make_real_node_pki "$pki" "$real_nodes"
   write_kubeconfig "$DIR" "$api_port"
 
   start etcd "$BIN/etcd" \
@@ -410,10 +447,16 @@ cmd_up() {
     --unsafe-no-fsync=true \
     --log-level=warn
 
+  # Real nodes: logs, exec and port-forward go from the API server to their kubelets.
+  local kubelet_client=()
+  if ((real_nodes)); then
+    kubelet_client=(--kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
+      --kubelet-preferred-address-types=InternalIP)
+  fi
   # Flags follow controller-runtime's envtest, with ServiceAccount admission
   # kept on: the controller manager holds the signing key and creates the
   # `default` ServiceAccount in every namespace, as in a real cluster.
-  start kube-apiserver "$BIN/kube-apiserver" \
+  start kube-apiserver "$BIN/kube-apiserver" "${kubelet_client[@]}" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -469,9 +512,11 @@ cmd_up() {
 
   local stage_args=(-c "$HERE/kwok.yaml") f
   for f in "$STAGES_DIR"/*.yaml; do stage_args+=(-c "$f"); done
+  # Only the nodes made for it: a real node's status comes from its kubelet.
   start kwok "$BIN/kwok" \
     --kubeconfig="$kc" \
-    --manage-all-nodes=true \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" \
     --node-lease-duration-seconds=40 \
     "${stage_args[@]}"
@@ -483,10 +528,13 @@ cmd_up() {
   wait_until 60 "kube-scheduler /readyz" curl -fsSk "https://127.0.0.1:$sched_port/readyz"
   wait_until 60 "$nodes Ready nodes" all_nodes_ready "$nodes"
   wait_until 60 "ServiceAccount default/default" "${kubectl[@]}" get serviceaccount default -n default
+  ((real_nodes == 0)) || start_real_nodes "$real_nodes" "$api_port"
 
   release_ports
   trap - EXIT
-  say "control plane with $nodes nodes up in $(since "$started")s (logs in $DIR/logs; stop: $SELF down $DIR)"
+  local real_note=""
+  ((real_nodes == 0)) || real_note=" and $real_nodes real nodes (see $DIR/real-nodes.json)"
+  say "control plane with $nodes nodes$real_note up in $(since "$started")s (logs in $DIR/logs; stop: $SELF down $DIR)"
   echo "export KUBECONFIG=$kc"
   echo "$kc"
 }
@@ -562,11 +610,27 @@ cmd_down() {
     # Gone first, so a concurrent `up` or the watchdog sees the stop, not crashed components.
     mv -f "$dir/pids" "$dir/pids.stopping"
   fi
-  # Clients first, etcd last: an apiserver that loses etcd first shuts down slowly.
-  local clients=() storage=() i
+  # Real nodes first (while the API server still answers their kubelets), then
+  # clients, etcd last: an apiserver that loses etcd first shuts down slowly.
+  local real=() clients=() storage=() i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    if [[ ${names[i]} == etcd ]]; then storage+=("${pids[i]}"); else clients+=("${pids[i]}"); fi
+    case ${names[i]} in
+      real-*) real+=("${pids[i]}") ;;
+      etcd) storage+=("${pids[i]}") ;;
+      *) clients+=("${pids[i]}") ;;
+    esac
   done
+  stop_real_nodes "${real[@]}"
+  local slot
+  slot=$(real_slot_of "$dir" || true)
+  if [[ -n "$slot" ]]; then
+    local owner_dir=""
+    [[ -f "$REAL_SLOTS_DIR/$slot/owner" ]] && read -r owner_dir _ <"$REAL_SLOTS_DIR/$slot/owner"
+    # A slot given to another control plane since (after a stale cleanup) is not ours to clean.
+    if [[ -z "$owner_dir" || "$owner_dir" == "$dir" ]]; then
+      teardown_real_slot "$slot" "$dir"
+    fi
+  fi
   stop_groups "${clients[@]}"
   stop_groups "${storage[@]}"
   rm -f "$dir/pids.stopping"
@@ -584,10 +648,20 @@ cmd_status() {
   local dir
   dir=$(cd "$1" && pwd)
   [[ -f "$dir/pids" ]] || die "no control plane in $dir"
-  local name pid rss total=0
+  local name pid rss total=0 slot cg
+  slot=$(real_slot_of "$dir" || true)
   printf '%-24s %8s %10s\n' COMPONENT PID RSS_MiB
   while read -r name pid; do
-    if alive "$pid"; then
+    if alive "$pid" && [[ $name == real-* && -n "$slot" ]]; then
+      # A real node: its daemons (containerd, kubelet, shims) and its pods, by cgroup.
+      cg=/sys/fs/cgroup/pids/$(real_cgroup "$slot" "${name#real-}")
+      rss=$(cgroup_rss_kib "$cg/node")
+      total=$((total + rss))
+      printf '%-24s %8s %10.1f\n' "$name daemons" "$pid" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
+      rss=$(cgroup_rss_kib "$cg/kubepods")
+      total=$((total + rss))
+      printf '%-24s %8s %10.1f\n' "$name pods" "" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
+    elif alive "$pid"; then
       rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
       total=$((total + rss))
       printf '%-24s %8s %10.1f\n' "$name" "$pid" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
@@ -609,11 +683,18 @@ main() {
   [[ $# -ge 1 ]] || usage
   local sub=$1; shift
   case $sub in
-    build) cmd_build "$@" ;;
+    build)
+      local with_real=false
+      [[ "${1:-}" == --real-nodes ]] && { with_real=true; shift; }
+      [[ $# -eq 0 ]] || die "unknown option for build: $1"
+      cmd_build
+      if $with_real; then cmd_build_real_nodes; fi
+      ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     kubectl) cmd_kubectl "$@" ;;
+    node-run) cmd_node_run "$@" ;; # internal: a real node's daemons, inside its namespaces
     -h | --help | help) usage ;;
     *) die "unknown subcommand '$sub' (build, up, down, status, kubectl)" ;;
   esac

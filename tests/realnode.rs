@@ -1,0 +1,464 @@
+//! Real nodes beside the KWOK ones: `cp.sh up DIR --real-nodes N` starts a
+//! kubelet and containerd per node, each in network and mount namespaces of
+//! its own (see tests/controlplane/README.md). These tests start their own
+//! control plane with one KWOK node and one real node, and check what a user
+//! of such a node sees: real containers, real host ports, pod IPs reachable
+//! from the host, and nothing left on the machine afterwards.
+//!
+//! Run with `cargo test --test realnode` as root; the first run builds the
+//! node binaries (kubelet, containerd, runc, CNI plugins) into the cache.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::json;
+
+use common::{client_for, cp_script, wait_for};
+
+/// Pod start on a real node includes image unpacking and the sandbox: more than KWOK needs.
+const TIMEOUT: Duration = Duration::from_secs(90);
+const IMAGE: &str = "gamezone.local/serve-file:1";
+const REAL_TAINT: &str = "gamezone.dev/node-kind";
+
+/// Each test starts a control plane with a real node; two at once would double
+/// the load on a small machine and slow both.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `DIR/real-nodes.json`, written by `cp.sh up`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RealNodes {
+    /// Where pods and node daemons reach the host's loopback services.
+    host_address: String,
+    slot: u32,
+    bin_dir: PathBuf,
+    nodes: Vec<RealNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RealNode {
+    name: String,
+    #[serde(rename = "nodeIP")]
+    node_ip: String,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: String,
+    netns: String,
+    cgroup: String,
+}
+
+/// A control plane with one KWOK node (`node-1`) and one real node (`real-1`), stopped on drop.
+struct RealCluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    info: RealNodes,
+    stopped: bool,
+}
+
+impl RealCluster {
+    fn start(dir: &Path) -> RealCluster {
+        let output = Command::new(cp_script())
+            .arg("up")
+            .arg(dir)
+            .args(["--nodes", "1", "--real-nodes", "1"])
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cannot run cp.sh");
+        assert!(
+            output.status.success(),
+            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); its messages are above, logs in {}/logs",
+            dir.display(),
+            output.status,
+            dir.display()
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+        let json = std::fs::read_to_string(dir.join("real-nodes.json")).unwrap_or_default();
+        match serde_json::from_str::<RealNodes>(&json) {
+            Ok(info) if info.nodes.len() == 1 => {
+                RealCluster { dir: dir.to_path_buf(), kubeconfig, info, stopped: false }
+            }
+            other => {
+                let _ = Command::new(cp_script()).arg("down").arg(dir).stdin(Stdio::null()).status();
+                panic!("{}/real-nodes.json should describe one node: {other:?}: {json}", dir.display())
+            }
+        }
+    }
+
+    fn node(&self) -> &RealNode {
+        &self.info.nodes[0]
+    }
+
+    async fn client(&self) -> Client {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// Builds the test image (cached by its inputs) and imports it into the real node.
+    fn import_test_image(&self) {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/images.sh");
+        let bin = self.info.bin_dir.join("serve-file");
+        let built = Command::new(&images)
+            .args(["build", IMAGE, "--bin"])
+            .arg(&bin)
+            .args(["--entrypoint", "/usr/local/bin/serve-file", "--user", "65532"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cannot run images.sh build");
+        assert!(built.status.success(), "images.sh build failed: {built:?}");
+        let archive = String::from_utf8_lossy(&built.stdout).trim().to_string();
+        let imported = Command::new(&images).arg("import").arg(&self.dir).arg(&archive).status().expect("images.sh");
+        assert!(imported.success(), "images.sh import {} {archive} failed", self.dir.display());
+    }
+
+    fn down(&mut self) {
+        self.stopped = true;
+        let status = Command::new(cp_script()).arg("down").arg(&self.dir).stdin(Stdio::null()).status();
+        assert!(matches!(status, Ok(s) if s.success()), "cp.sh down {} failed: {status:?}", self.dir.display());
+    }
+
+    /// What `cp.sh up` started (name, pid), and the watchdog.
+    fn processes(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = std::fs::read_to_string(self.dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ')?.1.trim().parse().ok())
+            .collect();
+        if let Ok(w) = std::fs::read_to_string(self.dir.join("watchdog.pid")) {
+            pids.extend(w.trim().parse::<u32>().ok());
+        }
+        pids
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = Command::new(cp_script()).arg("down").arg(&self.dir).stdin(Stdio::null()).status();
+        }
+    }
+}
+
+fn new_dir(prefix: &str) -> PathBuf {
+    // Short: the node's containerd socket lives under it.
+    tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("temp dir").keep()
+}
+
+/// A pod for real-1: an init container writes into an emptyDir (`serve-file
+/// write /content/index TEXT`, or `fetch IP PORT /content/index`), the main
+/// container serves that file on TCP port 8080, published on `host_port`.
+fn serving_pod(name: &str, init_args: &[&str], host_port: i32) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": {
+            "nodeSelector": { REAL_TAINT: "real" },
+            "tolerations": [{ "key": REAL_TAINT, "operator": "Equal", "value": "real", "effect": "NoSchedule" }],
+            "terminationGracePeriodSeconds": 2,
+            "volumes": [{ "name": "content", "emptyDir": {} }],
+            "initContainers": [{
+                "name": "write",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "args": init_args,
+                "volumeMounts": [{ "name": "content", "mountPath": "/content" }],
+            }],
+            "containers": [{
+                "name": "serve",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["serve", "8080", "/content/index"],
+                "ports": [{ "containerPort": 8080, "hostPort": host_port, "protocol": "TCP" }],
+                "volumeMounts": [{ "name": "content", "mountPath": "/content", "readOnly": true }],
+            }],
+        },
+    }))
+    .expect("valid pod")
+}
+
+fn phase(pod: &Pod) -> String {
+    pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()
+}
+
+async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
+    wait_for(&format!("pod {name} to be Running"), TIMEOUT, || async {
+        let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+        let statuses = pod.status.as_ref().map(|s| (&s.init_container_statuses, &s.container_statuses));
+        if phase(&pod) == "Running" { Ok(pod) } else { Err(format!("{}: {statuses:?}", phase(&pod))) }
+    })
+    .await
+}
+
+/// What a TCP server at `addr` sends before closing, retried while the port is not yet open.
+async fn fetch(addr: &str) -> String {
+    let addr: SocketAddr = addr.parse().expect("socket address");
+    wait_for(&format!("a TCP answer from {addr}"), Duration::from_secs(20), || async move {
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .await
+        .expect("reader thread");
+        read.map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// A test server on the host's loopback, as the project's tests start them
+/// (git, S3, databases): sends `text` to every connection.
+fn serve_on_loopback(text: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(text.as_bytes());
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn pod_on_the_real_node_serves_its_init_containers_file_on_a_host_port() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = RealCluster::start(&new_dir("gz-rn-"));
+    cluster.import_test_image();
+    let client = cluster.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // The init container fetches its text from a server on the host's loopback,
+    // at the address every real node has for the host.
+    let text = format!("fetched by the init container of {}", common::unique_name("web"));
+    let port = serve_on_loopback(text.clone()).to_string();
+    let host = cluster.info.host_address.as_str();
+    let mut pod = serving_pod("web", &["fetch", host, &port, "/content/index"], 18080);
+    // The `kubernetes` Service answers on its ClusterIP, as in-cluster clients expect.
+    let spec = pod.spec.as_mut().expect("spec");
+    let mut api_check = spec.init_containers.as_ref().expect("init containers")[0].clone();
+    api_check.name = "reach-api-server".into();
+    api_check.args = Some(["connect", "10.0.0.1", "443"].map(String::from).to_vec());
+    api_check.volume_mounts = None;
+    spec.init_containers.as_mut().expect("init containers").push(api_check);
+    pods.create(&PostParams::default(), &pod).await.expect("create pod web");
+    let pod = wait_running(&pods, "web").await;
+    let node = cluster.node();
+    assert_eq!(node.name, "real-1");
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("real-1"));
+
+    // The host port is real: the host reaches the pod at the node's address.
+    assert_eq!(fetch(&format!("{}:18080", node.node_ip)).await, text);
+    // And the pod IP directly, through the host's route to the node's pod CIDR.
+    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let prefix = node.pod_cidr.trim_end_matches("0/24");
+    assert!(pod_ip.starts_with(prefix), "pod IP {pod_ip} outside {}", node.pod_cidr);
+    assert_eq!(fetch(&format!("{pod_ip}:8080")).await, text);
+
+    // Nothing leaves the node's namespace but towards the host: it has no default route.
+    let default_route = lines_of("ip", &["-n", &node.netns, "route", "show", "default"]);
+    assert!(default_route.is_empty(), "{} has a default route: {default_route:?}", node.netns);
+
+    // Without the toleration a pod cannot land on real-1, even when it asks for it ...
+    let mut untolerated = serving_pod("untolerated", &["write", "/content/index", "never written"], 18081);
+    let spec = untolerated.spec.as_mut().expect("spec");
+    spec.tolerations = None;
+    spec.node_selector = Some([("kubernetes.io/hostname".to_string(), "real-1".to_string())].into());
+    pods.create(&PostParams::default(), &untolerated).await.expect("create pod untolerated");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let message = wait_for("a FailedScheduling event for pod untolerated", TIMEOUT, || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=untolerated,reason=FailedScheduling"))
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items.into_iter().find_map(|e| e.message).ok_or("no event yet".to_string())
+    })
+    .await;
+    assert!(message.contains("untolerated taint"), "unexpected scheduler message: {message}");
+    let untolerated = pods.get("untolerated").await.expect("get untolerated");
+    assert_eq!(untolerated.spec.and_then(|s| s.node_name), None, "untolerated pod must not be bound");
+    // ... and an ordinary pod goes to the KWOK node.
+    let mut ordinary = serving_pod("ordinary", &["write", "/content/index", "kwok only pretends"], 18082);
+    let spec = ordinary.spec.as_mut().expect("spec");
+    spec.tolerations = None;
+    spec.node_selector = None;
+    pods.create(&PostParams::default(), &ordinary).await.expect("create pod ordinary");
+    let ordinary = wait_running(&pods, "ordinary").await;
+    assert_eq!(ordinary.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
+
+    // real-1's status comes from its kubelet and containerd, not from KWOK.
+    let real = Api::<Node>::all(client).get("real-1").await.expect("get node real-1");
+    let status = real.status.expect("node status");
+    let info = status.node_info.expect("nodeInfo");
+    assert_eq!(info.kubelet_version, "v1.37.2");
+    assert!(info.container_runtime_version.starts_with("containerd://2.4."), "{}", info.container_runtime_version);
+    let ready = status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("True", Some("KubeletReady")), "{ready:?}");
+    let addresses: Vec<_> = status.addresses.unwrap_or_default().into_iter().map(|a| (a.type_, a.address)).collect();
+    assert!(addresses.contains(&("InternalIP".to_string(), node.node_ip.clone())), "{addresses:?}");
+    let taints = real.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(taints.iter().any(|t| t.key == REAL_TAINT && t.effect == "NoSchedule"), "{taints:?}");
+}
+
+/// What a real node of slot `slot` (or a control plane in `dir`) can leave on the machine.
+#[derive(Debug, Default, PartialEq)]
+struct Leftovers {
+    processes: BTreeSet<String>,
+    mounts: BTreeSet<String>,
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    routes: BTreeSet<String>,
+    iptables: BTreeSet<String>,
+    cgroups: BTreeSet<String>,
+}
+
+fn lines_of(program: &str, args: &[&str]) -> Vec<String> {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(output.status.success(), "{program} {args:?} failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+}
+
+/// Pids of the live processes in a cgroup whose path starts with `prefix` (in
+/// any hierarchy). Zombies do not count: they wait for the machine's init to
+/// reap them, and still name the cgroup they died in.
+fn processes_in_cgroups(prefix: &str) -> BTreeSet<u32> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z')) {
+            continue;
+        }
+        let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cgroups.lines().any(|l| l.splitn(3, ':').nth(2).is_some_and(|p| p.starts_with(prefix))) {
+            found.insert(pid);
+        }
+    }
+    found
+}
+
+impl Leftovers {
+    fn of(slot: u32, dir: &Path) -> Leftovers {
+        let netns_prefix = format!("gz{slot}-real-");
+        let link_prefix = format!("gz{slot}r");
+        let dir = dir.display().to_string();
+        let mut found = Leftovers::default();
+        for pid in processes_in_cgroups(&format!("/{netns_prefix}")) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.processes.insert(format!("{pid} {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        found.mounts =
+            mounts.lines().filter(|l| l.contains(&dir) || l.contains(&netns_prefix)).map(String::from).collect();
+        found.netns = lines_of("ip", &["netns", "list"]).into_iter().filter(|l| l.starts_with(&netns_prefix)).collect();
+        found.links = lines_of("ip", &["-o", "link", "show"])
+            .into_iter()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+            .filter(|n| n.starts_with(&link_prefix))
+            .collect();
+        found.routes = lines_of("ip", &["route", "show"]).into_iter().filter(|l| l.contains(&link_prefix)).collect();
+        found.iptables = lines_of("iptables-save", &[])
+            .into_iter()
+            .filter(|l| l.contains(&format!("gamezone:{netns_prefix}")))
+            .collect();
+        for mount in mounts.lines().filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            matches!(fields.get(2), Some(&"cgroup") | Some(&"cgroup2")).then(|| fields[1].to_string())
+        }) {
+            for entry in std::fs::read_dir(&mount).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if entry.path().is_dir() && (name.starts_with(&netns_prefix) || name.starts_with("kubepods")) {
+                    found.cgroups.insert(format!("{mount}/{name}"));
+                }
+            }
+        }
+        found
+    }
+}
+
+#[tokio::test]
+async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
+    let _one = ONE_AT_A_TIME.lock().await;
+
+    // A node with a running pod, then `down`.
+    let dir = new_dir("gz-rn-");
+    let mut cluster = RealCluster::start(&dir);
+    let slot = cluster.info.slot;
+    cluster.import_test_image();
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
+    pods.create(&PostParams::default(), &serving_pod("web", &["write", "/content/index", "first run"], 18080))
+        .await
+        .expect("create pod");
+    wait_running(&pods, "web").await;
+    let running = Leftovers::of(slot, &dir);
+    // The check sees what a node has: otherwise an empty result below would prove nothing.
+    for (what, set) in [
+        ("processes", &running.processes),
+        ("netns", &running.netns),
+        ("links", &running.links),
+        ("routes", &running.routes),
+        ("iptables", &running.iptables),
+        ("cgroups", &running.cgroups),
+    ] {
+        assert!(!set.is_empty(), "a running node should show {what}: {running:#?}");
+    }
+    assert!(running.processes.iter().any(|p| p.contains("containerd-shim-runc-v2")), "{:#?}", running.processes);
+    cluster.down();
+    assert_eq!(Leftovers::of(slot, &dir), Leftovers::default(), "left behind by `cp.sh down`");
+    assert!(!dir.exists(), "`cp.sh down` removes {}", dir.display());
+
+    // A node with a running pod, then kill -9 of what `up` started (the watchdog
+    // included): the shims and containers live on, orphaned, with the namespace,
+    // the NAT rule and the cgroups.
+    let dir = new_dir("gz-rn-");
+    let mut cluster = RealCluster::start(&dir);
+    let slot = cluster.info.slot;
+    let netns = cluster.node().netns.clone();
+    cluster.import_test_image();
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
+    pods.create(&PostParams::default(), &serving_pod("web", &["write", "/content/index", "killed run"], 18080))
+        .await
+        .expect("create pod");
+    let pod = wait_running(&pods, "web").await;
+    let pod_uid = pod.metadata.uid.expect("pod uid");
+    for pid in cluster.processes() {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    }
+    let cgroup_prefix = format!("{}/", cluster.node().cgroup);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let orphans = processes_in_cgroups(&cgroup_prefix);
+    assert!(!orphans.is_empty(), "the shims and containers outlive a kill -9 of the daemons");
+    let killed = Leftovers::of(slot, &dir);
+    assert!(!killed.netns.is_empty() && !killed.iptables.is_empty() && !killed.cgroups.is_empty(), "{killed:#?}");
+
+    // The next `up` in the same directory cleans all of it first, then starts afresh.
+    cluster.stopped = true;
+    let mut cluster = RealCluster::start(&dir);
+    let alive: Vec<_> = orphans.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).collect();
+    assert!(alive.is_empty(), "processes of the killed run still alive: {alive:?}");
+    let pod_cgroups = lines_of("find", &["/sys/fs/cgroup/", "-type", "d", "-name", &format!("pod{pod_uid}")]);
+    assert!(pod_cgroups.is_empty(), "cgroups of the killed run's pod remain: {pod_cgroups:?}");
+    let rules = Leftovers::of(cluster.info.slot, &dir).iptables;
+    assert_eq!(rules.len(), 1, "one NAT rule per real node, none left from the killed run: {rules:?}");
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
+    assert!(pods.get_opt("web").await.expect("get pod").is_none(), "the new control plane starts empty");
+    if cluster.info.slot != slot {
+        assert_eq!(Leftovers::of(slot, &dir), Leftovers::default(), "slot {slot} of the killed run ({netns})");
+    }
+    let slot = cluster.info.slot;
+    cluster.down();
+    assert_eq!(Leftovers::of(slot, &dir), Leftovers::default(), "left behind by `cp.sh down` after a cleanup");
+}
