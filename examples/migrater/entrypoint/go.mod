@@ -1,0 +1,3 @@
+module gamezone.dev/examples/migrater/entrypoint
+
+go 1.24

@@ -1,0 +1,2 @@
+ALTER TABLE players DROP COLUMN last_login;
+DROP TABLE IF EXISTS inventory;
