@@ -26,6 +26,8 @@ pub const ARTIFACTS_VOLUME: &str = "artifacts";
 pub const INIT_ROOT: &str = "/gamezone/artifacts";
 /// The tree the init-container swaps in, inside the artifacts volume (a symlink to the built tree).
 pub const CURRENT_TREE: &str = "current";
+/// Env var telling app containers where the whole artifacts volume is (`current`, the state file).
+pub const ARTIFACTS_DIR_ENV: &str = "GAMEZONE_ARTIFACTS_DIR";
 /// Where Secrets referenced by artifact layers are mounted, one folder per Secret.
 pub const SECRETS_DIR: &str = "/var/run/secrets/gamezone";
 /// Where the topology ConfigMap is mounted in every server.
@@ -234,11 +236,13 @@ pub fn secret_names(layers: &[Layer]) -> BTreeSet<String> {
     layers.iter().flat_map(layer_secret_refs).map(|(_, r)| r.name.clone()).collect()
 }
 
-/// Artifacts volumes, the init-container and the server's mount, for pods that need the tree.
+/// Artifacts volumes, the init-container and the app container's mounts and env, for pods that
+/// need the tree.
 struct ArtifactsPod {
     volumes: Vec<Volume>,
     init: Container,
-    mount: VolumeMount,
+    mounts: Vec<VolumeMount>,
+    env: Vec<EnvVar>,
 }
 
 fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<ArtifactsPod>> {
@@ -290,13 +294,25 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
         volume_mounts: Some(init_mounts),
         ..Default::default()
     };
-    let server_mount = VolumeMount {
-        name: ARTIFACTS_VOLUME.into(),
-        mount_path: mount.root,
-        sub_path: Some(CURRENT_TREE.into()),
-        ..Default::default()
-    };
-    Ok(Some(ArtifactsPod { volumes, init, mount: server_mount }))
+    // The tree at the layers' folder, as it was when the container started (a subPath mount
+    // resolves `current` once). The whole volume, read-only, beside it: its `current` follows
+    // every swap and it holds the state file with the pins and tree digest.
+    let mounts = vec![
+        VolumeMount {
+            name: ARTIFACTS_VOLUME.into(),
+            mount_path: mount.root,
+            sub_path: Some(CURRENT_TREE.into()),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: ARTIFACTS_VOLUME.into(),
+            mount_path: INIT_ROOT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    let env = vec![env(ARTIFACTS_DIR_ENV, INIT_ROOT)];
+    Ok(Some(ArtifactsPod { volumes, init, mounts, env }))
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -402,7 +418,8 @@ pub fn server_template(
     let mut init_containers = None;
     if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
         volumes.extend(artifacts.volumes);
-        mounts.push(artifacts.mount);
+        mounts.extend(artifacts.mounts);
+        env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
     }
 
@@ -649,7 +666,8 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
     let mut init_containers = None;
     if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
         volumes.extend(artifacts.volumes);
-        mounts.push(artifacts.mount);
+        mounts.extend(artifacts.mounts);
+        env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
     }
     let mut labels = zone_labels(&zone_name);
