@@ -691,6 +691,8 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
                     }],
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     image_pull_secrets: pull_secrets(zone),
+                    node_selector: (!migration.node_selector.is_empty()).then(|| migration.node_selector.clone()),
+                    tolerations: (!migration.tolerations.is_empty()).then(|| migration.tolerations.clone()),
                     ..Default::default()
                 }),
             },
