@@ -121,10 +121,13 @@ struct RenderArgs {
     /// The GameZone file (YAML or JSON); `-` for standard input.
     #[arg(short = 'f', long)]
     file: PathBuf,
-    /// Pinned revisions, one per artifact layer, as a JSON list; unpinned (resolved by each
-    /// init-container) when empty.
+    /// Pinned revisions, one per artifact layer: a JSON list of strings, or what
+    /// `gamezone-init resolve` prints; unpinned (resolved by each init-container) when empty.
     #[arg(long)]
     revisions: Option<String>,
+    /// Host port ranges the pods' Dynamic and Passthrough ports are taken from, as `run` takes them.
+    #[arg(long, default_value = "7000-7999")]
+    port_range: String,
     #[command(flatten)]
     build: BuildArgs,
 }
@@ -206,6 +209,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// `--revisions`: a JSON list of revision strings, or `gamezone-init resolve`'s output.
+fn parse_revisions(json: &str) -> anyhow::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Resolved {
+        revision: String,
+    }
+    if let Ok(list) = serde_json::from_str::<Vec<String>>(json) {
+        return Ok(list);
+    }
+    let resolved: Vec<Resolved> = serde_json::from_str(json).context(
+        "--revisions must be a JSON list of revision strings, e.g. [\"<commit>\"], or what `gamezone-init resolve` prints",
+    )?;
+    Ok(resolved.into_iter().map(|r| r.revision).collect())
+}
+
 fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
@@ -218,9 +236,17 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         zone.metadata.namespace = Some("default".into());
     }
     let pins: Vec<String> = match &args.revisions {
-        Some(json) => serde_json::from_str(json).context("--revisions must be a JSON list of strings")?,
+        Some(json) => parse_revisions(json)?,
         None => vec![String::new(); zone.spec.artifacts.len()],
     };
+    if pins.len() != zone.spec.artifacts.len() {
+        anyhow::bail!(
+            "--revisions has {} revision(s) but spec.artifacts has {} layer(s): give one per layer, in order",
+            pins.len(),
+            zone.spec.artifacts.len()
+        );
+    }
+    let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
     let cfg = BuildConfig { init_image: args.build.init_image.clone() };
     zone::validate(&zone)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
@@ -230,13 +256,19 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     if let Some(job) = zone::migration_job(&zone, &pins, &cfg)? {
         docs.push(serde_json::to_value(job)?);
     }
-    for gs in zone::game_servers(&zone, &pins, &cfg)? {
+    let servers = zone::game_servers(&zone, &pins, &cfg)?;
+    let pods = controller::pods_on_an_empty_cluster(&servers, ranges)?;
+    for gs in &servers {
         docs.push(serde_json::to_value(gs)?);
     }
     for svc in zone::services(&zone) {
         docs.push(serde_json::to_value(svc)?);
     }
-    docs.push(serde_json::to_value(zone::topology(&zone, &Default::default()))?);
+    let listed = servers.iter().zip(&pods).map(|(gs, (_, ports))| (gs.name_any(), ports.clone())).collect();
+    docs.push(serde_json::to_value(zone::topology(&zone, &listed))?);
+    for (pod, _) in pods {
+        docs.push(serde_json::to_value(pod)?);
+    }
     let mut out = String::new();
     for doc in docs {
         out.push_str("---\n");

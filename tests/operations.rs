@@ -95,14 +95,21 @@ spec:
   migration: {image: mig:1}
   mysql: {host: db, user: u, database: d, passwordSecretRef: {name: s, key: password}}
   services:
-    - {type: game, id: 1, endId: 2, expose: {perType: {type: LoadBalancer}}}
+    - {type: game, id: 1, endId: 2, expose: {perType: {type: LoadBalancer}},
+       ports: [{name: client, containerPort: 7777, policy: Dynamic}]}
   artifacts:
     - {path: /app/artifacts, git: {url: "https://example.com/x.git", branch: main}}
 "#,
     )
     .unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    let pin = "0123456789abcdef0123456789abcdef01234567";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["render", "--port-range", "7100-7199", "--revisions"])
+        .arg(format!(r#"[{{"layer":0,"source":"git https://example.com/x.git","revision":"{pin}"}}]"#))
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     // Migration Jobs are named by their inputs hash; keep only the stable part of the name.
@@ -122,8 +129,49 @@ spec:
             "GameServer/zone1-game-2",
             "Service/zone1",
             "Service/zone1-game",
-            "ConfigMap/zone1-topology"
+            "ConfigMap/zone1-topology",
+            "Pod/zone1-game-1",
+            "Pod/zone1-game-2"
         ]
+    );
+    // The pods as an empty cluster would run them: ports from the range, in order, told to the
+    // process and listed in the topology; the init container gets the pins.
+    let docs: Vec<serde_json::Value> =
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
+    let pod = |name: &str| docs.iter().find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == name).unwrap();
+    let mut held = Vec::new();
+    for name in ["zone1-game-1", "zone1-game-2"] {
+        let server = &pod(name)["spec"]["containers"][0];
+        let host_port = server["ports"][0]["hostPort"].as_i64().unwrap();
+        assert!((7100..=7199).contains(&host_port), "{name}: {host_port}");
+        held.push(host_port);
+        assert_eq!(server["ports"][0]["containerPort"], 7777, "{name}");
+        let env = server["env"].as_array().unwrap();
+        assert!(
+            env.iter().any(|e| e["name"] == "GAMEZONE_PORT_CLIENT" && e["value"] == host_port.to_string()),
+            "{env:?}"
+        );
+        let init_env = pod(name)["spec"]["initContainers"][0]["env"].to_string();
+        assert!(init_env.contains(pin), "{init_env}");
+    }
+    assert_ne!(held[0], held[1], "one host port per server on the one node");
+    let topology = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let listed: serde_json::Value = serde_json::from_str(topology["data"]["topology.json"].as_str().unwrap()).unwrap();
+    let listed: Vec<i64> =
+        listed["instances"].as_array().unwrap().iter().map(|i| i["ports"][0]["port"].as_i64().unwrap()).collect();
+    assert_eq!(listed, held, "the topology lists the ports the pods get");
+
+    // Revisions that do not fit the layers are refused, saying how many are needed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["render", "--revisions", r#"["a","b"]"#, "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.artifacts has 1 layer(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A bad file names the field.

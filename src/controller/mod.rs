@@ -33,7 +33,7 @@ use crate::zone::BuildConfig;
 use crate::{Error, Result};
 
 pub use metrics::Metrics;
-pub use server::{pod_without_host_ports, ready_status};
+pub use server::{pod_without_host_ports, pods_on_an_empty_cluster, ready_status};
 
 /// Finalizer the zone controller puts on every GameZone.
 pub const ZONE_FINALIZER: &str = "gamezone.dev/cleanup";

@@ -157,6 +157,27 @@ pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
     Ok(status)
 }
 
+/// The pods the server controller would make for `servers` on an empty cluster, with the ports
+/// a fresh allocator over `ranges` hands out, in order; and each server's ports as its zone's
+/// topology would list them. What `gamezone render` prints.
+pub fn pods_on_an_empty_cluster(
+    servers: &[GameServer],
+    ranges: crate::ports::PortRanges,
+) -> Result<Vec<(Pod, Vec<PortStatus>)>> {
+    let mut alloc = crate::ports::PortAllocator::new(ranges);
+    alloc.node_added("node-1");
+    servers
+        .iter()
+        .map(|gs| {
+            let mut allocations = alloc
+                .allocate(&holder(&ObjectKey::of(gs)), &requests(&gs.spec.ports))
+                .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
+            in_spec_order(gs, &mut allocations);
+            Ok((build_pod(gs, &allocations, &server_template_hash(&gs.spec))?, status_of(&allocations)))
+        })
+        .collect()
+}
+
 /// The ports of `gs` in spec order, when none of them takes a host port.
 fn without_host_ports(gs: &GameServer) -> Result<Vec<Allocation>> {
     let mut alloc = crate::ports::PortAllocator::new(Default::default());
