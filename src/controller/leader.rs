@@ -13,9 +13,10 @@
 //! [`FenceLayer`] that lets a non-read request go only while `now < last successful renewal +
 //! renew deadline` on the monotonic clock (`Instant` keeps counting while the process is
 //! stopped), and otherwise exits the process without sending it. The Lease's own renewal goes
-//! through the same rule. What no client can rule out is a freeze in the microseconds between
-//! the check and the kernel taking the bytes; the margin between renew deadline and lease
-//! duration covers the request's flight, not such a freeze.
+//! through the same rule, and so does every attempt of kube's retry on 429/503/504, which runs
+//! above the fence ([`client`]). What no client can rule out is a freeze in the microseconds
+//! between the last check and the kernel taking the bytes; the margin between renew deadline
+//! and lease duration covers the request's flight, not such a freeze.
 //!
 //! Crates of the kube-rs ecosystem, looked at for this (2026-12):
 //! - `kube-leader-election` (0.32, built on kube 0.9x): a `try_acquire_or_renew` to call in a
@@ -26,6 +27,7 @@
 //!   race above stays.
 //! - `kube-coordinate` (0.2) and kubert's `lease` module: client-go's loop with a state channel;
 //!   same race, and kubert brings a whole runtime.
+//!
 //! None fences the writes themselves, which is the part that matters here, and the Lease loop
 //! around the fence is small; so it stays here.
 
@@ -41,6 +43,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::client::retry::RetryPolicy;
 
 /// Which Lease to hold, as whom, with what timing; and the fence of this process's client.
 #[derive(Clone, Debug)]
@@ -247,10 +250,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<S, B> tower::Service<Request<B>> for Fenced<S>
 where
-    S: tower::Service<Request<B>>,
+    S: tower::Service<Request<B>> + Clone + Send + 'static,
     S::Response: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -265,25 +269,36 @@ where
         if let Err(e) = self.fence.admit(&method, &path) {
             return Box::pin(std::future::ready(Err(e.into())));
         }
+        // The request is handed on only when the future is first polled, after a second look:
+        // the task may have been frozen since `call` (a buffer below sends as soon as it is
+        // called). The service made ready goes along; its clone waits for the next request.
         let fence = self.fence.clone();
-        let sending = self.inner.call(req);
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            // Again right before the first poll, which sends: the task may have been frozen
-            // since `call`.
             fence.admit(&method, &path)?;
-            sending.await.map_err(Into::into)
+            ready.call(req).await.map_err(Into::into)
         })
     }
 }
 
-/// A client for `config` whose writes go through `fence` (none when `None`).
+/// A client for `config` whose writes go through `fence` (none when `None`). Must be called
+/// within the tokio runtime.
 pub fn client(mut config: kube::Config, fence: Option<&Fence>) -> kube::Result<Client> {
     let Some(fence) = fence else { return Client::try_from(config) };
-    // kube's retry (429/503/504, backing off up to minutes) sits below any layer added to its
-    // builder, so a retried write would pass the fence unchecked. Reconciles requeue on errors
-    // and the Lease is retried every retry period, so nothing is lost without it.
+    // kube's retry (429/503/504 with backoff, e.g. while a new CRD's storage initializes) sits
+    // below any layer added to its builder: a write retried after a freeze would pass the fence
+    // unchecked. So its own retry is off and the same policy runs above the fence, where every
+    // attempt is checked; the buffer makes the stack below cloneable, as retrying needs.
+    let retry = config.default_retry.then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry()));
     config.default_retry = false;
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&fence.layer()).build())
+    let builder = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&fence.layer());
+    Ok(match retry {
+        Some(retry) => builder.with_layer(&retry).build(),
+        None => builder.build(),
+    })
 }
 
 /// A held Lease; renewed in the background until the process ends or [`Leadership::release`].
@@ -510,6 +525,46 @@ mod tests {
         fence.renewed(sent);
         assert_eq!(patch(sent + Duration::from_millis(4999)), Verdict::Send);
         assert!(fence.expired(sent + Duration::from_secs(5)));
+    }
+
+    /// Counts the requests that reach it.
+    #[derive(Clone, Default)]
+    struct Server(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tower::Service<Request<()>> for Server {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_never_reaches_the_server() {
+        use tower::{Layer, Service};
+        let fence = Fence::new("ops", "gz", Duration::from_secs(4));
+        let server = Server::default();
+        let mut client = fence.layer().layer(server.clone());
+        let req = |method: Method, path: &str| Request::builder().method(method).uri(path).body(()).unwrap();
+        client.call(req(Method::GET, "/api/v1/namespaces/a/pods")).await.unwrap();
+        let refused = client.call(req(Method::POST, "/api/v1/namespaces/a/pods")).await.unwrap_err();
+        assert!(refused.to_string().contains("does not hold the Lease"), "{refused}");
+        assert_eq!(server.0.load(std::sync::atomic::Ordering::SeqCst), 1, "only the read was sent");
+        client.call(req(Method::PUT, LEASE)).await.unwrap();
+        fence.renewed(Instant::now());
+        client.call(req(Method::POST, "/api/v1/namespaces/a/pods")).await.unwrap();
+        // Admitted at `call`, but the term ended before the request was first polled: not sent.
+        let pending = client.call(req(Method::POST, "/api/v1/namespaces/a/pods"));
+        fence.release();
+        assert!(pending.await.is_err());
+        assert_eq!(server.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]
