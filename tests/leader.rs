@@ -269,3 +269,23 @@ async fn a_replica_that_cannot_reach_the_api_server_is_alive_but_not_ready() {
     drop(r);
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_leader_stopped_by_sigterm_hands_the_lease_over_at_once() {
+    let ns = common::namespace("leader-handover").await;
+    install_crds(&ns.client).await;
+    let leases: Api<Lease> = ns.api();
+    let mut a = Replica::start(ns.kubeconfig(), &ns.name, "replica-a");
+    wait_holder(&leases, &a.identity).await;
+    a.wait_ready().await;
+    let b = Replica::start(ns.kubeconfig(), &ns.name, "replica-b");
+    b.wait_ready().await;
+    let stopped = Instant::now();
+    a.signal("-TERM");
+    let status = a.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "A exited with {status} on SIGTERM\n{}", a.log());
+    wait_holder(&leases, &b.identity).await;
+    // Without the Lease given back, B would wait a whole lease duration (6 s) of silence.
+    assert!(stopped.elapsed() < Duration::from_secs(5), "B took over after {:?}", stopped.elapsed());
+    ns.cleanup().await;
+}
