@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use kube::ResourceExt;
 
 use crate::api::GameZone;
-use crate::controller::{self, leader::LeaseConfig};
+use crate::controller;
+use crate::controller::leader::{self, LeaseConfig};
 use crate::telemetry::LogFormat;
 use crate::webhook::{self, FeatureGates};
 use crate::zone::{self, BuildConfig};
@@ -63,9 +64,20 @@ struct RunArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "gamezone-operator")]
     lease_name: String,
-    /// Seconds a Lease stays valid without renewal.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds a Lease stays valid without renewal: how long followers wait before taking over.
+    #[arg(long, default_value_t = 15, env = "GAMEZONE_LEASE_DURATION")]
     lease_duration: u64,
+    /// Seconds the leader may go without renewing before it stops writing and exits; shorter
+    /// than --lease-duration. Default: two thirds of it.
+    #[arg(long, env = "GAMEZONE_LEASE_RENEW_DEADLINE")]
+    lease_renew_deadline: Option<u64>,
+    /// Seconds between attempts to take or renew the Lease; shorter than --lease-renew-deadline.
+    /// Default: a fifth of the renew deadline.
+    #[arg(long, env = "GAMEZONE_LEASE_RETRY_PERIOD")]
+    lease_retry_period: Option<u64>,
+    /// This replica's name in the Lease and in its user agent (`gamezone/<version> (<identity>)`).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Feature gates, `Name=true|false` separated by commas, e.g. `AutopilotPassthroughPort=true`.
     #[arg(long, default_value = "", env = "GAMEZONE_FEATURE_GATES")]
     feature_gates: String,
@@ -153,6 +165,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Flags first, so a bad one is reported before any connection is tried.
     let feature_gates: FeatureGates =
         args.feature_gates.parse().map_err(|e| anyhow::anyhow!("--feature-gates {:?}: {e}", args.feature_gates))?;
+    let identity = args.identity.clone().unwrap_or_else(|| format!("gamezone-{}", std::process::id()));
+    let lease = if args.leader_elect { Some(lease_config(&args, &identity)?) } else { None };
     let w = args.webhook;
     if let Some(url) = &w.webhook_url {
         anyhow::ensure!(url.starts_with("https://"), "--webhook-url {url:?} must start with https://");
@@ -174,7 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         check_every: Duration::from_secs(w.webhook_check_interval.max(1)),
         watch_namespace: args.namespace.clone(),
     };
-    let config = match &args.kubeconfig {
+    let mut config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -184,10 +198,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
     };
-    let client = kube::Client::try_from(config)?;
     let port_ranges =
         args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("gamezone-{}", std::process::id()));
+    // The API server's audit log then tells replicas apart.
+    let agent = format!("gamezone/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent)
+            .with_context(|| format!("--identity {identity:?} is not valid in a header"))?,
+    ));
+    let client = leader::client(config, lease.as_ref().map(|l| &l.fence))?;
     controller::run(
         client,
         controller::Config {
@@ -196,12 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             http_addr: args.http_addr,
             port_ranges,
-            leader_election: args.leader_elect.then(|| LeaseConfig {
-                namespace: args.lease_namespace,
-                name: args.lease_name,
-                identity,
-                duration: Duration::from_secs(args.lease_duration),
-            }),
+            leader_election: lease,
             feature_gates,
             webhook: Some(webhook),
         },
@@ -222,6 +237,29 @@ fn parse_revisions(json: &str) -> anyhow::Result<Vec<String>> {
         "--revisions must be a JSON list of revision strings, e.g. [\"<commit>\"], or what `gamezone-init resolve` prints",
     )?;
     Ok(resolved.into_iter().map(|r| r.revision).collect())
+}
+
+/// The Lease settings from the flags, checked (retry period < renew deadline < duration).
+fn lease_config(args: &RunArgs, identity: &str) -> anyhow::Result<LeaseConfig> {
+    let duration = Duration::from_secs(args.lease_duration);
+    let renew_deadline = args.lease_renew_deadline.map_or(duration * 2 / 3, Duration::from_secs);
+    let retry_period = args.lease_retry_period.map_or(renew_deadline / 5, Duration::from_secs);
+    leader::check_timing(duration, renew_deadline, retry_period).map_err(|e| {
+        let flags = match e {
+            leader::TimingError::RenewDeadline { .. } => "--lease-renew-deadline and --lease-duration",
+            _ => "--lease-retry-period and --lease-renew-deadline",
+        };
+        anyhow::anyhow!("{flags}: {e}; e.g. --lease-duration 15 --lease-renew-deadline 10 --lease-retry-period 2")
+    })?;
+    Ok(LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.to_string(),
+        duration,
+        renew_deadline,
+        retry_period,
+        fence: leader::Fence::new(&args.lease_namespace, &args.lease_name, renew_deadline),
+    })
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<String> {
@@ -275,4 +313,31 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         out.push_str(&serde_yaml::to_string(&doc)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease_from(flags: &[&str]) -> anyhow::Result<LeaseConfig> {
+        let cli = Cli::try_parse_from(["gamezone", "run", "--leader-elect"].iter().chain(flags)).expect("flags parse");
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        lease_config(&args, "replica-a")
+    }
+
+    #[test]
+    fn lease_timing_defaults_follow_the_duration_and_bad_timings_name_the_flags() {
+        let l = lease_from(&[]).unwrap();
+        assert_eq!(
+            (l.duration, l.renew_deadline, l.retry_period),
+            (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2))
+        );
+        let l =
+            lease_from(&["--lease-duration", "6", "--lease-renew-deadline", "4", "--lease-retry-period", "1"]).unwrap();
+        assert_eq!((l.renew_deadline, l.retry_period), (Duration::from_secs(4), Duration::from_secs(1)));
+        let e = lease_from(&["--lease-duration", "10", "--lease-renew-deadline", "10"]).unwrap_err().to_string();
+        assert!(e.starts_with("--lease-renew-deadline and --lease-duration: "), "{e}");
+        let e = lease_from(&["--lease-renew-deadline", "5", "--lease-retry-period", "5"]).unwrap_err().to_string();
+        assert!(e.starts_with("--lease-retry-period and --lease-renew-deadline: "), "{e}");
+    }
 }

@@ -148,7 +148,9 @@ spec:
         assert_eq!(server["ports"][0]["containerPort"], 7777, "{name}");
         let env = server["env"].as_array().unwrap();
         assert!(
-            env.iter().any(|e| e["name"] == "GAMEZONE_PORT_CLIENT" && e["value"] == host_port.to_string()),
+            env.iter()
+                .any(|e| e["name"] == "GAMEZONE_PORT_CLIENT"
+                    && e["value"].as_str() == Some(host_port.to_string().as_str())),
             "{env:?}"
         );
         let init_env = pod(name)["spec"]["initContainers"][0]["env"].to_string();

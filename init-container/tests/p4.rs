@@ -299,3 +299,57 @@ async fn p4_export_hostile_tars_are_rejected() {
     assert!(matches!(apply(o).await.unwrap_err(), Error::Limit { .. }));
     assert!(!root.join("current").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p4_export_naming_a_path_twice_is_refused_and_every_listed_file_lands() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let apply_archive = |archive: PathBuf| {
+        let root = root.clone();
+        async move {
+            let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
+            let pinned = pin(&layers).await;
+            apply(ApplyOptions::new(layers, pinned, &root, Arc::new(NoCredentials))).await
+        }
+    };
+
+    // `x` as a file, then `x/y`: unpacked, the file `x` the manifest lists would vanish.
+    let archive = hostile_export(t.path(), "below-a-file.tar", &[("x", b'0', "", b"1"), ("x/y", b'0', "", b"2")]);
+    let e = apply_archive(archive).await.unwrap_err();
+    assert!(matches!(e, Error::Hostile { layer: 0, .. }), "{e}");
+    assert!(e.to_string().contains("`x` as a file and then `x/y` as a file"), "{e}");
+    assert!(!root.join("current").exists());
+
+    // The same path twice, listed once in the manifest.
+    let archive = hostile_export(t.path(), "twice.tar", &[("a/x", b'0', "", b"1"), ("a/x", b'0', "", b"1")]);
+    let mpath = manifest_path(&archive);
+    let mut m: Manifest = serde_json::from_str(&read(&mpath)).unwrap();
+    m.files.truncate(1);
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e = apply_archive(archive).await.unwrap_err();
+    assert!(matches!(e, Error::Hostile { .. }), "{e}");
+    assert!(e.to_string().contains("`a/x` as a file and then `a/x` as a file"), "{e}");
+
+    // A directory after a file of that name, and a manifest listing a path twice.
+    let archive = hostile_export(t.path(), "dir-over-file.tar", &[("d", b'0', "", b"1"), ("d", b'5', "", b"")]);
+    let e = apply_archive(archive).await.unwrap_err();
+    assert!(e.to_string().contains("`d` as a file and then `d` as a directory"), "{e}");
+    let archive = hostile_export(t.path(), "listed-twice.tar", &[("m", b'0', "", b"1"), ("m", b'0', "", b"1")]);
+    let e = apply_archive(archive).await.unwrap_err();
+    assert!(matches!(e, Error::Hostile { .. }) && e.to_string().contains("the manifest lists `m` twice"), "{e}");
+    assert!(!root.join("current").exists());
+
+    // Directories named after their files (as some exporters write them) are fine, and every
+    // file the manifest lists is in the tree, with its content.
+    let archive = hostile_export(
+        t.path(),
+        "fine.tar",
+        &[("a/b/x", b'0', "", b"x"), ("a/b", b'5', "", b""), ("a", b'5', "", b""), ("a/y", b'0', "", b"y")],
+    );
+    let m: Manifest = serde_json::from_str(&read(manifest_path(&archive))).unwrap();
+    apply_archive(archive).await.unwrap();
+    for f in &m.files {
+        let got = std::fs::read(root.join("current").join(&f.path)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&got)), f.sha256, "{}", f.path);
+    }
+}

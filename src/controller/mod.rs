@@ -135,17 +135,20 @@ where
 
 /// Runs the operator until a shutdown signal.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
-    let ready = Arc::new(AtomicBool::new(false));
+    // Ready means the same for every replica (see `http`): a follower once it has seen the
+    // Lease held, the leader once its caches are loaded; both with the webhook's certificate.
+    let ready = Arc::new(http::Readiness::default());
     let metrics = Arc::new(Metrics::default());
     let http = tokio::spawn(http::serve(config.http_addr, metrics.clone(), ready.clone()));
-    // A standby replica is healthy and ready: it serves webhooks and waits for the Lease, and a
-    // rolling update must be able to count it.
-    ready.store(true, Ordering::SeqCst);
 
     // Every replica serves the webhook; only the leader writes its Secret and configuration.
     let leading = Arc::new(AtomicBool::new(config.leader_election.is_none()));
     let webhook = match (&config.webhook, config.feature_gates.autopilot_passthrough_port) {
-        (Some(cfg), true) => Some(crate::webhook::start(client.clone(), cfg.clone(), leading.clone()).await?),
+        (Some(cfg), true) => {
+            let slot = Arc::new(crate::webhook::tls::CertSlot::default());
+            ready.webhook(slot.clone());
+            Some(crate::webhook::start(client.clone(), cfg.clone(), leading.clone(), slot).await?)
+        }
         _ => None,
     };
     let webhook_stopped = async move {
@@ -155,8 +158,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let _lease = match &config.leader_election {
-        Some(lease) => Some(leader::acquire(client.clone(), lease.clone()).await?),
+    let lease = match &config.leader_election {
+        Some(lease) => Some(leader::acquire(client.clone(), lease.clone(), || ready.started()).await),
         None => None,
     };
     leading.store(true, Ordering::SeqCst);
@@ -228,18 +231,36 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             node_ctx.metrics.ports(&alloc.usage());
             futures::future::ready(())
         });
-    ready.store(true, Ordering::SeqCst);
+    let stores =
+        (ctx.cache.nodes.clone(), ctx.cache.servers.clone(), ctx.cache.pods.clone(), ctx.cache.services.clone());
+    let loaded = async {
+        let _ = futures::join!(
+            stores.0.wait_until_ready(),
+            stores.1.wait_until_ready(),
+            stores.2.wait_until_ready(),
+            stores.3.wait_until_ready()
+        );
+        tracing::info!("caches loaded");
+        ready.started();
+        std::future::pending::<()>().await
+    };
     tracing::info!("controllers starting");
     tokio::select! {
         _ = zone::run(ctx.clone(), servers_for_zones, services_for_zones) => {},
         _ = server::run(ctx.clone(), servers_for_servers, pods_for_servers) => {},
         _ = shared_watches => {},
         _ = node_watch => {},
+        _ = loaded => {},
         r = http => { r??; }
         r = webhook_stopped => { r?; anyhow::bail!("the webhook server stopped"); }
     }
-    ready.store(false, Ordering::SeqCst);
+    ready.stopping();
     tracing::info!("controllers stopped");
+    // Nothing of this term writes any more: hand over now rather than after a lease duration.
+    leading.store(false, Ordering::SeqCst);
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     Ok(())
 }
 

@@ -142,14 +142,15 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// Starts the server and the certificate/configuration manager; `leader` says whether this
-/// replica may write the Secret and the configuration. The handle ends only if serving stops.
+/// Starts the server, serving the certificate in `slot`, and the certificate/configuration
+/// manager; `leader` says whether this replica may write the Secret and the configuration. The
+/// handle ends only if serving stops.
 pub async fn start(
     client: kube::Client,
     cfg: Config,
     leader: Arc<AtomicBool>,
+    slot: Arc<tls::CertSlot>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let slot = Arc::new(tls::CertSlot::default());
     let server = server::serve(cfg.addr, slot.clone()).await?;
     tokio::spawn(manager::run(client, Arc::new(cfg), slot, leader));
     Ok(server)

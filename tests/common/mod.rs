@@ -13,6 +13,8 @@
 //! from a kubeconfig path and never shared between tests.
 #![allow(dead_code)] // every test binary uses a different subset
 
+pub mod audit;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};

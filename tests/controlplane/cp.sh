@@ -16,6 +16,10 @@
 # GAMEZONE_CP_PROFILING=1 serves /debug/pprof on the API server, controller
 # manager and scheduler (for `go tool pprof` while a benchmark runs).
 #
+# The API server keeps an audit log of every write in DIR/audit.log (JSON
+# lines, level Metadata: verb, object, user, userAgent, timestamps; reads are
+# not logged), so a test can check who wrote what and when.
+#
 # Binaries live outside the repo in
 #   ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/controlplane/<versions>/bin
 # so a second `up` only pays for process start-up.
@@ -330,6 +334,20 @@ wait_until() {
 
 # ---------------------------------------------------------------- up
 
+# Writes (create, update, patch, delete, deletecollection) at level Metadata, nothing else; one
+# entry per request, when it completed.
+write_audit_policy() {
+  cat >"$1" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+}
+
 nodes_manifest() {
   local n=$1 i ip
   for ((i = 1; i <= n; i++)); do
@@ -453,10 +471,16 @@ cmd_up() {
     kubelet_client=(--kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
       --kubelet-preferred-address-types=InternalIP)
   fi
+  write_audit_policy "$DIR/audit-policy.yaml"
   # Flags follow controller-runtime's envtest, with ServiceAccount admission
   # kept on: the controller manager holds the signing key and creates the
-  # `default` ServiceAccount in every namespace, as in a real cluster.
+  # `default` ServiceAccount in every namespace, as in a real cluster. The
+  # audit log is not rotated within a run (a benchmark writes ~1 KB per write).
   start kube-apiserver "$BIN/kube-apiserver" "${kubelet_client[@]}" \
+    --audit-policy-file="$DIR/audit-policy.yaml" \
+    --audit-log-path="$DIR/audit.log" \
+    --audit-log-maxsize=4096 \
+    --audit-log-maxbackup=1 \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \

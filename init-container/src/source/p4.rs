@@ -331,6 +331,73 @@ fn within<'a>(sub: &str, path: &'a str) -> Option<&'a str> {
     }
 }
 
+/// What an archive entry makes at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    HardLink,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "a directory",
+            Kind::File => "a file",
+            Kind::Symlink => "a symlink",
+            Kind::HardLink => "a hard link",
+        }
+    }
+}
+
+/// The paths an archive's entries have claimed so far. Unpacking an entry whose path was
+/// already taken, or that sits below a file (or above one as a file itself), would make the
+/// tree lose an entry the manifest lists: such an archive is refused as hostile.
+#[derive(Default)]
+struct Claimed {
+    /// Each entry's path, with what it makes there.
+    entries: HashMap<String, Kind>,
+    /// Each directory implied by an entry below it, with the first such entry.
+    parents: HashMap<String, String>,
+}
+
+impl Claimed {
+    /// Records that an entry makes `kind` at `path`; the error names both entries.
+    fn claim(&mut self, path: &str, kind: Kind) -> std::result::Result<(), String> {
+        let conflict = |earlier: &str, was: Kind| {
+            Err(format!(
+                "the archive has `{earlier}` as {} and then `{path}` as {}: each path may appear once, and nothing can be below a file; unpacking it would lose an entry, so the export is refused — produce it again",
+                was.name(),
+                kind.name()
+            ))
+        };
+        if let Some(&was) = self.entries.get(path) {
+            // The same directory twice changes nothing.
+            return if was == Kind::Dir && kind == Kind::Dir { Ok(()) } else { conflict(path, was) };
+        }
+        if kind != Kind::Dir
+            && let Some(below) = self.parents.get(path)
+        {
+            return Err(format!(
+                "the archive has `{below}`, so `{path}` is a directory, and then `{path}` as {}: unpacking it would lose an entry, so the export is refused — produce it again",
+                kind.name()
+            ));
+        }
+        for (i, _) in path.match_indices('/') {
+            let parent = &path[..i];
+            if let Some(&was) = self.entries.get(parent)
+                && was != Kind::Dir
+            {
+                return conflict(parent, was);
+            }
+            self.parents.entry(parent.to_owned()).or_insert_with(|| path.to_owned());
+        }
+        self.entries.insert(path.to_owned(), kind);
+        Ok(())
+    }
+}
+
 fn extract(
     ctx: &Ctx,
     input: Box<dyn Read + Send>,
@@ -343,8 +410,14 @@ fn extract(
     let mut files: HashMap<String, &crate::p4export::ManifestFile> = HashMap::with_capacity(m.files.len());
     for f in &m.files {
         let comps = paths::components(&f.path).map_err(|e| ctx.hostile(format!("manifest path: {e}")))?;
-        files.insert(paths::join(&comps), f);
+        if let Some(earlier) = files.insert(paths::join(&comps), f) {
+            return Err(ctx.hostile(format!(
+                "the manifest lists `{}` twice ({} #{} and {} #{}); produce the export again",
+                f.path, earlier.depot_path, earlier.rev, f.depot_path, f.rev
+            )));
+        }
     }
+    let mut claimed = Claimed::default();
     let mut seen = HashSet::with_capacity(files.len());
     let mut hr = HashReader { inner: input, hasher: Sha256::new() };
     {
@@ -371,6 +444,16 @@ fn extract(
             let target = inside.map(|rest| paths::join2(dest, rest));
             let ty = entry.header().entry_type();
             let mode = entry.header().mode().unwrap_or(0o644);
+            let kind = match ty {
+                tar::EntryType::Regular | tar::EntryType::Continuous => Some(Kind::File),
+                tar::EntryType::Directory => Some(Kind::Dir),
+                tar::EntryType::Symlink => Some(Kind::Symlink),
+                tar::EntryType::Link => Some(Kind::HardLink),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                claimed.claim(&path, kind).map_err(|e| ctx.hostile(e))?;
+            }
             match ty {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let Some(mf) = files.get(path.as_str()) else {
@@ -464,6 +547,35 @@ mod tests {
         assert_eq!(within("a", "a/b"), Some("b"));
         assert_eq!(within("a", "a"), Some(""));
         assert_eq!(within("a", "ab/c"), None);
+    }
+
+    fn claims(entries: &[(&str, Kind)]) -> std::result::Result<(), String> {
+        let mut c = Claimed::default();
+        entries.iter().try_for_each(|(p, k)| c.claim(p, *k))
+    }
+
+    #[test]
+    fn an_archive_path_is_claimed_once_and_nothing_goes_below_a_file() {
+        use Kind::*;
+        assert_eq!(claims(&[("a", Dir), ("a/x", File), ("a", Dir), ("a/b", Dir), ("a/b/y", Symlink)]), Ok(()));
+        // Implied directories need no entry of their own, before or after.
+        assert_eq!(claims(&[("a/b/x", File), ("a/b", Dir), ("a/c", HardLink)]), Ok(()));
+        let cases: &[(&[(&str, Kind)], &str)] = &[
+            (&[("x", File), ("x", File)], "`x` as a file and then `x` as a file"),
+            (&[("x", File), ("x/y", File)], "`x` as a file and then `x/y` as a file"),
+            (&[("x", Symlink), ("x/y/z", Dir)], "`x` as a symlink and then `x/y/z` as a directory"),
+            (&[("x", Dir), ("x", File)], "`x` as a directory and then `x` as a file"),
+            (&[("x", File), ("x", Dir)], "`x` as a file and then `x` as a directory"),
+            (&[("x/y", File), ("x", File)], "the archive has `x/y`, so `x` is a directory, and then `x` as a file"),
+            (
+                &[("x/y/z", File), ("x/y", HardLink)],
+                "has `x/y/z`, so `x/y` is a directory, and then `x/y` as a hard link",
+            ),
+        ];
+        for (entries, want) in cases {
+            let e = claims(entries).unwrap_err();
+            assert!(e.contains(want), "{entries:?}: {e}");
+        }
     }
 
     #[test]
