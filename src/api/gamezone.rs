@@ -44,7 +44,7 @@ pub struct GameZoneSpec {
     pub default_image: Option<String>,
     /// The processes of the zone: each a service type with one instance (`id`) or a range (`id..endId`).
     #[schemars(length(min = 1, max = 64))]
-    pub services: Vec<ServiceSpec>,
+    pub services: Vec<ServiceType>,
     /// Database migration run (the dbmigrater image) before servers move to a new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationSpec>,
@@ -80,7 +80,7 @@ pub struct GameZoneSpec {
     {"rule": "!has(self.endId) || self.endId - self.id < 1000", "message": "a range may hold at most 1000 instances"},
     {"rule": "!has(self.ports) || self.ports.all(a, self.ports.exists_one(b, b.name == a.name))", "message": "port names must be unique within a service"}
 ]))]
-pub struct ServiceSpec {
+pub struct ServiceType {
     /// Service type (game, db, gateway, auth ...): a DNS label passed to the image as its first argument.
     #[serde(rename = "type")]
     #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
@@ -119,7 +119,7 @@ pub struct ServiceSpec {
     pub expose: Option<Expose>,
 }
 
-impl ServiceSpec {
+impl ServiceType {
     /// The instance ids of this service, `id..=endId`.
     pub fn ids(&self) -> std::ops::RangeInclusive<i64> {
         self.id..=self.end_id.unwrap_or(self.id).max(self.id)

@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -98,10 +98,10 @@ pub fn owner(zone: &GameZone) -> Option<OwnerReference> {
 /// One service instance of a zone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instance<'a> {
-    /// Index of its service in `spec.services`.
-    pub service_index: usize,
-    /// The service.
-    pub service: &'a ServiceSpec,
+    /// Index of its service type in `spec.services`.
+    pub type_index: usize,
+    /// Its service type.
+    pub service_type: &'a ServiceType,
     /// Instance id.
     pub id: i64,
     /// `<zone>-<type>-<id>`.
@@ -115,13 +115,13 @@ pub fn instances(zone: &GameZone) -> Vec<Instance<'_>> {
         .services
         .iter()
         .enumerate()
-        .flat_map(|(service_index, service)| {
+        .flat_map(|(type_index, service_type)| {
             let name = name.clone();
-            service.ids().map(move |id| Instance {
-                service_index,
-                service,
+            service_type.ids().map(move |id| Instance {
+                type_index,
+                service_type,
                 id,
-                name: server_name(&name, &service.type_, id),
+                name: server_name(&name, &service_type.type_, id),
             })
         })
         .collect()
@@ -367,10 +367,10 @@ pub fn server_template(
     cfg: &BuildConfig,
 ) -> Result<PodTemplateSpec> {
     let zone_name = zone.name_any();
-    let service = instance.service;
+    let service = instance.service_type;
     let image = service.image.clone().or_else(|| zone.spec.default_image.clone()).ok_or_else(|| {
         Error::invalid(
-            format!("spec.services[{}].image", instance.service_index),
+            format!("spec.services[{}].image", instance.type_index),
             "no image: set spec.defaultImage or this service's image",
         )
     })?;
@@ -455,15 +455,15 @@ pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Resu
         .map(|instance| {
             let template = server_template(zone, &instance, pins, cfg)?;
             let mut labels = zone_labels(&zone_name);
-            labels.insert(TYPE_LABEL.into(), instance.service.type_.clone());
+            labels.insert(TYPE_LABEL.into(), instance.service_type.type_.clone());
             labels.insert(ID_LABEL.into(), instance.id.to_string());
             let mut gs = GameServer::new(
                 &instance.name,
                 GameServerSpec {
                     zone: zone_name.clone(),
-                    type_: instance.service.type_.clone(),
+                    type_: instance.service_type.type_.clone(),
                     id: instance.id,
-                    ports: instance.service.ports.clone(),
+                    ports: instance.service_type.ports.clone(),
                     template,
                 },
             );
@@ -531,7 +531,7 @@ fn exposing_service(
     };
     Service {
         metadata,
-        spec: Some(K8sServiceSpec {
+        spec: Some(ServiceSpec {
             type_: Some(type_.into()),
             selector: Some(selector),
             ports: Some(service_ports(ports)),
@@ -547,7 +547,7 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
     let zone_name = zone.name_any();
     let mut out = vec![Service {
         metadata: meta(zone, headless_service_name(&zone_name), zone_labels(&zone_name)),
-        spec: Some(K8sServiceSpec {
+        spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(zone_labels(&zone_name)),
             publish_not_ready_addresses: Some(true),
@@ -608,7 +608,7 @@ pub fn topology(zone: &GameZone, ports: &BTreeMap<String, Vec<PortStatus>>) -> C
         .map(|i| TopologyEntry {
             dns: server_dns_name(&zone_name, &namespace, &i.name),
             ports: ports.get(&i.name).cloned().unwrap_or_default(),
-            type_: i.service.type_.clone(),
+            type_: i.service_type.type_.clone(),
             id: i.id,
             name: i.name,
         })
