@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{GamePort, PortPolicy, PortProtocol};
+use super::{Constraint, GamePort, Lifecycle, PortPolicy, PortProtocol};
 
 /// One service instance (`<zone>-<type>-<id>`): its ports and the pod that runs it.
 /// Made and updated by the zone controller; the server controller runs its Pod.
@@ -23,6 +23,7 @@ use super::{GamePort, PortPolicy, PortProtocol};
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".status.ports[0].port"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"string","jsonPath":".status.message","priority":0}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +41,19 @@ pub struct GameServerSpec {
     /// The pod to run; allocated ports are added to it by the server controller.
     #[schemars(schema_with = "preserve_unknown_fields")]
     pub template: PodTemplateSpec,
+    /// Gates, health and readiness, from the zone's service type.
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
+    /// Constraints the operator sets: `NotInService` while the instance is drained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+}
+
+impl GameServerSpec {
+    /// The effective `NotInService` constraint, while the instance is drained.
+    pub fn not_in_service(&self) -> Option<&Constraint> {
+        self.constraints.iter().find(|c| c.not_in_service())
+    }
 }
 
 /// Pod templates are validated by the API server when the Pod is created; storing them
@@ -83,8 +97,10 @@ pub struct GameServerStatus {
     /// Name of the current pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    /// Conditions: Ready, PortsAllocated, and gate conditions.
+    /// Conditions: Ready, PortsAllocated (the operator's), and gate conditions (the game's, set
+    /// through the SDK or webhooks). Each entry is owned by whoever set it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -105,6 +121,13 @@ pub enum ServerState {
     Unhealthy,
     /// The pod is being replaced by one from a newer template.
     Updating,
+    /// The pod is Ready and the game must still call Ready through the SDK (`ready: Sdk`), or a
+    /// readiness gate is not True yet.
+    RequestReady,
+    /// Marked `NotInService`: no new players; deleted once its deletable gates are True.
+    Draining,
+    /// The game asked to shut down; the pod is replaced while the instance is wanted.
+    Shutdown,
 }
 
 /// One allocated port of an instance.

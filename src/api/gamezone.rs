@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{GamePort, Interval, MysqlSpec, RedisSpec};
+use super::{GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, UpdateStrategy};
 
 /// A game zone (大区): which service instances run, from which image, against which Redis and MySQL,
 /// with which artifacts layered into their file system.
@@ -117,6 +117,12 @@ pub struct ServiceType {
     /// Kubernetes Services in front of the instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<Expose>,
+    /// Gates, health, readiness and drains of the instances (copied into each GameServer).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
+    /// How instances move to a new template; `RollingUpdate` of one at a time when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<UpdateStrategy>,
 }
 
 impl ServiceType {

@@ -2,10 +2,12 @@
 
 mod gameserver;
 mod gamezone;
+mod lifecycle;
 mod shared;
 
 pub use gameserver::*;
 pub use gamezone::*;
+pub use lifecycle::*;
 pub use shared::*;
 
 /// The API group of every GameZone resource.

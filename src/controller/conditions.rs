@@ -20,6 +20,8 @@ pub mod server_types {
     pub const READY: &str = "Ready";
     /// Every port of the server has its host port (or needs none).
     pub const PORTS_ALLOCATED: &str = "PortsAllocated";
+    /// The conditions the operator writes; the others (gates) are the game's.
+    pub const OPERATOR_OWNED: [&str; 2] = [READY, PORTS_ALLOCATED];
 }
 
 /// Sets (or adds) the condition `type_`, keeping `lastTransitionTime` when `status` did not change.

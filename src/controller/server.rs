@@ -231,6 +231,45 @@ fn observe_pod(
     }
 }
 
+/// The state once the game's side is heard: a Ready pod whose readiness gates are not all True
+/// is `RequestReady`; a drained one (`NotInService`) is `Draining`, saying what it waits for.
+fn gated(
+    gs: &GameServer,
+    status: &GameServerStatus,
+    state: ServerState,
+    message: Option<String>,
+) -> (ServerState, Option<String>) {
+    if state != ServerState::Ready {
+        return (state, message);
+    }
+    if let Some(constraint) = gs.spec.not_in_service() {
+        let open: Vec<&str> = gs
+            .spec
+            .lifecycle
+            .deletable_gates
+            .iter()
+            .filter(|g| !conditions::is_true(&status.conditions, g))
+            .map(String::as_str)
+            .collect();
+        let why = constraint.message.as_deref().unwrap_or("no longer wanted");
+        let waits =
+            if open.is_empty() { String::new() } else { format!("; waiting for deletable gates {}", open.join(", ")) };
+        return (ServerState::Draining, Some(format!("NotInService ({why}){waits}")));
+    }
+    let open: Vec<&str> = gs
+        .spec
+        .lifecycle
+        .readiness_gates
+        .iter()
+        .filter(|g| !conditions::is_true(&status.conditions, g))
+        .map(String::as_str)
+        .collect();
+    if !open.is_empty() {
+        return (ServerState::RequestReady, Some(format!("waiting for readiness gates {}", open.join(", "))));
+    }
+    (state, message)
+}
+
 /// Sets the server's state and its Ready condition.
 fn report_state(status: &mut GameServerStatus, state: ServerState, message: Option<String>, generation: Option<i64>) {
     status.state = Some(state);
@@ -378,6 +417,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         tracing::warn!(server = %ObjectKey::of(gs), node = %n, error = %e, "pod landed where its host port is held");
     }
     let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
+    let (state, message) = gated(gs, status, state, message);
     if let Some(left) = quiet_left(state, message.as_deref(), &pod, Timestamp::now()) {
         return Ok((Action::requeue(left), false));
     }

@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::conditions::server_types;
 use super::key::ObjectKey;
 use crate::Result;
 use crate::api::{GameServer, GameServerStatus, GameZone, GameZoneStatus, MANAGER};
@@ -188,11 +189,15 @@ impl Writer {
         self.server_status.base(&ObjectKey::of(gs), version, gs.status.as_ref()).unwrap_or_default()
     }
 
-    /// Writes the server's status.
+    /// Writes the server's status. Of its conditions only the operator's own are written: gate
+    /// conditions belong to whoever set them (the game through the SDK, a webhook), and each
+    /// condition is its own entry for server-side apply.
     pub async fn server_status(&self, gs: &GameServer, status: &GameServerStatus) -> Result<()> {
         let key = ObjectKey::of(gs);
         let api = self.api::<GameServer>(key.namespace());
-        let version = apply_status(&api, key.name(), serde_json::to_value(status)?).await?;
+        let mut owned = status.clone();
+        owned.conditions.retain(|c| server_types::OPERATOR_OWNED.contains(&c.type_.as_str()));
+        let version = apply_status(&api, key.name(), serde_json::to_value(&owned)?).await?;
         self.server_status.record(key, version, status.clone());
         Ok(())
     }

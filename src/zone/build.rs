@@ -465,6 +465,8 @@ pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Resu
                     id: instance.id,
                     ports: instance.service_type.ports.clone(),
                     template,
+                    lifecycle: instance.service_type.lifecycle.clone(),
+                    constraints: Vec::new(),
                 },
             );
             gs.metadata = meta(zone, instance.name.clone(), labels);

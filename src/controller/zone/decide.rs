@@ -152,29 +152,156 @@ pub fn report_migration(status: &mut GameZoneStatus, job_name: &str, hash: &str,
     go_on
 }
 
-/// The wanted servers that must be applied: those missing or differing from the watch's copy,
-/// except the ones terminating and those `applied_recently` (the watch may lag this process's
-/// own writes). Each comes with the hash of what is applied.
-pub fn servers_to_apply<'a>(
-    wanted: &'a [GameServer],
-    live: &BTreeMap<String, &GameServer>,
-    applied_recently: impl Fn(&GameServer, &str) -> bool,
-) -> Vec<(&'a GameServer, String)> {
-    wanted
+/// What the zone does with its servers in one reconcile.
+#[derive(Debug, Default)]
+pub struct ServerPlan {
+    /// Servers to apply (new, changed, drained, or moved to a new template), each with the hash
+    /// of what is applied.
+    pub apply: Vec<(GameServer, String)>,
+    /// Of `apply`, the servers whose drain starts now.
+    pub drains: Vec<String>,
+    /// Servers to delete: no longer wanted, and deletable.
+    pub delete: Vec<String>,
+    /// Servers being drained, each with what it waits for.
+    pub draining: Vec<String>,
+}
+
+/// Why `live` may not be deleted (or have its pod replaced) yet: `None` when it may. A server
+/// that serves no one (its pod is not Ready) may go at once; one that may hold players goes when
+/// its deletable gates are all True, or its drain timed out.
+pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
+    let status = live.status.as_ref();
+    let serving = matches!(
+        status.and_then(|s| s.state),
+        Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
+    );
+    if !serving {
+        return None;
+    }
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let open: Vec<&str> = live
+        .spec
+        .lifecycle
+        .deletable_gates
         .iter()
-        .filter_map(|want| {
-            let live = live.get(&want.name_any());
-            if live.is_some_and(|l| l.metadata.deletion_timestamp.is_some()) {
-                return None;
+        .filter(|g| !conditions::is_true(conditions, g))
+        .map(String::as_str)
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    let since = live.spec.not_in_service().and_then(|c| c.time_added.as_ref()).map(|t| t.0);
+    if let (Some(timeout), Some(since)) = (live.spec.lifecycle.drain_timeout, since)
+        && since + timeout.duration() <= now
+    {
+        return None;
+    }
+    let timeout = live.spec.lifecycle.drain_timeout.map(|t| format!(" (drainTimeout {t})")).unwrap_or_default();
+    Some(format!("waiting for deletable gates {}{timeout}", open.join(", ")))
+}
+
+/// `live`'s spec with an effective `NotInService` constraint, as the apply that starts its drain.
+fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timestamp) -> GameServer {
+    let mut gs = GameServer::new(&live.name_any(), live.spec.clone());
+    gs.metadata = metadata_from.metadata.clone();
+    gs.spec.constraints.retain(|c| c.type_ != NOT_IN_SERVICE);
+    gs.spec.constraints.push(Constraint {
+        type_: NOT_IN_SERVICE.into(),
+        effective: Some(true),
+        message: Some(why.into()),
+        time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+    });
+    gs
+}
+
+/// Whether `live` serves players now: Ready and not drained.
+fn available(live: Option<&&GameServer>) -> bool {
+    live.is_some_and(|l| {
+        l.spec.not_in_service().is_none() && l.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
+    })
+}
+
+/// The apply of `gs`, unless this process applied the same moments ago (the watch may lag its
+/// own writes).
+fn apply_of(gs: GameServer, applied_recently: &impl Fn(&GameServer, &str) -> bool) -> Option<(GameServer, String)> {
+    let hash = hash_of(&(&gs.spec, &gs.metadata.labels));
+    (!applied_recently(&gs, &hash)).then_some((gs, hash))
+}
+
+/// Plans the zone's servers: new and changed ones are applied; one whose template changed is
+/// drained first, at most `maxUnavailable` of a service type out at once (`strategies` by
+/// type); one no longer wanted is drained, then deleted once deletable. A server without
+/// deletable gates, or serving no one, needs no drain. Players are never kicked.
+pub fn plan_servers(
+    wanted: &[GameServer],
+    live: &BTreeMap<String, &GameServer>,
+    strategies: &BTreeMap<String, UpdateStrategy>,
+    now: Timestamp,
+    applied_recently: impl Fn(&GameServer, &str) -> bool,
+) -> ServerPlan {
+    let mut plan = ServerPlan::default();
+    let wanted_names: BTreeSet<String> = wanted.iter().map(|g| g.name_any()).collect();
+    // Out of service per type, and what each type may still take out.
+    let mut budget: BTreeMap<&str, isize> = BTreeMap::new();
+    for type_ in wanted.iter().map(|g| g.spec.type_.as_str()).collect::<BTreeSet<_>>() {
+        let of_type: Vec<&GameServer> = wanted.iter().filter(|g| g.spec.type_ == type_).collect();
+        let out = of_type.iter().filter(|g| !available(live.get(&g.name_any()))).count();
+        let max = strategies.get(type_).cloned().unwrap_or_default().max_unavailable(of_type.len()).unwrap_or(1);
+        budget.insert(type_, max as isize - out as isize);
+    }
+    for want in wanted {
+        let name = want.name_any();
+        let Some(l) = live.get(&name) else {
+            plan.apply.extend(apply_of(want.clone(), &applied_recently));
+            continue;
+        };
+        if l.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let same_template = build::server_template_hash(&l.spec) == build::server_template_hash(&want.spec);
+        if same_template || not_deletable(l, now).is_none() && l.spec.not_in_service().is_some() {
+            // In place, or drained and deletable: the new template may replace its pod.
+            if l.spec != want.spec || l.metadata.labels != want.metadata.labels {
+                plan.apply.extend(apply_of(want.clone(), &applied_recently));
             }
-            // GameServer specs are stored as given (no defaulting), so a plain comparison finds drift.
-            if live.is_some_and(|l| l.spec == want.spec && l.metadata.labels == want.metadata.labels) {
-                return None;
+            continue;
+        }
+        if let Some(why) = l.spec.not_in_service().and(not_deletable(l, now)) {
+            plan.draining.push(format!("{name}: {why}"));
+            continue;
+        }
+        // A new template for a server that has not been drained.
+        let left = budget.get_mut(want.spec.type_.as_str()).expect("every wanted type has a budget");
+        let takes_one = available(Some(l));
+        if takes_one && *left <= 0 {
+            plan.draining.push(format!("{name}: waiting for its turn to update (maxUnavailable)"));
+            continue;
+        }
+        if takes_one {
+            *left -= 1;
+        }
+        if not_deletable(l, now).is_none() {
+            plan.apply.extend(apply_of(want.clone(), &applied_recently));
+        } else {
+            plan.drains.push(name.clone());
+            plan.apply.extend(apply_of(drained(l, want, "updating to a new template", now), &applied_recently));
+        }
+    }
+    for (name, l) in live {
+        if wanted_names.contains(name) || l.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match (l.spec.not_in_service().is_some(), not_deletable(l, now)) {
+            (_, None) => plan.delete.push(name.clone()),
+            (true, Some(why)) => plan.draining.push(format!("{name}: {why}")),
+            (false, Some(_)) => {
+                plan.drains.push(name.clone());
+                let gs = drained(l, l, "no longer in spec.services", now);
+                plan.apply.extend(apply_of(gs, &applied_recently));
             }
-            let hash = hash_of(&(&want.spec, &want.metadata.labels));
-            (!applied_recently(want, &hash)).then_some((want, hash))
-        })
-        .collect()
+        }
+    }
+    plan
 }
 
 /// The live objects no longer wanted and not yet being deleted.
@@ -220,19 +347,30 @@ pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) ->
     Readiness { desired: wanted.len(), ready, waiting }
 }
 
-/// Reports the servers' readiness: counts, `ServersReady`, `Ready` and the phase.
-pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness) {
+/// Reports the servers' readiness and drains: counts, `ServersReady`, `Ready` and the phase.
+pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness, draining: &[String]) {
     let generation = status.observed_generation;
     status.desired_servers = r.desired as i32;
     status.ready_servers = r.ready as i32;
     status.ready_text = Some(format!("{}/{}", r.ready, r.desired));
-    if r.ready == r.desired {
+    let drains = if draining.is_empty() {
+        String::new()
+    } else {
+        let mut shown: Vec<&str> = draining.iter().take(WAITING_SHOWN).map(String::as_str).collect();
+        if draining.len() > WAITING_SHOWN {
+            shown.push("…");
+        }
+        format!("; draining {}", shown.join("; "))
+    };
+    if r.ready == r.desired && draining.is_empty() {
         let msg = format!("{} of {} instances Ready", r.ready, r.desired);
         conditions::set(&mut status.conditions, types::SERVERS_READY, true, "AllReady", msg, generation);
         conditions::set(&mut status.conditions, types::READY, true, "Ready", "the zone is up", generation);
         status.phase = Some(ZonePhase::Running);
     } else {
-        let msg = format!("{} of {} instances Ready; waiting for {}", r.ready, r.desired, r.waiting.join(", "));
+        let waiting =
+            if r.waiting.is_empty() { String::new() } else { format!("; waiting for {}", r.waiting.join(", ")) };
+        let msg = format!("{} of {} instances Ready{waiting}{drains}", r.ready, r.desired);
         conditions::set(&mut status.conditions, types::SERVERS_READY, false, "Deploying", msg.clone(), generation);
         conditions::set(&mut status.conditions, types::READY, false, "Deploying", msg, generation);
         status.phase = Some(ZonePhase::Deploying);

@@ -142,18 +142,24 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let live = Live::of(zone, ctx);
     let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name());
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
-    steps::apply_servers(zone, ctx, &wanted, &live).await.at(Step::Serve)?;
+    let draining = steps::apply_servers(zone, ctx, &wanted, &live).await.at(Step::Serve)?;
     steps::apply_services(zone, ctx, &live).await.at(Step::Serve)?;
 
     let readiness = decide::readiness(&wanted, &live.servers_by_name());
-    decide::report_servers(status, &readiness);
+    decide::report_servers(status, &readiness, &draining);
     status.endpoints = decide::endpoints(&live.services);
     ctx.metrics
         .managed
         .get_or_create(&super::metrics::KindLabels { kind: "GameServer" })
         .set(ctx.cache.servers.len() as i64);
-    let all_ready = readiness.ready == readiness.desired;
-    Ok(Action::requeue(if all_ready { interval.unwrap_or(Duration::from_secs(600)) } else { Duration::from_secs(30) }))
+    let all_ready = readiness.ready == readiness.desired && draining.is_empty();
+    let next = match (all_ready, draining.is_empty()) {
+        (true, _) => interval.unwrap_or(Duration::from_secs(600)),
+        // A drain's timeout passes without any event.
+        (false, false) => Duration::from_secs(5),
+        (false, true) => Duration::from_secs(30),
+    };
+    Ok(Action::requeue(next))
 }
 
 /// How often moving references are resolved again; `None` when only spec changes do it.
@@ -190,6 +196,11 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
     // of the teardown's load. The last pass below still checks.
     let servers = ctx.cache.servers_by_zone.of(&ctx.cache.servers, &ObjectKey::of(zone));
+    // Players are never kicked, not even by deleting the zone: every server is drained first.
+    let draining = drain_all(zone, ctx, &servers).await?;
+    if !draining.is_empty() {
+        return Err(Error::Waiting(format!("{} GameServer(s) to drain: {}", draining.len(), draining.join("; "))));
+    }
     if !servers.is_empty() && servers.iter().all(|g| g.metadata.deletion_timestamp.is_some()) {
         // Their pods go now, in one request, not one by one behind the garbage collector (a
         // controller manager's default client limit, 20 requests/s, held 2000 pods for two
@@ -223,6 +234,28 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     forget(zone, ctx);
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(Action::await_change())
+}
+
+/// Drains every server of a deleted zone as a scale-down would, deleting those that may go;
+/// returns what the others wait for.
+async fn drain_all(zone: &GameZone, ctx: &Context, servers: &[Arc<GameServer>]) -> Result<Vec<String>> {
+    let live: BTreeMap<String, &GameServer> = servers.iter().map(|g| (g.name_any(), g.as_ref())).collect();
+    let plan = decide::plan_servers(&[], &live, &BTreeMap::new(), k8s_openapi::jiff::Timestamp::now(), |gs, hash| {
+        ctx.writer.applied_recently(gs, hash, super::writer::WATCH_LAG)
+    });
+    for (gs, hash) in plan.apply {
+        ctx.writer.apply_as(&gs, hash).await?;
+    }
+    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    // Only while others still drain: otherwise the collection delete below takes them all at once.
+    if !plan.draining.is_empty() || !plan.drains.is_empty() {
+        for name in &plan.delete {
+            super::delete_if_present(&api, name).await?;
+        }
+    }
+    let mut waiting = plan.draining;
+    waiting.extend(plan.drains.into_iter().map(|n| format!("{n}: drain started")));
+    Ok(waiting)
 }
 
 /// Forgets what was applied and listed for the zone, and hands back ports held for servers that

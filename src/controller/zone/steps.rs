@@ -230,13 +230,16 @@ pub async fn publish_topology(zone: &GameZone, ctx: &Context, ports: BTreeMap<St
     Ok(())
 }
 
-/// Applies the wanted servers that differ from what the watch shows, and deletes those no
-/// longer wanted.
-pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer], live: &Live) -> Result<()> {
+/// Applies the servers the plan says (new, changed, drained, updated), deletes the drained ones
+/// that may go, and returns what the draining ones wait for.
+pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer], live: &Live) -> Result<Vec<String>> {
     let by_name = live.servers_by_name();
-    let stale = decide::servers_to_apply(wanted, &by_name, |gs, hash| ctx.writer.applied_recently(gs, hash, WATCH_LAG));
-    let stale: Vec<(GameServer, String)> = stale.into_iter().map(|(gs, hash)| (gs.clone(), hash)).collect();
-    futures::stream::iter(stale)
+    let strategies =
+        zone.spec.services.iter().map(|s| (s.type_.clone(), s.update_strategy.clone().unwrap_or_default())).collect();
+    let plan = decide::plan_servers(wanted, &by_name, &strategies, Timestamp::now(), |gs, hash| {
+        ctx.writer.applied_recently(gs, hash, WATCH_LAG)
+    });
+    futures::stream::iter(plan.apply)
         .map(|(mut gs, hash)| {
             // The server controller's finalizer comes with the object: one write, not two.
             gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
@@ -245,14 +248,22 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    let names: BTreeSet<String> = wanted.iter().map(|s| s.name_any()).collect();
-    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-    for gs in decide::to_delete(&names, &live.servers) {
-        api.delete(&gs.name_any(), &DeleteParams::default()).await?;
-        ctx.event(zone, false, "ServerRemoved", format!("removed {} (no longer in spec.services)", gs.name_any()))
-            .await;
+    for name in &plan.drains {
+        let gates = by_name.get(name).map(|g| g.spec.lifecycle.deletable_gates.join(", ")).unwrap_or_default();
+        ctx.event(
+            zone,
+            false,
+            "Draining",
+            format!("{name} is NotInService; it goes once its deletable gates ({gates}) are True"),
+        )
+        .await;
     }
-    Ok(())
+    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    for name in &plan.delete {
+        crate::controller::delete_if_present(&api, name).await?;
+        ctx.event(zone, false, "ServerRemoved", format!("removed {name} (no longer in spec.services)")).await;
+    }
+    Ok(plan.draining)
 }
 
 /// Applies the zone's Services and its shared artifacts claim, and deletes Services no longer

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -133,28 +134,135 @@ fn a_migration_holds_servers_until_it_succeeds_and_a_failure_degrades_the_zone()
     assert_eq!(condition(&status, types::MIGRATED).0, "True");
 }
 
+fn names(v: &[(GameServer, String)]) -> Vec<String> {
+    v.iter().map(|(g, _)| g.name_any()).collect()
+}
+
+fn with_gates(mut gs: GameServer, gates: &[&str]) -> GameServer {
+    gs.spec.lifecycle.deletable_gates = gates.iter().map(|g| g.to_string()).collect();
+    gs
+}
+
+fn gate(mut gs: GameServer, type_: &str, ok: bool) -> GameServer {
+    let status = gs.status.get_or_insert_with(Default::default);
+    conditions::set(&mut status.conditions, type_, ok, "Game", "set by the game", None);
+    gs
+}
+
+fn plan(want: &[GameServer], live: &[GameServer], now: Timestamp) -> ServerPlan {
+    plan_servers(want, &by_name(live), &BTreeMap::new(), now, |_, _| false)
+}
+
 #[test]
 fn only_missing_or_drifted_servers_are_applied_and_only_unwanted_ones_deleted() {
     let want = wanted();
     let mut live: Vec<GameServer> = want[..4].to_vec();
-    live[1].spec.template.spec.as_mut().unwrap().containers[0].image = Some("svc:0".into()); // drifted
+    live[1].metadata.labels.get_or_insert_with(Default::default).insert("drift".into(), "1".into());
     live[2].metadata.deletion_timestamp = Some(Time(Timestamp::now())); // terminating: left alone
     let mut extra = want[0].clone();
     extra.metadata.name = Some("z1-game-99".into());
     live.push(extra);
     let index = by_name(&live);
-
-    let names = |v: Vec<(&GameServer, String)>| v.into_iter().map(|(g, _)| g.name_any()).collect::<Vec<_>>();
-    let apply = names(servers_to_apply(&want, &index, |_, _| false));
-    assert_eq!(apply, ["z1-game-2", "z1-game-5", "z1-game-6", "z1-game-7"]);
+    let p = plan_servers(&want, &index, &BTreeMap::new(), Timestamp::now(), |_, _| false);
+    assert_eq!(names(&p.apply), ["z1-game-2", "z1-game-5", "z1-game-6", "z1-game-7"]);
+    // Serving no one and with no gates: it goes at once, no drain.
+    assert_eq!(p.delete, ["z1-game-99"]);
+    assert!(p.drains.is_empty() && p.draining.is_empty());
     // What this process applied moments ago, the lagging watch not showing it yet, is not re-sent.
-    let apply = names(servers_to_apply(&want, &index, |g, _| g.name_any() == "z1-game-5"));
-    assert_eq!(apply, ["z1-game-2", "z1-game-6", "z1-game-7"]);
+    let p = plan_servers(&want, &index, &BTreeMap::new(), Timestamp::now(), |g, _| g.name_any() == "z1-game-5");
+    assert_eq!(names(&p.apply), ["z1-game-2", "z1-game-6", "z1-game-7"]);
 
     let wanted_names = want.iter().map(|g| g.name_any()).collect();
-    let arcs: Vec<Arc<GameServer>> = live.into_iter().map(Arc::new).collect();
-    let gone: Vec<_> = to_delete(&wanted_names, &arcs).into_iter().map(|g| g.name_any()).collect();
+    let services: Vec<Arc<GameServer>> = live.into_iter().map(Arc::new).collect();
+    let gone: Vec<_> = to_delete(&wanted_names, &services).into_iter().map(|g| g.name_any()).collect();
     assert_eq!(gone, ["z1-game-99"]);
+}
+
+#[test]
+fn a_server_with_players_is_drained_and_goes_only_when_its_gates_are_true_or_its_drain_times_out() {
+    let now = Timestamp::now();
+    let want: Vec<GameServer> = wanted().into_iter().map(|g| with_gates(g, &["NoPlayers"])).collect();
+    let keep: Vec<GameServer> = want[..6].to_vec();
+    let mut live: Vec<GameServer> = want.iter().cloned().map(ready).collect();
+
+    // Shrinking the range: game-7 is marked NotInService, not deleted.
+    let p = plan(&keep, &live, now);
+    assert_eq!(p.drains, ["z1-game-7"]);
+    assert!(p.delete.is_empty());
+    let (drained, _) = p.apply.iter().find(|(g, _)| g.name_any() == "z1-game-7").unwrap();
+    let c = drained.spec.not_in_service().expect("NotInService");
+    assert_eq!((c.effective, c.message.as_deref()), (Some(true), Some("no longer in spec.services")));
+    assert_eq!(
+        crate::zone::server_template_hash(&drained.spec),
+        crate::zone::server_template_hash(&live[6].spec),
+        "its pod stays"
+    );
+
+    // Drained, players still there: it stays, and the zone says why.
+    live[6].spec = drained.spec.clone();
+    let p = plan(&keep, &live, now);
+    assert!(p.apply.is_empty() && p.delete.is_empty());
+    assert_eq!(p.draining, ["z1-game-7: waiting for deletable gates NoPlayers"]);
+    let mut status = GameZoneStatus::default();
+    report_servers(&mut status, &readiness(&keep, &by_name(&live)), &p.draining);
+    assert_eq!(status.phase, Some(ZonePhase::Deploying), "a zone draining is not yet where it was asked to be");
+    assert!(
+        condition(&status, types::SERVERS_READY)
+            .2
+            .contains("draining z1-game-7: waiting for deletable gates NoPlayers")
+    );
+
+    // The game says its players left: it goes.
+    live[6] = gate(live[6].clone(), "NoPlayers", true);
+    assert_eq!(plan(&keep, &live, now).delete, ["z1-game-7"]);
+
+    // Or the drain times out.
+    live[6] = gate(live[6].clone(), "NoPlayers", false);
+    live[6].spec.lifecycle.drain_timeout = Some(Interval::from_secs(60));
+    assert_eq!(plan(&keep, &live, now + Duration::from_secs(30)).delete, Vec::<String>::new());
+    assert_eq!(plan(&keep, &live, now + Duration::from_secs(61)).delete, ["z1-game-7"]);
+
+    // Wanted again before it went: back in service.
+    let p = plan(&want, &live, now);
+    let (back, _) = p.apply.iter().find(|(g, _)| g.name_any() == "z1-game-7").expect("re-applied");
+    assert!(back.spec.not_in_service().is_none());
+}
+
+#[test]
+fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
+    let now = Timestamp::now();
+    let old: Vec<GameServer> = wanted().into_iter().map(|g| ready(with_gates(g, &["NoPlayers"]))).collect();
+    let mut new = wanted();
+    for g in &mut new {
+        g.spec.template.spec.as_mut().unwrap().containers[0].image = Some("svc:2".into());
+        g.spec.lifecycle.deletable_gates = vec!["NoPlayers".into()];
+    }
+    let two = BTreeMap::from([(
+        "game".to_string(),
+        UpdateStrategy { max_unavailable: Some(IntOrString::Int(2)), ..Default::default() },
+    )]);
+    let p = plan_servers(&new, &by_name(&old), &two, now, |_, _| false);
+    assert_eq!(p.drains, ["z1-game-1", "z1-game-2"], "two at a time, each drained first");
+    assert!(names(&p.apply).iter().all(|n| p.drains.contains(n)), "no pod replaced before its drain");
+    assert_eq!(p.draining.len(), 5);
+    assert!(p.draining[0].ends_with("waiting for its turn to update (maxUnavailable)"), "{:?}", p.draining);
+
+    // game-1 drained and deletable: its pod is replaced from the new template; game-2 still has players.
+    let mut live = old.clone();
+    for (i, players_left) in [(0, true), (1, false)] {
+        live[i].spec = p.apply.iter().find(|(g, _)| g.name_any() == live[i].name_any()).unwrap().0.spec.clone();
+        live[i].status.as_mut().unwrap().state = Some(ServerState::Draining);
+        live[i] = gate(live[i].clone(), "NoPlayers", players_left);
+    }
+    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    assert_eq!(names(&p.apply), ["z1-game-1"]);
+    assert_eq!(p.apply[0].0.spec, new[0].spec, "the new template, back in service");
+    assert!(p.drains.is_empty(), "two are out: nothing more starts");
+
+    // Recreate drains every instance at once.
+    let recreate =
+        BTreeMap::from([("game".to_string(), UpdateStrategy { type_: UpdateType::Recreate, max_unavailable: None })]);
+    assert_eq!(plan_servers(&new, &by_name(&old), &recreate, now, |_, _| false).drains.len(), 7);
 }
 
 #[test]
@@ -173,12 +281,12 @@ fn an_instance_counts_once_ready_on_its_current_template_and_the_rest_are_named(
     assert_eq!(r.waiting, ["z1-game-1 Ready", "z1-game-2 Scheduling: 0/3 nodes have free ports", "z1-game-7 Pending"]);
 
     let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
-    report_servers(&mut status, &r);
+    report_servers(&mut status, &r, &[]);
     assert_eq!((status.phase, status.ready_text.as_deref()), (Some(ZonePhase::Deploying), Some("4/7")));
     assert!(condition(&status, types::READY).2.contains("waiting for z1-game-1 Ready, z1-game-2 Scheduling"));
 
     let all: Vec<GameServer> = want.iter().cloned().map(ready).collect();
-    report_servers(&mut status, &readiness(&want, &by_name(&all)));
+    report_servers(&mut status, &readiness(&want, &by_name(&all)), &[]);
     assert_eq!((status.phase, status.ready_servers), (Some(ZonePhase::Running), 7));
     assert_eq!(condition(&status, types::SERVERS_READY), ("True", "AllReady", "7 of 7 instances Ready"));
 
