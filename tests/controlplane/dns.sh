@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # The cluster's DNS for real nodes, sourced by cp.sh: CoreDNS (built from
-# dns/, with the kubernetes plugin) on the host's loopback, reading the
+# dns/coredns/, with the kubernetes plugin) on the host's loopback, reading the
 # cluster through the admin kubeconfig. Pods on real nodes ask the cluster DNS
 # address CLUSTER_DNS_IP; a DNAT in each node's namespace sends that to the
 # host end of the veth, whose DNAT hands it to CoreDNS on 127.0.0.1.
 
-DNS_MODULE="$HERE/dns"
+DNS_MODULE="$HERE/dns/coredns"
+RESOLVE_SOURCE="$HERE/dns/resolve.c"
 COREDNS_VERSION=$(awk '{ sub(/^require /, "") } $1 == "github.com/coredns/coredns" { print $2; exit }' "$DNS_MODULE/go.mod")
 DNS_CACHE_DIR="$CACHE/dns/coredns-${COREDNS_VERSION}"
 DNS_BIN="$DNS_CACHE_DIR/bin"
@@ -18,7 +19,7 @@ CLUSTER_DOMAIN=cluster.local
 dns_inputs_fingerprint() {
   (
     cd "$DNS_MODULE" || exit 1
-    cat go.mod go.sum main.go resolve.c
+    cat go.mod go.sum main.go "$RESOLVE_SOURCE"
     go version
     sed -n '/^cmd_build_dns()/,/^}/p' "$HERE/dns.sh"
   ) | sha256sum | cut -d' ' -f1
@@ -62,7 +63,7 @@ cmd_build_dns() {
     cd "$module"
     CGO_ENABLED=0 go build -v -o "$stage/coredns" -ldflags "-s -w" .
   ) 2>&1 | progress "$log" || build_failed
-  gcc -O2 -Wall -o "$stage/resolve" "$DNS_MODULE/resolve.c" 2>>"$log" || build_failed
+  gcc -O2 -Wall -o "$stage/resolve" "$RESOLVE_SOURCE" 2>>"$log" || build_failed
   local p
   for p in coredns resolve; do [[ -x "$stage/$p" ]] || die "DNS build produced no $p"; done
   "$stage/coredns" -version >>"$log"

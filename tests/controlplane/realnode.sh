@@ -12,6 +12,7 @@
 #   pod CIDR           10.246.<4s+i-1>.0/24 on bridge cni0 inside the namespace
 #   cgroups            /gz<s>-real-<i>/node (daemons), .../kubepods (pods), in every hierarchy
 #   files              DIR/real-nodes/real-<i>/ (containerd root, kubelet root, pod logs)
+#   cluster DNS        10.0.0.10:53 DNAT'd to CoreDNS on the host (dns.sh)
 
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.3
