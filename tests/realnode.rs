@@ -3,7 +3,8 @@
 //! its own (see tests/controlplane/README.md). These tests start their own
 //! control plane with one KWOK node and one real node, and check what a user
 //! of such a node sees: real containers, real host ports, pod IPs reachable
-//! from the host, and nothing left on the machine afterwards.
+//! from the host, peers found by their DNS names, and nothing left on the
+//! machine afterwards.
 //!
 //! Run with `cargo test --test realnode` as root; the first run builds the
 //! node binaries (kubelet, containerd, runc, CNI plugins) into the cache.
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -28,6 +29,8 @@ use common::{client_for, cp_script, wait_for};
 /// Pod start on a real node includes image unpacking and the sandbox: more than KWOK needs.
 const TIMEOUT: Duration = Duration::from_secs(90);
 const IMAGE: &str = "gamezone.local/serve-file:1";
+/// serve-file and the `resolve` test program (getaddrinfo, as any program in a pod).
+const DNS_IMAGE: &str = "gamezone.local/dns-peer:1";
 const REAL_TAINT: &str = "gamezone.dev/node-kind";
 
 /// Each test starts a control plane with a real node; two at once would double
@@ -42,6 +45,11 @@ struct RealNodes {
     host_address: String,
     slot: u32,
     bin_dir: PathBuf,
+    /// The cluster DNS address in every pod's resolv.conf.
+    #[serde(rename = "clusterDNS")]
+    cluster_dns: String,
+    /// Where the `resolve` test program is.
+    dns_bin_dir: PathBuf,
     nodes: Vec<RealNode>,
 }
 
@@ -107,12 +115,23 @@ impl RealCluster {
 
     /// Builds the test image (cached by its inputs) and imports it into the real node.
     fn import_test_image(&self) {
+        self.import_image(IMAGE, &[self.info.bin_dir.join("serve-file")]);
+    }
+
+    /// Builds image `name` of the binaries `bins` (in /usr/local/bin, the first
+    /// one the entrypoint) and imports it into the real node.
+    fn import_image(&self, name: &str, bins: &[PathBuf]) {
         let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/images.sh");
-        let bin = self.info.bin_dir.join("serve-file");
-        let built = Command::new(&images)
-            .args(["build", IMAGE, "--bin"])
-            .arg(&bin)
-            .args(["--entrypoint", "/usr/local/bin/serve-file", "--user", "65532"])
+        let mut build = Command::new(&images);
+        build.args(["build", name]);
+        for bin in bins {
+            build.arg("--bin").arg(bin);
+        }
+        let entrypoint = Path::new("/usr/local/bin").join(bins[0].file_name().expect("binary name"));
+        let built = build
+            .arg("--entrypoint")
+            .arg(entrypoint)
+            .args(["--user", "65532"])
             .stderr(Stdio::inherit())
             .output()
             .expect("cannot run images.sh build");
@@ -312,10 +331,145 @@ async fn pod_on_the_real_node_serves_its_init_containers_file_on_a_host_port() {
     assert!(taints.iter().any(|t| t.key == REAL_TAINT && t.effect == "NoSchedule"), "{taints:?}");
 }
 
+/// A game server pod of zone `zone` on real-1, as the operator makes them:
+/// hostname = its instance name, subdomain = the zone's headless Service. It
+/// serves the text "I am NAME" on TCP port 8080.
+fn peer_pod(name: &str, zone: &str) -> Pod {
+    let mut pod = serving_pod(name, &["write", "/content/index", &format!("I am {name}")], 0);
+    pod.metadata.labels = Some([("zone".to_string(), zone.to_string())].into());
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.hostname = Some(name.to_string());
+    spec.subdomain = Some(zone.to_string());
+    for container in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
+        container.image = Some(DNS_IMAGE.to_string());
+        // No host port: two peers on one node, each reached at its pod IP.
+        for port in container.ports.iter_mut().flatten() {
+            port.host_port = None;
+        }
+    }
+    pod
+}
+
+/// What `resolve ARGS` prints in pod `pod`'s main container (exit 0), or its
+/// exit code and messages: 2 means the name does not exist.
+async fn resolve_in(cluster: &RealCluster, namespace: &str, pod: &str, args: &[&str]) -> Result<String, (i32, String)> {
+    let output = tokio::process::Command::new(cp_script())
+        .arg("kubectl")
+        .arg(&cluster.dir)
+        .args(["exec", "-n", namespace, pod, "-c", "serve", "--", "/usr/local/bin/resolve"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cannot run cp.sh kubectl exec");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err((output.status.code().unwrap_or(-1), format!("{stdout}{stderr}")))
+    }
+}
+
+/// The addresses `resolve NAME` prints, sorted.
+fn addresses(printed: &str) -> Vec<String> {
+    let mut found: Vec<String> = printed.lines().take_while(|l| *l != "--").map(str::to_string).collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn pods_on_the_real_node_find_their_peers_by_stable_dns_names_until_a_peer_is_gone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = RealCluster::start(&new_dir("gz-rn-"));
+    assert_eq!(cluster.info.cluster_dns, "10.0.0.10");
+    cluster
+        .import_image(DNS_IMAGE, &[cluster.info.bin_dir.join("serve-file"), cluster.info.dns_bin_dir.join("resolve")]);
+    let client = cluster.client().await;
+    let ns = "games";
+    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("create namespace");
+
+    // Zone `zone-a`: a headless Service selecting its game servers, and a
+    // ClusterIP Service beside it (as a Redis would have).
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for service in [
+        json!({ "metadata": { "name": "zone-a" },
+                "spec": { "clusterIP": "None", "selector": { "zone": "zone-a" }, "ports": [{ "port": 8080 }] } }),
+        json!({ "metadata": { "name": "redis" }, "spec": { "ports": [{ "port": 6379 }] } }),
+    ] {
+        let service: Service = serde_json::from_value(service).expect("service");
+        services.create(&PostParams::default(), &service).await.expect("create service");
+    }
+    let redis_ip = services.get("redis").await.expect("get redis").spec.and_then(|s| s.cluster_ip).expect("ClusterIP");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let (first, second) = ("zone-a-server-0", "zone-a-server-1");
+    let mut tcp_only = peer_pod(first, "zone-a");
+    // This one asks over TCP only: large answers (many peers) come that way.
+    tcp_only.spec.as_mut().expect("spec").dns_config =
+        Some(serde_json::from_value(json!({ "options": [{ "name": "use-vc" }] })).expect("dnsConfig"));
+    pods.create(&PostParams::default(), &tcp_only).await.expect("create first peer");
+    pods.create(&PostParams::default(), &peer_pod(second, "zone-a")).await.expect("create second peer");
+    let pod_ip = |pod: Pod| pod.status.and_then(|s| s.pod_ip).expect("pod IP");
+    let first_ip = pod_ip(wait_running(&pods, first).await);
+    let second_ip = pod_ip(wait_running(&pods, second).await);
+
+    // Each peer resolves the other's stable name (the short form, through the
+    // pod's search domains) and connects to it, over UDP and over TCP.
+    let first_name = format!("{first}.zone-a.{ns}.svc");
+    let second_name = format!("{second}.zone-a.{ns}.svc");
+    let seen = wait_for(&format!("{second} to reach {first_name}"), TIMEOUT, || async {
+        resolve_in(&cluster, ns, second, &[&first_name, "8080"]).await
+    })
+    .await;
+    assert_eq!(seen, format!("{first_ip}\n--\nI am {first}"));
+    let seen = wait_for(&format!("{first} to reach {second_name} over TCP"), TIMEOUT, || async {
+        resolve_in(&cluster, ns, first, &[&second_name, "8080"]).await
+    })
+    .await;
+    assert_eq!(seen, format!("{second_ip}\n--\nI am {second}"));
+
+    // The headless Service's own name gives every ready peer; a ClusterIP
+    // Service's name its ClusterIP; the `kubernetes` Service's name its
+    // ClusterIP, which answers (the node's DNAT to the API server).
+    let zone_name = format!("zone-a.{ns}.svc");
+    let mut both = vec![first_ip.clone(), second_ip.clone()];
+    both.sort();
+    let all = wait_for("both peers behind the headless Service", TIMEOUT, || async {
+        let printed = resolve_in(&cluster, ns, second, &[&zone_name]).await?;
+        if addresses(&printed) == both { Ok(printed) } else { Err((0, printed)) }
+    })
+    .await;
+    assert_eq!(addresses(&all), both);
+    let redis = resolve_in(&cluster, ns, second, &[&format!("redis.{ns}.svc")]).await.expect("resolve redis");
+    assert_eq!(addresses(&redis), [redis_ip]);
+    let api = resolve_in(&cluster, ns, second, &["kubernetes.default.svc", "443"]).await.expect("reach the API");
+    assert_eq!(addresses(&api), ["10.0.0.1"]);
+    // No upstream: a name outside the cluster does not exist (and says so at once).
+    let outside = resolve_in(&cluster, ns, second, &["gamezone.invalid"]).await;
+    assert!(matches!(outside, Err((2, _))), "a name outside the cluster: {outside:?}");
+
+    // A peer that is gone stops resolving; the zone's name then gives the rest.
+    pods.delete(first, &Default::default()).await.expect("delete first peer");
+    let gone = wait_for(&format!("{first_name} to stop resolving"), TIMEOUT, || async {
+        match resolve_in(&cluster, ns, second, &[&first_name]).await {
+            Err((2, message)) => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(gone.contains("Name or service not known"), "{gone}");
+    let rest = resolve_in(&cluster, ns, second, &[&zone_name]).await.expect("resolve the zone");
+    assert_eq!(addresses(&rest), [second_ip]);
+}
+
 /// What a real node of slot `slot` (or a control plane in `dir`) can leave on the machine.
 #[derive(Debug, Default, PartialEq)]
 struct Leftovers {
     processes: BTreeSet<String>,
+    /// The control plane's CoreDNS, on the host (not in a node's cgroups).
+    dns_servers: BTreeSet<String>,
     mounts: BTreeSet<String>,
     netns: BTreeSet<String>,
     links: BTreeSet<String>,
@@ -359,6 +513,21 @@ impl Leftovers {
         for pid in processes_in_cgroups(&format!("/{netns_prefix}")) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             found.processes.insert(format!("{pid} {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+        let corefile = format!("{dir}/dns/Corefile");
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            if entry.file_name().to_str().is_none_or(|n| n.parse::<u32>().is_err()) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            if stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z')) {
+                continue;
+            }
+            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            if cmdline.contains(&corefile) {
+                found.dns_servers.insert(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
+            }
         }
         let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
         found.mounts =
@@ -407,6 +576,7 @@ async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
     // The check sees what a node has: otherwise an empty result below would prove nothing.
     for (what, set) in [
         ("processes", &running.processes),
+        ("dns_servers", &running.dns_servers),
         ("netns", &running.netns),
         ("links", &running.links),
         ("routes", &running.routes),
@@ -443,6 +613,12 @@ async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
     assert!(!orphans.is_empty(), "the shims and containers outlive a kill -9 of the daemons");
     let killed = Leftovers::of(slot, &dir);
     assert!(!killed.netns.is_empty() && !killed.iptables.is_empty() && !killed.cgroups.is_empty(), "{killed:#?}");
+    // The node's rule for the cluster DNS address goes with its namespace.
+    let dns_rules = lines_of("ip", &["netns", "exec", &netns, "iptables-save", "-t", "nat"]);
+    assert!(
+        dns_rules.iter().any(|r| r.contains("10.0.0.10/32")),
+        "{netns} has no DNAT for the cluster DNS: {dns_rules:?}"
+    );
 
     // The next `up` in the same directory cleans all of it first, then starts afresh.
     cluster.stopped = true;

@@ -5,7 +5,8 @@
 # on request real nodes (kubelet + containerd, see realnode.sh).
 #
 #   cp.sh build [--real-nodes]       build the binaries once into the cache
-#                                    (--real-nodes: also kubelet, containerd, runc, CNI)
+#                                    (--real-nodes: also kubelet, containerd, runc, CNI
+#                                    and CoreDNS for the real nodes' pods)
 #   cp.sh up DIR [--nodes N] [--real-nodes R] [--watch-pid PID]
 #                                    start a control plane with state in DIR:
 #                                    N KWOK nodes node-1.., R real nodes real-1..
@@ -53,9 +54,11 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # shellcheck source=realnode.sh
 source "$HERE/realnode.sh"
+# shellcheck source=dns.sh
+source "$HERE/dns.sh"
 
 usage() {
-  sed -n '2,18p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -174,7 +177,7 @@ ensure_built() {
 # ---------------------------------------------------------------- ports
 
 # A free loopback port below the kernel's ephemeral range (so an outgoing
-# connection cannot grab it between here and the bind). Parallel `up`s
+# connection cannot grab it between here and the bind), free for TCP and UDP. Parallel `up`s
 # reserve ports with an atomic mkdir until their processes have bound them.
 # reserve_port VAR: sets VAR to the port.
 RESERVED=()
@@ -183,7 +186,7 @@ reserve_port() {
   mkdir -p "$PORTS_DIR"
   for _ in $(seq 500); do
     p=$((20000 + RANDOM % 12000))
-    if ss -Htan "( sport = :$p )" | grep -q .; then continue; fi
+    if ss -Htuan "( sport = :$p )" | grep -q .; then continue; fi
     if mkdir "$PORTS_DIR/$p" 2>/dev/null; then
       RESERVED+=("$p")
       printf -v "$1" '%s' "$p"
@@ -408,6 +411,7 @@ cmd_up() {
   if ((real_nodes)); then
     [[ $(id -u) == 0 ]] || die "real nodes need root (network namespaces, cgroups, mounts)"
     ensure_real_nodes_built
+    ensure_dns_built
     require_tools ip iptables nsenter unshare mount
   fi
 
@@ -712,7 +716,7 @@ main() {
       [[ "${1:-}" == --real-nodes ]] && { with_real=true; shift; }
       [[ $# -eq 0 ]] || die "unknown option for build: $1"
       cmd_build
-      if $with_real; then cmd_build_real_nodes; fi
+      if $with_real; then cmd_build_real_nodes; cmd_build_dns; fi
       ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;

@@ -12,6 +12,7 @@
 #   pod CIDR           10.246.<4s+i-1>.0/24 on bridge cni0 inside the namespace
 #   cgroups            /gz<s>-real-<i>/node (daemons), .../kubepods (pods), in every hierarchy
 #   files              DIR/real-nodes/real-<i>/ (containerd root, kubelet root, pod logs)
+#   cluster DNS        10.0.0.10:53 DNAT'd to CoreDNS on the host (dns.sh)
 
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.3
@@ -315,8 +316,8 @@ EOF
   ]
 }
 EOF
-  # Pods get no DNS server: nothing answers names on these test nodes.
-  echo "# no DNS on GameZone's real test nodes" >"$nd/resolv.conf"
+  # The node itself has no upstream DNS: pods get the cluster's (clusterDNS) and nothing else.
+  echo "# no upstream DNS on GameZone's real test nodes; pods use clusterDNS" >"$nd/resolv.conf"
   cat >"$nd/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -334,7 +335,8 @@ authentication:
   webhook: {enabled: false}
   x509: {clientCAFile: $DIR/pki/ca.crt}
 authorization: {mode: AlwaysAllow}
-clusterDomain: cluster.local
+clusterDomain: $CLUSTER_DOMAIN
+clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: $nd/resolv.conf
 # Test images are imported, never pulled: they must never be collected.
 imageGCHighThresholdPercent: 100
@@ -388,15 +390,18 @@ EOF
   done
 }
 
-# Starts N real nodes once the API server answers; returns when each is Ready.
+# Starts the cluster's DNS and N real nodes once the API server answers;
+# returns when each node is Ready and the DNS has read the cluster.
 start_real_nodes() {
   local n=$1 api_port=$2 s=$REAL_SLOT i nd
   local started
   started=$(now)
+  start_cluster_dns
   for ((i = 1; i <= n; i++)); do
     nd="$DIR/real-nodes/real-$i"
     ((${#nd} < 80)) || die "$DIR is too long a path for containerd's socket (keep it under 50 characters)"
     setup_real_network "$s" "$i" "$api_port"
+    setup_dns_rules "$(real_netns "$s" "$i")"
     setup_real_cgroups "$(real_cgroup "$s" "$i")"
     write_real_node_config "$s" "$i" "$api_port" "$nd"
   done
@@ -416,7 +421,8 @@ start_real_nodes() {
   write_real_nodes_env "$n" "$api_port"
   "$HERE/images.sh" import "$DIR" "$pause_archive"
   wait_until 120 "$n Ready real nodes" real_nodes_ready "$n"
-  say "$n real node(s) Ready after $(since "$started")s"
+  wait_cluster_dns
+  say "$n real node(s) Ready, cluster DNS at $CLUSTER_DNS_IP (CoreDNS on 127.0.0.1:$DNS_PORT), after $(since "$started")s"
 }
 
 real_nodes_ready() {
@@ -435,6 +441,9 @@ write_real_nodes_env() {
     echo "API_SERVER=https://$HOST_ADDRESS:$api_port"
     echo "BIN=$REAL_BIN"
     echo "CTR=$REAL_BIN/ctr"
+    echo "CLUSTER_DNS=$CLUSTER_DNS_IP"
+    echo "DNS_SERVER=127.0.0.1:$DNS_PORT"
+    echo "DNS_BIN=$DNS_BIN"
     for ((i = 1; i <= n; i++)); do
       nd="$DIR/real-nodes/real-$i"
       echo "NODE=real-$i $nd/containerd.sock $(real_node_ip "$s" "$i") $(real_pod_cidr "$s" "$i") $(real_netns "$s" "$i")"
@@ -451,6 +460,9 @@ write_real_nodes_env() {
   "apiServer": "https://$HOST_ADDRESS:$api_port",
   "slot": $s,
   "binDir": "$REAL_BIN",
+  "clusterDNS": "$CLUSTER_DNS_IP",
+  "dnsServer": "127.0.0.1:$DNS_PORT",
+  "dnsBinDir": "$DNS_BIN",
   "nodes": [$json_nodes
   ]
 }
