@@ -203,7 +203,11 @@ pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
 /// `live`'s spec with an effective `NotInService` constraint, as the apply that starts its drain.
 fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timestamp) -> GameServer {
     let mut gs = GameServer::new(&live.name_any(), live.spec.clone());
-    gs.metadata = metadata_from.metadata.clone();
+    // Only what the operator applies: a live object's version, uid and managed fields are not.
+    let from = &metadata_from.metadata;
+    gs.metadata.namespace = from.namespace.clone();
+    gs.metadata.labels = from.labels.clone();
+    gs.metadata.owner_references = from.owner_references.clone();
     gs.spec.constraints.retain(|c| c.type_ != NOT_IN_SERVICE);
     gs.spec.constraints.push(Constraint {
         type_: NOT_IN_SERVICE.into(),
@@ -212,6 +216,16 @@ fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timest
         time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
     });
     gs
+}
+
+/// Whether replacing or deleting `live` needs a drain first: its pod may hold players (it is
+/// Ready) and it has deletable gates to say when they left. Without gates it goes at once.
+fn needs_drain(live: &GameServer) -> bool {
+    let serving = matches!(
+        live.status.as_ref().and_then(|s| s.state),
+        Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
+    );
+    serving && !live.spec.lifecycle.deletable_gates.is_empty()
 }
 
 /// Whether `live` serves players now: Ready and not drained.
@@ -259,7 +273,8 @@ pub fn plan_servers(
             continue;
         }
         let same_template = build::server_template_hash(&l.spec) == build::server_template_hash(&want.spec);
-        if same_template || not_deletable(l, now).is_none() && l.spec.not_in_service().is_some() {
+        let drained_and_deletable = l.spec.not_in_service().is_some() && not_deletable(l, now).is_none();
+        if same_template || drained_and_deletable {
             // In place, or drained and deletable: the new template may replace its pod.
             if l.spec != want.spec || l.metadata.labels != want.metadata.labels {
                 plan.apply.extend(apply_of(want.clone(), &applied_recently));
@@ -280,11 +295,13 @@ pub fn plan_servers(
         if takes_one {
             *left -= 1;
         }
-        if not_deletable(l, now).is_none() {
-            plan.apply.extend(apply_of(want.clone(), &applied_recently));
-        } else {
+        if needs_drain(l) {
+            // Marked first, even when its gates are True now: the game hears of it, and the
+            // gates count from then on.
             plan.drains.push(name.clone());
             plan.apply.extend(apply_of(drained(l, want, "updating to a new template", now), &applied_recently));
+        } else {
+            plan.apply.extend(apply_of(want.clone(), &applied_recently));
         }
     }
     for (name, l) in live {
@@ -292,9 +309,10 @@ pub fn plan_servers(
             continue;
         }
         match (l.spec.not_in_service().is_some(), not_deletable(l, now)) {
-            (_, None) => plan.delete.push(name.clone()),
+            (false, _) if !needs_drain(l) => plan.delete.push(name.clone()),
+            (true, None) => plan.delete.push(name.clone()),
             (true, Some(why)) => plan.draining.push(format!("{name}: {why}")),
-            (false, Some(_)) => {
+            (false, _) => {
                 plan.drains.push(name.clone());
                 let gs = drained(l, l, "no longer in spec.services", now);
                 plan.apply.extend(apply_of(gs, &applied_recently));

@@ -1,0 +1,248 @@
+//! Players are never kicked: readiness and deletable gates, drains on scale-down and zone
+//! deletion, rolling updates within maxUnavailable. Gates are set here as a game sets them,
+//! through its own field manager on the GameServer's status.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gamezone::api::*;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use support::{Operator, WAIT, install_crds, names, wait_ready};
+
+/// A zone of `game` instances 1..=`end` with the given lifecycle fields on the type.
+fn zone(end: i64, lifecycle: serde_json::Value) -> GameZone {
+    let mut game = json!({"type": "game", "id": 1, "endId": end});
+    for (k, v) in lifecycle.as_object().unwrap() {
+        game[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": "zone1"},
+        "spec": {"zoneId": 1, "defaultImage": "svc:1", "services": [game]}
+    }))
+    .unwrap()
+}
+
+/// Sets a gate condition as the game would (its own field manager on the status).
+async fn set_gate(servers: &Api<GameServer>, name: &str, gate: &str, ok: bool) {
+    let body = json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
+        "status": {"conditions": [{
+            "type": gate, "status": if ok { "True" } else { "False" }, "reason": "Game",
+            "message": "set by the game", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]}
+    });
+    servers
+        .patch_status(name, &PatchParams::apply("test-game").force(), &Patch::Apply(body))
+        .await
+        .unwrap_or_else(|e| panic!("set {gate} on {name}: {e}"));
+}
+
+async fn state(servers: &Api<GameServer>, name: &str) -> Result<(Option<ServerState>, String), String> {
+    let gs = servers.get_opt(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} is gone"))?;
+    let status = gs.status.unwrap_or_default();
+    Ok((status.state, status.message.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn a_readiness_gate_holds_a_server_until_the_game_sets_it() {
+    let ns = common::namespace("lifecycle-ready").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    zones.create(&PostParams::default(), &zone(1, json!({"readinessGates": ["Loaded"]}))).await.unwrap();
+    common::wait_for("zone1-game-1 RequestReady for its gate", WAIT, || async {
+        match state(&servers, "zone1-game-1").await? {
+            (Some(ServerState::RequestReady), m) if m.contains("Loaded") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let z = zones.get("zone1").await.unwrap();
+    assert_eq!(z.status.unwrap().ready_servers, 0, "not Ready while the gate is open");
+    set_gate(&servers, "zone1-game-1", "Loaded", true).await;
+    wait_ready(&zones, "zone1").await;
+    // The operator's later writes leave the game's condition alone.
+    let gs = servers.get("zone1-game-1").await.unwrap();
+    let conditions = gs.status.unwrap().conditions;
+    assert!(conditions.iter().any(|c| c.type_ == "Loaded" && c.status == "True"), "{conditions:?}");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn shrinking_a_range_drains_the_server_until_its_players_left() {
+    let ns = common::namespace("lifecycle-drain").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    zones.create(&PostParams::default(), &zone(3, json!({"deletableGates": ["NoPlayers"]}))).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+
+    let shrink =
+        json!({"spec": {"services": [{"type": "game", "id": 1, "endId": 2, "deletableGates": ["NoPlayers"]}]}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(shrink)).await.unwrap();
+    common::wait_for("zone1-game-3 Draining", WAIT, || async {
+        match state(&servers, "zone1-game-3").await? {
+            (Some(ServerState::Draining), m) if m.contains("NotInService") && m.contains("NoPlayers") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let gs = servers.get("zone1-game-3").await.unwrap();
+    assert!(gs.spec.not_in_service().is_some(), "the game sees NotInService on its GameServer");
+    // Players are still there: it stays, and the zone says so.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(servers.get_opt("zone1-game-3").await.unwrap().is_some(), "deleted with players on it");
+    let z = zones.get("zone1").await.unwrap();
+    let msg = z.status.unwrap().conditions.into_iter().find(|c| c.type_ == "ServersReady").unwrap().message;
+    assert!(msg.contains("draining zone1-game-3: waiting for deletable gates NoPlayers"), "{msg}");
+
+    set_gate(&servers, "zone1-game-3", "NoPlayers", true).await;
+    common::wait_for("zone1-game-3 gone once its players left", WAIT, || async {
+        let left = names(&servers, "zone1").await;
+        if left == ["zone1-game-1", "zone1-game-2"] { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .await;
+    wait_ready(&zones, "zone1").await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_drain_timeout_ends_a_drain_and_a_deleted_zone_drains_first() {
+    let ns = common::namespace("lifecycle-timeout").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let gates = json!({"deletableGates": ["NoPlayers"], "drainTimeout": "6s"});
+    zones.create(&PostParams::default(), &zone(2, gates.clone())).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let mut shrink = json!({"type": "game", "id": 1});
+    shrink["deletableGates"] = gates["deletableGates"].clone();
+    shrink["drainTimeout"] = gates["drainTimeout"].clone();
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [shrink]}})))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    common::wait_for("zone1-game-2 gone after its drain timed out", WAIT, || async {
+        let left = names(&servers, "zone1").await;
+        if left == ["zone1-game-1"] { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(5), "went before its drainTimeout: {:?}", started.elapsed());
+
+    // Deleting the zone drains too: the last server stays while it has players.
+    set_gate(&servers, "zone1-game-1", "NoPlayers", false).await;
+    let no_timeout = json!({"spec": {"services": [{"type": "game", "id": 1, "deletableGates": ["NoPlayers"]}]}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(no_timeout)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    zones.delete("zone1", &DeleteParams::default()).await.unwrap();
+    common::wait_for("zone1 Terminating, draining zone1-game-1", WAIT, || async {
+        let z = zones.get("zone1").await.map_err(|e| e.to_string())?;
+        let status = z.status.unwrap_or_default();
+        let ready =
+            status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+        if status.phase == Some(ZonePhase::Terminating) && ready.contains("zone1-game-1: waiting for deletable gates") {
+            Ok(())
+        } else {
+            Err(format!("{:?}: {ready}", status.phase))
+        }
+    })
+    .await;
+    assert_eq!(state(&servers, "zone1-game-1").await.unwrap().0, Some(ServerState::Draining));
+    set_gate(&servers, "zone1-game-1", "NoPlayers", true).await;
+    common::wait_for("zone1 gone", WAIT, || async {
+        match zones.get_opt("zone1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|z| z.map(|z| z.status)))),
+        }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_image_bump_never_has_more_than_max_unavailable_out_and_drains_each_first() {
+    let ns = common::namespace("lifecycle-rolling").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let lifecycle = json!({"deletableGates": ["NoPlayers"], "updateStrategy": {"maxUnavailable": 1}});
+    zones.create(&PostParams::default(), &zone(4, lifecycle.clone())).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    for i in 1..=4 {
+        set_gate(&servers, &format!("zone1-game-{i}"), "NoPlayers", true).await;
+    }
+
+    // Every change of every server, from a watch: how many are out at each moment, and whether
+    // each was drained before its pod moved to the new template.
+    let watch = {
+        let servers = servers.clone();
+        tokio::spawn(async move {
+            let mut out_max = 0usize;
+            let mut drained_before_update = BTreeMap::<String, bool>::new();
+            let mut last = BTreeMap::<String, GameServer>::new();
+            let stream = watcher(servers, watcher::Config::default()).applied_objects();
+            futures::pin_mut!(stream);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            while let Ok(Some(Ok(gs))) = tokio::time::timeout_at(deadline, stream.next()).await {
+                let name = gs.name_any();
+                let image = gs.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+                if image.as_deref() == Some("svc:2") && !drained_before_update.contains_key(&name) {
+                    let was_drained = last.get(&name).is_some_and(|old| {
+                        old.spec.not_in_service().is_some()
+                            || old.status.as_ref().and_then(|s| s.state) == Some(ServerState::Draining)
+                    });
+                    drained_before_update.insert(name.clone(), was_drained);
+                }
+                last.insert(name, gs);
+                let out = last
+                    .values()
+                    .filter(|g| {
+                        g.spec.not_in_service().is_some()
+                            || g.status.as_ref().and_then(|s| s.state) != Some(ServerState::Ready)
+                    })
+                    .count();
+                out_max = out_max.max(out);
+                let done = last.len() == 4
+                    && last.values().all(|g| {
+                        g.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.as_deref()) == Some("svc:2")
+                            && g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
+                            && g.status.as_ref().and_then(|s| s.template_hash.clone())
+                                == Some(gamezone::zone::server_template_hash(&g.spec))
+                    });
+                if done {
+                    break;
+                }
+            }
+            (out_max, drained_before_update)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut bumped = lifecycle.clone();
+    bumped["type"] = json!("game");
+    bumped["id"] = json!(1);
+    bumped["endId"] = json!(4);
+    bumped["image"] = json!("svc:2");
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [bumped]}})))
+        .await
+        .unwrap();
+    let (out_max, drained) = watch.await.unwrap();
+    assert_eq!(drained.len(), 4, "every instance moved to the new image: {drained:?}");
+    assert!(drained.values().all(|d| *d), "an instance was updated before its drain: {drained:?}");
+    assert_eq!(out_max, 1, "more than maxUnavailable out at once");
+    wait_ready(&zones, "zone1").await;
+    ns.cleanup().await;
+}
