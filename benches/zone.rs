@@ -312,7 +312,7 @@ async fn make(client: &Client, side: Side, ns: &str, names: &[String], instances
 }
 
 /// Who makes the objects in a phase.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Side {
     /// The operator, from GameZones.
     Operator,
@@ -355,6 +355,43 @@ fn order(rounds: usize) -> Vec<Side> {
             sides
         })
         .collect()
+}
+
+/// Writes the API server's audit log recorded from byte `from` on, by who made them (the
+/// operator, or the bench's plain client; the control plane's own components are left out) and
+/// by verb and resource.
+fn writes_since(log: &std::path::Path, from: u64) -> std::collections::BTreeMap<(String, String), usize> {
+    use std::io::{BufRead, Seek};
+    let mut counts = std::collections::BTreeMap::new();
+    let Ok(mut file) = std::fs::File::open(log) else { return counts };
+    if file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return counts;
+    }
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let agent = e["userAgent"].as_str().unwrap_or_default();
+        let who = if agent.starts_with("gamezone/") {
+            "operator"
+        } else if ["kube-", "kwok", "coredns"].iter().any(|c| agent.starts_with(c)) {
+            continue;
+        } else {
+            "client"
+        };
+        let o = &e["objectRef"];
+        let resource = match o["subresource"].as_str() {
+            Some(sub) => format!("{}/{sub}", o["resource"].as_str().unwrap_or_default()),
+            None => o["resource"].as_str().unwrap_or_default().to_string(),
+        };
+        let what = format!("{} {resource}", e["verb"].as_str().unwrap_or_default());
+        *counts.entry((who.to_string(), what)).or_default() += 1;
+    }
+    counts
+}
+
+/// Size of the audit log now, after a moment for its last entries to land.
+async fn audit_offset(log: &std::path::Path) -> u64 {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Instances made Ready per second over the phases of `side`.
@@ -440,11 +477,20 @@ async fn main() {
         clear(&client, side, &ns, &names).await;
     }
     let last = sides.len() - 1;
+    let audit = cluster.kubeconfig().with_file_name("audit.log");
+    let mut writes: HashMap<Side, std::collections::BTreeMap<String, usize>> = HashMap::new();
     for (i, side) in sides.into_iter().enumerate() {
         eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
         let (ns, names) = place(side, &i.to_string(), zones);
         let before = cpu_of(&procs);
+        let from = audit_offset(&audit).await;
         let time = make(&client, side, &ns, &names, instances, big).await;
+        let who = if side == Side::Operator { "operator" } else { "client" };
+        for ((by, what), count) in writes_since(&audit, from) {
+            if by == who {
+                *writes.entry(side).or_default().entry(what).or_default() += count;
+            }
+        }
         if side == Side::Operator {
             // At the scale asked about: one phase's zones (and the big one).
             op_rss.get_or_insert_with(|| peak_rss_mib(pid));
@@ -496,4 +542,17 @@ async fn main() {
         println!("  {name:<28} {:>11.1} {:>11.1} {:>11.1}", used[0], used[1], used[2]);
     }
     println!("  {:<28} {:>11.1} {:>11.1} {:>11.1}", "total", totals[0], totals[1], totals[2]);
+    // From the API server's audit log, while each side's zones came up.
+    println!("writes per instance (audit log): {:>11} {:>11} {:>11}", all[0].name(), all[1].name(), all[2].name());
+    let kinds: std::collections::BTreeSet<&String> = writes.values().flat_map(|w| w.keys()).collect();
+    let per = 1.0 / (rounds * n) as f64;
+    let mut sums = [0.0; 3];
+    for what in kinds {
+        let row = all.map(|side| writes.get(&side).and_then(|w| w.get(what)).copied().unwrap_or(0) as f64 * per);
+        for (s, r) in sums.iter_mut().zip(row) {
+            *s += r;
+        }
+        println!("  {what:<30} {:>11.2} {:>11.2} {:>11.2}", row[0], row[1], row[2]);
+    }
+    println!("  {:<30} {:>11.2} {:>11.2} {:>11.2}", "total", sums[0], sums[1], sums[2]);
 }
