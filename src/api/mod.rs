@@ -2,11 +2,13 @@
 
 mod gameserver;
 mod gamezone;
+mod gate_webhook;
 mod lifecycle;
 mod shared;
 
 pub use gameserver::*;
 pub use gamezone::*;
+pub use gate_webhook::*;
 pub use lifecycle::*;
 pub use shared::*;
 
@@ -32,7 +34,7 @@ pub const TEMPLATE_HASH_ANNOTATION: &str = "gamezone.dev/template-hash";
 /// Every CRD of the API, in the order they should be applied.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![GameZone::crd(), GameServer::crd()]
+    vec![GameZone::crd(), GameServer::crd(), WebhookConfiguration::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, as committed in `deploy/crds.yaml`.
