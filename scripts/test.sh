@@ -23,6 +23,9 @@ trap 'tests/controlplane/cp.sh down "$CP_DIR" >/dev/null 2>&1 || true' EXIT
 GAMEZONE_KUBECONFIG=$(tests/controlplane/cp.sh up "$CP_DIR" --nodes 3 --watch-pid $$ | tail -n 1)
 export GAMEZONE_KUBECONFIG
 
+say "the example migrater against MariaDB"
+bash examples/migrater/test.sh
+
 say "cargo test (unit, integration, end to end)"
 cargo test --workspace --locked -- "$@"
 say "all checks passed"
