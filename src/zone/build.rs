@@ -80,6 +80,11 @@ pub fn zone_selector(zone: &str) -> String {
     format!("{ZONE_LABEL}={zone},{MANAGED_BY_LABEL}={MANAGER}")
 }
 
+/// Metadata of a zone's child named `name`, with the zone's labels and owner reference.
+pub(crate) fn child_meta(zone: &GameZone, name: String) -> ObjectMeta {
+    meta(zone, name, zone_labels(&zone.name_any()))
+}
+
 fn meta(zone: &GameZone, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
@@ -140,6 +145,21 @@ pub fn validate(zone: &GameZone) -> Result<()> {
                     longest.len()
                 ),
             ));
+        }
+        if super::needs_sdk(service) {
+            for (j, port) in service.ports.iter().enumerate() {
+                let taken = [port.container_port, port.host_port.filter(|_| port.policy == PortPolicy::Passthrough)];
+                if let Some(n) = taken.into_iter().flatten().find(|n| super::reserved_ports().contains(&(*n as u16))) {
+                    return Err(Error::invalid(
+                        format!("spec.services[{i}].ports[{j}]"),
+                        format!(
+                            "port {n} is the SDK sidecar's ({} gRPC, {} HTTP, on the pod's loopback); listen on another",
+                            super::SDK_GRPC_PORT,
+                            super::SDK_HTTP_PORT
+                        ),
+                    ));
+                }
+            }
         }
         if service.image.is_none() && zone.spec.default_image.is_none() {
             return Err(Error::invalid(
@@ -422,6 +442,17 @@ pub fn server_template(
         env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
     }
+    // The SDK sidecar comes first, so the game can call it from its first moment; only it gets
+    // an API token. Pods of types without it are as before (their template hash unchanged).
+    let (mut service_account, mut automount) = (None, None);
+    if super::needs_sdk(service) {
+        let (sidecar, token) = super::sidecar(&cfg.init_image);
+        init_containers.get_or_insert_with(Vec::new).insert(0, sidecar);
+        volumes.push(token);
+        env_vars.extend(super::game_env());
+        service_account = Some(super::sdk_identity(&zone_name));
+        automount = Some(false);
+    }
 
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
@@ -442,6 +473,8 @@ pub fn server_template(
             node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
             tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
             image_pull_secrets: pull_secrets(zone),
+            service_account_name: service_account,
+            automount_service_account_token: automount,
             ..Default::default()
         }),
     })

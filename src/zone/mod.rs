@@ -3,9 +3,11 @@
 
 mod build;
 mod names;
+mod sdk;
 
 pub use build::*;
 pub use names::*;
+pub use sdk::*;
 
 #[cfg(test)]
 mod tests;

@@ -192,3 +192,50 @@ fn hashes_keep_their_form_so_an_upgrade_rolls_no_pods() {
     // Template hashes are stored on pods: the first 8 bytes of sha256 over the JSON, in hex.
     assert_eq!(hash_of(&serde_json::json!({"a": 1})), "015abd7f5cc57a2d");
 }
+
+#[test]
+fn a_type_with_gates_runs_the_sdk_sidecar_first_and_only_it_gets_a_token() {
+    let mut z = basic();
+    z.spec.services[0].lifecycle.deletable_gates = vec!["NoPlayers".into()];
+    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig { init_image: "op:1".into() }).unwrap();
+    let pod = servers[0].spec.template.spec.as_ref().unwrap();
+    let sidecar = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(sidecar.name, SDK_CONTAINER);
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "a native sidecar");
+    assert_eq!(sidecar.command.as_ref().unwrap(), &["gamezone", "sdk"]);
+    assert_eq!(sidecar.image.as_deref(), Some("op:1"));
+    let sc = sidecar.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_non_root, sc.read_only_root_filesystem), (Some(true), Some(true)));
+    assert_eq!(pod.automount_service_account_token, Some(false), "the game container gets no token");
+    assert_eq!(pod.service_account_name.as_deref(), Some("gamezone-sdk-zone1"));
+    let token_mounts = |c: &k8s_openapi::api::core::v1::Container| {
+        c.volume_mounts.iter().flatten().filter(|m| m.name == "gamezone-sdk-token").count()
+    };
+    assert_eq!(token_mounts(sidecar), 1);
+    assert_eq!(token_mounts(&pod.containers[0]), 0);
+    let env: Vec<(String, Option<String>)> =
+        pod.containers[0].env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+    for name in ["GAMEZONE_SDK_GRPC_PORT", "AGONES_SDK_GRPC_PORT", "CARRIER_SDK_GRPC_PORT"] {
+        assert!(env.contains(&(name.into(), Some("9357".into()))), "{name}: {env:?}");
+    }
+    assert!(env.contains(&("AGONES_SDK_HTTP_PORT".into(), Some("9358".into()))));
+    // The db type has no gates: no sidecar, and its pods stay as they were.
+    let db = servers[3].spec.template.spec.as_ref().unwrap();
+    assert!(db.init_containers.iter().flatten().all(|c| c.name != SDK_CONTAINER));
+    assert_eq!(db.service_account_name, None);
+
+    let (sa, role, binding) = identity(&z);
+    assert_eq!(sa.metadata.name.as_deref(), Some("gamezone-sdk-zone1"));
+    assert_eq!(binding.subjects.unwrap()[0].name, "gamezone-sdk-zone1");
+    let verbs: Vec<_> = role.rules.unwrap().into_iter().flat_map(|r| r.verbs).collect();
+    assert!(!verbs.iter().any(|v| v == "delete" || v == "create"), "{verbs:?}");
+}
+
+#[test]
+fn a_game_port_on_the_sdk_s_port_is_refused_by_field() {
+    let mut z = basic();
+    z.spec.services[0].lifecycle.readiness_gates = vec!["Loaded".into()];
+    z.spec.services[0].ports[0].container_port = Some(9358);
+    let err = validate(&z).unwrap_err().to_string();
+    assert!(err.starts_with("spec.services[0].ports[0]: port 9358 is the SDK sidecar's"), "{err}");
+}

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
@@ -139,6 +140,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     }
 
     let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
+    steps::apply_sdk_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
     let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name());
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
@@ -219,6 +221,11 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     Api::<Job>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     Api::<ConfigMap>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    if zone.spec.services.iter().any(build::needs_sdk) {
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+        Api::<Role>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+        Api::<RoleBinding>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    }
     // Services have no delete-collection endpoint.
     let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
     for s in svc.list(&lp).await?.items {
@@ -265,6 +272,10 @@ fn forget(zone: &GameZone, ctx: &Context) {
         ctx.writer.forget_child(&svc);
     }
     ctx.writer.forget_child(&build::topology(zone, &BTreeMap::new()));
+    let (sa, role, binding) = build::identity(zone);
+    ctx.writer.forget_child(&sa);
+    ctx.writer.forget_child(&role);
+    ctx.writer.forget_child(&binding);
     ctx.writer.forget_zone(zone);
     if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
         for gs in &servers {

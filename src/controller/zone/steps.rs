@@ -288,6 +288,18 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
     Ok(())
 }
 
+/// The SDK sidecar's identity (ServiceAccount, Role, RoleBinding), before any pod that runs the
+/// sidecar, when a service type of the zone uses it. Owned by the zone: they go with it.
+pub async fn apply_sdk_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
+    if !zone.spec.services.iter().any(build::needs_sdk) {
+        return Ok(());
+    }
+    let (sa, role, binding) = build::identity(zone);
+    ctx.writer.apply_child(&sa, TOPOLOGY_REFRESH).await?;
+    ctx.writer.apply_child(&role, TOPOLOGY_REFRESH).await?;
+    ctx.writer.apply_child(&binding, TOPOLOGY_REFRESH).await
+}
+
 /// Deletion in the background: the garbage collector removes dependents.
 pub fn background() -> DeleteParams {
     DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }
