@@ -1,7 +1,7 @@
 //! The GameServer resource: one per service instance of a zone, owned by its GameZone.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,52 @@ pub struct GameServerSpec {
     /// The pod to run; allocated ports are added to it by the server controller.
     #[schemars(schema_with = "preserve_unknown_fields")]
     pub template: PodTemplateSpec,
+    /// How the SDK sidecar judges the process's health pings; Agones' defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Health checking of a server's process by its SDK sidecar, as in Agones: after
+/// `initialDelaySeconds`, a period of `periodSeconds` without a ping is a failure, and
+/// `failureThreshold` failures in a row make the server Unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Do not check health: the server never becomes Unhealthy for missed pings.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Seconds between checks; a check without a ping since the previous one fails. Default 5.
+    #[serde(default = "Health::default_period")]
+    pub period_seconds: i32,
+    /// Failed checks in a row that make the server Unhealthy. Default 3.
+    #[serde(default = "Health::default_failure_threshold")]
+    pub failure_threshold: i32,
+    /// Seconds after the sidecar starts before the first check. Default 5.
+    #[serde(default = "Health::default_initial_delay")]
+    pub initial_delay_seconds: i32,
+}
+
+impl Health {
+    fn default_period() -> i32 {
+        5
+    }
+    fn default_failure_threshold() -> i32 {
+        3
+    }
+    fn default_initial_delay() -> i32 {
+        5
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            disabled: false,
+            period_seconds: Self::default_period(),
+            failure_threshold: Self::default_failure_threshold(),
+            initial_delay_seconds: Self::default_initial_delay(),
+        }
+    }
 }
 
 /// Pod templates are validated by the API server when the Pod is created; storing them
@@ -83,9 +129,57 @@ pub struct GameServerStatus {
     /// Name of the current pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    /// Conditions: Ready, PortsAllocated, and gate conditions.
+    /// Conditions: Ready, PortsAllocated, and gate conditions; those the process set through
+    /// the SDK (Carrier's SetCondition) have reason `SetCondition`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the process asked for through its SDK sidecar, and its health. Written only by the
+    /// sidecar (field manager `gamezone-sdk`); the server controller reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<SdkStatus>,
+}
+
+/// What a server's process asked for through the SDK, and how its health pings go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SdkStatus {
+    /// The state the process asked for last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SdkState>,
+    /// When `state` is Reserved: until when (RFC 3339); absent means until changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_until: Option<Time>,
+    /// When the process asked for `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<Time>,
+    /// Health judged from the process's pings; absent until the first ping or missed check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SdkHealth>,
+    /// When `health` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_time: Option<Time>,
+}
+
+/// A state a process asks for through the SDK (Agones' names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SdkState {
+    /// Ready: the process can take players (Agones `Ready()`).
+    RequestReady,
+    /// The process took a match by itself (Agones `Allocate()`).
+    Allocated,
+    /// Keep the server out of allocation and scale-down until `reservedUntil` (Agones `Reserve()`).
+    Reserved,
+    /// The process is done; the pod may go (Agones `Shutdown()`).
+    Shutdown,
+}
+
+/// Health of a process as its pings show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SdkHealth {
+    /// Pings arrive within the period.
+    Healthy,
+    /// `failureThreshold` checks in a row saw no ping; final, as in Agones.
+    Unhealthy,
 }
 
 /// Life of a service instance.

@@ -465,6 +465,7 @@ pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Resu
                     id: instance.id,
                     ports: instance.service_type.ports.clone(),
                     template,
+                    health: None,
                 },
             );
             gs.metadata = meta(zone, instance.name.clone(), labels);
