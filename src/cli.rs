@@ -261,7 +261,8 @@ async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
         let agent = format!("gamezone-sdk/{} ({}/{name})", env!("CARGO_PKG_VERSION"), args.namespace);
         config.headers.push((
             http::header::USER_AGENT,
-            http::HeaderValue::from_str(&agent).with_context(|| format!("--server {name:?} is not valid in a header"))?,
+            http::HeaderValue::from_str(&agent)
+                .with_context(|| format!("--server {name:?} is not valid in a header"))?,
         ));
         crate::sdk::Mode::Cluster { client: kube::Client::try_from(config)?, namespace: args.namespace, name }
     };

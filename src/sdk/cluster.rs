@@ -55,19 +55,17 @@ impl Backend for Kube {
 /// Watches the one GameServer (by name: the sidecar may read no other) and writes what the
 /// process asks for, until the watch ends.
 pub async fn run(sdk: Arc<Sdk>, backend: Kube) -> anyhow::Result<()> {
-    let watch = watcher(
-        backend.api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={}", backend.name)),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|event| {
-        match event {
-            Ok(gs) => sdk.observe(gs),
-            Err(e) => tracing::warn!(error = %e, "GameServer watch failed; retrying"),
-        }
-        futures::future::ready(())
-    });
+    let watch =
+        watcher(backend.api.clone(), watcher::Config::default().fields(&format!("metadata.name={}", backend.name)))
+            .default_backoff()
+            .applied_objects()
+            .for_each(|event| {
+                match event {
+                    Ok(gs) => sdk.observe(gs),
+                    Err(e) => tracing::warn!(error = %e, "GameServer watch failed; retrying"),
+                }
+                futures::future::ready(())
+            });
     tokio::select! {
         () = watch => {}
         () = sdk.clone().write_loop(backend, WRITE_EVERY) => {}

@@ -55,7 +55,7 @@ impl Tracker {
 
     /// When the first check is due.
     pub fn first_check(&self) -> Instant {
-        self.last_ping.max(Instant::now()) + self.timing.period
+        self.last_ping + self.timing.period
     }
 
     /// A ping at `now`. Returns the new health when this ping changed it (the first ping

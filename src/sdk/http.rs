@@ -46,7 +46,9 @@ fn key_value(call: &str, bytes: &Bytes) -> Result<(String, String), Response> {
     };
     let key = text("key")?;
     if key.is_empty() {
-        return Err(bad_request(format!("{call}: the body needs a \"key\", e.g. {{\"key\": \"mode\", \"value\": \"ctf\"}}")));
+        return Err(bad_request(format!(
+            "{call}: the body needs a \"key\", e.g. {{\"key\": \"mode\", \"value\": \"ctf\"}}"
+        )));
     }
     Ok((key, text("value")?))
 }

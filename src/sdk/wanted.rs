@@ -81,8 +81,15 @@ impl Wanted {
         let mut patch = serde_json::Map::new();
         let wanted_sdk = (self.sdk != SdkStatus::default()).then_some(&self.sdk);
         if wanted_sdk.is_some() && status.and_then(|s| s.sdk.as_ref()) != wanted_sdk {
-            // Whole: a merge patch would leave a stale reservedUntil behind.
-            patch.insert("sdk".into(), serde_json::to_value(&self.sdk).expect("SdkStatus serializes"));
+            // Every field, absent ones as null: a merge patch would leave a stale one behind.
+            let mut sdk =
+                json!({"state": null, "reservedUntil": null, "stateTime": null, "health": null, "healthTime": null});
+            if let Value::Object(set) = serde_json::to_value(&self.sdk).expect("SdkStatus serializes") {
+                for (k, v) in set {
+                    sdk[k] = v;
+                }
+            }
+            patch.insert("sdk".into(), sdk);
         }
         let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
         if let Some(merged) = self.merged_conditions(conditions, now) {
@@ -209,9 +216,15 @@ mod tests {
         let p = w.patches(&server(), &now());
         assert_eq!(
             p.metadata,
-            Some(json!({"labels": {"gamezone.dev/sdk-players": "99"}, "annotations": {"gamezone.dev/sdk-map": "de_dust"}}))
+            Some(
+                json!({"labels": {"gamezone.dev/sdk-players": "99"}, "annotations": {"gamezone.dev/sdk-map": "de_dust"}})
+            )
         );
-        assert_eq!(p.status, Some(json!({"sdk": {"state": "RequestReady", "stateTime": "2023-11-14T22:13:20Z"}})));
+        assert_eq!(
+            p.status,
+            Some(json!({"sdk": {"state": "RequestReady", "stateTime": "2023-11-14T22:13:20Z",
+                                "reservedUntil": null, "health": null, "healthTime": null}}))
+        );
         let after = applied(&server(), &p);
         assert_eq!(after.metadata.labels.as_ref().unwrap()["gamezone.dev/zone"], "z1", "other labels stay");
         assert!(w.patches(&after, &now()).is_empty());

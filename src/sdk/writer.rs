@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
@@ -38,12 +38,8 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self) -> impl Future<Output = Result<GameServer>> + Send;
     /// Applies `body` (a merge patch of `part`) if the object is still at `resource_version`;
     /// [`Error::Conflict`] otherwise. Returns the object as written.
-    fn patch(
-        &self,
-        resource_version: &str,
-        part: Part,
-        body: Value,
-    ) -> impl Future<Output = Result<GameServer>> + Send;
+    fn patch(&self, resource_version: &str, part: Part, body: Value)
+    -> impl Future<Output = Result<GameServer>> + Send;
 }
 
 /// One sidecar's shared state: what was asked, what the object shows, the health of pings.
@@ -60,7 +56,7 @@ impl Sdk {
         let timing = Timing::of(server.spec.health.as_ref());
         Arc::new(Sdk {
             wanted: Mutex::new(Wanted::default()),
-            health: Mutex::new(timing.map(|t| Tracker::new(t, Instant::now()))),
+            health: Mutex::new(timing.map(|t| Tracker::new(t, tokio::time::Instant::now().into_std()))),
             observed: watch::Sender::new(Arc::new(server)),
             wake: Notify::new(),
         })
@@ -82,7 +78,11 @@ impl Sdk {
         self.observed.send_if_modified(|current| {
             let version = |gs: &GameServer| gs.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
             let older = matches!((version(&server), version(current)), (Some(new), Some(old)) if new < old);
-            if older || (current.metadata == server.metadata && current.spec == server.spec && current.status == server.status) {
+            if older
+                || (current.metadata == server.metadata
+                    && current.spec == server.spec
+                    && current.status == server.status)
+            {
                 return false;
             }
             *current = Arc::new(server);
@@ -120,7 +120,7 @@ impl Sdk {
     pub fn reserve(self: &Arc<Self>, seconds: i64) {
         let until = (seconds > 0).then(|| {
             let at = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
-            Time(at)
+            Time(whole_seconds(at))
         });
         self.change(|w| w.request(SdkState::Reserved, until.clone(), now()));
         if let Some(until) = until {
@@ -170,7 +170,7 @@ impl Sdk {
     /// write for another reason; only a check that finds the process Unhealthy writes.
     pub fn ping(&self) {
         let mut health = self.health.lock().expect("health lock");
-        if let Some(h) = health.as_mut().and_then(|t| t.ping(Instant::now())) {
+        if let Some(h) = health.as_mut().and_then(|t| t.ping(tokio::time::Instant::now().into_std())) {
             self.wanted.lock().expect("wanted lock").health(h, now());
         }
     }
@@ -185,7 +185,8 @@ impl Sdk {
         let mut ticks = tokio::time::interval_at(first.into(), period);
         loop {
             ticks.tick().await;
-            let changed = self.health.lock().expect("health lock").as_mut().and_then(|t| t.check(Instant::now()));
+            let at = tokio::time::Instant::now().into_std();
+            let changed = self.health.lock().expect("health lock").as_mut().and_then(|t| t.check(at));
             if let Some(h) = changed {
                 tracing::warn!(health = ?h, "health pings missed");
                 self.change(|w| w.health(h, now()));
@@ -197,21 +198,32 @@ impl Sdk {
     /// change of the object, at most once per `every`.
     pub async fn write_loop<B: Backend>(self: Arc<Self>, backend: B, every: Duration) {
         let mut changes = self.subscribe();
-        let mut last: Option<Instant> = None;
+        // Tokio's clock, which tests can pause.
+        let mut last: Option<tokio::time::Instant> = None;
+        // What was still missing right after a write that succeeded: the object does not keep
+        // it (a webhook, another writer), so only a new call tries again.
+        let mut refused = None;
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                r = changes.changed() => if r.is_err() { return },
-            }
-            if self.pending().is_empty() {
+            let called = tokio::select! {
+                () = self.wake.notified() => true,
+                r = changes.changed() => if r.is_err() { return } else { false },
+            };
+            let pending = self.pending();
+            if pending.is_empty() || (!called && refused.as_ref() == Some(&pending)) {
                 continue;
             }
             if let Some(at) = last {
                 // Calls arriving meanwhile join this write.
-                tokio::time::sleep_until((at + every).into()).await;
+                tokio::time::sleep_until(at + every).await;
             }
-            last = Some(Instant::now());
-            if let Err(e) = self.write_once(&backend).await {
+            last = Some(tokio::time::Instant::now());
+            let result = self.write_once(&backend).await;
+            let after = self.pending();
+            refused = (result.is_ok() && !after.is_empty()).then(|| {
+                tracing::warn!(missing = ?after, "the GameServer does not show what was written; trying again on the next call");
+                after
+            });
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "writing the GameServer failed; retrying");
                 let sdk = self.clone();
                 tokio::spawn(async move {
@@ -267,8 +279,14 @@ impl Sdk {
     }
 }
 
+/// Now, in whole seconds: the API server keeps times to the second, and a wanted time finer
+/// than that would never match what the object shows.
 fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    Time(whole_seconds(k8s_openapi::jiff::Timestamp::now()))
+}
+
+fn whole_seconds(t: k8s_openapi::jiff::Timestamp) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(t.as_second()).expect("a time in range")
 }
 
 /// A GameServer in memory, as an API server would keep it: merge patches, resourceVersion
@@ -344,7 +362,7 @@ mod tests {
     fn memory() -> (Arc<Sdk>, Arc<Memory>) {
         let gs = GameServer::new("local", GameServerSpec::default());
         let mem = Arc::new(Memory::new(&gs));
-        let sdk = Sdk::new(futures::executor::block_on(mem.get()).unwrap());
+        let sdk = Sdk::new(mem.current().unwrap());
         (sdk, mem)
     }
 
