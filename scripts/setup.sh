@@ -9,9 +9,11 @@ export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
 mkdir -p "$GAMEZONE_CACHE"
 
-# Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches.
+# Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
+# protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
 need=()
-for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone; do
+for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone \
+  protoc:protobuf-compiler node:nodejs npm:npm curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)

@@ -34,6 +34,33 @@ enum Command {
     Crd,
     /// Print, offline, every object a GameZone file would create.
     Render(RenderArgs),
+    /// Run the SDK sidecar of a game server pod (Agones and Carrier clients work unchanged).
+    Sdk(SdkArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SdkArgs {
+    /// gRPC port, on loopback.
+    #[arg(long, default_value_t = crate::sdk::GRPC_PORT, env = "GAMEZONE_SDK_GRPC_PORT")]
+    grpc_port: u16,
+    /// REST port, on loopback.
+    #[arg(long, default_value_t = crate::sdk::HTTP_PORT, env = "GAMEZONE_SDK_HTTP_PORT")]
+    http_port: u16,
+    /// Serve without a cluster: the GameServer lives in memory (from --file), every call is logged.
+    #[arg(long)]
+    local: bool,
+    /// With --local: a GameServer YAML or JSON file, watched for edits; a default server when absent.
+    #[arg(short = 'f', long, requires = "local")]
+    file: Option<PathBuf>,
+    /// Kubeconfig to use outside a cluster; in-cluster config when empty.
+    #[arg(long, conflicts_with = "local")]
+    kubeconfig: Option<PathBuf>,
+    /// The GameServer this sidecar serves (the pod's server, from the downward API).
+    #[arg(long, env = "GAMEZONE_SERVER", required_unless_present = "local")]
+    server: Option<String>,
+    /// Its namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +184,7 @@ impl Cli {
                 Ok(())
             }
             Command::Run(args) => run(*args).await,
+            Command::Sdk(args) => sdk(args).await,
         }
     }
 }
@@ -222,6 +250,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
+    let mode = if args.local {
+        crate::sdk::Mode::Local { file: args.file }
+    } else {
+        let name = args.server.context("--server (GAMEZONE_SERVER) names the GameServer to serve")?;
+        let mut config = kube_config(args.kubeconfig.as_deref()).await?;
+        let agent = format!("gamezone-sdk/{} ({}/{name})", env!("CARGO_PKG_VERSION"), args.namespace);
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_str(&agent)
+                .with_context(|| format!("--server {name:?} is not valid in a header"))?,
+        ));
+        crate::sdk::Mode::Cluster { client: kube::Client::try_from(config)?, namespace: args.namespace, name }
+    };
+    crate::sdk::run(crate::sdk::Config { mode, grpc_port: args.grpc_port, http_port: args.http_port }).await
+}
+
+/// The client config from `--kubeconfig`, else in-cluster config or $KUBECONFIG.
+async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match path {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
+    })
 }
 
 /// `--revisions`: a JSON list of revision strings, or `gamezone-init resolve`'s output.

@@ -11,6 +11,7 @@ mod error;
 pub use error::{Error, Result};
 pub mod controller;
 pub mod ports;
+pub mod sdk;
 pub mod telemetry;
 pub mod webhook;
 pub mod zone;

@@ -1,7 +1,7 @@
 //! The GameServer resource: one per service instance of a zone, owned by its GameZone.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -98,10 +98,58 @@ pub struct GameServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// Conditions: Ready, PortsAllocated (the operator's), and gate conditions (the game's, set
-    /// through the SDK or webhooks). Each entry is owned by whoever set it.
+    /// through the SDK, with reason `SetCondition`, or by webhooks). Each entry is owned by whoever
+    /// set it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// What the process asked for through its SDK sidecar, and its health. Written only by the
+    /// sidecar (field manager `gamezone-sdk`); the server controller reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<SdkStatus>,
+}
+
+/// What a server's process asked for through the SDK, and how its health pings go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SdkStatus {
+    /// The state the process asked for last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SdkState>,
+    /// When `state` is Reserved: until when (RFC 3339); absent means until changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_until: Option<Time>,
+    /// When the process asked for `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<Time>,
+    /// Health judged from the process's pings; absent until the first ping or missed check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SdkHealth>,
+    /// When `health` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_time: Option<Time>,
+}
+
+/// A state a process asks for through the SDK (Agones' names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SdkState {
+    /// Ready: the process can take players (Agones `Ready()`).
+    RequestReady,
+    /// The process took a match by itself (Agones `Allocate()`).
+    Allocated,
+    /// Keep the server out of allocation and scale-down until `reservedUntil` (Agones `Reserve()`).
+    Reserved,
+    /// The process is done; the pod may go (Agones `Shutdown()`).
+    Shutdown,
+}
+
+/// Health of a process as its pings show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SdkHealth {
+    /// Pings arrive within the period.
+    Healthy,
+    /// `failureThreshold` checks in a row saw no ping; final, as in Agones.
+    Unhealthy,
 }
 
 /// Life of a service instance.

@@ -1,0 +1,176 @@
+//! `gamezone sdk` against the local control plane, run on the host with a kubeconfig and
+//! driven by Agones' Rust client: what it writes lands on its GameServer with the prefix and
+//! its own field manager, and the API server's audit log shows how few writes it makes.
+
+mod common;
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use gamezone::api::*;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{WAIT, install_crds};
+
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The SDK's writes to `ns` since `since`, from the audit log.
+fn sdk_writes(ns: &common::TestNs, since: SystemTime) -> Vec<common::audit::Write> {
+    common::audit::writes_by(ns.kubeconfig(), &ns.name, "gamezone-sdk/")
+        .into_iter()
+        .filter(|w| w.received_since(since))
+        .collect()
+}
+
+#[tokio::test]
+async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
+    let ns = common::namespace("sdk").await;
+    install_crds(&ns.client).await;
+    let api = ns.api::<GameServer>();
+    let name = "z1-game-1";
+    let mut gs =
+        GameServer::new(name, GameServerSpec { zone: "z1".into(), type_: "game".into(), id: 1, ..Default::default() });
+    gs.metadata.labels = Some([(ZONE_LABEL.to_string(), "z1".to_string())].into());
+    // Quick health timing so the test sees a miss within seconds.
+    gs.spec.lifecycle.health =
+        Some(Health { disabled: false, period_seconds: 1, failure_threshold: 2, initial_delay_seconds: 0 });
+    api.create(&PostParams::default(), &gs).await.unwrap();
+    // What the server controller would have written.
+    let status = json!({"status": {"state": "Ready", "address": "10.244.0.9", "nodeAddress": "10.0.0.3",
+                                    "ports": [{"name": "game", "port": 7100, "containerPort": 7777, "protocol": "UDP"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+
+    let grpc = free_port();
+    let _sidecar = Sidecar(
+        Command::new(env!("CARGO_BIN_EXE_gamezone"))
+            .arg("sdk")
+            .arg("--kubeconfig")
+            .arg(ns.kubeconfig())
+            .args(["--server", name, "--namespace", &ns.name])
+            .args(["--grpc-port", &grpc.to_string(), "--http-port", &free_port().to_string()])
+            .env("GAMEZONE_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut sdk = agones::Sdk::new(Some(grpc), None).await.expect("the client connects");
+    let pinging = Arc::new(AtomicBool::new(true));
+    let health = sdk.health_check();
+    let pings = pinging.clone();
+    tokio::spawn(async move {
+        while pings.load(Ordering::SeqCst) {
+            let _ = health.send(()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let seen = sdk.get_gameserver().await.unwrap();
+    let status = seen.status.unwrap();
+    assert_eq!((status.state.as_str(), status.address.as_str(), status.ports[0].port), ("Scheduled", "10.0.0.3", 7100));
+
+    // SetLabel and Ready land on the object, prefixed, under the sidecar's field manager.
+    sdk.set_label("mode", "ctf").await.unwrap();
+    sdk.ready().await.unwrap();
+    let live = common::wait_for("the label and status.sdk", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let labelled = gs.metadata.labels.as_ref().and_then(|l| l.get("gamezone.dev/sdk-mode")).map(String::as_str);
+        let state = gs.status.as_ref().and_then(|s| s.sdk.as_ref()).and_then(|s| s.state);
+        if labelled == Some("ctf") && state == Some(SdkState::RequestReady) {
+            Ok(gs)
+        } else {
+            Err(format!("{labelled:?} {state:?}"))
+        }
+    })
+    .await;
+    assert_eq!(live.metadata.labels.as_ref().unwrap()[ZONE_LABEL], "z1", "other labels stay");
+    assert_eq!(live.status.as_ref().unwrap().state, Some(ServerState::Ready), "the controller's status stays");
+    let managers: Vec<_> = live
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("gamezone-sdk"))
+        .map(|m| {
+            (
+                m.subresource.clone().unwrap_or_default(),
+                m.fields_v1.as_ref().map(|f| f.0.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.iter().any(|(sub, f)| sub.is_empty() && f.contains("gamezone.dev/sdk-mode") && !f.contains("zone\"")),
+        "{managers:?}"
+    );
+    assert!(
+        managers.iter().any(|(sub, f)| sub == "status" && f.contains("f:sdk") && !f.contains("f:ports")),
+        "{managers:?}"
+    );
+    assert_eq!(sdk.get_gameserver().await.unwrap().status.unwrap().state, "Ready");
+
+    // 100 rapid SetLabel calls: a few writes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burst = SystemTime::now();
+    for i in 0..100 {
+        sdk.set_label("round", i.to_string()).await.unwrap();
+    }
+    common::wait_for("the last round's label", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let round = gs.metadata.labels.unwrap_or_default().get("gamezone.dev/sdk-round").cloned();
+        if round.as_deref() == Some("99") { Ok(()) } else { Err(format!("{round:?}")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = sdk_writes(&ns, burst);
+    let described: Vec<_> = writes.iter().map(|w| w.describe()).collect();
+    assert!((1..=4).contains(&writes.len()), "100 SetLabel calls made {} writes: {described:#?}", writes.len());
+    assert!(writes.iter().all(|w| w.verb == "patch" && w.object_ref.name == name), "{described:#?}");
+
+    // Health pings while healthy: no writes.
+    let healthy = SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = sdk_writes(&ns, healthy);
+    assert!(
+        writes.is_empty(),
+        "pings while healthy wrote: {:#?}",
+        writes.iter().map(|w| w.describe()).collect::<Vec<_>>()
+    );
+
+    // Pings stop: Unhealthy is written once.
+    let missed = SystemTime::now();
+    pinging.store(false, Ordering::SeqCst);
+    common::wait_for("status.sdk.health Unhealthy", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let health = gs.status.and_then(|s| s.sdk).and_then(|s| s.health);
+        if health == Some(SdkHealth::Unhealthy) { Ok(()) } else { Err(format!("{health:?}")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = sdk_writes(&ns, missed);
+    assert_eq!(writes.len(), 1, "{:#?}", writes.iter().map(|w| w.describe()).collect::<Vec<_>>());
+    assert_eq!(writes[0].object_ref.subresource, "status");
+    assert_eq!(sdk.get_gameserver().await.unwrap().status.unwrap().state, "Unhealthy");
+
+    sdk.shutdown().await.unwrap();
+    common::wait_for("status.sdk.state Shutdown", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let state = gs.status.and_then(|s| s.sdk).and_then(|s| s.state);
+        if state == Some(SdkState::Shutdown) { Ok(()) } else { Err(format!("{state:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
