@@ -5,7 +5,8 @@
 //! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
 //! --real-nodes 1`), started by this binary and stopped when it exits, unless
 //! `GAMEZONE_REAL_KUBECONFIG` names the kubeconfig of one already running. The images come from
-//! `scripts/images.sh` (release binaries, cached by content). Tests run one at a time. Root only.
+//! `scripts/images.sh` (release binaries, cached by content), imported first unless
+//! `GAMEZONE_IMAGES_IMPORTED` is set. Tests run one at a time. Root only.
 //!
 //! ```sh
 //! cargo test --test e2e -- --test-threads 1
