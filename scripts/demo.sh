@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GameZone demo: a real local control plane (Kubernetes from its Go modules, KWOK nodes),
-# the operator, a git server with the zone's config artifacts, and seed 003's zone, provisioned
-# end to end. Ends by printing the zone's status. Installs what it needs first.
+# The GameZone demo: a real local control plane (Kubernetes from its Go modules, KWOK nodes and
+# one real node with kubelet and containerd), the operator, a git server with the zone's config
+# artifacts, and seed 003's zone, provisioned end to end: its servers run the example game server
+# for real on the real node. Ends by asking a game server who it is (its answer carries a value
+# from the layered config), then prints the zone's status. Installs what it needs first.
 #
 #   scripts/demo.sh          run the demo (leaves the cluster and operator running)
 #   scripts/demo.sh down     stop everything the demo started
@@ -25,16 +27,22 @@ if [ "${1:-}" = down ]; then down; echo "demo stopped"; exit 0; fi
 
 say "setting up (first run builds Kubernetes and the operator; later runs take seconds)"
 bash scripts/setup.sh
-cargo build --locked -p gamezone -p gamezone-init
-BIN=$CARGO_TARGET_DIR/debug
 down
 mkdir -p "$DEMO"
 
-say "starting the local control plane with 3 simulated nodes"
-KUBECONFIG=$(tests/controlplane/cp.sh up "$DEMO/cp" --nodes 3 | tail -n 1)
+say "starting the local control plane with 3 simulated nodes and 1 real node"
+KUBECONFIG=$(tests/controlplane/cp.sh up "$DEMO/cp" --nodes 3 --real-nodes 1 | tail -n 1)
 export KUBECONFIG
 kubectl() { tests/controlplane/cp.sh kubectl "$DEMO/cp" "$@"; }
 kubectl get nodes
+# Pods reach the host's loopback services at this address (the node's network DNATs it).
+HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$DEMO/cp/real-nodes.env")
+
+say "building the images (release binaries, cached by content) into the real node's containerd"
+scripts/images.sh import "$DEMO/cp"
+BIN=$CARGO_TARGET_DIR/release
+IMAGE=$(scripts/images.sh names | sed -n 2p)
+MIGRATER=$(scripts/images.sh names | sed -n 3p)
 
 say "serving the zone's config artifacts from a git repository (git daemon on loopback)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -43,12 +51,14 @@ mkdir -p "$DEMO/git" && git init -q --bare "$DEMO/git/config.git"
 git -C "$DEMO/git/config.git" config uploadpack.allowReachableSHA1InWant true
 work="$DEMO/git-work"; git init -q -b main "$work"
 mkdir -p "$work/config" "$work/docs"
-printf 'zone: 101\nmax_players: 5000\nmotd: "welcome to zone 101"\n' > "$work/config/server.yaml"
+printf '{"zone": 101, "maxPlayers": 5000, "motd": "welcome to zone 101"}\n' > "$work/config/server.json"
 printf '{"drop_rate": 1.5}\n' > "$work/config/events.json"
 echo "not layered: outside subPath" > "$work/docs/README"
 git -C "$work" add -A && git -C "$work" -c user.name=demo -c user.email=demo@example.com commit -qm "zone 101 config"
 git -C "$work" push -q "$DEMO/git/config.git" main
-git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 --port="$GIT_PORT" \
+# On loopback for the pods (through the DNAT) and on the host's veth address for the operator,
+# so both use one URL.
+git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 --listen="$HOST" --port="$GIT_PORT" \
   --detach --pid-file="$DEMO/git-daemon.pid" "$DEMO/git"
 
 say "installing the CRDs and starting the operator"
@@ -57,11 +67,14 @@ kubectl get crd gamezones.gamezone.dev gameservers.gamezone.dev
 kubectl create namespace "$NS" >/dev/null
 HTTP_PORT=$(free_port)
 "$BIN/gamezone" run --kubeconfig "$KUBECONFIG" --http-addr "127.0.0.1:$HTTP_PORT" --log-format json \
-  >"$DEMO/operator.log" 2>&1 &
+  --init-image "$(scripts/images.sh names | sed -n 1p)" >"$DEMO/operator.log" 2>&1 &
 echo $! > "$DEMO/operator.pid"
 
-say "applying seed 003's zone (passwords as Secrets, artifacts from the git server)"
+say "applying seed 003's zone (passwords as Secrets, artifacts from the git server, servers on the real node)"
 kubectl -n "$NS" create secret generic zone1-mysql --from-literal=password=password1 >/dev/null
+# The real node is tainted: only pods that tolerate it and ask for it land there.
+REAL='nodeSelector: {gamezone.dev/node-kind: real}
+      tolerations: [{key: gamezone.dev/node-kind, operator: Equal, value: real, effect: NoSchedule}]'
 cat > "$DEMO/zone1.yaml" <<YAML
 apiVersion: gamezone.dev/v1alpha1
 kind: GameZone
@@ -70,27 +83,36 @@ metadata:
   namespace: $NS
 spec:
   zoneId: 101
-  defaultImage: registry.example.com/project1/service:0.1.0
+  defaultImage: $IMAGE
+  # Runs on a simulated node: spec.migration has no nodeSelector or tolerations yet.
   migration:
-    image: registry.example.com/project1/dbmigrater:0.1.0
+    image: $MIGRATER
   services:
     - type: game
       id: 1
-      image: registry.example.com/project1/service:0.2.0
-      ports: [{name: client, containerPort: 7777}]
+      image: $IMAGE
+      ports: [{name: client, containerPort: 7777, policy: Dynamic, protocol: TCPUDP}]
+      # The tree's root is /app/artifacts/config, the only layer's path.
+      env: [{name: GAMEZONE_CONFIG, value: server.json}]
+      $REAL
     - type: db
       id: 1
+      ports: [{name: rpc, containerPort: 7101}]
+      $REAL
     - type: gateway
       id: 1
       endId: 2
-      ports: [{name: client, containerPort: 8000}]
+      ports: [{name: client, containerPort: 8000, policy: Dynamic}]
       expose:
         perType:
           type: LoadBalancer
           annotations: {metallb.universe.tf/address-pool: game}
           hostname: "gateway.$NS.rke2.example.com"
+      $REAL
     - type: auth
       id: 2
+      ports: [{name: http, containerPort: 8080}]
+      $REAL
   redis: {host: redis, port: 6379}
   mysql:
     host: 192.168.1.100
@@ -101,7 +123,7 @@ spec:
   artifacts:
     - path: /app/artifacts/config
       subPath: config
-      git: {url: "git://127.0.0.1:$GIT_PORT/config.git", branch: main}
+      git: {url: "git://$HOST:$GIT_PORT/config.git", branch: main}
 YAML
 kubectl apply -f "$DEMO/zone1.yaml"
 
@@ -116,6 +138,25 @@ GAMEZONE_LAYERS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_LAYERS=//p') \
 GAMEZONE_REVISIONS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_REVISIONS=//p') \
   "$BIN/gamezone-init" apply --root "$DEMO/artifacts" 2>&1 | tail -n 2 || true
 (cd "$DEMO/artifacts/current" 2>/dev/null && find . -type f | sort) || true
+
+say "a client on this machine asks zone1-game-1 who it is, at the node address and port its status names"
+ADDR=$(kubectl -n "$NS" get gs zone1-game-1 -o jsonpath='{.status.nodeAddress}')
+PORT=$(kubectl -n "$NS" get gs zone1-game-1 -o jsonpath='{.status.ports[0].port}')
+echo "hello -> $ADDR:$PORT (TCP)"
+if ANSWER=$(python3 - "$ADDR" "$PORT" <<'PY'
+import json, socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(b"hello\n")
+    line = s.makefile().readline()
+json.loads(line)
+print(line.strip())
+PY
+); then
+  echo "$ANSWER"
+  python3 -c 'import json,sys; c=json.loads(sys.argv[1])["config"]; print("motd from the layered config (%s): %s" % (c["path"], c["value"]["motd"] if "value" in c else c))' "$ANSWER"
+else
+  echo "zone1-game-1 did not answer at $ADDR:$PORT" >&2
+fi
 
 say "kubectl get gz,gs,pods,jobs,svc -n $NS"
 kubectl -n "$NS" get gz,gs,pods,jobs,svc -o wide

@@ -722,6 +722,7 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
                         args: (!migration.args.is_empty()).then(|| migration.args.clone()),
                         env: Some(env_vars),
                         volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ..Default::default()
                     }],
                     volumes: (!volumes.is_empty()).then_some(volumes),

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The project's container images, built from this workspace without a registry or a container
+# engine: release binaries and the shared libraries they link, as OCI archives
+# (tests/controlplane/images.sh), cached by content, optionally imported into a local control
+# plane's real nodes.
+#
+#   scripts/images.sh build           build every image; prints "NAME ARCHIVE" per image
+#   scripts/images.sh import DIR      build, then import into the real nodes of `cp.sh up DIR --real-nodes N`
+#   scripts/images.sh names           print the image names only
+#
+# Images (what deploy/, the tests and the demo use):
+#   ghcr.io/gamezone-dev/gamezone:0.1.0         gamezone (entrypoint, `run`) + gamezone-init, CA certificates
+#   gamezone.dev/example/game-server:0.1.0      examples/game-server
+#   gamezone.dev/example/migrater:0.1.0         examples/migrater: /gamezone-migrate (entrypoint) + /migrate
+#   gamezone.dev/example/git:0.1.0              git (clone over git://, http://) for the init-container benchmark
+#
+# The Dockerfile stays how the published operator image is built; this makes an image with the same
+# binaries, paths, entrypoint and user from what the workspace builds here.
+#   CARGO_TARGET_DIR   where cargo builds (default ~/.cache/gamezone/cargo-target)
+#   GAMEZONE_CACHE     cache root (default ~/.cache/gamezone)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+images="$root/tests/controlplane/images.sh"
+cache="${GAMEZONE_CACHE:-$HOME/.cache/gamezone}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/cargo-target}"
+
+OPERATOR=ghcr.io/gamezone-dev/gamezone:0.1.0
+GAME_SERVER=gamezone.dev/example/game-server:0.1.0
+MIGRATER=gamezone.dev/example/migrater:0.1.0
+GIT=gamezone.dev/example/git:0.1.0
+
+say() { printf '[images] %s\n' "$*" >&2; }
+die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# Release binaries of the workspace (cargo is a no-op when they are fresh).
+build_binaries() {
+  say "cargo build --release (gamezone, gamezone-init, game-server) into $CARGO_TARGET_DIR"
+  (cd "$root" && cargo build --release --locked -q -p gamezone --bin gamezone -p gamezone-init \
+    --bin gamezone-init -p game-server --bin game-server) >&2
+}
+
+# "NAME ARCHIVE" for every image.
+build_images() {
+  build_binaries
+  local rel="$CARGO_TARGET_DIR/release" migrate entry git_bin archive
+  migrate="$("$root/examples/migrater/build.sh" migrate | tail -n 1)"
+  entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
+
+  archive=$("$images" build "$OPERATOR" \
+    --bin "$rel/gamezone" --bin "$rel/gamezone-init" \
+    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
+    --entrypoint /usr/local/bin/gamezone --cmd run --user 65532:65532)
+  echo "$OPERATOR $archive"
+
+  archive=$("$images" build "$GAME_SERVER" --bin "$rel/game-server" \
+    --entrypoint /usr/local/bin/game-server --user 65532:65532)
+  echo "$GAME_SERVER $archive"
+
+  archive=$("$images" build "$MIGRATER" --bin "$entry:/gamezone-migrate" --bin "$migrate:/migrate" \
+    --entrypoint /gamezone-migrate --user 65532:65532)
+  echo "$MIGRATER $archive"
+
+  # git clone needs git-remote-http (libcurl) and the pack helpers beside git itself.
+  git_bin="$(command -v git)" || die "git is not installed (apt-get install git)"
+  local exec_path helpers=()
+  exec_path="$(git --exec-path)"
+  for h in git-remote-http git-upload-pack git-index-pack; do
+    [[ -x "$exec_path/$h" ]] && helpers+=(--bin "$exec_path/$h:$exec_path/$h")
+  done
+  archive=$("$images" build "$GIT" --bin "$git_bin:/usr/bin/git" "${helpers[@]}" \
+    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
+    --entrypoint /usr/bin/git --env HOME=/tmp --user 65532:65532)
+  echo "$GIT $archive"
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  local sub=$1; shift
+  case $sub in
+    build) build_images ;;
+    import)
+      [[ $# -eq 1 ]] || die "import needs the control plane's directory: scripts/images.sh import DIR"
+      local built
+      built="$(build_images)"
+      # shellcheck disable=SC2046 # one archive path per word
+      "$images" import "$1" $(awk '{print $2}' <<<"$built")
+      echo "$built" ;;
+    names) printf '%s\n' "$OPERATOR" "$GAME_SERVER" "$MIGRATER" "$GIT" ;;
+    -h | --help | help) usage ;;
+    *) die "unknown subcommand '$sub' (build, import, names)" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,651 @@
+//! Whole zones on a real node, end to end: the operator pins artifacts from real git and S3
+//! servers, `gamezone-init` layers them in every pod, the example game server answers clients
+//! through the addresses and ports its status names.
+//!
+//! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
+//! --real-nodes 1`), started by this binary and stopped when it exits, unless
+//! `GAMEZONE_REAL_KUBECONFIG` names the kubeconfig of one already running. The images come from
+//! `scripts/images.sh` (release binaries, cached by content), imported first unless
+//! `GAMEZONE_IMAGES_IMPORTED` is set. Tests run one at a time. Root only.
+//!
+//! ```sh
+//! cargo test --test e2e -- --test-threads 1
+//! ```
+
+#[path = "e2e/cluster.rs"]
+mod cluster;
+mod common;
+#[path = "e2e/servers.rs"]
+mod servers;
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use gamezone::api::*;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node, release_bin};
+use common::wait_for;
+use servers::{GitDaemon, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
+use support::{Operator, install_crds};
+
+/// Pods on a real node unpack images and run an init container: more than KWOK needs.
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One test at a time: they share the real node and its host ports.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The operator on the host, scoped to the test's namespace, with the image built here as the
+/// init image. Each test gets Dynamic ports of its own (`ports`, e.g. `7100-7199`): the operators
+/// of other namespaces, whose pods may still be terminating, do not share their port tables.
+fn operator(cluster: &Cluster, ns: &Ns, ports: &str) -> Operator {
+    Operator::start_with(&cluster.kubeconfig, &ns.name, &["--init-image", OPERATOR_IMAGE, "--port-range", ports])
+}
+
+async fn secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) {
+    let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &secret).await.expect("create Secret");
+}
+
+/// A service of the example game server on the real node.
+fn service(type_: &str, id: i64, end_id: Option<i64>, ports: Value) -> Value {
+    let mut s = on_real_node();
+    s["type"] = json!(type_);
+    s["id"] = json!(id);
+    if let Some(end) = end_id {
+        s["endId"] = json!(end);
+    }
+    s["ports"] = ports;
+    s
+}
+
+fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Value) -> GameZone {
+    serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": name},
+        "spec": {"zoneId": zone_id, "defaultImage": GAME_SERVER_IMAGE, "services": services, "artifacts": artifacts}
+    }))
+    .expect("a valid GameZone")
+}
+
+/// Waits until the zone is Ready at its generation with every server Ready; its servers.
+async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    wait_for(&format!("zone {zone} Ready with every server Ready"), TIMEOUT, || async {
+        let z = zones.get(zone).await.map_err(|e| e.to_string())?;
+        let status = z.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            && status.observed_generation == z.metadata.generation;
+        let list = servers.list(&support::selector(zone)).await.map_err(|e| e.to_string())?.items;
+        if ready && list.iter().all(|s| s.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)) {
+            return Ok(list);
+        }
+        // What the pods say, for the failure message.
+        let pod_states: Vec<String> = pods
+            .list(&support::selector(zone))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{}: {}", p.name_any(), pod_summary(p)))
+            .collect();
+        Err(format!(
+            "phase {:?}, conditions {:?}; pods {pod_states:?}",
+            status.phase,
+            status.conditions.iter().map(|c| format!("{}={} {}", c.type_, c.status, c.message)).collect::<Vec<_>>()
+        ))
+    })
+    .await
+}
+
+fn pod_summary(p: &Pod) -> String {
+    let Some(s) = &p.status else { return "no status".into() };
+    let waiting: Vec<String> = s
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(s.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let st = c.state.as_ref()?;
+            st.waiting.as_ref().map(|w| format!("{} waiting {:?} {:?}", c.name, w.reason, w.message)).or_else(|| {
+                st.terminated.as_ref().map(|t| format!("{} exited {} {:?}", c.name, t.exit_code, t.message))
+            })
+        })
+        .collect();
+    format!("{:?} on {:?} {waiting:?}", s.phase, p.spec.as_ref().and_then(|s| s.node_name.clone()))
+}
+
+/// Asks each server `hello` where its status says it is reachable, until it answers.
+async fn hello(server: &GameServer, port_name: &str) -> Value {
+    let (addr, port) = reachable_at(server, port_name);
+    wait_for(&format!("{} to answer hello on {addr}:{port}", server.name_any()), Duration::from_secs(20), || async {
+        tcp_request(&addr, port, "hello")
+    })
+    .await
+}
+
+/// Where a client reaches a port of a server: the node and host port when the policy gives
+/// one, else the pod IP and container port.
+fn reachable_at(server: &GameServer, port_name: &str) -> (String, u16) {
+    let status = server.status.as_ref().expect("server status");
+    let port = status.ports.iter().find(|p| p.name == port_name).expect("port in status");
+    let addr = match port.host_port {
+        Some(_) => status.node_address.clone().expect("node address in status"),
+        None => status.address.clone().expect("pod address in status"),
+    };
+    (addr, u16::try_from(port.port).unwrap())
+}
+
+/// Builds, on the host, with the release `gamezone-init` the image holds, the tree for the layers
+/// and pins a pod's init container was given; its state (`treeDigest`, `revisions` ...).
+fn host_tree(pod: &Pod, secrets: &std::path::Path, root: &std::path::Path) -> Value {
+    let init = &pod.spec.as_ref().unwrap().init_containers.as_ref().expect("an init container")[0];
+    let env = |name: &str| {
+        init.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone()).expect("init env")
+    };
+    servers::run(
+        Command::new(release_bin("gamezone-init"))
+            .args(["apply", "--root"])
+            .arg(root)
+            .arg("--secrets-dir")
+            .arg(secrets)
+            .env("GAMEZONE_LAYERS", env("GAMEZONE_LAYERS"))
+            .env("GAMEZONE_REVISIONS", env("GAMEZONE_REVISIONS"))
+            .env("GAMEZONE_LOG_FORMAT", "json"),
+    );
+    serde_json::from_str(&std::fs::read_to_string(root.join(".gamezone-state.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn every_pod_sees_exactly_the_layered_tree_the_host_builds_for_the_same_pins() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+
+    // S3: the resources at the root; git: only its config/ folder, over the S3 config.
+    let s3 = S3::start(&work.path().join("s3"), host);
+    s3.put("res", "v1/maps/map1.txt", "map one\n");
+    s3.put("res", "v1/config/server.json", "{\"motd\": \"from s3, overridden\"}\n");
+    s3.put("res", "v1/config/s3-only.txt", "kept\n");
+    s3.put("res", "v2/maps/map2.txt", "another version\n");
+    let git = GitDaemon::start(&work.path().join("git"), host);
+    let repo = git.repo("config");
+    repo.write("config/server.json", "{\"motd\": \"welcome to e2e\", \"maxPlayers\": 8}\n")
+        .write("config/rates.ini", "[xp]\nrate = 2\n")
+        .write("README.md", "outside the subPath\n");
+    let commit = repo.commit("config v1");
+
+    let ns = Ns::new(cluster, "e2e-layers").await;
+    install_crds(&ns.client).await;
+    secret(&ns.api(), "s3-creds", &[("accesskey", S3_ACCESS_KEY), ("secretkey", S3_SECRET_KEY)]).await;
+    let _op = operator(cluster, &ns, "7100-7199");
+    let zones: Api<GameZone> = ns.api();
+    let z = zone(
+        "layers",
+        301,
+        vec![service("game", 1, Some(2), json!([{"name": "game", "containerPort": 7777}]))],
+        json!([
+            {"path": "/app/artifacts",
+             "s3": {"endpoint": s3.endpoint(), "bucket": "res", "prefix": "v1/", "pathStyle": true,
+                    "secretRef": {"name": "s3-creds"}}},
+            {"path": "/app/artifacts/config", "subPath": "config",
+             "git": {"url": git.url("config"), "branch": "main"}}
+        ]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running(&ns, "layers").await;
+    assert_eq!(servers.len(), 2);
+
+    let status = zones.get("layers").await.unwrap().status.unwrap();
+    let pins: Vec<String> = status.artifacts.iter().map(|a| a.revision.clone()).collect();
+    assert_eq!(pins.len(), 2, "{:?}", status.artifacts);
+    assert!(pins[0].starts_with("sha256:"), "S3 pin {pins:?}");
+    assert_eq!(pins[1], commit, "git pin is the pushed commit");
+
+    // The same layers and pins, built on the host by the same binary.
+    let secrets = work.path().join("secrets/s3-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("accesskey"), S3_ACCESS_KEY).unwrap();
+    std::fs::write(secrets.join("secretkey"), S3_SECRET_KEY).unwrap();
+    let pods: Api<Pod> = ns.api();
+    let pod = pods.get("layers-game-1").await.unwrap();
+    let host_root = work.path().join("host-tree");
+    let state = host_tree(&pod, &work.path().join("secrets"), &host_root);
+    let tree = host_root.join("current");
+    // The layering rules: S3's v1/ at the root, git's config/ over it, nothing else.
+    let mut files: Vec<String> = walk(&tree);
+    files.sort();
+    assert_eq!(files, ["config/rates.ini", "config/s3-only.txt", "config/server.json", "maps/map1.txt"]);
+    assert!(std::fs::read_to_string(tree.join("config/server.json")).unwrap().contains("welcome to e2e"));
+    assert_eq!(state["revisions"], json!(pins));
+
+    for server in &servers {
+        let name = server.name_any();
+        let pod = pods.get(&name).await.unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(cluster.node().name.as_str()), "{name} runs on the real node");
+        let init = &pod.status.as_ref().unwrap().init_container_statuses.as_ref().unwrap()[0];
+        let exited = init.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+        assert_eq!(exited, Some(0), "{name}'s init container ran and exited 0: {init:?}");
+
+        let answer = hello(server, "game").await;
+        let id: i64 = name.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(
+            (answer["zone"].as_str(), answer["type"].as_str(), answer["id"].as_i64()),
+            (Some("layers"), Some("game"), Some(id))
+        );
+        assert_eq!(answer["zoneId"], 301);
+        assert_eq!(answer["artifacts"]["treeDigest"], state["treeDigest"], "{name}: {answer}");
+        assert_eq!(answer["artifacts"]["revisions"], json!(pins), "{name}: {answer}");
+        assert_eq!(answer["config"]["value"]["motd"], "welcome to e2e", "{name}: {answer}");
+    }
+    ns.finish().await;
+}
+
+/// Relative paths of the regular files below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_instance_answers_at_the_address_and_port_its_status_names() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+    let git = GitDaemon::start(&work.path().join("git"), host);
+    let repo = git.repo("config");
+    repo.write("config/server.json", "{\"motd\": \"ports e2e\"}\n");
+    repo.commit("config");
+
+    let ns = Ns::new(cluster, "e2e-ports").await;
+    install_crds(&ns.client).await;
+    let _op = operator(cluster, &ns, "7200-7299");
+    let zones: Api<GameZone> = ns.api();
+    // Outside the operators' Dynamic ranges.
+    let static_port = 8100 + i32::try_from(std::process::id() % 50).unwrap();
+    let z = zone(
+        "ports",
+        302,
+        vec![
+            service(
+                "game",
+                1,
+                Some(2),
+                json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic", "protocol": "TCPUDP"}]),
+            ),
+            service(
+                "gate",
+                1,
+                None,
+                json!([{"name": "client", "containerPort": 8000, "hostPort": static_port, "policy": "Static"}]),
+            ),
+            service("chat", 1, None, json!([{"name": "chat", "policy": "Passthrough"}])),
+            service("db", 1, None, json!([{"name": "sql", "containerPort": 7000}])),
+        ],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running(&ns, "ports").await;
+    assert_eq!(servers.len(), 5);
+
+    for server in &servers {
+        let name = server.name_any();
+        let st = server.status.as_ref().unwrap();
+        let port = &st.ports[0];
+        match port.policy {
+            PortPolicy::None => assert_eq!((port.host_port, port.port), (None, 7000), "{name}"),
+            PortPolicy::Static => assert_eq!(port.host_port, Some(static_port), "{name}"),
+            PortPolicy::Passthrough => assert_eq!(Some(port.container_port), port.host_port, "{name}"),
+            PortPolicy::Dynamic => {
+                assert_eq!(port.container_port, 7777, "{name}");
+                assert!(port.host_port.is_some_and(|p| (7200..7300).contains(&p)), "{name}: {port:?}");
+            }
+        }
+        let answer = hello(server, &port.name).await;
+        let (type_, id) = (server.spec.type_.as_str(), server.spec.id);
+        assert_eq!(
+            (answer["zone"].as_str(), answer["type"].as_str(), answer["id"].as_i64()),
+            (Some("ports"), Some(type_), Some(id)),
+            "{name}: {answer}"
+        );
+        assert_eq!(answer["config"]["value"]["motd"], "ports e2e", "{name}: {answer}");
+        if port.protocol == PortProtocol::TcpUdp {
+            let (addr, p) = reachable_at(server, &port.name);
+            let over_udp = udp_request(&addr, p, "hello").unwrap_or_else(|e| panic!("{name} over UDP: {e}"));
+            assert_eq!(over_udp["instance"], name.as_str());
+            assert_eq!(over_udp["listener"]["protocol"], "udp");
+        }
+    }
+
+    // Peers: each instance finds the others through the topology, and reaches them by DNS name
+    // when the cluster's DNS serves the zone's names.
+    let game1 = servers.iter().find(|s| s.name_any() == "ports-game-1").unwrap();
+    let (addr, port) = reachable_at(game1, "game");
+    let peers = tcp_request(&addr, port, "peers").unwrap();
+    let mut names: Vec<&str> = peers["peers"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["ports-chat-1", "ports-db-1", "ports-game-2", "ports-gate-1"], "{peers}");
+    let dns: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(ns.client.clone(), "kube-system");
+    if dns.get_opt("kube-dns").await.unwrap().is_none() {
+        eprintln!(
+            "SKIPPED ping between peers: the cluster has no DNS (no Service kube-system/kube-dns), so pods cannot resolve <instance>.<zone>.<ns>.svc"
+        );
+    } else {
+        let ping = tcp_request(&addr, port, "ping ports-gate-1").unwrap();
+        assert_eq!(
+            ping["hello"]["instance"], "ports-gate-1",
+            "ports-game-1 pings ports-gate-1 by its DNS name: {ping}"
+        );
+    }
+    ns.finish().await;
+}
+
+/// Puts the migration Job's pods of namespace `ns` on the real node. `spec.migration` has no
+/// `nodeSelector` or `tolerations` of its own, so a cluster admin's policy does it (here an
+/// in-tree MutatingAdmissionPolicy: no webhook server needed); removed with the returned guard.
+fn migrations_on_real_node(cluster: &Cluster, ns: &str) -> PolicyGuard {
+    let name = format!("e2e-migrations-{ns}");
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"]}]},
+            "matchConditions": [{"name": "migration-pod",
+                "expression": format!("has(object.metadata.labels) && '{LABEL_PREFIX}migration' in object.metadata.labels")}],
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": format!(
+                "[JSONPatch{{op: 'add', path: '/spec/nodeSelector', value: {{'{k}': 'real'}}}}, \
+                  JSONPatch{{op: 'add', path: '/spec/tolerations', value: [{{'key': '{k}', 'operator': 'Equal', 'value': 'real', 'effect': 'NoSchedule'}}]}}]",
+                k = cluster::NODE_KIND)}}]
+        }
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name,
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{policy}\n---\n{binding}\n")).unwrap();
+    cluster.kubectl(&["apply", "-f", file.path().to_str().unwrap()]);
+    PolicyGuard { dir: cluster.dir.clone(), name }
+}
+
+/// Deletes the policy and binding of [`migrations_on_real_node`] on drop.
+struct PolicyGuard {
+    dir: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for PolicyGuard {
+    fn drop(&mut self) {
+        for kind in ["mutatingadmissionpolicybinding", "mutatingadmissionpolicy"] {
+            let _ = Command::new(common::cp_script())
+                .arg("kubectl")
+                .arg(&self.dir)
+                .args(["delete", kind, &self.name, "--ignore-not-found"])
+                .output();
+        }
+    }
+}
+
+/// `version dirty` from golang-migrate's table.
+fn schema_version(db: &servers::Mariadb) -> String {
+    db.root_sql("SELECT version, dirty FROM project1.schema_migrations").unwrap_or_default().replace('\t', " ")
+}
+
+#[tokio::test]
+async fn migrations_from_the_artifacts_run_before_servers_roll_and_a_broken_one_leaves_them_serving() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+    let password = "e2e+Pass%?w:rd";
+    let db = servers::Mariadb::start("project1", "username1", password);
+    let git = GitDaemon::start(&work.path().join("git"), host);
+    let repo = git.repo("game");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/migrater/migrations");
+    let migration = |name: &str| std::fs::read_to_string(examples.join(name)).unwrap();
+    repo.write("migrations/000001_create_players.up.sql", &migration("000001_create_players.up.sql"))
+        .write("migrations/000001_create_players.down.sql", &migration("000001_create_players.down.sql"))
+        .write("config/server.json", "{\"motd\": \"version 1\"}\n");
+    let v1 = repo.commit("version 1");
+
+    let ns = Ns::new(cluster, "e2e-migrate").await;
+    let _policy = migrations_on_real_node(cluster, &ns.name);
+    install_crds(&ns.client).await;
+    secret(&ns.api(), "zone-mysql", &[("password", password)]).await;
+    let _op = operator(cluster, &ns, "7300-7399");
+    let zones: Api<GameZone> = ns.api();
+    let mut z = zone(
+        "mig",
+        303,
+        vec![service("game", 1, None, json!([{"name": "game", "containerPort": 7777}]))],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("game"), "branch": "main"}}]),
+    );
+    z.spec.artifacts_interval = Some("2s".parse().unwrap());
+    z.spec.migration =
+        Some(serde_json::from_value(json!({"image": cluster::MIGRATER_IMAGE, "backoffLimit": 0})).unwrap());
+    z.spec.mysql = Some(
+        serde_json::from_value(json!({"host": host, "port": db.port, "user": "username1", "database": "project1",
+                                      "passwordSecretRef": {"name": "zone-mysql", "key": "password"}}))
+        .unwrap(),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running(&ns, "mig").await;
+    assert_eq!(schema_version(&db), "1 0", "000001 applied by the migration Job");
+    let tables = db.root_sql("SHOW TABLES FROM project1").unwrap();
+    assert!(tables.contains("players"), "tables: {tables}");
+    let first = hello(&servers[0], "game").await;
+    assert_eq!(first["artifacts"]["revisions"], json!([v1]));
+    let pods: Api<Pod> = ns.api();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    let job_pods =
+        pods.list(&kube::api::ListParams::default().labels(&format!("{LABEL_PREFIX}migration"))).await.unwrap();
+    assert!(
+        job_pods
+            .items
+            .iter()
+            .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(cluster.node().name.as_str())),
+        "migration pods ran on the real node"
+    );
+
+    // A second migration in a pushed commit: migrated first, then the server rolls onto it.
+    repo.write("migrations/000002_add_inventory.up.sql", &migration("000002_add_inventory.up.sql"))
+        .write("migrations/000002_add_inventory.down.sql", &migration("000002_add_inventory.down.sql"))
+        .write("config/server.json", "{\"motd\": \"version 2\"}\n");
+    let v2 = repo.commit("version 2");
+    let rolled = wait_for("the server to roll onto version 2", TIMEOUT, || async {
+        let s = Api::<GameServer>::namespaced(ns.client.clone(), &ns.name).get("mig-game-1").await.ok()?;
+        let pod = pods.get_opt("mig-game-1").await.ok()??;
+        let answer = hello_once(&s, "game")?;
+        (answer["artifacts"]["revisions"] == json!([v2])).then_some((s, pod, answer))
+    })
+    .await;
+    assert_eq!(schema_version(&db), "2 0", "000002 applied");
+    assert_eq!(rolled.2["config"]["value"]["motd"], "version 2");
+    let job_done = jobs
+        .list(&support::selector("mig"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|j| j.status.as_ref()?.completion_time.clone())
+        .map(|t| t.0)
+        .max()
+        .expect("a completed migration Job");
+    let created = rolled.1.metadata.creation_timestamp.clone().unwrap().0;
+    assert!(created >= job_done, "the server's new pod ({created}) was made after the migration finished ({job_done})");
+
+    // A broken migration: the zone is Degraded, the running server keeps answering on version 2.
+    repo.write("migrations/000003_broken.up.sql", "CREATE TABLE broken (id INT PRIMARY KEY,, name TEXT);\n")
+        .write("migrations/000003_broken.down.sql", "DROP TABLE IF EXISTS broken;\n")
+        .write("config/server.json", "{\"motd\": \"version 3\"}\n");
+    repo.commit("version 3, broken");
+    let degraded = wait_for("the zone to be Degraded by the failed migration", TIMEOUT, || async {
+        let z = zones.get("mig").await.ok()?;
+        let status = z.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        (status.phase == Some(ZonePhase::Degraded) && ready.reason == "MigrationFailed").then_some(ready)
+    })
+    .await;
+    assert_eq!(schema_version(&db), "3 1", "migrate left version 3 dirty");
+    let uid = rolled.1.uid();
+    let still = hello(&rolled.0, "game").await;
+    assert_eq!(still["artifacts"]["revisions"], json!([v2]), "the old server still answers: {still}");
+    assert_eq!(pods.get("mig-game-1").await.unwrap().uid(), uid, "the server was left alone");
+    // The migrater's own error, where a person looks: the failed pod's termination message (the
+    // Job's container falls back to its log). The zone's condition names the failed Job.
+    let failed: Vec<String> = pods
+        .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PREFIX}migration")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| {
+            p.status.as_ref()?.container_statuses.as_ref()?[0].state.as_ref()?.terminated.as_ref()?.message.clone()
+        })
+        .collect();
+    assert!(
+        failed.iter().any(|m| m.contains("Error 1064")),
+        "a failed migration pod's message has the SQL error: {failed:?}"
+    );
+    let job = zones.get("mig").await.unwrap().status.unwrap().migration.unwrap().job_name;
+    assert!(
+        degraded.message.contains(&job),
+        "the zone's Ready condition names the failed Job {job}: {}",
+        degraded.message
+    );
+    ns.finish().await;
+}
+
+/// One `hello` to where the server's status says it is, without waiting.
+fn hello_once(server: &GameServer, port_name: &str) -> Option<Value> {
+    let status = server.status.as_ref()?;
+    status.ports.iter().find(|p| p.name == port_name)?;
+    let (addr, port) = reachable_at(server, port_name);
+    tcp_request(&addr, port, "hello").ok()
+}
+
+#[tokio::test]
+async fn the_operator_installed_from_deploy_runs_on_the_real_node_and_provisions_a_zone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+    let git = GitDaemon::start(&work.path().join("git"), host);
+    let repo = git.repo("config");
+    repo.write("config/server.json", "{\"motd\": \"from the in-cluster operator\"}\n");
+    let commit = repo.commit("config");
+    let ns = Ns::new(cluster, "e2e-deploy").await;
+
+    // deploy/ as a user installs it, plus what this cluster needs: the real node's toleration and
+    // selector, one replica (the Lease is still taken), this test's namespace and Dynamic ports only.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let overlay = work.path().join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let patch = json!([
+        {"op": "replace", "path": "/spec/replicas", "value": 1},
+        {"op": "add", "path": "/spec/template/spec/nodeSelector", "value": {cluster::NODE_KIND: "real"}},
+        {"op": "add", "path": "/spec/template/spec/tolerations",
+         "value": [{"key": cluster::NODE_KIND, "operator": "Equal", "value": "real", "effect": "NoSchedule"}]},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": "GAMEZONE_NAMESPACE", "value": ns.name}},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": "GAMEZONE_PORT_RANGE", "value": "7400-7499"}}
+    ]);
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\n\
+             patches:\n  - target: {{kind: Deployment, name: gamezone}}\n    patch: '{patch}'\n",
+            relative_to(&overlay, &deploy)
+        ),
+    )
+    .unwrap();
+    cluster.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", overlay.to_str().unwrap()]);
+    let _uninstall = Uninstall(cluster);
+
+    let system: Api<Pod> = Api::namespaced(ns.client.clone(), "gamezone-system");
+    let operator_pod = wait_for("the operator pod Ready on the real node", TIMEOUT, || async {
+        let pods = system
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=gamezone"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = pods.items.first().ok_or("no operator pod")?;
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready { Ok(pod.clone()) } else { Err(pod_summary(pod)) }
+    })
+    .await;
+    assert_eq!(operator_pod.spec.as_ref().unwrap().node_name.as_deref(), Some(cluster.node().name.as_str()));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(ns.client.clone(), "gamezone-system");
+    let lease = leases.get("gamezone-operator").await.expect("the operator holds its Lease");
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some(operator_pod.name_any().as_str()));
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(ns.client.clone(), "gamezone-system");
+    services.get("gamezone-webhook").await.expect("the webhook Service");
+
+    let zones: Api<GameZone> = ns.api();
+    let z = zone(
+        "incluster",
+        304,
+        vec![service("game", 1, None, json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]))],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running(&ns, "incluster").await;
+    let answer = hello(&servers[0], "game").await;
+    assert_eq!(answer["instance"], "incluster-game-1");
+    assert_eq!(answer["artifacts"]["revisions"], json!([commit]), "pinned by the operator in the cluster");
+    assert_eq!(answer["config"]["value"]["motd"], "from the in-cluster operator");
+    ns.finish().await;
+}
+
+/// Removes the operator's namespace (its Deployment, Lease, Services) on drop; the CRDs stay,
+/// as other tests' zones use them.
+struct Uninstall<'a>(&'a Cluster);
+
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(common::cp_script())
+            .arg("kubectl")
+            .arg(&self.0.dir)
+            .args(["delete", "namespace", "gamezone-system", "--ignore-not-found", "--wait=false"])
+            .output();
+    }
+}
+
+/// `to` as a path relative to the directory `from` (kustomize refuses absolute resource paths).
+fn relative_to(from: &std::path::Path, to: &std::path::Path) -> String {
+    let up = from.components().count().saturating_sub(1);
+    let to = to.to_string_lossy();
+    format!("{}{}", "../".repeat(up), to.trim_start_matches('/'))
+}

@@ -1,0 +1,336 @@
+//! Real servers on the host's loopback for zones on a real node: git daemon, s3s-fs, MariaDB, and
+//! a client for the example game server.
+//!
+//! Pods reach the host at `10.245.0.1`, which the node's network DNATs to `127.0.0.1`. The
+//! operator runs on the host and pins revisions from the same URLs the pods fetch, so each
+//! server also gets a [`HostAlias`]: a forwarder from `10.245.0.1:<port>` (an address of the
+//! host's veth ends) to `127.0.0.1:<port>`. One URL, `http://10.245.0.1:<port>`, then works for both.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} on 127.0.0.1:{port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command, panicking with its output on failure; its trimmed stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A child process killed on drop.
+pub struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Forwards TCP connections from `host_address:port` to `127.0.0.1:port` until dropped.
+pub struct HostAlias {
+    stop: Arc<AtomicBool>,
+    addr: (Ipv4Addr, u16),
+}
+
+impl HostAlias {
+    pub fn new(host_address: &str, port: u16) -> HostAlias {
+        let ip: Ipv4Addr = host_address.parse().expect("hostAddress is an IPv4 address");
+        let listener = TcpListener::bind((ip, port))
+            .unwrap_or_else(|e| panic!("cannot listen on {ip}:{port} (is the real node up?): {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                pipe(client, upstream);
+            }
+        });
+        HostAlias { stop, addr: (ip, port) }
+    }
+}
+
+impl Drop for HostAlias {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag and closes the listener.
+        let _ = TcpStream::connect_timeout(&self.addr.into(), Duration::from_millis(200));
+    }
+}
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let (mut a, mut b) = (a, b);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a, &mut b);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b2, &mut a2);
+        let _ = a2.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// Runs git in `dir` with a fixed identity.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "e2e")
+        .env("GIT_AUTHOR_EMAIL", "e2e@example.com")
+        .env("GIT_COMMITTER_NAME", "e2e")
+        .env("GIT_COMMITTER_EMAIL", "e2e@example.com"))
+}
+
+/// A repository served by [`GitDaemon`].
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn remove(&self, rel: &str) -> &Self {
+        std::fs::remove_file(self.dir.join(rel)).unwrap();
+        self
+    }
+
+    /// Commits everything; the new commit.
+    pub fn commit(&self, msg: &str) -> String {
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+}
+
+/// `git daemon` on loopback serving the repositories below its root, plus its [`HostAlias`].
+pub struct GitDaemon {
+    pub root: PathBuf,
+    pub port: u16,
+    host_address: String,
+    _proc: Proc,
+    _alias: HostAlias,
+}
+
+impl GitDaemon {
+    pub fn start(root: &Path, host_address: &str) -> GitDaemon {
+        std::fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let child = Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--base-path={}", root.display()))
+            .arg(format!("--port={port}"))
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let proc = Proc(Some(child));
+        wait_port(port, "git daemon");
+        GitDaemon {
+            root: root.to_path_buf(),
+            port,
+            host_address: host_address.to_string(),
+            _proc: proc,
+            _alias: HostAlias::new(host_address, port),
+        }
+    }
+
+    /// A new repository on branch `main` that serves exact commits.
+    pub fn repo(&self, name: &str) -> Repo {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        git(&dir, &["config", "uploadpack.allowReachableSHA1InWant", "true"]);
+        Repo { dir }
+    }
+
+    /// The URL pods and the operator use for repository `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("git://{}:{}/{name}", self.host_address, self.port)
+    }
+}
+
+/// Access key of [`S3`].
+pub const S3_ACCESS_KEY: &str = "AKIAE2ETESTKEY";
+/// Secret key of [`S3`].
+pub const S3_SECRET_KEY: &str = "e2e-s3cr3t/Key+42";
+
+/// s3s-fs (signatures checked) serving the buckets below its root, plus its [`HostAlias`].
+pub struct S3 {
+    pub root: PathBuf,
+    pub port: u16,
+    host_address: String,
+    _proc: Proc,
+    _alias: HostAlias,
+}
+
+impl S3 {
+    pub fn start(root: &Path, host_address: &str) -> S3 {
+        let bin = std::env::var_os("GAMEZONE_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
+            let cache = std::env::var_os("GAMEZONE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/gamezone"));
+            cache.join("tools/s3s-fs-0.14.1/bin/s3s-fs")
+        });
+        assert!(
+            bin.is_file(),
+            "s3s-fs not found at {}: run init-container/tests/install-test-tools.sh (or set GAMEZONE_S3S_FS)",
+            bin.display()
+        );
+        std::fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs");
+        let proc = Proc(Some(child));
+        wait_port(port, "s3s-fs");
+        S3 {
+            root: root.to_path_buf(),
+            port,
+            host_address: host_address.to_string(),
+            _proc: proc,
+            _alias: HostAlias::new(host_address, port),
+        }
+    }
+
+    /// Writes `bucket/key`.
+    pub fn put(&self, bucket: &str, key: &str, content: &str) {
+        let p = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// The endpoint pods and the operator use.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}:{}", self.host_address, self.port)
+    }
+}
+
+/// Debian's MariaDB on a temp datadir, bound to 127.0.0.1 (pods reach it through the DNAT), with
+/// a database and a user with a password, as examples/migrater/test.sh runs it.
+pub struct Mariadb {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Mariadb {
+    pub fn start(database: &str, user: &str, password: &str) -> Mariadb {
+        let dir = tempfile::tempdir().unwrap();
+        let sbin = |name: &str| {
+            ["/usr/sbin", "/usr/bin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{name} not found: apt-get install mariadb-server mariadb-client"))
+        };
+        let me = run(Command::new("id").arg("-un"));
+        run(Command::new(sbin("mariadb-install-db"))
+            .args(["--no-defaults", &format!("--user={me}"), "--auth-root-authentication-method=normal"])
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg("--skip-test-db"));
+        let port = free_port();
+        let child = Command::new(sbin("mariadbd"))
+            .args(["--no-defaults", &format!("--user={me}"), &format!("--port={port}")])
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--log-error={}", dir.path().join("error.log").display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
+                "--skip-log-bin",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let db = Mariadb { port, dir, _proc: Proc(Some(child)) };
+        let start = Instant::now();
+        while db.root_sql("SELECT 1").is_none() {
+            assert!(start.elapsed() < Duration::from_secs(30), "mariadbd did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        db.root_sql(&format!(
+            "CREATE DATABASE {database}; CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; \
+             GRANT ALL PRIVILEGES ON {database}.* TO '{user}'@'%';"
+        ))
+        .expect("create the database and its user");
+        db
+    }
+
+    /// Runs SQL as root over the socket; tab-separated rows, or `None` on failure.
+    pub fn root_sql(&self, sql: &str) -> Option<String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-u", "root", "-N", "-B"])
+            .arg("-S")
+            .arg(self.dir.path().join("sock"))
+            .args(["-e", sql])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// One request to the example game server over TCP: its JSON answer.
+pub fn tcp_request(addr: &str, port: u16, request: &str) -> Result<serde_json::Value, String> {
+    let target = format!("{addr}:{port}");
+    let sock: std::net::SocketAddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| format!("{target}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    writeln!(s, "{request}").map_err(|e| format!("{target}: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("{target}: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("{target} answered {line:?}: {e}"))
+}
+
+/// One request to the example game server over UDP: its JSON answer.
+pub fn udp_request(addr: &str, port: u16, request: &str) -> Result<serde_json::Value, String> {
+    let target = format!("{addr}:{port}");
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(request.as_bytes(), &target).map_err(|e| format!("{target}: {e}"))?;
+    let mut buf = vec![0; 65536];
+    let n = s.recv(&mut buf).map_err(|e| format!("{target}/udp: {e}"))?;
+    serde_json::from_slice(&buf[..n]).map_err(|e| format!("{target}/udp: {e}"))
+}
