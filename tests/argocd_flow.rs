@@ -65,7 +65,11 @@ impl ArgoCd {
             .stdin(Stdio::null())
             .status()
             .expect("run tests/argocd/argocd.sh");
-        assert!(status.success(), "`argocd.sh up` failed ({status}); its messages are above, logs in {}/logs", dir.display());
+        assert!(
+            status.success(),
+            "`argocd.sh up` failed ({status}); its messages are above, logs in {}/logs",
+            dir.display()
+        );
         ArgoCd { dir }
     }
 
@@ -134,7 +138,11 @@ impl Drop for Operator {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
-            eprintln!("--- operator log tail ({}) ---\n{}", self.log.display(), lines[lines.len().saturating_sub(20)..].join("\n"));
+            eprintln!(
+                "--- operator log tail ({}) ---\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
         }
     }
 }
@@ -269,9 +277,17 @@ fn config_repo(git_root: &Path, scratch: &Path) {
 /// manifests point at the fork.
 fn make_it_ours(fork: &Fork, repo_url: &str, git_url: &str, s3_port: u16) {
     let zone = "base/gamezone.yaml";
-    fork.replace(zone, "endpoint: https://cos.ap-beijing.myqcloud.com", &format!("endpoint: http://127.0.0.1:{s3_port}"));
+    fork.replace(
+        zone,
+        "endpoint: https://cos.ap-beijing.myqcloud.com",
+        &format!("endpoint: http://127.0.0.1:{s3_port}"),
+    );
     fork.replace(zone, "pathStyle: false", "pathStyle: true");
-    fork.replace(zone, "url: https://gitlab.example.com/project1/config.git", &format!("url: {git_url}/project1/config.git"));
+    fork.replace(
+        zone,
+        "url: https://gitlab.example.com/project1/config.git",
+        &format!("url: {git_url}/project1/config.git"),
+    );
     fork.replace(zone, "  artifacts:\n", "  artifactsInterval: 5s\n  artifacts:\n");
     fork.replace("argocd/application.yaml", "https://gitlab.example.com/zhulei/gamezone-repo.git", repo_url);
     for _ in 0..2 {
@@ -404,7 +420,10 @@ impl AppState {
     }
 
     fn synced_healthy_at(&self, revision: &str) -> bool {
-        self.sync == "Synced" && self.health == "Healthy" && self.revision == revision && self.zone_health() == "Healthy"
+        self.sync == "Synced"
+            && self.health == "Healthy"
+            && self.revision == revision
+            && self.zone_health() == "Healthy"
     }
 }
 
@@ -412,8 +431,11 @@ impl AppState {
 /// the Application went through (Progressing before Healthy), not only where it ended.
 #[derive(Clone)]
 struct Recorder {
-    seen: Arc<Mutex<Vec<(Instant, Option<AppState>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
+
+/// When the Application was in a state (`None`: it did not exist).
+type Seen = (Instant, Option<AppState>);
 
 impl Recorder {
     fn start(client: Client, name: &str) -> Recorder {
@@ -581,7 +603,8 @@ async fn a_forked_repo_synced_by_argo_cd_runs_the_zone_and_follows_every_commit(
 
     // 3. One pass on a fresh cluster: namespace, Secrets, Redis, MariaDB, the zone; Healthy
     // through our health check.
-    let state = recorder.wait("the Application Synced and Healthy at the fork's commit", |s| s.synced_healthy_at(&first)).await;
+    let state =
+        recorder.wait("the Application Synced and Healthy at the fork's commit", |s| s.synced_healthy_at(&first)).await;
     steps.done("3. synced in one pass; zone Running, Application Healthy");
     let path = recorder.health_path(mark);
     assert!(path.iter().any(|h| h.ends_with("/Progressing")), "the zone never showed Progressing: {path:?}");
@@ -589,7 +612,10 @@ async fn a_forked_repo_synced_by_argo_cd_runs_the_zone_and_follows_every_commit(
     let zst = zone.status.clone().unwrap();
     assert_eq!(zst.phase.map(|p| format!("{p:?}")).as_deref(), Some("Running"));
     let (_, message) = state.zone.clone().unwrap();
-    assert!(message.starts_with(&format!("{} servers Ready", zst.ready_text.clone().unwrap())), "zone health message: {message}");
+    assert!(
+        message.starts_with(&format!("{} servers Ready", zst.ready_text.clone().unwrap())),
+        "zone health message: {message}"
+    );
     assert!(message.contains("artifacts "), "the Lua names the pinned artifacts: {message}");
     for part in [("Deployment", "redis"), ("StatefulSet", "mysql"), ("Service", "redis"), ("Service", "mysql")] {
         let key = (part.0.to_string(), part.1.to_string());
@@ -612,13 +638,21 @@ async fn a_forked_repo_synced_by_argo_cd_runs_the_zone_and_follows_every_commit(
     let latest = recorder.latest().unwrap();
     assert_eq!(latest.syncs, 1, "Argo CD synced again without a commit (self-heal of a drift)");
     assert_eq!(latest.resources, want, "the operator's objects are not part of the app");
-    assert_eq!(operator_objects(&client, "zhulei", "zone1").await, before, "Argo CD pruned or replaced the operator's objects");
+    assert_eq!(
+        operator_objects(&client, "zhulei", "zone1").await,
+        before,
+        "Argo CD pruned or replaced the operator's objects"
+    );
     let resolved_after = zone_status(&client, "zhulei").await.unwrap().status.unwrap().artifacts_resolved_at;
     assert_ne!(resolved_after, resolved_before, "the operator did not re-pin during the window (artifactsInterval 5s)");
     steps.done("4. no drift over 6 sync periods of operator re-pins");
 
     // 5. A commit that bumps the service image.
-    fork.replace("base/gamezone.yaml", "defaultImage: registry.example.com/project1/service:0.1.0", "defaultImage: registry.example.com/project1/service:0.1.1");
+    fork.replace(
+        "base/gamezone.yaml",
+        "defaultImage: registry.example.com/project1/service:0.1.0",
+        "defaultImage: registry.example.com/project1/service:0.1.1",
+    );
     let mark = Instant::now();
     let bump = fork.commit("Service 0.1.1");
     recorder.wait("the image bump synced and Healthy", |s| s.synced_healthy_at(&bump)).await;
@@ -632,8 +666,16 @@ async fn a_forked_repo_synced_by_argo_cd_runs_the_zone_and_follows_every_commit(
     steps.done("5. image bump: synced, Progressing, Healthy");
 
     // 6. A commit with a broken migration, then a fix.
-    fork.replace("base/gamezone.yaml", "defaultImage: registry.example.com/project1/service:0.1.1", "defaultImage: registry.example.com/project1/service:0.2.0");
-    fork.replace("base/gamezone.yaml", "image: registry.example.com/project1/dbmigrater:0.1.0", "image: gamezone.test/fail\n    backoffLimit: 0");
+    fork.replace(
+        "base/gamezone.yaml",
+        "defaultImage: registry.example.com/project1/service:0.1.1",
+        "defaultImage: registry.example.com/project1/service:0.2.0",
+    );
+    fork.replace(
+        "base/gamezone.yaml",
+        "image: registry.example.com/project1/dbmigrater:0.1.0",
+        "image: gamezone.test/fail\n    backoffLimit: 0",
+    );
     let broken = fork.commit("Service 0.2.0 with its migration");
     let state = recorder
         .wait("the Application Degraded by the failed migration", |s| {
@@ -646,10 +688,17 @@ async fn a_forked_repo_synced_by_argo_cd_runs_the_zone_and_follows_every_commit(
     assert_eq!(message, ready.message, "Argo CD shows the zone's own message");
     assert!(message.contains("BackoffLimitExceeded"), "{message}");
     steps.done("6a. broken migration: Degraded with the zone's message");
-    fork.replace("base/gamezone.yaml", "image: gamezone.test/fail", "image: registry.example.com/project1/dbmigrater:0.2.0");
+    fork.replace(
+        "base/gamezone.yaml",
+        "image: gamezone.test/fail",
+        "image: registry.example.com/project1/dbmigrater:0.2.0",
+    );
     let fixed = fork.commit("Fix the migration");
     recorder.wait("the fix synced and Healthy", |s| s.synced_healthy_at(&fixed)).await;
-    assert_eq!(pod_image(&client, "zhulei", "zone1-db-1").await.as_deref(), Some("registry.example.com/project1/service:0.2.0"));
+    assert_eq!(
+        pod_image(&client, "zhulei", "zone1-db-1").await.as_deref(),
+        Some("registry.example.com/project1/service:0.2.0")
+    );
     steps.done("6b. fixing commit: Healthy on 0.2.0");
 
     steps.report(&argocd.memory());
