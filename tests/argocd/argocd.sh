@@ -263,7 +263,8 @@ cmd_up() {
   mkdir -p "$DIR/logs" "$DIR/tmp" "$DIR/home" "$DIR/redis" "$DIR/config/ssh" "$DIR/config/tls" \
     "$DIR/config/gpg" "$DIR/plugins"
   : >"$DIR/pids"
-  trap up_failed ERR
+  # On any failure (die exits, so ERR is not enough) stop what was started.
+  trap up_failed EXIT
   [[ -n "$watch_pid" ]] && start_watchdog "$watch_pid"
 
   install_argocd
@@ -306,12 +307,13 @@ cmd_up() {
   # It registers no health checks; its metrics answer once the manager runs.
   wait_until 60 "the ApplicationSet controller" curl -fsS -o /dev/null "http://127.0.0.1:$appset_metrics/metrics"
   release_ports
-  trap - ERR
+  trap - EXIT
   say "Argo CD $ARGOCD_VERSION up after $(since "$started")s (logs in $DIR/logs)"
 }
 
 up_failed() {
   local rc=$?
+  trap - EXIT
   release_ports
   say "up failed (exit $rc); stopping what was started, state kept in $DIR"
   cmd_down "$DIR" --keep || true
