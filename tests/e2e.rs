@@ -543,6 +543,14 @@ async fn migrations_from_the_artifacts_run_before_servers_roll_and_a_broken_one_
         "the zone's Ready condition names the failed Job {job}: {}",
         degraded.message
     );
+    // With the migrater's own error, as a person needs it.
+    let z = wait_for("the migrater's own error in the zone's condition", TIMEOUT, || async {
+        let z = zones.get("mig").await.ok()?;
+        let ready = z.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        ready.message.contains("Error 1064").then_some(ready.message)
+    })
+    .await;
+    assert!(z.contains("the migrater said:"), "{z}");
     ns.finish().await;
 }
 

@@ -38,6 +38,8 @@ pub const TOPOLOGY_KEY: &str = "topology.json";
 pub const SERVER_CONTAINER: &str = "server";
 /// Name of the init-container that layers artifacts.
 pub const INIT_CONTAINER: &str = "artifacts";
+/// Name of the migration Job's container.
+pub const MIGRATE_CONTAINER: &str = "migrate";
 
 /// Operator settings that shape what a zone builds.
 #[derive(Clone, Debug)]
@@ -717,7 +719,7 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
                     restart_policy: Some("Never".into()),
                     init_containers,
                     containers: vec![Container {
-                        name: "migrate".into(),
+                        name: MIGRATE_CONTAINER.into(),
                         image: Some(migration.image.clone()),
                         args: (!migration.args.is_empty()).then(|| migration.args.clone()),
                         env: Some(env_vars),

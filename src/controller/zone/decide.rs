@@ -112,6 +112,26 @@ pub fn job_outcome(job: &Job) -> JobOutcome {
     }
 }
 
+/// What the migrater said when it failed last: the termination message of the newest failed
+/// pod's `migrate` container, trimmed to its last lines.
+pub fn migrater_said(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    let mut failed: Vec<(&k8s_openapi::api::core::v1::Pod, String)> = pods
+        .iter()
+        .filter_map(|p| {
+            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+            let c = statuses.iter().find(|c| c.name == build::MIGRATE_CONTAINER)?;
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then(|| (p, t.message.clone().unwrap_or_default()))
+        })
+        .filter(|(_, m)| !m.trim().is_empty())
+        .collect();
+    failed.sort_by_key(|(p, _)| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let (_, message) = failed.pop()?;
+    let lines: Vec<&str> = message.trim().lines().collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+    Some(tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect())
+}
+
 /// Records the migration's outcome in status; true when servers may move to this version.
 pub fn report_migration(status: &mut GameZoneStatus, job_name: &str, hash: &str, outcome: &JobOutcome) -> bool {
     let generation = status.observed_generation;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use gamezone_init::creds::MapCredentials;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
@@ -185,7 +185,16 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         Some(j) => j,
         None => apply(&jobs, &job).await?,
     };
-    let outcome = decide::job_outcome(&live);
+    let mut outcome = decide::job_outcome(&live);
+    if let JobOutcome::Failed(why) = &mut outcome {
+        // The migrater's own words, from its last failed pod (its termination message, or the
+        // tail of its log: the Job's container falls back to it).
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+        let lp = ListParams::default().labels(&format!("job-name={job_name}"));
+        if let Some(said) = decide::migrater_said(&pods.list(&lp).await?.items) {
+            *why = format!("{why}; the migrater said: {said}");
+        }
+    }
     if outcome == JobOutcome::Succeeded {
         // Older migration Jobs have served their purpose.
         let old = ListParams::default()

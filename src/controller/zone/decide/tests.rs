@@ -359,3 +359,36 @@ fn one_event_per_transition_led_by_ready() {
     report_terminating(&mut deleting, "1 GameServer(s) to terminate: z1-game-1");
     assert!(!transition(&after, &deleting).unwrap().0, "a deletion under way is no warning");
 }
+
+#[test]
+fn the_migrater_s_own_error_is_taken_from_its_newest_failed_pod() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus};
+    let pod = |age: u64, exit: i32, message: &str| {
+        let mut p = Pod::default();
+        p.metadata.creation_timestamp = Some(Time(Timestamp::now() - Duration::from_secs(age)));
+        p.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "migrate".into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: exit,
+                        message: Some(message.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    };
+    let pods = [
+        pod(60, 1, "error: old failure"),
+        pod(10, 1, "starting\napplying 3/u\nerror: migration failed in line 0: SELEC 1; (details: Error 1064: syntax)"),
+        pod(5, 0, ""),
+    ];
+    let said = migrater_said(&pods).unwrap();
+    assert!(said.ends_with("(details: Error 1064: syntax)") && said.starts_with("starting"), "{said}");
+    assert_eq!(migrater_said(&[pod(1, 0, "ok")]), None);
+}
