@@ -401,6 +401,39 @@ async fn apply_with_edits(
     };
 
     let stats = writer.stats();
+    if let Some(st) = st.as_ref().filter(|st| {
+        snap.refusal.is_none()
+            && st.tree_digest == stats.digest
+            && st.base_tree.as_deref() == Some(base_id.as_str())
+            && is_current(root, &st.tree)
+    }) {
+        // Edits that change nothing in the tree (a file saved again, a new mtime): no swap.
+        drop(staging);
+        let edits = Some(EditsState { dir: dir_text.clone(), revision: applied.clone() });
+        state::write(root, &State { edits, ..st.clone() })?;
+        if let Some(mut status) = crate::edits::read_status(root).filter(|s| s.edits_dir == dir_text) {
+            status.edits_revision = applied.clone();
+            status.state = "applied".into();
+            state::write_json(root, crate::edits::STATUS_FILE, &status)?;
+        }
+        tracing::info!(tree = %st.tree, "edits leave the tree as it is; nothing to swap");
+        let s = Summary {
+            unchanged: true,
+            layers: opts.layers.len(),
+            files: st.files,
+            bytes: st.bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            tree_digest: st.tree_digest.clone(),
+            tree: trees.join(&st.tree),
+            written_bytes: written,
+            linked_files: linked,
+            edits_revision: Some(applied),
+            edits_scanned: Some(snap.digest.clone()),
+            refused: None,
+        };
+        opts.progress.finished(&s);
+        return Ok(s);
+    }
     let id = tree_id("", &stats.digest);
     let tree = move_into_place(staging, &trees, &id)?;
     if let Err(e) = swap_current(root, &id) {

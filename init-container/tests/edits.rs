@@ -94,6 +94,15 @@ async fn edits_are_layered_on_hard_links_and_never_written_through() {
     // Two trees only: the base and the current one.
     assert_eq!(std::fs::read_dir(root.join(".trees")).unwrap().count(), 2);
 
+    // The same content saved again (a new mtime) swaps nothing.
+    let target = std::fs::read_link(root.join("current")).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    write(edits.join("cfg/game.ini"), "edited");
+    let again = apply_edits(&base, &edits, &root).await;
+    assert!(again.unchanged && again.tree_digest == s.tree_digest);
+    assert_eq!(std::fs::read_link(root.join("current")).unwrap(), target);
+    assert!(apply_edits(&base, &edits, &root).await.unchanged, "the new edits revision is recorded");
+
     // A new pin rebuilds the base and keeps the edits on top; the old base goes.
     std::thread::sleep(Duration::from_millis(10));
     write(base.join("maps/a.map"), "map a v2");
@@ -340,6 +349,9 @@ fn samba_edits_are_applied_atomically_by_watch() {
         std::fs::read_link(root.join("current")).unwrap().file_name().unwrap().to_str() == state(&root)["tree"].as_str()
     });
     let good_digest = state(&root)["treeDigest"].as_str().unwrap().to_owned();
+    wait_for("the swap hook of the last swap", Duration::from_secs(5), || {
+        read(&swap_log).lines().last() == Some(good_digest.as_str())
+    });
     let swaps_before = swaps(&swap_log);
     std::os::unix::fs::symlink("/etc/passwd", edits.join("cfg-evil")).unwrap();
     write(local.join("later.txt"), "after the refusal");
@@ -383,4 +395,46 @@ fn samba_edits_are_applied_atomically_by_watch() {
     }
     assert_eq!(std::fs::read(t.path().join("fresh-root/current/data/big.bin")).unwrap(), big_v2);
     drop(smb);
+}
+
+#[test]
+fn watch_signals_the_game_after_each_swap() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, edits, root) = (t.path().join("base"), t.path().join("edits"), t.path().join("root"));
+    write(base.join("cfg/game.ini"), "pinned");
+    std::fs::create_dir_all(&edits).unwrap();
+    let (pid_file, got) = (t.path().join("game.pid"), t.path().join("got"));
+    let game = Watch(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap 'echo hup >> {}' HUP; echo $$ > {}; while :; do sleep 0.05; done",
+                got.display(),
+                pid_file.display()
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the game's pid file", Duration::from_secs(5), || pid_file.exists());
+    let plan = format!(r#"[{{"path":"","local":{{"path":"{}"}}}}]"#, base.display());
+    let _watch = Watch(
+        Command::new(bin())
+            .args(["watch", "--interval", "1h", "--edits-quiet", "300ms", "--edits-poll", "100ms"])
+            .args(["--on-swap-signal", "HUP", "--on-swap-pid-file"])
+            .arg(&pid_file)
+            .arg("--root")
+            .arg(&root)
+            .arg("--edits")
+            .arg(&edits)
+            .env("GAMEZONE_LAYERS", &plan)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let hups = || std::fs::read_to_string(&got).map(|s| s.lines().count()).unwrap_or(0);
+    wait_for("the signal after the first swap", Duration::from_secs(20), || hups() == 1);
+    write(edits.join("cfg/game.ini"), "edited");
+    wait_for("the edit", Duration::from_secs(20), || file(&root, "cfg/game.ini").as_deref() == Some("edited"));
+    wait_for("the signal after the edit", Duration::from_secs(5), || hups() == 2);
+    drop(game);
 }
