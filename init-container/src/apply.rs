@@ -140,9 +140,29 @@ pub async fn apply(mut opts: ApplyOptions) -> Result<Summary> {
     let st = state::read(&root);
     match opts.edits.clone() {
         None => apply_pinned(&opts, prepared, st, started).await,
-        Some(dir) => apply_with_edits(&opts, prepared, st, &dir, started).await,
+        Some(dir) => {
+            let mut prepared = Some(prepared);
+            let mut attempt = 1;
+            loop {
+                let p = prepared.take().unwrap_or_else(|| (0..opts.layers.len()).map(|_| None).collect());
+                match apply_with_edits(&opts, p, st.clone(), &dir, started).await {
+                    // A tester still saving: look again shortly (the base is kept for the retry).
+                    Err(e @ Error::RevisionChanged { .. })
+                        if e.layer() == Some(opts.layers.len()) && attempt < EDITS_ATTEMPTS =>
+                    {
+                        tracing::info!(error = %e, attempt, "edits changed while being applied; trying again");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    r => return r,
+                }
+            }
+        }
     }
 }
+
+/// Tries of an edits batch that changes while it is copied, before giving up.
+const EDITS_ATTEMPTS: u32 = 3;
 
 /// Whether `current` points at `.trees/<tree>` and that tree exists.
 fn is_current(root: &Path, tree: &str) -> bool {
@@ -324,12 +344,11 @@ async fn apply_with_edits(
         tracing::warn!(path = %r.path, reason = %r.reason, edits = %dir_text, "edit refused; keeping the last good tree");
     }
 
-    let base = st.as_ref().filter(|st| st.layers == summaries && st.revisions == opts.revisions).and_then(|st| {
-        let b = st.base_tree.clone()?;
-        let entries = trees.join(&b).is_dir().then(|| BaseIndex::read(root, &b))??;
-        Some((b, entries))
-    });
-    if let (Some(_), Some(st)) = (&base, &st)
+    // The base is found by its index, not the state file: a run that built it and then failed
+    // (edits changed while copied) leaves it for the next run.
+    let base = BaseIndex::read(root, &summaries, &opts.revisions);
+    if let (Some((b, _)), Some(st)) = (&base, &st)
+        && st.base_tree.as_ref() == Some(b)
         && let Some(e) = &st.edits
         && e.dir == dir_text
         && is_current(root, &st.tree)
@@ -368,7 +387,11 @@ async fn apply_with_edits(
             let id = tree_id("base-", &stats.digest);
             let entries = writer.entries();
             move_into_place(staging, &trees, &id)?;
-            state::write_json(root, crate::edits::BASE_INDEX, &BaseIndex::new(&id, &stats.digest, &entries))?;
+            state::write_json(
+                root,
+                crate::edits::BASE_INDEX,
+                &BaseIndex::new(&id, &stats.digest, &summaries, &opts.revisions, &entries),
+            )?;
             written += writer.written().1;
             tracing::info!(tree = %id, files = stats.files, bytes = stats.bytes, "pinned layers built as the base tree");
             (id, entries)

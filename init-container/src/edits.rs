@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::paths;
+use crate::state::LayerSummary;
 use crate::tree::Entry;
 
 /// Name of the edits status file in the destination root.
@@ -280,26 +281,48 @@ pub(crate) struct BaseIndex {
     pub tree: String,
     /// Its tree digest.
     pub tree_digest: String,
+    /// The layers it was built from.
+    pub layers: Vec<LayerSummary>,
+    /// Their pinned revisions.
+    pub revisions: Vec<String>,
     /// `[path, mode, size, sha256]` of every entry.
     pub entries: Vec<(String, String, u64, String)>,
 }
 
 impl BaseIndex {
-    pub fn new(tree: &str, digest: &str, entries: &BTreeMap<String, Entry>) -> Self {
+    pub fn new(
+        tree: &str,
+        digest: &str,
+        layers: &[LayerSummary],
+        revisions: &[String],
+        entries: &BTreeMap<String, Entry>,
+    ) -> Self {
         BaseIndex {
             tree: tree.to_owned(),
             tree_digest: digest.to_owned(),
+            layers: layers.to_vec(),
+            revisions: revisions.to_vec(),
             entries: entries.iter().map(|(p, e)| (p.clone(), e.mode().to_owned(), e.size(), e.sha_hex())).collect(),
         }
     }
 
-    /// The index of `tree`, if the file on disk is for that tree and reads back whole.
-    pub fn read(root: &Path, tree: &str) -> Option<BTreeMap<String, Entry>> {
+    /// The base tree built for these layers and revisions, if its index reads back whole and
+    /// the tree is still there: its directory name and entries.
+    pub fn read(
+        root: &Path,
+        layers: &[LayerSummary],
+        revisions: &[String],
+    ) -> Option<(String, BTreeMap<String, Entry>)> {
         let idx: BaseIndex = serde_json::from_slice(&fs::read(root.join(BASE_INDEX)).ok()?).ok()?;
-        if idx.tree != tree {
+        if idx.layers != layers
+            || idx.revisions != revisions
+            || !root.join(crate::apply::TREES).join(&idx.tree).is_dir()
+        {
             return None;
         }
-        idx.entries.into_iter().map(|(p, m, s, h)| Some((p, Entry::from_parts(&m, s, &h)?))).collect()
+        let entries: Option<BTreeMap<String, Entry>> =
+            idx.entries.into_iter().map(|(p, m, s, h)| Some((p, Entry::from_parts(&m, s, &h)?))).collect();
+        Some((idx.tree, entries?))
     }
 }
 
