@@ -6,7 +6,9 @@
 
 pub mod apply;
 pub mod creds;
+pub mod edits;
 pub mod error;
+pub mod hook;
 mod lock;
 pub mod p4export;
 mod paths;
@@ -14,6 +16,7 @@ pub mod plan;
 pub mod progress;
 pub mod resolve;
 pub mod retry;
+pub mod samba;
 mod source;
 pub mod state;
 mod tree;

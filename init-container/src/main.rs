@@ -11,8 +11,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use gamezone_init::apply::{ApplyOptions, apply};
 use gamezone_init::creds::DirCredentials;
+use gamezone_init::hook::SwapHook;
 use gamezone_init::progress::{BarProgress, LogProgress, Progress};
 use gamezone_init::retry::RetryPolicy;
+use gamezone_init::watch::WatchOptions;
 use gamezone_init::{Error, Limits, plan, resolve};
 
 #[derive(Parser)]
@@ -53,6 +55,9 @@ struct TreeArgs {
     /// Cap on files written.
     #[arg(long, env = "GAMEZONE_MAX_FILES")]
     max_files: Option<u64>,
+    /// Directory of live edits, layered on top of the plan's layers.
+    #[arg(long, env = "GAMEZONE_EDITS_DIR")]
+    edits: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +83,25 @@ enum Command {
         /// Time between resolves, e.g. 30s, 5m.
         #[arg(long, env = "GAMEZONE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// How long the edits directory must stay unchanged before its edits are applied.
+        #[arg(long, env = "GAMEZONE_EDITS_QUIET", default_value = "2s", value_parser = humantime::parse_duration)]
+        edits_quiet: Duration,
+        /// How often the edits directory is scanned (inotify does not see writers on other hosts).
+        #[arg(long, env = "GAMEZONE_EDITS_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+        edits_poll: Duration,
+        /// Command run with `sh -c` after each swap (sees GAMEZONE_TREE, GAMEZONE_TREE_DIGEST,
+        /// GAMEZONE_CURRENT, GAMEZONE_EDITS_REVISION).
+        #[arg(long, env = "GAMEZONE_ON_SWAP_EXEC")]
+        on_swap_exec: Option<String>,
+        /// Signal sent after each swap to the pid in --on-swap-pid-file (HUP, USR1, ...).
+        #[arg(long, env = "GAMEZONE_ON_SWAP_SIGNAL", requires = "on_swap_pid_file", value_parser = gamezone_init::hook::parse_signal)]
+        on_swap_signal: Option<rustix::process::Signal>,
+        /// File holding the pid of the process to signal.
+        #[arg(long, env = "GAMEZONE_ON_SWAP_PID_FILE", requires = "on_swap_signal")]
+        on_swap_pid_file: Option<PathBuf>,
+        /// How long the swap command may run before it is killed.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        on_swap_timeout: Duration,
     },
     /// Write a p4-export-format archive and manifest from a directory (for tests and development).
     MakeP4Export {
@@ -114,6 +138,7 @@ fn options(p: &PlanArgs, t: &TreeArgs, layers: Vec<plan::Layer>, revisions: Vec<
     let d = Limits::default();
     o.limits = Limits { max_bytes: t.max_bytes.unwrap_or(d.max_bytes), max_files: t.max_files.unwrap_or(d.max_files) };
     o.retry = p.retry_policy();
+    o.edits = t.edits.clone();
     o
 }
 
@@ -150,13 +175,38 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                 elapsed_ms = s.elapsed_ms,
                 tree_digest = %s.tree_digest,
                 tree = %s.tree.display(),
+                written_bytes = s.written_bytes,
+                linked_files = s.linked_files,
+                edits_revision = s.edits_revision.as_deref(),
+                refused = s.refused.as_ref().map(|r| r.path.as_str()),
                 "summary"
             );
         }
-        Command::Watch { plan, tree, interval } => {
+        Command::Watch {
+            plan,
+            tree,
+            interval,
+            edits_quiet,
+            edits_poll,
+            on_swap_exec,
+            on_swap_signal,
+            on_swap_pid_file,
+            on_swap_timeout,
+        } => {
             let layers = layers(&plan)?;
             let opts = options(&plan, &tree, layers, Vec::new(), tty);
-            gamezone_init::watch::watch(opts, interval, shutdown()).await?;
+            let w = WatchOptions {
+                interval,
+                quiet: edits_quiet,
+                poll: edits_poll,
+                hook: SwapHook {
+                    exec: on_swap_exec,
+                    signal: on_swap_signal,
+                    pid_file: on_swap_pid_file,
+                    timeout: on_swap_timeout,
+                },
+            };
+            gamezone_init::watch::watch(opts, w, shutdown()).await?;
         }
         Command::MakeP4Export { from, out, changelist, depot_root } => {
             let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)

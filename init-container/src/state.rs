@@ -61,6 +61,24 @@ pub struct State {
     pub bytes: u64,
     /// When the tree was swapped in (RFC 3339).
     pub applied_at: String,
+    /// With an edits layer: the tree of the pinned layers alone, under `.trees/`, that the
+    /// current tree was built on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_tree: Option<String>,
+    /// With an edits layer: which edits the current tree holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<EditsState>,
+}
+
+/// The edits layer a tree was built with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditsState {
+    /// The edits directory.
+    pub dir: String,
+    /// Digest of the edits applied (names, sizes, mtimes, modes); empty when they were refused
+    /// and the tree holds the pinned layers only.
+    pub revision: String,
 }
 
 /// Reads the state file; `None` when absent or unreadable (then the tree is rebuilt).
@@ -71,10 +89,15 @@ pub fn read(root: &Path) -> Option<State> {
 
 /// Writes the state file: temp file, fsync, rename, fsync the directory.
 pub(crate) fn write(root: &Path, state: &State) -> Result<()> {
-    let path = root.join(STATE_FILE);
-    let tmp = root.join(format!("{STATE_FILE}.tmp-{}", fastrand::u32(..)));
-    let body = serde_json::to_vec_pretty(state)
-        .map_err(|e| Error::destination(&path, "encode state", std::io::Error::other(e)))?;
+    write_json(root, STATE_FILE, state)
+}
+
+/// Writes `root/name` as JSON atomically: temp file, fsync, rename, fsync the directory.
+pub(crate) fn write_json(root: &Path, name: &str, value: &impl Serialize) -> Result<()> {
+    let path = root.join(name);
+    let tmp = root.join(format!("{name}.tmp-{}", fastrand::u32(..)));
+    let body = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::destination(&path, format!("encode {name}"), std::io::Error::other(e)))?;
     let res = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&body)?;
@@ -84,7 +107,7 @@ pub(crate) fn write(root: &Path, state: &State) -> Result<()> {
     })();
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
-        return Err(Error::destination(&path, "write state file", e));
+        return Err(Error::destination(&path, format!("write {name}"), e));
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub(crate) enum Kind {
     Symlink,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     kind: Kind,
     size: u64,
@@ -47,13 +47,39 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn line(&self, path: &str) -> String {
-        let (mode, sha) = match self.kind {
-            Kind::File { exec: false } => ("100644", hex::encode(self.sha256)),
-            Kind::File { exec: true } => ("100755", hex::encode(self.sha256)),
-            Kind::Symlink => ("120000", hex::encode(self.sha256)),
-            Kind::Dir => ("040000", "-".to_owned()),
+        format!("{path} {} {} {}\n", self.mode(), self.size, self.sha_hex())
+    }
+
+    /// The git-style mode of the digest line: `100644`, `100755`, `120000` or `040000`.
+    pub fn mode(&self) -> &'static str {
+        match self.kind {
+            Kind::File { exec: false } => "100644",
+            Kind::File { exec: true } => "100755",
+            Kind::Symlink => "120000",
+            Kind::Dir => "040000",
+        }
+    }
+
+    /// The content's sha256 in hex (of the target for a symlink), `-` for a directory.
+    pub fn sha_hex(&self) -> String {
+        if self.kind == Kind::Dir { "-".to_owned() } else { hex::encode(self.sha256) }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Rebuilds an entry from the parts of its digest line (the base index stores them).
+    pub fn from_parts(mode: &str, size: u64, sha: &str) -> Option<Entry> {
+        let kind = match mode {
+            "100644" => Kind::File { exec: false },
+            "100755" => Kind::File { exec: true },
+            "120000" => Kind::Symlink,
+            "040000" => return Some(Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] }),
+            _ => return None,
         };
-        format!("{path} {mode} {} {sha}\n", self.size)
+        let sha256 = hex::decode(sha).ok()?.try_into().ok()?;
+        Some(Entry { kind, size, sha256 })
     }
 }
 
@@ -271,6 +297,41 @@ impl TreeWriter {
         Ok(())
     }
 
+    /// Every entry of the tree as it stands, by path.
+    pub fn entries(&self) -> BTreeMap<String, Entry> {
+        self.lock().clone()
+    }
+
+    /// Fills an empty staging tree from a built tree: directories are created, files hard-linked
+    /// (they share the base's inodes, so later entries must replace them, never write into them:
+    /// [`prepare`](Self::prepare) unlinks first), symlinks recreated. Linked files cost no bytes
+    /// and do not count against the caps. Returns the number of files linked.
+    pub fn link_from(&self, ctx: &Ctx, base: &Path, entries: &BTreeMap<String, Entry>) -> Result<u64> {
+        let mut mine = self.lock();
+        let mut linked = 0;
+        // A BTreeMap iterates parents before their children.
+        for (rel, e) in entries {
+            let (from, to) = (base.join(rel), self.abs(rel));
+            match e.kind {
+                Kind::Dir => fs::create_dir(&to).map_err(|err| self.io_err(ctx, "create directory", rel, err))?,
+                Kind::Symlink => {
+                    let t = fs::read_link(&from).map_err(|err| ctx.io(format!("read link {}", from.display()), err))?;
+                    std::os::unix::fs::symlink(t, &to).map_err(|err| self.io_err(ctx, "create symlink", rel, err))?;
+                }
+                Kind::File { .. } => {
+                    if let Err(err) = fs::hard_link(&from, &to) {
+                        // Another file system or the link limit: a copy is a new inode too.
+                        tracing::debug!(path = rel, error = %err, "hard link failed; copying");
+                        fs::copy(&from, &to).map_err(|err| self.io_err(ctx, "copy", rel, err))?;
+                    }
+                    linked += 1;
+                }
+            }
+            mine.insert(rel.clone(), e.clone());
+        }
+        Ok(linked)
+    }
+
     /// The digest and totals of the tree as it stands.
     pub fn stats(&self) -> TreeStats {
         let entries = self.lock();
@@ -301,6 +362,15 @@ fn read_error(ctx: &Ctx, rel: &str, e: io::Error) -> Error {
     } else {
         ctx.source(format!("reading `{rel}`: {e}"))
     }
+}
+
+/// The tree digest of a set of entries.
+pub(crate) fn digest_entries(entries: &BTreeMap<String, Entry>) -> String {
+    let mut h = Sha256::new();
+    for (path, e) in entries {
+        h.update(e.line(path).as_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 /// The digest of a tree on disk, computed the same way as for a tree being written:

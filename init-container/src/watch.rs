@@ -1,13 +1,18 @@
 //! Watch mode: re-resolve on an interval and apply when a revision moved; local sources are
-//! watched with inotify so edits show up at once (debounced).
+//! watched with inotify so edits show up at once (debounced). With an edits directory, its
+//! changes are applied as soon as it is quiet, on the pinned layers last resolved (no fetch),
+//! and the swap hooks run after each swap.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
 use tokio::sync::mpsc;
 
-use crate::apply::{ApplyOptions, apply};
+use crate::apply::{ApplyOptions, Summary, apply};
+use crate::edits::{Debounce, Decision};
+use crate::hook::SwapHook;
 use crate::plan::SourceRef;
 use crate::resolve::resolve_with;
 use crate::{Error, Result};
@@ -15,60 +20,215 @@ use crate::{Error, Result};
 /// Quiet time after a local change before re-resolving.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Resolves and applies `opts.layers` every `interval` (and on local changes) until `stop` completes.
-/// `opts.revisions` is ignored: every round resolves afresh. Failed rounds are logged and retried
-/// on the next round; `current` keeps the last good tree.
-pub async fn watch(
-    mut opts: ApplyOptions,
-    interval: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+/// A file inotify saw written but not closed is taken as closed after this long without writes
+/// (a missed event must not hold the edits back forever).
+const WRITER_HOLD: Duration = Duration::from_secs(120);
+
+/// How `watch` runs.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Time between resolves of the pinned layers.
+    pub interval: Duration,
+    /// How long the edits directory must stay unchanged before its edits are applied.
+    pub quiet: Duration,
+    /// How often the edits directory is scanned (inotify only sees local writers; a network
+    /// mount is seen by scanning).
+    pub poll: Duration,
+    /// What to run after each swap.
+    pub hook: SwapHook,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            interval: Duration::from_secs(30),
+            quiet: Duration::from_secs(2),
+            poll: Duration::from_secs(1),
+            hook: SwapHook::default(),
+        }
+    }
+}
+
+enum Wake {
+    Stop,
+    Resolve,
+    Edits,
+}
+
+/// Resolves and applies `opts.layers` every `w.interval` (and on local changes) until `stop`
+/// completes, with `opts.edits` on top when set. `opts.revisions` is ignored: every round
+/// resolves afresh. Failed rounds are logged and retried on the next round; `current` keeps
+/// the last good tree.
+pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     crate::plan::validate(&opts.layers)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let _watcher = watch_local_dirs(&opts, tx)?;
+    let (etx, mut erx) = mpsc::unbounded_channel::<notify::Event>();
+    let _edits_watcher = match &opts.edits {
+        Some(d) => watch_edits_dir(d, etx),
+        None => None,
+    };
+    let mut writers: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut debounce = Debounce::new(w.quiet);
+    let mut revisions: Option<Vec<String>> = None;
+    let mut next_resolve = tokio::time::Instant::now();
+    let mut edits_wait = w.poll;
     tokio::pin!(stop);
     loop {
-        match resolve_with(&opts.layers, opts.credentials.as_ref(), &opts.retry).await {
-            Ok(revs) => {
-                let layers = opts.layers.clone();
-                opts.revisions = revs.into_iter().map(|r| r.revision).collect();
-                let round = ApplyOptions {
-                    layers,
-                    revisions: std::mem::take(&mut opts.revisions),
-                    root: opts.root.clone(),
-                    credentials: opts.credentials.clone(),
-                    progress: opts.progress.clone(),
-                    limits: opts.limits,
-                    retry: opts.retry.clone(),
-                };
-                match apply(round).await {
-                    Ok(s) if s.unchanged => tracing::debug!("no change"),
-                    Ok(s) => tracing::info!(
-                        files = s.files,
-                        bytes = s.bytes,
-                        elapsed_ms = s.elapsed_ms,
-                        tree_digest = %s.tree_digest,
-                        "applied new revisions"
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, transient = e.is_transient(), "apply failed; keeping the current tree")
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, transient = e.is_transient(), "resolve failed; keeping the current tree")
-            }
-        }
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            _ = tokio::time::sleep(interval) => {}
+        let wake = tokio::select! {
+            _ = &mut stop => Wake::Stop,
+            _ = tokio::time::sleep_until(next_resolve) => Wake::Resolve,
             Some(()) = rx.recv() => {
                 // Let a burst of writes settle before resolving.
                 while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|m| m.is_some()) {}
                 tracing::info!("local source changed");
+                Wake::Resolve
+            }
+            Some(ev) = erx.recv(), if opts.edits.is_some() => {
+                track_writer(&mut writers, &ev);
+                while let Ok(ev) = erx.try_recv() {
+                    track_writer(&mut writers, &ev);
+                }
+                Wake::Edits
+            }
+            _ = tokio::time::sleep(edits_wait), if opts.edits.is_some() => Wake::Edits,
+        };
+        match wake {
+            Wake::Stop => return Ok(()),
+            Wake::Resolve => {
+                next_resolve = tokio::time::Instant::now() + w.interval;
+                match resolve_with(&opts.layers, opts.credentials.as_ref(), &opts.retry).await {
+                    Ok(revs) => revisions = Some(revs.into_iter().map(|r| r.revision).collect()),
+                    Err(e) => {
+                        tracing::error!(error = %e, transient = e.is_transient(), "resolve failed; keeping the current tree");
+                        continue;
+                    }
+                }
+                if let Some(revs) = &revisions {
+                    round(&opts, &w, revs.clone(), &mut debounce).await;
+                }
+            }
+            Wake::Edits => {
+                let Some(dir) = &opts.edits else { continue };
+                let now = Instant::now();
+                writers.retain(|_, t| now.duration_since(*t) < WRITER_HOLD);
+                let d = dir.clone();
+                let snap = match tokio::task::spawn_blocking(move || crate::edits::scan(&d)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(edits = %dir.display(), error = %e, "cannot scan the edits directory");
+                        edits_wait = w.poll;
+                        continue;
+                    }
+                    Err(e) => return Err(Error::Plan(format!("edits scan task failed: {e}"))),
+                };
+                edits_wait = match debounce.observe(now, &snap.digest, writers.len()) {
+                    Decision::Wait(d) => d.min(w.poll),
+                    Decision::Idle => w.poll,
+                    Decision::Apply => {
+                        // Pins from the last resolve; resolve now only when there were none yet.
+                        if revisions.is_none() {
+                            next_resolve = tokio::time::Instant::now();
+                            continue;
+                        }
+                        if let Some(revs) = &revisions {
+                            round(&opts, &w, revs.clone(), &mut debounce).await;
+                        }
+                        w.poll
+                    }
+                };
             }
         }
     }
+}
+
+/// One apply with the given pins (and the edits); logs the outcome and runs the hooks.
+async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, debounce: &mut Debounce) {
+    let r = ApplyOptions {
+        layers: opts.layers.clone(),
+        revisions,
+        root: opts.root.clone(),
+        credentials: opts.credentials.clone(),
+        progress: opts.progress.clone(),
+        limits: opts.limits,
+        retry: opts.retry.clone(),
+        edits: opts.edits.clone(),
+    };
+    match apply(r).await {
+        Ok(s) => {
+            done(debounce, &s);
+            if s.unchanged {
+                tracing::debug!("no change");
+                return;
+            }
+            tracing::info!(
+                files = s.files,
+                bytes = s.bytes,
+                written_bytes = s.written_bytes,
+                linked_files = s.linked_files,
+                elapsed_ms = s.elapsed_ms,
+                tree_digest = %s.tree_digest,
+                edits_revision = s.edits_revision.as_deref().unwrap_or(""),
+                "swapped in a new tree"
+            );
+            w.hook.run(&opts.root, &s).await;
+        }
+        // The edits changed while they were copied: take them again once quiet.
+        Err(e @ Error::RevisionChanged { .. }) if e.layer() == Some(opts.layers.len()) => {
+            tracing::info!(error = %e, "edits changed while being applied; waiting until they are quiet");
+            debounce.restart();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, transient = e.is_transient(), "apply failed; keeping the current tree")
+        }
+    }
+}
+
+fn done(debounce: &mut Debounce, s: &Summary) {
+    // A refused snapshot is done with too: it is reported, not retried until it changes.
+    if let Some(d) = &s.edits_scanned {
+        debounce.done(d);
+    }
+}
+
+/// Keeps the set of files inotify saw written and not yet closed.
+fn track_writer(writers: &mut HashMap<PathBuf, Instant>, ev: &notify::Event) {
+    use notify::EventKind as K;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    if ev.need_rescan() {
+        writers.clear();
+        return;
+    }
+    for p in &ev.paths {
+        match ev.kind {
+            K::Modify(ModifyKind::Data(_)) | K::Modify(ModifyKind::Any) => {
+                writers.insert(p.clone(), Instant::now());
+            }
+            K::Access(AccessKind::Close(AccessMode::Write)) | K::Remove(_) | K::Modify(ModifyKind::Name(_)) => {
+                writers.retain(|w, _| !w.starts_with(p));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn watch_edits_dir(dir: &Path, tx: mpsc::UnboundedSender<notify::Event>) -> Option<notify::RecommendedWatcher> {
+    let mut w = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(e) = ev {
+            let _ = tx.send(e);
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the edits directory; scanning it instead");
+            return None;
+        }
+    };
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the edits directory; scanning it instead");
+        return None;
+    }
+    Some(w)
 }
 
 fn watch_local_dirs(opts: &ApplyOptions, tx: mpsc::UnboundedSender<()>) -> Result<Option<notify::RecommendedWatcher>> {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real servers the gamezone-init tests run against (s3s-fs, sshd). Idempotent: s3s-fs is cached by version
+# Installs the real servers the gamezone-init tests run against (s3s-fs, sshd, smbd). Idempotent: s3s-fs is cached by version
 # under $GAMEZONE_TOOLS (default /root/.cache/gamezone/tools) and only built when missing.
 set -euo pipefail
 
@@ -27,10 +27,19 @@ if [[ ! -x "${GAMEZONE_SSHD:-/usr/sbin/sshd}" ]] || ! command -v ssh-keygen >/de
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null
 fi
 
-for tool in git ssh-keygen; do
+# Samba for the edits tests (they run their own smbd on a loopback port with a generated smb.conf;
+# the system's smbd/nmbd services are not started or changed).
+if [[ ! -x "${GAMEZONE_SMBD:-/usr/sbin/smbd}" ]] || ! command -v smbclient >/dev/null || ! command -v smbpasswd >/dev/null; then
+  echo "samba, smbclient: installing from Debian"
+  SUDO=; [[ "$(id -u)" = 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq samba smbclient >/dev/null
+fi
+
+for tool in git ssh-keygen smbclient smbpasswd; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
 git_exec="$(git --exec-path)"
 [[ -x "$git_exec/git-http-backend" ]] || { echo "missing $git_exec/git-http-backend" >&2; exit 1; }
 
-echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd"
+echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd, smbd via GAMEZONE_SMBD or /usr/sbin/smbd"

@@ -560,3 +560,90 @@ fn git_shell() -> PathBuf {
     assert!(p.is_file(), "git-shell not found at {}", p.display());
     p
 }
+
+/// Debian's smbd sharing one directory as `edits` on a loopback port, with the configuration
+/// `gamezone_init::samba::smb_conf` writes.
+pub struct Smbd {
+    pub server: Server,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub log: PathBuf,
+}
+
+/// Starts smbd (as root: it needs to switch to the share's user) for `share`, its state in `dir`.
+pub fn smbd(share: &Path, dir: &Path) -> Smbd {
+    let bin = std::env::var_os("GAMEZONE_SMBD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/smbd"));
+    assert!(
+        bin.is_file() && Path::new("/usr/bin/smbclient").is_file(),
+        "smbd/smbclient not found — run init-container/tests/install-test-tools.sh (or set GAMEZONE_SMBD)"
+    );
+    let port = free_port();
+    let unix_user = run(Command::new("id").arg("-un"));
+    let share_cfg = gamezone_init::samba::SmbShare {
+        name: "edits".into(),
+        path: share.to_owned(),
+        port,
+        listen: "127.0.0.1".into(),
+        state_dir: dir.to_owned(),
+        user: "tester".into(),
+        unix_user: unix_user.clone(),
+    };
+    let (conf, usermap) = gamezone_init::samba::smb_conf(&share_cfg).unwrap();
+    for d in gamezone_init::samba::STATE_SUBDIRS {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let conf_path = dir.join("smb.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    std::fs::write(dir.join("usermap"), usermap).unwrap();
+    let password = format!("pw-{}", free_port());
+    let mut set = Command::new("smbpasswd")
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-a", "-s", &unix_user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("smbpasswd");
+    set.stdin.take().unwrap().write_all(format!("{password}\n{password}\n").as_bytes()).unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(out.status.success(), "smbpasswd: {}", String::from_utf8_lossy(&out.stderr));
+    let log = dir.join("smbd.log");
+    let mut child = Command::new(&bin)
+        .args(["--foreground", "--no-process-group", "-s"])
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smbd");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("smbd exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "smbd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Smbd {
+        server: Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) },
+        port,
+        user: "tester".into(),
+        password,
+        log,
+    }
+}
+
+impl Smbd {
+    /// Runs `smbclient -c CMDS` against the share; panics with its output on failure.
+    pub fn client(&self, cmds: &str) -> String {
+        run(Command::new("smbclient").arg("//127.0.0.1/edits").args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            &format!("{}%{}", self.user, self.password),
+            "-c",
+            cmds,
+        ]))
+    }
+}
