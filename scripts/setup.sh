@@ -13,7 +13,7 @@ mkdir -p "$GAMEZONE_CACHE"
 # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
 need=()
 for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone \
-  protoc:protobuf-compiler node:nodejs npm:npm curl:curl; do
+  protoc:protobuf-compiler node:nodejs npm:npm curl:curl redis-server:redis-server; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)
@@ -50,4 +50,11 @@ bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
 if [ -x "$ROOT/init-container/tests/install-test-tools.sh" ] || [ -f "$ROOT/init-container/tests/install-test-tools.sh" ]; then
   bash "$ROOT/init-container/tests/install-test-tools.sh"
 fi
+# Argo CD (application controller, repo server, ApplicationSet controller) and kustomize from
+# their Go modules, for the GitOps flow test: minutes cold, cached by version.
+"$ROOT/tests/argocd/argocd.sh" build
+
+# The images real nodes run (the operator, the example game server, the migrater), from the
+# workspace's release binaries, cached by content.
+bash "$ROOT/scripts/images.sh" build >/dev/null
 say "ready (cache: $GAMEZONE_CACHE)"
