@@ -216,16 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         check_every: Duration::from_secs(w.webhook_check_interval.max(1)),
         watch_namespace: args.namespace.clone(),
     };
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
-    };
+    let mut config = kube_config(args.kubeconfig.as_deref()).await?;
     let port_ranges =
         args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
     // The API server's audit log then tells replicas apart.

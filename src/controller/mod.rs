@@ -301,6 +301,12 @@ where
     (store, run, receivers)
 }
 
+/// How both controllers run: `--concurrency` reconciles at once, and bursts of changes to one
+/// object (a new pod's quick steps, a zone's servers reporting) coalesced into one reconcile.
+fn controller_config(config: &Config) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(Duration::from_millis(500))
+}
+
 /// Requeue delay after an error: user errors wait for a change (or a watched Secret), others
 /// back off briefly.
 fn requeue_after(err: &Error) -> Duration {

@@ -37,11 +37,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Trigger
         .owns_stream(pods)
         // A new pod's first steps (scheduled, started, ready) come in quick succession; one
         // reconcile after they settle writes one status instead of one per step.
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .concurrency(ctx.config.concurrency)
-                .debounce(Duration::from_millis(500)),
-        )
+        .with_config(super::controller_config(&ctx.config))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {

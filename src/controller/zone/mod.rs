@@ -65,11 +65,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
                 .collect::<Vec<_>>()
         })
         // A zone hears of every status change of each of its servers; coalesce bursts of them.
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .concurrency(ctx.config.concurrency)
-                .debounce(Duration::from_millis(500)),
-        )
+        .with_config(super::controller_config(&ctx.config))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
