@@ -61,6 +61,10 @@ struct SdkArgs {
     /// Its namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// UID of the pod this sidecar runs in (downward API), written with what the game says so
+    /// the operator never takes a replaced pod's words for its successor's.
+    #[arg(long, env = "GAMEZONE_POD_UID", conflicts_with = "local")]
+    pod_uid: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -255,7 +259,12 @@ async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
             http::HeaderValue::from_str(&agent)
                 .with_context(|| format!("--server {name:?} is not valid in a header"))?,
         ));
-        crate::sdk::Mode::Cluster { client: kube::Client::try_from(config)?, namespace: args.namespace, name }
+        crate::sdk::Mode::Cluster {
+            client: kube::Client::try_from(config)?,
+            namespace: args.namespace,
+            name,
+            pod_uid: args.pod_uid,
+        }
     };
     crate::sdk::run(crate::sdk::Config { mode, grpc_port: args.grpc_port, http_port: args.http_port }).await
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gamezone::api::*;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -243,6 +244,218 @@ async fn an_image_bump_never_has_more_than_max_unavailable_out_and_drains_each_f
     assert_eq!(drained.len(), 4, "every instance moved to the new image: {drained:?}");
     assert!(drained.values().all(|d| *d), "an instance was updated before its drain: {drained:?}");
     assert_eq!(out_max, 1, "more than maxUnavailable out at once");
+    wait_ready(&zones, "zone1").await;
+    ns.cleanup().await;
+}
+
+/// The uid of `name`'s pod, when it has one that is not being deleted.
+async fn current_pod(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let pod = pods.get_opt(name).await.ok()??;
+    pod.metadata.deletion_timestamp.is_none().then(|| pod.uid()).flatten()
+}
+
+/// Writes `status.sdk` as the SDK sidecar of pod `pod_uid` would (its field manager, a merge
+/// patch of the status).
+async fn sdk_says(servers: &Api<GameServer>, name: &str, pod_uid: &str, said: serde_json::Value) {
+    let mut sdk = json!({"podUid": pod_uid, "stateTime": "2026-01-01T00:00:00Z"});
+    for (k, v) in said.as_object().unwrap() {
+        sdk[k] = v.clone();
+    }
+    servers
+        .patch_status(name, &PatchParams::apply("gamezone-sdk"), &Patch::Merge(json!({"status": {"sdk": sdk}})))
+        .await
+        .unwrap_or_else(|e| panic!("status.sdk of {name}: {e}"));
+}
+
+async fn wait_state(servers: &Api<GameServer>, name: &str, want: ServerState, says: &str) {
+    common::wait_for(&format!("{name} {want:?} ({says})"), WAIT, || async {
+        match state(servers, name).await? {
+            (Some(s), m) if s == want && m.contains(says) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// Waits until `name` has a pod other than `old`; its uid.
+async fn replaced(pods: &Api<Pod>, name: &str, old: &str) -> String {
+    common::wait_for(&format!("a new pod for {name}"), WAIT, || async {
+        match current_pod(pods, name).await {
+            Some(uid) if uid != old => Ok(uid),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_game_s_sdk_calls_make_its_server_ready_and_end_its_pod_and_only_its_own_pod_s_count() {
+    let ns = common::namespace("lifecycle-sdk").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let health = json!({"initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 1});
+    zones.create(&PostParams::default(), &zone(2, json!({"ready": "Sdk", "health": health}))).await.unwrap();
+
+    // A Ready pod is not enough: the game must call Ready.
+    wait_state(&servers, "zone1-game-1", ServerState::RequestReady, "call Ready through the SDK").await;
+    let pod1 = current_pod(&pods, "zone1-game-1").await.expect("a pod");
+    let pod2 = current_pod(&pods, "zone1-game-2").await.expect("a pod");
+    sdk_says(&servers, "zone1-game-1", &pod1, json!({"state": "RequestReady"})).await;
+    sdk_says(&servers, "zone1-game-2", &pod2, json!({"state": "RequestReady"})).await;
+    wait_ready(&zones, "zone1").await;
+    // The operator's own status writes leave the sidecar's field to the sidecar.
+    let gs = servers.get("zone1-game-1").await.unwrap();
+    assert_eq!(gs.status.as_ref().and_then(|s| s.sdk.as_ref()).and_then(|s| s.state), Some(SdkState::RequestReady));
+    for entry in gs.managed_fields().iter().filter(|m| m.manager.as_deref() == Some(MANAGER)) {
+        let fields = serde_json::to_string(&entry.fields_v1).unwrap();
+        assert!(!fields.contains("f:sdk"), "the operator claims status.sdk: {fields}");
+    }
+
+    // A replaced pod's last words do not end its successor.
+    sdk_says(&servers, "zone1-game-1", "a-pod-long-gone", json!({"state": "Shutdown"})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        current_pod(&pods, "zone1-game-1").await.as_deref(),
+        Some(pod1.as_str()),
+        "replaced for another pod's call"
+    );
+
+    // Shutdown from the game: a new pod, which must call Ready in its turn.
+    sdk_says(&servers, "zone1-game-1", &pod1, json!({"state": "Shutdown"})).await;
+    let new1 = replaced(&pods, "zone1-game-1", &pod1).await;
+    wait_state(&servers, "zone1-game-1", ServerState::RequestReady, "call Ready through the SDK").await;
+    assert_eq!(servers.get("zone1-game-1").await.unwrap().status.unwrap().pod_uid.as_deref(), Some(new1.as_str()));
+
+    // Missed health pings: a new pod too.
+    sdk_says(&servers, "zone1-game-2", &pod2, json!({"state": "RequestReady", "health": "Unhealthy"})).await;
+    replaced(&pods, "zone1-game-2", &pod2).await;
+    let events = kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(ns.client.clone(), &ns.name);
+    common::wait_for("an Event names the missed pings", WAIT, || async {
+        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let notes: Vec<String> = list.items.into_iter().filter_map(|e| e.message).collect();
+        if notes.iter().any(|m| m.contains("no health ping")) { Ok(()) } else { Err(format!("{notes:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_allocated_server_stays_on_scale_down_until_the_game_returns_it_to_ready() {
+    let ns = common::namespace("lifecycle-allocated").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    // No deletable gates: only the game's Allocate keeps it.
+    zones.create(&PostParams::default(), &zone(2, json!({}))).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let pod2 = current_pod(&pods, "zone1-game-2").await.expect("a pod");
+    sdk_says(&servers, "zone1-game-2", &pod2, json!({"state": "Allocated"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let shrink = json!({"spec": {"services": [{"type": "game", "id": 1}]}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(shrink)).await.unwrap();
+    wait_state(&servers, "zone1-game-2", ServerState::Draining, "Allocated").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(current_pod(&pods, "zone1-game-2").await.as_deref(), Some(pod2.as_str()), "kicked its players");
+    let z = zones.get("zone1").await.unwrap();
+    let msg = z.status.unwrap().conditions.into_iter().find(|c| c.type_ == "ServersReady").unwrap().message;
+    assert!(msg.contains("zone1-game-2: waiting for the game to end its match"), "{msg}");
+
+    sdk_says(&servers, "zone1-game-2", &pod2, json!({"state": "RequestReady"})).await;
+    common::wait_for("zone1-game-2 gone once its match ended", WAIT, || async {
+        let left = names(&servers, "zone1").await;
+        if left == ["zone1-game-1"] { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_drain_and_mid_rollout_deletes_nothing_early() {
+    let ns = common::namespace("lifecycle-killed").await;
+    install_crds(&ns.client).await;
+    let mut op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let lifecycle = json!({"deletableGates": ["NoPlayers"], "updateStrategy": {"maxUnavailable": 1}});
+    zones.create(&PostParams::default(), &zone(3, lifecycle.clone())).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    let before = support::pod_uids(&pods, "zone1").await;
+    for i in 1..=3 {
+        set_gate(&servers, &format!("zone1-game-{i}"), "NoPlayers", false).await;
+    }
+
+    // Mid-drain: game-3 leaves the spec, the operator dies, another takes over.
+    let mut shrunk = lifecycle.clone();
+    (shrunk["type"], shrunk["id"], shrunk["endId"]) = (json!("game"), json!(1), json!(2));
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [shrunk]}})))
+        .await
+        .unwrap();
+    wait_state(&servers, "zone1-game-3", ServerState::Draining, "NoPlayers").await;
+    op.kill();
+    op = Operator::start(ns.kubeconfig(), &ns.name);
+
+    // Mid-rollout: a new image; the first to update is drained, the operator dies again.
+    let mut bumped = shrunk.clone();
+    bumped["image"] = json!("svc:2");
+    zones
+        .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [bumped]}})))
+        .await
+        .unwrap();
+    common::wait_for("one instance drained for the update", WAIT, || async {
+        let drained: Vec<String> = servers
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|g| g.spec.id <= 2 && g.spec.not_in_service().is_some())
+            .map(|g| g.name_any())
+            .collect();
+        if drained.len() == 1 { Ok(()) } else { Err(format!("{drained:?}")) }
+    })
+    .await;
+    op.kill();
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(support::pod_uids(&pods, "zone1").await, before, "a pod with players went while they played");
+    let drained = servers
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|g| g.spec.not_in_service().is_some())
+        .count();
+    assert_eq!(drained, 2, "game-3 and one instance updating: no more taken out than maxUnavailable");
+
+    // The players leave: everything converges.
+    for i in 1..=3 {
+        set_gate(&servers, &format!("zone1-game-{i}"), "NoPlayers", true).await;
+    }
+    common::wait_for("two instances on svc:2, game-3 gone", Duration::from_secs(90), || async {
+        let list = servers.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
+        let shown: Vec<(String, Option<String>, Option<ServerState>)> = list
+            .iter()
+            .map(|g| {
+                let image = g.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+                (g.name_any(), image, g.status.as_ref().and_then(|s| s.state))
+            })
+            .collect();
+        let done = shown.len() == 2
+            && shown
+                .iter()
+                .all(|(_, image, state)| image.as_deref() == Some("svc:2") && *state == Some(ServerState::Ready));
+        if done { Ok(()) } else { Err(format!("{shown:?}")) }
+    })
+    .await;
     wait_ready(&zones, "zone1").await;
     ns.cleanup().await;
 }

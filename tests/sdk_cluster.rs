@@ -51,8 +51,10 @@ async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
         Some(Health { disabled: false, period_seconds: 1, failure_threshold: 2, initial_delay_seconds: 0 });
     api.create(&PostParams::default(), &gs).await.unwrap();
     // What the server controller would have written.
+    // ... and what the previous pod's process said before it went.
     let status = json!({"status": {"state": "Ready", "address": "10.244.0.9", "nodeAddress": "10.0.0.3",
-                                    "ports": [{"name": "game", "port": 7100, "containerPort": 7777, "protocol": "UDP"}]}});
+                                    "ports": [{"name": "game", "port": 7100, "containerPort": 7777, "protocol": "UDP"}],
+                                    "sdk": {"podUid": "previous-pod", "state": "Shutdown"}}});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 
     let grpc = free_port();
@@ -64,11 +66,23 @@ async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
             .args(["--server", name, "--namespace", &ns.name])
             .args(["--grpc-port", &grpc.to_string(), "--http-port", &free_port().to_string()])
             .env("GAMEZONE_LOG_FORMAT", "text")
+            .env("GAMEZONE_POD_UID", "this-pod")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
+    // The sidecar speaks for its pod at once, clearing the previous pod's words.
+    common::wait_for("status.sdk of this pod", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let sdk = gs.status.and_then(|s| s.sdk).unwrap_or_default();
+        if sdk == (SdkStatus { pod_uid: Some("this-pod".into()), ..Default::default() }) {
+            Ok(())
+        } else {
+            Err(format!("{sdk:?}"))
+        }
+    })
+    .await;
     let mut sdk = agones::Sdk::new(Some(grpc), None).await.expect("the client connects");
     let pinging = Arc::new(AtomicBool::new(true));
     let health = sdk.health_check();

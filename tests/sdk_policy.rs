@@ -126,6 +126,21 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
         as_sidecar(admin, &sidecar, &[&own[..], &["--subresource=status", "--type=merge", "-p", ready]].concat())
             .unwrap_err();
     assert!(forged.contains("may not change the operator's conditions"), "{forged}");
+    // It speaks for its own pod only: status.sdk naming another pod is refused, its own admitted.
+    let speak = |pod: &str| format!(r#"{{"status":{{"sdk":{{"podUid":"{pod}","state":"Allocated"}}}}}}"#);
+    let impostor = as_sidecar(
+        admin,
+        &sidecar,
+        &[&own[..], &["--subresource=status", "--type=merge", "-p", &speak("another-pod")]].concat(),
+    )
+    .unwrap_err();
+    assert!(impostor.contains("may speak only for its own pod"), "{impostor}");
+    as_sidecar(
+        admin,
+        &sidecar,
+        &[&own[..], &["--subresource=status", "--type=merge", "-p", &speak(uid.trim())]].concat(),
+    )
+    .expect("status.sdk for its own pod");
     let delete = as_sidecar(admin, &sidecar, &["delete", "gs", "zone1-game-1", "-n", n]).unwrap_err();
     assert!(delete.contains("forbidden") || delete.contains("may not create or delete"), "{delete}");
 

@@ -49,6 +49,32 @@ pub struct GameServerSpec {
     pub constraints: Vec<Constraint>,
 }
 
+impl GameServerStatus {
+    /// What the SDK says, when the current pod's process said it (or no pod is named).
+    pub fn sdk_of_current_pod(&self) -> Option<&SdkStatus> {
+        self.sdk.as_ref().filter(|s| match (&s.pod_uid, &self.pod_uid) {
+            (Some(said_by), Some(current)) => said_by == current,
+            _ => true,
+        })
+    }
+
+    /// Whether the game says players are on the server: it called Allocate, or Reserve with a
+    /// time not yet passed (or none). Such a server is not deleted or replaced, whatever its
+    /// gates say, until it returns to Ready or shuts down.
+    pub fn holds_players(&self, now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+        let sdk = self.sdk_of_current_pod()?;
+        match sdk.state? {
+            SdkState::Allocated => Some("Allocated through the SDK: players are on it".into()),
+            SdkState::Reserved => match &sdk.reserved_until {
+                Some(until) if until.0 <= now => None,
+                Some(until) => Some(format!("Reserved through the SDK until {}", until.0)),
+                None => Some("Reserved through the SDK".into()),
+            },
+            SdkState::RequestReady | SdkState::Shutdown => None,
+        }
+    }
+}
+
 impl GameServerSpec {
     /// The effective `NotInService` constraint, while the instance is drained.
     pub fn not_in_service(&self) -> Option<&Constraint> {
@@ -97,6 +123,10 @@ pub struct GameServerStatus {
     /// Name of the current pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// UID of the current pod: what the SDK status is checked against, so a replaced pod's
+    /// last words (Shutdown, Unhealthy, Allocated) are not taken for its successor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// Conditions: Ready, PortsAllocated (the operator's), and gate conditions (the game's, set
     /// through the SDK, with reason `SetCondition`, or by webhooks). Each entry is owned by whoever
     /// set it.
@@ -113,6 +143,10 @@ pub struct GameServerStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SdkStatus {
+    /// UID of the pod whose process this is: the sidecar writes it when it starts, which also
+    /// clears what the previous pod's process said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// The state the process asked for last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<SdkState>,

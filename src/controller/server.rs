@@ -91,7 +91,10 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
 fn noteworthy(before: &GameServerStatus, after: &GameServerStatus) -> Option<(bool, String, String)> {
     let state = after.state?;
     if after.state == before.state
-        || !matches!(state, ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating)
+        || !matches!(
+            state,
+            ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating | ServerState::Shutdown
+        )
     {
         return None;
     }
@@ -208,6 +211,7 @@ fn observe_pod(
     let pod_status = pod.status.as_ref();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     status.pod_name = pod.metadata.name.clone();
+    status.pod_uid = pod.metadata.uid.clone();
     status.node_name = node.clone();
     status.address = pod_status.and_then(|s| s.pod_ip.clone());
     status.node_address = node_address.or_else(|| pod_status.and_then(|s| s.host_ip.clone()));
@@ -227,8 +231,10 @@ fn observe_pod(
     }
 }
 
-/// The state once the game's side is heard: a Ready pod whose readiness gates are not all True
-/// is `RequestReady`; a drained one (`NotInService`) is `Draining`, saying what it waits for.
+/// The state once the game's side is heard: a drained server (`NotInService`) is `Draining`,
+/// saying what it waits for; a Ready pod whose game has not called Ready through the SDK
+/// (`ready: Sdk`) or whose readiness gates are not all True is `RequestReady`; a Ready one the
+/// game allocated or reserved says so.
 fn gated(
     gs: &GameServer,
     status: &GameServerStatus,
@@ -248,9 +254,18 @@ fn gated(
             .map(String::as_str)
             .collect();
         let why = constraint.message.as_deref().unwrap_or("no longer wanted");
-        let waits =
+        let mut waits =
             if open.is_empty() { String::new() } else { format!("; waiting for deletable gates {}", open.join(", ")) };
+        if let Some(players) = status.holds_players(Timestamp::now()) {
+            waits.push_str(&format!("; {players}"));
+        }
         return (ServerState::Draining, Some(format!("NotInService ({why}){waits}")));
+    }
+    let sdk_state = status.sdk_of_current_pod().and_then(|s| s.state);
+    if gs.spec.lifecycle.ready == ReadyMode::Sdk
+        && !matches!(sdk_state, Some(SdkState::RequestReady | SdkState::Allocated | SdkState::Reserved))
+    {
+        return (ServerState::RequestReady, Some("waiting for the game to call Ready through the SDK".into()));
     }
     let open: Vec<&str> = gs
         .spec
@@ -263,7 +278,7 @@ fn gated(
     if !open.is_empty() {
         return (ServerState::RequestReady, Some(format!("waiting for readiness gates {}", open.join(", "))));
     }
-    (state, message)
+    (state, message.or_else(|| status.holds_players(Timestamp::now())))
 }
 
 /// Sets the server's state and its Ready condition.
@@ -289,14 +304,16 @@ enum PodStep {
     WaitGone,
     /// It was made from another template: delete it, a new one follows.
     Replace,
-    /// Its process ended: delete it, a new one follows; with why it ended.
-    Recreate(String),
+    /// Its process ended, or the game said through the SDK that it is done or unhealthy:
+    /// delete it, a new one follows; with the state that shows meanwhile and why.
+    Recreate(ServerState, String),
     /// It is the current one: report from it.
     Observe,
 }
 
-/// The pod step for `live` when the current template hashes to `hash`.
-fn pod_step(live: Option<&Pod>, hash: &str) -> PodStep {
+/// The pod step for `live` when the current template hashes to `hash`, and the game of `gs`
+/// said what `sdk` holds.
+fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&SdkStatus>) -> PodStep {
     let Some(pod) = live else { return PodStep::Create };
     if pod.metadata.deletion_timestamp.is_some() {
         return PodStep::WaitGone;
@@ -307,9 +324,32 @@ fn pod_step(live: Option<&Pod>, hash: &str) -> PodStep {
     let status = pod.status.as_ref();
     if matches!(status.and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) {
         let why = status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
-        return PodStep::Recreate(why);
+        return PodStep::Recreate(ServerState::Unhealthy, format!("pod ended ({why}); making a new one"));
     }
-    PodStep::Observe
+    match game_ended(gs, sdk, pod) {
+        Some((state, why)) => PodStep::Recreate(state, why),
+        None => PodStep::Observe,
+    }
+}
+
+/// What the game's process said through the SDK that ends its pod: Shutdown, or Unhealthy
+/// when health is checked. Only the pod's own process counts: a replaced pod's last words are
+/// not its successor's.
+fn game_ended(gs: &GameServer, sdk: Option<&SdkStatus>, pod: &Pod) -> Option<(ServerState, String)> {
+    let sdk = sdk.filter(|s| s.pod_uid.is_none() || s.pod_uid == pod.metadata.uid)?;
+    if sdk.state == Some(SdkState::Shutdown) {
+        return Some((ServerState::Shutdown, "the game called Shutdown through the SDK; making a new pod".into()));
+    }
+    let checked = gs.spec.lifecycle.health.is_some_and(|h| !h.disabled);
+    if checked && sdk.health == Some(SdkHealth::Unhealthy) {
+        let health = gs.spec.lifecycle.health.unwrap_or_default();
+        let why = format!(
+            "no health ping through the SDK for {} checks of {}s; making a new pod",
+            health.failure_threshold, health.period_seconds
+        );
+        return Some((ServerState::Unhealthy, why));
+    }
+    None
 }
 
 /// How much longer a routine step (Scheduling, Starting) stays unreported: a step shows once
@@ -367,7 +407,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     // process's own writes; every step below is safe to repeat.
     let hash = server_template_hash(&gs.spec);
     let live = ctx.cache.pods.get(&ObjectRef::new(&name).within(&ns));
-    let pod = match pod_step(live.as_deref(), &hash) {
+    let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
             return Ok((Action::requeue(Duration::from_secs(1)), true));
@@ -377,9 +417,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
-        PodStep::Recreate(why) => {
+        PodStep::Recreate(state, why) => {
             delete_if_present(&pods, &name).await?;
-            report_step(status, ServerState::Unhealthy, format!("pod ended ({why}); making a new one"));
+            report_step(status, state, why);
             return Ok((Action::requeue(Duration::from_secs(1)), true));
         }
         PodStep::Create => {
@@ -603,17 +643,64 @@ mod tests {
         let gs = server();
         let hash = server_template_hash(&gs.spec);
         let current = pod_without_host_ports(&gs).unwrap();
-        assert_eq!(pod_step(None, &hash), PodStep::Create);
-        assert_eq!(pod_step(Some(&current), &hash), PodStep::Observe);
-        assert_eq!(pod_step(Some(&current), "another template"), PodStep::Replace);
+        assert_eq!(pod_step(None, &hash, &gs, None), PodStep::Create);
+        assert_eq!(pod_step(Some(&current), &hash, &gs, None), PodStep::Observe);
+        assert_eq!(pod_step(Some(&current), "another template", &gs, None), PodStep::Replace);
         let mut going = current.clone();
         going.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
-        assert_eq!(pod_step(Some(&going), &hash), PodStep::WaitGone);
+        assert_eq!(pod_step(Some(&going), &hash, &gs, None), PodStep::WaitGone);
         let mut ended = current.clone();
         ended.status =
             Some(PodStatus { phase: Some("Failed".into()), message: Some("OOMKilled".into()), ..Default::default() });
-        assert_eq!(pod_step(Some(&ended), &hash), PodStep::Recreate("OOMKilled".into()));
+        assert_eq!(
+            pod_step(Some(&ended), &hash, &gs, None),
+            PodStep::Recreate(ServerState::Unhealthy, "pod ended (OOMKilled); making a new one".into())
+        );
+    }
+
+    fn sdk(state: Option<SdkState>, health: Option<SdkHealth>, pod_uid: Option<&str>) -> SdkStatus {
+        SdkStatus { pod_uid: pod_uid.map(Into::into), state, health, ..Default::default() }
+    }
+
+    #[test]
+    fn the_game_ends_its_pod_by_shutdown_or_missed_pings_only_its_own() {
+        let mut gs = server();
+        let hash = server_template_hash(&gs.spec);
+        let mut pod = pod_without_host_ports(&gs).unwrap();
+        pod.metadata.uid = Some("pod-2".into());
+        let step = |gs: &GameServer, s: SdkStatus| pod_step(Some(&pod), &hash, gs, Some(&s));
+        let shutdown = step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-2")));
+        assert!(matches!(shutdown, PodStep::Recreate(ServerState::Shutdown, _)), "{shutdown:?}");
+        assert_eq!(step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-1"))), PodStep::Observe, "the old pod's");
+        let unhealthy = sdk(None, Some(SdkHealth::Unhealthy), Some("pod-2"));
+        assert_eq!(step(&gs, unhealthy.clone()), PodStep::Observe, "health is not checked for this type");
+        gs.spec.lifecycle.health = Some(Health::default());
+        let replaced = step(&gs, unhealthy.clone());
+        assert!(matches!(&replaced, PodStep::Recreate(ServerState::Unhealthy, why) if why.contains("3 checks of 5s")));
+        gs.spec.lifecycle.health = Some(Health { disabled: true, ..Health::default() });
+        assert_eq!(step(&gs, unhealthy), PodStep::Observe, "health checking turned off");
+    }
+
+    #[test]
+    fn with_ready_sdk_a_ready_pod_waits_for_the_game_and_an_allocated_one_says_so() {
+        let mut gs = server();
+        gs.spec.lifecycle.ready = ReadyMode::Sdk;
+        let mut status = GameServerStatus { pod_uid: Some("pod-2".into()), ..Default::default() };
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None);
+        assert_eq!(
+            (state, why.as_deref()),
+            (ServerState::RequestReady, Some("waiting for the game to call Ready through the SDK"))
+        );
+        status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-1")));
+        assert_eq!(gated(&gs, &status, ServerState::Ready, None).0, ServerState::RequestReady, "the old pod's call");
+        status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-2")));
+        assert_eq!(gated(&gs, &status, ServerState::Ready, None), (ServerState::Ready, None));
+        status.sdk = Some(sdk(Some(SdkState::Allocated), None, Some("pod-2")));
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None);
+        assert_eq!(state, ServerState::Ready);
+        assert!(why.unwrap().contains("Allocated"));
+        assert_eq!(gated(&gs, &status, ServerState::Starting, None).0, ServerState::Starting);
     }
 
     #[test]

@@ -191,12 +191,14 @@ impl Writer {
 
     /// Writes the server's status. Of its conditions only the operator's own are written: gate
     /// conditions belong to whoever set them (the game through the SDK, a webhook), and each
-    /// condition is its own entry for server-side apply.
+    /// condition is its own entry for server-side apply. `status.sdk` is the SDK sidecar's.
     pub async fn server_status(&self, gs: &GameServer, status: &GameServerStatus) -> Result<()> {
         let key = ObjectKey::of(gs);
         let api = self.api::<GameServer>(key.namespace());
         let mut owned = status.clone();
         owned.conditions.retain(|c| server_types::OPERATOR_OWNED.contains(&c.type_.as_str()));
+        // The sidecar's: the operator reads it and never writes it back.
+        owned.sdk = None;
         let version = apply_status(&api, key.name(), serde_json::to_value(&owned)?).await?;
         self.server_status.record(key, version, status.clone());
         Ok(())

@@ -84,6 +84,8 @@ pub enum Mode {
         namespace: String,
         /// The server's name (`GAMEZONE_SERVER`).
         name: String,
+        /// UID of the sidecar's pod (`GAMEZONE_POD_UID`).
+        pod_uid: Option<String>,
     },
     /// In memory, from `file` (watched for edits) or a default server when `None`.
     Local {
@@ -143,12 +145,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (sdk, verbose, backend_task): (Arc<Sdk>, bool, futures::future::BoxFuture<'static, anyhow::Result<()>>) =
         match config.mode {
-            Mode::Cluster { client, namespace, name } => {
+            Mode::Cluster { client, namespace, name, pod_uid } => {
                 let backend = cluster::Kube::new(client, &namespace, &name);
                 let server = backend.get().await.with_context(|| {
                     format!("reading GameServer {namespace}/{name} (GAMEZONE_SERVER, POD_NAMESPACE)")
                 })?;
                 let sdk = Sdk::new(server);
+                if let Some(uid) = pod_uid {
+                    sdk.serve_pod(uid);
+                }
                 let task = Box::pin(cluster::run(sdk.clone(), backend));
                 (sdk, false, task)
             }

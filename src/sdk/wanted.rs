@@ -82,8 +82,7 @@ impl Wanted {
         let wanted_sdk = (self.sdk != SdkStatus::default()).then_some(&self.sdk);
         if wanted_sdk.is_some() && status.and_then(|s| s.sdk.as_ref()) != wanted_sdk {
             // Every field, absent ones as null: a merge patch would leave a stale one behind.
-            let mut sdk =
-                json!({"state": null, "reservedUntil": null, "stateTime": null, "health": null, "healthTime": null});
+            let mut sdk = json!({"podUid": null, "state": null, "reservedUntil": null, "stateTime": null, "health": null, "healthTime": null});
             if let Value::Object(set) = serde_json::to_value(&self.sdk).expect("SdkStatus serializes") {
                 for (k, v) in set {
                     sdk[k] = v;
@@ -222,12 +221,32 @@ mod tests {
         );
         assert_eq!(
             p.status,
-            Some(json!({"sdk": {"state": "RequestReady", "stateTime": "2023-11-14T22:13:20Z",
+            Some(json!({"sdk": {"podUid": null, "state": "RequestReady", "stateTime": "2023-11-14T22:13:20Z",
                                 "reservedUntil": null, "health": null, "healthTime": null}}))
         );
         let after = applied(&server(), &p);
         assert_eq!(after.metadata.labels.as_ref().unwrap()["gamezone.dev/zone"], "z1", "other labels stay");
         assert!(w.patches(&after, &now()).is_empty());
+    }
+
+    #[test]
+    fn a_new_pod_s_sidecar_clears_what_the_previous_pod_s_process_said() {
+        let mut observed = server();
+        observed.status.as_mut().unwrap().sdk = Some(SdkStatus {
+            pod_uid: Some("old-pod".into()),
+            state: Some(SdkState::Shutdown),
+            state_time: Some(now()),
+            ..Default::default()
+        });
+        let w =
+            Wanted { sdk: SdkStatus { pod_uid: Some("new-pod".into()), ..Default::default() }, ..Default::default() };
+        let p = w.patches(&observed, &now());
+        assert_eq!(
+            p.status,
+            Some(json!({"sdk": {"podUid": "new-pod", "state": null, "stateTime": null,
+                                "reservedUntil": null, "health": null, "healthTime": null}}))
+        );
+        assert!(w.patches(&applied(&observed, &p), &now()).is_empty());
     }
 
     #[test]

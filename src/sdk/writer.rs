@@ -100,6 +100,12 @@ impl Sdk {
         self.wake.notify_one();
     }
 
+    /// Says whose process speaks: `uid` of the sidecar's pod. Written at once, it also clears
+    /// what a previous pod's process said.
+    pub fn serve_pod(&self, uid: String) {
+        self.change(|w| w.sdk = crate::api::SdkStatus { pod_uid: Some(uid), ..Default::default() });
+    }
+
     /// Agones `Ready()`.
     pub fn ready(&self) {
         self.change(|w| w.request(SdkState::RequestReady, None, now()));

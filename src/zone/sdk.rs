@@ -89,6 +89,7 @@ pub fn sidecar(image: &str) -> (Container, Volume) {
         env: Some(vec![
             field("GAMEZONE_SERVER", "metadata.name"),
             field("POD_NAMESPACE", "metadata.namespace"),
+            field("GAMEZONE_POD_UID", "metadata.uid"),
             plain("GAMEZONE_SDK_GRPC_PORT", SDK_GRPC_PORT.to_string()),
             plain("GAMEZONE_SDK_HTTP_PORT", SDK_HTTP_PORT.to_string()),
         ]),

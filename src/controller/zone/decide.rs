@@ -187,16 +187,17 @@ pub struct ServerPlan {
 }
 
 /// Why `live` may not be deleted (or have its pod replaced) yet: `None` when it may. A server
-/// that serves no one (its pod is not Ready) may go at once; one that may hold players goes when
-/// its deletable gates are all True, or its drain timed out.
+/// that serves no one (its pod is not Ready) may go at once; one the game allocated or
+/// reserved through the SDK stays until it returns to Ready or shuts down, whatever its gates
+/// and `drainTimeout` say; any other that may hold players goes when its deletable gates are
+/// all True, or its drain timed out.
 pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
     let status = live.status.as_ref();
-    let serving = matches!(
-        status.and_then(|s| s.state),
-        Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
-    );
-    if !serving {
+    if !serving(live) {
         return None;
+    }
+    if let Some(players) = status.and_then(|s| s.holds_players(now)) {
+        return Some(format!("waiting for the game to end its match ({players})"));
     }
     let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let open: Vec<&str> = live
@@ -238,14 +239,20 @@ fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timest
     gs
 }
 
-/// Whether replacing or deleting `live` needs a drain first: its pod may hold players (it is
-/// Ready) and it has deletable gates to say when they left. Without gates it goes at once.
-fn needs_drain(live: &GameServer) -> bool {
-    let serving = matches!(
+/// Whether `live`'s pod may hold players: it is Ready, or was when its drain began.
+fn serving(live: &GameServer) -> bool {
+    matches!(
         live.status.as_ref().and_then(|s| s.state),
         Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
-    );
-    serving && !live.spec.lifecycle.deletable_gates.is_empty()
+    )
+}
+
+/// Whether replacing or deleting `live` needs a drain first: its pod may hold players and
+/// something will say when they left (deletable gates, or the game's SDK state while it is
+/// allocated or reserved). Without either it goes at once.
+fn needs_drain(live: &GameServer, now: Timestamp) -> bool {
+    let allocated = live.status.as_ref().and_then(|s| s.holds_players(now)).is_some();
+    serving(live) && (allocated || !live.spec.lifecycle.deletable_gates.is_empty())
 }
 
 /// Whether `live` serves players now: Ready and not drained.
@@ -315,7 +322,7 @@ pub fn plan_servers(
         if takes_one {
             *left -= 1;
         }
-        if needs_drain(l) {
+        if needs_drain(l, now) {
             // Marked first, even when its gates are True now: the game hears of it, and the
             // gates count from then on.
             plan.drains.push(name.clone());
@@ -329,7 +336,7 @@ pub fn plan_servers(
             continue;
         }
         match (l.spec.not_in_service().is_some(), not_deletable(l, now)) {
-            (false, _) if !needs_drain(l) => plan.delete.push(name.clone()),
+            (false, _) if !needs_drain(l, now) => plan.delete.push(name.clone()),
             (true, None) => plan.delete.push(name.clone()),
             (true, Some(why)) => plan.draining.push(format!("{name}: {why}")),
             (false, _) => {

@@ -228,6 +228,50 @@ fn a_server_with_players_is_drained_and_goes_only_when_its_gates_are_true_or_its
     assert!(back.spec.not_in_service().is_none());
 }
 
+/// `gs` with the game's SDK state, said by its current pod.
+fn said(mut gs: GameServer, state: SdkState, reserved_until: Option<Timestamp>) -> GameServer {
+    let status = gs.status.get_or_insert_with(Default::default);
+    status.pod_uid = Some("pod-1".into());
+    status.sdk = Some(SdkStatus {
+        pod_uid: Some("pod-1".into()),
+        state: Some(state),
+        reserved_until: reserved_until.map(Time),
+        ..Default::default()
+    });
+    gs
+}
+
+#[test]
+fn an_allocated_or_reserved_server_stays_whatever_its_gates_and_timeout_say() {
+    let now = Timestamp::now();
+    let want = wanted();
+    let keep: Vec<GameServer> = want[..6].to_vec();
+    // No deletable gates at all: without the SDK's word it would go at once.
+    let mut live: Vec<GameServer> = want.iter().cloned().map(ready).collect();
+    live[6] = said(live[6].clone(), SdkState::Allocated, None);
+    let p = plan(&keep, &live, now);
+    assert_eq!(p.drains, ["z1-game-7"], "drained first, not deleted");
+    assert!(p.delete.is_empty());
+    live[6].spec = p.apply.iter().find(|(g, _)| g.name_any() == "z1-game-7").unwrap().0.spec.clone();
+    live[6].spec.lifecycle.drain_timeout = Some(Interval::from_secs(60));
+    let p = plan(&keep, &live, now + Duration::from_secs(3600));
+    assert!(p.delete.is_empty(), "players outlast drainTimeout");
+    assert!(p.draining[0].contains("Allocated"), "{:?}", p.draining);
+
+    // Reserved until a time: held until then, deletable after.
+    live[6] = said(live[6].clone(), SdkState::Reserved, Some(now + Duration::from_secs(30)));
+    assert!(plan(&keep, &live, now).delete.is_empty());
+    assert_eq!(plan(&keep, &live, now + Duration::from_secs(31)).delete, ["z1-game-7"]);
+    // Back to Ready: players left.
+    live[6] = said(live[6].clone(), SdkState::RequestReady, None);
+    assert_eq!(plan(&keep, &live, now).delete, ["z1-game-7"]);
+
+    // What a replaced pod's process said does not hold its successor.
+    live[6] = said(live[6].clone(), SdkState::Allocated, None);
+    live[6].status.as_mut().unwrap().pod_uid = Some("pod-2".into());
+    assert_eq!(plan(&keep, &live, now).delete, ["z1-game-7"]);
+}
+
 #[test]
 fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     let now = Timestamp::now();
