@@ -209,14 +209,17 @@ fn lua_literal(value: &Value, out: &mut String) {
 }
 
 /// Runs a health script the way Argo CD does: a global `obj`, the script's return value a table
-/// with `status` and `message`. `io`, `os` and `require` are hidden, as in Argo CD's sandbox.
+/// with `status` and `message`. `io`, `os`, `require`, `string` and `math` are hidden: Argo CD's
+/// sandbox has no `string.format` (a real Argo CD showed a script using it as Unknown), so a
+/// script that leans on a library fails here first.
 fn run_health(script: &Path, obj: &Value) -> Result<(String, String), String> {
     let mut driver = String::from("local write = io.write\nobj = ");
     lua_literal(obj, &mut driver);
     driver.push_str(
         r#"
 local chunk = assert(loadfile(arg[1]))
-io, os, require, dofile, loadfile = nil, nil, nil, nil, nil
+io, os, require, dofile, loadfile, string, math = nil, nil, nil, nil, nil, nil, nil
+getmetatable("").__index = nil
 local hs = chunk()
 if type(hs) ~= "table" then error("the script returned " .. type(hs) .. ", not a table") end
 write(tostring(hs.status), "\0", tostring(hs.message))

@@ -27,6 +27,9 @@ use crate::{Error, Result};
 /// How long a written topology ConfigMap is trusted to still be there: nothing watches
 /// ConfigMaps here, so one deleted by hand comes back within this time.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
+/// How long an applied SDK identity (ServiceAccount, Role, RoleBinding) is trusted: like the
+/// topology, nothing watches them, so one deleted by hand comes back within this time.
+const SDK_IDENTITY_REFRESH: Duration = Duration::from_secs(300);
 
 /// What the shared watches show of a zone's children.
 pub struct Live {
@@ -304,9 +307,9 @@ pub async fn apply_sdk_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
         return Ok(());
     }
     let (sa, role, binding) = build::identity(zone);
-    ctx.writer.apply_child(&sa, TOPOLOGY_REFRESH).await?;
-    ctx.writer.apply_child(&role, TOPOLOGY_REFRESH).await?;
-    ctx.writer.apply_child(&binding, TOPOLOGY_REFRESH).await
+    ctx.writer.apply_child(&sa, SDK_IDENTITY_REFRESH).await?;
+    ctx.writer.apply_child(&role, SDK_IDENTITY_REFRESH).await?;
+    ctx.writer.apply_child(&binding, SDK_IDENTITY_REFRESH).await
 }
 
 /// Deletion in the background: the garbage collector removes dependents.
