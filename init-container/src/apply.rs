@@ -102,6 +102,27 @@ pub struct Summary {
     pub refused: Option<crate::edits::Refusal>,
 }
 
+impl Summary {
+    /// The summary of a run that left the tree `st` names in place (edits fields empty, nothing
+    /// written), for `layers` layers, started at `started`.
+    fn unchanged(st: &State, trees: &Path, layers: usize, started: Instant) -> Summary {
+        Summary {
+            unchanged: true,
+            layers,
+            files: st.files,
+            bytes: st.bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            tree_digest: st.tree_digest.clone(),
+            tree: trees.join(&st.tree),
+            written_bytes: 0,
+            linked_files: 0,
+            edits_revision: None,
+            edits_scanned: None,
+            refused: None,
+        }
+    }
+}
+
 fn dest_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_owned();
     let what = what.to_owned();
@@ -190,20 +211,7 @@ async fn apply_pinned(
         && is_current(root, &st.tree)
     {
         tracing::info!(tree = %st.tree, "pinned revisions already in place; nothing to do");
-        let s = Summary {
-            unchanged: true,
-            layers: opts.layers.len(),
-            files: st.files,
-            bytes: st.bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            tree_digest: st.tree_digest,
-            tree: root.join(TREES).join(&st.tree),
-            written_bytes: 0,
-            linked_files: 0,
-            edits_revision: None,
-            edits_scanned: None,
-            refused: None,
-        };
+        let s = Summary::unchanged(&st, &root.join(TREES), opts.layers.len(), started);
         opts.progress.finished(&s);
         return Ok(s);
     }
@@ -361,18 +369,10 @@ async fn apply_with_edits(
             tracing::info!(tree = %st.tree, "pinned revisions and edits already in place; nothing to do");
         }
         let s = Summary {
-            unchanged: true,
-            layers: opts.layers.len(),
-            files: st.files,
-            bytes: st.bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            tree_digest: st.tree_digest.clone(),
-            tree: trees.join(&st.tree),
-            written_bytes: 0,
-            linked_files: 0,
             edits_revision: Some(e.revision.clone()),
             edits_scanned: Some(snap.digest.clone()),
             refused: snap.refusal.clone(),
+            ..Summary::unchanged(st, &trees, opts.layers.len(), started)
         };
         opts.progress.finished(&s);
         return Ok(s);
@@ -441,18 +441,11 @@ async fn apply_with_edits(
         }
         tracing::info!(tree = %st.tree, "edits leave the tree as it is; nothing to swap");
         let s = Summary {
-            unchanged: true,
-            layers: opts.layers.len(),
-            files: st.files,
-            bytes: st.bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            tree_digest: st.tree_digest.clone(),
-            tree: trees.join(&st.tree),
             written_bytes: written,
             linked_files: linked,
             edits_revision: Some(applied),
             edits_scanned: Some(snap.digest.clone()),
-            refused: None,
+            ..Summary::unchanged(st, &trees, opts.layers.len(), started)
         };
         opts.progress.finished(&s);
         return Ok(s);
