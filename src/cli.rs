@@ -61,6 +61,9 @@ struct SdkArgs {
     /// Its namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// The artifacts volume, read-only: the digest of its current tree is shown to the game.
+    #[arg(long, env = "GAMEZONE_ARTIFACTS_DIR")]
+    artifacts_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,7 +260,13 @@ async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
         ));
         crate::sdk::Mode::Cluster { client: kube::Client::try_from(config)?, namespace: args.namespace, name }
     };
-    crate::sdk::run(crate::sdk::Config { mode, grpc_port: args.grpc_port, http_port: args.http_port }).await
+    crate::sdk::run(crate::sdk::Config {
+        mode,
+        grpc_port: args.grpc_port,
+        http_port: args.http_port,
+        artifacts_dir: args.artifacts_dir,
+    })
+    .await
 }
 
 /// The client config from `--kubeconfig`, else in-cluster config or $KUBECONFIG.
