@@ -264,7 +264,14 @@ mod tests {
         assert!(s.due(&[], t0).is_empty(), "in flight");
         let no = Outcome::Answered { allowed: false, reason: Some("loading map".into()) };
         let change = s.answered(&calls[0], &no, t0, Duration::ZERO).unwrap();
-        assert_eq!(change, GateChange { gate: "once".into(), allowed: false, message: "webhook once: not allowed: loading map".into() });
+        assert_eq!(
+            change,
+            GateChange {
+                gate: "once".into(),
+                allowed: false,
+                message: "webhook once: not allowed: loading map".into()
+            }
+        );
         s.answered(&calls[1], &yes(), t0, Duration::ZERO);
         assert_eq!(s.next_wake(&[]), Some(t0 + Duration::from_secs(5)));
         assert!(s.due(&[], t0 + Duration::from_secs(4)).is_empty());

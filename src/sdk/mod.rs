@@ -195,7 +195,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = grpc::serve(grpc_listener, services, stop.clone()) => r.context("gRPC server")?,
         r = axum::serve(http_listener, router).with_graceful_shutdown(stop.clone()) => r.context("REST server")?,
         r = backend_task => r?,
-        () = sdk.clone().check_health() => {}
+        // Health checking off returns at once; the sidecar serves on.
+        () = async { sdk.clone().check_health().await; std::future::pending().await } => {}
         () = artifacts => {}
     }
     tracing::info!("SDK server stopped");

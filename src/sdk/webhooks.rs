@@ -118,8 +118,9 @@ async fn post(webhook: &GateWebhook, url: &str, review: &WebhookReview) -> Resul
         .await
         .map_err(|e| CallError::Connect(e.to_string()))?;
     if https {
-        let name = rustls_pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
-            .map_err(|e| CallError::Config(format!("url {url:?}: {e}")))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+                .map_err(|e| CallError::Config(format!("url {url:?}: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(tls(webhook)?)
             .connect(name, tcp)
             .await
@@ -243,7 +244,10 @@ pub async fn run(sdk: Arc<Sdk>, mut configs: watch::Receiver<Option<WebhookConfi
                     if r.is_err() {
                         return;
                     }
-                    tracing::info!("WebhookConfiguration changed; polling its webhooks afresh");
+                    match configs.borrow().as_ref() {
+                        Some(c) => tracing::info!(webhooks = c.webhooks.len(), "WebhookConfiguration read; polling its webhooks afresh"),
+                        None => tracing::info!("no WebhookConfiguration; no webhooks polled"),
+                    }
                     break;
                 }
                 r = servers.changed() => if r.is_err() { return },

@@ -238,7 +238,11 @@ mod tests {
         let (_, role, _) = identity(&zone);
         let rules = role.rules.unwrap();
         let verbs = |resource: &str| -> Vec<String> {
-            rules.iter().filter(|r| r.resources.iter().flatten().any(|x| x == resource)).flat_map(|r| r.verbs.clone()).collect()
+            rules
+                .iter()
+                .filter(|r| r.resources.iter().flatten().any(|x| x == resource))
+                .flat_map(|r| r.verbs.clone())
+                .collect()
         };
         assert_eq!(verbs("webhookconfigurations"), ["get", "list", "watch"]);
         assert!(verbs("gameservers").iter().all(|v| v != "create" && v != "delete"));
