@@ -175,6 +175,15 @@ struct RenderArgs {
 }
 
 impl Cli {
+    /// The runtime for the chosen command: one thread for the SDK sidecar, which runs in every
+    /// game pod and serves one process (fewer stacks and allocator arenas), all cores otherwise.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.command {
+            Command::Sdk(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        }
+    }
+
     /// Runs the chosen command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {

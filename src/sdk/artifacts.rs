@@ -38,12 +38,13 @@ pub async fn follow(sdk: Arc<Sdk>, dir: PathBuf) {
     let mut shown: Option<String> = None;
     loop {
         let tree = current_tree(&dir);
-        if tree.is_some() && tree != shown {
-            if let Some(d) = digest(&dir) {
-                tracing::info!(dir = %dir.display(), tree = ?tree, digest = %d, "artifacts tree in place");
-                sdk.set_local_annotation(DIGEST_ANNOTATION, &d);
-                shown = tree;
-            }
+        if tree.is_some()
+            && tree != shown
+            && let Some(d) = digest(&dir)
+        {
+            tracing::info!(dir = %dir.display(), tree = ?tree, digest = %d, "artifacts tree in place");
+            sdk.set_local_annotation(DIGEST_ANNOTATION, &d);
+            shown = tree;
         }
         tokio::time::sleep(POLL).await;
     }

@@ -114,14 +114,16 @@ async fn post(webhook: &GateWebhook, url: &str, review: &WebhookReview) -> Resul
         .header(http::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| CallError::Config(format!("url {url:?}: {e}")))?;
+    // A bad caBundle is reported as such, before any connection.
+    let tls_config = if https { Some(tls(webhook)?) } else { None };
     let tcp = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
         .await
         .map_err(|e| CallError::Connect(e.to_string()))?;
-    if https {
+    if let Some(tls_config) = tls_config {
         let name =
             rustls_pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
                 .map_err(|e| CallError::Config(format!("url {url:?}: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(tls(webhook)?)
+        let stream = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, tcp)
             .await
             .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
@@ -281,5 +283,122 @@ pub async fn run(sdk: Arc<Sdk>, mut configs: watch::Receiver<Option<WebhookConfi
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GateWebhookClient;
+    use axum::routing::post;
+    use serde_json::{Value, json};
+
+    fn hook(url: String, type_: GateWebhookType, ca_bundle: Option<String>) -> GateWebhook {
+        GateWebhook {
+            name: "server-ready".into(),
+            type_,
+            client_config: GateWebhookClient { url: Some(url), service: None, ca_bundle },
+            timeout_seconds: Some(1),
+            period_seconds: None,
+            request_policy: None,
+        }
+    }
+
+    fn review(uid: &str) -> WebhookReview {
+        WebhookReview {
+            request: Some(WebhookRequest {
+                uid: uid.into(),
+                name: "z1-game-1".into(),
+                namespace: "ns".into(),
+                constraints: vec![],
+            }),
+            response: None,
+        }
+    }
+
+    /// An HTTP server on loopback whose routes answer as the tests need.
+    async fn serve(app: axum::Router) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    fn routes() -> axum::Router {
+        axum::Router::new()
+            .route("/echo", post(|axum::Json(v): axum::Json<Value>| async move {
+                let uid = v["request"]["uid"].clone();
+                axum::Json(json!({"response": {"uid": uid, "allowed": v["request"]["name"] == "z1-game-1", "reason": "seen"}}))
+            }))
+            .route("/other-uid", post(|| async { axum::Json(json!({"response": {"uid": "x", "allowed": true}})) }))
+            .route("/not-json", post(|| async { "ok" }))
+            .route("/broken", post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "db down") }))
+            .route("/slow", post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }))
+    }
+
+    #[tokio::test]
+    async fn a_review_goes_out_and_the_answer_comes_back_or_the_failure_says_what() {
+        let port = serve(routes()).await;
+        let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+        let ask = |p: &str, t| call_of(hook(url(p), t, None));
+        assert_eq!(
+            ask("/echo", GateWebhookType::ReadinessWebhook).await.unwrap(),
+            Outcome::Answered { allowed: true, reason: Some("seen".into()) }
+        );
+        let e = ask("/other-uid", GateWebhookType::ReadinessWebhook).await.unwrap_err().to_string();
+        assert!(e.contains("for uid \"x\""), "{e}");
+        let e = ask("/not-json", GateWebhookType::DeletableWebhook).await.unwrap_err().to_string();
+        assert!(e.contains("not JSON"), "{e}");
+        // A ConstraintWebhook's answer is not read: any 2xx is heard.
+        assert!(ask("/not-json", GateWebhookType::ConstraintWebhook).await.is_ok());
+        let e = ask("/broken", GateWebhookType::ConstraintWebhook).await.unwrap_err().to_string();
+        assert_eq!(e, "answered HTTP 500: db down");
+        let e = ask("/slow", GateWebhookType::ReadinessWebhook).await.unwrap_err().to_string();
+        assert_eq!(e, "no answer within 1 s (timeoutSeconds)");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = call_of(hook(format!("http://127.0.0.1:{closed}/"), GateWebhookType::ReadinessWebhook, None)).await;
+        assert!(e.unwrap_err().to_string().starts_with("cannot reach it"));
+        let e = call_of(hook("ftp://x/".into(), GateWebhookType::ReadinessWebhook, None)).await.unwrap_err();
+        assert!(e.to_string().contains("must start with https:// or http://"), "{e}");
+    }
+
+    async fn call_of(webhook: GateWebhook) -> Result<Outcome, CallError> {
+        call(&webhook, &review("u-1")).await
+    }
+
+    #[tokio::test]
+    async fn https_trusts_the_ca_bundle_and_only_it() {
+        let bundle = crate::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
+        let slot = Arc::new(crate::webhook::tls::CertSlot::default());
+        slot.load(&bundle).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        crate::webhook::server::serve_router(addr, slot, routes()).await.unwrap();
+        let url = format!("https://localhost:{}/echo", addr.port());
+        let trusted = hook(url.clone(), GateWebhookType::ReadinessWebhook, Some(bundle.ca_pem.clone()));
+        assert_eq!(call_of(trusted).await.unwrap(), Outcome::Answered { allowed: true, reason: Some("seen".into()) });
+        let other = crate::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
+        let untrusted = hook(url, GateWebhookType::ReadinessWebhook, Some(other.ca_pem));
+        let e = call_of(untrusted).await.unwrap_err().to_string();
+        assert!(e.starts_with("cannot reach it: TLS"), "{e}");
+        let bad = hook("https://localhost:1/".into(), GateWebhookType::ReadinessWebhook, Some("not pem".into()));
+        assert!(call_of(bad).await.unwrap_err().to_string().contains("caBundle"));
+    }
+
+    #[test]
+    fn a_service_is_reached_by_its_cluster_name() {
+        let mut w = hook(String::new(), GateWebhookType::ReadinessWebhook, None);
+        w.client_config.url = None;
+        w.client_config.service = Some(crate::api::GateWebhookService {
+            namespace: "game".into(),
+            name: "backend".into(),
+            port: None,
+            path: Some("gates/ready".into()),
+        });
+        assert_eq!(url(&w).unwrap(), "https://backend.game.svc:443/gates/ready");
     }
 }
