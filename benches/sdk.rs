@@ -4,6 +4,10 @@
 //! sidecar that writes every call. Prints API writes per second of both and their ratio.
 //!
 //! `GAMEZONE_BENCH_SERVERS` (1000) and `GAMEZONE_BENCH_SECONDS` (10) resize it.
+//!
+//! Then the sidecar's footprint, as it runs in every game pod: `gamezone sdk --local` idle
+//! (resident memory, anonymous and file-backed, threads, CPU over `GAMEZONE_BENCH_SECONDS`), and
+//! busy under a game calling SetLabel 20 times and Health twice a second over REST.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,104 @@ async fn calls(run: Duration, offset: Duration, mut label: impl FnMut(u64), mut 
         }
         n += 1;
     }
+}
+
+/// Fields of `/proc/<pid>/status` in KiB (or a count), by name.
+fn status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time used by `pid` so far (user + system), from `/proc/<pid>/stat` (USER_HZ = 100).
+fn cpu(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    Duration::from_millis((f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// One REST call with a fresh connection, as the example game server makes them.
+fn call(port: u16, method: &str, path: &str, body: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.read_to_end(&mut Vec::new());
+}
+
+fn footprint(seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gameserver.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: gamezone.dev/v1alpha1\nkind: GameServer\nmetadata: {name: bench-1}\n\
+         spec: {zone: z, type: game, id: 1, template: {}}\nstatus: {state: Ready}\n",
+    )
+    .unwrap();
+    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (grpc, http) = (port(()), port(()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["sdk", "--local", "-f"])
+        .arg(&file)
+        .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "the sidecar did not listen within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu(pid);
+    std::thread::sleep(Duration::from_secs(seconds));
+    let idle_cpu = cpu(pid) - before;
+    println!(
+        "sdk footprint: idle  RSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}), {} threads, CPU {} ms in {seconds} s",
+        mib(status(pid, "VmRSS")),
+        mib(status(pid, "RssAnon")),
+        mib(status(pid, "RssFile")),
+        status(pid, "Threads"),
+        idle_cpu.as_millis()
+    );
+
+    let before = cpu(pid);
+    let started = Instant::now();
+    let mut calls = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        for i in 0..10 {
+            call(http, "PUT", "/metadata/label", &format!(r#"{{"key": "round", "value": "{calls}-{i}"}}"#));
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        call(http, "POST", "/health", "{}");
+        calls += 1;
+    }
+    let busy_cpu = cpu(pid) - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "sdk footprint: busy  RSS {:.1} MiB (anonymous {:.1}), peak {:.1} MiB, CPU {:.1}% of a core at {:.0} calls/s",
+        mib(status(pid, "VmRSS")),
+        mib(status(pid, "RssAnon")),
+        mib(status(pid, "VmHWM")),
+        busy_cpu.as_secs_f64() / elapsed * 100.0,
+        calls as f64 / elapsed
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn main() {
@@ -116,4 +218,5 @@ fn main() {
     // first write, which goes out at once.
     let most = servers * (2 * (seconds + 1) + 1);
     assert!(spared <= most, "the sidecar wrote {spared} times, more than once per 500 ms per server ({most})");
+    footprint(seconds);
 }

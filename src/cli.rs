@@ -65,6 +65,9 @@ struct SdkArgs {
     /// the operator never takes a replaced pod's words for its successor's.
     #[arg(long, env = "GAMEZONE_POD_UID", conflicts_with = "local")]
     pod_uid: Option<String>,
+    /// The artifacts volume, read-only: the digest of its current tree is shown to the game.
+    #[arg(long, env = "GAMEZONE_ARTIFACTS_DIR")]
+    artifacts_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +179,15 @@ struct RenderArgs {
 }
 
 impl Cli {
+    /// The runtime for the chosen command: one thread for the SDK sidecar, which runs in every
+    /// game pod and serves one process (fewer stacks and allocator arenas), all cores otherwise.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.command {
+            Command::Sdk(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        }
+    }
+
     /// Runs the chosen command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -266,7 +278,13 @@ async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
             pod_uid: args.pod_uid,
         }
     };
-    crate::sdk::run(crate::sdk::Config { mode, grpc_port: args.grpc_port, http_port: args.http_port }).await
+    crate::sdk::run(crate::sdk::Config {
+        mode,
+        grpc_port: args.grpc_port,
+        http_port: args.http_port,
+        artifacts_dir: args.artifacts_dir,
+    })
+    .await
 }
 
 /// The client config from `--kubeconfig`, else in-cluster config or $KUBECONFIG.

@@ -5,5 +5,5 @@ use clap::Parser;
 fn main() -> anyhow::Result<()> {
     let cli = gamezone::cli::Cli::parse();
     gamezone::telemetry::init(cli.log_format);
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(cli.run())
+    cli.runtime()?.block_on(cli.run())
 }

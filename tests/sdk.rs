@@ -22,6 +22,7 @@ spec:
   type: game
   id: 1
   template: {}
+  deletableGates: [carrier.ocgi.dev/has-no-player]
 status:
   state: Ready
   address: 127.0.0.1
@@ -230,6 +231,10 @@ async fn carrier_s_http_api_and_agones_rest_work_with_a_plain_http_client() {
     assert!(e["message"].as_str().unwrap().contains("\"-bad\""), "the error names the key: {e}");
     let (code, e) = sidecar.curl("PUT", "/condition", Some(r#"{"key": "ready", "value": "yes"}"#));
     assert!(code == 400 && e["message"].as_str().unwrap().contains("True, False or Unknown"), "{e}");
+    // Only the server's gates: the API server would refuse any other condition.
+    let (code, e) = sidecar.curl("PUT", "/condition", Some(r#"{"key": "example.com/other", "value": "True"}"#));
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(code == 400 && message.contains("none of this server's gates (carrier.ocgi.dev/has-no-player)"), "{e}");
 
     // Agones' REST calls on the same port.
     assert_eq!(sidecar.curl("POST", "/ready", Some("{}")).0, 200);

@@ -1,6 +1,7 @@
 //! `gamezone sdk` against the local control plane, run on the host with a kubeconfig and
 //! driven by Agones' Rust client: what it writes lands on its GameServer with the prefix and
-//! its own field manager, and the API server's audit log shows how few writes it makes.
+//! its own field manager, and the API server's audit log shows how few writes it makes; its
+//! gate webhooks, served by the test on loopback, set the gates through the admission policy.
 
 mod common;
 mod support;
@@ -46,9 +47,10 @@ async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
     let mut gs =
         GameServer::new(name, GameServerSpec { zone: "z1".into(), type_: "game".into(), id: 1, ..Default::default() });
     gs.metadata.labels = Some([(ZONE_LABEL.to_string(), "z1".to_string())].into());
-    // Quick health timing so the test sees a miss within seconds.
+    // Quick health timing so the test sees a miss within seconds, with room for a loaded machine
+    // to connect the client and send its first ping.
     gs.spec.lifecycle.health =
-        Some(Health { disabled: false, period_seconds: 1, failure_threshold: 2, initial_delay_seconds: 0 });
+        Some(Health { disabled: false, period_seconds: 1, failure_threshold: 5, initial_delay_seconds: 0 });
     api.create(&PostParams::default(), &gs).await.unwrap();
     // What the server controller would have written.
     // ... and what the previous pod's process said before it went.
@@ -186,5 +188,235 @@ async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
         if state == Some(SdkState::Shutdown) { Ok(()) } else { Err(format!("{state:?}")) }
     })
     .await;
+    ns.cleanup().await;
+}
+
+/// A kubeconfig for `token` alone (no client certificate), beside `admin`.
+fn token_kubeconfig(admin: &std::path::Path, token: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let cluster = &doc["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap()
+        }}],
+        "users": [{"name": "sdk", "user": {"token": token}}],
+        "contexts": [{"name": "sdk", "context": {"cluster": "c", "user": "sdk"}}],
+        "current-context": "sdk"
+    });
+    let path = dir.join("sdk-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// One request a test webhook received: when, on which path, with which review.
+#[derive(Clone, Debug)]
+struct Heard {
+    at: std::time::Instant,
+    path: String,
+    review: WebhookReview,
+}
+
+/// A webhook server on 127.0.0.1: `/ready` says no to its first `no` calls, then yes;
+/// `/deletable` says yes; `/constraint` answers 200. Every request is kept.
+async fn webhook_server(no: usize) -> (u16, Arc<std::sync::Mutex<Vec<Heard>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<Heard>::new()));
+    let log = heard.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).await.unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).await.unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).await.unwrap();
+                let review: WebhookReview = serde_json::from_slice(&body).unwrap();
+                let uid = review.request.as_ref().unwrap().uid.clone();
+                let asked = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Heard { at: std::time::Instant::now(), path: path.clone(), review });
+                    log.iter().filter(|h| h.path == path).count()
+                };
+                let allowed = match path.as_str() {
+                    "/ready" => asked > no,
+                    _ => true,
+                };
+                let answer = json!({"response": {"uid": uid, "allowed": allowed, "reason": format!("call {asked}")}});
+                let answer = answer.to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, heard)
+}
+
+fn condition(gs: &GameServer, type_: &str) -> Option<String> {
+    gs.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+#[tokio::test]
+async fn gate_webhooks_set_their_gates_and_deletable_polls_only_once_drained_and_told() {
+    let ns = common::namespace("sdk-webhooks").await;
+    install_crds(&ns.client).await;
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sdk-policy.yaml");
+    support::kubectl(ns.kubeconfig(), &["apply", "--server-side", "-f", policy]);
+    let n = ns.name.clone();
+
+    // The zone's sidecar identity as the operator makes it, and the pod its token is bound to.
+    let zone: GameZone = serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+        "metadata": {"name": "zone1", "namespace": n}, "spec": {"zoneId": 1, "services": []}
+    }))
+    .unwrap();
+    let (sa, role, binding) = gamezone::zone::identity(&zone);
+    let pp = PostParams::default();
+    ns.api::<k8s_openapi::api::core::v1::ServiceAccount>().create(&pp, &sa).await.unwrap();
+    ns.api::<k8s_openapi::api::rbac::v1::Role>().create(&pp, &role).await.unwrap();
+    ns.api::<k8s_openapi::api::rbac::v1::RoleBinding>().create(&pp, &binding).await.unwrap();
+    let name = "zone1-game-1";
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"serviceAccountName": "gamezone-sdk-zone1", "automountServiceAccountToken": false,
+                 "containers": [{"name": "server", "image": "game:1"}]}
+    }))
+    .unwrap();
+    let pod = ns.api::<k8s_openapi::api::core::v1::Pod>().create(&pp, &pod).await.unwrap();
+    let uid = pod.metadata.uid.unwrap();
+    let token = support::kubectl(
+        ns.kubeconfig(),
+        &[
+            "create",
+            "token",
+            "gamezone-sdk-zone1",
+            "-n",
+            &n,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            name,
+            "--bound-object-uid",
+            &uid,
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = token_kubeconfig(ns.kubeconfig(), token.trim(), dir.path());
+
+    let (port, heard) = webhook_server(3).await;
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let config: WebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "WebhookConfiguration", "metadata": {"name": "hooks"},
+        "spec": {"webhooks": [
+            {"name": "server-ready", "type": "ReadinessWebhook", "clientConfig": {"url": url("/ready")},
+             "periodSeconds": 1, "requestPolicy": "Once"},
+            {"name": "told", "type": "ConstraintWebhook", "clientConfig": {"url": url("/constraint")}},
+            {"name": "has-no-player", "type": "DeletableWebhook", "clientConfig": {"url": url("/deletable")},
+             "periodSeconds": 1}
+        ]}
+    }))
+    .unwrap();
+    ns.api::<WebhookConfiguration>().create(&pp, &config).await.unwrap();
+    let api = ns.api::<GameServer>();
+    let mut gs = GameServer::new(
+        name,
+        GameServerSpec { zone: "zone1".into(), type_: "game".into(), id: 1, ..Default::default() },
+    );
+    gs.spec.lifecycle.readiness_gates = vec!["server-ready".into()];
+    gs.spec.lifecycle.deletable_gates = vec!["has-no-player".into()];
+    gs.spec.lifecycle.webhook_config = Some("hooks".into());
+    gs.spec.lifecycle.health = Some(Health { disabled: true, ..Default::default() });
+    api.create(&pp, &gs).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let _sidecar = Sidecar(
+        Command::new(env!("CARGO_BIN_EXE_gamezone"))
+            .arg("sdk")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--server", name, "--namespace", &n])
+            .args(["--grpc-port", &free_port().to_string(), "--http-port", &free_port().to_string()])
+            .env("GAMEZONE_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The readiness gate: False while the webhook says no, True once it says yes.
+    let seen = std::sync::Mutex::new(Vec::new());
+    common::wait_for("the readiness gate True", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = condition(&gs, "server-ready");
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status.as_deref() == Some("True") { Ok(()) } else { Err(format!("{seen:?}")) }
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    let ready_after = started.elapsed();
+    assert_eq!(
+        seen.iter().flatten().map(String::as_str).collect::<Vec<_>>(),
+        ["False", "True"],
+        "the gate goes False then True: {seen:?}"
+    );
+    let live = api.get(name).await.unwrap();
+    let c = live.status.unwrap().conditions.into_iter().find(|c| c.type_ == "server-ready").unwrap();
+    assert_eq!((c.reason.as_str(), c.message.as_str()), ("Webhook", "webhook server-ready: allowed: call 4"));
+    // Once: no more calls after the first yes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = |path: &str| heard.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect::<Vec<_>>();
+    assert_eq!(calls("/ready").len(), 4, "Once stops after the first yes");
+    assert!(calls("/constraint").is_empty() && calls("/deletable").is_empty(), "nothing drained yet, nothing told");
+    assert_eq!(calls("/ready")[0].review.request.as_ref().unwrap().name, name);
+
+    // Drained: the constraint webhook hears the NotInService constraint, then deletable polls.
+    let drained = std::time::Instant::now();
+    let patch =
+        json!({"spec": {"constraints": [{"type": "NotInService", "effective": true, "message": "scale down"}]}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    common::wait_for("the deletable gate True", WAIT, || async {
+        let gs = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = condition(&gs, "has-no-player");
+        if status.as_deref() == Some("True") { Ok(()) } else { Err(format!("{status:?}")) }
+    })
+    .await;
+    let deletable_after = drained.elapsed();
+    let told = calls("/constraint");
+    assert_eq!(told.len(), 1, "told once per change: {told:?}");
+    let constraints = &told[0].review.request.as_ref().unwrap().constraints;
+    assert_eq!((constraints.len(), constraints[0].type_.as_str()), (1, "NotInService"));
+    let asked = calls("/deletable");
+    assert!(!asked.is_empty() && asked[0].at >= told[0].at, "deletable polls only after the telling: {asked:?}");
+    eprintln!(
+        "gate webhooks: readiness True {:.1} s after the sidecar started (4 polls, 1 s apart); deletable True {:.1} s after NotInService",
+        ready_after.as_secs_f64(),
+        deletable_after.as_secs_f64()
+    );
     ns.cleanup().await;
 }

@@ -126,6 +126,11 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
         as_sidecar(admin, &sidecar, &[&own[..], &["--subresource=status", "--type=merge", "-p", ready]].concat())
             .unwrap_err();
     assert!(forged.contains("may not change the operator's conditions"), "{forged}");
+    let other_gate = gate.replace("NoPlayers", "NotAGate");
+    let not_a_gate =
+        as_sidecar(admin, &sidecar, &[&own[..], &["--subresource=status", "--type=json", "-p", &other_gate]].concat())
+            .unwrap_err();
+    assert!(not_a_gate.contains("may set only its server's gate conditions"), "{not_a_gate}");
     // It speaks for its own pod only: status.sdk naming another pod is refused, its own admitted.
     let speak = |pod: &str| format!(r#"{{"status":{{"sdk":{{"podUid":"{pod}","state":"Allocated"}}}}}}"#);
     let impostor = as_sidecar(
@@ -147,7 +152,9 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
     let servers: Api<GameServer> = ns.api();
     let gs = servers.get("zone1-game-1").await.unwrap();
     assert_eq!(gs.labels().get("gamezone.dev/sdk-mode").map(String::as_str), Some("ranked"));
-    assert!(gs.status.unwrap().conditions.iter().any(|c| c.type_ == "NoPlayers" && c.status == "True"));
+    let conditions = gs.status.unwrap().conditions;
+    assert!(conditions.iter().any(|c| c.type_ == "NoPlayers" && c.status == "True"));
+    assert!(!conditions.iter().any(|c| c.type_ == "NotAGate"));
     let other = servers.get("zone1-game-2").await.unwrap();
     assert!(!other.status.unwrap().conditions.iter().any(|c| c.type_ == "NoPlayers"));
     ns.cleanup().await;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::writer::{Backend, Part, Sdk, WRITE_EVERY};
 use super::{Error, FIELD_MANAGER, Result};
-use crate::api::GameServer;
+use crate::api::{GameServer, WebhookConfiguration, WebhookConfigurationSpec};
 
 /// One GameServer in the API server.
 #[derive(Clone)]
@@ -71,4 +71,62 @@ pub async fn run(sdk: Arc<Sdk>, backend: Kube) -> anyhow::Result<()> {
         () = sdk.clone().write_loop(backend, WRITE_EVERY) => {}
     }
     Ok(())
+}
+
+/// Follows the WebhookConfiguration the server names (`spec.webhookConfig`), by name, into
+/// `configs`: `None` while it names none or the object is absent. Its webhooks are polled by
+/// [`super::webhooks::run`].
+pub async fn follow_webhooks(
+    sdk: Arc<Sdk>,
+    client: kube::Client,
+    namespace: String,
+    configs: tokio::sync::watch::Sender<Option<WebhookConfigurationSpec>>,
+) {
+    let api: Api<WebhookConfiguration> = Api::namespaced(client, &namespace);
+    let mut servers = sdk.subscribe();
+    loop {
+        let name = sdk.server().spec.lifecycle.webhook_config.clone();
+        let Some(name) = name else {
+            configs.send_if_modified(|c| c.take().is_some());
+            if servers.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let follow = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
+            .default_backoff()
+            .for_each(|event| {
+                match event {
+                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                        configs.send_if_modified(|old| {
+                            let new = Some(c.spec);
+                            let changed = *old != new;
+                            *old = new;
+                            changed
+                        });
+                    }
+                    Ok(watcher::Event::Delete(_)) => {
+                        tracing::warn!(config = %name, "WebhookConfiguration deleted; its webhooks are no longer polled");
+                        configs.send_if_modified(|c| c.take().is_some());
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Err(e) => tracing::warn!(config = %name, error = %e, "WebhookConfiguration watch failed; retrying"),
+                }
+                futures::future::ready(())
+            });
+        let renamed = async {
+            loop {
+                if servers.changed().await.is_err() {
+                    return;
+                }
+                if sdk.server().spec.lifecycle.webhook_config.as_ref() != Some(&name) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = follow => return,
+            () = renamed => {}
+        }
+    }
 }

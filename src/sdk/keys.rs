@@ -51,6 +51,16 @@ pub enum KeyError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A condition type that is none of the server's gates: the API server would refuse it.
+    #[error(
+        "condition {key:?} is none of this server's gates ({gates}); the SDK sets only the conditions named in its service type's readinessGates and deletableGates"
+    )]
+    NotAGate {
+        /// The type as given.
+        key: String,
+        /// The server's gates, comma-separated, or "none".
+        gates: String,
+    },
     /// A condition status other than True, False, Unknown.
     #[error("condition {key:?}: status {value:?} must be True, False or Unknown")]
     ConditionStatus {

@@ -10,8 +10,15 @@
 //!
 //! The GameServer lives in the API server ([`cluster`]) or, for local development, in memory
 //! loaded from a file that is watched for edits ([`local`]).
+//!
+//! In a cluster, the sidecar also polls the gate webhooks of the server's WebhookConfiguration
+//! ([`gates`] decides when, [`webhooks`] calls them) and sets the gates their answers name. When
+//! the pod mounts the artifacts volume, the server it shows carries the current tree's digest
+//! ([`artifacts`]).
 
+pub mod artifacts;
 pub mod cluster;
+pub mod gates;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -19,6 +26,7 @@ pub mod keys;
 pub mod local;
 pub mod view;
 pub mod wanted;
+pub mod webhooks;
 pub mod writer;
 
 /// Code generated from `proto/` (see `tests/sdk_proto.rs`).
@@ -103,6 +111,8 @@ pub struct Config {
     pub grpc_port: u16,
     /// REST port on loopback.
     pub http_port: u16,
+    /// The artifacts volume (`GAMEZONE_ARTIFACTS_DIR`), when the pod mounts it.
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 /// Logs calls: each one at info level in local mode (what a developer wants to see), at
@@ -146,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (sdk, verbose, backend_task): (Arc<Sdk>, bool, futures::future::BoxFuture<'static, anyhow::Result<()>>) =
         match config.mode {
             Mode::Cluster { client, namespace, name, pod_uid } => {
-                let backend = cluster::Kube::new(client, &namespace, &name);
+                let backend = cluster::Kube::new(client.clone(), &namespace, &name);
                 let server = backend.get().await.with_context(|| {
                     format!("reading GameServer {namespace}/{name} (GAMEZONE_SERVER, POD_NAMESPACE)")
                 })?;
@@ -154,7 +164,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if let Some(uid) = pod_uid {
                     sdk.serve_pod(uid);
                 }
-                let task = Box::pin(cluster::run(sdk.clone(), backend));
+                let (configs, configs_rx) = tokio::sync::watch::channel(None);
+                let follow = cluster::follow_webhooks(sdk.clone(), client, namespace, configs);
+                let poll = webhooks::run(sdk.clone(), configs_rx);
+                let run = cluster::run(sdk.clone(), backend);
+                let task = Box::pin(async move {
+                    tokio::select! {
+                        r = run => r,
+                        () = follow => Ok(()),
+                        () = poll => Ok(()),
+                    }
+                });
                 (sdk, false, task)
             }
             Mode::Local { file } => {
@@ -168,13 +188,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let services = grpc::Services { sdk: sdk.clone(), calls: Calls { verbose, ..Default::default() } };
     tracing::info!(grpc = %grpc_addr, http = %http_addr, server = ?sdk.server().metadata.name, "SDK server listening");
     let router = http::router(services.clone());
+    let artifacts = async {
+        match config.artifacts_dir {
+            Some(dir) => artifacts::follow(sdk.clone(), dir).await,
+            None => std::future::pending().await,
+        }
+    };
     let stop = shutdown_signal();
     let stop = futures::FutureExt::shared(stop);
     tokio::select! {
         r = grpc::serve(grpc_listener, services, stop.clone()) => r.context("gRPC server")?,
         r = axum::serve(http_listener, router).with_graceful_shutdown(stop.clone()) => r.context("REST server")?,
         r = backend_task => r?,
-        () = sdk.clone().check_health() => {}
+        // Health checking off returns at once; the sidecar serves on.
+        () = async { sdk.clone().check_health().await; std::future::pending().await } => {}
+        () = artifacts => {}
     }
     tracing::info!("SDK server stopped");
     Ok(())

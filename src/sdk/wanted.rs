@@ -15,6 +15,30 @@ use crate::api::{GameServer, SdkHealth, SdkState, SdkStatus};
 
 /// Reason of every condition set through the SDK.
 pub const CONDITION_REASON: &str = "SetCondition";
+/// Reason of every condition set by a gate webhook's answer.
+pub const WEBHOOK_REASON: &str = "Webhook";
+
+/// A condition as the sidecar wants it: its status and who set it why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WantedCondition {
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// [`CONDITION_REASON`] or [`WEBHOOK_REASON`].
+    pub reason: String,
+    /// For a person reading the object.
+    pub message: String,
+}
+
+impl WantedCondition {
+    /// Set by the game process (Carrier's SetCondition).
+    pub fn by_process(status: &str) -> Self {
+        WantedCondition {
+            status: status.into(),
+            reason: CONDITION_REASON.into(),
+            message: "set by the game process through the SDK".into(),
+        }
+    }
+}
 
 /// Everything the process has asked for so far.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,8 +49,8 @@ pub struct Wanted {
     pub annotations: BTreeMap<String, String>,
     /// `status.sdk` as it should read.
     pub sdk: SdkStatus,
-    /// Conditions by type: status ("True", "False", "Unknown").
-    pub conditions: BTreeMap<String, String>,
+    /// Conditions by type.
+    pub conditions: BTreeMap<String, WantedCondition>,
 }
 
 /// The writes that make an object show what is wanted: a merge patch of `metadata` and one of
@@ -103,24 +127,24 @@ impl Wanted {
     fn merged_conditions(&self, observed: &[Condition], now: &Time) -> Option<Vec<Condition>> {
         let mut merged = observed.to_vec();
         let mut changed = false;
-        for (type_, status) in &self.conditions {
+        for (type_, want) in &self.conditions {
             match merged.iter_mut().find(|c| &c.type_ == type_) {
-                Some(c) if &c.status == status && c.reason == CONDITION_REASON => {}
+                Some(c) if c.status == want.status && c.reason == want.reason && c.message == want.message => {}
                 Some(c) => {
-                    if &c.status != status {
+                    if c.status != want.status {
                         c.last_transition_time = now.clone();
                     }
-                    c.status = status.clone();
-                    c.reason = CONDITION_REASON.into();
-                    c.message = "set by the game process through the SDK".into();
+                    c.status = want.status.clone();
+                    c.reason = want.reason.clone();
+                    c.message = want.message.clone();
                     changed = true;
                 }
                 None => {
                     merged.push(Condition {
                         type_: type_.clone(),
-                        status: status.clone(),
-                        reason: CONDITION_REASON.into(),
-                        message: "set by the game process through the SDK".into(),
+                        status: want.status.clone(),
+                        reason: want.reason.clone(),
+                        message: want.message.clone(),
                         observed_generation: None,
                         last_transition_time: now.clone(),
                     });
@@ -263,13 +287,13 @@ mod tests {
     #[test]
     fn conditions_keep_the_controller_s_and_change_only_on_a_new_status() {
         let mut w = Wanted::default();
-        w.conditions.insert("carrier.ocgi.dev/has-no-player".into(), "True".into());
+        w.conditions.insert("carrier.ocgi.dev/has-no-player".into(), WantedCondition::by_process("True"));
         let gs = server();
         let once = applied(&gs, &w.patches(&gs, &now()));
         let types: Vec<_> = once.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "carrier.ocgi.dev/has-no-player"]);
         assert!(w.patches(&once, &now()).is_empty());
-        w.conditions.insert("carrier.ocgi.dev/has-no-player".into(), "False".into());
+        w.conditions.insert("carrier.ocgi.dev/has-no-player".into(), WantedCondition::by_process("False"));
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_100).unwrap());
         let twice = applied(&once, &w.patches(&once, &later));
         let c = &twice.status.unwrap().conditions[1];

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use super::health::{Timing, Tracker};
 use super::keys::{self, KeyError};
-use super::wanted::Wanted;
+use super::wanted::{WEBHOOK_REASON, Wanted, WantedCondition};
 use super::{Error, Result};
 use crate::api::{GameServer, SdkState};
 
@@ -45,6 +45,8 @@ pub trait Backend: Send + Sync + 'static {
 /// One sidecar's shared state: what was asked, what the object shows, the health of pings.
 pub struct Sdk {
     wanted: Mutex<Wanted>,
+    /// Annotations shown to the process but never written (the artifacts digest).
+    local: Mutex<std::collections::BTreeMap<String, String>>,
     observed: watch::Sender<Arc<GameServer>>,
     wake: Notify,
     health: Mutex<Option<Tracker>>,
@@ -56,6 +58,7 @@ impl Sdk {
         let timing = Timing::of(server.spec.lifecycle.health.as_ref());
         Arc::new(Sdk {
             wanted: Mutex::new(Wanted::default()),
+            local: Mutex::default(),
             health: Mutex::new(timing.map(|t| Tracker::new(t, tokio::time::Instant::now().into_std()))),
             observed: watch::Sender::new(Arc::new(server)),
             wake: Notify::new(),
@@ -74,7 +77,8 @@ impl Sdk {
 
     /// Takes `server` as the latest truth unless it is older than what is known (a watch
     /// event arriving after the response of a later write).
-    pub fn observe(&self, server: GameServer) {
+    pub fn observe(&self, mut server: GameServer) {
+        self.show_local(&mut server);
         self.observed.send_if_modified(|current| {
             let version = |gs: &GameServer| gs.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
             let older = matches!((version(&server), version(current)), (Some(new), Some(old)) if new < old);
@@ -88,6 +92,27 @@ impl Sdk {
             *current = Arc::new(server);
             true
         });
+    }
+
+    fn show_local(&self, server: &mut GameServer) {
+        let local = self.local.lock().expect("local lock");
+        if !local.is_empty() {
+            let annotations = server.metadata.annotations.get_or_insert_with(Default::default);
+            annotations.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+
+    /// Shows annotation `key` on the server the process reads and watches, without writing it
+    /// to the API server; watchers get the change at once.
+    pub fn set_local_annotation(&self, key: &str, value: &str) {
+        let changed = self.local.lock().expect("local lock").insert(key.into(), value.into()).as_deref() != Some(value);
+        if changed {
+            self.observed.send_modify(|current| {
+                let mut gs = GameServer::clone(current);
+                self.show_local(&mut gs);
+                *current = Arc::new(gs);
+            });
+        }
     }
 
     /// What the process asked for so far.
@@ -163,13 +188,32 @@ impl Sdk {
         Ok(())
     }
 
-    /// Carrier `SetCondition`: condition `type_` of the status, `True`/`False`/`Unknown`.
+    /// Carrier `SetCondition`: condition `type_` of the status, `True`/`False`/`Unknown`; only
+    /// one of the server's readiness or deletable gates (the API server admits no other).
     pub fn set_condition(&self, type_: &str, status: &str) -> std::result::Result<(), KeyError> {
         keys::condition(type_, status)?;
+        let server = self.server();
+        let l = &server.spec.lifecycle;
+        if !l.readiness_gates.iter().chain(&l.deletable_gates).any(|g| g == type_) {
+            let gates: Vec<&str> = l.readiness_gates.iter().chain(&l.deletable_gates).map(String::as_str).collect();
+            let gates = if gates.is_empty() { "none".to_string() } else { gates.join(", ") };
+            return Err(KeyError::NotAGate { key: type_.into(), gates });
+        }
         self.change(|w| {
-            w.conditions.insert(type_.into(), status.into());
+            w.conditions.insert(type_.into(), WantedCondition::by_process(status));
         });
         Ok(())
+    }
+
+    /// Sets gate condition `type_` from a gate webhook's answer.
+    pub fn set_gate(&self, type_: &str, allowed: bool, message: String) {
+        let status = if allowed { "True" } else { "False" };
+        self.change(|w| {
+            w.conditions.insert(
+                type_.into(),
+                WantedCondition { status: status.into(), reason: WEBHOOK_REASON.into(), message },
+            );
+        });
     }
 
     /// A health ping. Never a write by itself: the first ping's Healthy goes out with the next

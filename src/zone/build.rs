@@ -448,7 +448,7 @@ pub fn server_template(
     // an API token. Pods of types without it are as before (their template hash unchanged).
     let (mut service_account, mut automount) = (None, None);
     if super::needs_sdk(service) {
-        let (sidecar, token) = super::sidecar(&cfg.init_image);
+        let (sidecar, token) = super::sidecar(&cfg.init_image, volumes.iter().any(|v| v.name == ARTIFACTS_VOLUME));
         init_containers.get_or_insert_with(Vec::new).insert(0, sidecar);
         volumes.push(token);
         env_vars.extend(super::game_env());

@@ -77,22 +77,42 @@ fn field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// The sidecar container and the token volume only it mounts.
-pub fn sidecar(image: &str) -> (Container, Volume) {
+/// The sidecar container and the token volume only it mounts; with `artifacts`, it also mounts
+/// the artifacts volume read-only, to show the game the current tree's digest.
+pub fn sidecar(image: &str, artifacts: bool) -> (Container, Volume) {
     let token = "gamezone-sdk-token";
+    let mut env = vec![
+        field("GAMEZONE_SERVER", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("GAMEZONE_POD_UID", "metadata.uid"),
+        plain("GAMEZONE_SDK_GRPC_PORT", SDK_GRPC_PORT.to_string()),
+        plain("GAMEZONE_SDK_HTTP_PORT", SDK_HTTP_PORT.to_string()),
+    ];
+    let mut mounts = vec![VolumeMount {
+        name: token.into(),
+        mount_path: TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if artifacts {
+        env.push(plain(super::build::ARTIFACTS_DIR_ENV, super::build::INIT_ROOT.into()));
+        mounts.push(VolumeMount {
+            name: super::build::ARTIFACTS_VOLUME.into(),
+            mount_path: super::build::INIT_ROOT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: SDK_CONTAINER.into(),
         image: Some(image.into()),
         command: Some(vec!["gamezone".into(), "sdk".into()]),
         // A native sidecar: started before the game, running as long as the pod.
         restart_policy: Some("Always".into()),
-        env: Some(vec![
-            field("GAMEZONE_SERVER", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            field("GAMEZONE_POD_UID", "metadata.uid"),
-            plain("GAMEZONE_SDK_GRPC_PORT", SDK_GRPC_PORT.to_string()),
-            plain("GAMEZONE_SDK_HTTP_PORT", SDK_HTTP_PORT.to_string()),
-        ]),
+        env: Some(env),
+        // Measured (benches/sdk.rs, one thread): idle 0 CPU, ~2 MiB anonymous; ~0.4% of a core
+        // at 11 calls/s. Its RSS (~20 MiB) is mostly the binary's pages, shared by every pod
+        // of the image on a node: only the first pod there is charged for them.
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), Quantity("10m".into())),
@@ -108,12 +128,7 @@ pub fn sidecar(image: &str) -> (Container, Volume) {
             allow_privilege_escalation: Some(false),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: token.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     let volume = Volume {
@@ -198,4 +213,42 @@ pub fn identity(zone: &GameZone) -> (ServiceAccount, Role, RoleBinding) {
         }]),
     };
     (sa, role, binding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_artifacts_the_sidecar_sees_the_volume_read_only_and_is_told_where() {
+        let (plain, _) = sidecar("op:1", false);
+        assert!(plain.volume_mounts.iter().flatten().all(|m| m.name != super::super::build::ARTIFACTS_VOLUME));
+        let (with, _) = sidecar("op:1", true);
+        let mount = with.volume_mounts.iter().flatten().find(|m| m.name == super::super::build::ARTIFACTS_VOLUME);
+        let mount = mount.expect("the artifacts volume is mounted");
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/gamezone/artifacts", Some(true)));
+        let env = with.env.iter().flatten().find(|e| e.name == "GAMEZONE_ARTIFACTS_DIR").unwrap();
+        assert_eq!(env.value.as_deref(), Some("/gamezone/artifacts"));
+    }
+
+    #[test]
+    fn the_sidecar_s_role_reads_webhook_configurations_and_writes_only_game_servers() {
+        let zone: GameZone = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+            "metadata": {"name": "zone1", "namespace": "ns"},
+            "spec": {"zoneId": 1, "services": []}
+        }))
+        .unwrap();
+        let (_, role, _) = identity(&zone);
+        let rules = role.rules.unwrap();
+        let verbs = |resource: &str| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r.resources.iter().flatten().any(|x| x == resource))
+                .flat_map(|r| r.verbs.clone())
+                .collect()
+        };
+        assert_eq!(verbs("webhookconfigurations"), ["get", "list", "watch"]);
+        assert!(verbs("gameservers").iter().all(|v| v != "create" && v != "delete"));
+    }
 }

@@ -3,6 +3,7 @@
 mod artifacts;
 mod ports;
 mod protocol;
+mod sdk;
 mod server;
 mod settings;
 mod topology;

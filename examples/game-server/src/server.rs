@@ -109,6 +109,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     tracing::info!(ports = ?listening, "listening");
     tasks.spawn(watch(ctx.clone(), artifacts));
+    if let Some(port) = settings.sdk_http_port {
+        // After the listeners: Ready means players can connect.
+        tasks.spawn(crate::sdk::run(port, crate::sdk::HEALTH_EVERY));
+    }
 
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",

@@ -54,6 +54,8 @@ pub struct Settings {
     pub config: String,
     /// Announced ports: env var suffix (`GAME` for `GAMEZONE_PORT_GAME`) and number.
     pub ports: Vec<(String, u16)>,
+    /// The SDK sidecar's REST port on loopback (`GAMEZONE_SDK_HTTP_PORT`), when the pod has one.
+    pub sdk_http_port: Option<u16>,
 }
 
 impl Settings {
@@ -104,6 +106,16 @@ impl Settings {
             ports.push((suffix.to_owned(), port));
         }
 
+        let sdk_http_port = non_empty(env, "GAMEZONE_SDK_HTTP_PORT")
+            .map(|v| {
+                v.trim().parse::<u16>().ok().filter(|p| *p != 0).with_context(|| {
+                    format!(
+                        "GAMEZONE_SDK_HTTP_PORT={v:?} is not a port number (1-65535); it should be set by the operator"
+                    )
+                })
+            })
+            .transpose()?;
+
         let pick = |flag: &str, var: &str| flags.get(flag).cloned().or_else(|| non_empty(env, var));
         Ok(Settings {
             identity,
@@ -113,6 +125,7 @@ impl Settings {
             state: pick("--state", "GAMEZONE_ARTIFACTS_STATE").map(PathBuf::from),
             config: pick("--config", "GAMEZONE_CONFIG").unwrap_or_else(|| DEFAULT_CONFIG.into()),
             ports,
+            sdk_http_port,
         })
     }
 }

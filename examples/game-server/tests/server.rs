@@ -448,3 +448,84 @@ fn arguments_that_disagree_with_the_env_stop_the_server_with_the_reason() {
     assert_eq!(line["message"], "cannot start");
     assert!(line["error"].as_str().unwrap().contains("GAMEZONE_TYPE=game but the first argument is gateway"), "{line}");
 }
+
+/// The `gamezone` binary of the same build (a workspace member, built beside this one by
+/// `cargo test --workspace`).
+fn gamezone_bin() -> PathBuf {
+    let bin = Path::new(BIN).parent().unwrap().join("gamezone");
+    assert!(bin.is_file(), "{} is missing: build it first (cargo build -p gamezone --bin gamezone)", bin.display());
+    bin
+}
+
+/// `GET path` on loopback `port` with curl: the JSON body.
+fn get_json(port: u16, path: &str) -> Option<Value> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn with_an_sdk_sidecar_the_server_says_ready_once_listening_and_keeps_it_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server whose health is checked every 3 s, Unhealthy after one missed period.
+    let file = dir.path().join("gameserver.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: gamezone.dev/v1alpha1\nkind: GameServer\nmetadata: {name: zone1-game-1}\n\
+         spec: {zone: zone1, type: game, id: 1, template: {},\n\
+         health: {periodSeconds: 3, failureThreshold: 1, initialDelaySeconds: 1}}\n\
+         status: {state: Ready, address: 127.0.0.1}\n",
+    )
+    .unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut sidecar = Command::new(gamezone_bin())
+        .args(["sdk", "--local", "-f"])
+        .arg(&file)
+        .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _sidecar = Kill(&mut sidecar);
+    let state = || get_json(http, "/gameserver").map(|v| v["status"]["state"].as_str().unwrap_or_default().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state().is_none() {
+        assert!(Instant::now() < deadline, "the sidecar did not serve within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state().as_deref(), Some("Scheduled"), "not Ready before the game says so");
+
+    let topology = write_topology(dir.path(), vec![]);
+    let mut env = base_env("game", 1, &topology, dir.path());
+    env.extend([("GAMEZONE_PORT_GAME", free_port().to_string()), ("GAMEZONE_SDK_HTTP_PORT", http.to_string())]);
+    let mut server = Server::start(&env, &[]);
+    let ready = server.wait_log("told the SDK sidecar Ready", Duration::from_secs(10));
+    assert_eq!(ready["sdk_port"], http);
+    server.wait_log("health pings reach the SDK sidecar", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state().as_deref() != Some("Ready") {
+        assert!(Instant::now() < deadline, "the sidecar does not show Ready: {:?}", state());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Three health periods: the pings keep it Ready.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(state().as_deref(), Some("Ready"), "pinged every 2 s, the server stays healthy");
+    // The pings were what kept it so: once the game stops, the sidecar finds it Unhealthy.
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state().as_deref() != Some("Unhealthy") {
+        assert!(Instant::now() < deadline, "no Unhealthy after the pings stopped: {:?}", state());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
