@@ -1,13 +1,17 @@
 //! SDK sidecar writes under load: 1000 simulated servers, each calling SetLabel 10 times a
 //! second and Health once a second, through the sidecar's real coalescing and rate-limited
 //! writer, against an in-memory API server that counts writes; beside, in the same run, a
-//! sidecar that writes every call. Prints API writes per second of both and their ratio.
+//! sidecar that writes every call. Runs `GAMEZONE_BENCH_ROUNDS` rounds (3) and prints each
+//! round's API writes per second of both and their ratio, the pooled ratio and the spread.
 //!
-//! `GAMEZONE_BENCH_SERVERS` (1000) and `GAMEZONE_BENCH_SECONDS` (10) resize it.
+//! `GAMEZONE_BENCH_SERVERS` (1000) and `GAMEZONE_BENCH_SECONDS` (10, per round) resize it.
 //!
 //! Then the sidecar's footprint, as it runs in every game pod: `gamezone sdk --local` idle
 //! (resident memory, anonymous and file-backed, threads, CPU over `GAMEZONE_BENCH_SECONDS`), and
 //! busy under a game calling SetLabel 20 times and Health twice a second over REST.
+
+#[path = "support/stats.rs"]
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,11 +139,19 @@ fn footprint(seconds: u64) {
     let _ = child.wait();
 }
 
-fn main() {
-    let servers = env("GAMEZONE_BENCH_SERVERS", 1000);
-    let seconds = env("GAMEZONE_BENCH_SECONDS", 10);
+/// What one round counted.
+struct Round {
+    /// SetLabel calls made.
+    calls: u64,
+    /// API writes of the gamezone sidecar.
+    spared: u64,
+    /// API writes of a sidecar that writes every call.
+    every_call: u64,
+}
+
+/// One round: `servers` servers making calls for `seconds`, through both sidecars.
+fn round(rt: &tokio::runtime::Runtime, servers: u64, seconds: u64) -> Round {
     let run = Duration::from_secs(seconds);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let calls_made = Arc::new(AtomicU64::new(0));
     let (spared, every_call) = rt.block_on(async {
         let mut spared = Vec::new();
@@ -208,15 +220,61 @@ fn main() {
         let total = |v: &[Arc<Memory>]| v.iter().map(|m| m.writes()).sum::<u64>();
         (total(&spared), total(&every_call))
     });
-    let calls = calls_made.load(Ordering::Relaxed);
+    Round { calls: calls_made.load(Ordering::Relaxed), spared, every_call }
+}
+
+fn main() {
+    let servers = env("GAMEZONE_BENCH_SERVERS", 1000);
+    let seconds = env("GAMEZONE_BENCH_SECONDS", 10);
+    let rounds = env("GAMEZONE_BENCH_ROUNDS", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let per_s = |w: u64| w as f64 / seconds as f64;
-    println!("sdk: {servers} servers, {seconds} s, {calls} SetLabel calls + {} Health pings", calls / 10);
-    println!("sdk: gamezone sidecar  {:>10.0} API writes/s ({spared} writes)", per_s(spared));
-    println!("sdk: writes every call {:>10.0} API writes/s ({every_call} writes)", per_s(every_call));
-    println!("sdk: ratio             {:>10.1}x fewer writes", every_call as f64 / spared.max(1) as f64);
     // One write per half second per server over the run and the last second's drain, plus the
     // first write, which goes out at once.
     let most = servers * (2 * (seconds + 1) + 1);
-    assert!(spared <= most, "the sidecar wrote {spared} times, more than once per 500 ms per server ({most})");
+    let mut all = Vec::new();
+    println!("sdk: {servers} servers, {seconds} s per round, {rounds} rounds");
+    for r in 0..rounds {
+        let got = round(&rt, servers, seconds);
+        println!(
+            "sdk: round {}: {} SetLabel calls + {} Health pings; gamezone sidecar {:.0} API writes/s, writes every call {:.0}/s; {:.1}x fewer (load average {:.1})",
+            r + 1,
+            got.calls,
+            got.calls / 10,
+            per_s(got.spared),
+            per_s(got.every_call),
+            got.every_call as f64 / got.spared.max(1) as f64,
+            load_average(),
+        );
+        assert!(
+            got.spared <= most,
+            "round {}: the sidecar wrote {} times, more than once per 500 ms per server ({most})",
+            r + 1,
+            got.spared
+        );
+        all.push(got);
+    }
+    let sum = |f: fn(&Round) -> u64| all.iter().map(f).sum::<u64>();
+    let (spared, every_call) = (sum(|r| r.spared), sum(|r| r.every_call));
+    let secs = (seconds * rounds) as f64;
+    println!("sdk: gamezone sidecar  {:>10.0} API writes/s pooled ({spared} writes)", spared as f64 / secs);
+    println!("sdk: writes every call {:>10.0} API writes/s pooled ({every_call} writes)", every_call as f64 / secs);
+    let ratios: Vec<f64> = all.iter().map(|r| r.every_call as f64 / r.spared.max(1) as f64).collect();
+    println!(
+        "sdk: ratio             {:>10.1}x fewer writes pooled; rounds {}",
+        every_call as f64 / spared.max(1) as f64,
+        stats::Summary::of(&ratios).map(|s| s.show(1)).unwrap_or_default()
+    );
+    let rates: Vec<f64> = all.iter().map(|r| per_s(r.spared)).collect();
+    println!(
+        "sdk: gamezone sidecar writes/s, rounds {}",
+        stats::Summary::of(&rates).map(|s| s.show(0)).unwrap_or_default()
+    );
     footprint(seconds);
+}
+
+/// The one-minute load average.
+fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
 }

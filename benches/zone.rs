@@ -4,22 +4,31 @@
 //! 2. 200 zones × 10 instances on 50 simulated nodes: instances made Ready per second by the
 //!    operator, and by a plain client creating the same objects (GameServers, Pods, Services,
 //!    ConfigMaps) as fast as it can against the same control plane, ending where the operator
-//!    does: each GameServer's status says Ready once its pod is. Beside them, the same client
+//!    does: each GameServer's status says Ready once its pod is. Optionally the same client
 //!    creating the objects only (no GameServer ever shows a state). Each side runs once per
-//!    round, in turns (operator, plain, create-only; create-only, plain, operator; ...), and the
-//!    rates are taken over all of a side's phases: one phase swings by up to a quarter with the
-//!    machine. A short unmeasured turn of each side comes first, and each phase's objects are
-//!    deleted before the next starts.
-//! 3. The operator's peak memory.
+//!    round, in turns (operator, plain; plain, operator; ...); a short unmeasured turn of each
+//!    side comes first, and each phase's objects are deleted before the next starts. Rounds run
+//!    until the 95% interval of the mean round ratio operator/plain is within ±0.05 (4 to 10
+//!    rounds), so two runs agree on it; every round, the pooled ratio and the spread are printed.
+//! 3. Per side and per instance: CPU seconds of each process, the API server's requests by verb
+//!    and resource, bytes received and sent, watch events and their bytes, etcd operations (from
+//!    its /metrics), writes by who made them (its audit log); the operator's RSS with all its
+//!    servers Ready. The load average goes with every figure: the machine may be shared.
 //!
-//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES,
-//! rounds via GAMEZONE_BENCH_ROUNDS (2); the operator's log goes to the file GAMEZONE_BENCH_LOG
-//! at GAMEZONE_BENCH_LOG_LEVEL (`warn`).
+//! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES
+//! / _BIG_ZONE; GAMEZONE_BENCH_ROUNDS fixes the rounds (GAMEZONE_BENCH_MIN_ROUNDS 4 and
+//! _MAX_ROUNDS 10 bound them otherwise); GAMEZONE_BENCH_SIDES=operator,plain,create-only adds the
+//! create-only side; the operator's log goes to the file GAMEZONE_BENCH_LOG at
+//! GAMEZONE_BENCH_LOG_LEVEL (`warn`).
 
+#[path = "support/apiserver.rs"]
+mod apiserver;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/stats.rs"]
+mod stats;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -133,17 +142,6 @@ fn cpu_secs(pid: u32) -> f64 {
 /// CPU seconds used so far by each process of `procs`.
 fn cpu_of(procs: &[(String, u32)]) -> Vec<f64> {
     procs.iter().map(|(_, pid)| cpu_secs(*pid)).collect()
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// The plain client: the objects the operator would make for the zones, created as fast as it
@@ -336,54 +334,79 @@ impl Side {
 /// One timed phase of the many-zones run.
 struct Phase {
     side: Side,
+    /// The round it belongs to, from 0.
+    round: usize,
     time: Duration,
     /// CPU seconds each process used in the phase, in the order of the process list.
     cpu: Vec<f64>,
+    /// What the API server counted while it ran.
+    api: apiserver::Counters,
+    /// The one-minute load average at its end.
+    load: f64,
 }
 
-/// The sides in the order they run: operator, plain, create-only; create-only, plain, operator;
-/// ... Over every two rounds each side runs as often early as late, so none gains from an
-/// emptier cluster, and a drift of the machine's speed over the run falls on all alike.
-fn order(rounds: usize) -> Vec<Side> {
-    let forth = [Side::Operator, Side::Plain, Side::Bare];
-    (0..rounds)
-        .flat_map(|r| {
-            let mut sides = forth;
-            if r % 2 == 1 {
-                sides.reverse();
-            }
-            sides
-        })
-        .collect()
+/// The sides of round `r`: `sides` as given in even rounds, reversed in odd ones. Over every two
+/// rounds each side runs as often early as late, so none gains from an emptier cluster, and a
+/// drift of the machine's speed over the run falls on all alike.
+fn round_order(sides: &[Side], r: usize) -> Vec<Side> {
+    let mut s = sides.to_vec();
+    if r % 2 == 1 {
+        s.reverse();
+    }
+    s
 }
 
-/// Writes the API server's audit log recorded from byte `from` on, by who made them (the
-/// operator, or the bench's plain client; the control plane's own components are left out) and
-/// by verb and resource.
-fn writes_since(log: &std::path::Path, from: u64) -> std::collections::BTreeMap<(String, String), usize> {
+/// The sides to run, from GAMEZONE_BENCH_SIDES (`operator,plain` when unset; `create-only`
+/// may be added). The operator and the plain client are always among them.
+fn sides_from_env() -> Vec<Side> {
+    let asked = std::env::var("GAMEZONE_BENCH_SIDES").unwrap_or_else(|_| "operator,plain".into());
+    let mut sides = vec![Side::Operator, Side::Plain];
+    for name in asked.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "operator" | "plain" => {}
+            "create-only" => sides.push(Side::Bare),
+            other => panic!("GAMEZONE_BENCH_SIDES: unknown side {other:?}; use operator, plain, create-only"),
+        }
+    }
+    sides
+}
+
+/// Who made a write, from its user agent: the operator, this bench's plain client, or a
+/// control plane component (the controller manager's by controller).
+fn writer_of(agent: &str) -> String {
+    if agent.starts_with("gamezone/") {
+        return "operator".into();
+    }
+    let program = agent.split('/').next().unwrap_or_default();
+    match program {
+        "kube-controller-manager" => {
+            let controller = agent.rsplit_once("system:serviceaccount:kube-system:").map(|(_, c)| c);
+            format!("kcm:{}", controller.unwrap_or("?"))
+        }
+        p if p.starts_with("kube-") || p.starts_with("kwok") || p.starts_with("coredns") => p.to_string(),
+        _ => "bench".into(),
+    }
+}
+
+/// Writes in the API server's audit log from byte `from` on, by who made them (see
+/// [`writer_of`]) and by verb and resource.
+fn writes_since(log: &std::path::Path, from: u64) -> BTreeMap<String, usize> {
     use std::io::{BufRead, Seek};
-    let mut counts = std::collections::BTreeMap::new();
+    let mut counts = BTreeMap::new();
     let Ok(mut file) = std::fs::File::open(log) else { return counts };
     if file.seek(std::io::SeekFrom::Start(from)).is_err() {
         return counts;
     }
     for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
         let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        let agent = e["userAgent"].as_str().unwrap_or_default();
-        let who = if agent.starts_with("gamezone/") {
-            "operator"
-        } else if ["kube-", "kwok", "coredns"].iter().any(|c| agent.starts_with(c)) {
-            continue;
-        } else {
-            "client"
-        };
+        let who = writer_of(e["userAgent"].as_str().unwrap_or_default());
         let o = &e["objectRef"];
         let resource = match o["subresource"].as_str() {
             Some(sub) => format!("{}/{sub}", o["resource"].as_str().unwrap_or_default()),
             None => o["resource"].as_str().unwrap_or_default().to_string(),
         };
-        let what = format!("{} {resource}", e["verb"].as_str().unwrap_or_default());
-        *counts.entry((who.to_string(), what)).or_default() += 1;
+        let what = format!("{who}: {} {resource}", e["verb"].as_str().unwrap_or_default());
+        *counts.entry(what).or_default() += 1;
     }
     counts
 }
@@ -394,11 +417,49 @@ async fn audit_offset(log: &std::path::Path) -> u64 {
     std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Instances made Ready per second over the phases of `side`.
-fn rate(phases: &[Phase], side: Side, per_phase: usize) -> f64 {
-    let mine: Vec<_> = phases.iter().filter(|p| p.side == side).collect();
+/// Instances made Ready per second over `phases` of `side`.
+fn rate<'a>(phases: impl IntoIterator<Item = &'a Phase>, side: Side, per_phase: usize) -> f64 {
+    let mine: Vec<_> = phases.into_iter().filter(|p| p.side == side).collect();
     (mine.len() * per_phase) as f64 / mine.iter().map(|p| p.time.as_secs_f64()).sum::<f64>()
 }
+
+/// Operator over plain client, instances Ready per second, in each round that ran both.
+fn round_ratios(phases: &[Phase], n: usize) -> Vec<f64> {
+    let rounds = phases.iter().map(|p| p.round + 1).max().unwrap_or(0);
+    (0..rounds)
+        .filter_map(|r| {
+            let round: Vec<&Phase> = phases.iter().filter(|p| p.round == r).collect();
+            let has = |s: Side| round.iter().any(|p| p.side == s);
+            (has(Side::Operator) && has(Side::Plain))
+                .then(|| rate(round.iter().copied(), Side::Operator, n) / rate(round.iter().copied(), Side::Plain, n))
+        })
+        .collect()
+}
+
+/// The one-minute load average.
+fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Resident memory of `pid` in MiB: now (VmRSS) and its peak so far (VmHWM).
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// How close two runs' pooled ratios should be: the default rounds are enough when the 95%
+/// interval of the mean round ratio is within this.
+const STABLE_TO: f64 = 0.05;
 
 #[tokio::main]
 async fn main() {
@@ -406,10 +467,16 @@ async fn main() {
     let instances = env_or("GAMEZONE_BENCH_INSTANCES", 10);
     let nodes = env_or("GAMEZONE_BENCH_NODES", 50);
     let big = env_or("GAMEZONE_BENCH_BIG_ZONE", 50);
-    let rounds = env_or("GAMEZONE_BENCH_ROUNDS", 2).max(1);
+    // Rounds as asked, or as many as it takes (from 4 up to 10) for the ratio to be known to
+    // within STABLE_TO.
+    let (min_rounds, max_rounds) =
+        match std::env::var("GAMEZONE_BENCH_ROUNDS").ok().and_then(|r| r.parse::<usize>().ok()) {
+            Some(r) => (r.max(1), r.max(1)),
+            None => (env_or("GAMEZONE_BENCH_MIN_ROUNDS", 4).max(2), env_or("GAMEZONE_BENCH_MAX_ROUNDS", 10).max(2)),
+        };
+    let sides = sides_from_env();
     let n = zones * instances;
-    let sides = order(rounds);
-    eprintln!("starting a control plane with {nodes} simulated nodes");
+    eprintln!("starting a control plane with {nodes} simulated nodes (load average {:.1})", load_average());
     let cluster = common::start_private(nodes);
     let client = cluster.client().await;
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -446,6 +513,7 @@ async fn main() {
     // Where the CPU goes in each phase: the control plane's processes, the operator, this process
     // (the plain client and the Ready counting).
     let mut procs = cluster.processes();
+    let control_plane = procs.len();
     procs.push(("gamezone".into(), pid));
     procs.push(("bench".into(), std::process::id()));
 
@@ -461,98 +529,228 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let big_time = start.elapsed();
+    let big_load = load_average();
 
     // 2. Many zones, by each side in turn, on the same control plane, each phase's objects
     // deleted before the next. The operator stays up between its phases; it has nothing to do in
     // the plain client's, whose objects are in other namespaces.
-    let mut phases = Vec::new();
-    let mut op_rss = None;
+    let mut phases: Vec<Phase> = Vec::new();
+    // The operator's memory at the end of each of its phases, with all their servers Ready.
+    let mut op_rss = Vec::new();
     // First a short turn of each side, not measured: whichever side runs the first phase of a
     // run is a quarter slower than in its later ones, while caches, heaps and connections grow.
     let warm = (zones / 10).max(1);
     eprintln!("warming up: each side makes {warm} zones");
-    for side in [Side::Operator, Side::Plain, Side::Bare] {
+    for &side in &sides {
         let (ns, names) = place(side, "w", warm);
         make(&client, side, &ns, &names, instances, big).await;
         clear(&client, side, &ns, &names).await;
     }
-    let last = sides.len() - 1;
     let audit = cluster.kubeconfig().with_file_name("audit.log");
-    let mut writes: HashMap<Side, std::collections::BTreeMap<String, usize>> = HashMap::new();
-    for (i, side) in sides.into_iter().enumerate() {
-        eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
-        let (ns, names) = place(side, &i.to_string(), zones);
-        let before = cpu_of(&procs);
-        let from = audit_offset(&audit).await;
-        let time = make(&client, side, &ns, &names, instances, big).await;
-        let who = if side == Side::Operator { "operator" } else { "client" };
-        for ((by, what), count) in writes_since(&audit, from) {
-            if by == who {
+    let mut writes: HashMap<Side, BTreeMap<String, usize>> = HashMap::new();
+    let stable = |ratios: &[f64]| stats::mean_ci95(ratios).is_some_and(|(_, hw)| hw <= STABLE_TO);
+    let mut i = 0;
+    'rounds: for round in 0..max_rounds {
+        let order = round_order(&sides, round);
+        for (k, &side) in order.iter().enumerate() {
+            eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
+            let (ns, names) = place(side, &i.to_string(), zones);
+            let from = audit_offset(&audit).await;
+            let api_before = apiserver::scrape(&client).await;
+            let before = cpu_of(&procs);
+            let time = make(&client, side, &ns, &names, instances, big).await;
+            let after = cpu_of(&procs);
+            let api = apiserver::scrape(&client).await.since(&api_before);
+            for (what, count) in writes_since(&audit, from) {
                 *writes.entry(side).or_default().entry(what).or_default() += count;
             }
-        }
-        if side == Side::Operator {
-            // At the scale asked about: one phase's zones (and the big one).
-            op_rss.get_or_insert_with(|| peak_rss_mib(pid));
-        }
-        let after = cpu_of(&procs);
-        eprintln!("  {:.1} instances Ready/s", n as f64 / time.as_secs_f64());
-        phases.push(Phase { side, time, cpu: after.iter().zip(&before).map(|(a, b)| a - b).collect() });
-        if i < last {
+            if side == Side::Operator {
+                op_rss.push(rss_mib(pid));
+            }
+            let load = load_average();
+            eprintln!("  {:.1} instances Ready/s (load average {load:.1})", n as f64 / time.as_secs_f64());
+            let cpu = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            phases.push(Phase { side, round, time, cpu, api, load });
+            i += 1;
+            let stop = k + 1 == order.len()
+                && (round + 1 == max_rounds || round + 1 >= min_rounds && stable(&round_ratios(&phases, n)));
+            if stop {
+                break 'rounds;
+            }
             clear(&client, side, &ns, &names).await;
         }
     }
-    let final_rss = peak_rss_mib(pid);
+    let (_, final_peak) = rss_mib(pid);
     let _ = op.kill();
     let _ = op.wait();
+    report(&Report {
+        zones,
+        instances,
+        nodes,
+        big,
+        big_time,
+        big_load,
+        sides: &sides,
+        phases: &phases,
+        op_rss: &op_rss,
+        final_peak,
+        procs: &procs,
+        control_plane,
+        writes: &writes,
+    });
+}
 
-    let all = [Side::Operator, Side::Plain, Side::Bare];
-    let rates = all.map(|side| rate(&phases, side, n));
-    println!("one zone of {big} instances, apply -> Running: {:.2} s", big_time.as_secs_f64());
-    println!("{zones} zones x {instances} instances on {nodes} nodes, {rounds} rounds:");
-    for (r, round) in phases.chunks(all.len()).enumerate() {
-        let shown: Vec<String> =
-            round.iter().map(|p| format!("{} {:.1}/s", p.side.name(), n as f64 / p.time.as_secs_f64())).collect();
-        let ratio = rate(round, Side::Operator, n) / rate(round, Side::Plain, n);
-        println!("  round {}: {}; operator/plain {ratio:.2}", r + 1, shown.join(", "));
-    }
-    for (side, rate) in all.iter().zip(rates) {
-        println!("  {:<13} {rate:>8.1} instances Ready/s over its {rounds} phases", format!("{}:", side.name()));
-    }
-    println!("  ratio operator/plain: {:.2} (goal >= 0.70)", rates[0] / rates[1]);
-    println!("  ratio operator/create-only: {:.2} (GameServers without a state)", rates[0] / rates[2]);
+/// What a run measured.
+struct Report<'a> {
+    zones: usize,
+    instances: usize,
+    nodes: usize,
+    big: usize,
+    big_time: Duration,
+    big_load: f64,
+    sides: &'a [Side],
+    phases: &'a [Phase],
+    /// The operator's (RSS, peak RSS) at the end of each of its phases.
+    op_rss: &'a [(f64, f64)],
+    final_peak: f64,
+    procs: &'a [(String, u32)],
+    /// How many of `procs`, from the first, are the control plane's.
+    control_plane: usize,
+    writes: &'a HashMap<Side, BTreeMap<String, usize>>,
+}
+
+fn report(r: &Report) {
+    let (n, phases, sides) = (r.zones * r.instances, r.phases, r.sides);
+    let rounds = phases.iter().map(|p| p.round + 1).max().unwrap_or(0);
+    let loads = stats::Summary::of(&phases.iter().map(|p| p.load).collect::<Vec<_>>());
+    let load = loads.map(|l| format!("load average {:.1}..{:.1}", l.min, l.max)).unwrap_or_default();
     println!(
-        "operator peak RSS: {:.1} MiB at the first phase's end; {final_rss:.1} MiB over the run",
-        op_rss.unwrap_or(final_rss),
+        "one zone of {} instances, apply -> Running: {:.2} s (load average {:.1})",
+        r.big,
+        r.big_time.as_secs_f64(),
+        r.big_load
     );
-    println!("CPU seconds per 1000 instances:  {:>11} {:>11} {:>11}", all[0].name(), all[1].name(), all[2].name());
-    let per_k = 1000.0 / (rounds * n) as f64;
-    let mut totals = [0.0; 3];
-    for (i, (name, _)) in procs.iter().enumerate() {
-        let used = all.map(|side| {
-            // The operator idles through the plain client's phases; that is not the plain client's.
-            if name == "gamezone" && side != Side::Operator {
-                return 0.0;
-            }
-            phases.iter().filter(|p| p.side == side).map(|p| p.cpu[i]).sum::<f64>() * per_k
-        });
-        for (t, u) in totals.iter_mut().zip(used) {
+    println!("{} zones x {} instances on {} nodes, {rounds} rounds ({load}):", r.zones, r.instances, r.nodes);
+    for round in 0..rounds {
+        let mine: Vec<&Phase> = phases.iter().filter(|p| p.round == round).collect();
+        let shown: Vec<String> = mine
+            .iter()
+            .map(|p| format!("{} {:.1}/s (load {:.1})", p.side.name(), n as f64 / p.time.as_secs_f64(), p.load))
+            .collect();
+        let ratio = rate(mine.iter().copied(), Side::Operator, n) / rate(mine.iter().copied(), Side::Plain, n);
+        println!("  round {}: {}; operator/plain {ratio:.2}", round + 1, shown.join(", "));
+    }
+    let per_phase = |side: Side| -> Vec<f64> {
+        phases.iter().filter(|p| p.side == side).map(|p| n as f64 / p.time.as_secs_f64()).collect()
+    };
+    for &side in sides {
+        let pooled = rate(phases, side, n);
+        let spread = stats::Summary::of(&per_phase(side)).map(|s| s.show(1)).unwrap_or_default();
+        println!("  {:<13} {pooled:>7.1} instances Ready/s pooled; phases {spread}", format!("{}:", side.name()));
+    }
+    let ratios = round_ratios(phases, n);
+    let pooled = rate(phases, Side::Operator, n) / rate(phases, Side::Plain, n);
+    let spread = stats::Summary::of(&ratios).map(|s| s.show(2)).unwrap_or_default();
+    println!("  ratio operator/plain: {pooled:.2} pooled (goal >= 0.9, aim 1.0); rounds {spread}");
+    match stats::mean_ci95(&ratios) {
+        Some((mean, hw)) if hw <= STABLE_TO => {
+            println!("  the mean round ratio is {mean:.2} +- {hw:.2} (95%): stable to +-{STABLE_TO} between runs")
+        }
+        Some((mean, hw)) => println!(
+            "  the mean round ratio is {mean:.2} +- {hw:.2} (95%): NOT stable to +-{STABLE_TO}; with this spread it takes about {} rounds (GAMEZONE_BENCH_ROUNDS)",
+            stats::needed_for(&ratios, STABLE_TO).unwrap_or(0)
+        ),
+        None => println!("  one round: no spread to judge; run at least two (GAMEZONE_BENCH_ROUNDS)"),
+    }
+    if sides.contains(&Side::Bare) {
+        println!(
+            "  ratio operator/create-only: {:.2} (GameServers without a state)",
+            rate(phases, Side::Operator, n) / rate(phases, Side::Bare, n)
+        );
+    }
+    let now: Vec<f64> = r.op_rss.iter().map(|(now, _)| *now).collect();
+    println!(
+        "operator RSS with {} servers Ready, at the end of its phases: {} MiB; peak {:.1} MiB over the run (goal <= 100 at 2000)",
+        n + r.big,
+        stats::Summary::of(&now).map(|s| s.show(1)).unwrap_or_default(),
+        r.final_peak,
+    );
+
+    // CPU per 1000 instances, by process, over each side's phases; the control plane's total per
+    // phase too, for its spread.
+    let head: String = sides.iter().map(|s| format!("{:>12}", s.name())).collect();
+    println!("CPU seconds per 1000 instances: {head}");
+    let of_side = |side: Side| phases.iter().filter(move |p| p.side == side);
+    let count = |side: Side| of_side(side).count().max(1) as f64;
+    let per_k = |side: Side| 1000.0 / (count(side) * n as f64);
+    let mut totals = vec![0.0; sides.len()];
+    for (i, (name, _)) in r.procs.iter().enumerate() {
+        let used: Vec<f64> = sides
+            .iter()
+            .map(|&side| {
+                // The operator idles through the plain client's phases; that is not the plain client's.
+                if name == "gamezone" && side != Side::Operator {
+                    return 0.0;
+                }
+                of_side(side).map(|p| p.cpu[i]).sum::<f64>() * per_k(side)
+            })
+            .collect();
+        for (t, u) in totals.iter_mut().zip(&used) {
             *t += u;
         }
-        println!("  {name:<28} {:>11.1} {:>11.1} {:>11.1}", used[0], used[1], used[2]);
+        println!("  {name:<30}{}", used.iter().map(|u| format!("{u:>12.1}")).collect::<String>());
     }
-    println!("  {:<28} {:>11.1} {:>11.1} {:>11.1}", "total", totals[0], totals[1], totals[2]);
-    // From the API server's audit log, while each side's zones came up.
-    println!("writes per instance (audit log): {:>11} {:>11} {:>11}", all[0].name(), all[1].name(), all[2].name());
-    let kinds: std::collections::BTreeSet<&String> = writes.values().flat_map(|w| w.keys()).collect();
-    let per = 1.0 / (rounds * n) as f64;
-    let mut sums = [0.0; 3];
+    let cp: Vec<Vec<f64>> = sides
+        .iter()
+        .map(|&side| of_side(side).map(|p| p.cpu[..r.control_plane].iter().sum::<f64>() * 1000.0 / n as f64).collect())
+        .collect();
+    let cp_median: Vec<f64> = cp.iter().map(|v| stats::Summary::of(v).map_or(0.0, |s| s.median)).collect();
+    println!("  {:<30}{}", "total", totals.iter().map(|u| format!("{u:>12.1}")).collect::<String>());
+    println!(
+        "  {:<30}{}",
+        "control plane, median phase",
+        cp_median.iter().map(|u| format!("{u:>12.1}")).collect::<String>()
+    );
+    for (side, v) in sides.iter().zip(&cp) {
+        println!("    {:<12} phases {}", side.name(), stats::Summary::of(v).map(|s| s.show(1)).unwrap_or_default());
+    }
+    let cp_pooled: Vec<f64> = sides
+        .iter()
+        .map(|&side| of_side(side).map(|p| p.cpu[..r.control_plane].iter().sum::<f64>()).sum::<f64>() * per_k(side))
+        .collect();
+    println!("  control plane CPU operator/plain: {:.2} pooled (goal <= 1.10)", cp_pooled[0] / cp_pooled[1]);
+
+    // What the API server did for each side, per instance.
+    let counters: Vec<apiserver::Counters> = sides
+        .iter()
+        .map(|&side| {
+            let mut c = apiserver::Counters::default();
+            for p in of_side(side) {
+                c.add(&p.api);
+            }
+            c
+        })
+        .collect();
+    let columns: Vec<(&str, &apiserver::Counters, f64)> =
+        sides.iter().zip(&counters).map(|(s, c)| (s.name(), c, count(*s) * n as f64)).collect();
+    apiserver::print_per_instance(&columns, 0.005);
+
+    // Writes from the audit log, by who made them.
+    println!("writes per instance by who (audit log): {head}");
+    let kinds: std::collections::BTreeSet<&String> = r.writes.values().flat_map(|w| w.keys()).collect();
+    let mut sums = vec![0.0; sides.len()];
     for what in kinds {
-        let row = all.map(|side| writes.get(&side).and_then(|w| w.get(what)).copied().unwrap_or(0) as f64 * per);
-        for (s, r) in sums.iter_mut().zip(row) {
-            *s += r;
+        let row: Vec<f64> = sides
+            .iter()
+            .map(|s| r.writes.get(s).and_then(|w| w.get(what)).copied().unwrap_or(0) as f64 / (count(*s) * n as f64))
+            .collect();
+        if row.iter().all(|x| *x < 0.005) {
+            continue;
         }
-        println!("  {what:<30} {:>11.2} {:>11.2} {:>11.2}", row[0], row[1], row[2]);
+        for (s, x) in sums.iter_mut().zip(&row) {
+            *s += x;
+        }
+        println!("  {what:<44}{}", row.iter().map(|x| format!("{x:>12.2}")).collect::<String>());
     }
-    println!("  {:<30} {:>11.2} {:>11.2} {:>11.2}", "total", sums[0], sums[1], sums[2]);
+    println!("  {:<44}{}", "total", sums.iter().map(|x| format!("{x:>12.2}")).collect::<String>());
 }

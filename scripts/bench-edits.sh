@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks a live edit: one file changed in a large tree, applied by `gamezone-init watch --edits`
 # (hard links to the pinned tree, the edited file copied), against re-running a full
-# `gamezone-init apply` of the same plan with the edits folder as a plain local layer. Prints, per
-# case, the median/min/max of the time until `current` shows the edit and of the bytes written
-# (new inodes in the new tree), the ratio of medians, and a warning when a spread is wide.
+# `gamezone-init apply` of the same plan with the edits folder as a plain local layer, in turns
+# (who goes first alternates). Prints, through scripts/lib/stats.py, the median/min/max of the
+# time until `current` shows the edit and of the MB written (new inodes in the new tree), the
+# ratio of medians, and WIDE for a side whose runs spread over WIDE (max/min).
 #
 #   FILES=20000 MB=200      size of the pinned tree (one local layer)
-#   RUNS=5                  runs of each case, alternating
+#   RUNS=5 WIDE=1.3         runs of each case; max/min over which a spread is flagged WIDE
 #   QUIET=200ms POLL=50ms   watch's --edits-quiet / --edits-poll (the quiet time is part of the
 #                           edit's time: it is how long watch waits for a tester to finish saving)
 #   BENCH_DIR=/tmp/gamezone-bench-edits   work directory (the tree is generated once per size)
@@ -25,7 +26,7 @@ if [[ -z "${GAMEZONE_INIT:-}" ]]; then
 fi
 
 watch_pid=
-cleanup() { [[ -n "$watch_pid" ]] && kill "$watch_pid" 2>/dev/null || true; }
+cleanup() { if [[ -n "$watch_pid" ]]; then kill "$watch_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
 base="$BENCH_DIR/base-$FILES-$MB"; edits="$BENCH_DIR/edits"; plain="$BENCH_DIR/plain-edits"
@@ -66,48 +67,46 @@ watch_pid=$!
 for _ in $(seq 600); do [[ -e "$root_w/current/$edit_rel" ]] && break; sleep 0.1; done
 [[ -e "$root_w/current/$edit_rel" ]] || { echo "watch did not build its first tree" >&2; tail -5 "$BENCH_DIR/watch.log" >&2; exit 1; }
 
-results="$BENCH_DIR/results.txt"; : > "$results"
-for run in $(seq "$RUNS"); do
-  marker="edit $run $(now_ns)"
-  # Edit through watch: write a new version of one file into the edits folder.
-  tmp="$BENCH_DIR/edit.tmp"
-  { printf '%s\n' "$marker"; head -c "$edit_size" /dev/urandom; } > "$tmp"
-  sync
+results="$BENCH_DIR/results.tsv"; : > "$results"
+# rec SIDE T0 T1 ROOT: one run's time and bytes written, for scripts/lib/stats.py.
+rec() {
+  printf 'one file edited\t%s\ts\t%s\none file edited\t%s\tMB written\t%s\n' \
+    "$1" "$(( ($3 - $2) / 1000 ))e-6" "$1" "$(new_bytes "$4")e-6" >> "$results"
+}
+# Edit through watch: write a new version of one file into the edits folder.
+by_watch() {
+  local t0 t1
   t0=$(now_ns)
   cp "$tmp" "$edits/$edit_rel"
   until head -n1 "$root_w/current/$edit_rel" 2>/dev/null | grep -qxF "$marker"; do sleep 0.005; done
   t1=$(now_ns)
-  echo "watch $(( (t1 - t0) / 1000 )) $(new_bytes "$root_w")" >> "$results"
-
-  # The same edit by a full apply of the plan with the edits folder as a plain local layer.
+  rec watch "$t0" "$t1" "$root_w"
+}
+# The same edit by a full apply of the plan with the edits folder as a plain local layer.
+by_apply() {
+  local t0 t1
   cp "$tmp" "$plain/$edit_rel"
   sync
   t0=$(now_ns)
   "$GAMEZONE_INIT" apply --root "$root_a" --plan-json "$plan_a" 2>/dev/null
   t1=$(now_ns)
   head -n1 "$root_a/current/$edit_rel" | grep -qxF "$marker" || { echo "apply did not show the edit" >&2; exit 1; }
-  echo "apply $(( (t1 - t0) / 1000 )) $(new_bytes "$root_a")" >> "$results"
-  echo "run $run: $(tail -n2 "$results" | tr '\n' ' ')"
+  rec apply "$t0" "$t1" "$root_a"
+}
+tmp="$BENCH_DIR/edit.tmp"
+for run in $(seq "$RUNS"); do
+  marker="edit $run $(now_ns)"
+  { printf '%s\n' "$marker"; head -c "$edit_size" /dev/urandom; } > "$tmp"
+  sync
+  # Who goes first alternates, so the page cache favours neither.
+  if (( run % 2 )); then by_watch; by_apply; else by_apply; by_watch; fi
+  echo "run $run: $(tail -n4 "$results" | awk -F'\t' '$3 == "s" {printf "%s %.3f s  ", $2, $4}')"
 done
 
-python3 - "$results" "$FILES" "$MB" "$QUIET" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-data = {}
-for case, us, b in rows:
-    data.setdefault(case, []).append((int(us) / 1e6, int(b)))
-print(f"\none file edited in a {sys.argv[2]}-file, {sys.argv[3]} MB tree; watch --edits-quiet {sys.argv[4]}")
-print(f"{'case':<8} {'runs':>4} {'median s':>9} {'min s':>7} {'max s':>7} {'median MB written':>18} {'min MB':>7} {'max MB':>7}")
-med = {}
-for case in ("watch", "apply"):
-    v = data[case]
-    t = [x[0] for x in v]; b = [x[1] / 1e6 for x in v]
-    med[case] = (statistics.median(t), statistics.median(b))
-    print(f"{case:<8} {len(v):>4} {med[case][0]:>9.3f} {min(t):>7.3f} {max(t):>7.3f} {med[case][1]:>18.3f} {min(b):>7.3f} {max(b):>7.3f}")
-    if min(t) > 0 and max(t) / min(t) > 1.3:
-        print(f"  note: {case} times spread wide (max/min = {max(t)/min(t):.2f}); the machine is busy or the runs differ")
-print(f"ratio of medians watch/apply: time {med['watch'][0]/med['apply'][0]:.3f}, bytes {med['watch'][1]/max(med['apply'][1], 1e-9):.5f}")
-PY
+echo
+python3 scripts/lib/stats.py --ours watch --peer apply --wide "${WIDE:-1.3}" \
+  --title "one file edited in a $FILES-file, $MB MB tree; watch --edits-quiet $QUIET; $RUNS runs; load average $(cut -d' ' -f1-3 /proc/loadavg)" \
+  "$results"
 echo "watch's own figures per swap (elapsed_ms, written_bytes, linked_files):"
 grep '"swapped in a new tree"' "$BENCH_DIR/watch.log" | tail -n "$RUNS" \
   | python3 -c 'import json,sys; [print(" ", (d:=json.loads(l))["elapsed_ms"], d["written_bytes"], d["linked_files"]) for l in sys.stdin]'
