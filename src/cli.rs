@@ -153,6 +153,9 @@ struct BuildArgs {
     /// Image with the gamezone-init binary, run as the init-container of every pod with artifacts.
     #[arg(long, env = "GAMEZONE_INIT_IMAGE", default_value = "ghcr.io/gamezone-dev/gamezone:0.1.0")]
     init_image: String,
+    /// Image of zones' edits shares (Debian's smbd and `gamezone edits serve`).
+    #[arg(long, env = "GAMEZONE_SAMBA_IMAGE", default_value = zone::DEFAULT_SAMBA_IMAGE)]
+    samba_image: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,7 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::run(
         client,
         controller::Config {
-            build: BuildConfig { init_image: args.build.init_image },
+            build: BuildConfig { init_image: args.build.init_image, samba_image: args.build.samba_image },
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,
@@ -335,7 +338,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         );
     }
     let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
-    let cfg = BuildConfig { init_image: args.build.init_image.clone() };
+    let cfg = BuildConfig { init_image: args.build.init_image.clone(), samba_image: args.build.samba_image.clone() };
     zone::validate(&zone)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     if let Some(claim) = zone::artifacts_claim(&zone) {
