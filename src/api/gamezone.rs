@@ -33,7 +33,9 @@ use super::{EditsSpec, GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, Upda
     {"rule": "self.services.all(s, has(s.image) || has(self.defaultImage))",
      "message": "every service needs an image: set spec.defaultImage or services[].image"},
     {"rule": "self.services.all(a, self.services.exists_one(b, b.type == a.type))",
-     "message": "each service type may appear once in spec.services; use id..endId for several instances"}
+     "message": "each service type may appear once in spec.services; use id..endId for several instances"},
+    {"rule": "!has(self.edits) || (has(self.artifacts) && size(self.artifacts) > 0)",
+     "message": "spec.edits needs spec.artifacts: the edits are laid over the artifacts' folder"}
 ]))]
 pub struct GameZoneSpec {
     /// The zone's number, given to every process as `GAMEZONE_ZONE_ID`.

@@ -584,7 +584,8 @@ fn exposing_service(
     }
 }
 
-/// The headless Service giving instances DNS names, plus the exposing Services the spec asks for.
+/// The headless Service giving instances DNS names, plus the exposing Services the spec asks
+/// for, plus the edits share's.
 pub fn services(zone: &GameZone) -> Vec<Service> {
     let zone_name = zone.name_any();
     let mut out = vec![Service {
@@ -620,6 +621,9 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
             }
         }
     }
+    // The edits share's Services: wanted only while the zone has edits, so turning edits off
+    // deletes them with the other Services no longer wanted.
+    out.extend(super::edits::edits_services(zone));
     out
 }
 

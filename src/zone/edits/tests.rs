@@ -1,5 +1,5 @@
 use super::*;
-use crate::zone::{game_servers, validate as validate_zone};
+use crate::zone::{DEFAULT_SAMBA_IMAGE, INIT_CONTAINER, game_servers, validate as validate_zone};
 
 fn zone(edits: Option<serde_json::Value>) -> GameZone {
     let mut spec = serde_json::json!({
@@ -55,14 +55,14 @@ fn a_zone_with_edits_gets_a_claim_a_samba_deployment_and_its_services() {
 
     let d = edits_deployment(&z, &BuildConfig::default()).unwrap();
     assert_eq!(d.metadata.name.as_deref(), Some("zone1-edits"));
-    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = d.spec.template.spec.as_ref().unwrap();
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some(DEFAULT_SAMBA_IMAGE));
     assert_eq!(c.command.as_deref().unwrap(), ["gamezone", "edits", "serve"]);
     let secret = pod.volumes.iter().flatten().find_map(|v| v.secret.as_ref()).unwrap();
     assert_eq!(secret.secret_name.as_deref(), Some("share"));
     assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "test", "placed where the servers run");
-    let labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let labels = d.spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
     assert!(!labels.contains_key(ZONE_LABEL), "no zone Service selects the Samba pod: {labels:?}");
 
     let svcs = edits_services(&z);
