@@ -71,9 +71,14 @@ async fn edits_on_make_the_share_and_sidecars_and_edits_off_remove_them_all() {
         let pod = common::wait_for(&format!("pod {name}"), WAIT, || async { pods.get_opt(name).await.ok().flatten() }).await;
         assert_eq!(sidecars(&pod), ["artifacts-edits"], "{name}");
     }
-    let z = zones.get("ez").await.unwrap();
-    let share = z.status.and_then(|s| s.edits).and_then(|e| e.share);
-    assert_eq!(share.as_deref(), Some(format!(r"\\ez-edits.{}.svc\edits", ns.name).as_str()));
+    let want = format!(r"\\ez-edits.{}.svc\edits", ns.name);
+    let edits = common::wait_for("status.edits naming the share", WAIT, || async {
+        let e = zones.get("ez").await.ok()?.status?.edits?;
+        (e.share.as_deref() == Some(want.as_str())).then_some(e)
+    })
+    .await;
+    // No pod runs here, so the share cannot be asked; status says so.
+    assert!(edits.message.is_some_and(|m| m.contains("cannot read the edits share")), "status.edits tells why");
 
     // Off: the share, its claim and every sidecar go.
     zones.patch("ez", &PatchParams::default(), &Patch::Merge(json!({"spec": {"edits": null}}))).await.unwrap();

@@ -28,6 +28,9 @@ use crate::{Error, Result};
 /// ConfigMaps here, so one deleted by hand comes back within this time.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
 
+/// How long the edits share's status may take to answer.
+const EDITS_ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the shared watches show of a zone's children.
 pub struct Live {
     /// Its GameServers.
@@ -327,9 +330,22 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     let before = status.edits.clone().unwrap_or_default();
     let share = build::share_path(zone);
     let servers: BTreeSet<String> = live.servers.iter().map(|g| g.name_any()).collect();
-    let report = match crate::edits::client::EditsApi::of(ctx.client.clone(), zone).await {
-        Ok(api) => api.status().await,
-        Err(e) => Err(e),
+    // Asked only once its pod is Ready: the client retries a 503 (no endpoint) with backoff,
+    // which would hold the reconcile.
+    let ready = deployments
+        .get_opt(&name)
+        .await?
+        .and_then(|d| d.status)
+        .and_then(|s| s.ready_replicas)
+        .is_some_and(|n| n > 0);
+    let report = if ready {
+        let ask = async { crate::edits::client::EditsApi::of(ctx.client.clone(), zone).await?.status().await };
+        match tokio::time::timeout(EDITS_ASK_TIMEOUT, ask).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {}s", EDITS_ASK_TIMEOUT.as_secs())),
+        }
+    } else {
+        Err(format!("its pod (Deployment {name}) is not Ready"))
     };
     let now = match report {
         Ok(r) => crate::edits::summarize(share, &r, &servers),
