@@ -156,11 +156,14 @@ async fn an_edit_over_smb_reaches_every_instance_survives_a_restart_and_is_reset
     // The share: its pod Ready on the real node.
     let pods: Api<Pod> = ns.api();
     let share_pod = wait_for("the edits share's pod Ready", TIMEOUT, || async {
-        let list = pods.list(&ListParams::default().labels("gamezone.dev/edits=ed")).await.map_err(|e| e.to_string())?;
+        let list =
+            pods.list(&ListParams::default().labels("gamezone.dev/edits=ed")).await.map_err(|e| e.to_string())?;
         let p = list.items.into_iter().next().ok_or("no edits pod yet")?;
-        let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-        });
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready { Ok(p) } else { Err(format!("{:?}", p.status.map(|s| s.container_statuses))) }
     })
     .await;

@@ -27,7 +27,12 @@ fn zone(name: &str, edits: serde_json::Value) -> GameZone {
 
 fn sidecars(pod: &Pod) -> Vec<String> {
     let spec = pod.spec.as_ref().unwrap();
-    spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")).map(|c| c.name.clone()).collect()
+    spec.init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 async fn exists<K>(api: &Api<K>, name: &str) -> bool
@@ -68,7 +73,8 @@ async fn edits_on_make_the_share_and_sidecars_and_edits_off_remove_them_all() {
     assert_eq!(smb.type_.as_deref(), Some("NodePort"));
     assert_eq!(smb.ports.unwrap()[0].port, 445);
     for name in ["ez-game-1", "ez-game-2"] {
-        let pod = common::wait_for(&format!("pod {name}"), WAIT, || async { pods.get_opt(name).await.ok().flatten() }).await;
+        let pod =
+            common::wait_for(&format!("pod {name}"), WAIT, || async { pods.get_opt(name).await.ok().flatten() }).await;
         assert_eq!(sidecars(&pod), ["artifacts-edits"], "{name}");
     }
     let want = format!(r"\\ez-edits.{}.svc\edits", ns.name);

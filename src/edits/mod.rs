@@ -83,7 +83,8 @@ pub fn describe(zone: &crate::api::GameZone, report: &ShareReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let share = crate::zone::share_path(zone).unwrap_or_default();
-    let _ = writeln!(out, "share {share}: {} file(s), {} bytes, revision {}", report.files, report.bytes, report.revision);
+    let _ =
+        writeln!(out, "share {share}: {} file(s), {} bytes, revision {}", report.files, report.bytes, report.revision);
     if let Some(at) = &report.last_change {
         let _ = writeln!(out, "last change in the share: {at}");
     }

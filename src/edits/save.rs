@@ -17,7 +17,10 @@ pub fn save(tar: &[u8], url: &str, branch: &str, message: &str, work: &Path) -> 
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
-        anyhow::ensure!(kind.is_file() || kind.is_dir(), "the edits tar holds a {kind:?}; only files and folders are saved");
+        anyhow::ensure!(
+            kind.is_file() || kind.is_dir(),
+            "the edits tar holds a {kind:?}; only files and folders are saved"
+        );
         anyhow::ensure!(entry.unpack_in(&tree)?, "the edits tar names a path outside the tree: {:?}", entry.path()?);
     }
     let git = |args: &[&str]| -> anyhow::Result<String> {
@@ -42,12 +45,7 @@ pub fn save(tar: &[u8], url: &str, branch: &str, message: &str, work: &Path) -> 
     let parent = git(&["fetch", "-q", "--depth", "1", url, &format!("refs/heads/{branch}")])
         .ok()
         .and_then(|_| git(&["rev-parse", "FETCH_HEAD"]).ok());
-    let ident = [
-        "-c",
-        "user.name=gamezone edits",
-        "-c",
-        "user.email=edits@gamezone.dev",
-    ];
+    let ident = ["-c", "user.name=gamezone edits", "-c", "user.email=edits@gamezone.dev"];
     let mut args: Vec<&str> = ident.to_vec();
     args.extend(["commit-tree", &tree_id, "-m", message]);
     if let Some(p) = &parent {

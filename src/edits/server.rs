@@ -135,17 +135,15 @@ async fn set_password(smbpasswd: &Path, conf: &Path, password: &str) -> anyhow::
     Ok(())
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the token is right, else the refusal to send.
+fn refused(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let given = headers.get(TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     let want = shared.token.as_bytes();
     // Same time whatever the first differing byte.
     let same = given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same {
-        Ok(())
-    } else {
-        Err((StatusCode::UNAUTHORIZED, format!("send the share's password in the {TOKEN_HEADER} header\n"))
-            .into_response())
-    }
+    (!same).then(|| {
+        (StatusCode::UNAUTHORIZED, format!("send the share's password in the {TOKEN_HEADER} header\n")).into_response()
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -153,7 +151,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     let root = shared.root.clone();
@@ -196,20 +194,20 @@ pub fn report(root: &Path) -> std::io::Result<ShareReport> {
                 continue;
             };
             // A report being replaced or half-written is read again next time.
-            if let Ok(status) = std::fs::read(&path).map_err(|_| ()).and_then(|b| serde_json::from_slice(&b).map_err(|_| ())) {
+            if let Ok(status) =
+                std::fs::read(&path).map_err(|_| ()).and_then(|b| serde_json::from_slice(&b).map_err(|_| ()))
+            {
                 servers.push(ServerReport { pod: pod.to_string(), status });
             }
         }
     }
     servers.sort_by(|a, b| a.pod.cmp(&b.pod));
-    let last_change = newest
-        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
-        .map(|t| t.to_string());
+    let last_change = newest.and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok()).map(|t| t.to_string());
     Ok(ShareReport { files, bytes, revision: snap.digest, last_change, refused: snap.refusal, servers })
 }
 
 async fn reset(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     let share = shared.root.join(SHARE_DIR);
@@ -239,7 +237,7 @@ async fn reset(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn tar(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers) {
         return r;
     }
     let share = shared.root.join(SHARE_DIR);

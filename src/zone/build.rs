@@ -463,25 +463,25 @@ pub fn server_template(
     }
 
     let mut spec = PodSpec {
-            hostname: Some(instance.name.clone()),
-            subdomain: Some(headless_service_name(&zone_name)),
-            init_containers,
-            containers: vec![Container {
-                name: SERVER_CONTAINER.into(),
-                image: Some(image),
-                args: Some(args),
-                env: Some(env_vars),
-                resources: service.resources.clone(),
-                volume_mounts: Some(mounts),
-                ..Default::default()
-            }],
-            volumes: Some(volumes),
-            node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
-            tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
-            image_pull_secrets: pull_secrets(zone),
-            service_account_name: service_account,
-            automount_service_account_token: automount,
+        hostname: Some(instance.name.clone()),
+        subdomain: Some(headless_service_name(&zone_name)),
+        init_containers,
+        containers: vec![Container {
+            name: SERVER_CONTAINER.into(),
+            image: Some(image),
+            args: Some(args),
+            env: Some(env_vars),
+            resources: service.resources.clone(),
+            volume_mounts: Some(mounts),
             ..Default::default()
+        }],
+        volumes: Some(volumes),
+        node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
+        tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
+        image_pull_secrets: pull_secrets(zone),
+        service_account_name: service_account,
+        automount_service_account_token: automount,
+        ..Default::default()
     };
     super::edits::add_to_server_pod(zone, service, &mut spec);
     Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })

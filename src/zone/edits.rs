@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -173,7 +172,10 @@ pub fn edits_deployment(zone: &GameZone, cfg: &BuildConfig) -> Option<Deployment
     let volumes = vec![
         Volume {
             name: EDITS_VOLUME.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: name.clone(), read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: name.clone(),
+                read_only: None,
+            }),
             ..Default::default()
         },
         Volume {
@@ -317,7 +319,12 @@ pub(crate) fn add_to_server_pod(zone: &GameZone, service: &ServiceType, spec: &m
             args.extend(["--on-swap-exec".to_string(), cmd.clone()]);
         }
         if let (Some(sig), Some(file)) = (n.signal, &n.pid_file) {
-            args.extend(["--on-swap-signal".to_string(), format!("{sig:?}"), "--on-swap-pid-file".into(), file.clone()]);
+            args.extend([
+                "--on-swap-signal".to_string(),
+                format!("{sig:?}"),
+                "--on-swap-pid-file".into(),
+                file.clone(),
+            ]);
         }
     }
     sidecar.args = Some(args);
@@ -346,7 +353,11 @@ pub(crate) fn add_to_server_pod(zone: &GameZone, service: &ServiceType, spec: &m
         ..Default::default()
     });
     if signalled {
-        volumes.push(Volume { name: RUN_VOLUME.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+        volumes.push(Volume {
+            name: RUN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
         // The sidecar signals the game's pid, which it sees only in a shared process namespace.
         spec.share_process_namespace = Some(true);
         if let Some(server) = spec.containers.iter_mut().find(|c| c.name == SERVER_CONTAINER) {

@@ -224,7 +224,9 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     Api::<ConfigMap>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+            .delete_collection(&bg, &lp)
+            .await?;
     }
     if zone.spec.services.iter().any(build::needs_sdk) {
         Api::<ServiceAccount>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;

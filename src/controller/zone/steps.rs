@@ -309,8 +309,7 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     let name = build::edits_name(&zone.name_any());
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let (Some(deployment), Some(claim)) =
-        (build::edits_deployment(zone, &ctx.config.build), build::edits_claim(zone))
+    let (Some(deployment), Some(claim)) = (build::edits_deployment(zone, &ctx.config.build), build::edits_claim(zone))
     else {
         // Only a zone that had edits has anything to remove: no requests for the others.
         if status.edits.take().is_none() {
@@ -332,12 +331,8 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     let servers: BTreeSet<String> = live.servers.iter().map(|g| g.name_any()).collect();
     // Asked only once its pod is Ready: the client retries a 503 (no endpoint) with backoff,
     // which would hold the reconcile.
-    let ready = deployments
-        .get_opt(&name)
-        .await?
-        .and_then(|d| d.status)
-        .and_then(|s| s.ready_replicas)
-        .is_some_and(|n| n > 0);
+    let ready =
+        deployments.get_opt(&name).await?.and_then(|d| d.status).and_then(|s| s.ready_replicas).is_some_and(|n| n > 0);
     let report = if ready {
         let ask = async { crate::edits::client::EditsApi::of(ctx.client.clone(), zone).await?.status().await };
         match tokio::time::timeout(EDITS_ASK_TIMEOUT, ask).await {
@@ -368,8 +363,13 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     if let Some(r) = &now.last_refused
         && before.last_refused.as_ref() != Some(r)
     {
-        ctx.event(zone, true, "EditRefused", format!("{}: {}; the servers keep their last good tree", r.path, r.reason))
-            .await;
+        ctx.event(
+            zone,
+            true,
+            "EditRefused",
+            format!("{}: {}; the servers keep their last good tree", r.path, r.reason),
+        )
+        .await;
     }
     status.edits = Some(now);
     Ok(())
