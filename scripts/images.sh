@@ -13,6 +13,8 @@
 #   gamezone.dev/example/game-server:0.1.0      examples/game-server
 #   gamezone.dev/example/migrater:0.1.0         examples/migrater: /gamezone-migrate (entrypoint) + /migrate
 #   gamezone.dev/example/git:0.1.0              git (clone over git://, http://) for the init-container benchmark
+#   ghcr.io/gamezone-dev/gamezone-samba:0.1.0   a zone's edits share: Debian's smbd + smbpasswd, gamezone
+#                                               (`gamezone edits serve`, the entrypoint), user 0 (smbd needs it)
 #
 # The Dockerfile stays how the published operator image is built; this makes an image with the same
 # binaries, paths, entrypoint and user from what the workspace builds here.
@@ -29,12 +31,13 @@ OPERATOR=ghcr.io/gamezone-dev/gamezone:0.1.0
 GAME_SERVER=gamezone.dev/example/game-server:0.1.0
 MIGRATER=gamezone.dev/example/migrater:0.1.0
 GIT=gamezone.dev/example/git:0.1.0
+SAMBA=ghcr.io/gamezone-dev/gamezone-samba:0.1.0
 
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -77,6 +80,17 @@ build_images() {
     --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --entrypoint /usr/bin/git --env HOME=/tmp --user 65532:65532)
   echo "$GIT $archive"
+
+  # smbd runs as root and writes the edits as `nonroot` (65532, in the image's /etc/passwd).
+  # Its libraries come from ldd like every binary's; it loads no module for the one share.
+  local smbd smbpasswd
+  smbd="$(command -v smbd || echo /usr/sbin/smbd)"
+  smbpasswd="$(command -v smbpasswd || echo /usr/bin/smbpasswd)"
+  [[ -x "$smbd" && -x "$smbpasswd" ]] || die "smbd/smbpasswd are not installed (apt-get install samba)"
+  archive=$("$images" build "$SAMBA" --bin "$rel/gamezone" --bin "$smbd:/usr/sbin/smbd" \
+    --bin "$smbpasswd:/usr/bin/smbpasswd" \
+    --entrypoint /usr/local/bin/gamezone --cmd "edits serve" --user 0:0)
+  echo "$SAMBA $archive"
 }
 
 main() {
@@ -91,7 +105,7 @@ main() {
       # shellcheck disable=SC2046 # one archive path per word
       "$images" import "$1" $(awk '{print $2}' <<<"$built")
       echo "$built" ;;
-    names) printf '%s\n' "$OPERATOR" "$GAME_SERVER" "$MIGRATER" "$GIT" ;;
+    names) printf '%s\n' "$OPERATOR" "$GAME_SERVER" "$MIGRATER" "$GIT" "$SAMBA" ;;
     -h | --help | help) usage ;;
     *) die "unknown subcommand '$sub' (build, import, names)" ;;
   esac

@@ -36,6 +36,68 @@ enum Command {
     Render(RenderArgs),
     /// Run the SDK sidecar of a game server pod (Agones and Carrier clients work unchanged).
     Sdk(SdkArgs),
+    /// Live edits of a test zone: status, reset, save to git (and `serve`, the share's process).
+    #[command(subcommand)]
+    Edits(EditsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EditsCommand {
+    /// Files changed against the pinned tree, per server, when, and the last refused edit.
+    Status(EditsTarget),
+    /// Drop every edit: the servers go back to the pinned tree.
+    Reset(EditsTarget),
+    /// Commit the edits (a tree of exactly them) to a git branch and push it.
+    Save {
+        #[command(flatten)]
+        target: EditsTarget,
+        /// Repository to push to (git's own credentials apply: helpers, ssh keys).
+        #[arg(long)]
+        git_url: String,
+        /// Branch to push; the commit goes on top of it when it exists.
+        #[arg(long)]
+        branch: String,
+        /// Commit message.
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+    },
+    /// Run a zone's edits share: smbd and the edits API (the Samba pod's command).
+    #[command(hide = true)]
+    Serve {
+        /// The edits claim's mount.
+        #[arg(long, default_value = crate::zone::SERVER_ROOT)]
+        root: PathBuf,
+        /// The share's Secret, mounted (`username`, `password`).
+        #[arg(long, default_value = crate::zone::SECRET_MOUNT)]
+        secret_dir: PathBuf,
+        /// smbd's state.
+        #[arg(long, default_value = "/var/lib/gamezone-smb")]
+        state_dir: PathBuf,
+        /// SMB port.
+        #[arg(long, default_value_t = 445)]
+        smb_port: u16,
+        /// Edits API port.
+        #[arg(long, default_value_t = 8080)]
+        api_port: u16,
+        /// smbd.
+        #[arg(long, default_value = "/usr/sbin/smbd")]
+        smbd: PathBuf,
+        /// smbpasswd.
+        #[arg(long, default_value = "/usr/bin/smbpasswd")]
+        smbpasswd: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct EditsTarget {
+    /// The zone.
+    zone: String,
+    /// Its namespace; the kubeconfig's when empty.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Kubeconfig to use; $KUBECONFIG or in-cluster config when empty.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +222,9 @@ struct BuildArgs {
     /// Image with the gamezone-init binary, run as the init-container of every pod with artifacts.
     #[arg(long, env = "GAMEZONE_INIT_IMAGE", default_value = "ghcr.io/gamezone-dev/gamezone:0.1.0")]
     init_image: String,
+    /// Image of zones' edits shares (Debian's smbd and `gamezone edits serve`).
+    #[arg(long, env = "GAMEZONE_SAMBA_IMAGE", default_value = zone::DEFAULT_SAMBA_IMAGE)]
+    samba_image: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,6 +266,7 @@ impl Cli {
             }
             Command::Run(args) => run(*args).await,
             Command::Sdk(args) => sdk(args).await,
+            Command::Edits(cmd) => edits(cmd).await,
         }
     }
 }
@@ -246,7 +312,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::run(
         client,
         controller::Config {
-            build: BuildConfig { init_image: args.build.init_image },
+            build: BuildConfig { init_image: args.build.init_image, samba_image: args.build.samba_image },
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,
@@ -285,6 +351,73 @@ async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
         artifacts_dir: args.artifacts_dir,
     })
     .await
+}
+
+async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
+    use crate::edits::client::EditsApi;
+    let target = match &cmd {
+        EditsCommand::Serve { root, secret_dir, state_dir, smb_port, api_port, smbd, smbpasswd } => {
+            return crate::edits::server::serve(crate::edits::server::ServeConfig {
+                root: root.clone(),
+                secret_dir: secret_dir.clone(),
+                state_dir: state_dir.clone(),
+                smb_port: *smb_port,
+                api_port: *api_port,
+                smbd: smbd.clone(),
+                smbpasswd: smbpasswd.clone(),
+            })
+            .await;
+        }
+        EditsCommand::Status(t) | EditsCommand::Reset(t) | EditsCommand::Save { target: t, .. } => t,
+    };
+    let config = kube_config(target.kubeconfig.as_deref()).await?;
+    let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config)?;
+    let zone = kube::Api::<GameZone>::namespaced(client.clone(), &ns)
+        .get(&target.zone)
+        .await
+        .with_context(|| format!("zone {ns}/{}", target.zone))?;
+    let api = EditsApi::of(client.clone(), &zone).await?;
+    match cmd {
+        EditsCommand::Status(_) => {
+            let report = api.status().await.context("edits API (is the zone's edits pod running?)")?;
+            print!("{}", crate::edits::describe(&zone, &report));
+        }
+        EditsCommand::Reset(_) => {
+            let n = api.reset().await?;
+            println!("removed {n} edit(s) from the share; the servers go back to the pinned tree once it is quiet");
+        }
+        EditsCommand::Save { git_url, branch, message, .. } => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut last = std::time::Instant::now();
+            let tar = api
+                .tar(|n| {
+                    if last.elapsed() >= Duration::from_millis(if tty { 100 } else { 2000 }) {
+                        last = std::time::Instant::now();
+                        if tty {
+                            eprint!("\rreceived {} KiB of edits", n / 1024);
+                        } else {
+                            eprintln!("received {n} bytes of edits");
+                        }
+                    }
+                })
+                .await?;
+            if tty {
+                eprintln!("\rreceived {} KiB of edits", tar.len() / 1024);
+            }
+            let work = tempfile::tempdir()?;
+            let message = message.unwrap_or_else(|| format!("Live edits of zone {ns}/{}", target_zone(&zone)));
+            let commit = crate::edits::save::save(&tar, &git_url, &branch, &message, work.path())?;
+            println!("{commit}");
+            eprintln!("pushed the edits as {commit} to {git_url} branch {branch}");
+        }
+        EditsCommand::Serve { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn target_zone(zone: &GameZone) -> String {
+    zone.name_any()
 }
 
 /// The client config from `--kubeconfig`, else in-cluster config or $KUBECONFIG.
@@ -362,11 +495,17 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         );
     }
     let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
-    let cfg = BuildConfig { init_image: args.build.init_image.clone() };
+    let cfg = BuildConfig { init_image: args.build.init_image.clone(), samba_image: args.build.samba_image.clone() };
     zone::validate(&zone)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     if let Some(claim) = zone::artifacts_claim(&zone) {
         docs.push(serde_json::to_value(claim)?);
+    }
+    if let Some(claim) = zone::edits_claim(&zone) {
+        docs.push(serde_json::to_value(claim)?);
+    }
+    if let Some(deployment) = zone::edits_deployment(&zone, &cfg) {
+        docs.push(serde_json::to_value(deployment)?);
     }
     if let Some(job) = zone::migration_job(&zone, &pins, &cfg)? {
         docs.push(serde_json::to_value(job)?);

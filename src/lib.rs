@@ -10,6 +10,7 @@ pub mod cli;
 mod error;
 pub use error::{Error, Result};
 pub mod controller;
+pub mod edits;
 pub mod ports;
 pub mod sdk;
 pub mod telemetry;

@@ -102,6 +102,12 @@ enum Command {
         /// How long the swap command may run before it is killed.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         on_swap_timeout: Duration,
+        /// Pinned revisions to keep (as `apply` takes them): never resolve, only apply edits.
+        #[arg(long, env = "GAMEZONE_REVISIONS")]
+        revisions: Option<String>,
+        /// Copy the edits status to this file after each round (e.g. on the edits volume).
+        #[arg(long, env = "GAMEZONE_EDITS_REPORT")]
+        edits_report: Option<PathBuf>,
     },
     /// Write a p4-export-format archive and manifest from a directory (for tests and development).
     MakeP4Export {
@@ -149,6 +155,16 @@ impl PlanArgs {
     }
 }
 
+/// `--revisions`: JSON text, or `@FILE` holding it.
+fn revisions_arg(r: &str) -> anyhow::Result<Vec<String>> {
+    Ok(match r.strip_prefix('@') {
+        Some(file) => {
+            resolve::parse_revisions(&std::fs::read_to_string(file).with_context(|| format!("read {file}"))?)?
+        }
+        None => resolve::parse_revisions(r)?,
+    })
+}
+
 async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Resolve(p) => {
@@ -159,10 +175,7 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
         Command::Apply { plan, tree, revisions } => {
             let layers = layers(&plan)?;
             let revisions = match revisions.filter(|r| !r.trim().is_empty()) {
-                Some(r) if r.starts_with('@') => resolve::parse_revisions(
-                    &std::fs::read_to_string(&r[1..]).with_context(|| format!("read {}", &r[1..]))?,
-                )?,
-                Some(r) => resolve::parse_revisions(&r)?,
+                Some(r) => revisions_arg(&r)?,
                 // Not pinned: `apply` resolves each layer and reuses what it fetched to do so.
                 None => vec![String::new(); layers.len()],
             };
@@ -192,10 +205,15 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             on_swap_signal,
             on_swap_pid_file,
             on_swap_timeout,
+            revisions,
+            edits_report,
         } => {
             let layers = layers(&plan)?;
+            let pinned = revisions.filter(|r| !r.trim().is_empty()).map(|r| revisions_arg(&r)).transpose()?;
             let opts = options(&plan, &tree, layers, Vec::new(), tty);
             let w = WatchOptions {
+                pinned,
+                report: edits_report,
                 interval,
                 quiet: edits_quiet,
                 poll: edits_poll,

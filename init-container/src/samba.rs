@@ -62,6 +62,8 @@ pub fn smb_conf(share: &SmbShare) -> Result<(String, String)> {
          \x20 # No symlinks, devices or Unix modes from clients.\n\
          \x20 unix extensions = no\n\
          \x20 map to guest = never\n\
+         \x20 # smbd wants a guest account at start even when guests are refused; an image may have no `nobody`.\n\
+         \x20 guest account = {unix_user}\n\
          \x20 restrict anonymous = 2\n\
          \x20 username map = {state}/usermap\n\
          \x20 passdb backend = tdbsam:{state}/private/passdb.tdb\n\

@@ -36,6 +36,12 @@ pub struct WatchOptions {
     pub poll: Duration,
     /// What to run after each swap.
     pub hook: SwapHook,
+    /// Pins to keep instead of resolving (the operator's, in a zone's pod): a new pin replaces
+    /// the pod, so this watch only applies edits on top of them.
+    pub pinned: Option<Vec<String>>,
+    /// Where to copy the edits status after each round, so the edits share's server can report
+    /// every pod's (a file on the edits volume, outside the shared folder).
+    pub report: Option<PathBuf>,
 }
 
 impl Default for WatchOptions {
@@ -45,6 +51,8 @@ impl Default for WatchOptions {
             quiet: Duration::from_secs(2),
             poll: Duration::from_secs(1),
             hook: SwapHook::default(),
+            pinned: None,
+            report: None,
         }
     }
 }
@@ -57,7 +65,7 @@ enum Wake {
 
 /// Resolves and applies `opts.layers` every `w.interval` (and on local changes) until `stop`
 /// completes, with `opts.edits` on top when set. `opts.revisions` is ignored: every round
-/// resolves afresh. Failed rounds are logged and retried on the next round; `current` keeps
+/// resolves afresh, unless `w.pinned` gives the pins to keep. Failed rounds are logged and retried on the next round; `current` keeps
 /// the last good tree.
 pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     crate::plan::validate(&opts.layers)?;
@@ -70,7 +78,7 @@ pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::
     };
     let mut writers: HashMap<PathBuf, Instant> = HashMap::new();
     let mut debounce = Debounce::new(w.quiet);
-    let mut revisions: Option<Vec<String>> = None;
+    let mut revisions: Option<Vec<String>> = w.pinned.clone();
     let mut next_resolve = tokio::time::Instant::now();
     let mut edits_wait = w.poll;
     tokio::pin!(stop);
@@ -95,6 +103,13 @@ pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::
         };
         match wake {
             Wake::Stop => return Ok(()),
+            Wake::Resolve if w.pinned.is_some() => {
+                // Pinned: never resolve again; apply once now (the edits as they are at start).
+                next_resolve = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+                if let Some(revs) = &revisions {
+                    round(&opts, &w, revs.clone(), &mut debounce).await;
+                }
+            }
             Wake::Resolve => {
                 next_resolve = tokio::time::Instant::now() + w.interval;
                 match resolve_with(&opts.layers, opts.credentials.as_ref(), &opts.retry).await {
@@ -154,7 +169,11 @@ async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, de
         retry: opts.retry.clone(),
         edits: opts.edits.clone(),
     };
-    match apply(r).await {
+    let outcome = apply(r).await;
+    if let Some(report) = &w.report {
+        copy_report(&opts.root, report);
+    }
+    match outcome {
         Ok(s) => {
             done(debounce, &s);
             if s.unchanged {
@@ -181,6 +200,23 @@ async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, de
         Err(e) => {
             tracing::error!(error = %e, transient = e.is_transient(), "apply failed; keeping the current tree")
         }
+    }
+}
+
+/// Copies the edits status to `report` (temp file, rename), when it differs from what is there.
+fn copy_report(root: &Path, report: &Path) {
+    let Ok(text) = std::fs::read(root.join(crate::edits::STATUS_FILE)) else { return };
+    if std::fs::read(report).is_ok_and(|old| old == text) {
+        return;
+    }
+    let tmp = report.with_extension("json.tmp");
+    let written = report
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::write(&tmp, &text))
+        .and_then(|_| std::fs::rename(&tmp, report));
+    if let Err(e) = written {
+        tracing::warn!(report = %report.display(), error = %e, "cannot copy the edits status");
     }
 }
 

@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, UpdateStrategy};
+use super::{EditsSpec, GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, UpdateStrategy};
 
 /// A game zone (大区): which service instances run, from which image, against which Redis and MySQL,
 /// with which artifacts layered into their file system.
@@ -33,7 +33,9 @@ use super::{GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, UpdateStrategy}
     {"rule": "self.services.all(s, has(s.image) || has(self.defaultImage))",
      "message": "every service needs an image: set spec.defaultImage or services[].image"},
     {"rule": "self.services.all(a, self.services.exists_one(b, b.type == a.type))",
-     "message": "each service type may appear once in spec.services; use id..endId for several instances"}
+     "message": "each service type may appear once in spec.services; use id..endId for several instances"},
+    {"rule": "!has(self.edits) || (has(self.artifacts) && size(self.artifacts) > 0)",
+     "message": "spec.edits needs spec.artifacts: the edits are laid over the artifacts' folder"}
 ]))]
 pub struct GameZoneSpec {
     /// The zone's number, given to every process as `GAMEZONE_ZONE_ID`.
@@ -70,6 +72,11 @@ pub struct GameZoneSpec {
     /// Image pull secrets for every pod of the zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<String>,
+    /// Live edits for a test zone: an SMB share laid over the artifacts of every server. Off
+    /// when empty; turning it off removes the share, its claim (unless `keepClaim`) and the
+    /// servers' edits sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<EditsSpec>,
 }
 
 /// One service type of the zone and its instances.
@@ -252,6 +259,9 @@ pub struct GameZoneStatus {
     /// How to reach exposed services from outside.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// The live edits share, when `spec.edits` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<super::ZoneEditsStatus>,
 }
 
 /// Where a zone is in its life.

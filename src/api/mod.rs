@@ -1,11 +1,13 @@
 //! The GameZone API: resource types from which the CRDs are generated. No client code here.
 
+mod edits;
 mod gameserver;
 mod gamezone;
 mod gate_webhook;
 mod lifecycle;
 mod shared;
 
+pub use edits::*;
 pub use gameserver::*;
 pub use gamezone::*;
 pub use gate_webhook::*;

@@ -46,11 +46,16 @@ pub const MIGRATE_CONTAINER: &str = "migrate";
 pub struct BuildConfig {
     /// Image holding the `gamezone-init` binary.
     pub init_image: String,
+    /// Image of the edits share: Debian's smbd and `gamezone` (`gamezone edits serve`).
+    pub samba_image: String,
 }
+
+/// The edits share's image when none is given.
+pub const DEFAULT_SAMBA_IMAGE: &str = "ghcr.io/gamezone-dev/gamezone-samba:0.1.0";
 
 impl Default for BuildConfig {
     fn default() -> Self {
-        Self { init_image: "ghcr.io/gamezone-dev/gamezone:latest".into() }
+        Self { init_image: "ghcr.io/gamezone-dev/gamezone:latest".into(), samba_image: DEFAULT_SAMBA_IMAGE.into() }
     }
 }
 
@@ -171,6 +176,7 @@ pub fn validate(zone: &GameZone) -> Result<()> {
         }
     }
     artifacts_mount(zone)?;
+    super::edits::validate_edits(zone)?;
     Ok(())
 }
 
@@ -376,7 +382,7 @@ fn database_env(zone: &GameZone) -> Vec<EnvVar> {
     out
 }
 
-fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>> {
+pub(crate) fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>> {
     (!zone.spec.image_pull_secrets.is_empty())
         .then(|| zone.spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect())
 }
@@ -456,30 +462,29 @@ pub fn server_template(
         automount = Some(false);
     }
 
-    Ok(PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-        spec: Some(PodSpec {
-            hostname: Some(instance.name.clone()),
-            subdomain: Some(headless_service_name(&zone_name)),
-            init_containers,
-            containers: vec![Container {
-                name: SERVER_CONTAINER.into(),
-                image: Some(image),
-                args: Some(args),
-                env: Some(env_vars),
-                resources: service.resources.clone(),
-                volume_mounts: Some(mounts),
-                ..Default::default()
-            }],
-            volumes: Some(volumes),
-            node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
-            tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
-            image_pull_secrets: pull_secrets(zone),
-            service_account_name: service_account,
-            automount_service_account_token: automount,
+    let mut spec = PodSpec {
+        hostname: Some(instance.name.clone()),
+        subdomain: Some(headless_service_name(&zone_name)),
+        init_containers,
+        containers: vec![Container {
+            name: SERVER_CONTAINER.into(),
+            image: Some(image),
+            args: Some(args),
+            env: Some(env_vars),
+            resources: service.resources.clone(),
+            volume_mounts: Some(mounts),
             ..Default::default()
-        }),
-    })
+        }],
+        volumes: Some(volumes),
+        node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
+        tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
+        image_pull_secrets: pull_secrets(zone),
+        service_account_name: service_account,
+        automount_service_account_token: automount,
+        ..Default::default()
+    };
+    super::edits::add_to_server_pod(zone, service, &mut spec);
+    Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })
 }
 
 /// One GameServer per instance.
@@ -579,7 +584,8 @@ fn exposing_service(
     }
 }
 
-/// The headless Service giving instances DNS names, plus the exposing Services the spec asks for.
+/// The headless Service giving instances DNS names, plus the exposing Services the spec asks
+/// for, plus the edits share's.
 pub fn services(zone: &GameZone) -> Vec<Service> {
     let zone_name = zone.name_any();
     let mut out = vec![Service {
@@ -615,6 +621,9 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
             }
         }
     }
+    // The edits share's Services: wanted only while the zone has edits, so turning edits off
+    // deletes them with the other Services no longer wanted.
+    out.extend(super::edits::edits_services(zone));
     out
 }
 

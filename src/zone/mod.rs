@@ -2,10 +2,12 @@
 //! functions return; `gamezone render` prints it. No client here, so it is unit-tested directly.
 
 mod build;
+mod edits;
 mod names;
 mod sdk;
 
 pub use build::*;
+pub use edits::*;
 pub use names::*;
 pub use sdk::*;
 

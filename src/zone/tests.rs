@@ -197,7 +197,9 @@ fn hashes_keep_their_form_so_an_upgrade_rolls_no_pods() {
 fn a_type_with_gates_runs_the_sdk_sidecar_first_and_only_it_gets_a_token() {
     let mut z = basic();
     z.spec.services[0].lifecycle.deletable_gates = vec!["NoPlayers".into()];
-    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig { init_image: "op:1".into() }).unwrap();
+    let servers =
+        game_servers(&z, &["a".into(), "b".into()], &BuildConfig { init_image: "op:1".into(), ..Default::default() })
+            .unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     let sidecar = &pod.init_containers.as_ref().unwrap()[0];
     assert_eq!(sidecar.name, SDK_CONTAINER);

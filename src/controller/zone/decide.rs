@@ -43,6 +43,11 @@ pub fn secrets_used(zone: &GameZone) -> Vec<SecretUse> {
             add(format!("spec.artifacts[{i}].{field}"), &r.name, None);
         }
     }
+    if let Some(edits) = &zone.spec.edits {
+        for key in build::SECRET_KEYS {
+            add("spec.edits.secretRef".into(), &edits.secret_ref.name, Some(key));
+        }
+    }
     out
 }
 

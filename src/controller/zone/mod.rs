@@ -34,6 +34,9 @@ use crate::{Error, Result};
 
 const CONTROLLER: &str = "zone";
 
+/// How often a zone with edits reads its share's state for `status.edits`.
+const EDITS_REFRESH: Duration = Duration::from_secs(10);
+
 /// `spec.artifactsInterval` when it is not given.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -142,6 +145,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
     let draining = steps::apply_servers(zone, ctx, &wanted, &live).await.at(Step::Serve)?;
     steps::apply_services(zone, ctx, &live).await.at(Step::Serve)?;
+    steps::apply_edits(zone, ctx, status, &live).await.at(Step::Serve)?;
 
     let readiness = decide::readiness(&wanted, &live.servers_by_name());
     decide::report_servers(status, &readiness, &draining);
@@ -157,6 +161,8 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         (false, false) => Duration::from_secs(5),
         (false, true) => Duration::from_secs(30),
     };
+    // The edits share's state is read, not watched.
+    let next = if zone.spec.edits.is_some() { next.min(EDITS_REFRESH) } else { next };
     Ok(Action::requeue(next))
 }
 
@@ -217,6 +223,11 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     Api::<Job>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     Api::<ConfigMap>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+            .delete_collection(&bg, &lp)
+            .await?;
+    }
     if zone.spec.services.iter().any(build::needs_sdk) {
         Api::<ServiceAccount>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
         Api::<Role>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;

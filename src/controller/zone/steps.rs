@@ -31,6 +31,9 @@ const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
 /// topology, nothing watches them, so one deleted by hand comes back within this time.
 const SDK_IDENTITY_REFRESH: Duration = Duration::from_secs(300);
 
+/// How long the edits share's status may take to answer.
+const EDITS_ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the shared watches show of a zone's children.
 pub struct Live {
     /// Its GameServers.
@@ -297,6 +300,81 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
         let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
         apply(&api, &claim).await?;
     }
+    Ok(())
+}
+
+/// The edits share: its claim and Samba Deployment while the zone has edits, and what the
+/// share reports in `status.edits` (an Event per batch the servers applied, a warning per
+/// refused edit); without edits, the Deployment and the claim (unless kept) go. Its Services
+/// come and go with the zone's others.
+pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, live: &Live) -> Result<()> {
+    let ns = zone.namespace().unwrap_or_default();
+    let name = build::edits_name(&zone.name_any());
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let (Some(deployment), Some(claim)) = (build::edits_deployment(zone, &ctx.config.build), build::edits_claim(zone))
+    else {
+        // Only a zone that had edits has anything to remove: no requests for the others.
+        if status.edits.take().is_none() {
+            return Ok(());
+        }
+        crate::controller::delete_if_present(&deployments, &name).await?;
+        // A kept claim carries no managed-by label: it is the user's.
+        if let Some(c) = claims.get_opt(&name).await?
+            && c.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGER)
+        {
+            crate::controller::delete_if_present(&claims, &name).await?;
+        }
+        return Ok(());
+    };
+    ctx.writer.apply_child(&claim, TOPOLOGY_REFRESH).await?;
+    ctx.writer.apply_child(&deployment, TOPOLOGY_REFRESH).await?;
+    let before = status.edits.clone().unwrap_or_default();
+    let share = build::share_path(zone);
+    let servers: BTreeSet<String> = live.servers.iter().map(|g| g.name_any()).collect();
+    // Asked only once its pod is Ready: the client retries a 503 (no endpoint) with backoff,
+    // which would hold the reconcile.
+    let ready =
+        deployments.get_opt(&name).await?.and_then(|d| d.status).and_then(|s| s.ready_replicas).is_some_and(|n| n > 0);
+    let report = if ready {
+        let ask = async { crate::edits::client::EditsApi::of(ctx.client.clone(), zone).await?.status().await };
+        match tokio::time::timeout(EDITS_ASK_TIMEOUT, ask).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {}s", EDITS_ASK_TIMEOUT.as_secs())),
+        }
+    } else {
+        Err(format!("its pod (Deployment {name}) is not Ready"))
+    };
+    let now = match report {
+        Ok(r) => crate::edits::summarize(share, &r, &servers),
+        // The share's pod may still be starting: keep the last figures and say why.
+        Err(e) => ZoneEditsStatus {
+            share,
+            message: Some(format!("cannot read the edits share's status yet: {e}")),
+            ..before.clone()
+        },
+    };
+    if now.last_applied.is_some() && now.last_applied != before.last_applied {
+        let note = format!(
+            "{} path(s) differ from the pinned tree; {} of {} server(s) on the share's edits",
+            now.changed,
+            now.applied_servers,
+            servers.len()
+        );
+        ctx.event(zone, false, "EditsApplied", note).await;
+    }
+    if let Some(r) = &now.last_refused
+        && before.last_refused.as_ref() != Some(r)
+    {
+        ctx.event(
+            zone,
+            true,
+            "EditRefused",
+            format!("{}: {}; the servers keep their last good tree", r.path, r.reason),
+        )
+        .await;
+    }
+    status.edits = Some(now);
     Ok(())
 }
 
