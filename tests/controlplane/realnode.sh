@@ -503,6 +503,7 @@ cmd_node_run() {
   NODE_PIDS=()
   trap 'kill -TERM "${NODE_PIDS[@]}" 2>/dev/null; wait; exit 0' TERM INT
   start_node_daemons "$nd" "$name" "$node_ip" "$logs"
+  local retries=0
   while :; do
     wait -n || true
     if [[ -f "$nd/stopped" ]]; then
@@ -514,9 +515,20 @@ cmd_node_run() {
       while [[ -f "$nd/stopped" ]]; do sleep 0.2; done
       echo "[node] restarting $name's daemons" >&2
       start_node_daemons "$nd" "$name" "$node_ip" "$logs"
+      retries=0
       continue
     fi
-    # Either one ending on its own ends the node: `up` and `status` then see it gone.
+    # A kubelet that gives up at once on a containerd still initialising its CRI service
+    # (slow after a restart with containers to recover, or on a loaded machine) is started
+    # again, as an init system would; anything else ending ends the node.
+    if alive "${NODE_PIDS[0]}" && ! alive "${NODE_PIDS[1]}" && ((SECONDS - KUBELET_STARTED < 30 && retries < 10)); then
+      retries=$((retries + 1))
+      echo "[node] the kubelet of $name exited during start-up; starting it again ($retries)" >&2
+      sleep 1
+      start_kubelet "$nd" "$name" "$node_ip" "$logs"
+      continue
+    fi
+    # `up` and `status` then see the node gone.
     echo "[node] a daemon of $name exited; stopping the node" >&2
     kill -TERM "${NODE_PIDS[@]}" 2>/dev/null
     wait
@@ -533,10 +545,16 @@ start_node_daemons() {
   containerd --config "$nd/containerd.toml" >>"$logs/$name-containerd.log" 2>&1 &
   NODE_PIDS=($!)
   for i in $(seq 300); do [[ -S "$nd/containerd.sock" ]] && break; sleep 0.1; done
+  start_kubelet "$@"
+}
+
+start_kubelet() {
+  local nd=$1 name=$2 node_ip=$3 logs=$4
   kubelet --config="$nd/kubelet.yaml" --kubeconfig="$nd/kubeconfig" \
     --hostname-override="$name" --node-ip="$node_ip" --node-labels="$REAL_LABEL=real" \
     --v=1 >>"$logs/$name-kubelet.log" 2>&1 &
-  NODE_PIDS+=($!)
+  NODE_PIDS=("${NODE_PIDS[0]}" $!)
+  KUBELET_STARTED=$SECONDS
   printf 'containerd %s\nkubelet %s\n' "${NODE_PIDS[@]}" >"$nd/daemons.tmp"
   mv "$nd/daemons.tmp" "$nd/daemons"
 }
