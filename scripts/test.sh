@@ -9,6 +9,10 @@ say() { printf '\n[test] %s\n' "$*" >&2; }
 bash scripts/setup.sh
 export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
+# The init-container's test servers (s3s-fs) live under the same cache root.
+export GAMEZONE_TOOLS=${GAMEZONE_TOOLS:-$GAMEZONE_CACHE/tools}
+export GAMEZONE_TOOLS_TARGET=${GAMEZONE_TOOLS_TARGET:-$GAMEZONE_CACHE/tools-target}
+export GAMEZONE_S3S_FS=${GAMEZONE_S3S_FS:-$GAMEZONE_TOOLS/s3s-fs-${S3S_FS_VERSION:-0.14.1}/bin/s3s-fs}
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -26,7 +26,7 @@ use std::time::Duration;
 use gamezone::api::*;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node, release_bin};
@@ -365,57 +365,6 @@ async fn every_instance_answers_at_the_address_and_port_its_status_names() {
     ns.finish().await;
 }
 
-/// Puts the migration Job's pods of namespace `ns` on the real node. `spec.migration` has no
-/// `nodeSelector` or `tolerations` of its own, so a cluster admin's policy does it (here an
-/// in-tree MutatingAdmissionPolicy: no webhook server needed); removed with the returned guard.
-fn migrations_on_real_node(cluster: &Cluster, ns: &str) -> PolicyGuard {
-    let name = format!("e2e-migrations-{ns}");
-    let policy = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE"], "resources": ["pods"]}]},
-            "matchConditions": [{"name": "migration-pod",
-                "expression": format!("has(object.metadata.labels) && '{LABEL_PREFIX}migration' in object.metadata.labels")}],
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "Never",
-            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": format!(
-                "[JSONPatch{{op: 'add', path: '/spec/nodeSelector', value: {{'{k}': 'real'}}}}, \
-                  JSONPatch{{op: 'add', path: '/spec/tolerations', value: [{{'key': '{k}', 'operator': 'Equal', 'value': 'real', 'effect': 'NoSchedule'}}]}}]",
-                k = cluster::NODE_KIND)}}]
-        }
-    });
-    let binding = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name,
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-    });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), format!("{policy}\n---\n{binding}\n")).unwrap();
-    cluster.kubectl(&["apply", "-f", file.path().to_str().unwrap()]);
-    PolicyGuard { dir: cluster.dir.clone(), name }
-}
-
-/// Deletes the policy and binding of [`migrations_on_real_node`] on drop.
-struct PolicyGuard {
-    dir: std::path::PathBuf,
-    name: String,
-}
-
-impl Drop for PolicyGuard {
-    fn drop(&mut self) {
-        for kind in ["mutatingadmissionpolicybinding", "mutatingadmissionpolicy"] {
-            let _ = Command::new(common::cp_script())
-                .arg("kubectl")
-                .arg(&self.dir)
-                .args(["delete", kind, &self.name, "--ignore-not-found"])
-                .output();
-        }
-    }
-}
-
 /// `version dirty` from golang-migrate's table.
 fn schema_version(db: &servers::Mariadb) -> String {
     db.root_sql("SELECT version, dirty FROM project1.schema_migrations").unwrap_or_default().replace('\t', " ")
@@ -439,7 +388,6 @@ async fn migrations_from_the_artifacts_run_before_servers_roll_and_a_broken_one_
     let v1 = repo.commit("version 1");
 
     let ns = Ns::new(cluster, "e2e-migrate").await;
-    let _policy = migrations_on_real_node(cluster, &ns.name);
     install_crds(&ns.client).await;
     secret(&ns.api(), "zone-mysql", &[("password", password)]).await;
     let _op = operator(cluster, &ns, "7300-7399");
@@ -451,8 +399,11 @@ async fn migrations_from_the_artifacts_run_before_servers_roll_and_a_broken_one_
         json!([{"path": "/app/artifacts", "git": {"url": git.url("game"), "branch": "main"}}]),
     );
     z.spec.artifacts_interval = Some("2s".parse().unwrap());
-    z.spec.migration =
-        Some(serde_json::from_value(json!({"image": cluster::MIGRATER_IMAGE, "backoffLimit": 0})).unwrap());
+    // The migration Job's pod goes where the servers go: on the real node.
+    let mut job = on_real_node();
+    job["image"] = json!(cluster::MIGRATER_IMAGE);
+    job["backoffLimit"] = json!(0);
+    z.spec.migration = Some(serde_json::from_value(job).unwrap());
     z.spec.mysql = Some(
         serde_json::from_value(json!({"host": host, "port": db.port, "user": "username1", "database": "project1",
                                       "passwordSecretRef": {"name": "zone-mysql", "key": "password"}}))
@@ -656,4 +607,230 @@ fn relative_to(from: &std::path::Path, to: &std::path::Path) -> String {
     let up = from.components().count().saturating_sub(1);
     let to = to.to_string_lossy();
     format!("{}{}", "../".repeat(up), to.trim_start_matches('/'))
+}
+
+#[tokio::test]
+async fn a_zone_converges_when_containerd_and_the_kubelet_are_killed_mid_rollout() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let node = cluster.node();
+    let work = tempfile::tempdir().unwrap();
+    let git = GitDaemon::start(&work.path().join("git"), &cluster.info.host_address);
+    let repo = git.repo("config");
+    repo.write("config/server.json", "{\"motd\": \"restart e2e\"}\n");
+    repo.commit("config");
+
+    let ns = Ns::new(cluster, "e2e-restart").await;
+    install_crds(&ns.client).await;
+    let _op = operator(cluster, &ns, "7500-7599");
+    let zones: Api<GameZone> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let static_port = 8150 + i32::try_from(std::process::id() % 50).unwrap();
+    // Half the game servers at once, so several pods are being replaced when the node's daemons die.
+    let mut game = service("game", 1, Some(4), json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]));
+    game["updateStrategy"] = json!({"type": "RollingUpdate", "maxUnavailable": 2});
+    let gate = service(
+        "gate",
+        1,
+        None,
+        json!([{"name": "client", "containerPort": 8000, "hostPort": static_port, "policy": "Static"}]),
+    );
+    let z = zone(
+        "restart",
+        305,
+        vec![game, gate],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let mut before = BTreeMap::new();
+    for s in wait_running(&ns, "restart").await {
+        let name = s.name_any();
+        before.insert(name.clone(), pod_uid_now(&pods, &name).await);
+    }
+    assert_eq!(before.len(), 5);
+
+    // New args roll every instance; the node's daemons die while pods are being replaced.
+    let mut services = serde_json::to_value(&zones.get("restart").await.unwrap().spec.services).unwrap();
+    for s in services.as_array_mut().unwrap() {
+        s["args"] = json!(["--build", "2"]);
+    }
+    let patch = json!({"spec": {"services": services}});
+    zones.patch("restart", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("pods of the zone being replaced", TIMEOUT, || async {
+        let list = pods.list(&support::selector("restart")).await.map_err(|e| e.to_string())?.items;
+        let replacing = list.iter().any(|p| {
+            p.metadata.deletion_timestamp.is_some() || !before.values().any(|u| *u == p.uid().unwrap_or_default())
+        });
+        if replacing { Ok(()) } else { Err(format!("{} pods, none replaced yet", list.len())) }
+    })
+    .await;
+    cluster.kill_node_daemons(node);
+    // The operator and the API go on while the node is down: deletions and new pods pile up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.restart_node_daemons(node);
+
+    let servers = wait_for("every instance answering on the new args", Duration::from_secs(150), || async {
+        let z = zones.get("restart").await.map_err(|e| e.to_string())?;
+        let status = z.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            && status.observed_generation == z.metadata.generation;
+        if !ready {
+            return Err(format!("zone not Ready at generation {:?}: {:?}", z.metadata.generation, status.conditions));
+        }
+        let list: Vec<GameServer> = Api::<GameServer>::namespaced(ns.client.clone(), &ns.name)
+            .list(&support::selector("restart"))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        for s in &list {
+            let port = &s.status.as_ref().ok_or("no status")?.ports.first().ok_or("no port")?.name;
+            let answer = hello_once(s, port).ok_or_else(|| format!("{} does not answer", s.name_any()))?;
+            if answer["args"] != json!(["--build", "2"]) {
+                return Err(format!("{} answers with args {}", s.name_any(), answer["args"]));
+            }
+        }
+        Ok(list)
+    })
+    .await;
+    assert_eq!(servers.len(), 5);
+    for s in &servers {
+        let name = s.name_any();
+        let uid = pod_uid_now(&pods, &name).await;
+        assert_ne!(before.get(&name), Some(&uid), "{name} runs in a new pod");
+        let port = &s.status.as_ref().unwrap().ports[0];
+        if port.policy == PortPolicy::Static {
+            assert_eq!(port.host_port, Some(static_port), "{name}");
+        }
+    }
+
+    // The API: one live pod per instance, each owned by its GameServer, none left terminating.
+    wait_for("one pod per instance, none terminating", TIMEOUT, || async {
+        let list = pods.list(&support::selector("restart")).await.map_err(|e| e.to_string())?.items;
+        let mut owners: Vec<String> = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.owner_references().iter().find(|o| o.kind == "GameServer").map(|o| o.name.clone()))
+            .collect();
+        owners.sort();
+        let want: Vec<String> = servers.iter().map(|s| s.name_any()).collect();
+        if list.len() == want.len() && owners == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "pods {:?}",
+                list.iter().map(|p| format!("{} {}", p.name_any(), pod_summary(p))).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+
+    // The node's data plane: each host port forwarded once, to the pod that holds it now.
+    let live: Vec<Pod> = pods.list(&support::selector("restart")).await.unwrap().items;
+    let rules = host_port_rules(node);
+    let mut want = BTreeMap::new();
+    for s in &servers {
+        let st = s.status.as_ref().unwrap();
+        let port = &st.ports[0];
+        let pod = live.iter().find(|p| p.name_any() == s.name_any()).unwrap();
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+        let host_port = u16::try_from(port.host_port.expect("Static and Dynamic ports have host ports")).unwrap();
+        want.insert(("tcp".to_string(), host_port), vec![format!("{ip}:{}", port.container_port)]);
+    }
+    let ours: BTreeMap<(String, u16), Vec<String>> =
+        rules.iter().filter(|(k, _)| want.contains_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(ours, want, "host port DNAT rules in {} (all: {rules:?})", node.netns);
+    let pod_ips = pod_ips_on(cluster, &node.name).await;
+    for ((proto, port), to) in &rules {
+        assert_eq!(to.len(), 1, "host port {port}/{proto} is forwarded {} times: {to:?}", to.len());
+        let ip = to[0].split(':').next().unwrap();
+        assert!(pod_ips.contains(ip), "host port {port}/{proto} goes to {ip}, which no pod on {} has", node.name);
+    }
+    let listeners = node.netns_exec("ss", &["-Htlnu"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for l in listeners.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert!(
+            seen.insert((f[0].to_string(), f[4].to_string())),
+            "two sockets bind {} {} in {}",
+            f[0],
+            f[4],
+            node.netns
+        );
+    }
+
+    // containerd: after the kubelet's garbage collection, nothing that belongs to no pod.
+    wait_for("containerd to hold no container or sandbox of a pod that is gone", Duration::from_secs(100), || async {
+        let uids = pod_uids_on(cluster, &node.name).await;
+        let orphans: Vec<String> = cri_containers(cluster, node)
+            .into_iter()
+            .filter(|(_, uid, _)| !uids.contains(uid))
+            .map(|(id, uid, name)| format!("{name} ({id}, pod uid {uid})"))
+            .collect();
+        if orphans.is_empty() { Ok(()) } else { Err(format!("orphans: {orphans:?}")) }
+    })
+    .await;
+    ns.finish().await;
+}
+
+async fn pod_uid_now(pods: &Api<Pod>, name: &str) -> String {
+    pods.get(name).await.unwrap().uid().unwrap()
+}
+
+/// Every pod on `node`, of every namespace.
+async fn pods_on(cluster: &Cluster, node: &str) -> Vec<Pod> {
+    let all: Api<Pod> = Api::all(cluster.client().await);
+    all.list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"))).await.unwrap().items
+}
+
+async fn pod_uids_on(cluster: &Cluster, node: &str) -> std::collections::BTreeSet<String> {
+    pods_on(cluster, node).await.iter().filter_map(|p| p.uid()).collect()
+}
+
+async fn pod_ips_on(cluster: &Cluster, node: &str) -> std::collections::BTreeSet<String> {
+    pods_on(cluster, node).await.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect()
+}
+
+/// The portmap plugin's DNAT rules in the node's namespace: (protocol, host port) → destinations.
+fn host_port_rules(node: &cluster::RealNode) -> BTreeMap<(String, u16), Vec<String>> {
+    let mut rules: BTreeMap<(String, u16), Vec<String>> = BTreeMap::new();
+    for line in node.netns_exec("iptables", &["-w", "-t", "nat", "-S"]).lines() {
+        if !line.starts_with("-A CNI-DN-") || !line.contains("-j DNAT") {
+            continue;
+        }
+        let after = |flag: &str| {
+            let mut words = line.split_whitespace();
+            words.by_ref().find(|w| *w == flag)?;
+            words.next().map(str::to_owned)
+        };
+        let (Some(proto), Some(port), Some(to)) = (after("-p"), after("--dport"), after("--to-destination")) else {
+            panic!("unexpected portmap rule: {line}");
+        };
+        rules.entry((proto, port.parse().unwrap())).or_default().push(to);
+    }
+    rules
+}
+
+/// Containers and sandboxes in the node's CRI namespace: (id, pod uid, pod/container name).
+fn cri_containers(cluster: &Cluster, node: &cluster::RealNode) -> Vec<(String, String, String)> {
+    let ids = cluster.ctr(node, &["containers", "ls", "-q"]);
+    ids.lines()
+        .filter(|id| !id.trim().is_empty())
+        .filter_map(|id| {
+            // Gone between the listing and now: removed by the GC, which is what we wait for.
+            let out = Command::new(cluster.info.bin_dir.join("ctr"))
+                .args(["--address", &node.containerd_socket, "--namespace", "k8s.io", "containers", "info", id])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            let info: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let labels = &info["Labels"];
+            let label = |k: &str| labels[k].as_str().unwrap_or_default().to_owned();
+            let kind = label("io.cri-containerd.kind");
+            let name = match label("io.kubernetes.container.name").as_str() {
+                "" => format!("{}/{} {kind}", label("io.kubernetes.pod.namespace"), label("io.kubernetes.pod.name")),
+                c => format!("{}/{} {kind} {c}", label("io.kubernetes.pod.namespace"), label("io.kubernetes.pod.name")),
+            };
+            Some((id.to_owned(), label("io.kubernetes.pod.uid"), name))
+        })
+        .collect()
 }

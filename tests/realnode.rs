@@ -141,6 +141,13 @@ impl RealCluster {
         assert!(imported.success(), "images.sh import {} {archive} failed", self.dir.display());
     }
 
+    /// `cp.sh SUB DIR ARGS…`, asserting success.
+    fn cp(&self, args: &[&str]) {
+        let (sub, rest) = args.split_first().expect("a subcommand");
+        let status = Command::new(cp_script()).arg(sub).arg(&self.dir).args(rest).stdin(Stdio::null()).status();
+        assert!(matches!(status, Ok(s) if s.success()), "cp.sh {args:?} failed: {status:?}");
+    }
+
     fn down(&mut self) {
         self.stopped = true;
         let status = Command::new(cp_script()).arg("down").arg(&self.dir).stdin(Stdio::null()).status();
@@ -586,6 +593,31 @@ async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
         assert!(!set.is_empty(), "a running node should show {what}: {running:#?}");
     }
     assert!(running.processes.iter().any(|p| p.contains("containerd-shim-runc-v2")), "{:#?}", running.processes);
+    // The node's daemons SIGKILLed and started again: the pod's container lives through it and still
+    // serves on its host port; killed again and left stopped, `down` still cleans everything.
+    let web = format!("{}:18080", cluster.node().node_ip);
+    let container = |p: &Pod| {
+        p.status.as_ref().and_then(|s| s.container_statuses.as_ref()?[0].container_id.clone()).expect("container id")
+    };
+    let before = container(&pods.get("web").await.expect("get web"));
+    cluster.cp(&["node-stop", "real-1", "--kill"]);
+    assert!(
+        processes_in_cgroups(&format!("{}/", cluster.node().cgroup)).len() > 1,
+        "the shims outlive their containerd"
+    );
+    assert_eq!(fetch(&web).await, "first run", "the pod serves while its node's daemons are down");
+    cluster.cp(&["node-start", "real-1"]);
+    // The restarted daemons run new pods ...
+    pods.create(&PostParams::default(), &serving_pod("web2", &["write", "/content/index", "after restart"], 18083))
+        .await
+        .expect("create pod web2");
+    wait_running(&pods, "web2").await;
+    assert_eq!(fetch(&format!("{}:18083", cluster.node().node_ip)).await, "after restart");
+    // ... and kept the old one's container.
+    let after = wait_running(&pods, "web").await;
+    assert_eq!(container(&after), before, "the same container, recovered by the restarted containerd");
+    assert_eq!(fetch(&web).await, "first run");
+    cluster.cp(&["node-stop", "real-1", "--kill"]);
     cluster.down();
     assert_eq!(Leftovers::of(slot, &dir), Leftovers::default(), "left behind by `cp.sh down`");
     assert!(!dir.exists(), "`cp.sh down` removes {}", dir.display());
@@ -628,7 +660,13 @@ async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
     let pod_cgroups = lines_of("find", &["/sys/fs/cgroup/", "-type", "d", "-name", &format!("pod{pod_uid}")]);
     assert!(pod_cgroups.is_empty(), "cgroups of the killed run's pod remain: {pod_cgroups:?}");
     let rules = Leftovers::of(cluster.info.slot, &dir).iptables;
-    assert_eq!(rules.len(), 1, "one NAT rule per real node, none left from the killed run: {rules:?}");
+    // Per real node: one for its traffic to the host address, one for the host's own.
+    let chains: BTreeSet<&str> = rules.iter().filter_map(|r| r.split_whitespace().nth(1)).collect();
+    assert_eq!(
+        (rules.len(), chains),
+        (2, BTreeSet::from(["OUTPUT", "PREROUTING"])),
+        "two NAT rules per real node, none left from the killed run: {rules:?}"
+    );
     let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
     assert!(pods.get_opt("web").await.expect("get pod").is_none(), "the new control plane starts empty");
     if cluster.info.slot != slot {

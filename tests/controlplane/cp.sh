@@ -13,6 +13,11 @@
 #   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
 #   cp.sh status DIR                 processes and their memory
 #   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
+#   cp.sh node-stop DIR real-I [--kill]
+#                                    kill real node I's containerd and kubelet (SIGTERM,
+#                                    or SIGKILL), as a crash would: its pods' shims and
+#                                    containers keep running
+#   cp.sh node-start DIR real-I      start them again (same config, namespaces, cgroup)
 #
 # GAMEZONE_CP_PROFILING=1 serves /debug/pprof on the API server, controller
 # manager and scheduler (for `go tool pprof` while a benchmark runs).
@@ -58,7 +63,7 @@ source "$HERE/realnode.sh"
 source "$HERE/dns.sh"
 
 usage() {
-  sed -n '2,19p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -722,9 +727,11 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     kubectl) cmd_kubectl "$@" ;;
+    node-stop) cmd_node_stop "$@" ;;
+    node-start) cmd_node_start "$@" ;;
     node-run) cmd_node_run "$@" ;; # internal: a real node's daemons, inside its namespaces
     -h | --help | help) usage ;;
-    *) die "unknown subcommand '$sub' (build, up, down, status, kubectl)" ;;
+    *) die "unknown subcommand '$sub' (build, up, down, status, kubectl, node-stop, node-start)" ;;
   esac
 }
 

@@ -188,6 +188,9 @@ reserve_real_slot() {
     fi
   done
   for ((s = 0; s < REAL_SLOTS; s++)); do
+    # Network namespaces are machine-wide, reservations are per cache: a slot whose
+    # namespaces exist without a reservation here belongs to a run with another cache.
+    if [[ ! -d "$REAL_SLOTS_DIR/$s" ]] && compgen -G "/run/netns/$(real_netns "$s" '*')" >/dev/null; then continue; fi
     if mkdir "$REAL_SLOTS_DIR/$s" 2>/dev/null; then
       echo "$DIR $$" >"$REAL_SLOTS_DIR/$s/owner"
       # Anything still named for this slot (a `down` that could not finish) goes first.
@@ -234,6 +237,11 @@ setup_real_network() {
   nsenter --net="/run/netns/$ns" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
   # Anything the host serves on loopback (API server, test servers) is at HOST_ADDRESS for the node and its pods.
   iptables -w -t nat -A PREROUTING -i "$veth" -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
+    -j DNAT --to-destination 127.0.0.1
+  # And for the host itself, so that one URL (http://HOST_ADDRESS:port) names a loopback server for
+  # the host's processes (an operator, a test client) as well as for pods. One rule per node, like the
+  # one above; the first of several matches and each goes with its node.
+  iptables -w -t nat -A OUTPUT -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
     -j DNAT --to-destination 127.0.0.1
   # The `kubernetes` Service without kube-proxy: its ClusterIP goes to the API server.
   local chain
@@ -476,7 +484,10 @@ EOF
 # (propagation slave: the host's mounts are seen, ours never leave): the
 # places kubelet and containerd hard-code (/run, /var/lib/kubelet,
 # /var/lib/cni, /var/log) are private to the node, and every mount they make
-# disappears with the node's last process.
+# disappears with the node's last process. This process stays for the node's
+# life, as an init system would: `node-stop` kills the daemons (the shims and
+# containers live on, as on a machine whose containerd crashed) and
+# `node-start` has it start them again with the same config, mounts and cgroup.
 cmd_node_run() {
   local nd=$1 cg=$2 name=$3 node_ip=$4 logs=$5 m
   for m in $(cgroup_mounts); do echo $$ >"$m/$cg/node/cgroup.procs"; done
@@ -487,23 +498,115 @@ cmd_node_run() {
   mount --bind "$nd/cni-lib" /var/lib/cni
   mount --bind "$nd/log" /var/log
   export PATH="$REAL_BIN:$PATH"
+  rm -f "$nd/stopped" "$nd/daemons"
 
-  local pids=()
-  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 0' TERM INT
+  NODE_PIDS=()
+  trap 'kill -TERM "${NODE_PIDS[@]}" 2>/dev/null; wait; exit 0' TERM INT
+  start_node_daemons "$nd" "$name" "$node_ip" "$logs"
+  local retries=0
+  while :; do
+    wait -n || true
+    if [[ -f "$nd/stopped" ]]; then
+      # `node-stop` killed them: reap both, then wait for `node-start`.
+      wait "${NODE_PIDS[@]}" 2>/dev/null || true
+      NODE_PIDS=()
+      rm -f "$nd/daemons"
+      echo "[node] $name's daemons stopped by node-stop; waiting for node-start" >&2
+      while [[ -f "$nd/stopped" ]]; do sleep 0.2; done
+      echo "[node] restarting $name's daemons" >&2
+      start_node_daemons "$nd" "$name" "$node_ip" "$logs"
+      retries=0
+      continue
+    fi
+    # A kubelet that gives up at once on a containerd still initialising its CRI service
+    # (slow after a restart with containers to recover, or on a loaded machine) is started
+    # again, as an init system would; anything else ending ends the node.
+    if alive "${NODE_PIDS[0]}" && ! alive "${NODE_PIDS[1]}" && ((SECONDS - KUBELET_STARTED < 30 && retries < 10)); then
+      retries=$((retries + 1))
+      echo "[node] the kubelet of $name exited during start-up; starting it again ($retries)" >&2
+      sleep 1
+      start_kubelet "$nd" "$name" "$node_ip" "$logs"
+      continue
+    fi
+    # `up` and `status` then see the node gone.
+    echo "[node] a daemon of $name exited; stopping the node" >&2
+    kill -TERM "${NODE_PIDS[@]}" 2>/dev/null
+    wait
+    exit 1
+  done
+}
+
+# containerd, then the kubelet once containerd's socket is there; their pids in
+# NODE_PIDS and in ND/daemons (for node-stop).
+start_node_daemons() {
+  local nd=$1 name=$2 node_ip=$3 logs=$4 i
+  # A killed containerd leaves its socket file: the kubelet must not dial that one.
+  rm -f "$nd/containerd.sock"
   containerd --config "$nd/containerd.toml" >>"$logs/$name-containerd.log" 2>&1 &
-  pids+=($!)
-  local i
+  NODE_PIDS=($!)
   for i in $(seq 300); do [[ -S "$nd/containerd.sock" ]] && break; sleep 0.1; done
+  start_kubelet "$@"
+}
+
+start_kubelet() {
+  local nd=$1 name=$2 node_ip=$3 logs=$4
   kubelet --config="$nd/kubelet.yaml" --kubeconfig="$nd/kubeconfig" \
     --hostname-override="$name" --node-ip="$node_ip" --node-labels="$REAL_LABEL=real" \
     --v=1 >>"$logs/$name-kubelet.log" 2>&1 &
-  pids+=($!)
-  # Either one ending ends the node: `up` and `status` then see it gone.
-  wait -n
-  echo "[node] a daemon of $name exited; stopping the node" >&2
-  kill -TERM "${pids[@]}" 2>/dev/null
-  wait
-  exit 1
+  NODE_PIDS=("${NODE_PIDS[0]}" $!)
+  KUBELET_STARTED=$SECONDS
+  printf 'containerd %s\nkubelet %s\n' "${NODE_PIDS[@]}" >"$nd/daemons.tmp"
+  mv "$nd/daemons.tmp" "$nd/daemons"
+}
+
+# ---------------------------------------------------------------- node-stop, node-start
+
+# The directory of real node NAME of the control plane in DIR, checked.
+real_node_dir() {
+  local dir=$1 name=$2
+  [[ $name =~ ^real-[0-9]+$ ]] || die "no real node named '$name' (real nodes are real-1, real-2, ...)"
+  [[ -f "$dir/pids" ]] || die "no control plane running in $dir"
+  grep -q "^$name " "$dir/pids" || die "$dir has no real node $name"
+  echo "$dir/real-nodes/$name"
+}
+
+# Kills a node's containerd and kubelet (SIGTERM, or SIGKILL with --kill), as a
+# crash would: the shims, the containers and the node's mounts stay.
+cmd_node_stop() {
+  [[ $# -ge 2 ]] || usage
+  local dir signal=TERM nd
+  dir=$(cd "$1" && pwd)
+  nd=$(real_node_dir "$dir" "$2")
+  [[ "${3:-}" == --kill ]] && signal=KILL
+  [[ -f "$nd/stopped" ]] && die "$2's daemons are stopped already (start them: $SELF node-start $1 $2)"
+  [[ -f "$nd/daemons" ]] || die "$2's daemons are not running (no $nd/daemons)"
+  local names=() pids=() n p
+  while read -r n p; do names+=("$n"); pids+=("$p"); done <"$nd/daemons"
+  touch "$nd/stopped"
+  kill "-$signal" "${pids[@]}" 2>/dev/null || true
+  local _
+  for _ in $(seq 100); do
+    local left=0
+    for p in "${pids[@]}"; do alive "$p" && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do alive "$p" && die "pid $p of $2 survived SIG$signal"; done
+  say "$2: ${names[*]} (pids ${pids[*]}) stopped with SIG$signal"
+}
+
+# Starts a stopped node's containerd and kubelet again, with the same config, in
+# the same namespaces and cgroup; returns once both run.
+cmd_node_start() {
+  [[ $# -eq 2 ]] || usage
+  local dir nd _
+  dir=$(cd "$1" && pwd)
+  nd=$(real_node_dir "$dir" "$2")
+  [[ -f "$nd/stopped" ]] || die "$2's daemons were not stopped with node-stop"
+  rm -f "$nd/stopped"
+  for _ in $(seq 300); do [[ -f "$nd/daemons" ]] && break; sleep 0.1; done
+  [[ -f "$nd/daemons" ]] || die "$2's daemons did not start within 30s (see $dir/logs/$2.log)"
+  say "$2: $(tr '\n' ' ' <"$nd/daemons")running again"
 }
 
 # ---------------------------------------------------------------- down
@@ -580,6 +683,8 @@ teardown_real_slot_resources() {
     if ip link show "$veth" >/dev/null 2>&1; then ip link delete "$veth" 2>/dev/null || true; fi
     # The rule exactly as setup_real_network adds it; a killed `up` may have added it twice.
     while iptables -w -t nat -D PREROUTING -i "$veth" -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
+      -j DNAT --to-destination 127.0.0.1 2>/dev/null; do :; done
+    while iptables -w -t nat -D OUTPUT -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
       -j DNAT --to-destination 127.0.0.1 2>/dev/null; do :; done
   done
 }

@@ -58,6 +58,24 @@ pub struct RealNode {
     pub containerd_socket: String,
 }
 
+impl RealNode {
+    /// Runs `cmd args…` inside this node's network namespace, asserting success; its stdout.
+    pub fn netns_exec(&self, cmd: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, cmd])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {cmd}: {e}", self.netns));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} in {} failed: {}",
+            self.netns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// The shared control plane.
 pub struct Cluster {
     /// Its `cp.sh` directory.
@@ -138,6 +156,33 @@ impl Cluster {
             ));
         }
         Ok(())
+    }
+
+    /// `cp.sh node-stop DIR NODE --kill`: SIGKILL to the node's containerd and kubelet; its
+    /// pods' shims and containers keep running.
+    pub fn kill_node_daemons(&self, node: &RealNode) {
+        self.cp(&["node-stop", &self.dir.to_string_lossy(), &node.name, "--kill"]);
+    }
+
+    /// `cp.sh node-start DIR NODE`: the node's containerd and kubelet again, as they were.
+    pub fn restart_node_daemons(&self, node: &RealNode) {
+        self.cp(&["node-start", &self.dir.to_string_lossy(), &node.name]);
+    }
+
+    /// `ctr -n k8s.io ARGS…` against the node's containerd, asserting success; its stdout.
+    pub fn ctr(&self, node: &RealNode, args: &[&str]) -> String {
+        let out = Command::new(self.info.bin_dir.join("ctr"))
+            .args(["--address", &node.containerd_socket, "--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(out.status.success(), "ctr {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cp(&self, args: &[&str]) {
+        let out = Command::new(cp_script()).args(args).stdin(Stdio::null()).output().expect("run cp.sh");
+        assert!(out.status.success(), "cp.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// `cp.sh kubectl DIR args…`, asserting success; its stdout.

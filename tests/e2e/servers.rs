@@ -1,18 +1,15 @@
 //! Real servers on the host's loopback for zones on a real node: git daemon, s3s-fs, MariaDB, and
 //! a client for the example game server.
 //!
-//! Pods reach the host at `10.245.0.1`, which the node's network DNATs to `127.0.0.1`. The
-//! operator runs on the host and pins revisions from the same URLs the pods fetch, so each
-//! server also gets a [`HostAlias`]: a forwarder from `10.245.0.1:<port>` (an address of the
-//! host's veth ends) to `127.0.0.1:<port>`. One URL, `http://10.245.0.1:<port>`, then works for both.
+//! Servers bind `127.0.0.1`. Pods reach them at `10.245.0.1` (`hostAddress`), which `cp.sh`
+//! DNATs to `127.0.0.1` for the node's traffic and for the host's own, so the operator on the host
+//! pins revisions from the very URLs the pods fetch: `http://10.245.0.1:<port>` works for both.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -49,54 +46,6 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
-}
-
-/// Forwards TCP connections from `host_address:port` to `127.0.0.1:port` until dropped.
-pub struct HostAlias {
-    stop: Arc<AtomicBool>,
-    addr: (Ipv4Addr, u16),
-}
-
-impl HostAlias {
-    pub fn new(host_address: &str, port: u16) -> HostAlias {
-        let ip: Ipv4Addr = host_address.parse().expect("hostAddress is an IPv4 address");
-        let listener = TcpListener::bind((ip, port))
-            .unwrap_or_else(|e| panic!("cannot listen on {ip}:{port} (is the real node up?): {e}"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = conn else { continue };
-                let Ok(upstream) = TcpStream::connect(("127.0.0.1", port)) else { continue };
-                pipe(client, upstream);
-            }
-        });
-        HostAlias { stop, addr: (ip, port) }
-    }
-}
-
-impl Drop for HostAlias {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag and closes the listener.
-        let _ = TcpStream::connect_timeout(&self.addr.into(), Duration::from_millis(200));
-    }
-}
-
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-    let (mut a, mut b) = (a, b);
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut a, &mut b);
-        let _ = b.shutdown(std::net::Shutdown::Write);
-    });
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut b2, &mut a2);
-        let _ = a2.shutdown(std::net::Shutdown::Write);
-    });
 }
 
 /// Runs git in `dir` with a fixed identity.
@@ -136,13 +85,12 @@ impl Repo {
     }
 }
 
-/// `git daemon` on loopback serving the repositories below its root, plus its [`HostAlias`].
+/// `git daemon` on loopback serving the repositories below its root.
 pub struct GitDaemon {
     pub root: PathBuf,
     pub port: u16,
     host_address: String,
     _proc: Proc,
-    _alias: HostAlias,
 }
 
 impl GitDaemon {
@@ -160,13 +108,7 @@ impl GitDaemon {
             .expect("git daemon");
         let proc = Proc(Some(child));
         wait_port(port, "git daemon");
-        GitDaemon {
-            root: root.to_path_buf(),
-            port,
-            host_address: host_address.to_string(),
-            _proc: proc,
-            _alias: HostAlias::new(host_address, port),
-        }
+        GitDaemon { root: root.to_path_buf(), port, host_address: host_address.to_string(), _proc: proc }
     }
 
     /// A new repository on branch `main` that serves exact commits.
@@ -189,13 +131,12 @@ pub const S3_ACCESS_KEY: &str = "AKIAE2ETESTKEY";
 /// Secret key of [`S3`].
 pub const S3_SECRET_KEY: &str = "e2e-s3cr3t/Key+42";
 
-/// s3s-fs (signatures checked) serving the buckets below its root, plus its [`HostAlias`].
+/// s3s-fs (signatures checked) serving the buckets below its root.
 pub struct S3 {
     pub root: PathBuf,
     pub port: u16,
     host_address: String,
     _proc: Proc,
-    _alias: HostAlias,
 }
 
 impl S3 {
@@ -223,13 +164,7 @@ impl S3 {
             .expect("s3s-fs");
         let proc = Proc(Some(child));
         wait_port(port, "s3s-fs");
-        S3 {
-            root: root.to_path_buf(),
-            port,
-            host_address: host_address.to_string(),
-            _proc: proc,
-            _alias: HostAlias::new(host_address, port),
-        }
+        S3 { root: root.to_path_buf(), port, host_address: host_address.to_string(), _proc: proc }
     }
 
     /// Writes `bucket/key`.
