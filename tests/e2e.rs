@@ -834,3 +834,53 @@ fn cri_containers(cluster: &Cluster, node: &cluster::RealNode) -> Vec<(String, S
         })
         .collect()
 }
+
+#[tokio::test]
+async fn the_game_says_ready_through_its_sdk_sidecar_from_inside_its_pod() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let work = tempfile::tempdir().unwrap();
+    let git = GitDaemon::start(&work.path().join("git"), &cluster.info.host_address);
+    let repo = git.repo("config");
+    repo.write("config/server.json", "{\"motd\": \"sdk e2e\"}\n");
+    repo.commit("config");
+
+    let ns = Ns::new(cluster, "e2e-sdk").await;
+    install_crds(&ns.client).await;
+    let _op = operator(cluster, &ns, "7600-7699");
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    // Ready only when the game says so, with health checked: the sidecar runs in the pod.
+    let mut game = service("game", 1, None, json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]));
+    game["ready"] = json!("Sdk");
+    game["health"] = json!({"initialDelaySeconds": 5, "periodSeconds": 5, "failureThreshold": 3});
+    let z = zone(
+        "sdk",
+        306,
+        vec![game],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let ready = wait_running(&ns, "sdk").await;
+    let server = &ready[0];
+
+    // Ready came from the game's own call, made by the process of the pod that runs now.
+    let pod = pods.get(&server.name_any()).await.unwrap();
+    let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+    assert!(init.iter().any(|c| c.name == "gamezone-sdk"), "the sidecar runs in the pod");
+    let sdk = server.status.as_ref().and_then(|s| s.sdk.clone()).expect("status.sdk written by the sidecar");
+    assert_eq!(sdk.state, Some(SdkState::RequestReady), "{sdk:?}");
+    assert_eq!(sdk.pod_uid, pod.metadata.uid, "said by the current pod's process");
+    let answer = hello(server, "game").await;
+    assert_eq!(answer["id"], 1, "{answer}");
+
+    // Its health pings keep it Ready past the failure threshold.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let later = servers.get(&server.name_any()).await.unwrap();
+    let status = later.status.unwrap();
+    assert_eq!(status.state, Some(ServerState::Ready), "{:?}", status.message);
+    assert_ne!(status.sdk.and_then(|s| s.health), Some(SdkHealth::Unhealthy));
+    assert_eq!(pods.get(&server.name_any()).await.unwrap().metadata.uid, pod.metadata.uid, "not replaced");
+    ns.finish().await;
+}
