@@ -191,25 +191,6 @@ async fn sdk_writes_land_prefixed_under_its_field_manager_and_are_spared() {
     ns.cleanup().await;
 }
 
-/// A kubeconfig for `token` alone (no client certificate), beside `admin`.
-fn token_kubeconfig(admin: &std::path::Path, token: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
-    let cluster = &doc["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": cluster["server"].as_str().unwrap(),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap()
-        }}],
-        "users": [{"name": "sdk", "user": {"token": token}}],
-        "contexts": [{"name": "sdk", "context": {"cluster": "c", "user": "sdk"}}],
-        "current-context": "sdk"
-    });
-    let path = dir.join("sdk-kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 /// One request a test webhook received: when, on which path, with which review.
 #[derive(Clone, Debug)]
 struct Heard {
@@ -324,7 +305,7 @@ async fn gate_webhooks_set_their_gates_and_deletable_polls_only_once_drained_and
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = token_kubeconfig(ns.kubeconfig(), token.trim(), dir.path());
+    let kubeconfig = common::token_kubeconfig(ns.kubeconfig(), token.trim(), dir.path());
 
     let (port, heard) = webhook_server(3).await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");

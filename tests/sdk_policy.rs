@@ -5,33 +5,13 @@
 mod common;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use gamezone::api::*;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::{Operator, install_crds, kubectl, wait_ready};
-
-/// A kubeconfig for `token` alone (no client certificate), beside `admin`.
-fn token_kubeconfig(admin: &Path, token: &str, dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(admin).unwrap();
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let cluster = &doc["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": cluster["server"].as_str().unwrap(),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap()
-        }}],
-        "users": [{"name": "sdk", "user": {"token": token}}],
-        "contexts": [{"name": "sdk", "context": {"cluster": "c", "user": "sdk"}}],
-        "current-context": "sdk"
-    });
-    let path = dir.join("sdk-kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
 
 /// `kubectl` as the sidecar: Ok(stdout) or Err(stderr).
 fn as_sidecar(admin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
@@ -88,7 +68,7 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = token_kubeconfig(ns.kubeconfig(), token.trim(), dir.path());
+    let sidecar = common::token_kubeconfig(ns.kubeconfig(), token.trim(), dir.path());
     let admin = ns.kubeconfig();
     let gate = r#"[{"op":"add","path":"/status/conditions/-","value":{"type":"NoPlayers","status":"True","reason":"Game","message":"m","lastTransitionTime":"2026-01-01T00:00:00Z"}}]"#;
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -276,17 +276,6 @@ pub fn share_path(zone: &GameZone) -> Option<String> {
     Some(format!("\\\\{host}\\{SHARE_NAME}"))
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), api_version: None }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Adds the edits to a server pod of `service`: the claim's share folder read-only, `--edits`
 /// for the init container (a restarted pod gets the edits back before the game starts) and the
 /// `watch` sidecar after it, which applies edits while the game runs, on the same pins. A zone
@@ -328,7 +317,7 @@ pub(crate) fn add_to_server_pod(zone: &GameZone, service: &ServiceType, spec: &m
         }
     }
     sidecar.args = Some(args);
-    sidecar.env.get_or_insert_with(Vec::new).push(field_env("POD_NAME", "metadata.name"));
+    sidecar.env.get_or_insert_with(Vec::new).push(super::sdk::field("POD_NAME", "metadata.name"));
     let mounts = sidecar.volume_mounts.get_or_insert_with(Vec::new);
     mounts.push(VolumeMount {
         name: EDITS_VOLUME.into(),

@@ -66,7 +66,8 @@ fn plain(name: &str, value: String) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value), ..Default::default() }
 }
 
-fn field(name: &str, path: &str) -> EnvVar {
+/// An env var from the pod's own fields (downward API), e.g. `metadata.uid`.
+pub(super) fn field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {

@@ -330,3 +330,23 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A kubeconfig for `token` alone (no client certificate), beside `admin`, in `dir`: what a
+/// pod-bound ServiceAccount token sees of the control plane.
+pub fn token_kubeconfig(admin: &Path, token: &str, dir: &Path) -> PathBuf {
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let cluster = &doc["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap()
+        }}],
+        "users": [{"name": "sdk", "user": {"token": token}}],
+        "contexts": [{"name": "sdk", "context": {"cluster": "c", "user": "sdk"}}],
+        "current-context": "sdk"
+    });
+    let path = dir.join("sdk-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
