@@ -77,6 +77,17 @@ fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Value) -> Gam
     .expect("a valid GameZone")
 }
 
+/// A git daemon under `work`, on the host end of the real node's veth, serving repository
+/// `config` with one commit: `config/server.json` whose `motd` the example game server answers
+/// with; and that commit.
+fn config_repo(cluster: &Cluster, work: &std::path::Path, motd: &str) -> (GitDaemon, String) {
+    let git = GitDaemon::start(&work.join("git"), &cluster.info.host_address);
+    let repo = git.repo("config");
+    repo.write("config/server.json", &format!("{{\"motd\": \"{motd}\"}}\n"));
+    let commit = repo.commit("config");
+    (git, commit)
+}
+
 /// Waits until the zone is Ready at its generation with every server Ready; its servers.
 async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
     let zones: Api<GameZone> = ns.api();
@@ -275,12 +286,8 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn every_instance_answers_at_the_address_and_port_its_status_names() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
-    let host = &cluster.info.host_address;
     let work = tempfile::tempdir().unwrap();
-    let git = GitDaemon::start(&work.path().join("git"), host);
-    let repo = git.repo("config");
-    repo.write("config/server.json", "{\"motd\": \"ports e2e\"}\n");
-    repo.commit("config");
+    let (git, _) = config_repo(cluster, work.path(), "ports e2e");
 
     let ns = Ns::new(cluster, "e2e-ports").await;
     install_crds(&ns.client).await;
@@ -517,12 +524,8 @@ fn hello_once(server: &GameServer, port_name: &str) -> Option<Value> {
 async fn the_operator_installed_from_deploy_runs_on_the_real_node_and_provisions_a_zone() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
-    let host = &cluster.info.host_address;
     let work = tempfile::tempdir().unwrap();
-    let git = GitDaemon::start(&work.path().join("git"), host);
-    let repo = git.repo("config");
-    repo.write("config/server.json", "{\"motd\": \"from the in-cluster operator\"}\n");
-    let commit = repo.commit("config");
+    let (git, commit) = config_repo(cluster, work.path(), "from the in-cluster operator");
     let ns = Ns::new(cluster, "e2e-deploy").await;
 
     // deploy/ as a user installs it, plus what this cluster needs: the real node's toleration and
@@ -615,10 +618,7 @@ async fn a_zone_converges_when_containerd_and_the_kubelet_are_killed_mid_rollout
     let cluster = Cluster::get();
     let node = cluster.node();
     let work = tempfile::tempdir().unwrap();
-    let git = GitDaemon::start(&work.path().join("git"), &cluster.info.host_address);
-    let repo = git.repo("config");
-    repo.write("config/server.json", "{\"motd\": \"restart e2e\"}\n");
-    repo.commit("config");
+    let (git, _) = config_repo(cluster, work.path(), "restart e2e");
 
     let ns = Ns::new(cluster, "e2e-restart").await;
     install_crds(&ns.client).await;
@@ -840,10 +840,7 @@ async fn the_game_says_ready_through_its_sdk_sidecar_from_inside_its_pod() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let work = tempfile::tempdir().unwrap();
-    let git = GitDaemon::start(&work.path().join("git"), &cluster.info.host_address);
-    let repo = git.repo("config");
-    repo.write("config/server.json", "{\"motd\": \"sdk e2e\"}\n");
-    repo.commit("config");
+    let (git, _) = config_repo(cluster, work.path(), "sdk e2e");
 
     let ns = Ns::new(cluster, "e2e-sdk").await;
     install_crds(&ns.client).await;
