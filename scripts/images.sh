@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's container images, built from this workspace without a registry or a container
-# engine: release binaries and the shared libraries they link, as OCI archives
+# engine: the workspace's binaries and the shared libraries they link, as OCI archives
 # (tests/controlplane/images.sh), cached by content, optionally imported into a local control
 # plane's real nodes.
 #
@@ -18,8 +18,11 @@
 #
 # The Dockerfile stays how the published operator image is built; this makes an image with the same
 # binaries, paths, entrypoint and user from what the workspace builds here.
-#   CARGO_TARGET_DIR   where cargo builds (default ~/.cache/gamezone/cargo-target)
-#   GAMEZONE_CACHE     cache root (default ~/.cache/gamezone)
+#   CARGO_TARGET_DIR         where cargo builds (default ~/.cache/gamezone/cargo-target)
+#   GAMEZONE_CACHE           cache root (default ~/.cache/gamezone)
+#   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the demo, the
+#                            benchmarks) or dev (the end-to-end tests: the binaries `cargo test`
+#                            has built already, so a test run compiles the workspace once)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,17 +44,25 @@ usage() {
   exit 2
 }
 
-# Release binaries of the workspace (cargo is a no-op when they are fresh).
+PROFILE="${GAMEZONE_IMAGE_PROFILE:-release}"
+case $PROFILE in
+  release) BIN_DIR="$CARGO_TARGET_DIR/release" ;;
+  dev) BIN_DIR="$CARGO_TARGET_DIR/debug" ;;
+  *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release or dev" ;;
+esac
+
+# The workspace's binaries in $PROFILE (cargo is a no-op when they are fresh; after
+# `cargo test --workspace` the dev ones are).
 build_binaries() {
-  say "cargo build --release (gamezone, gamezone-init, game-server) into $CARGO_TARGET_DIR"
-  (cd "$root" && cargo build --release --locked -q -p gamezone --bin gamezone -p gamezone-init \
+  say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server) into $CARGO_TARGET_DIR"
+  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
     --bin gamezone-init -p game-server --bin game-server) >&2
 }
 
 # "NAME ARCHIVE" for every image.
 build_images() {
   build_binaries
-  local rel="$CARGO_TARGET_DIR/release" migrate entry git_bin archive
+  local rel="$BIN_DIR" migrate entry git_bin archive
   migrate="$("$root/examples/migrater/build.sh" migrate | tail -n 1)"
   entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
 

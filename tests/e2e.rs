@@ -5,7 +5,7 @@
 //! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
 //! --real-nodes 1`), started by this binary and stopped when it exits, unless
 //! `GAMEZONE_REAL_KUBECONFIG` names the kubeconfig of one already running. The images come from
-//! `scripts/images.sh` (release binaries, cached by content), imported first unless
+//! `scripts/images.sh` (the binaries of this test's own profile, cached by content), imported first unless
 //! `GAMEZONE_IMAGES_IMPORTED` is set. Tests run one at a time. Root only.
 //!
 //! ```sh
@@ -29,7 +29,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node, release_bin};
+use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node, image_bin};
 use common::wait_for;
 use servers::{GitDaemon, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
 use support::{Operator, install_crds};
@@ -158,7 +158,7 @@ fn reachable_at(server: &GameServer, port_name: &str) -> (String, u16) {
     (addr, u16::try_from(port.port).unwrap())
 }
 
-/// Builds, on the host, with the release `gamezone-init` the image holds, the tree for the layers
+/// Builds, on the host, with the `gamezone-init` the image holds, the tree for the layers
 /// and pins a pod's init container was given; its state (`treeDigest`, `revisions` ...).
 fn host_tree(pod: &Pod, secrets: &std::path::Path, root: &std::path::Path) -> Value {
     let init = &pod.spec.as_ref().unwrap().init_containers.as_ref().expect("an init container")[0];
@@ -166,7 +166,7 @@ fn host_tree(pod: &Pod, secrets: &std::path::Path, root: &std::path::Path) -> Va
         init.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone()).expect("init env")
     };
     servers::run(
-        Command::new(release_bin("gamezone-init"))
+        Command::new(image_bin("gamezone-init"))
             .args(["apply", "--root"])
             .arg(root)
             .arg("--secrets-dir")

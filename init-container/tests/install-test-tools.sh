@@ -13,8 +13,12 @@ if [[ -x "$s3s_root/bin/s3s-fs" ]]; then
 else
   echo "s3s-fs $S3S_FS_VERSION: building (a few minutes on 2 cores)"
   mkdir -p "$TOOLS" "$TOOLS_TARGET"
-  CARGO_TARGET_DIR="$TOOLS_TARGET" cargo install s3s-fs --version "$S3S_FS_VERSION" \
-    --features binary --locked --root "$s3s_root"
+  # A test server, not a product: opt-level 1 without LTO builds much faster and
+  # still serves far faster than the tests and benchmarks ask (both sides of a benchmark talk
+  # to the same server).
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$s3s_root"
 fi
 
 # sshd for the git-over-ssh tests (the tests run their own sshd on a loopback port; the system's

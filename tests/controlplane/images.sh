@@ -17,7 +17,8 @@
 #        `imagePullPolicy: Never` (or IfNotPresent).
 #
 # Archives live in ${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/images/<inputs-sha256>.tar;
-# those not built or used for 3 days are removed (every build of a binary makes a new one).
+# those not built or used for 3 days, and all but the newest 24, are removed (every build of
+# a binary makes a new one).
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -132,6 +133,8 @@ cmd_build() {
 
   mkdir -p "$IMAGES"
   find "$IMAGES" -maxdepth 1 -name '*.tar' -mtime +3 -delete 2>/dev/null || true
+  # shellcheck disable=SC2012 # archive names are hex digests
+  ls -1t "$IMAGES"/*.tar 2>/dev/null | tail -n +24 | xargs -r rm -f
   local work
   work=$(mktemp -d "$IMAGES/.build.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the directory is fixed

@@ -126,8 +126,9 @@ impl Cluster {
         client_for(&self.kubeconfig).await
     }
 
-    /// `scripts/images.sh import DIR`: builds the release binaries and images (cached by
-    /// content) and imports them into every real node.
+    /// `scripts/images.sh import DIR`: the images (cached by content) from the binaries of the
+    /// profile this test was built in, imported into every real node. Under `cargo test` those
+    /// are the dev binaries cargo has just built, so a test run compiles the workspace once.
     fn import_images(&self) -> Result<(), String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/images.sh");
         let mut cmd = Command::new(&script);
@@ -144,6 +145,7 @@ impl Cluster {
             .arg("import")
             .arg(&self.dir)
             .env("CARGO_TARGET_DIR", target_dir())
+            .env("GAMEZONE_IMAGE_PROFILE", image_profile())
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -199,9 +201,15 @@ pub fn target_dir() -> PathBuf {
     exe.ancestors().nth(3).expect("the test binary lives in <target>/<profile>/deps").to_path_buf()
 }
 
-/// A release binary of the workspace, as the images hold it (built by `scripts/images.sh`).
-pub fn release_bin(name: &str) -> PathBuf {
-    target_dir().join("release").join(name)
+/// The cargo profile of the binaries the images hold: this test's own.
+fn image_profile() -> &'static str {
+    if cfg!(debug_assertions) { "dev" } else { "release" }
+}
+
+/// A binary of the workspace, as the images hold it (`scripts/images.sh`, `image_profile`).
+pub fn image_bin(name: &str) -> PathBuf {
+    let dir = if image_profile() == "dev" { "debug" } else { "release" };
+    target_dir().join(dir).join(name)
 }
 
 fn start() -> Result<PathBuf, String> {
