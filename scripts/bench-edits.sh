@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 FILES="${FILES:-20000}"; MB="${MB:-200}"; RUNS="${RUNS:-5}"
 QUIET="${QUIET:-200ms}"; POLL="${POLL:-50ms}"
 BENCH_DIR="${BENCH_DIR:-/tmp/gamezone-bench-edits}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/gamezone/cargo-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${GAMEZONE_CACHE:-$HOME/.cache/gamezone}/cargo-target}"
 if [[ -z "${GAMEZONE_INIT:-}" ]]; then
   cargo build -q --release -p gamezone-init
   GAMEZONE_INIT="$CARGO_TARGET_DIR/release/gamezone-init"

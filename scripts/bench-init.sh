@@ -27,11 +27,12 @@ P4_MB="${P4_MB:-500}"; P4_FILES="${P4_FILES:-2000}"
 RUNS="${RUNS:-5}"; WIDE="${WIDE:-1.3}"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a whole number >= 1, not \"$RUNS\"" >&2; exit 1; }
 BENCH_DIR="${BENCH_DIR:-/tmp/gamezone-bench}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/gamezone/cargo-target}"
-S3S_FS="${GAMEZONE_S3S_FS:-/root/.cache/gamezone/tools/s3s-fs-0.14.1/bin/s3s-fs}"
+CACHE="${GAMEZONE_CACHE:-$HOME/.cache/gamezone}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/cargo-target}"
+S3S_FS="${GAMEZONE_S3S_FS:-${GAMEZONE_TOOLS:-$CACHE/tools}/s3s-fs-0.14.1/bin/s3s-fs}"
 S3_SERVER="${S3_SERVER:-s3s-fs}"
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
-VERSITYGW="${GAMEZONE_VERSITYGW:-/root/.cache/gamezone/tools/versitygw-$VERSITYGW_VERSION/bin/versitygw}"
+VERSITYGW="${GAMEZONE_VERSITYGW:-${GAMEZONE_TOOLS:-$CACHE/tools}/versitygw-$VERSITYGW_VERSION/bin/versitygw}"
 
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 command -v rclone >/dev/null || apt-get install -y rclone >/dev/null

@@ -29,7 +29,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node, image_bin};
+use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, image_bin, on_real_node};
 use common::wait_for;
 use servers::{GitDaemon, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
 use support::{Operator, install_crds};

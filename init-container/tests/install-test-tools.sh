@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real servers the gamezone-init tests run against (s3s-fs, sshd, smbd). Idempotent: s3s-fs is cached by version
-# under $GAMEZONE_TOOLS (default /root/.cache/gamezone/tools) and only built when missing.
+# under $GAMEZONE_TOOLS (default $GAMEZONE_CACHE/tools, $GAMEZONE_CACHE defaulting to ~/.cache/gamezone) and only built when missing.
 set -euo pipefail
 
-TOOLS="${GAMEZONE_TOOLS:-/root/.cache/gamezone/tools}"
-TOOLS_TARGET="${GAMEZONE_TOOLS_TARGET:-/root/.cache/gamezone/tools-target}"
+CACHE="${GAMEZONE_CACHE:-$HOME/.cache/gamezone}"
+TOOLS="${GAMEZONE_TOOLS:-$CACHE/tools}"
+TOOLS_TARGET="${GAMEZONE_TOOLS_TARGET:-$CACHE/tools-target}"
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
 
 s3s_root="$TOOLS/s3s-fs-$S3S_FS_VERSION"
