@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# The GameZone image: `gamezone` (the operator, ENTRYPOINT) and `gamezone-init` (the artifact
-# init-container zone pods run from this same image).
+# The GameZone image: `gamezone` (the operator, ENTRYPOINT), and what zone pods run from this
+# same image: `gamezone-init` (the artifact init container) and `gamezone-sdk` (the SDK sidecar).
 #
 #   docker buildx build -t ghcr.io/gamezone-dev/gamezone:0.1.0 .
 #
@@ -22,16 +22,17 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin gamezone --bin gamezone-init \
-    && install -D -m 0755 -t /out target/release/gamezone target/release/gamezone-init
+    cargo build --release --locked --bin gamezone --bin gamezone-sdk --bin gamezone-init \
+    && install -D -m 0755 -t /out target/release/gamezone target/release/gamezone-sdk target/release/gamezone-init
 # Fail here, not at run time, if a binary needs a shared library the runtime image lacks.
-RUN for bin in /out/gamezone /out/gamezone-init; do \
+RUN for bin in /out/gamezone /out/gamezone-sdk /out/gamezone-init; do \
       ldd "$bin"; \
       if ldd "$bin" | grep -vE 'linux-vdso|ld-linux|lib(c|m|dl|rt|pthread|gcc_s|ssl|crypto)\.so'; then \
         echo "$bin links a library missing from distroless/cc-debian12" >&2; exit 1; \
       fi; \
     done \
     && /out/gamezone --version \
+    && /out/gamezone-sdk --version \
     && /out/gamezone-init --help > /dev/null
 
 FROM gcr.io/distroless/cc-debian12:nonroot
@@ -39,7 +40,7 @@ LABEL org.opencontainers.image.title="gamezone" \
       org.opencontainers.image.description="Kubernetes operator that turns one GameZone object into a running game zone" \
       org.opencontainers.image.source="https://github.com/gamezone-dev/gamezone" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/gamezone /out/gamezone-init /usr/local/bin/
+COPY --from=build /out/gamezone /out/gamezone-sdk /out/gamezone-init /usr/local/bin/
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/gamezone"]

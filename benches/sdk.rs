@@ -6,9 +6,10 @@
 //!
 //! `GAMEZONE_BENCH_SERVERS` (1000) and `GAMEZONE_BENCH_SECONDS` (10, per round) resize it.
 //!
-//! Then the sidecar's footprint, as it runs in every game pod: `gamezone sdk --local` idle
+//! Then the sidecar's footprint, as it runs in every game pod: `gamezone-sdk --local` idle
 //! (resident memory, anonymous and file-backed, threads, CPU over `GAMEZONE_BENCH_SECONDS`), and
-//! busy under a game calling SetLabel 20 times and Health twice a second over REST.
+//! busy under a game calling SetLabel 20 times and Health twice a second over REST; beside it,
+//! the same sidecar as a mode of the operator binary (`gamezone sdk`), whose pages it would map.
 
 #[path = "support/stats.rs"]
 mod stats;
@@ -75,7 +76,8 @@ fn call(port: u16, method: &str, path: &str, body: &str) {
     let _ = s.read_to_end(&mut Vec::new());
 }
 
-fn footprint(seconds: u64) {
+/// The footprint of the sidecar `program args…`; its idle RSS in KiB.
+fn footprint(seconds: u64, label: &str, program: &str, args: &[&str]) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gameserver.yaml");
     std::fs::write(
@@ -86,8 +88,9 @@ fn footprint(seconds: u64) {
     .unwrap();
     let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (grpc, http) = (port(()), port(()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
-        .args(["sdk", "--local", "-f"])
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .args(["--local", "-f"])
         .arg(&file)
         .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
         .env("RUST_LOG", "warn")
@@ -104,9 +107,10 @@ fn footprint(seconds: u64) {
     let before = cpu(pid);
     std::thread::sleep(Duration::from_secs(seconds));
     let idle_cpu = cpu(pid) - before;
+    let idle_rss = status(pid, "VmRSS");
     println!(
-        "sdk footprint: idle  RSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}), {} threads, CPU {} ms in {seconds} s",
-        mib(status(pid, "VmRSS")),
+        "sdk footprint, {label}: idle  RSS {:.1} MiB (anonymous {:.1}, file-backed {:.1}), {} threads, CPU {} ms in {seconds} s",
+        mib(idle_rss),
         mib(status(pid, "RssAnon")),
         mib(status(pid, "RssFile")),
         status(pid, "Threads"),
@@ -128,7 +132,7 @@ fn footprint(seconds: u64) {
     let busy_cpu = cpu(pid) - before;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "sdk footprint: busy  RSS {:.1} MiB (anonymous {:.1}), peak {:.1} MiB, CPU {:.1}% of a core at {:.0} calls/s",
+        "sdk footprint, {label}: busy  RSS {:.1} MiB (anonymous {:.1}), peak {:.1} MiB, CPU {:.1}% of a core at {:.0} calls/s",
         mib(status(pid, "VmRSS")),
         mib(status(pid, "RssAnon")),
         mib(status(pid, "VmHWM")),
@@ -137,6 +141,7 @@ fn footprint(seconds: u64) {
     );
     let _ = child.kill();
     let _ = child.wait();
+    idle_rss
 }
 
 /// What one round counted.
@@ -270,7 +275,14 @@ fn main() {
         "sdk: gamezone sidecar writes/s, rounds {}",
         stats::Summary::of(&rates).map(|s| s.show(0)).unwrap_or_default()
     );
-    footprint(seconds);
+    let small = footprint(seconds, "gamezone-sdk (what pods run)", env!("CARGO_BIN_EXE_gamezone-sdk"), &[]);
+    let mode = footprint(seconds, "gamezone sdk (the operator binary)", env!("CARGO_BIN_EXE_gamezone"), &["sdk"]);
+    println!(
+        "sdk footprint: idle RSS {:.1} MiB against {:.1} MiB for the operator binary's mode ({:.2}x)",
+        mib(small),
+        mib(mode),
+        small as f64 / mode.max(1) as f64
+    );
 }
 
 /// The one-minute load average.

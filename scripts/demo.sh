@@ -64,6 +64,8 @@ git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 -
 say "installing the CRDs and starting the operator"
 "$BIN/gamezone" crd | kubectl apply --server-side -f - >/dev/null
 kubectl get crd gamezones.gamezone.dev gameservers.gamezone.dev
+# What lets an SDK sidecar write its own GameServer only (a ValidatingAdmissionPolicy).
+kubectl apply --server-side -f deploy/sdk-policy.yaml >/dev/null
 kubectl create namespace "$NS" >/dev/null
 HTTP_PORT=$(free_port)
 "$BIN/gamezone" run --kubeconfig "$KUBECONFIG" --http-addr "127.0.0.1:$HTTP_PORT" --log-format json \
@@ -94,6 +96,9 @@ spec:
       ports: [{name: client, containerPort: 7777, policy: Dynamic, protocol: TCPUDP}]
       # The tree's root is /app/artifacts/config, the only layer's path.
       env: [{name: GAMEZONE_CONFIG, value: server.json}]
+      # Ready only once the game says so through its SDK sidecar, which also checks its pings.
+      ready: Sdk
+      health: {periodSeconds: 5}
       $REAL
     - type: db
       id: 1
@@ -157,6 +162,9 @@ PY
 else
   echo "zone1-game-1 did not answer at $ADDR:$PORT" >&2
 fi
+
+say "what zone1-game-1's game said through its SDK sidecar (gamezone-sdk, in its pod)"
+kubectl -n "$NS" get gs zone1-game-1 -o jsonpath='{.status.sdk}{"\n"}'
 
 say "kubectl get gz,gs,pods,jobs,svc -n $NS"
 kubectl -n "$NS" get gz,gs,pods,jobs,svc -o wide

@@ -9,7 +9,8 @@
 #   scripts/images.sh names           print the image names only
 #
 # Images (what deploy/, the tests and the demo use):
-#   ghcr.io/gamezone-dev/gamezone:0.1.0         gamezone (entrypoint, `run`) + gamezone-init, CA certificates
+#   ghcr.io/gamezone-dev/gamezone:0.1.0         gamezone (entrypoint, `run`), gamezone-sdk (the SDK sidecar),
+#                                               gamezone-init, CA certificates
 #   gamezone.dev/example/game-server:0.1.0      examples/game-server
 #   gamezone.dev/example/migrater:0.1.0         examples/migrater: /gamezone-migrate (entrypoint) + /migrate
 #   gamezone.dev/example/git:0.1.0              git (clone over git://, http://) for the init-container benchmark
@@ -54,8 +55,8 @@ esac
 # The workspace's binaries in $PROFILE (cargo is a no-op when they are fresh; after
 # `cargo test --workspace` the dev ones are).
 build_binaries() {
-  say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server) into $CARGO_TARGET_DIR"
-  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
+  say "cargo build --profile $PROFILE (gamezone, gamezone-sdk, gamezone-init, game-server) into $CARGO_TARGET_DIR"
+  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone --bin gamezone-sdk -p gamezone-init \
     --bin gamezone-init -p game-server --bin game-server) >&2
 }
 
@@ -67,7 +68,7 @@ build_images() {
   entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
 
   archive=$("$images" build "$OPERATOR" \
-    --bin "$rel/gamezone" --bin "$rel/gamezone-init" \
+    --bin "$rel/gamezone" --bin "$rel/gamezone-sdk" --bin "$rel/gamezone-init" \
     --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --entrypoint /usr/local/bin/gamezone --cmd run --user 65532:65532)
   echo "$OPERATOR $archive"

@@ -100,6 +100,30 @@ struct EditsTarget {
     kubeconfig: Option<PathBuf>,
 }
 
+/// `gamezone-sdk`: the SDK sidecar in a binary of its own, what game pods run; the same flags as
+/// `gamezone sdk`. Every game pod maps it, so it holds only the sidecar, not the operator.
+#[derive(Debug, Parser)]
+#[command(name = "gamezone-sdk", version)]
+pub struct SdkCli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "auto", env = "GAMEZONE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    sdk: SdkArgs,
+}
+
+impl SdkCli {
+    /// The sidecar's runtime: one thread (it serves one process; fewer stacks and arenas).
+    pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    }
+
+    /// Serves the SDK until the pod ends.
+    pub async fn run(self) -> anyhow::Result<()> {
+        sdk(self.sdk).await
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct SdkArgs {
     /// gRPC port, on loopback.
@@ -114,6 +138,10 @@ struct SdkArgs {
     /// With --local: a GameServer YAML or JSON file, watched for edits; a default server when absent.
     #[arg(short = 'f', long, requires = "local")]
     file: Option<PathBuf>,
+    /// With --local: a WebhookConfiguration YAML or JSON file, watched for edits; its webhooks
+    /// (by `url`) are polled and set the server's gates as in a cluster.
+    #[arg(long, requires = "local")]
+    webhooks: Option<PathBuf>,
     /// Kubeconfig to use outside a cluster; in-cluster config when empty.
     #[arg(long, conflicts_with = "local")]
     kubeconfig: Option<PathBuf>,
@@ -248,7 +276,7 @@ impl Cli {
     /// game pod and serves one process (fewer stacks and allocator arenas), all cores otherwise.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         match self.command {
-            Command::Sdk(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            Command::Sdk(_) => SdkCli::runtime(),
             _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         }
     }
@@ -327,7 +355,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
     let mode = if args.local {
-        crate::sdk::Mode::Local { file: args.file }
+        crate::sdk::Mode::Local { file: args.file, webhooks: args.webhooks }
     } else {
         let name = args.server.context("--server (GAMEZONE_SERVER) names the GameServer to serve")?;
         let mut config = kube_config(args.kubeconfig.as_deref()).await?;

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+#[path = "sdk/webhook_server.rs"]
+mod webhook_server;
+
 const SERVER_YAML: &str = r#"
 apiVersion: gamezone.dev/v1alpha1
 kind: GameServer
@@ -52,14 +55,19 @@ fn free_port() -> u16 {
 
 impl Sidecar {
     fn start(name: &str) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(&SERVER_YAML.replace("NAME", name), tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Serves `server` (written to `dir`), with more flags.
+    fn start_with(server: &str, dir: tempfile::TempDir, args: &[&std::ffi::OsStr]) -> Sidecar {
         let file = dir.path().join("gameserver.yaml");
-        std::fs::write(&file, SERVER_YAML.replace("NAME", name)).unwrap();
+        std::fs::write(&file, server).unwrap();
         let (grpc, http) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
             .args(["sdk", "--local", "-f"])
             .arg(&file)
             .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
+            .args(args)
             // Calls are logged at info level; warnings and errors show in a failing test's output.
             .env("RUST_LOG", "warn")
             .env("GAMEZONE_LOG_FORMAT", "text")
@@ -259,4 +267,93 @@ async fn carrier_s_http_api_and_agones_rest_work_with_a_plain_http_client() {
     let first = String::from_utf8(out.stdout).unwrap();
     let first: serde_json::Value = serde_json::from_str(first.lines().next().expect("a first line")).unwrap();
     assert_eq!(first["result"]["object_meta"]["labels"]["gamezone.dev/sdk-room"], "r1");
+}
+
+/// A WebhookConfiguration file for local mode, its webhooks at `port` of the test's server.
+fn webhooks_yaml(port: u16, webhooks: &str) -> String {
+    format!(
+        "apiVersion: gamezone.dev/v1alpha1\nkind: WebhookConfiguration\nmetadata: {{name: hooks}}\nspec:\n  webhooks:\n{}",
+        webhooks.replace("URL", &format!("http://127.0.0.1:{port}"))
+    )
+}
+
+#[tokio::test]
+async fn local_mode_polls_the_webhooks_of_a_file_and_follows_its_edits() {
+    let (port, heard) = webhook_server::webhook_server(2).await;
+    let calls = |path: &str| heard.lock().unwrap().iter().filter(|h| h.path == path).count();
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("webhooks.yaml");
+    let ready = "  - {name: server-ready, type: ReadinessWebhook, clientConfig: {url: URL/ready}, periodSeconds: 1, requestPolicy: Once}\n";
+    std::fs::write(&hooks, webhooks_yaml(port, ready)).unwrap();
+    let server = SERVER_YAML.replace("NAME", "hooked").replace(
+        "  deletableGates: [carrier.ocgi.dev/has-no-player]",
+        "  readinessGates: [server-ready]\n  deletableGates: [has-no-player]",
+    );
+    let sidecar = Sidecar::start_with(&server, dir, &["--webhooks".as_ref(), hooks.as_os_str()]);
+    let gate = |gs: &serde_json::Value, type_: &str| {
+        gs["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == type_).map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    };
+
+    // The readiness gate follows the webhook's answers: no, no, then yes; Once stops there.
+    let (_, message) = until("the readiness gate True", async || {
+        let (_, gs) = sidecar.curl("GET", "/gameserver", None);
+        gate(&gs, "server-ready").filter(|(status, _)| status == "True")
+    })
+    .await;
+    assert_eq!(message, "webhook server-ready: allowed: call 3");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(calls("/ready"), 3, "Once: no call after the first yes");
+    let asked = heard.lock().unwrap()[0].review.request.clone().unwrap();
+    assert_eq!((asked.name.as_str(), asked.namespace.as_str()), ("hooked", "zone1"), "the review names the server");
+
+    // An edit of the file is followed: a deletable webhook, polled once the server is drained.
+    let deletable =
+        "  - {name: has-no-player, type: DeletableWebhook, clientConfig: {url: URL/deletable}, periodSeconds: 1}\n";
+    std::fs::write(&hooks, webhooks_yaml(port, &format!("{ready}{deletable}"))).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls("/deletable"), 0, "deletable webhooks wait for NotInService");
+    let drained = server.replace(
+        "  template: {}",
+        "  template: {}\n  constraints: [{type: NotInService, effective: true, message: scale down}]",
+    );
+    std::fs::write(&sidecar.file, drained).unwrap();
+    until("the deletable gate True", async || {
+        let (_, gs) = sidecar.curl("GET", "/gameserver", None);
+        gate(&gs, "has-no-player").filter(|(status, _)| status == "True")
+    })
+    .await;
+    assert!(calls("/deletable") >= 1);
+}
+
+#[test]
+fn local_mode_refuses_a_webhook_without_a_url_naming_the_file_and_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("webhooks.yaml");
+    std::fs::write(
+        &hooks,
+        webhooks_yaml(
+            1,
+            "  - {name: by-service, type: ReadinessWebhook, clientConfig: {service: {namespace: a, name: b}}}\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["sdk", "--local", "--webhooks"])
+        .arg(&hooks)
+        .args(["--grpc-port", &free_port().to_string(), "--http-port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&hooks.display().to_string())
+            && err.contains("\"by-service\" names a service")
+            && err.contains("clientConfig.url"),
+        "{err}"
+    );
 }

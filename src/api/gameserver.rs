@@ -52,10 +52,7 @@ pub struct GameServerSpec {
 impl GameServerStatus {
     /// What the SDK says, when the current pod's process said it (or no pod is named).
     pub fn sdk_of_current_pod(&self) -> Option<&SdkStatus> {
-        self.sdk.as_ref().filter(|s| match (&s.pod_uid, &self.pod_uid) {
-            (Some(said_by), Some(current)) => said_by == current,
-            _ => true,
-        })
+        self.sdk.as_ref().filter(|s| s.said_by(self.pod_uid.as_deref()))
     }
 
     /// Whether the game says players are on the server: it called Allocate, or Reserve with a
@@ -71,6 +68,17 @@ impl GameServerStatus {
                 None => Some("Reserved through the SDK".into()),
             },
             SdkState::RequestReady | SdkState::Shutdown => None,
+        }
+    }
+}
+
+impl SdkStatus {
+    /// Whether the process of pod `uid` said this: a replaced pod's last words are not its
+    /// successor's. Either uid unknown counts as the same pod (a sidecar older than the field).
+    pub fn said_by(&self, uid: Option<&str>) -> bool {
+        match (self.pod_uid.as_deref(), uid) {
+            (Some(said_by), Some(uid)) => said_by == uid,
+            _ => true,
         }
     }
 }

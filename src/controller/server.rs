@@ -239,6 +239,7 @@ fn gated(
     status: &GameServerStatus,
     state: ServerState,
     message: Option<String>,
+    now: Timestamp,
 ) -> (ServerState, Option<String>) {
     if state != ServerState::Ready {
         return (state, message);
@@ -255,7 +256,7 @@ fn gated(
         let why = constraint.message.as_deref().unwrap_or("no longer wanted");
         let mut waits =
             if open.is_empty() { String::new() } else { format!("; waiting for deletable gates {}", open.join(", ")) };
-        if let Some(players) = status.holds_players(Timestamp::now()) {
+        if let Some(players) = status.holds_players(now) {
             waits.push_str(&format!("; {players}"));
         }
         return (ServerState::Draining, Some(format!("NotInService ({why}){waits}")));
@@ -277,7 +278,7 @@ fn gated(
     if !open.is_empty() {
         return (ServerState::RequestReady, Some(format!("waiting for readiness gates {}", open.join(", "))));
     }
-    (state, message.or_else(|| status.holds_players(Timestamp::now())))
+    (state, message.or_else(|| status.holds_players(now)))
 }
 
 /// Sets the server's state and its Ready condition.
@@ -335,7 +336,7 @@ fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&SdkSta
 /// when health is checked. Only the pod's own process counts: a replaced pod's last words are
 /// not its successor's.
 fn game_ended(gs: &GameServer, sdk: Option<&SdkStatus>, pod: &Pod) -> Option<(ServerState, String)> {
-    let sdk = sdk.filter(|s| s.pod_uid.is_none() || s.pod_uid == pod.metadata.uid)?;
+    let sdk = sdk.filter(|s| s.said_by(pod.metadata.uid.as_deref()))?;
     if sdk.state == Some(SdkState::Shutdown) {
         return Some((ServerState::Shutdown, "the game called Shutdown through the SDK; making a new pod".into()));
     }
@@ -452,8 +453,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         tracing::warn!(server = %ObjectKey::of(gs), node = %n, error = %e, "pod landed where its host port is held");
     }
     let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
-    let (state, message) = gated(gs, status, state, message);
-    if let Some(left) = quiet_left(state, message.as_deref(), &pod, Timestamp::now()) {
+    let now = Timestamp::now();
+    let (state, message) = gated(gs, status, state, message, now);
+    if let Some(left) = quiet_left(state, message.as_deref(), &pod, now) {
         return Ok((Action::requeue(left), false));
     }
     // Within the routine write budget: many pods queued at once show their steps in turn.
@@ -696,20 +698,24 @@ mod tests {
         let mut gs = server();
         gs.spec.lifecycle.ready = ReadyMode::Sdk;
         let mut status = GameServerStatus { pod_uid: Some("pod-2".into()), ..Default::default() };
-        let (state, why) = gated(&gs, &status, ServerState::Ready, None);
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None, Timestamp::now());
         assert_eq!(
             (state, why.as_deref()),
             (ServerState::RequestReady, Some("waiting for the game to call Ready through the SDK"))
         );
         status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-1")));
-        assert_eq!(gated(&gs, &status, ServerState::Ready, None).0, ServerState::RequestReady, "the old pod's call");
+        assert_eq!(
+            gated(&gs, &status, ServerState::Ready, None, Timestamp::now()).0,
+            ServerState::RequestReady,
+            "the old pod's call"
+        );
         status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-2")));
-        assert_eq!(gated(&gs, &status, ServerState::Ready, None), (ServerState::Ready, None));
+        assert_eq!(gated(&gs, &status, ServerState::Ready, None, Timestamp::now()), (ServerState::Ready, None));
         status.sdk = Some(sdk(Some(SdkState::Allocated), None, Some("pod-2")));
-        let (state, why) = gated(&gs, &status, ServerState::Ready, None);
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None, Timestamp::now());
         assert_eq!(state, ServerState::Ready);
         assert!(why.unwrap().contains("Allocated"));
-        assert_eq!(gated(&gs, &status, ServerState::Starting, None).0, ServerState::Starting);
+        assert_eq!(gated(&gs, &status, ServerState::Starting, None, Timestamp::now()).0, ServerState::Starting);
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum Mode {
     Local {
         /// A GameServer YAML or JSON file.
         file: Option<PathBuf>,
+        /// A WebhookConfiguration YAML or JSON file (watched for edits) whose webhooks are
+        /// polled as in a cluster.
+        webhooks: Option<PathBuf>,
     },
 }
 
@@ -177,11 +180,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 });
                 (sdk, false, task)
             }
-            Mode::Local { file } => {
+            Mode::Local { file, webhooks } => {
                 let server = local::load(file.as_deref())?;
+                // Both files are read before the ports serve: a bad one is the first thing said.
+                let webhooks = match webhooks {
+                    Some(path) => {
+                        let config = local::load_webhooks(&path)?;
+                        Some((path, config))
+                    }
+                    None => None,
+                };
                 let memory = Arc::new(writer::Memory::new(&server));
                 let sdk = Sdk::new(memory.get().await?);
-                let task = Box::pin(local::run(sdk.clone(), memory, file));
+                let task = Box::pin(local::run(sdk.clone(), memory, file, webhooks));
                 (sdk, true, task)
             }
         };

@@ -20,6 +20,8 @@ use crate::api::{GameZone, ReadyMode, ServiceType};
 
 /// Name of the sidecar container.
 pub const SDK_CONTAINER: &str = "gamezone-sdk";
+/// The sidecar's command, in the operator image beside `gamezone` and `gamezone-init`.
+pub const SDK_BINARY: &str = "gamezone-sdk";
 /// The sidecar's gRPC port on the pod's loopback (Agones' default).
 pub const SDK_GRPC_PORT: u16 = 9357;
 /// The sidecar's HTTP port on the pod's loopback (Agones' default).
@@ -107,7 +109,8 @@ pub fn sidecar(image: &str, artifacts: bool) -> (Container, Volume) {
     let container = Container {
         name: SDK_CONTAINER.into(),
         image: Some(image.into()),
-        command: Some(vec!["gamezone".into(), "sdk".into()]),
+        // `gamezone sdk` in a binary of its own: every game pod maps it.
+        command: Some(vec![SDK_BINARY.into()]),
         // A native sidecar: started before the game, running as long as the pod.
         restart_policy: Some("Always".into()),
         env: Some(env),

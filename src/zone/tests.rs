@@ -204,7 +204,7 @@ fn a_type_with_gates_runs_the_sdk_sidecar_first_and_only_it_gets_a_token() {
     let sidecar = &pod.init_containers.as_ref().unwrap()[0];
     assert_eq!(sidecar.name, SDK_CONTAINER);
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "a native sidecar");
-    assert_eq!(sidecar.command.as_ref().unwrap(), &["gamezone", "sdk"]);
+    assert_eq!(sidecar.command.as_ref().unwrap(), &["gamezone-sdk"]);
     assert_eq!(sidecar.image.as_deref(), Some("op:1"));
     let sc = sidecar.security_context.as_ref().unwrap();
     assert_eq!((sc.run_as_non_root, sc.read_only_root_filesystem), (Some(true), Some(true)));
