@@ -11,6 +11,8 @@
 //! busy under a game calling SetLabel 20 times and Health twice a second over REST; beside it,
 //! the same sidecar as a mode of the operator binary (`gamezone sdk`), whose pages it would map.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support/stats.rs"]
 mod stats;
 
@@ -76,22 +78,16 @@ fn call(port: u16, method: &str, path: &str, body: &str) {
     let _ = s.read_to_end(&mut Vec::new());
 }
 
+/// The GameServer every measured sidecar serves.
+const BENCH_SERVER: &str = "apiVersion: gamezone.dev/v1alpha1\nkind: GameServer\n\
+    metadata: {name: bench-1, namespace: sdk-bench}\nspec: {zone: z, type: game, id: 1, template: {}}\n";
+
 /// The footprint of the sidecar `program args…`; its idle RSS in KiB.
-fn footprint(seconds: u64, label: &str, program: &str, args: &[&str]) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gameserver.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: gamezone.dev/v1alpha1\nkind: GameServer\nmetadata: {name: bench-1}\n\
-         spec: {zone: z, type: game, id: 1, template: {}}\nstatus: {state: Ready}\n",
-    )
-    .unwrap();
+fn footprint(seconds: u64, label: &str, program: &str, args: &[&std::ffi::OsStr]) -> u64 {
     let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (grpc, http) = (port(()), port(()));
     let mut child = std::process::Command::new(program)
         .args(args)
-        .args(["--local", "-f"])
-        .arg(&file)
         .args(["--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -275,14 +271,58 @@ fn main() {
         "sdk: gamezone sidecar writes/s, rounds {}",
         stats::Summary::of(&rates).map(|s| s.show(0)).unwrap_or_default()
     );
-    let small = footprint(seconds, "gamezone-sdk (what pods run)", env!("CARGO_BIN_EXE_gamezone-sdk"), &[]);
-    let mode = footprint(seconds, "gamezone sdk (the operator binary)", env!("CARGO_BIN_EXE_gamezone"), &["sdk"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gameserver.yaml");
+    std::fs::write(&file, format!("{BENCH_SERVER}status: {{state: Ready}}\n")).unwrap();
+    let local = ["--local".as_ref(), "-f".as_ref(), file.as_os_str()];
+    let (sdk_bin, operator_bin) = (env!("CARGO_BIN_EXE_gamezone-sdk"), env!("CARGO_BIN_EXE_gamezone"));
+    let small = footprint(seconds, "local, gamezone-sdk (what pods run)", sdk_bin, &local);
+    let with_sdk: Vec<&std::ffi::OsStr> = std::iter::once("sdk".as_ref()).chain(local).collect();
+    let mode = footprint(seconds, "local, gamezone sdk (the operator binary)", operator_bin, &with_sdk);
     println!(
         "sdk footprint: idle RSS {:.1} MiB against {:.1} MiB for the operator binary's mode ({:.2}x)",
         mib(small),
         mib(mode),
         small as f64 / mode.max(1) as f64
     );
+
+    // As pods run it: a kube client with TLS, its GameServer read and watched by name.
+    eprintln!("starting a control plane for the in-cluster footprint");
+    let cluster = common::start_private(1);
+    rt.block_on(bench_server(&cluster));
+    let in_cluster = [
+        "--kubeconfig".as_ref(),
+        cluster.kubeconfig().as_os_str(),
+        "--server".as_ref(),
+        "bench-1".as_ref(),
+        "--namespace".as_ref(),
+        "sdk-bench".as_ref(),
+    ];
+    let small = footprint(seconds, "in a cluster, gamezone-sdk", sdk_bin, &in_cluster);
+    println!("sdk footprint: in a cluster, idle RSS {:.1} MiB (aim: under 10)", mib(small));
+}
+
+/// The CRDs, a namespace and the GameServer the in-cluster sidecar serves.
+async fn bench_server(cluster: &common::PrivateCluster) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let client = cluster.client().await;
+    let apply = PatchParams::apply("bench").force();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in gamezone::api::crds() {
+        crds.patch(crd.metadata.name.as_deref().unwrap(), &apply, &Patch::Apply(&crd)).await.unwrap();
+    }
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "sdk-bench"}})).unwrap();
+    Api::<Namespace>::all(client.clone()).patch("sdk-bench", &apply, &Patch::Apply(&ns)).await.unwrap();
+    let gs: GameServer = serde_yaml::from_str(BENCH_SERVER).unwrap();
+    let api: Api<GameServer> = Api::namespaced(client, "sdk-bench");
+    // The CRD is served a moment after it is applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = api.patch("bench-1", &apply, &Patch::Apply(&gs)).await {
+        assert!(Instant::now() < deadline, "cannot create the bench GameServer: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The one-minute load average.

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ports;
 mod server;
+mod slim;
 pub mod writer;
 mod zone;
 
@@ -189,11 +190,17 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         watcher::Config::default(),
         2,
         Some(servers_by_zone.clone()),
+        slim::object,
     );
     let (pods, pod_watch, mut pod_triggers) =
-        shared_watch(scoped::<Pod>(&client, &config.namespace), owned.clone(), 1, None);
-    let (services, service_watch, mut service_triggers) =
-        shared_watch(scoped::<Service>(&client, &config.namespace), owned, 1, Some(services_by_zone.clone()));
+        shared_watch(scoped::<Pod>(&client, &config.namespace), owned.clone(), 1, None, slim::pod);
+    let (services, service_watch, mut service_triggers) = shared_watch(
+        scoped::<Service>(&client, &config.namespace),
+        owned,
+        1,
+        Some(services_by_zone.clone()),
+        slim::object,
+    );
     let shared_watches = futures::future::join3(server_watch, pod_watch, service_watch);
     let (servers_for_zones, servers_for_servers) =
         (server_triggers.pop().expect("two"), server_triggers.pop().expect("two"));
@@ -212,25 +219,27 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.
     let node_watch =
-        watcher(node_api, watcher::Config::default()).default_backoff().reflect(writer).for_each(move |event| {
-            let mut alloc = node_ctx.ports.allocator();
-            match event {
-                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                    if ports::node_usable(&node) {
-                        alloc.node_added(&node.name_any());
-                    } else if alloc.nodes().any(|n| n == node.name_any()) {
+        watcher(node_api, watcher::Config::default()).default_backoff().modify(slim::node).reflect(writer).for_each(
+            move |event| {
+                let mut alloc = node_ctx.ports.allocator();
+                match event {
+                    Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                        if ports::node_usable(&node) {
+                            alloc.node_added(&node.name_any());
+                        } else if alloc.nodes().any(|n| n == node.name_any()) {
+                            alloc.node_removed(&node.name_any());
+                        }
+                    }
+                    Ok(watcher::Event::Delete(node)) => {
                         alloc.node_removed(&node.name_any());
                     }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "node watch failed; retrying"),
                 }
-                Ok(watcher::Event::Delete(node)) => {
-                    alloc.node_removed(&node.name_any());
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "node watch failed; retrying"),
-            }
-            node_ctx.metrics.ports(&alloc.usage());
-            futures::future::ready(())
-        });
+                node_ctx.metrics.ports(&alloc.usage());
+                futures::future::ready(())
+            },
+        );
     let stores =
         (ctx.cache.nodes.clone(), ctx.cache.servers.clone(), ctx.cache.pods.clone(), ctx.cache.services.clone());
     let loaded = async {
@@ -268,21 +277,21 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
 pub type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<std::result::Result<K, watcher::Error>>;
 
 /// One watch of `api` shared by `n` controllers: a store to read from (indexed by zone into
-/// `by_zone` when given), the future that runs the watch, and one stream of changed objects
-/// (deletions included) per controller.
+/// `by_zone` when given) of the objects as `slim` leaves them, the future that runs the watch,
+/// and one stream of changed objects (deletions included) per controller.
 fn shared_watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     n: usize,
     by_zone: Option<Arc<index::ByZone>>,
+    slim: fn(&mut K),
 ) -> (Store<K>, impl std::future::Future<Output = ()>, Vec<Triggers<K>>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| futures::channel::mpsc::unbounded()).unzip();
-    // Nothing here reads managedFields; without them a store of pods takes far less memory.
-    let stream = watcher(api, cfg).default_backoff().modify(|obj| obj.managed_fields_mut().clear());
+    let stream = watcher(api, cfg).default_backoff().modify(slim);
     let run = stream.reflect(writer).touched_objects().for_each(move |event| {
         match event {
             Ok(obj) => {

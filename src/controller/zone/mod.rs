@@ -51,7 +51,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
     let zones = controller.store();
     // Metadata only: Secrets' data never reaches this watch, and their managedFields are dropped.
     let secrets = watcher(scoped::<PartialObjectMeta<Secret>>(client, ns), watcher::Config::default())
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(crate::controller::slim::object)
         .default_backoff()
         .touched_objects();
     controller
