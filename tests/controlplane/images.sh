@@ -133,8 +133,8 @@ cmd_build() {
 
   mkdir -p "$IMAGES"
   find "$IMAGES" -maxdepth 1 -name '*.tar' -mtime +3 -delete 2>/dev/null || true
-  # shellcheck disable=SC2012 # archive names are hex digests
-  ls -1t "$IMAGES"/*.tar 2>/dev/null | tail -n +24 | xargs -r rm -f
+  find "$IMAGES" -maxdepth 1 -name '*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +25 | cut -d' ' -f2- |
+    xargs -r rm -f
   local work
   work=$(mktemp -d "$IMAGES/.build.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the directory is fixed
