@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # The GameZone image: `gamezone` (the operator, ENTRYPOINT), and what zone pods run from this
-# same image: `gamezone-init` (the artifact init container) and `gamezone-sdk` (the SDK sidecar).
+# same image: `gamezone-init` (the artifact init container) and `gamezone-sdk` (the SDK sidecar,
+# built small by the `sidecar` profile: every game pod maps it).
 #
 #   docker buildx build -t ghcr.io/gamezone-dev/gamezone:0.1.0 .
 #
@@ -22,8 +23,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin gamezone --bin gamezone-sdk --bin gamezone-init \
-    && install -D -m 0755 -t /out target/release/gamezone target/release/gamezone-sdk target/release/gamezone-init
+    cargo build --release --locked --bin gamezone --bin gamezone-init \
+    && cargo build --profile sidecar --locked --bin gamezone-sdk \
+    && install -D -m 0755 -t /out target/release/gamezone target/sidecar/gamezone-sdk target/release/gamezone-init
 # Fail here, not at run time, if a binary needs a shared library the runtime image lacks.
 RUN for bin in /out/gamezone /out/gamezone-sdk /out/gamezone-init; do \
       ldd "$bin"; \

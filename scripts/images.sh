@@ -45,19 +45,22 @@ usage() {
   exit 2
 }
 
+# Release images hold the SDK sidecar from the `sidecar` profile (Cargo.toml): every game pod
+# maps it.
 PROFILE="${GAMEZONE_IMAGE_PROFILE:-release}"
 case $PROFILE in
-  release) BIN_DIR="$CARGO_TARGET_DIR/release" ;;
-  dev) BIN_DIR="$CARGO_TARGET_DIR/debug" ;;
+  release) BIN_DIR="$CARGO_TARGET_DIR/release" SDK_PROFILE=sidecar SDK_BIN="$CARGO_TARGET_DIR/sidecar/gamezone-sdk" ;;
+  dev) BIN_DIR="$CARGO_TARGET_DIR/debug" SDK_PROFILE=dev SDK_BIN="$CARGO_TARGET_DIR/debug/gamezone-sdk" ;;
   *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release or dev" ;;
 esac
 
 # The workspace's binaries in $PROFILE (cargo is a no-op when they are fresh; after
 # `cargo test --workspace` the dev ones are).
 build_binaries() {
-  say "cargo build --profile $PROFILE (gamezone, gamezone-sdk, gamezone-init, game-server) into $CARGO_TARGET_DIR"
-  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone --bin gamezone-sdk -p gamezone-init \
-    --bin gamezone-init -p game-server --bin game-server) >&2
+  say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server), --profile $SDK_PROFILE (gamezone-sdk) into $CARGO_TARGET_DIR"
+  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
+    --bin gamezone-init -p game-server --bin game-server &&
+    cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone --bin gamezone-sdk) >&2
 }
 
 # "NAME ARCHIVE" for every image.
@@ -68,7 +71,7 @@ build_images() {
   entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
 
   archive=$("$images" build "$OPERATOR" \
-    --bin "$rel/gamezone" --bin "$rel/gamezone-sdk" --bin "$rel/gamezone-init" \
+    --bin "$rel/gamezone" --bin "$SDK_BIN" --bin "$rel/gamezone-init" \
     --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --entrypoint /usr/local/bin/gamezone --cmd run --user 65532:65532)
   echo "$OPERATOR $archive"

@@ -106,6 +106,26 @@ fn cp_up(dir: &Path, nodes: usize) -> Result<PathBuf, String> {
     Ok(kubeconfig)
 }
 
+/// `program` with only the environment a build outside cargo would have. A test or bench runs
+/// with what cargo sets for it (CARGO_*, LD_LIBRARY_PATH ...), and build scripts that watch such
+/// variables would rebuild the workspace on every run.
+pub fn outside_cargo(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for var in ["PATH", "HOME", "USER", "TMPDIR", "GAMEZONE_CACHE", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd
+}
+
+/// The cargo target dir this test or bench binary was built in (`<target>/<profile>/deps/…`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the binary's path");
+    exe.ancestors().nth(3).expect("the binary lives in <target>/<profile>/deps").to_path_buf()
+}
+
 /// A new client for the cluster behind `kubeconfig`, bound to the current runtime.
 pub async fn client_for(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig)

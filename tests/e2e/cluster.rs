@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 
-use crate::common::{client_for, cp_script, unique_name, wait_for};
+use crate::common::{self, client_for, cp_script, target_dir, unique_name, wait_for};
 
 /// Kubeconfig of a control plane with at least one real node, started outside the test binary
 /// (`cp.sh up DIR --nodes 1 --real-nodes 1`); its directory must hold `real-nodes.json`. When
@@ -131,17 +131,7 @@ impl Cluster {
     /// are the dev binaries cargo has just built, so a test run compiles the workspace once.
     fn import_images(&self) -> Result<(), String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/images.sh");
-        let mut cmd = Command::new(&script);
-        // Without the env cargo gives a test (CARGO_*, LD_LIBRARY_PATH ...): build scripts that
-        // watch such variables would rebuild the release binaries on every run.
-        cmd.env_clear();
-        for var in ["PATH", "HOME", "USER", "TMPDIR", "GAMEZONE_CACHE", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"]
-        {
-            if let Some(v) = std::env::var_os(var) {
-                cmd.env(var, v);
-            }
-        }
-        let out = cmd
+        let out = common::outside_cargo(&script)
             .arg("import")
             .arg(&self.dir)
             .env("CARGO_TARGET_DIR", target_dir())
@@ -193,12 +183,6 @@ impl Cluster {
         assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-/// The cargo target dir this test binary was built in (`<target>/debug/deps/e2e-…`).
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors().nth(3).expect("the test binary lives in <target>/<profile>/deps").to_path_buf()
 }
 
 /// The cargo profile of the binaries the images hold: this test's own.
