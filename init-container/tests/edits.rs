@@ -417,6 +417,7 @@ fn watch_signals_the_game_after_each_swap() {
     );
     wait_for("the game's pid file", Duration::from_secs(5), || pid_file.exists());
     let plan = format!(r#"[{{"path":"","local":{{"path":"{}"}}}}]"#, base.display());
+    let log = t.path().join("watch.log");
     let _watch = Watch(
         Command::new(bin())
             .args(["watch", "--interval", "1h", "--edits-quiet", "300ms", "--edits-poll", "100ms"])
@@ -427,14 +428,28 @@ fn watch_signals_the_game_after_each_swap() {
             .arg("--edits")
             .arg(&edits)
             .env("GAMEZONE_LAYERS", &plan)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let hups = || std::fs::read_to_string(&got).map(|s| s.lines().count()).unwrap_or(0);
-    wait_for("the signal after the first swap", Duration::from_secs(20), || hups() == 1);
+    // A failure shows what the watch did: its log and the signals the game got.
+    let watched = |what: &str, timeout: Duration, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            let shown = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; {} signal(s); the watch's log:\n{shown}",
+                hups()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    watched("the signal after the first swap", Duration::from_secs(20), &|| hups() >= 1);
+    assert_eq!(hups(), 1, "one swap, one signal");
     write(edits.join("cfg/game.ini"), "edited");
-    wait_for("the edit", Duration::from_secs(20), || file(&root, "cfg/game.ini").as_deref() == Some("edited"));
-    wait_for("the signal after the edit", Duration::from_secs(5), || hups() == 2);
+    watched("the edit", Duration::from_secs(20), &|| file(&root, "cfg/game.ini").as_deref() == Some("edited"));
+    watched("the signal after the edit", Duration::from_secs(5), &|| hups() == 2);
     drop(game);
 }
