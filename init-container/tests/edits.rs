@@ -408,7 +408,7 @@ fn watch_signals_the_game_after_each_swap() {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "trap 'echo hup >> {}' HUP; echo $$ > {}; while :; do sleep 0.05; done",
+                "trap 'echo usr1 >> {}' USR1; echo $$ > {}; while :; do sleep 0.05; done",
                 got.display(),
                 pid_file.display()
             ))
@@ -421,7 +421,9 @@ fn watch_signals_the_game_after_each_swap() {
     let _watch = Watch(
         Command::new(bin())
             .args(["watch", "--interval", "1h", "--edits-quiet", "300ms", "--edits-poll", "100ms"])
-            .args(["--on-swap-signal", "HUP", "--on-swap-pid-file"])
+            // Not HUP: a shell cannot trap a signal ignored when it started, and a run under
+            // nohup (as scripts/cold-ci.sh may be) ignores HUP.
+            .args(["--on-swap-signal", "USR1", "--on-swap-pid-file"])
             .arg(&pid_file)
             .arg("--root")
             .arg(&root)
