@@ -277,19 +277,10 @@ fn main() {
     let local = ["--local".as_ref(), "-f".as_ref(), file.as_os_str()];
     let sdk_bin = sidecar_profile_binary();
     let sdk_bin = sdk_bin.to_str().expect("a UTF-8 target dir");
-    let operator_bin = env!("CARGO_BIN_EXE_gamezone");
     let release =
         footprint(seconds, "local, gamezone-sdk, release profile", env!("CARGO_BIN_EXE_gamezone-sdk"), &local);
-    let small = footprint(seconds, "local, gamezone-sdk, sidecar profile (what pods run)", sdk_bin, &local);
-    let with_sdk: Vec<&std::ffi::OsStr> = std::iter::once("sdk".as_ref()).chain(local).collect();
-    let mode = footprint(seconds, "local, gamezone sdk (the operator binary)", operator_bin, &with_sdk);
-    println!(
-        "sdk footprint: idle RSS {:.1} MiB against {:.1} MiB for the operator binary's mode ({:.2}x), {:.1} MiB for the release profile",
-        mib(small),
-        mib(mode),
-        small as f64 / mode.max(1) as f64,
-        mib(release)
-    );
+    against_operator_mode(seconds, "local", sdk_bin, &local);
+    println!("sdk footprint: local, {:.1} MiB idle for the release profile", mib(release));
 
     // As pods run it: a kube client with TLS, its GameServer read and watched by name.
     eprintln!("starting a control plane for the in-cluster footprint");
@@ -303,11 +294,22 @@ fn main() {
         "--namespace".as_ref(),
         "sdk-bench".as_ref(),
     ];
-    let small = footprint(seconds, "in a cluster, gamezone-sdk, sidecar profile", sdk_bin, &in_cluster);
-    let with_sdk: Vec<&std::ffi::OsStr> = std::iter::once("sdk".as_ref()).chain(in_cluster).collect();
-    let mode = footprint(seconds, "in a cluster, gamezone sdk (the operator binary)", operator_bin, &with_sdk);
+    against_operator_mode(seconds, "in a cluster", sdk_bin, &in_cluster);
+}
+
+/// The footprint of the sidecar-profile `gamezone-sdk` and of the operator binary's
+/// `gamezone sdk` mode (the peer), both run `place` with `args`, and how they compare.
+fn against_operator_mode(seconds: u64, place: &str, sdk_bin: &str, args: &[&std::ffi::OsStr]) {
+    let small = footprint(seconds, &format!("{place}, gamezone-sdk, sidecar profile (what pods run)"), sdk_bin, args);
+    let with_sdk: Vec<&std::ffi::OsStr> = std::iter::once("sdk".as_ref()).chain(args.iter().copied()).collect();
+    let mode = footprint(
+        seconds,
+        &format!("{place}, gamezone sdk (the operator binary)"),
+        env!("CARGO_BIN_EXE_gamezone"),
+        &with_sdk,
+    );
     println!(
-        "sdk footprint: in a cluster, idle RSS {:.1} MiB (aim: under 10) against {:.1} MiB for the operator binary's mode ({:.2}x)",
+        "sdk footprint: {place}, idle RSS {:.1} MiB (aim: under 10) against {:.1} MiB for the operator binary's mode ({:.2}x)",
         mib(small),
         mib(mode),
         small as f64 / mode.max(1) as f64

@@ -86,7 +86,8 @@ async fn follow<T>(path: &Path, what: &str, load: impl Fn(&Path) -> Result<T>, m
 }
 
 /// Writes what the process asks for into memory, follows edits of `file`, and polls the
-/// webhooks of `webhooks` (already loaded as `config`), until stopped.
+/// webhooks of the configuration `webhooks` names (its file, and what it held at start),
+/// following its edits, until stopped.
 pub async fn run(
     sdk: Arc<Sdk>,
     memory: Arc<Memory>,
