@@ -18,8 +18,8 @@ pub fn object<K: ResourceExt>(obj: &mut K) {
 /// conditions, and, on a pod marked for the platform's Passthrough port assignment, its
 /// containers' names and ports (where the assigned port shows). Not the env, mounts, probes,
 /// volumes or init containers its GameServer's template holds anyway, nor its containers'
-/// statuses. A Container or a ContainerStatus is kilobytes even when nearly empty, and the
-/// operator holds every pod of its scope: this keeps a cached pod at about a fifth of its full size.
+/// statuses: a decoded Container or ContainerStatus is kilobytes even when nearly empty, and
+/// the operator holds every pod of its scope.
 pub fn pod(pod: &mut Pod) {
     object(pod);
     let assigned_ports = passthrough_ports(pod).is_ok_and(|p| !p.is_empty());
