@@ -434,7 +434,7 @@ fn watch_signals_the_game_after_each_swap() {
             .spawn()
             .unwrap(),
     );
-    let hups = || std::fs::read_to_string(&got).map(|s| s.lines().count()).unwrap_or(0);
+    let signals = || std::fs::read_to_string(&got).map(|s| s.lines().count()).unwrap_or(0);
     // A failure shows what the watch did: its log and the signals the game got.
     let watched = |what: &str, timeout: Duration, ok: &dyn Fn() -> bool| {
         let start = Instant::now();
@@ -443,15 +443,15 @@ fn watch_signals_the_game_after_each_swap() {
             assert!(
                 start.elapsed() < timeout,
                 "timed out waiting for {what}; {} signal(s); the watch's log:\n{shown}",
-                hups()
+                signals()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    watched("the signal after the first swap", Duration::from_secs(20), &|| hups() >= 1);
-    assert_eq!(hups(), 1, "one swap, one signal");
+    watched("the signal after the first swap", Duration::from_secs(20), &|| signals() >= 1);
+    assert_eq!(signals(), 1, "one swap, one signal");
     write(edits.join("cfg/game.ini"), "edited");
     watched("the edit", Duration::from_secs(20), &|| file(&root, "cfg/game.ini").as_deref() == Some("edited"));
-    watched("the signal after the edit", Duration::from_secs(5), &|| hups() == 2);
+    watched("the signal after the edit", Duration::from_secs(5), &|| signals() == 2);
     drop(game);
 }
