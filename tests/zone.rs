@@ -683,3 +683,61 @@ async fn a_deleting_zone_is_terminating_says_what_it_waits_for_and_waiting_is_no
     assert!(failed.is_empty(), "waiting logged as failing: {failed:?}");
     ns.cleanup().await;
 }
+
+/// Whether `obj` shows the operator's own update (a create's fields) on the object itself.
+fn owned_by_an_update<K: kube::Resource>(obj: &K) -> bool {
+    obj.meta().managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some("gamezone") && e.operation.as_deref() == Some("Update") && e.subresource.is_none()
+    })
+}
+
+#[tokio::test]
+async fn what_an_edit_drops_goes_from_servers_and_services_the_operator_created() {
+    let ns = common::namespace("zone-drop").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let services: Api<Service> = ns.api();
+    // No node has these labels: the servers need not run, only exist.
+    let spec = |selector: serde_json::Value, annotations: serde_json::Value| {
+        json!({"zoneId": 7, "defaultImage": "svc:1", "services": [{
+            "type": "game", "id": 1, "nodeSelector": selector,
+            "ports": [{"name": "client", "containerPort": 7777}],
+            "expose": {"perType": {"type": "ClusterIP", "annotations": annotations}}}]})
+    };
+    let z: GameZone = serde_json::from_value(json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
+        "spec": spec(json!({"test.gamezone.dev/a": "1", "test.gamezone.dev/b": "2"}), json!({"p": "1", "q": "2"}))
+    }))
+    .unwrap();
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let (gs, svc) = common::wait_for("the server and its Service", WAIT, || async {
+        match (servers.get_opt("zone1-game-1").await, services.get_opt("zone1-game").await) {
+            (Ok(Some(gs)), Ok(Some(svc))) => Ok((gs, svc)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(owned_by_an_update(&gs) && owned_by_an_update(&svc), "created by POST: {:?}", gs.metadata.managed_fields);
+
+    let edit = json!({"spec": spec(json!({"test.gamezone.dev/a": "1"}), json!({"p": "1"}))});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    common::wait_for("the dropped node label and annotation gone", WAIT, || async {
+        let gs = servers.get("zone1-game-1").await.map_err(|e| e.to_string())?;
+        let svc = services.get("zone1-game").await.map_err(|e| e.to_string())?;
+        let selector = gs.spec.template.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
+        let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+        let dropped = !selector.contains_key("test.gamezone.dev/b") && !annotations.contains_key("q");
+        let kept = selector.contains_key("test.gamezone.dev/a") && annotations.contains_key("p");
+        match (dropped, kept, owned_by_an_update(&gs), owned_by_an_update(&svc)) {
+            (true, true, false, false) => Ok(()),
+            _ => Err(format!(
+                "selector {selector:?}, annotations {annotations:?}, fields {:?}",
+                gs.metadata.managed_fields
+            )),
+        }
+    })
+    .await;
+    ns.cleanup().await;
+}

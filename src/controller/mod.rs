@@ -7,6 +7,7 @@ mod index;
 pub mod key;
 pub mod leader;
 pub mod metrics;
+mod ownership;
 pub mod ports;
 mod server;
 mod slim;

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -122,12 +122,57 @@ impl Writer {
         self.apply_as(obj, hash).await.map(|_| ())
     }
 
+    /// As [`Writer::apply_child`], for a child that is usually new: created (a POST, see
+    /// [`super::ownership`]) unless this process wrote it before.
+    pub async fn create_child<K>(&self, obj: &K, fresh_for: Duration) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let hash = hash_of(obj);
+        if self.applied_recently(obj, &hash, fresh_for) {
+            return Ok(());
+        }
+        if self.applied.knows(&applied_key(obj)) {
+            return self.apply_as(obj, hash).await.map(|_| ());
+        }
+        self.create_as(obj, hash).await
+    }
+
     /// Whether this process applied content hashed `hash` to `obj` less than `within` ago.
     pub fn applied_recently<K: Resource<DynamicType = ()>>(&self, obj: &K, hash: &str, within: Duration) -> bool {
         self.applied.recent(&applied_key(obj), hash, within)
     }
 
-    /// Applies `obj` and remembers it as content `hash`.
+    /// Creates `obj` (a POST, see [`super::ownership`]) and remembers it as content `hash`. One
+    /// that exists already (made moments ago, before the watch showed it, or before a restart)
+    /// is applied instead.
+    pub async fn create_as<K>(&self, obj: &K, hash: String) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>(&obj.namespace().unwrap_or_default());
+        let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.create(&params, obj).await {
+            Ok(_) => {
+                self.applied.record(applied_key(obj), hash);
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => self.apply_as(obj, hash).await.map(|_| ()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies `obj` and remembers it as content `hash`. On an object the operator created, its
+    /// apply first takes over the create's fields, and applies again, so fields the new content
+    /// drops go.
     pub async fn apply_as<K>(&self, obj: &K, hash: String) -> Result<K>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -136,7 +181,13 @@ impl Writer {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let written = apply(&self.api::<K>(&obj.namespace().unwrap_or_default()), obj).await?;
+        let api = self.api::<K>(&obj.namespace().unwrap_or_default());
+        let mut written = apply(&api, obj).await?;
+        if let Some(upgrade) = super::ownership::upgrade(written.meta()) {
+            let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+            api.patch(&written.name_any(), &params, &Patch::Json::<()>(upgrade)).await?;
+            written = apply(&api, obj).await?;
+        }
         self.applied.record(applied_key(obj), hash);
         Ok(written)
     }
@@ -252,6 +303,11 @@ impl Applied {
     /// Records that `hash` was applied to `key` now.
     fn record(&self, key: ChildKey, hash: String) {
         self.0.lock().expect("applied cache lock").insert(key, (hash, Instant::now()));
+    }
+
+    /// Whether anything was recorded for `key`.
+    fn knows(&self, key: &ChildKey) -> bool {
+        self.0.lock().expect("applied cache lock").contains_key(key)
     }
 
     /// Forgets `key`.

@@ -239,7 +239,7 @@ pub fn hold_ports(
 /// once its ports are listed.
 pub async fn publish_topology(zone: &GameZone, ctx: &Context, ports: BTreeMap<String, Vec<PortStatus>>) -> Result<()> {
     let topology = build::topology(zone, &ports);
-    ctx.writer.apply_child(&topology, TOPOLOGY_REFRESH).await?;
+    ctx.writer.create_child(&topology, TOPOLOGY_REFRESH).await?;
     let ns = zone.namespace().unwrap_or_default();
     ctx.ports.list(ports.into_iter().map(|(server, p)| (ObjectKey::new(&ns, server), p)));
     Ok(())
@@ -258,7 +258,14 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
         .map(|(mut gs, hash)| {
             // The server controller's finalizer comes with the object: one write, not two.
             gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
-            async move { ctx.writer.apply_as(&gs, hash).await.map(|_| ()) }
+            let new = !by_name.contains_key(&gs.name_any());
+            async move {
+                if new {
+                    ctx.writer.create_as(&gs, hash).await
+                } else {
+                    ctx.writer.apply_as(&gs, hash).await.map(|_| ())
+                }
+            }
         })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
@@ -288,8 +295,11 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
     let live_names: BTreeSet<String> = live.services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
         // A Service the watch shows is re-applied only when its content changes.
-        let fresh_for = if live_names.contains(&svc.name_any()) { Duration::MAX } else { WATCH_LAG };
-        ctx.writer.apply_child(svc, fresh_for).await?;
+        if live_names.contains(&svc.name_any()) {
+            ctx.writer.apply_child(svc, Duration::MAX).await?;
+        } else {
+            ctx.writer.create_child(svc, WATCH_LAG).await?;
+        }
     }
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
