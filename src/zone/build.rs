@@ -772,3 +772,10 @@ pub fn artifacts_claim(zone: &GameZone) -> Option<PersistentVolumeClaim> {
 pub fn server_template_hash(spec: &GameServerSpec) -> String {
     hash_of(&(&spec.template, &spec.ports))
 }
+
+/// Whether the pods of `a` and `b` are made from the same template: what
+/// [`server_template_hash`] tells apart, compared without serializing and hashing both (a zone
+/// compares each of its servers with the wanted one on every reconcile).
+pub fn same_template(a: &GameServerSpec, b: &GameServerSpec) -> bool {
+    a.template == b.template && a.ports == b.ports
+}

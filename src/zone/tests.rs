@@ -120,9 +120,17 @@ fn template_hash_changes_only_for_the_changed_service() {
     for (b, a) in before.iter().zip(&after) {
         let changed = server_template_hash(&b.spec) != server_template_hash(&a.spec);
         assert_eq!(changed, a.spec.type_ == "db", "{}", a.metadata.name.clone().unwrap());
+        assert_eq!(same_template(&b.spec, &a.spec), !changed, "the comparison tells apart what the hash does");
     }
     let repinned = game_servers(&z, &["a".into(), "c".into()], &BuildConfig::default()).unwrap();
     assert!(before.iter().zip(&repinned).all(|(b, a)| server_template_hash(&b.spec) != server_template_hash(&a.spec)));
+    assert!(before.iter().zip(&repinned).all(|(b, a)| !same_template(&b.spec, &a.spec)));
+    let mut ports = before[0].spec.clone();
+    ports.ports[0].container_port = Some(ports.ports[0].container_port.unwrap_or_default() + 1);
+    assert!(
+        !same_template(&before[0].spec, &ports)
+            && server_template_hash(&before[0].spec) != server_template_hash(&ports)
+    );
 }
 
 #[test]

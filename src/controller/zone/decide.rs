@@ -304,7 +304,7 @@ pub fn plan_servers(
         if l.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let same_template = build::server_template_hash(&l.spec) == build::server_template_hash(&want.spec);
+        let same_template = build::same_template(&l.spec, &want.spec);
         let drained_and_deletable = l.spec.not_in_service().is_some() && not_deletable(l, now).is_none();
         if same_template || drained_and_deletable {
             // In place, or drained and deletable: the new template may replace its pod.
