@@ -75,18 +75,30 @@ struct RealCluster {
 
 impl RealCluster {
     fn start(dir: &Path) -> RealCluster {
+        Self::start_with(dir, Stdio::inherit()).0
+    }
+
+    /// As [`RealCluster::start`], with `up`'s messages returned (and shown) instead of streamed.
+    fn start_telling(dir: &Path) -> (RealCluster, String) {
+        let (cluster, said) = Self::start_with(dir, Stdio::piped());
+        eprint!("{said}");
+        (cluster, said)
+    }
+
+    fn start_with(dir: &Path, stderr: Stdio) -> (RealCluster, String) {
         let output = Command::new(cp_script())
             .arg("up")
             .arg(dir)
             .args(["--nodes", "1", "--real-nodes", "1"])
             .args(["--watch-pid", &std::process::id().to_string()])
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .output()
             .expect("cannot run cp.sh");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             output.status.success(),
-            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); its messages are above, logs in {}/logs",
+            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); its messages are above, logs in {}/logs{said}",
             dir.display(),
             output.status,
             dir.display()
@@ -96,7 +108,7 @@ impl RealCluster {
         let json = std::fs::read_to_string(dir.join("real-nodes.json")).unwrap_or_default();
         match serde_json::from_str::<RealNodes>(&json) {
             Ok(info) if info.nodes.len() == 1 => {
-                RealCluster { dir: dir.to_path_buf(), kubeconfig, info, stopped: false }
+                (RealCluster { dir: dir.to_path_buf(), kubeconfig, info, stopped: false }, said)
             }
             other => {
                 let _ = Command::new(cp_script()).arg("down").arg(dir).stdin(Stdio::null()).status();
@@ -675,4 +687,38 @@ async fn down_leaves_nothing_behind_and_up_cleans_after_a_killed_run() {
     let slot = cluster.info.slot;
     cluster.down();
     assert_eq!(Leftovers::of(slot, &dir), Leftovers::default(), "left behind by `cp.sh down` after a cleanup");
+}
+
+#[tokio::test]
+async fn an_up_during_another_control_plane_s_down_leaves_that_slot_to_its_down() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let first_dir = new_dir("gz-rn-");
+    let mut first = RealCluster::start(&first_dir);
+    let first_slot = first.info.slot;
+    // Its `down` as a test binary's watchdog runs it once the binary exited: on its own, while
+    // the next binary's `up` looks for a slot. The `up` starts once the `down` has begun.
+    first.stopped = true;
+    let mut down =
+        Command::new(cp_script()).arg("down").arg(&first_dir).stdin(Stdio::null()).spawn().expect("cp.sh down");
+    wait_for("the first control plane's down under way", Duration::from_secs(20), || async {
+        if first_dir.join("pids.stopping").exists() || !first_dir.exists() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let second_dir = new_dir("gz-rn-");
+    let (mut second, said) = RealCluster::start_telling(&second_dir);
+    assert!(
+        !said.contains("left by a control plane that was killed"),
+        "a control plane going down was taken for a killed one, its slot cleaned under it: {said}"
+    );
+    assert!(down.wait().expect("wait for down").success(), "the first control plane's down failed");
+    if second.info.slot != first_slot {
+        assert_eq!(Leftovers::of(first_slot, &first_dir), Leftovers::default(), "left by the first control plane");
+    }
+    let second_slot = second.info.slot;
+    second.down();
+    assert_eq!(Leftovers::of(second_slot, &second_dir), Leftovers::default(), "left by the second control plane");
 }

@@ -163,12 +163,17 @@ cgroup_mounts() {
 
 # Whether the control plane that reserved slot $1 may still be running.
 slot_in_use() {
-  local owner="$REAL_SLOTS_DIR/$1/owner" dir up_pid name pid
+  local owner="$REAL_SLOTS_DIR/$1/owner" dir up_pid name pid list
   [[ -f "$owner" ]] || return 0 # being reserved right now
   read -r dir up_pid <"$owner"
   alive "$up_pid" && return 0
-  [[ -f "$dir/pids" ]] || return 1
-  while read -r name pid; do alive "$pid" && return 0; done <"$dir/pids"
+  # A `down` moves `pids` aside before it stops anything, and tears the slot down itself before
+  # it stops the API server: while one runs (a test binary's watchdog after the binary exited),
+  # the slot is still its own. Cleaning it up here too raced that teardown.
+  for list in "$dir/pids" "$dir/pids.stopping"; do
+    [[ -f "$list" ]] || continue
+    while read -r name pid; do alive "$pid" && return 0; done <"$list"
+  done
   return 1
 }
 
