@@ -183,9 +183,17 @@ impl Writer {
     {
         let api = self.api::<K>(&obj.namespace().unwrap_or_default());
         let mut written = apply(&api, obj).await?;
-        if let Some(upgrade) = super::ownership::upgrade(written.meta()) {
+        // The hand-over holds only on the version just read; someone writing in between (the
+        // SDK sidecar, a person) makes it fail, and it is tried once more on what the next
+        // apply returns.
+        for attempt in 1..=2 {
+            let Some(upgrade) = super::ownership::upgrade(written.meta()) else { break };
             let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-            api.patch(&written.name_any(), &params, &Patch::Json::<()>(upgrade)).await?;
+            match api.patch(&written.name_any(), &params, &Patch::Json::<()>(upgrade)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if attempt == 1 && (e.code == 422 || e.code == 409) => {}
+                Err(e) => return Err(e.into()),
+            }
             written = apply(&api, obj).await?;
         }
         self.applied.record(applied_key(obj), hash);
