@@ -5,10 +5,9 @@
 //!    operator, and by a plain client creating the same objects (GameServers, Pods, Services,
 //!    ConfigMaps) as fast as it can against the same control plane, ending where the operator
 //!    does: each GameServer's status says Ready once its pod is. Optionally the same client
-//!    creating the objects only (no GameServer ever shows a state). Each round runs on a control
-//!    plane of its own, each side once, in turns (operator, plain; plain, operator; ...); a short
-//!    unmeasured turn of each side comes first, and a phase's objects are deleted before the next
-//!    starts. Rounds run
+//!    creating the objects only (no GameServer ever shows a state). Each side runs once per
+//!    round, in turns (operator, plain; plain, operator; ...); a short unmeasured turn of each
+//!    side comes first, and each phase's objects are deleted before the next starts. Rounds run
 //!    until the 95% interval of the mean round ratio operator/plain is within ±0.05 (4 to 10
 //!    rounds), so two runs agree on it; every round, the pooled ratio and the spread are printed.
 //! 3. Per side and per instance: CPU seconds of each process, the API server's requests by verb
@@ -477,59 +476,113 @@ async fn main() {
         };
     let sides = sides_from_env();
     let n = zones * instances;
+    eprintln!("starting a control plane with {nodes} simulated nodes (load average {:.1})", load_average());
+    let cluster = common::start_private(nodes);
+    let client = cluster.client().await;
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        crd_api.patch(&crd.name_any(), &PatchParams::apply("bench").force(), &Patch::Apply(&crd)).await.unwrap();
+    }
+    until_collector_watches(&client, &["gamezones", "gameservers"]).await;
+    namespace(&client, "bench-op").await;
+
+    let mut op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args([
+            "run",
+            "--namespace",
+            "bench-op",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--concurrency",
+            "32",
+        ])
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .env("RUST_LOG", std::env::var("GAMEZONE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(match std::env::var_os("GAMEZONE_BENCH_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create GAMEZONE_BENCH_LOG")),
+            None => Stdio::null(),
+        })
+        .spawn()
+        .expect("start the operator");
+    let pid = op.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Where the CPU goes in each phase: the control plane's processes, the operator, this process
+    // (the plain client and the Ready counting).
+    let mut procs = cluster.processes();
+    let control_plane = procs.len();
+    procs.push(("gamezone".into(), pid));
+    procs.push(("bench".into(), std::process::id()));
+
+    // 1. One big zone.
+    let zapi: Api<GameZone> = Api::namespaced(client.clone(), "bench-op");
+    let start = Instant::now();
+    zapi.create(&PostParams::default(), &zone("big", big)).await.unwrap();
+    loop {
+        let z = zapi.get("big").await.unwrap();
+        if z.status.as_ref().is_some_and(|s| s.phase == Some(ZonePhase::Running)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let big_time = start.elapsed();
+    let big_load = load_average();
+
+    // 2. Many zones, by each side in turn, on the same control plane, each phase's objects
+    // deleted before the next. The operator stays up between its phases; it has nothing to do in
+    // the plain client's, whose objects are in other namespaces.
     let mut phases: Vec<Phase> = Vec::new();
     // The operator's memory at the end of each of its phases, with all their servers Ready.
     let mut op_rss = Vec::new();
+    // First a short turn of each side, not measured: whichever side runs the first phase of a
+    // run is a quarter slower than in its later ones, while caches, heaps and connections grow.
+    let warm = (zones / 10).max(1);
+    eprintln!("warming up: each side makes {warm} zones");
+    for &side in &sides {
+        let (ns, names) = place(side, "w", warm);
+        make(&client, side, &ns, &names, instances, big).await;
+        clear(&client, side, &ns, &names).await;
+    }
+    let audit = cluster.kubeconfig().with_file_name("audit.log");
     let mut writes: HashMap<Side, BTreeMap<String, usize>> = HashMap::new();
     let stable = |ratios: &[f64]| stats::mean_ci95(ratios).is_some_and(|(_, hw)| hw <= STABLE_TO);
-    let (mut big_time, mut big_load, mut final_peak, mut procs, mut control_plane) =
-        (Duration::ZERO, f64::NAN, 0.0_f64, Vec::new(), 0);
     let mut i = 0;
     'rounds: for round in 0..max_rounds {
-        // Each round on a control plane of its own: one kept for the whole run got slower as it
-        // went (the same side's phases by a third from the first round to the last), more than
-        // the sides differ.
-        let bed = Bed::up(nodes, big, instances, &sides, zones).await;
-        if round == 0 {
-            (big_time, big_load) = (bed.big_time, bed.big_load);
-            (procs, control_plane) = (bed.procs.clone(), bed.control_plane);
-        }
-        assert_eq!(
-            bed.procs.iter().map(|(name, _)| name).collect::<Vec<_>>(),
-            procs.iter().map(|(name, _)| name).collect::<Vec<_>>(),
-            "every round's control plane runs the same processes"
-        );
         let order = round_order(&sides, round);
         for (k, &side) in order.iter().enumerate() {
             eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
             let (ns, names) = place(side, &i.to_string(), zones);
-            let from = audit_offset(&bed.audit).await;
-            let api_before = apiserver::scrape(&bed.client).await;
-            let before = cpu_of(&bed.procs);
-            let time = make(&bed.client, side, &ns, &names, instances, big).await;
-            let after = cpu_of(&bed.procs);
-            let api = apiserver::scrape(&bed.client).await.since(&api_before);
-            for (what, count) in writes_since(&bed.audit, from) {
+            let from = audit_offset(&audit).await;
+            let api_before = apiserver::scrape(&client).await;
+            let before = cpu_of(&procs);
+            let time = make(&client, side, &ns, &names, instances, big).await;
+            let after = cpu_of(&procs);
+            let api = apiserver::scrape(&client).await.since(&api_before);
+            for (what, count) in writes_since(&audit, from) {
                 *writes.entry(side).or_default().entry(what).or_default() += count;
             }
             if side == Side::Operator {
-                op_rss.push(rss_mib(bed.pid));
+                op_rss.push(rss_mib(pid));
             }
             let load = load_average();
             eprintln!("  {:.1} instances Ready/s (load average {load:.1})", n as f64 / time.as_secs_f64());
             let cpu = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             phases.push(Phase { side, round, time, cpu, api, load });
             i += 1;
-            let last = k + 1 == order.len();
-            if !last {
-                clear(&bed.client, side, &ns, &names).await;
+            let stop = k + 1 == order.len()
+                && (round + 1 == max_rounds || round + 1 >= min_rounds && stable(&round_ratios(&phases, n)));
+            if stop {
+                break 'rounds;
             }
-        }
-        final_peak = final_peak.max(bed.down());
-        if round + 1 >= min_rounds && stable(&round_ratios(&phases, n)) {
-            break 'rounds;
+            clear(&client, side, &ns, &names).await;
         }
     }
+    let (_, final_peak) = rss_mib(pid);
+    let _ = op.kill();
+    let _ = op.wait();
     report(&Report {
         zones,
         instances,
@@ -545,102 +598,6 @@ async fn main() {
         control_plane,
         writes: &writes,
     });
-}
-
-/// A control plane with the operator running, the big zone Ready and both sides warmed up.
-struct Bed {
-    cluster: common::PrivateCluster,
-    client: Client,
-    op: std::process::Child,
-    pid: u32,
-    /// The control plane's processes, then the operator and this process.
-    procs: Vec<(String, u32)>,
-    /// How many of `procs`, from the first, are the control plane's.
-    control_plane: usize,
-    audit: std::path::PathBuf,
-    /// Apply -> Running of the big zone, and the load average then.
-    big_time: Duration,
-    big_load: f64,
-}
-
-impl Bed {
-    async fn up(nodes: usize, big: usize, instances: usize, sides: &[Side], zones: usize) -> Bed {
-        eprintln!("starting a control plane with {nodes} simulated nodes (load average {:.1})", load_average());
-        let cluster = common::start_private(nodes);
-        let client = cluster.client().await;
-        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for crd in crds() {
-            crd_api.patch(&crd.name_any(), &PatchParams::apply("bench").force(), &Patch::Apply(&crd)).await.unwrap();
-        }
-        until_collector_watches(&client, &["gamezones", "gameservers"]).await;
-        namespace(&client, "bench-op").await;
-        let op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
-            .args([
-                "run",
-                "--namespace",
-                "bench-op",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--concurrency",
-                "32",
-            ])
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig())
-            .env("RUST_LOG", std::env::var("GAMEZONE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(match std::env::var_os("GAMEZONE_BENCH_LOG") {
-                Some(path) => Stdio::from(
-                    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open GAMEZONE_BENCH_LOG"),
-                ),
-                None => Stdio::null(),
-            })
-            .spawn()
-            .expect("start the operator");
-        let pid = op.id();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // Where the CPU goes in each phase: the control plane's processes, the operator, this
-        // process (the plain client and the Ready counting).
-        let mut procs = cluster.processes();
-        let control_plane = procs.len();
-        procs.push(("gamezone".into(), pid));
-        procs.push(("bench".into(), std::process::id()));
-
-        // One big zone; it stays through the operator's phases.
-        let zapi: Api<GameZone> = Api::namespaced(client.clone(), "bench-op");
-        let start = Instant::now();
-        zapi.create(&PostParams::default(), &zone("big", big)).await.unwrap();
-        loop {
-            let z = zapi.get("big").await.unwrap();
-            if z.status.as_ref().is_some_and(|s| s.phase == Some(ZonePhase::Running)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (big_time, big_load) = (start.elapsed(), load_average());
-        // A short turn of each side, not measured: whichever side runs the first phase on a
-        // control plane is a quarter slower than in later ones, while caches, heaps and
-        // connections grow.
-        let warm = (zones / 10).max(1);
-        eprintln!("warming up: each side makes {warm} zones");
-        for &side in sides {
-            let (ns, names) = place(side, "w", warm);
-            make(&client, side, &ns, &names, instances, big).await;
-            clear(&client, side, &ns, &names).await;
-        }
-        let audit = cluster.kubeconfig().with_file_name("audit.log");
-        Bed { cluster, client, op, pid, procs, control_plane, audit, big_time, big_load }
-    }
-
-    /// Stops the operator and the control plane; the operator's peak RSS (MiB).
-    fn down(mut self) -> f64 {
-        let (_, peak) = rss_mib(self.pid);
-        let _ = self.op.kill();
-        let _ = self.op.wait();
-        drop(self.cluster);
-        peak
-    }
 }
 
 /// What a run measured.
