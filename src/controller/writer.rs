@@ -107,39 +107,25 @@ impl Writer {
     /// Applies `obj` unless this process applied the same content less than `fresh_for` ago.
     /// A zone is reconciled on every change of its servers' status; re-applying unchanged
     /// children each time would multiply the API calls for nothing.
-    pub async fn apply_child<K>(&self, obj: &K, fresh_for: Duration) -> Result<()>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let hash = hash_of(obj);
-        if self.applied_recently(obj, &hash, fresh_for) {
-            return Ok(());
-        }
-        self.apply_as(obj, hash).await.map(|_| ())
+    pub async fn apply_child<K: Child>(&self, obj: &K, fresh_for: Duration) -> Result<()> {
+        self.write_child(obj, fresh_for, false).await
     }
 
     /// As [`Writer::apply_child`], for a child that is usually new: created (a POST, see
     /// [`super::ownership`]) unless this process wrote it before.
-    pub async fn create_child<K>(&self, obj: &K, fresh_for: Duration) -> Result<()>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
+    pub async fn create_child<K: Child>(&self, obj: &K, fresh_for: Duration) -> Result<()> {
+        self.write_child(obj, fresh_for, true).await
+    }
+
+    async fn write_child<K: Child>(&self, obj: &K, fresh_for: Duration, usually_new: bool) -> Result<()> {
         let hash = hash_of(obj);
         if self.applied_recently(obj, &hash, fresh_for) {
             return Ok(());
         }
-        if self.applied.knows(&applied_key(obj)) {
-            return self.apply_as(obj, hash).await.map(|_| ());
+        if usually_new && !self.applied.knows(&applied_key(obj)) {
+            return self.create_as(obj, hash).await;
         }
-        self.create_as(obj, hash).await
+        self.apply_as(obj, hash).await.map(|_| ())
     }
 
     /// Whether this process applied content hashed `hash` to `obj` less than `within` ago.
@@ -150,14 +136,7 @@ impl Writer {
     /// Creates `obj` (a POST, see [`super::ownership`]) and remembers it as content `hash`. One
     /// that exists already (made moments ago, before the watch showed it, or before a restart)
     /// is applied instead.
-    pub async fn create_as<K>(&self, obj: &K, hash: String) -> Result<()>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
+    pub async fn create_as<K: Child>(&self, obj: &K, hash: String) -> Result<()> {
         let api = self.api::<K>(&obj.namespace().unwrap_or_default());
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.create(&params, obj).await {
@@ -170,17 +149,10 @@ impl Writer {
         }
     }
 
-    /// Applies `obj` and remembers it as content `hash`. On an object the operator created, its
-    /// apply first takes over the create's fields, and applies again, so fields the new content
-    /// drops go.
-    pub async fn apply_as<K>(&self, obj: &K, hash: String) -> Result<K>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
+    /// Applies `obj` and remembers it as content `hash`. On an object the operator created by
+    /// POST, the create's fields then go to its apply and it applies again, so fields the new
+    /// content drops go.
+    pub async fn apply_as<K: Child>(&self, obj: &K, hash: String) -> Result<K> {
         let api = self.api::<K>(&obj.namespace().unwrap_or_default());
         let mut written = apply(&api, obj).await?;
         // The hand-over holds only on the version just read; someone writing in between (the
@@ -273,6 +245,21 @@ impl Writer {
     pub fn routine_write(&self) -> bool {
         self.routine.take()
     }
+}
+
+/// What the writer creates and applies: a namespaced object it can serialize and read back.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+{
 }
 
 /// Memo key of a child object.
