@@ -98,7 +98,7 @@ impl RealCluster {
         let said = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             output.status.success(),
-            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); its messages are above, logs in {}/logs{said}",
+            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); logs in {}/logs; its messages (when not above):\n{said}",
             dir.display(),
             output.status,
             dir.display()

@@ -687,7 +687,7 @@ async fn a_deleting_zone_is_terminating_says_what_it_waits_for_and_waiting_is_no
 /// Whether `obj` shows the operator's own update (a create's fields) on the object itself.
 fn owned_by_an_update<K: kube::Resource>(obj: &K) -> bool {
     obj.meta().managed_fields.iter().flatten().any(|e| {
-        e.manager.as_deref() == Some("gamezone") && e.operation.as_deref() == Some("Update") && e.subresource.is_none()
+        e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Update") && e.subresource.is_none()
     })
 }
 

@@ -309,8 +309,8 @@ async fn servers_for_rebuild(api: &Api<GameServer>) -> Result<Vec<GameServer>> {
 }
 
 /// Objects per page of a start-up list. Each page is decoded whole before it is trimmed: at 500
-/// (kube's default), a page of pods was 12 MB of short-lived allocations, and the trimmed objects
-/// kept between them held freed pages resident after a restart.
+/// (kube's default) the operator held 123 MiB after a restart with 2,000 servers (peak 149), at
+/// 100 it held 116 (peak 129).
 const LIST_PAGE: u32 = 100;
 
 /// Changes of one kind, as a controller takes them: every object added, changed or deleted.

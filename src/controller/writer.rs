@@ -117,6 +117,7 @@ impl Writer {
         self.write_child(obj, fresh_for, true).await
     }
 
+    /// The step both share: nothing when just written, else a create or an apply.
     async fn write_child<K: Child>(&self, obj: &K, fresh_for: Duration, usually_new: bool) -> Result<()> {
         let hash = hash_of(obj);
         if self.applied_recently(obj, &hash, fresh_for) {
