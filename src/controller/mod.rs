@@ -386,10 +386,40 @@ fn report_error(controller: &'static str, obj: &key::ObjectKey, err: &Error, met
     }
 }
 
-/// The error of a finalizer step: a step's own error as it is.
-fn unwrap_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
-    match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
+/// What a reconcile behind a finalizer came to: a step's own error as it is, and a finalizer
+/// that could not be taken off because its object is gone already counted as done. That happens
+/// when a reconcile reads the object from a cache that has not yet heard of its deletion: the
+/// cleanup ran again, idempotently, and the object went with the first removal.
+fn finalized(result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>) -> Result<Action> {
+    use kube::runtime::finalizer::Error as Step;
+    match result {
+        Ok(action) => Ok(action),
+        Err(Step::ApplyFailed(e) | Step::CleanupFailed(e)) => Err(e),
+        Err(Step::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
+        Err(other) => Err(Error::Finalizer(Box::new(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as Step;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status { code, ..kube::core::Status::failure("", "") }))
+    }
+
+    #[test]
+    fn a_finalizer_whose_object_is_gone_is_done() {
+        assert_eq!(finalized(Err(Step::RemoveFinalizer(api_error(404)))).unwrap(), Action::await_change());
+    }
+
+    #[test]
+    fn other_finalizer_failures_stay_errors() {
+        for failed in [Step::RemoveFinalizer(api_error(422)), Step::AddFinalizer(api_error(404))] {
+            assert!(matches!(finalized(Err(failed)), Err(Error::Finalizer(_))));
+        }
+        let step = finalized(Err(Step::CleanupFailed(Error::Waiting("servers to end".into()))));
+        assert!(matches!(step, Err(Error::Waiting(_))));
     }
 }

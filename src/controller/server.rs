@@ -54,18 +54,19 @@ fn error_policy(gs: Arc<GameServer>, err: &Error, ctx: Arc<Context>) -> Action {
 async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
-    finalizer(&api, SERVER_FINALIZER, gs, |event| async {
-        match event {
-            Finalizer::Apply(gs) => apply(&gs, &ctx).await,
-            Finalizer::Cleanup(gs) => {
-                ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
-                ctx.writer.forget_server(&gs);
-                Ok(Action::await_change())
+    super::finalized(
+        finalizer(&api, SERVER_FINALIZER, gs, |event| async {
+            match event {
+                Finalizer::Apply(gs) => apply(&gs, &ctx).await,
+                Finalizer::Cleanup(gs) => {
+                    ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
+                    ctx.writer.forget_server(&gs);
+                    Ok(Action::await_change())
+                }
             }
-        }
-    })
-    .await
-    .map_err(super::unwrap_finalizer)
+        })
+        .await,
+    )
 }
 
 /// Converges the server and writes its status when it is worth writing.

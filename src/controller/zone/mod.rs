@@ -86,14 +86,15 @@ fn error_policy(zone: Arc<GameZone>, err: &Error, ctx: Arc<Context>) -> Action {
 async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-    finalizer(&api, ZONE_FINALIZER, zone, |event| async {
-        match event {
-            Finalizer::Apply(zone) => apply(&zone, &ctx).await,
-            Finalizer::Cleanup(zone) => cleanup(&zone, &ctx).await,
-        }
-    })
-    .await
-    .map_err(super::unwrap_finalizer)
+    super::finalized(
+        finalizer(&api, ZONE_FINALIZER, zone, |event| async {
+            match event {
+                Finalizer::Apply(zone) => apply(&zone, &ctx).await,
+                Finalizer::Cleanup(zone) => cleanup(&zone, &ctx).await,
+            }
+        })
+        .await,
+    )
 }
 
 /// Converges the zone and writes its status. Every outcome shows in status: a step that fails
