@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use gamezone::api::*;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -242,7 +243,7 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
                 let lp = ListParams::default().labels("gamezone.dev/zone!=big");
                 let servers = Api::<GameServer>::namespaced(client.clone(), ns).list_metadata(&lp).await.unwrap();
                 let pods = Api::<Pod>::namespaced(client.clone(), ns).list_metadata(&lp).await.unwrap();
-                servers.items.is_empty() && pods.items.is_empty()
+                servers.items.is_empty() && pods.items.is_empty() && !endpoints_left(client, ns).await
             }
             Side::Plain | Side::Bare => Api::<Namespace>::all(client.clone()).get_opt(ns).await.unwrap().is_none(),
         }
@@ -267,6 +268,25 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
     // The garbage collector, endpoint controllers and kwok finish behind the deletions.
     tokio::time::sleep(SETTLE).await;
     eprintln!("  cleared in {:.0} s", start.elapsed().as_secs_f64());
+}
+
+/// Whether `ns` still holds endpoints of Services that are gone. The controller manager deletes
+/// them behind their Services, at its own pace: 200 zones' EndpointSlices took 9 s more than
+/// their servers and pods, and went on into the next phase.
+async fn endpoints_left(client: &Client, ns: &str) -> bool {
+    let lp = ListParams::default();
+    let services: Vec<String> = Api::<Service>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), ns).list_metadata(&lp).await.unwrap();
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns).list_metadata(&lp).await.unwrap();
+    let of_slices = slices.items.iter().filter_map(|s| s.labels().get("kubernetes.io/service-name").cloned());
+    endpoints.items.iter().map(|e| e.name_any()).chain(of_slices).any(|service| !services.contains(&service))
 }
 
 /// Quiet time after a phase's objects are gone.
