@@ -77,34 +77,6 @@ pub struct Context {
     pub ports: ports::Ports,
     /// What the shared watches show.
     pub cache: Cache,
-    /// Turns to reconcile, per controller (see [`Turns`]).
-    pub turns: ControllerTurns,
-}
-
-/// Each controller's turns.
-pub struct ControllerTurns {
-    pub zones: Turns,
-    pub servers: Turns,
-}
-
-/// `--concurrency` turns to reconcile, handed out first come, first served.
-///
-/// The controllers' runners are not bounded themselves: at its bound, kube's runner parks the
-/// reconciles that come due in a hash set and takes them in hash order. Under a backlog, a
-/// zone's ten servers then got their pods up to 24 s apart (16 s median, for 200 zones), so each
-/// zone's endpoints and status were written once per straggler. Here a due reconcile waits in
-/// line for a turn instead, in the order it came due.
-pub struct Turns(tokio::sync::Semaphore);
-
-impl Turns {
-    pub fn new(at_once: u16) -> Self {
-        Turns(tokio::sync::Semaphore::new(usize::from(at_once.max(1))))
-    }
-
-    /// Waits for a turn; it ends when the permit is dropped.
-    pub async fn take(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.0.acquire().await.expect("the semaphore is never closed")
-    }
 }
 
 /// The shared watches' stores. Reconciles read servers, pods, Services and nodes from memory
@@ -250,7 +222,6 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (pods_for_servers, services_for_zones) =
         (pod_triggers.pop().expect("one"), service_triggers.pop().expect("one"));
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let turns = ControllerTurns { zones: Turns::new(config.concurrency), servers: Turns::new(config.concurrency) };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         writer: writer::Writer::new(client.clone()),
@@ -259,7 +230,6 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         metrics,
         ports: ports::Ports::new(allocator, listed),
         cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
-        turns,
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.
@@ -388,11 +358,10 @@ where
     (store, run, receivers)
 }
 
-/// How both controllers run: bursts of changes to one object (a new pod's quick steps, a zone's
-/// servers reporting) coalesced into one reconcile; `--concurrency` at once comes from [`Turns`],
-/// not from the runner's bound (0: none).
-fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(0).debounce(Duration::from_millis(500))
+/// How both controllers run: `--concurrency` reconciles at once, and bursts of changes to one
+/// object (a new pod's quick steps, a zone's servers reporting) coalesced into one reconcile.
+fn controller_config(config: &Config) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(Duration::from_millis(500))
 }
 
 /// Requeue delay after an error: user errors wait for a change (or a watched Secret), others
@@ -438,35 +407,6 @@ mod tests {
 
     fn api_error(code: u16) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status { code, ..kube::core::Status::failure("", "") }))
-    }
-
-    #[tokio::test]
-    async fn turns_go_in_the_order_they_were_asked_for() {
-        let turns = Arc::new(Turns::new(1));
-        let first = turns.take().await;
-        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut waiting = Vec::new();
-        // Asked for in a known order (each waiter is queued before the next starts), and in an
-        // order a hash set would not keep.
-        for name in ["z7-game-3", "z0-game-1", "z3-game-9", "z1-game-2", "z9-game-0"] {
-            let (turns, order) = (turns.clone(), order.clone());
-            waiting.push(tokio::spawn(async move {
-                let _turn = turns.take().await;
-                order.lock().unwrap().push(name);
-            }));
-            tokio::task::yield_now().await;
-        }
-        drop(first);
-        for w in waiting {
-            w.await.unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), ["z7-game-3", "z0-game-1", "z3-game-9", "z1-game-2", "z9-game-0"]);
-    }
-
-    #[test]
-    fn turns_are_never_fewer_than_one() {
-        assert_eq!(Turns::new(0).0.available_permits(), 1);
-        assert_eq!(Turns::new(32).0.available_permits(), 32);
     }
 
     #[test]

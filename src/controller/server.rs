@@ -36,7 +36,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Trigger
         .owns_stream(pods)
         // A new pod's first steps (scheduled, started, ready) come in quick succession; one
         // reconcile after they settle writes one status instead of one per step.
-        .with_config(super::controller_config())
+        .with_config(super::controller_config(&ctx.config))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -52,14 +52,6 @@ fn error_policy(gs: Arc<GameServer>, err: &Error, ctx: Arc<Context>) -> Action {
 }
 
 async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
-    let _turn = ctx.turns.servers.take().await;
-    // The server as it is now, not as it was when its reconcile came due.
-    let Some(gs) = ctx.cache.servers.get(&ObjectRef::from_obj(gs.as_ref())) else { return Ok(Action::await_change()) };
-    // Boxed: a reconcile waiting for its turn holds only its place in line.
-    Box::pin(reconcile_now(gs, ctx.clone())).await
-}
-
-async fn reconcile_now(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
     super::finalized(

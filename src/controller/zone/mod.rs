@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use self::decide::Step;
@@ -49,7 +49,6 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let controller = Controller::new(scoped::<GameZone>(client, ns), watcher::Config::default());
     let zones = controller.store();
-    let current = zones.clone();
     // Metadata only: Secrets' data never reaches this watch, and their managedFields are dropped.
     let secrets = watcher(scoped::<PartialObjectMeta<Secret>>(client, ns), watcher::Config::default())
         .modify(crate::controller::slim::object)
@@ -69,9 +68,9 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
                 .collect::<Vec<_>>()
         })
         // A zone hears of every status change of each of its servers; coalesce bursts of them.
-        .with_config(super::controller_config())
+        .with_config(super::controller_config(&ctx.config))
         .shutdown_on_signal()
-        .run(move |zone, ctx| reconcile(zone, ctx, current.clone()), error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "zone reconcile did not complete");
@@ -84,15 +83,7 @@ fn error_policy(zone: Arc<GameZone>, err: &Error, ctx: Arc<Context>) -> Action {
     super::report_error(CONTROLLER, &ObjectKey::of(zone.as_ref()), err, &ctx.metrics)
 }
 
-async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>, zones: Store<GameZone>) -> Result<Action> {
-    let _turn = ctx.turns.zones.take().await;
-    // The zone as it is now, not as it was when its reconcile came due.
-    let Some(zone) = zones.get(&ObjectRef::from_obj(zone.as_ref())) else { return Ok(Action::await_change()) };
-    // Boxed: a reconcile waiting for its turn holds only its place in line.
-    Box::pin(reconcile_now(zone, ctx.clone())).await
-}
-
-async fn reconcile_now(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
     super::finalized(
