@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 mod ownership;
 pub mod ports;
+mod queue;
 mod server;
 mod slim;
 pub mod writer;
@@ -358,11 +359,14 @@ where
     (store, run, receivers)
 }
 
-/// How both controllers run: `--concurrency` reconciles at once, and bursts of changes to one
-/// object (a new pod's quick steps, a zone's servers reporting) coalesced into one reconcile.
+/// How the zone controller runs: `--concurrency` reconciles at once, and bursts of changes to
+/// one zone (its servers reporting) coalesced into one reconcile.
 fn controller_config(config: &Config) -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(Duration::from_millis(500))
+    kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(DEBOUNCE)
 }
+
+/// How long both controllers let changes to one object gather before reconciling it.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Requeue delay after an error: user errors wait for a change (or a watched Secret), others
 /// back off briefly.
@@ -370,18 +374,18 @@ fn requeue_after(err: &Error) -> Duration {
     if err.is_user_error() { Duration::from_secs(120) } else { Duration::from_secs(5) }
 }
 
-/// A controller's error policy: a failure is logged and counted; waiting (for servers to
-/// terminate) is neither, since nothing failed.
-fn report_error(controller: &'static str, obj: &key::ObjectKey, err: &Error, metrics: &Metrics) -> Action {
+/// A controller's error policy, returning when to try again: a failure is logged and counted;
+/// waiting (for servers to terminate) is neither, since nothing failed.
+fn report_error(controller: &'static str, obj: &key::ObjectKey, err: &Error, metrics: &Metrics) -> Duration {
     match err {
         Error::Waiting(what) => {
             tracing::debug!(controller, object = %obj, waiting = %what, "waiting");
-            Action::requeue(Duration::from_secs(5))
+            Duration::from_secs(5)
         }
         err => {
             metrics.error(controller, err.reason());
             tracing::warn!(controller, object = %obj, error = %err, "reconcile failed");
-            Action::requeue(requeue_after(err))
+            requeue_after(err)
         }
     }
 }

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 use super::conditions::{self, server_types};
 use super::key::ObjectKey;
 use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
+use super::queue::Requeue;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
@@ -30,47 +31,66 @@ const ROUTINE_RETRY: Duration = Duration::from_secs(2);
 /// Finalizer releasing a GameServer's host ports.
 pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 
-/// Runs the server controller until shutdown, fed by the shared GameServer and Pod watches.
+/// Runs the server controller until shutdown, fed by the shared GameServer and Pod watches: a
+/// pod's change reconciles the GameServer that owns it. Servers are taken in the order they
+/// came due (see [`queue`](super::queue)), so a zone's servers, made together, get their pods
+/// together and the zone's endpoints and status are written once for them.
 pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Triggers<Pod>) {
-    Controller::for_stream(servers, ctx.cache.servers.clone())
-        .owns_stream(pods)
-        // A new pod's first steps (scheduled, started, ready) come in quick succession; one
-        // reconcile after they settle writes one status instead of one per step.
-        .with_config(super::controller_config(&ctx.config))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "server reconcile did not complete");
+    let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
+    let owners = pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| owner(&pod))));
+    // A new pod's first steps (scheduled, started, ready) come in quick succession; one
+    // reconcile after they settle writes one status instead of one per step.
+    let debounce = super::DEBOUNCE;
+    super::queue::run(
+        ctx.cache.servers.clone(),
+        futures::stream::select(servers, owners),
+        usize::from(ctx.config.concurrency),
+        debounce,
+        |gs| {
+            let ctx = ctx.clone();
+            async move {
+                match reconcile(gs.clone(), &ctx).await {
+                    Ok(requeue) => requeue,
+                    Err(e) => Some(super::report_error(CONTROLLER, &ObjectKey::of(gs.as_ref()), &e, &ctx.metrics)),
+                }
             }
-        })
-        .await;
+        },
+    )
+    .await;
 }
 
-fn error_policy(gs: Arc<GameServer>, err: &Error, ctx: Arc<Context>) -> Action {
-    super::report_error(CONTROLLER, &ObjectKey::of(gs.as_ref()), err, &ctx.metrics)
+/// The GameServer that controls `pod`, if one does.
+fn owner(pod: &Pod) -> Option<ObjectRef<GameServer>> {
+    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true))?;
+    let ours = owner.kind == GameServer::kind(&()) && owner.api_version == GameServer::api_version(&());
+    ours.then(|| ObjectRef::new(&owner.name).within(&pod.namespace().unwrap_or_default()))
 }
 
-async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(gs: Arc<GameServer>, ctx: &Context) -> Result<Requeue> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
+    // kube's finalizer carries only its own `Action`, which does not tell its delay; the step's
+    // requeue is kept aside for the queue.
+    let mut requeue = None;
+    let next = &mut requeue;
     super::finalized(
-        finalizer(&api, SERVER_FINALIZER, gs, |event| async {
+        finalizer(&api, SERVER_FINALIZER, gs, |event| async move {
             match event {
-                Finalizer::Apply(gs) => apply(&gs, &ctx).await,
+                Finalizer::Apply(gs) => *next = apply(&gs, ctx).await?,
                 Finalizer::Cleanup(gs) => {
                     ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
                     ctx.writer.forget_server(&gs);
-                    Ok(Action::await_change())
                 }
             }
+            Ok(Action::await_change())
         })
         .await,
-    )
+    )?;
+    Ok(requeue)
 }
 
 /// Converges the server and writes its status when it is worth writing.
-async fn apply(gs: &GameServer, ctx: &Context) -> Result<Action> {
+async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
     let before = ctx.writer.server_base(gs);
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
@@ -379,7 +399,7 @@ fn report_step(status: &mut GameServerStatus, state: ServerState, message: impl 
 /// The steps of a server: host ports, the pod, status from the pod. Returns what to do next and
 /// whether the status is worth writing now (not right after making a pod: its own events
 /// follow at once).
-async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Action, bool)> {
+async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Requeue, bool)> {
     let generation = gs.metadata.generation;
     let (name, ns) = (gs.name_any(), gs.namespace().unwrap_or_default());
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -399,7 +419,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
                 generation,
             );
             conditions::set(&mut status.conditions, server_types::READY, false, "PortsUnavailable", why, generation);
-            return Ok((Action::requeue(Duration::from_secs(10)), true));
+            return Ok((Some(Duration::from_secs(10)), true));
         }
     };
     report_ports(status, &allocations, generation);
@@ -411,29 +431,29 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
-            return Ok((Action::requeue(Duration::from_secs(1)), true));
+            return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Replace => {
             delete_if_present(&pods, &name).await?;
             report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
-            return Ok((Action::requeue(Duration::from_secs(1)), true));
+            return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Recreate(state, why) => {
             delete_if_present(&pods, &name).await?;
             report_step(status, state, why);
-            return Ok((Action::requeue(Duration::from_secs(1)), true));
+            return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Create => {
             // The zone's topology must list this instance's ports before its process starts, so
             // its peers can reach it from the first moment.
             if !gs.spec.ports.is_empty() && !ports_listed(ctx, gs, &status.ports).await? {
                 report_step(status, ServerState::Creating, "waiting for the zone's topology to list its ports");
-                return Ok((Action::requeue(Duration::from_millis(500)), true));
+                return Ok((Some(Duration::from_millis(500)), true));
             }
             let created = create_pod(ctx, gs, &allocations, &deferred, &hash).await?;
             if created.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
                 // Its scheduling and start come as events of the pod; report from there.
-                return Ok((Action::requeue(Duration::from_secs(15)), false));
+                return Ok((Some(Duration::from_secs(15)), false));
             }
             Arc::new(created)
         }
@@ -457,7 +477,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     let now = Timestamp::now();
     let (state, message) = gated(gs, status, state, message, now);
     if let Some(left) = quiet_left(state, message.as_deref(), &pod, now) {
-        return Ok((Action::requeue(left), false));
+        return Ok((Some(left), false));
     }
     // Within the routine write budget: many pods queued at once show their steps in turn.
     if matches!(state, ServerState::Scheduling | ServerState::Starting)
@@ -465,11 +485,10 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         && status.state != Some(state)
         && !ctx.writer.routine_write()
     {
-        return Ok((Action::requeue(ROUTINE_RETRY), false));
+        return Ok((Some(ROUTINE_RETRY), false));
     }
     report_state(status, state, message, generation);
-    let next =
-        if state == ServerState::Ready { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) };
+    let next = if state == ServerState::Ready { None } else { Some(Duration::from_secs(15)) };
     Ok((next, true))
 }
 

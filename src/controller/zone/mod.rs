@@ -80,7 +80,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
 }
 
 fn error_policy(zone: Arc<GameZone>, err: &Error, ctx: Arc<Context>) -> Action {
-    super::report_error(CONTROLLER, &ObjectKey::of(zone.as_ref()), err, &ctx.metrics)
+    Action::requeue(super::report_error(CONTROLLER, &ObjectKey::of(zone.as_ref()), err, &ctx.metrics))
 }
 
 async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
