@@ -51,6 +51,8 @@ pub struct Metrics {
     pub managed: Family<KindLabels, Gauge>,
     /// Host port slots per range, used and free.
     pub port_slots: Family<PortLabels, Gauge>,
+    /// Objects due for a reconcile and waiting for a free one, per controller.
+    pub queue_depth: Family<ControllerLabels, Gauge>,
     registry: Registry,
 }
 
@@ -64,12 +66,14 @@ impl Default for Metrics {
         });
         let managed = Family::<KindLabels, Gauge>::default();
         let port_slots = Family::<PortLabels, Gauge>::default();
+        let queue_depth = Family::<ControllerLabels, Gauge>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile durations", durations.clone());
         registry.register("managed_objects", "Objects managed, by kind", managed.clone());
         registry.register("port_slots", "Host port slots (port x node) per range, used and free", port_slots.clone());
-        Self { reconciles, errors, durations, managed, port_slots, registry }
+        registry.register("queue_depth", "Objects due for a reconcile, waiting for a free one", queue_depth.clone());
+        Self { reconciles, errors, durations, managed, port_slots, queue_depth, registry }
     }
 }
 

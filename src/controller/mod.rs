@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -359,14 +359,16 @@ where
     (store, run, receivers)
 }
 
-/// How the zone controller runs: `--concurrency` reconciles at once, and bursts of changes to
-/// one zone (its servers reporting) coalesced into one reconcile.
-fn controller_config(config: &Config) -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(DEBOUNCE)
+/// How a controller's queue runs: `--concurrency` reconciles at once, bursts of changes to one
+/// object (a new pod's quick steps, a zone's servers reporting) coalesced into one reconcile
+/// half a second after the last, and its depth exported as `gamezone_queue_depth`.
+fn queue_settings(ctx: &Context, controller: &'static str) -> queue::Settings {
+    queue::Settings {
+        concurrency: usize::from(ctx.config.concurrency),
+        debounce: Duration::from_millis(500),
+        depth: ctx.metrics.queue_depth.get_or_create(&metrics::ControllerLabels { controller }).clone(),
+    }
 }
-
-/// How long both controllers let changes to one object gather before reconciling it.
-const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Requeue delay after an error: user errors wait for a change (or a watched Secret), others
 /// back off briefly.
@@ -374,34 +376,69 @@ fn requeue_after(err: &Error) -> Duration {
     if err.is_user_error() { Duration::from_secs(120) } else { Duration::from_secs(5) }
 }
 
-/// A controller's error policy, returning when to try again: a failure is logged and counted;
-/// waiting (for servers to terminate) is neither, since nothing failed.
-fn report_error(controller: &'static str, obj: &key::ObjectKey, err: &Error, metrics: &Metrics) -> Duration {
-    match err {
-        Error::Waiting(what) => {
+/// When a reconcile's object runs again, by its outcome: as it asked, or, after an error, as the
+/// error policy says. A failure is logged and counted; waiting (for servers to terminate) is
+/// neither, since nothing failed.
+fn next_run(
+    controller: &'static str,
+    obj: &key::ObjectKey,
+    outcome: Result<queue::Requeue>,
+    metrics: &Metrics,
+) -> queue::Requeue {
+    match outcome {
+        Ok(requeue) => requeue,
+        Err(Error::Waiting(what)) => {
             tracing::debug!(controller, object = %obj, waiting = %what, "waiting");
-            Duration::from_secs(5)
+            Some(Duration::from_secs(5))
         }
-        err => {
+        Err(err) => {
             metrics.error(controller, err.reason());
             tracing::warn!(controller, object = %obj, error = %err, "reconcile failed");
-            requeue_after(err)
+            Some(requeue_after(&err))
         }
     }
 }
 
-/// What a reconcile behind a finalizer came to: a step's own error as it is, and a finalizer
-/// that could not be taken off because its object is gone already counted as done. That happens
-/// when a reconcile reads the object from a cache that has not yet heard of its deletion: the
-/// cleanup ran again, idempotently, and the object went with the first removal.
-fn finalized(result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>) -> Result<Action> {
+/// Runs `step` behind the finalizer `name` of `obj` (kube's `finalizer`: added before the first
+/// `Apply`, removed after a `Cleanup` succeeds) and returns when to reconcile again.
+async fn finalized<K, F, Fut>(api: &Api<K>, name: &str, obj: Arc<K>, step: F) -> Result<queue::Requeue>
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    F: FnOnce(kube::runtime::finalizer::Event<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<queue::Requeue>>,
+{
+    // kube's finalizer carries only its own `Action`, which does not tell its delay: the step's
+    // is kept aside.
+    let mut requeue = None;
+    let next = &mut requeue;
+    let result = kube::runtime::finalizer::finalizer(api, name, obj, |event| async move {
+        *next = step(event).await?;
+        Ok(Action::await_change())
+    })
+    .await;
+    settled(result)?;
+    Ok(requeue)
+}
+
+/// What a step behind a finalizer came to: its own error as it is, and a finalizer that could
+/// not be taken off because its object is gone already counted as done. That happens when a
+/// reconcile reads the object from a cache that has not yet heard of its deletion: the cleanup
+/// ran again, idempotently, and the object went with the first removal.
+fn settled(result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>) -> Result<()> {
     use kube::runtime::finalizer::Error as Step;
     match result {
-        Ok(action) => Ok(action),
+        Ok(_) => Ok(()),
         Err(Step::ApplyFailed(e) | Step::CleanupFailed(e)) => Err(e),
-        Err(Step::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
+        Err(Step::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(()),
         Err(other) => Err(Error::Finalizer(Box::new(other))),
     }
+}
+
+/// The object of kind `P` that controls `obj` (its owner reference marked `controller`), if any.
+fn controller_of<P: Resource<DynamicType = ()>>(obj: &impl Resource) -> Option<ObjectRef<P>> {
+    let owner = obj.meta().owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+    let ours = owner.kind == P::kind(&()) && owner.api_version == P::api_version(&());
+    ours.then(|| ObjectRef::new(&owner.name).within(obj.meta().namespace.as_deref().unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -415,15 +452,15 @@ mod tests {
 
     #[test]
     fn a_finalizer_whose_object_is_gone_is_done() {
-        assert_eq!(finalized(Err(Step::RemoveFinalizer(api_error(404)))).unwrap(), Action::await_change());
+        assert!(settled(Err(Step::RemoveFinalizer(api_error(404)))).is_ok());
     }
 
     #[test]
     fn other_finalizer_failures_stay_errors() {
         for failed in [Step::RemoveFinalizer(api_error(422)), Step::AddFinalizer(api_error(404))] {
-            assert!(matches!(finalized(Err(failed)), Err(Error::Finalizer(_))));
+            assert!(matches!(settled(Err(failed)), Err(Error::Finalizer(_))));
         }
-        let step = finalized(Err(Step::CleanupFailed(Error::Waiting("servers to end".into()))));
+        let step = settled(Err(Step::CleanupFailed(Error::Waiting("servers to end".into()))));
         assert!(matches!(step, Err(Error::Waiting(_))));
     }
 }

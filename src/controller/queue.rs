@@ -1,4 +1,4 @@
-//! The server controller's work queue: objects are reconciled in the order they came due, at
+//! The controllers' work queue: objects are reconciled in the order they came due, at
 //! most `concurrency` at once, one reconcile per object at a time.
 //!
 //! kube's runner, at its bound, parks the reconciles that come due in a hash set and takes them
@@ -17,6 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 /// When an object is taken again without a change to it: after the delay, or only on a change.
@@ -114,22 +115,37 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     pub fn active(&self) -> usize {
         self.active.len()
     }
+
+    /// Objects in line, due and not yet taken.
+    pub fn due(&self) -> usize {
+        self.due.len()
+    }
 }
 
-/// Reconciles the objects of `store` that `changes` name, `concurrency` at once, each through
+/// How a controller's queue runs: reconciles at once, the debounce, and the gauge of its depth.
+pub struct Settings {
+    /// Reconciles at once.
+    pub concurrency: usize,
+    /// How long changes to one object gather before it is reconciled.
+    pub debounce: Duration,
+    /// Set to the objects due and waiting for a free reconcile.
+    pub depth: Gauge,
+}
+
+/// Reconciles the objects of `store` that `changes` name, as `settings` say, each through
 /// `reconcile` (which handles its own errors), until SIGTERM or Ctrl-C; then lets the running
 /// ones finish.
 pub async fn run<K, F, Fut>(
     store: Store<K>,
     changes: impl Stream<Item = ObjectRef<K>>,
-    concurrency: usize,
-    debounce: Duration,
+    settings: Settings,
     mut reconcile: F,
 ) where
     K: Resource<DynamicType = ()> + Clone + 'static,
     F: FnMut(Arc<K>) -> Fut,
     Fut: Future<Output = Requeue>,
 {
+    let Settings { concurrency, debounce, depth } = settings;
     let mut queue = Queue::new(debounce);
     let mut running = FuturesUnordered::new();
     let mut changes = std::pin::pin!(changes);
@@ -149,6 +165,7 @@ pub async fn run<K, F, Fut>(
                 None => queue.done(obj, None),
             }
         }
+        depth.set(queue.due() as i64);
         if stopping && running.is_empty() {
             return;
         }
@@ -202,6 +219,8 @@ mod tests {
             q.add(name, t0 + ms(i as u64));
         }
         assert_eq!(drain(&mut q, t0 + ms(400)), Vec::<&str>::new(), "nothing before the debounce");
+        q.promote(t0 + ms(600));
+        assert_eq!(q.due(), 8);
         assert_eq!(drain(&mut q, t0 + ms(600)), vec!["a", "b", "c", "d", "e", "f", "g", "h"]);
     }
 

@@ -7,8 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
@@ -37,56 +36,39 @@ pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 /// together and the zone's endpoints and status are written once for them.
 pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Triggers<Pod>) {
     let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
-    let owners = pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| owner(&pod))));
+    let owners =
+        pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| super::controller_of(&pod))));
     // A new pod's first steps (scheduled, started, ready) come in quick succession; one
     // reconcile after they settle writes one status instead of one per step.
-    let debounce = super::DEBOUNCE;
     super::queue::run(
         ctx.cache.servers.clone(),
         futures::stream::select(servers, owners),
-        usize::from(ctx.config.concurrency),
-        debounce,
+        super::queue_settings(&ctx, CONTROLLER),
         |gs| {
             let ctx = ctx.clone();
             async move {
-                match reconcile(gs.clone(), &ctx).await {
-                    Ok(requeue) => requeue,
-                    Err(e) => Some(super::report_error(CONTROLLER, &ObjectKey::of(gs.as_ref()), &e, &ctx.metrics)),
-                }
+                let key = ObjectKey::of(gs.as_ref());
+                super::next_run(CONTROLLER, &key, reconcile(gs, &ctx).await, &ctx.metrics)
             }
         },
     )
     .await;
 }
 
-/// The GameServer that controls `pod`, if one does.
-fn owner(pod: &Pod) -> Option<ObjectRef<GameServer>> {
-    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true))?;
-    let ours = owner.kind == GameServer::kind(&()) && owner.api_version == GameServer::api_version(&());
-    ours.then(|| ObjectRef::new(&owner.name).within(&pod.namespace().unwrap_or_default()))
-}
-
 async fn reconcile(gs: Arc<GameServer>, ctx: &Context) -> Result<Requeue> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
-    // kube's finalizer carries only its own `Action`, which does not tell its delay; the step's
-    // requeue is kept aside for the queue.
-    let mut requeue = None;
-    let next = &mut requeue;
-    super::finalized(
-        finalizer(&api, SERVER_FINALIZER, gs, |event| async move {
-            match event {
-                Finalizer::Apply(gs) => *next = apply(&gs, ctx).await?,
-                Finalizer::Cleanup(gs) => {
-                    ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
-                    ctx.writer.forget_server(&gs);
-                }
+    super::finalized(&api, SERVER_FINALIZER, gs, |event| async move {
+        match event {
+            Finalizer::Apply(gs) => apply(&gs, ctx).await,
+            Finalizer::Cleanup(gs) => {
+                ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
+                ctx.writer.forget_server(&gs);
+                Ok(None)
             }
-            Ok(Action::await_change())
-        })
-        .await,
-    )?;
-    Ok(requeue)
+        }
+    })
+    .await
 }
 
 /// Converges the server and writes its status when it is worth writing.
@@ -94,7 +76,7 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
     let before = ctx.writer.server_base(gs);
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
-    let (action, write) = converge(gs, ctx, &mut status).await?;
+    let (requeue, write) = converge(gs, ctx, &mut status).await?;
     if write && status != before {
         if let Some((warning, reason, note)) = noteworthy(&before, &status) {
             ctx.event(gs, warning, &reason, note).await;
@@ -102,7 +84,7 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
         tracing::debug!(server = %ObjectKey::of(gs), from = ?before.state, to = ?status.state, "writing status");
         ctx.writer.server_status(gs, &status).await?;
     }
-    Ok(action)
+    Ok(requeue)
 }
 
 /// The Event a state change is worth, if any: routine steps (Creating, Scheduling, Starting,

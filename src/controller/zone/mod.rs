@@ -12,22 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::ready;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::finalizer::Event as Finalizer;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use self::decide::Step;
 use self::steps::{At, Live, StepResult, background};
 use super::key::ObjectKey;
+use super::queue::Requeue;
 use super::writer::StatusWrite;
-use super::{Context, Triggers, ZONE_FINALIZER, requeue_after, scoped};
+use super::{Context, Triggers, ZONE_FINALIZER, controller_of, requeue_after, scoped};
 use crate::api::*;
 use crate::zone as build;
 use crate::{Error, Result};
@@ -40,66 +41,74 @@ const EDITS_REFRESH: Duration = Duration::from_secs(10);
 /// `spec.artifactsInterval` when it is not given.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Runs the zone controller until shutdown, hearing of its servers and Services from the shared
-/// watches, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
-/// creation moves its zone on at once.
+/// Runs the zone controller until shutdown, hearing of its zones from a watch of its own, of
+/// their servers and Services from the shared watches, of their migration Jobs from a watch of
+/// those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
+/// creation moves its zone on at once. Zones are taken in the order they came due, as servers
+/// are (see [`queue`](super::queue)).
 pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Triggers<Service>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let controller = Controller::new(scoped::<GameZone>(client, ns), watcher::Config::default());
-    let zones = controller.store();
+    let (zones, writer) = reflector::store();
+    let zone_changes = watcher(scoped::<GameZone>(client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(crate::controller::slim::object)
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(|zone| ready(zone.ok().map(|z| ObjectRef::from_obj(&z))));
+    let jobs = watcher(scoped::<Job>(client, ns), owned).default_backoff().touched_objects();
     // Metadata only: Secrets' data never reaches this watch, and their managedFields are dropped.
     let secrets = watcher(scoped::<PartialObjectMeta<Secret>>(client, ns), watcher::Config::default())
         .modify(crate::controller::slim::object)
         .default_backoff()
         .touched_objects();
-    controller
-        .owns_stream(servers)
-        .owns_stream(services)
-        .owns(scoped::<Job>(client, ns), owned)
-        .watches_stream(secrets, move |secret| {
+    let naming = zones.clone();
+    let users = secrets.flat_map(move |secret| {
+        let named = secret.ok().map(|secret| {
             let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-            zones
+            naming
                 .state()
                 .into_iter()
                 .filter(|z| z.namespace().as_deref() == Some(ns.as_str()) && decide::names_secret(z, &name))
                 .map(|z| ObjectRef::from_obj(z.as_ref()))
                 .collect::<Vec<_>>()
-        })
-        // A zone hears of every status change of each of its servers; coalesce bursts of them.
-        .with_config(super::controller_config(&ctx.config))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "zone reconcile did not complete");
-            }
-        })
-        .await;
+        });
+        futures::stream::iter(named.unwrap_or_default())
+    });
+    let changes = futures::stream::select_all([
+        zone_changes.boxed(),
+        servers.filter_map(|c| ready(c.ok().and_then(|gs| controller_of(&gs)))).boxed(),
+        services.filter_map(|c| ready(c.ok().and_then(|svc| controller_of(&svc)))).boxed(),
+        jobs.filter_map(|c| ready(c.ok().and_then(|job| controller_of(&job)))).boxed(),
+        users.boxed(),
+    ]);
+    // A zone hears of every status change of each of its servers; bursts of them are coalesced.
+    super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| {
+        let ctx = ctx.clone();
+        async move {
+            let key = ObjectKey::of(zone.as_ref());
+            super::next_run(CONTROLLER, &key, reconcile(zone, &ctx).await, &ctx.metrics)
+        }
+    })
+    .await;
 }
 
-fn error_policy(zone: Arc<GameZone>, err: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(super::report_error(CONTROLLER, &ObjectKey::of(zone.as_ref()), err, &ctx.metrics))
-}
-
-async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(zone: Arc<GameZone>, ctx: &Context) -> Result<Requeue> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-    super::finalized(
-        finalizer(&api, ZONE_FINALIZER, zone, |event| async {
-            match event {
-                Finalizer::Apply(zone) => apply(&zone, &ctx).await,
-                Finalizer::Cleanup(zone) => cleanup(&zone, &ctx).await,
-            }
-        })
-        .await,
-    )
+    super::finalized(&api, ZONE_FINALIZER, zone, |event| async move {
+        match event {
+            Finalizer::Apply(zone) => apply(&zone, ctx).await,
+            Finalizer::Cleanup(zone) => cleanup(&zone, ctx).await,
+        }
+    })
+    .await
 }
 
 /// Converges the zone and writes its status. Every outcome shows in status: a step that fails
 /// sets its condition (and `Ready`) with why and, when it is transient, when it is retried.
-async fn apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
+async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let before = ctx.writer.zone_base(zone);
     let mut status = before.clone();
     status.observed_generation = zone.metadata.generation;
@@ -112,22 +121,22 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Action> {
         ctx.event(zone, warning, &reason, note).await;
     }
     let written = ctx.writer.zone_status(zone, &before, &status).await?;
-    let action = match outcome {
-        Ok(action) => action,
+    let requeue = match outcome {
+        Ok(requeue) => requeue,
         // A person must act; the Secret watch or an edit of the zone brings it back sooner.
-        Err((_, e)) if e.is_user_error() => Action::requeue(requeue_after(&e)),
+        Err((_, e)) if e.is_user_error() => Some(requeue_after(&e)),
         Err((_, e)) => return Err(e),
     };
     // A status held back comes out at the next reconcile, due by then.
     Ok(match written {
-        StatusWrite::Deferred(within) => Action::requeue(within),
-        _ => action,
+        StatusWrite::Deferred(within) => Some(within),
+        _ => requeue,
     })
 }
 
 /// The steps of a zone, in order. Servers move to a new version only once its migration
 /// succeeded; each server's ports are listed in the topology before the server exists.
-async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Action> {
+async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Requeue> {
     build::validate(zone).at(Step::Check)?;
     steps::check_secrets(zone, ctx).await.at(Step::Check)?;
     let interval = interval(zone);
@@ -136,7 +145,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
 
     if !steps::migrate(zone, ctx, status, &pins).await.at(Step::Migrate)? {
         let wait = if status.phase == Some(ZonePhase::Degraded) { 120 } else { 10 };
-        return Ok(Action::requeue(Duration::from_secs(wait)));
+        return Ok(Some(Duration::from_secs(wait)));
     }
 
     let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
@@ -164,7 +173,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     };
     // The edits share's state is read, not watched.
     let next = if zone.spec.edits.is_some() { next.min(EDITS_REFRESH) } else { next };
-    Ok(Action::requeue(next))
+    Ok(Some(next))
 }
 
 /// How often moving references are resolved again; `None` when only spec changes do it.
@@ -175,7 +184,7 @@ fn interval(zone: &GameZone) -> Option<Duration> {
 
 /// Removes everything the zone made, even objects whose owner reference was lost. While it
 /// waits, the zone's phase is Terminating and `Ready` says for what.
-async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
+async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let before = ctx.writer.zone_base(zone);
     let mut status = before.clone();
     let result = remove_children(zone, ctx).await;
@@ -190,7 +199,7 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Action> {
 }
 
 /// The work of [`cleanup`]: `Err(Error::Waiting)` while servers are still terminating.
-async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
+async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let ns = zone.namespace().unwrap_or_default();
     let lp = ListParams::default().labels(&build::zone_selector(&zone.name_any()));
     let bg = background();
@@ -248,7 +257,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Action> {
     pods.delete_collection(&bg, &lp).await?;
     forget(zone, ctx);
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
-    Ok(Action::await_change())
+    Ok(None)
 }
 
 /// Drains every server of a deleted zone as a scale-down would, deleting those that may go;
