@@ -260,10 +260,16 @@ fn needs_drain(live: &GameServer, now: Timestamp) -> bool {
     serving(live) && (allocated || !live.spec.lifecycle.deletable_gates.is_empty())
 }
 
-/// Whether `live` serves players now: Ready and not drained.
+/// Whether `live` serves players now: Ready, not drained, and its status speaks of the spec it
+/// has (`observedGeneration`). A server just given a new template still shows its old pod's
+/// Ready until the server controller reports on the new one; counted available then, a second
+/// server would be taken out beside it.
 fn available(live: Option<&&GameServer>) -> bool {
     live.is_some_and(|l| {
-        l.spec.not_in_service().is_none() && l.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
+        let status = l.status.as_ref();
+        l.spec.not_in_service().is_none()
+            && status.and_then(|s| s.state) == Some(ServerState::Ready)
+            && status.and_then(|s| s.observed_generation) == l.metadata.generation
     })
 }
 

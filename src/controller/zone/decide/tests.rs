@@ -303,6 +303,17 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     assert_eq!(p.apply[0].0.spec, new[0].spec, "the new template, back in service");
     assert!(p.drains.is_empty(), "two are out: nothing more starts");
 
+    // game-1 has its new template, but its status still speaks of the old pod: it is out until
+    // the server controller reports on the new one.
+    live[0].spec = new[0].spec.clone();
+    live[0].metadata.generation = Some(3);
+    live[0].status = ready(live[0].clone()).status.map(|s| GameServerStatus { observed_generation: Some(2), ..s });
+    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    assert!(p.drains.is_empty(), "game-1 not yet reported and game-2 draining: nothing more starts");
+    live[0].status.as_mut().unwrap().observed_generation = Some(3);
+    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    assert_eq!(p.drains, ["z1-game-3"], "game-1 reported Ready on its new template: the next one starts");
+
     // Recreate drains every instance at once.
     let recreate =
         BTreeMap::from([("game".to_string(), UpdateStrategy { type_: UpdateType::Recreate, max_unavailable: None })]);
