@@ -364,6 +364,8 @@ where
 /// half a second after the last, and its depth exported as `gamezone_queue_depth`.
 fn queue_settings(ctx: &Context, controller: &'static str) -> queue::Settings {
     queue::Settings {
+        controller,
+        metrics: ctx.metrics.clone(),
         concurrency: usize::from(ctx.config.concurrency),
         debounce: Duration::from_millis(500),
         depth: ctx.metrics.queue_depth.get_or_create(&metrics::ControllerLabels { controller }).clone(),

@@ -18,6 +18,9 @@ use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::metrics::gauge::Gauge;
+
+use super::key::ObjectKey;
+use super::{Metrics, next_run};
 use tokio::time::Instant;
 
 /// When an object is taken again without a change to it: after the delay, or only on a change.
@@ -122,8 +125,13 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     }
 }
 
-/// How a controller's queue runs: reconciles at once, the debounce, and the gauge of its depth.
+/// How a controller's queue runs: whose it is, reconciles at once, the debounce, and the gauge
+/// of its depth.
 pub struct Settings {
+    /// `zone` or `server`, as logs and metrics name it.
+    pub controller: &'static str,
+    /// Where failures are counted.
+    pub metrics: Arc<Metrics>,
     /// Reconciles at once.
     pub concurrency: usize,
     /// How long changes to one object gather before it is reconciled.
@@ -133,8 +141,8 @@ pub struct Settings {
 }
 
 /// Reconciles the objects of `store` that `changes` name, as `settings` say, each through
-/// `reconcile` (which handles its own errors), until SIGTERM or Ctrl-C; then lets the running
-/// ones finish.
+/// `reconcile` and then again as its outcome says ([`next_run`]), until SIGTERM or Ctrl-C; then
+/// lets the running ones finish.
 pub async fn run<K, F, Fut>(
     store: Store<K>,
     changes: impl Stream<Item = ObjectRef<K>>,
@@ -143,9 +151,9 @@ pub async fn run<K, F, Fut>(
 ) where
     K: Resource<DynamicType = ()> + Clone + 'static,
     F: FnMut(Arc<K>) -> Fut,
-    Fut: Future<Output = Requeue>,
+    Fut: Future<Output = crate::Result<Requeue>>,
 {
-    let Settings { concurrency, debounce, depth } = settings;
+    let Settings { controller, metrics, concurrency, debounce, depth } = settings;
     let mut queue = Queue::new(debounce);
     let mut running = FuturesUnordered::new();
     let mut changes = std::pin::pin!(changes);
@@ -158,8 +166,12 @@ pub async fn run<K, F, Fut>(
             let Some(obj) = queue.take() else { break };
             match store.get(&obj) {
                 Some(live) => {
-                    let run = reconcile(live);
-                    running.push(async move { (obj, run.await) });
+                    let (run, metrics) = (reconcile(live), metrics.clone());
+                    running.push(async move {
+                        let key = ObjectKey::new(obj.namespace.clone().unwrap_or_default(), &obj.name);
+                        let requeue = next_run(controller, &key, run.await, &metrics);
+                        (obj, requeue)
+                    });
                 }
                 // Deleted since: nothing to do until it comes back.
                 None => queue.done(obj, None),

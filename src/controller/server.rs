@@ -44,18 +44,13 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Trigger
         ctx.cache.servers.clone(),
         futures::stream::select(servers, owners),
         super::queue_settings(&ctx, CONTROLLER),
-        |gs| {
-            let ctx = ctx.clone();
-            async move {
-                let key = ObjectKey::of(gs.as_ref());
-                super::next_run(CONTROLLER, &key, reconcile(gs, &ctx).await, &ctx.metrics)
-            }
-        },
+        |gs| reconcile(gs, ctx.clone()),
     )
     .await;
 }
 
-async fn reconcile(gs: Arc<GameServer>, ctx: &Context) -> Result<Requeue> {
+async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ctx = ctx.as_ref();
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
     super::finalized(&api, SERVER_FINALIZER, gs, |event| async move {

@@ -84,17 +84,12 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Tri
         users.boxed(),
     ]);
     // A zone hears of every status change of each of its servers; bursts of them are coalesced.
-    super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| {
-        let ctx = ctx.clone();
-        async move {
-            let key = ObjectKey::of(zone.as_ref());
-            super::next_run(CONTROLLER, &key, reconcile(zone, &ctx).await, &ctx.metrics)
-        }
-    })
-    .await;
+    super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| reconcile(zone, ctx.clone()))
+        .await;
 }
 
-async fn reconcile(zone: Arc<GameZone>, ctx: &Context) -> Result<Requeue> {
+async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ctx = ctx.as_ref();
     let _timer = ctx.metrics.start(CONTROLLER);
     let api: Api<GameZone> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
     super::finalized(&api, ZONE_FINALIZER, zone, |event| async move {
