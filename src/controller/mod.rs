@@ -368,7 +368,6 @@ fn queue_settings(ctx: &Context, controller: &'static str) -> queue::Settings {
         metrics: ctx.metrics.clone(),
         concurrency: usize::from(ctx.config.concurrency),
         debounce: Duration::from_millis(500),
-        depth: ctx.metrics.queue_depth.get_or_create(&metrics::ControllerLabels { controller }).clone(),
     }
 }
 

@@ -17,11 +17,11 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
-use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
 
 use super::key::ObjectKey;
+use super::metrics::ControllerLabels;
 use super::{Metrics, next_run};
-use tokio::time::Instant;
 
 /// When an object is taken again without a change to it: after the delay, or only on a change.
 pub type Requeue = Option<Duration>;
@@ -125,19 +125,17 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     }
 }
 
-/// How a controller's queue runs: whose it is, reconciles at once, the debounce, and the gauge
-/// of its depth.
+/// How a controller's queue runs: whose it is, where its failures and depth are counted,
+/// reconciles at once, and the debounce.
 pub struct Settings {
     /// `zone` or `server`, as logs and metrics name it.
     pub controller: &'static str,
-    /// Where failures are counted.
+    /// Where failures and the queue's depth are counted.
     pub metrics: Arc<Metrics>,
     /// Reconciles at once.
     pub concurrency: usize,
     /// How long changes to one object gather before it is reconciled.
     pub debounce: Duration,
-    /// Set to the objects due and waiting for a free reconcile.
-    pub depth: Gauge,
 }
 
 /// Reconciles the objects of `store` that `changes` name, as `settings` say, each through
@@ -153,7 +151,8 @@ pub async fn run<K, F, Fut>(
     F: FnMut(Arc<K>) -> Fut,
     Fut: Future<Output = crate::Result<Requeue>>,
 {
-    let Settings { controller, metrics, concurrency, debounce, depth } = settings;
+    let Settings { controller, metrics, concurrency, debounce } = settings;
+    let depth = metrics.queue_depth.get_or_create(&ControllerLabels { controller }).clone();
     let mut queue = Queue::new(debounce);
     let mut running = FuturesUnordered::new();
     let mut changes = std::pin::pin!(changes);
