@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{GameServer, MANAGED_BY_LABEL, MANAGER, PortStatus};
 use crate::zone::BuildConfig;
 use crate::{Error, Result};
+use slim::StoredServer;
 
 pub use metrics::Metrics;
 pub use server::{pod_without_host_ports, pods_on_an_empty_cluster, ready_status};
@@ -85,8 +86,9 @@ pub struct Context {
 pub struct Cache {
     /// Nodes, for node addresses in GameServer status.
     pub nodes: Store<Node>,
-    /// GameServers, as the watch shared by both controllers last saw them.
-    pub servers: Store<GameServer>,
+    /// GameServers, as the watch shared by both controllers last saw them; read them whole with
+    /// [`Cache::servers_of`] or [`StoredServer::server`].
+    pub servers: Store<StoredServer>,
     /// Pods the operator made, from the server controller's watch.
     pub pods: Store<Pod>,
     /// Services the operator made, from the zone controller's watch.
@@ -95,6 +97,13 @@ pub struct Cache {
     pub servers_by_zone: Arc<index::ByZone>,
     /// `services` by zone.
     pub services_by_zone: Arc<index::ByZone>,
+}
+
+impl Cache {
+    /// The GameServers of `zone` that the store holds now, whole.
+    pub fn servers_of(&self, zone: &key::ObjectKey) -> Vec<Arc<GameServer>> {
+        self.servers_by_zone.of(&self.servers, zone).iter().map(|s| Arc::new(s.server())).collect()
+    }
 }
 
 impl Context {
@@ -187,18 +196,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let (servers_by_zone, services_by_zone) = (Arc::new(index::ByZone::default()), Arc::new(index::ByZone::default()));
     let (servers, server_watch, mut server_triggers) = shared_watch(
-        scoped::<GameServer>(&client, &config.namespace),
+        scoped::<StoredServer>(&client, &config.namespace),
         watcher::Config::default(),
         2,
         Some(servers_by_zone.clone()),
-        Slim {
-            keep: slim::object,
-            trigger: |g| GameServer {
-                metadata: slim::trigger_meta(&g.metadata),
-                spec: Default::default(),
-                status: None,
-            },
-        },
+        Slim { keep: slim::object, trigger: StoredServer::trigger },
     );
     let (pods, pod_watch, mut pod_triggers) = shared_watch(
         scoped::<Pod>(&client, &config.namespace),

@@ -15,6 +15,7 @@ use super::conditions::{self, server_types};
 use super::key::ObjectKey;
 use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
 use super::queue::Requeue;
+use super::slim::StoredServer;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
@@ -34,7 +35,7 @@ pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 /// pod's change reconciles the GameServer that owns it. Servers are taken in the order they
 /// came due (see [`queue`](super::queue)), so a zone's servers, made together, get their pods
 /// together and the zone's endpoints and status are written once for them.
-pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Triggers<Pod>) {
+pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Triggers<Pod>) {
     let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
     let owners =
         pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| super::controller_of(&pod))));
@@ -44,7 +45,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, pods: Trigger
         ctx.cache.servers.clone(),
         futures::stream::select(servers, owners),
         super::queue_settings(&ctx, CONTROLLER),
-        |gs| reconcile(gs, ctx.clone()),
+        |stored| reconcile(Arc::new(stored.server()), ctx.clone()),
     )
     .await;
 }

@@ -3,10 +3,14 @@
 //! from a cache (writes are server-side applies of what the operator builds), so what is
 //! dropped here is not lost.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Deserializer};
 
+use crate::api::GameServer;
 use crate::webhook::patch::passthrough_ports;
 
 /// Any object: managedFields, which nothing here reads, are most of a small object.
@@ -49,6 +53,75 @@ pub fn trigger_meta(meta: &ObjectMeta) -> ObjectMeta {
         resource_version: meta.resource_version.clone(),
         owner_references: meta.owner_references.clone(),
         ..Default::default()
+    }
+}
+
+/// A GameServer as the store keeps it: whole but for its pod template, which is kept as the JSON
+/// it encodes to and decoded when a reconcile reads the server ([`StoredServer::server`]). A
+/// decoded template is kilobytes even for one container, since every optional field of a
+/// PodSpec, Container and Volume is held inline, and its JSON a small part of that; the store
+/// holds every server of the operator's scope, and a reconcile reads only a few at a time.
+#[derive(Clone, Debug)]
+pub struct StoredServer {
+    /// The server, its `spec.template` left empty.
+    rest: GameServer,
+    /// Its `spec.template`, as JSON.
+    template: Box<str>,
+}
+
+impl StoredServer {
+    /// The server as the API server sent it (but for managedFields).
+    pub fn server(&self) -> GameServer {
+        let mut gs = self.rest.clone();
+        gs.spec.template = serde_json::from_str(&self.template).expect("a template encoded here decodes");
+        gs
+    }
+
+    /// What a controller is told of a change to `self` (see [`trigger_meta`]).
+    pub fn trigger(&self) -> Self {
+        let rest = GameServer { metadata: trigger_meta(&self.rest.metadata), spec: Default::default(), status: None };
+        StoredServer { rest, template: "{}".into() }
+    }
+}
+
+impl From<GameServer> for StoredServer {
+    fn from(mut gs: GameServer) -> Self {
+        object(&mut gs);
+        let template = std::mem::take(&mut gs.spec.template);
+        let template = serde_json::to_string(&template).expect("a pod template encodes to JSON");
+        StoredServer { rest: gs, template: template.into_boxed_str() }
+    }
+}
+
+/// A watch event's object is decoded whole, then its template encoded: the whole copy lives only
+/// as long as the event.
+impl<'de> Deserialize<'de> for StoredServer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        GameServer::deserialize(d).map(Self::from)
+    }
+}
+
+impl Resource for StoredServer {
+    type DynamicType = ();
+    type Scope = <GameServer as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        GameServer::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        GameServer::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        GameServer::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        GameServer::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.rest.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.rest.metadata
     }
 }
 
@@ -132,6 +205,61 @@ mod tests {
             "the assigned port reads the same"
         );
         assert_eq!(crate::webhook::patch::final_ports(&p).get("client"), Some(&7777));
+    }
+
+    /// Servers of a zone with every kind of part a template can have: artifact layers (an init
+    /// container and volumes), a database, ports, the SDK sidecar, and a status.
+    fn servers() -> Vec<GameServer> {
+        let zone: crate::api::GameZone = serde_json::from_value(json!({
+            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+            "metadata": {"name": "z", "namespace": "n", "uid": "u-1"},
+            "spec": {"zoneId": 7, "defaultImage": "svc:1",
+                "services": [
+                    {"type": "game", "id": 1, "endId": 2, "ports": [{"name": "client", "containerPort": 7777}],
+                     "ready": "Sdk", "deletableGates": ["players"]},
+                    {"type": "db", "id": 1, "image": "svc:2"}],
+                "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}},
+                "artifacts": [
+                    {"path": "/app/artifacts", "s3": {"endpoint": "http://s3", "bucket": "b", "secretRef": {"name": "c"}}},
+                    {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}]}
+        }))
+        .unwrap();
+        let pins = ["a".to_string(), "b".to_string()];
+        let mut servers = crate::zone::game_servers(&zone, &pins, &Default::default()).unwrap();
+        let game = servers[0].spec.template.spec.as_ref().unwrap();
+        assert!(game.init_containers.as_ref().is_some_and(|c| c.len() >= 2), "artifacts and the SDK sidecar");
+        for gs in &mut servers {
+            gs.metadata.resource_version = Some("9".into());
+            gs.status = Some(crate::api::GameServerStatus { pod_name: gs.metadata.name.clone(), ..Default::default() });
+        }
+        servers
+    }
+
+    #[test]
+    fn a_stored_server_reads_back_whole_but_for_managed_fields() {
+        for gs in servers() {
+            assert!(gs.spec.template.spec.as_ref().is_some_and(|p| !p.containers.is_empty()));
+            let mut sent = serde_json::to_value(&gs).unwrap();
+            sent["metadata"]["managedFields"] = json!([{"manager": "gamezone", "operation": "Apply"}]);
+            // As a watch event's object arrives (text), and as a test builds one (a value).
+            let stored: StoredServer = serde_json::from_str(&sent.to_string()).unwrap();
+            let parts = |g: GameServer| (g.metadata, g.spec, g.status);
+            let mut want = gs.clone();
+            want.metadata.managed_fields = Some(Vec::new());
+            assert_eq!(parts(stored.server()), parts(want.clone()));
+            assert_eq!(parts(serde_json::from_value::<StoredServer>(sent).unwrap().server()), parts(want));
+            assert_eq!(stored.rest.spec.template, Default::default(), "the store holds the template as JSON only");
+            assert_eq!((stored.name_any(), stored.resource_version()), (gs.name_any(), gs.resource_version()));
+        }
+    }
+
+    #[test]
+    fn a_stored_servers_trigger_names_it_only() {
+        let stored = StoredServer::from(servers().remove(0));
+        let trigger = stored.trigger();
+        assert_eq!(trigger.meta(), &trigger_meta(stored.meta()));
+        let told = trigger.server();
+        assert_eq!((told.spec, told.status), (Default::default(), None));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use self::decide::Step;
 use self::steps::{At, Live, StepResult, background};
 use super::key::ObjectKey;
 use super::queue::Requeue;
+use super::slim::StoredServer;
 use super::writer::StatusWrite;
 use super::{Context, Triggers, ZONE_FINALIZER, controller_of, requeue_after, scoped};
 use crate::api::*;
@@ -46,7 +47,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 /// those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
 /// creation moves its zone on at once. Zones are taken in the order they came due, as servers
 /// are (see [`queue`](super::queue)).
-pub async fn run(ctx: Arc<Context>, servers: Triggers<GameServer>, services: Triggers<Service>) {
+pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: Triggers<Service>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
@@ -204,7 +205,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     // each server's deletion wakes the zone again: wait without asking the API server. With
     // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
     // of the teardown's load. The last pass below still checks.
-    let servers = ctx.cache.servers_by_zone.of(&ctx.cache.servers, &ObjectKey::of(zone));
+    let servers = ctx.cache.servers_of(&ObjectKey::of(zone));
     // Players are never kicked, not even by deleting the zone: every server is drained first.
     let draining = drain_all(zone, ctx, &servers).await?;
     if !draining.is_empty() {

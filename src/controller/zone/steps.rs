@@ -47,10 +47,7 @@ impl Live {
     pub fn of(zone: &GameZone, ctx: &Context) -> Self {
         let key = ObjectKey::of(zone);
         let cache = &ctx.cache;
-        Live {
-            servers: cache.servers_by_zone.of(&cache.servers, &key),
-            services: cache.services_by_zone.of(&cache.services, &key),
-        }
+        Live { servers: cache.servers_of(&key), services: cache.services_by_zone.of(&cache.services, &key) }
     }
 
     /// The servers by name.
