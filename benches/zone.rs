@@ -462,6 +462,50 @@ fn load_average() -> f64 {
     text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
 }
 
+/// Starts the operator on the cluster of `kubeconfig`, scoped to the namespace `bench-op`; its log
+/// goes to `GAMEZONE_BENCH_LOG` (appended) when set.
+fn start_operator(kubeconfig: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args([
+            "run",
+            "--namespace",
+            "bench-op",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--concurrency",
+            "32",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("RUST_LOG", std::env::var("GAMEZONE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(match std::env::var_os("GAMEZONE_BENCH_LOG") {
+            Some(path) => {
+                let log = std::fs::File::options().create(true).append(true).open(path);
+                Stdio::from(log.expect("open GAMEZONE_BENCH_LOG"))
+            }
+            None => Stdio::null(),
+        })
+        .spawn()
+        .expect("start the operator")
+}
+
+/// The (RSS, peak RSS) of `pid` once it is idle: its CPU time grew by under 50 ms in the last two
+/// seconds (a restarted operator lists every object, then reconciles each once).
+async fn settled_rss(pid: u32) -> (f64, f64) {
+    let mut cpu = cpu_secs(pid);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = cpu_secs(pid);
+        if now - cpu < 0.05 {
+            return rss_mib(pid);
+        }
+        cpu = now;
+    }
+}
+
 /// Resident memory of `pid` in MiB: now (VmRSS) and its peak so far (VmHWM).
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -506,28 +550,7 @@ async fn main() {
     until_collector_watches(&client, &["gamezones", "gameservers"]).await;
     namespace(&client, "bench-op").await;
 
-    let mut op = Command::new(env!("CARGO_BIN_EXE_gamezone"))
-        .args([
-            "run",
-            "--namespace",
-            "bench-op",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--concurrency",
-            "32",
-        ])
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .env("RUST_LOG", std::env::var("GAMEZONE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::null())
-        .stderr(match std::env::var_os("GAMEZONE_BENCH_LOG") {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("create GAMEZONE_BENCH_LOG")),
-            None => Stdio::null(),
-        })
-        .spawn()
-        .expect("start the operator");
+    let mut op = start_operator(cluster.kubeconfig());
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Where the CPU goes in each phase: the control plane's processes, the operator, this process
@@ -601,6 +624,17 @@ async fn main() {
         }
     }
     let (_, final_peak) = rss_mib(pid);
+    // 3. The operator restarted with a phase's servers Ready: it lists them all at once.
+    if phases.last().is_some_and(|p| p.side != Side::Operator) {
+        eprintln!("the operator makes {zones} zones again, for its restart (not measured)");
+        let (ns, names) = place(Side::Operator, "r", zones);
+        make(&client, Side::Operator, &ns, &names, instances, big).await;
+    }
+    let _ = op.kill();
+    let _ = op.wait();
+    eprintln!("restarting the operator");
+    let mut op = start_operator(cluster.kubeconfig());
+    let restart_rss = settled_rss(op.id()).await;
     let _ = op.kill();
     let _ = op.wait();
     report(&Report {
@@ -614,6 +648,7 @@ async fn main() {
         phases: &phases,
         op_rss: &op_rss,
         final_peak,
+        restart_rss,
         procs: &procs,
         control_plane,
         writes: &writes,
@@ -632,11 +667,33 @@ struct Report<'a> {
     phases: &'a [Phase],
     /// The operator's (RSS, peak RSS) at the end of each of its phases.
     op_rss: &'a [(f64, f64)],
+    /// The operator's (RSS, peak RSS) once restarted and idle, with a phase's servers Ready.
+    restart_rss: (f64, f64),
     final_peak: f64,
     procs: &'a [(String, u32)],
     /// How many of `procs`, from the first, are the control plane's.
     control_plane: usize,
     writes: &'a HashMap<Side, BTreeMap<String, usize>>,
+}
+
+/// Each phase's rate and CPU per 1000 instances by process, so a slow phase shows which process
+/// spent more in it (or whether it only waited).
+fn print_phases(r: &Report) {
+    let n = (r.zones * r.instances) as f64;
+    let names: String = r.procs.iter().map(|(name, _)| format!("{:>9}", short(name))).collect();
+    println!("each phase, CPU seconds per 1000 instances:");
+    println!("  {:<18}{:>7}{names}", "phase", "rate");
+    for (i, p) in r.phases.iter().enumerate() {
+        let cpu: String = p.cpu.iter().map(|c| format!("{:>9.1}", c * 1000.0 / n)).collect();
+        let label = format!("{} {}", i + 1, p.side.name());
+        println!("  {label:<18}{:>7.1}{cpu}", n / p.time.as_secs_f64());
+    }
+}
+
+/// A process's name cut to a table column.
+fn short(name: &str) -> &str {
+    let name = name.strip_prefix("kube-").unwrap_or(name);
+    &name[..name.len().min(8)]
 }
 
 fn report(r: &Report) {
@@ -695,6 +752,12 @@ fn report(r: &Report) {
         stats::Summary::of(&now).map(|s| s.show(1)).unwrap_or_default(),
         r.final_peak,
     );
+    println!(
+        "operator RSS after a restart with {} servers Ready, once idle: {:.1} MiB; peak {:.1} MiB while it loaded them",
+        n + r.big,
+        r.restart_rss.0,
+        r.restart_rss.1,
+    );
 
     // CPU per 1000 instances, by process, over each side's phases; the control plane's total per
     // phase too, for its spread.
@@ -739,6 +802,7 @@ fn report(r: &Report) {
         .map(|&side| of_side(side).map(|p| p.cpu[..r.control_plane].iter().sum::<f64>()).sum::<f64>() * per_k(side))
         .collect();
     println!("  control plane CPU operator/plain: {:.2} pooled (goal <= 1.10)", cp_pooled[0] / cp_pooled[1]);
+    print_phases(r);
 
     // What the API server did for each side, per instance.
     let counters: Vec<apiserver::Counters> = sides
