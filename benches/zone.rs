@@ -462,16 +462,16 @@ fn load_average() -> f64 {
     text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
 }
 
-/// Starts the operator on the cluster of `kubeconfig`, scoped to the namespace `bench-op`; its log
-/// goes to `GAMEZONE_BENCH_LOG` (appended) when set.
-fn start_operator(kubeconfig: &std::path::Path) -> std::process::Child {
+/// Starts the operator on the cluster of `kubeconfig`, scoped to the namespace `bench-op`, serving
+/// `/readyz` on `http` (port 0: any); its log goes to `GAMEZONE_BENCH_LOG` (appended) when set.
+fn start_operator(kubeconfig: &std::path::Path, http: std::net::SocketAddr) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_gamezone"))
         .args([
             "run",
             "--namespace",
             "bench-op",
             "--http-addr",
-            "127.0.0.1:0",
+            &http.to_string(),
             "--log-format",
             "json",
             "--concurrency",
@@ -492,9 +492,13 @@ fn start_operator(kubeconfig: &std::path::Path) -> std::process::Child {
         .expect("start the operator")
 }
 
-/// The (RSS, peak RSS) of `pid` once it is idle: its CPU time grew by under 50 ms in the last two
-/// seconds (a restarted operator lists every object, then reconciles each once).
-async fn settled_rss(pid: u32) -> (f64, f64) {
+/// The (RSS, peak RSS) of `pid`, serving `/readyz` on `http`, once it is ready (it has listed
+/// every object) and then idle: its CPU time grew by under 50 ms in the last two seconds (it
+/// reconciles each object once after a restart). Idle alone came before the lists, now and then.
+async fn settled_rss(pid: u32, http: std::net::SocketAddr) -> (f64, f64) {
+    while !ready(http).await {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut cpu = cpu_secs(pid);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -504,6 +508,21 @@ async fn settled_rss(pid: u32) -> (f64, f64) {
         }
         cpu = now;
     }
+}
+
+/// Whether the operator serving on `http` answers `/readyz` with 200.
+async fn ready(http: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(http).await else { return false };
+    let asked = conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: operator\r\n\r\n").await;
+    let mut head = [0u8; 12];
+    asked.is_ok() && conn.read_exact(&mut head).await.is_ok() && head.ends_with(b" 200")
+}
+
+/// A loopback address with a port free now, for a process to serve on.
+fn free_loopback() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("its address")
 }
 
 /// Resident memory of `pid` in MiB: now (VmRSS) and its peak so far (VmHWM).
@@ -550,7 +569,7 @@ async fn main() {
     until_collector_watches(&client, &["gamezones", "gameservers"]).await;
     namespace(&client, "bench-op").await;
 
-    let mut op = start_operator(cluster.kubeconfig());
+    let mut op = start_operator(cluster.kubeconfig(), "127.0.0.1:0".parse().unwrap());
     let pid = op.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Where the CPU goes in each phase: the control plane's processes, the operator, this process
@@ -633,8 +652,9 @@ async fn main() {
     let _ = op.kill();
     let _ = op.wait();
     eprintln!("restarting the operator");
-    let mut op = start_operator(cluster.kubeconfig());
-    let restart_rss = settled_rss(op.id()).await;
+    let http = free_loopback();
+    let mut op = start_operator(cluster.kubeconfig(), http);
+    let restart_rss = settled_rss(op.id(), http).await;
     let _ = op.kill();
     let _ = op.wait();
     report(&Report {
