@@ -1,6 +1,6 @@
 //! The API server's own counters (`/metrics`), read before and after a phase of a benchmark:
 //! requests by verb and resource, bytes received and sent, watch events sent, and the etcd
-//! operations behind them. The API server counts every client alike, so a phase's difference is
+//! operations behind them, and the time it took to serve each kind of request. The API server counts every client alike, so a phase's difference is
 //! all the work done while it ran: the side's own requests and what they caused (scheduler,
 //! kubelets, garbage collector).
 #![allow(dead_code)] // each bench uses a different subset
@@ -8,8 +8,15 @@
 use std::collections::BTreeMap;
 
 /// The tables a scrape yields, each a counter by key.
-pub const TABLES: [&str; 6] =
-    ["requests", "request bytes", "response bytes", "watch events", "watch event bytes", "etcd operations"];
+pub const TABLES: [&str; 7] = [
+    "requests",
+    "request ms",
+    "request bytes",
+    "response bytes",
+    "watch events",
+    "watch event bytes",
+    "etcd operations",
+];
 
 /// Counters by table and key, e.g. `requests` → `APPLY gameservers/status` → 2051.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +42,14 @@ impl Counters {
                 // Non-resource requests (this scrape, /healthz) are nobody's phase.
                 "apiserver_request_total" if !l("resource").is_empty() => {
                     ("requests", format!("{} {}", l("verb"), resource()))
+                }
+                // Where the API server's time goes, by request: a write it must merge (an apply)
+                // costs more than one it stores as sent. A watch's time is how long it stayed
+                // open, not work, so it is left out.
+                "apiserver_request_duration_seconds_sum"
+                    if !l("resource").is_empty() && !matches!(l("verb"), "WATCH" | "WATCHLIST" | "CONNECT") =>
+                {
+                    ("request ms", format!("{} {}", l("verb"), resource()))
                 }
                 "apiserver_request_body_size_bytes_sum" => {
                     ("request bytes", format!("{} {}", l("verb"), l("resource")))
@@ -104,11 +119,17 @@ pub async fn scrape(client: &kube::Client) -> Counters {
 
 /// Prints each table per instance, one column per side: rows that are at least `floor` per
 /// instance for some side, the largest first (by the first side), and the table's total.
-/// Byte tables are shown in KB.
+/// Byte tables are shown in KB, times (counted in seconds) in ms.
 pub fn print_per_instance(sides: &[(&str, &Counters, f64)], floor: f64) {
     for table in TABLES {
         let bytes = table.contains("bytes");
-        let scale = if bytes { 1e-3 } else { 1.0 };
+        let scale = if bytes {
+            1e-3
+        } else if table.ends_with(" ms") {
+            1e3
+        } else {
+            1.0
+        };
         let keys: std::collections::BTreeSet<&String> =
             sides.iter().flat_map(|(_, c, _)| c.0.get(table).into_iter().flat_map(|t| t.keys())).collect();
         let per = |c: &Counters, n: f64, k: &str| c.0.get(table).and_then(|t| t.get(k)).copied().unwrap_or(0.0) / n;
