@@ -1,8 +1,8 @@
 //! The API server's own counters (`/metrics`), read before and after a phase of a benchmark:
-//! requests by verb and resource, bytes received and sent, watch events sent, and the etcd
-//! operations behind them, and the time it took to serve each kind of request. The API server counts every client alike, so a phase's difference is
-//! all the work done while it ran: the side's own requests and what they caused (scheduler,
-//! kubelets, garbage collector).
+//! requests by verb and resource, the time spent serving them, bytes received and sent, watch
+//! events sent, and the etcd operations behind them. The API server counts every client alike,
+//! so a phase's difference is all the work done while it ran: the side's own requests and what
+//! they caused (scheduler, kubelets, garbage collector).
 #![allow(dead_code)] // each bench uses a different subset
 
 use std::collections::BTreeMap;
@@ -43,9 +43,9 @@ impl Counters {
                 "apiserver_request_total" if !l("resource").is_empty() => {
                     ("requests", format!("{} {}", l("verb"), resource()))
                 }
-                // Where the API server's time goes, by request: a write it must merge (an apply)
-                // costs more than one it stores as sent. A watch's time is how long it stayed
-                // open, not work, so it is left out.
+                // The sum of the requests' latencies, waits included: on a saturated control
+                // plane it tells which requests waited more than what each cost. A watch's time
+                // is how long it stayed open, so watches are left out.
                 "apiserver_request_duration_seconds_sum"
                     if !l("resource").is_empty() && !matches!(l("verb"), "WATCH" | "WATCHLIST" | "CONNECT") =>
                 {
