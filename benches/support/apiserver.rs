@@ -65,6 +65,8 @@ impl Counters {
                 }
                 _ => continue,
             };
+            // Each table holds what its name says: times are counted in seconds.
+            let value = if table.ends_with(" ms") { value * 1e3 } else { value };
             *out.0.entry(table).or_default().entry(key).or_default() += value;
         }
         out
@@ -119,17 +121,11 @@ pub async fn scrape(client: &kube::Client) -> Counters {
 
 /// Prints each table per instance, one column per side: rows that are at least `floor` per
 /// instance for some side, the largest first (by the first side), and the table's total.
-/// Byte tables are shown in KB, times (counted in seconds) in ms.
+/// Byte tables are shown in KB.
 pub fn print_per_instance(sides: &[(&str, &Counters, f64)], floor: f64) {
     for table in TABLES {
         let bytes = table.contains("bytes");
-        let scale = if bytes {
-            1e-3
-        } else if table.ends_with(" ms") {
-            1e3
-        } else {
-            1.0
-        };
+        let scale = if bytes { 1e-3 } else { 1.0 };
         let keys: std::collections::BTreeSet<&String> =
             sides.iter().flat_map(|(_, c, _)| c.0.get(table).into_iter().flat_map(|t| t.keys())).collect();
         let per = |c: &Counters, n: f64, k: &str| c.0.get(table).and_then(|t| t.get(k)).copied().unwrap_or(0.0) / n;
