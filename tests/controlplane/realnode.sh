@@ -692,6 +692,9 @@ teardown_real_slot_resources() {
     while iptables -w -t nat -D OUTPUT -d "$HOST_ADDRESS/32" -m comment --comment "gamezone:$ns" \
       -j DNAT --to-destination 127.0.0.1 2>/dev/null; do :; done
   done
+  # `ip netns add` bind-mounts /run/netns on itself the first time; once no namespace is left in
+  # it, the mount goes too (the next `ip netns add` makes it again), so a run leaves no mount.
+  if mountpoint -q /run/netns && [[ -z "$(ls -A /run/netns)" ]]; then umount /run/netns 2>/dev/null || true; fi
 }
 
 # The slot recorded for the control plane in $1, if it has real nodes.
