@@ -499,9 +499,15 @@ fn rate<'a>(phases: impl IntoIterator<Item = &'a Phase>, side: Side, per_phase: 
     (mine.len() * per_phase) as f64 / mine.iter().map(|p| clock.time(p)).sum::<f64>()
 }
 
+/// Operator over plain client: instances Ready per second over `phases` by `clock`.
+fn ratio<'a>(phases: impl IntoIterator<Item = &'a Phase> + Clone, per_phase: usize, clock: Clock) -> f64 {
+    rate(phases.clone(), Side::Operator, per_phase, clock) / rate(phases, Side::Plain, per_phase, clock)
+}
+
 /// The mean gauge over `phases`.
-fn mean_gauge(phases: &[Phase]) -> Gauge {
-    Gauge { mean: phases.iter().map(|p| p.gauge).sum::<f64>() / phases.len().max(1) as f64 }
+fn mean_gauge<'a>(phases: impl IntoIterator<Item = &'a Phase>) -> Gauge {
+    let (sum, count) = phases.into_iter().fold((0.0, 0usize), |(s, c), p| (s + p.gauge, c + 1));
+    Gauge { mean: sum / count.max(1) as f64 }
 }
 
 /// Operator over plain client, instances Ready per second by `clock`, in each round that ran both.
@@ -511,10 +517,7 @@ fn round_ratios(phases: &[Phase], n: usize, clock: Clock) -> Vec<f64> {
         .filter_map(|r| {
             let round: Vec<&Phase> = phases.iter().filter(|p| p.round == r).collect();
             let has = |s: Side| round.iter().any(|p| p.side == s);
-            (has(Side::Operator) && has(Side::Plain)).then(|| {
-                rate(round.iter().copied(), Side::Operator, n, clock)
-                    / rate(round.iter().copied(), Side::Plain, n, clock)
-            })
+            (has(Side::Operator) && has(Side::Plain)).then(|| ratio(round.iter().copied(), n, clock))
         })
         .collect()
 }
@@ -847,15 +850,13 @@ fn report(r: &Report) {
             .iter()
             .map(|p| format!("{} {:.1}/s (load {:.1})", p.side.name(), n as f64 / p.time.as_secs_f64(), p.load))
             .collect();
-        let ratio = |clock| {
-            rate(mine.iter().copied(), Side::Operator, n, clock) / rate(mine.iter().copied(), Side::Plain, n, clock)
-        };
+        let of_round = |clock| ratio(mine.iter().copied(), n, clock);
         println!(
             "  round {}: {}; operator/plain {:.2}, at one machine speed {:.2}",
             round + 1,
             shown.join(", "),
-            ratio(Clock::Wall),
-            ratio(steady)
+            of_round(Clock::Wall),
+            of_round(steady)
         );
     }
     for (clock, label) in [(Clock::Wall, "as timed"), (steady, "at one machine speed")] {
@@ -867,7 +868,7 @@ fn report(r: &Report) {
             println!("    {:<13} {pooled:>7.1} instances Ready/s pooled; phases {spread}", format!("{}:", side.name()));
         }
         let ratios = round_ratios(phases, n, clock);
-        let pooled = rate(phases, Side::Operator, n, clock) / rate(phases, Side::Plain, n, clock);
+        let pooled = ratio(phases, n, clock);
         let spread = stats::Summary::of(&ratios).map(|s| s.show(2)).unwrap_or_default();
         println!("    ratio operator/plain: {pooled:.2} pooled; rounds {spread}");
         if let Some((mean, hw)) = stats::mean_ci95(&ratios) {
@@ -949,7 +950,7 @@ fn report(r: &Report) {
         .iter()
         .map(|&side| of_side(side).map(|p| p.cpu[..r.control_plane].iter().sum::<f64>()).sum::<f64>() * per_k(side))
         .collect();
-    let gauge = |side: Side| of_side(side).map(|p| p.gauge).sum::<f64>() / count(side);
+    let gauge = |side: Side| mean_gauge(of_side(side)).mean;
     println!(
         "  control plane CPU operator/plain: {:.2} pooled, {:.2} at one machine speed (goal <= 1.10)",
         cp_pooled[0] / cp_pooled[1],
