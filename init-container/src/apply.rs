@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::creds::Credentials;
 use crate::edits::{BaseIndex, EditEntry, EditKind, EditsStatus, RefusedEdit};
+use crate::egress::Egress;
 use crate::error::{Ctx, Error};
 use crate::plan::Layer;
 use crate::progress::{NoProgress, Progress};
@@ -45,10 +46,20 @@ pub struct ApplyOptions {
     pub retry: RetryPolicy,
     /// A directory of live edits layered on top of the pinned layers (see the crate README).
     pub edits: Option<PathBuf>,
+    /// Which servers layers may be fetched from (and whether local sources may be read).
+    pub egress: Egress,
+    /// Total time one unpinned layer may take to resolve.
+    pub resolve_deadline: Duration,
+    /// Total time one layer's fetch may take, retries included.
+    pub fetch_deadline: Duration,
 }
 
+/// Default total time for one layer's fetch.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
 impl ApplyOptions {
-    /// Options with default limits and retries and no progress output.
+    /// Options with default limits, retries and deadlines, the strict egress policy and no
+    /// progress output.
     pub fn new(
         layers: Vec<Layer>,
         revisions: Vec<String>,
@@ -64,6 +75,9 @@ impl ApplyOptions {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             edits: None,
+            egress: Egress::strict(),
+            resolve_deadline: crate::resolve::RESOLVE_DEADLINE,
+            fetch_deadline: FETCH_DEADLINE,
         }
     }
 }
@@ -147,9 +161,13 @@ pub async fn apply(mut opts: ApplyOptions) -> Result<Summary> {
     let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(opts.layers.len());
     for (i, layer) in opts.layers.iter().enumerate() {
         let unpinned = opts.revisions[i].is_empty();
-        prepared.push(if unpinned { Some(prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?) } else { None });
+        prepared.push(if unpinned {
+            Some(prepare(i, layer, opts.credentials.as_ref(), &opts.retry, &opts.egress)?)
+        } else {
+            None
+        });
     }
-    let resolving = prepared.iter().flatten().map(|p| resolve_one(p, &opts.retry));
+    let resolving = prepared.iter().flatten().map(|p| resolve_one(p, &opts.retry, opts.resolve_deadline));
     let resolved = futures::future::try_join_all(resolving).await?;
     let unpinned = (0..opts.layers.len()).filter(|&i| prepared[i].is_some()).collect::<Vec<_>>();
     for (i, revision) in unpinned.into_iter().zip(resolved) {
@@ -278,7 +296,7 @@ async fn build_layers(
         let before = writer.written();
         let p = match p {
             Some(p) => p,
-            None => prepare(i, layer, opts.credentials.as_ref(), &opts.retry)?,
+            None => prepare(i, layer, opts.credentials.as_ref(), &opts.retry, &opts.egress)?,
         };
         opts.progress.layer_started(i, &p.ctx.src);
         let dest = paths::join(&paths::components(&layer.path).map_err(|m| p.ctx.invalid(m))?);
@@ -286,26 +304,31 @@ async fn build_layers(
             paths::join(&paths::components(layer.sub_path.as_deref().unwrap_or("")).map_err(|m| p.ctx.invalid(m))?);
         let pinned = opts.revisions[i].clone();
         writer.ensure_dir(&p.ctx, &dest)?;
-        match p.kind {
-            Kind::Git(b) => {
-                let (auth, source) = *b;
-                git::apply(git::GitJob {
-                    ctx: p.ctx.clone(),
-                    source,
-                    auth,
-                    commit: pinned,
-                    sub_path: sub,
-                    dest,
-                    cache: root.join(CACHE).join("git"),
-                    policy: opts.retry.clone(),
-                    writer: writer.clone(),
-                })
-                .await?
+        let ctx = p.ctx.clone();
+        let fetch = async {
+            match p.kind {
+                Kind::Git(b) => {
+                    let (auth, source) = *b;
+                    git::apply(git::GitJob {
+                        ctx: p.ctx.clone(),
+                        source,
+                        auth,
+                        commit: pinned,
+                        sub_path: sub,
+                        dest,
+                        cache: root.join(CACHE).join("git"),
+                        policy: opts.retry.clone(),
+                        writer: writer.clone(),
+                        deadline: Instant::now() + opts.fetch_deadline,
+                    })
+                    .await
+                }
+                Kind::S3(s) => s.apply(&pinned, &dest, writer.clone()).await,
+                Kind::P4(x) => x.apply(&pinned, &sub, &dest, writer.clone()).await,
+                Kind::Local(dir) => local::apply(p.ctx.clone(), dir, pinned, dest, writer.clone()).await,
             }
-            Kind::S3(s) => s.apply(&pinned, &dest, writer.clone()).await?,
-            Kind::P4(x) => x.apply(&pinned, &sub, &dest, writer.clone()).await?,
-            Kind::Local(dir) => local::apply(p.ctx.clone(), dir, pinned, dest, writer.clone()).await?,
-        }
+        };
+        crate::retry::within(&ctx, opts.fetch_deadline, fetch).await?;
         let after = writer.written();
         opts.progress.layer_finished(i, after.0 - before.0, after.1 - before.1, layer_started.elapsed());
     }

@@ -172,6 +172,22 @@ impl Error {
     }
 }
 
+/// Longest message an error built by [`Ctx`] carries, in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// Cuts `m` to at most [`MAX_MESSAGE`] bytes on a char boundary, marking the cut with `…`.
+pub(crate) fn cap(mut m: String) -> String {
+    if m.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - '…'.len_utf8();
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.truncate(end);
+        m.push('…');
+    }
+    m
+}
+
 /// The layer an operation works on: builds errors that name it, and scrubs secrets from
 /// messages that come from libraries (which may echo URLs or headers).
 #[derive(Clone, Debug)]
@@ -183,7 +199,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub fn new(layer: usize, src: impl Into<String>) -> Self {
-        Ctx { layer, src: src.into(), secrets: Vec::new() }
+        Ctx { layer, src: cap(src.into()), secrets: Vec::new() }
     }
 
     /// Remembers a secret value so it is scrubbed from every message built by this context.
@@ -193,6 +209,8 @@ impl Ctx {
         }
     }
 
+    /// The message with secrets replaced, capped at [`MAX_MESSAGE`] bytes: every error built
+    /// here goes through this, so none can carry a large remote answer into a status.
     pub fn scrub(&self, message: impl Into<String>) -> String {
         let mut m = message.into();
         for s in &self.secrets {
@@ -200,7 +218,7 @@ impl Ctx {
                 m = m.replace(s.as_str(), "***");
             }
         }
-        m
+        cap(m)
     }
 
     pub fn invalid(&self, m: impl Into<String>) -> Error {
@@ -222,8 +240,8 @@ impl Ctx {
         Error::RevisionChanged {
             layer: self.layer,
             src: self.src.clone(),
-            pinned: pinned.to_owned(),
-            found: found.to_owned(),
+            pinned: self.scrub(pinned),
+            found: self.scrub(found),
         }
     }
     pub fn verification(&self, m: impl Into<String>) -> Error {
@@ -241,5 +259,21 @@ impl Ctx {
     /// A local I/O failure while reading a source or writing the staging tree.
     pub fn io(&self, what: impl std::fmt::Display, e: std::io::Error) -> Error {
         self.source(format!("{what}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_capped_on_a_char_boundary() {
+        let ctx = Ctx::new(0, "s");
+        let Error::Source { message, .. } = ctx.source("é".repeat(2000)) else { unreachable!() };
+        assert!(message.len() <= MAX_MESSAGE && message.ends_with('…'), "{}", message.len());
+        let Error::Source { message, .. } = ctx.source("short") else { unreachable!() };
+        assert_eq!(message, "short");
+        let Error::Transient { message, .. } = ctx.transient("x".repeat(5000)) else { unreachable!() };
+        assert!(message.len() <= MAX_MESSAGE);
     }
 }

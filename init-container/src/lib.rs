@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod creds;
 pub mod edits;
+pub mod egress;
 pub mod error;
 pub mod hook;
 mod lock;

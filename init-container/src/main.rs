@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use gamezone_init::apply::{ApplyOptions, apply};
 use gamezone_init::creds::DirCredentials;
+use gamezone_init::egress::Egress;
 use gamezone_init::hook::SwapHook;
 use gamezone_init::progress::{BarProgress, LogProgress, Progress};
 use gamezone_init::retry::RetryPolicy;
@@ -42,6 +43,29 @@ struct PlanArgs {
     /// Attempts for transient network failures (1 = no retry).
     #[arg(long, env = "GAMEZONE_RETRIES", default_value_t = 5)]
     retries: u32,
+    /// Total time one layer may take to resolve, retries included.
+    #[arg(long, env = "GAMEZONE_RESOLVE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    resolve_timeout: Duration,
+    /// Total time one layer's fetch may take, retries included.
+    #[arg(long, env = "GAMEZONE_FETCH_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    fetch_timeout: Duration,
+    #[command(flatten)]
+    egress: EgressArgs,
+}
+
+/// The egress policy (what `Egress::to_args` writes).
+#[derive(Args)]
+struct EgressArgs {
+    /// Also allow these addresses: a CIDR, an IP or a host name (repeatable, comma-separated).
+    /// Loopback, link-local/metadata, unspecified, multicast and broadcast addresses are refused otherwise.
+    #[arg(long = "allow-egress", env = "GAMEZONE_ALLOW_EGRESS", value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Never connect to this ip:port, whatever --allow-egress says (repeatable).
+    #[arg(long = "deny-egress", value_delimiter = ',')]
+    deny: Vec<std::net::SocketAddr>,
+    /// Read file:// URLs, plain paths and `local` layers (local development only).
+    #[arg(long, env = "GAMEZONE_ALLOW_LOCAL_SOURCES")]
+    allow_local_sources: bool,
 }
 
 #[derive(Args)]
@@ -137,7 +161,13 @@ fn layers(p: &PlanArgs) -> anyhow::Result<Vec<plan::Layer>> {
     Ok(plan::parse_layers(&text)?)
 }
 
-fn options(p: &PlanArgs, t: &TreeArgs, layers: Vec<plan::Layer>, revisions: Vec<String>, tty: bool) -> ApplyOptions {
+fn options(
+    p: &PlanArgs,
+    t: &TreeArgs,
+    layers: Vec<plan::Layer>,
+    revisions: Vec<String>,
+    tty: bool,
+) -> anyhow::Result<ApplyOptions> {
     let mut o = ApplyOptions::new(layers, revisions, &t.root, Arc::new(DirCredentials::new(&p.secrets_dir)));
     o.progress =
         if tty { Arc::new(BarProgress::default()) as Arc<dyn Progress> } else { Arc::new(LogProgress::default()) };
@@ -145,13 +175,26 @@ fn options(p: &PlanArgs, t: &TreeArgs, layers: Vec<plan::Layer>, revisions: Vec<
     o.limits = Limits { max_bytes: t.max_bytes.unwrap_or(d.max_bytes), max_files: t.max_files.unwrap_or(d.max_files) };
     o.retry = p.retry_policy();
     o.edits = t.edits.clone();
-    o
+    o.egress = p.egress()?;
+    o.resolve_deadline = p.resolve_timeout;
+    o.fetch_deadline = p.fetch_timeout;
+    Ok(o)
 }
 
 impl PlanArgs {
     /// Retries of transient failures as `--retries` asks.
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy { attempts: self.retries.max(1), ..RetryPolicy::default() }
+    }
+
+    /// The egress policy as the flags ask.
+    fn egress(&self) -> anyhow::Result<Egress> {
+        let e = &self.egress;
+        Ok(Egress::strict()
+            .allow(&e.allow)
+            .map_err(anyhow::Error::msg)?
+            .deny(&e.deny)
+            .allow_local_sources(e.allow_local_sources))
     }
 }
 
@@ -169,7 +212,8 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Resolve(p) => {
             let layers = layers(&p)?;
-            let revs = resolve::resolve_with(&layers, &DirCredentials::new(&p.secrets_dir), &p.retry_policy()).await?;
+            let o = resolve::Options { retry: p.retry_policy(), egress: p.egress()?, deadline: p.resolve_timeout };
+            let revs = resolve::resolve_opts(&layers, &DirCredentials::new(&p.secrets_dir), &o).await?;
             println!("{}", serde_json::to_string(&revs)?);
         }
         Command::Apply { plan, tree, revisions } => {
@@ -179,7 +223,7 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                 // Not pinned: `apply` resolves each layer and reuses what it fetched to do so.
                 None => vec![String::new(); layers.len()],
             };
-            let s = apply(options(&plan, &tree, layers, revisions, tty)).await?;
+            let s = apply(options(&plan, &tree, layers, revisions, tty)?).await?;
             tracing::info!(
                 unchanged = s.unchanged,
                 layers = s.layers,
@@ -210,7 +254,7 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
         } => {
             let layers = layers(&plan)?;
             let pinned = revisions.filter(|r| !r.trim().is_empty()).map(|r| revisions_arg(&r)).transpose()?;
-            let opts = options(&plan, &tree, layers, Vec::new(), tty);
+            let opts = options(&plan, &tree, layers, Vec::new(), tty)?;
             let w = WatchOptions {
                 pinned,
                 report: edits_report,

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::creds::Credentials;
+use crate::egress::Egress;
 use crate::error::Ctx;
 use crate::plan::{Layer, SourceRef};
 use crate::retry::RetryPolicy;
@@ -25,6 +27,27 @@ pub struct Revision {
     pub revision: String,
 }
 
+/// How a resolve runs: retries, which servers may be reached, and how long each layer may take.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Which servers layers may be fetched from.
+    pub egress: Egress,
+    /// Total time one layer may take to resolve, retries included.
+    pub deadline: Duration,
+}
+
+/// Default total time to resolve one layer.
+pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Default for Options {
+    /// Default retries, the strict egress policy, [`RESOLVE_DEADLINE`].
+    fn default() -> Self {
+        Options { retry: RetryPolicy::default(), egress: Egress::strict(), deadline: RESOLVE_DEADLINE }
+    }
+}
+
 /// A layer with its credentials read, ready to resolve or fetch.
 pub(crate) struct Prepared {
     pub ctx: Ctx,
@@ -39,7 +62,14 @@ pub(crate) enum Kind {
 }
 
 /// Reads the layer's Secret and builds its client.
-pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, policy: &RetryPolicy) -> Result<Prepared> {
+/// URLs are checked against `egress` here, before any connection.
+pub(crate) fn prepare(
+    index: usize,
+    layer: &Layer,
+    creds: &dyn Credentials,
+    policy: &RetryPolicy,
+    egress: &Egress,
+) -> Result<Prepared> {
     let mut ctx = Ctx::new(index, layer.describe());
     let sub = layer
         .sub_path
@@ -50,17 +80,21 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
         .unwrap_or_default();
     let sub = crate::paths::join(&sub);
     let kind = match layer.source() {
-        Some(SourceRef::Git(g)) => Kind::Git(Box::new((Arc::new(git::load_auth(&mut ctx, g, creds)?), g.clone()))),
+        Some(SourceRef::Git(g)) => {
+            egress.check_url("git.url", &g.url).map_err(|m| ctx.invalid(m))?;
+            Kind::Git(Box::new((Arc::new(git::load_auth(&mut ctx, g, creds, egress)?), g.clone())))
+        }
         Some(SourceRef::S3(s)) => {
             let secret = s.secret_ref.as_ref().map(|r| r.name.clone());
             let keys = source::s3_keys(&mut ctx, secret.as_deref(), creds)?;
             let store = source::s3_store(
                 &ctx,
-                &s.endpoint,
+                ("s3.endpoint", &s.endpoint),
                 s.region.as_deref(),
                 &s.bucket,
                 s.path_style,
                 keys.as_ref().map(|(a, k)| (a.as_str(), k.as_str())),
+                egress,
             )?;
             let prefix = crate::paths::components(s.prefix.as_deref().unwrap_or("")).map_err(|m| ctx.invalid(m))?;
             let prefix = crate::paths::join2(&crate::paths::join(&prefix), &sub);
@@ -75,6 +109,9 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
         }
         Some(SourceRef::P4Export(p)) => {
             let secret = p.secret_ref.as_ref().map(|r| r.name.clone());
+            if let Some(u) = &p.url {
+                egress.check_url("p4Export.url", u).map_err(|m| ctx.invalid(m))?;
+            }
             let location = match (&p.url, &p.s3) {
                 (Some(u), _) if u.starts_with("http://") || u.starts_with("https://") => {
                     let (mut basic, mut bearer) = (None, None);
@@ -100,11 +137,12 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
                     let keys = source::s3_keys(&mut ctx, secret.as_deref(), creds)?;
                     let store = source::s3_store(
                         &ctx,
-                        &o.endpoint,
+                        ("p4Export.s3.endpoint", &o.endpoint),
                         o.region.as_deref(),
                         &o.bucket,
                         o.path_style,
                         keys.as_ref().map(|(a, k)| (a.as_str(), k.as_str())),
+                        egress,
                     )?;
                     p4::Location::S3 { store: Arc::new(store), key: o.key.clone(), secret }
                 }
@@ -115,7 +153,13 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
                 location,
                 expected_sha256: p.sha256.clone(),
                 policy: policy.clone(),
+                egress: egress.clone(),
             }))
+        }
+        Some(SourceRef::Local(_)) if !egress.local_sources_allowed() => {
+            return Err(ctx.invalid(
+                "local: folders on the node are read only when the admin allows local sources (--allow-local-sources); use a git, s3 or p4Export source",
+            ));
         }
         Some(SourceRef::Local(l)) => Kind::Local(local::source_dir(&l.path, &sub)),
         None => return Err(ctx.invalid("set exactly one source: git, s3, p4Export or local")),
@@ -123,12 +167,17 @@ pub(crate) fn prepare(index: usize, layer: &Layer, creds: &dyn Credentials, poli
     Ok(Prepared { ctx, kind })
 }
 
-/// Resolves one prepared layer; an S3 layer keeps its listing for `apply` of the same layer.
-pub(crate) async fn resolve_one(p: &Prepared, policy: &RetryPolicy) -> Result<String> {
+/// Resolves one prepared layer within `deadline`; an S3 layer keeps its listing for `apply` of
+/// the same layer.
+pub(crate) async fn resolve_one(p: &Prepared, policy: &RetryPolicy, deadline: Duration) -> Result<String> {
+    crate::retry::within(&p.ctx, deadline, resolve_kind(p, policy, deadline)).await
+}
+
+async fn resolve_kind(p: &Prepared, policy: &RetryPolicy, deadline: Duration) -> Result<String> {
     match &p.kind {
         Kind::Git(b) => {
             let (auth, g) = &**b;
-            git::resolve(&p.ctx, g, auth.clone(), policy).await
+            git::resolve(&p.ctx, g, auth.clone(), policy, deadline).await
         }
         Kind::S3(s) => s.resolve().await,
         Kind::P4(x) => x.resolve().await,
@@ -141,16 +190,27 @@ pub(crate) async fn resolve_one(p: &Prepared, policy: &RetryPolicy) -> Result<St
     }
 }
 
-/// Resolves every layer to an exact revision, with the default retry policy.
+/// Resolves every layer to an exact revision, with the default [`Options`] (strict egress).
 pub async fn resolve(layers: &[Layer], creds: &dyn Credentials) -> Result<Vec<Revision>> {
-    resolve_with(layers, creds, &RetryPolicy::default()).await
+    resolve_opts(layers, creds, &Options::default()).await
 }
 
-/// Resolves every layer to an exact revision (layers are resolved concurrently).
+/// Resolves every layer to an exact revision with `policy` and the default, strict egress.
 pub async fn resolve_with(layers: &[Layer], creds: &dyn Credentials, policy: &RetryPolicy) -> Result<Vec<Revision>> {
+    resolve_opts(layers, creds, &Options { retry: policy.clone(), ..Options::default() }).await
+}
+
+/// Resolves every layer to an exact revision (layers are resolved concurrently, each within
+/// `opts.deadline`, connecting only where `opts.egress` allows).
+pub async fn resolve_opts(layers: &[Layer], creds: &dyn Credentials, opts: &Options) -> Result<Vec<Revision>> {
     crate::plan::validate(layers)?;
-    let prepared = layers.iter().enumerate().map(|(i, l)| prepare(i, l, creds, policy)).collect::<Result<Vec<_>>>()?;
-    let revs = futures::future::try_join_all(prepared.iter().map(|p| resolve_one(p, policy))).await?;
+    let prepared = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| prepare(i, l, creds, &opts.retry, &opts.egress))
+        .collect::<Result<Vec<_>>>()?;
+    let revs =
+        futures::future::try_join_all(prepared.iter().map(|p| resolve_one(p, &opts.retry, opts.deadline))).await?;
     Ok(revs
         .into_iter()
         .enumerate()

@@ -54,12 +54,26 @@ where
 }
 
 /// Blocking variant for sources driven by synchronous libraries (libgit2).
-pub fn retry_blocking<T>(policy: &RetryPolicy, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn retry_blocking<T>(policy: &RetryPolicy, what: &str, op: impl FnMut() -> Result<T>) -> Result<T> {
+    retry_blocking_until(policy, what, None, op)
+}
+
+/// [`retry_blocking`] that tries no more once `deadline` has passed.
+pub(crate) fn retry_blocking_until<T>(
+    policy: &RetryPolicy,
+    what: &str,
+    deadline: Option<std::time::Instant>,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<T> {
     let mut attempt = 1;
     loop {
         match op() {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && attempt < policy.attempts.max(1) => {
+            Err(e)
+                if e.is_transient()
+                    && attempt < policy.attempts.max(1)
+                    && deadline.is_none_or(|d| std::time::Instant::now() + policy.delay(attempt) < d) =>
+            {
                 let delay = policy.delay(attempt);
                 tracing::warn!(what, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient failure; retrying");
                 std::thread::sleep(delay);
@@ -68,6 +82,22 @@ pub fn retry_blocking<T>(policy: &RetryPolicy, what: &str, mut op: impl FnMut() 
             Err(e) => return Err(e.with_attempts(attempt)),
         }
     }
+}
+
+/// Runs `work` for at most `deadline`; at the deadline, a transient error naming it (the same
+/// text every time, so a status does not churn). Work on blocking threads (libgit2) is not
+/// stopped by this; those paths watch the deadline themselves.
+pub(crate) async fn within<T>(
+    ctx: &crate::error::Ctx,
+    deadline: Duration,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(deadline, work).await.unwrap_or_else(|_| Err(deadline_error(ctx, deadline)))
+}
+
+/// "no answer within {N}s", with N the configured deadline.
+pub(crate) fn deadline_error(ctx: &crate::error::Ctx, deadline: Duration) -> crate::Error {
+    ctx.transient(format!("no answer within {}s", deadline.as_secs_f64()))
 }
 
 /// I/O errors that come from the network and may go away.

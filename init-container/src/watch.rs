@@ -14,7 +14,7 @@ use crate::apply::{ApplyOptions, Summary, apply};
 use crate::edits::{Debounce, Decision};
 use crate::hook::SwapHook;
 use crate::plan::SourceRef;
-use crate::resolve::resolve_with;
+use crate::resolve::{Options, resolve_opts};
 use crate::{Error, Result};
 
 /// Quiet time after a local change before re-resolving.
@@ -112,7 +112,9 @@ pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::
             }
             Wake::Resolve => {
                 next_resolve = tokio::time::Instant::now() + w.interval;
-                match resolve_with(&opts.layers, opts.credentials.as_ref(), &opts.retry).await {
+                let o =
+                    Options { retry: opts.retry.clone(), egress: opts.egress.clone(), deadline: opts.resolve_deadline };
+                match resolve_opts(&opts.layers, opts.credentials.as_ref(), &o).await {
                     Ok(revs) => revisions = Some(revs.into_iter().map(|r| r.revision).collect()),
                     Err(e) => {
                         tracing::error!(error = %e, transient = e.is_transient(), "resolve failed; keeping the current tree");
@@ -168,6 +170,9 @@ async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, de
         limits: opts.limits,
         retry: opts.retry.clone(),
         edits: opts.edits.clone(),
+        egress: opts.egress.clone(),
+        resolve_deadline: opts.resolve_deadline,
+        fetch_deadline: opts.fetch_deadline,
     };
     let outcome = apply(r).await;
     if let Some(report) = &w.report {

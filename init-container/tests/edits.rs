@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gamezone_init::apply::{ApplyOptions, Summary, apply};
+use gamezone_init::apply::{Summary, apply};
 use gamezone_init::creds::NoCredentials;
 use gamezone_init::plan::{Layer, LocalSource};
 
@@ -26,7 +26,7 @@ fn local(dir: &Path) -> Layer {
 }
 
 async fn apply_edits(base: &Path, edits: &Path, root: &Path) -> Summary {
-    let mut o = ApplyOptions::new(vec![local(base)], vec![String::new()], root, Arc::new(NoCredentials));
+    let mut o = apply_options(vec![local(base)], vec![String::new()], root, Arc::new(NoCredentials));
     o.edits = Some(edits.to_owned());
     apply(o).await.unwrap()
 }
@@ -118,7 +118,7 @@ async fn edits_are_layered_on_hard_links_and_never_written_through() {
     assert_eq!(read(root.join("current/cfg/game.ini")), "pinned");
 
     // Without edits the tree is the pinned layers alone, and the edits status is gone.
-    let o = ApplyOptions::new(vec![local(&base)], vec![String::new()], &root, Arc::new(NoCredentials));
+    let o = apply_options(vec![local(&base)], vec![String::new()], &root, Arc::new(NoCredentials));
     let s = apply(o).await.unwrap();
     assert!(!s.unchanged);
     assert!(!root.join("current/new").exists());
@@ -254,7 +254,7 @@ fn samba_edits_are_applied_atomically_by_watch() {
     let swap_log = t.path().join("swaps.log");
     let log = t.path().join("watch.log");
     let watch = Watch(
-        Command::new(bin())
+        init_cmd()
             .args(["watch", "--interval", "1h", "--edits-quiet", "1s", "--edits-poll", "200ms", "--root"])
             .arg(&root)
             .arg("--edits")
@@ -381,7 +381,7 @@ fn samba_edits_are_applied_atomically_by_watch() {
     // A restarted pod applies the edits in its init container: the same tree, on a fresh root too.
     let digest = state(&root)["treeDigest"].as_str().unwrap().to_owned();
     for r in [root.clone(), t.path().join("fresh-root")] {
-        let out = Command::new(bin())
+        let out = init_cmd()
             .args(["apply", "--root"])
             .arg(&r)
             .arg("--edits")
@@ -419,7 +419,7 @@ fn watch_signals_the_game_after_each_swap() {
     let plan = format!(r#"[{{"path":"","local":{{"path":"{}"}}}}]"#, base.display());
     let log = t.path().join("watch.log");
     let _watch = Watch(
-        Command::new(bin())
+        init_cmd()
             .args(["watch", "--interval", "1h", "--edits-quiet", "300ms", "--edits-poll", "100ms"])
             // Not HUP: a shell cannot trap a signal ignored when it started, and a run under
             // nohup (as scripts/cold-ci.sh may be) ignores HUP.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use gamezone_init::Error;
-use gamezone_init::apply::{ApplyOptions, apply};
+use gamezone_init::apply::apply;
 use gamezone_init::creds::{DirCredentials, NoCredentials};
 use gamezone_init::plan::{GitSource, Layer, SecretRef};
-use gamezone_init::resolve::resolve;
+
 use gamezone_init::retry::RetryPolicy;
 
 fn git_layer(url: &str, path: &str, sub: Option<&str>) -> Layer {
@@ -43,7 +43,7 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     assert_eq!(revs[0].source, format!("git {url}"));
 
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
     o.retry = quick();
     let s = apply(o).await.unwrap();
     assert_eq!(read(root.join("current/etc/game/a.ini")), "v1");
@@ -60,7 +60,7 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     let second = repo.commit("two");
     let revs = resolve(&layers, &NoCredentials).await.unwrap();
     assert_eq!(revs[0].revision, second);
-    let o = ApplyOptions::new(layers.clone(), vec![second], &root, Arc::new(NoCredentials));
+    let o = apply_options(layers.clone(), vec![second], &root, Arc::new(NoCredentials));
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/etc/game/a.ini")), "v2");
     let mut pinned = layers[0].clone();
@@ -68,7 +68,7 @@ async fn git_daemon_branch_subpath_and_pinned_commit() {
     pinned.git.as_mut().unwrap().commit = Some(first.clone());
     let revs = resolve(std::slice::from_ref(&pinned), &NoCredentials).await.unwrap();
     assert_eq!(revs[0].revision, first);
-    let o = ApplyOptions::new(vec![pinned], vec![first], &root, Arc::new(NoCredentials));
+    let o = apply_options(vec![pinned], vec![first], &root, Arc::new(NoCredentials));
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/etc/game/a.ini")), "v1");
     assert_eq!(std::fs::read_dir(root.join(".trees")).unwrap().count(), 1, "old trees are removed");
@@ -92,7 +92,7 @@ async fn git_tag_and_missing_branch() {
     let revs = resolve(std::slice::from_ref(&l), &NoCredentials).await.unwrap();
     assert_eq!(revs[0].revision, c1, "annotated tags resolve to the commit");
     let root = t.path().join("root");
-    apply(ApplyOptions::new(vec![l], vec![c1], &root, Arc::new(NoCredentials))).await.unwrap();
+    apply(apply_options(vec![l], vec![c1], &root, Arc::new(NoCredentials))).await.unwrap();
     assert_eq!(read(root.join("current/f")), "1");
 
     let mut l = git_layer(&url, "", None);
@@ -114,7 +114,7 @@ async fn git_fetch_of_a_tip_without_allow_reachable_sha1_in_want() {
     let url = format!("git://127.0.0.1:{}/strict", server.port);
     let layers = vec![git_layer(&url, "x", Some("d"))];
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers, vec![tip], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers, vec![tip], &root, Arc::new(NoCredentials));
     o.retry = quick();
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/x/f")), "tip");
@@ -143,7 +143,7 @@ async fn git_http_basic_auth_and_wrong_password() {
     let revs = resolve(std::slice::from_ref(&layer), creds.as_ref()).await.unwrap();
     assert_eq!(revs[0].revision, head);
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(vec![layer.clone()], vec![head.clone()], &root, creds.clone());
+    let mut o = apply_options(vec![layer.clone()], vec![head.clone()], &root, creds.clone());
     o.retry = quick();
     apply(o).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -167,7 +167,7 @@ async fn git_http_basic_auth_and_wrong_password() {
     );
     repo.write("cfg/x", "new");
     let newer = repo.commit("two");
-    let mut o = ApplyOptions::new(vec![bad.clone()], vec![newer], &root, creds.clone());
+    let mut o = apply_options(vec![bad.clone()], vec![newer], &root, creds.clone());
     o.retry = quick();
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e}");
@@ -177,7 +177,7 @@ async fn git_http_basic_auth_and_wrong_password() {
 
     // Through the binary: logs carry neither password; exit code non-zero with the message.
     let plan = serde_json::to_string(&vec![bad]).unwrap();
-    let out = Command::new(bin())
+    let out = init_cmd()
         .args(["apply", "--root"])
         .arg(&root)
         .arg("--secrets-dir")
@@ -191,7 +191,7 @@ async fn git_http_basic_auth_and_wrong_password() {
     assert!(stderr.contains("authentication failed"), "{stderr}");
     assert!(!stderr.contains("wrong-password-xyz") && !stderr.contains(password), "{stderr}");
     let plan = serde_json::to_string(&vec![layer]).unwrap();
-    let out = Command::new(bin())
+    let out = init_cmd()
         .args(["apply", "--root"])
         .arg(&root)
         .arg("--secrets-dir")
@@ -221,7 +221,7 @@ async fn git_url_credentials_are_redacted() {
     let json = serde_json::to_string(&revs).unwrap();
     assert!(!json.contains("url-secret-123"), "{json}");
     let root = t.path().join("root");
-    apply(ApplyOptions::new(layers, vec![head], &root, Arc::new(NoCredentials))).await.unwrap();
+    apply(apply_options(layers, vec![head], &root, Arc::new(NoCredentials))).await.unwrap();
     assert!(!read(root.join(".gamezone-state.json")).contains("url-secret-123"));
 }
 
@@ -262,7 +262,7 @@ fn assert_game_tree(dir: &std::path::Path) {
 
 /// Runs the binary's `apply` for `layers` and returns its (JSON) log.
 fn apply_bin(root: &std::path::Path, secrets: Option<&std::path::Path>, layers: &[Layer]) -> (bool, String) {
-    let mut cmd = Command::new(bin());
+    let mut cmd = init_cmd();
     cmd.args(["apply", "--root"]).arg(root).args(["--retries", "1"]);
     if let Some(s) = secrets {
         cmd.arg("--secrets-dir").arg(s);
@@ -292,7 +292,7 @@ async fn git_daemon_partial_fetch_brings_only_subpath_blobs() {
     let (ok, log) = apply_bin(&root, None, &layers);
     assert!(ok, "{log}");
     assert!(log.contains(r#""via":"protocol v2""#) && log.contains(r#""filtered":true"#), "{log}");
-    let mut o = ApplyOptions::new(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), vec![first.clone()], &root, Arc::new(NoCredentials));
     o.retry = quick();
     let s = apply(o).await.unwrap();
     assert_game_tree(&root.join("current/srv"));
@@ -308,8 +308,7 @@ async fn git_daemon_partial_fetch_brings_only_subpath_blobs() {
     let mut assets = git_layer(&url, "art", Some("assets"));
     assets.git.as_mut().unwrap().branch = None;
     assets.git.as_mut().unwrap().commit = Some(first.clone());
-    let o =
-        ApplyOptions::new(vec![layers[0].clone(), assets], vec![first.clone(), first], &root, Arc::new(NoCredentials));
+    let o = apply_options(vec![layers[0].clone(), assets], vec![first.clone(), first], &root, Arc::new(NoCredentials));
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/art/big.bin")).len(), 100_000);
     assert_game_tree(&root.join("current/srv"));
@@ -353,7 +352,7 @@ async fn git_http_partial_fetch_with_basic_auth_and_wrong_password() {
     bad.git.as_mut().unwrap().secret_ref = Some(SecretRef { name: "bad-auth".into() });
     repo.write("game/cfg/a.ini", "new");
     let newer = repo.commit("two");
-    let mut o = ApplyOptions::new(vec![bad.clone()], vec![newer], &root, creds.clone());
+    let mut o = apply_options(vec![bad.clone()], vec![newer], &root, creds.clone());
     o.retry = quick();
     let e = apply(o).await.unwrap_err();
     let msg = e.to_string();
@@ -380,7 +379,7 @@ async fn git_without_allow_filter_falls_back_to_libgit2() {
     let url = format!("git://127.0.0.1:{}/game", server.port);
     let layers = vec![git_layer(&url, "", Some("game"))];
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers.clone(), vec![head.clone()], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), vec![head.clone()], &root, Arc::new(NoCredentials));
     o.retry = quick();
     apply(o).await.unwrap();
     assert!(!cache_has(&root, &big), "partial while the server allows filters");

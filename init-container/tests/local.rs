@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gamezone_init::apply::{ApplyOptions, Summary, apply};
+use gamezone_init::apply::{Summary, apply};
 use gamezone_init::creds::NoCredentials;
 use gamezone_init::plan::{Layer, LocalSource};
-use gamezone_init::resolve::resolve;
+
 use gamezone_init::{Error, Limits};
 
 fn local(dir: &Path, path: &str) -> Layer {
@@ -27,7 +27,7 @@ fn write(p: PathBuf, content: &str) {
 async fn run(layers: Vec<Layer>, root: &Path) -> gamezone_init::Result<Summary> {
     let revs = resolve(&layers, &NoCredentials).await?;
     let revs = revs.into_iter().map(|r| r.revision).collect();
-    apply(ApplyOptions::new(layers, revs, root, Arc::new(NoCredentials))).await
+    apply(apply_options(layers, revs, root, Arc::new(NoCredentials))).await
 }
 
 #[tokio::test]
@@ -80,10 +80,10 @@ async fn unchanged_run_is_a_fast_no_op() {
     let root = t.path().join("root");
     let layers = vec![local(&src, "x")];
     let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
-    let first = apply(ApplyOptions::new(layers.clone(), revs.clone(), &root, Arc::new(NoCredentials))).await.unwrap();
+    let first = apply(apply_options(layers.clone(), revs.clone(), &root, Arc::new(NoCredentials))).await.unwrap();
     let target = std::fs::read_link(root.join("current")).unwrap();
     let started = Instant::now();
-    let again = apply(ApplyOptions::new(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap();
+    let again = apply(apply_options(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert!(again.unchanged);
     assert_eq!(again.tree_digest, first.tree_digest);
@@ -126,11 +126,11 @@ async fn failures_keep_the_previous_tree() {
     let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
     std::thread::sleep(Duration::from_millis(10));
     write(good.join("f"), "changed");
-    let e = apply(ApplyOptions::new(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap_err();
+    let e = apply(apply_options(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap_err();
     assert!(matches!(e, Error::RevisionChanged { .. }) && e.to_string().contains("resolve again"), "{e}");
 
     // Caps.
-    let mut o = ApplyOptions::new(vec![local(&good, "capped")], vec![], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(vec![local(&good, "capped")], vec![], &root, Arc::new(NoCredentials));
     o.revisions = resolve(&o.layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
     o.limits = Limits { max_bytes: 3, max_files: 10 };
     let e = apply(o).await.unwrap_err();
@@ -173,11 +173,11 @@ fn binary_resolve_apply_and_watch() {
     write(src.join("cfg.ini"), "v1");
     let root = t.path().join("root");
     let plan = format!(r#"[{{"path":"cfg","local":{{"path":"{}"}}}}]"#, src.display());
-    let out = run_cmd(std::process::Command::new(bin()).args(["resolve", "--plan-json", &plan]));
+    let out = run_cmd(init_cmd().args(["resolve", "--plan-json", &plan]));
     let revs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(revs[0]["layer"], 0);
     assert!(revs[0]["revision"].as_str().unwrap().starts_with("sha256:"));
-    let out = std::process::Command::new(bin())
+    let out = init_cmd()
         .args(["apply", "--root"])
         .arg(&root)
         .env("GAMEZONE_LAYERS", &plan)
@@ -192,7 +192,7 @@ fn binary_resolve_apply_and_watch() {
     assert!(v["tree_digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(read(root.join("current/cfg/cfg.ini")), "v1");
 
-    let mut child = std::process::Command::new(bin())
+    let mut child = init_cmd()
         .args(["watch", "--interval", "1h", "--root"])
         .arg(&root)
         .env("GAMEZONE_LAYERS", &plan)
@@ -221,7 +221,7 @@ async fn empty_revisions_are_resolved_at_apply_time() {
     let src = t.path().join("src");
     write(src.join("a.txt"), "one");
     let root = t.path().join("root");
-    let opts = || ApplyOptions::new(vec![local(&src, "")], vec![String::new()], &root, Arc::new(NoCredentials));
+    let opts = || apply_options(vec![local(&src, "")], vec![String::new()], &root, Arc::new(NoCredentials));
     let first = apply(opts()).await.unwrap();
     assert_eq!(read(root.join("current/a.txt")), "one");
     let state: serde_json::Value = serde_json::from_str(&read(root.join(".gamezone-state.json"))).unwrap();

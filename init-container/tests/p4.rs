@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gamezone_init::apply::{ApplyOptions, apply};
+use gamezone_init::apply::apply;
 use gamezone_init::creds::{DirCredentials, NoCredentials};
 use gamezone_init::p4export::{Manifest, ManifestFile, manifest_path, sha256_file, write_export};
 use gamezone_init::plan::{Layer, P4ExportSource, S3Object, SecretRef};
-use gamezone_init::resolve::resolve;
+
 use gamezone_init::retry::RetryPolicy;
 use gamezone_init::{Error, Limits};
 use sha2::{Digest, Sha256};
@@ -64,9 +64,8 @@ async fn p4_export_local_gz_and_zst_with_subpath() {
         let revs = resolve(&layers, &NoCredentials).await.unwrap();
         assert_eq!(revs[0].revision, format!("4242@sha256:{}", m.archive_sha256));
         let root = t.path().join(format!("root-{name}"));
-        let s = apply(ApplyOptions::new(layers, vec![revs[0].revision.clone()], &root, Arc::new(NoCredentials)))
-            .await
-            .unwrap();
+        let s =
+            apply(apply_options(layers, vec![revs[0].revision.clone()], &root, Arc::new(NoCredentials))).await.unwrap();
         assert_eq!(read(root.join("current/g/config/deep/b.ini")), "b", "{name}");
         assert_eq!(read(root.join("current/g/link")), "a");
         assert!(!root.join("current/g/other").exists() && !root.join("current/other").exists());
@@ -86,7 +85,7 @@ async fn p4_export_tampering_is_rejected_and_the_old_tree_kept() {
     let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
     let root = t.path().join("root");
     let pinned = pin(&layers).await;
-    apply(ApplyOptions::new(layers.clone(), pinned.clone(), &root, Arc::new(NoCredentials))).await.unwrap();
+    apply(apply_options(layers.clone(), pinned.clone(), &root, Arc::new(NoCredentials))).await.unwrap();
     let state = read(root.join(".gamezone-state.json"));
 
     // 1. The archive is swapped for one with a changed file; the manifest is left alone.
@@ -96,7 +95,7 @@ async fn p4_export_tampering_is_rejected_and_the_old_tree_kept() {
     std::fs::copy(&evil, &archive).unwrap();
     let mut other = layers.clone();
     other[0].path = "again".into();
-    let e = apply(ApplyOptions::new(other.clone(), pinned.clone(), &root, Arc::new(NoCredentials))).await.unwrap_err();
+    let e = apply(apply_options(other.clone(), pinned.clone(), &root, Arc::new(NoCredentials))).await.unwrap_err();
     assert!(matches!(e, Error::Verification { layer: 0, .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("does not match the manifest") || msg.contains("archive sha256"), "{msg}");
@@ -107,7 +106,7 @@ async fn p4_export_tampering_is_rejected_and_the_old_tree_kept() {
     m.archive_sha256 = sha256_file(&archive).unwrap();
     std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
     let repinned = pin(&other).await;
-    let e = apply(ApplyOptions::new(other, repinned, &root, Arc::new(NoCredentials))).await.unwrap_err();
+    let e = apply(apply_options(other, repinned, &root, Arc::new(NoCredentials))).await.unwrap_err();
     assert!(matches!(e, Error::Verification { .. }), "{e}");
     assert!(
         e.to_string().contains("`game/config/a.ini` (//depot/game/config/a.ini #1) does not match the manifest"),
@@ -147,7 +146,7 @@ async fn p4_export_over_http_resumes_after_a_cut_connection() {
     let pinned = pin(&layers).await;
     assert!(pinned[0].starts_with("7@sha256:"));
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers, pinned, &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers, pinned, &root, Arc::new(NoCredentials));
     o.retry = quick();
     apply(o).await.unwrap();
     assert_eq!(std::fs::read(root.join("current/big.bin")).unwrap(), big);
@@ -188,7 +187,7 @@ async fn p4_export_from_s3() {
     let revs = resolve(std::slice::from_ref(&layer), creds.as_ref()).await.unwrap();
     assert!(revs[0].revision.starts_with("9@sha256:"));
     let root = t.path().join("root");
-    apply(ApplyOptions::new(vec![layer], vec![revs[0].revision.clone()], &root, creds)).await.unwrap();
+    apply(apply_options(vec![layer], vec![revs[0].revision.clone()], &root, creds)).await.unwrap();
     assert_eq!(read(root.join("current/p4/game/config/a.ini")), "a");
 }
 
@@ -260,7 +259,7 @@ async fn p4_export_hostile_tars_are_rejected() {
         let archive = hostile_export(t.path(), &format!("{name}.tar"), &entries);
         let layers = vec![p4_layer(archive.to_str().unwrap(), "sub/dir", None)];
         let pinned = pin(&layers).await;
-        let e = apply(ApplyOptions::new(layers, pinned, &root, Arc::new(NoCredentials))).await.unwrap_err();
+        let e = apply(apply_options(layers, pinned, &root, Arc::new(NoCredentials))).await.unwrap_err();
         assert!(matches!(e, Error::Hostile { .. }), "{name}: {e}");
         assert!(e.to_string().contains(expect), "{name}: {e}");
         assert!(
@@ -273,7 +272,7 @@ async fn p4_export_hostile_tars_are_rejected() {
     let zeros = vec![0u8; 1 << 20];
     let archive = hostile_export(t.path(), "bomb.tar", &[("big", b'0', "", &zeros)]);
     let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
-    let mut o = ApplyOptions::new(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
     o.limits = Limits { max_bytes: 64 << 10, max_files: 100 };
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Limit { .. }) && e.to_string().contains("--max-bytes"), "{e}");
@@ -281,7 +280,7 @@ async fn p4_export_hostile_tars_are_rejected() {
     let entries: Vec<RawEntry> = many.iter().map(|n| (n.as_str(), b'0', "", &b""[..])).collect();
     let archive = hostile_export(t.path(), "many.tar", &entries);
     let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
-    let mut o = ApplyOptions::new(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
     o.limits = Limits { max_bytes: 1 << 30, max_files: 10 };
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::Limit { .. }) && e.to_string().contains("--max-files"), "{e}");
@@ -294,7 +293,7 @@ async fn p4_export_hostile_tars_are_rejected() {
     write_export(&src, &gz, 1, "//depot", 1).unwrap();
     assert!(std::fs::metadata(&gz).unwrap().len() < 100 << 10);
     let layers = vec![p4_layer(gz.to_str().unwrap(), "", None)];
-    let mut o = ApplyOptions::new(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), pin(&layers).await, &root, Arc::new(NoCredentials));
     o.limits = Limits { max_bytes: 1 << 20, max_files: 100 };
     assert!(matches!(apply(o).await.unwrap_err(), Error::Limit { .. }));
     assert!(!root.join("current").exists());
@@ -309,7 +308,7 @@ async fn p4_export_naming_a_path_twice_is_refused_and_every_listed_file_lands() 
         async move {
             let layers = vec![p4_layer(archive.to_str().unwrap(), "", None)];
             let pinned = pin(&layers).await;
-            apply(ApplyOptions::new(layers, pinned, &root, Arc::new(NoCredentials))).await
+            apply(apply_options(layers, pinned, &root, Arc::new(NoCredentials))).await
         }
     };
 

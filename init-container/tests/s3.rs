@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gamezone_init::Error;
-use gamezone_init::apply::{ApplyOptions, apply};
+use gamezone_init::apply::apply;
 use gamezone_init::creds::{Credentials, DirCredentials, NoCredentials};
 use gamezone_init::plan::{Layer, S3Source, SecretRef};
-use gamezone_init::resolve::{resolve, resolve_with};
+
 use gamezone_init::retry::RetryPolicy;
 
 fn s3_layer(port: u16, prefix: &str, path: &str, sub: Option<&str>, secret: Option<&str>) -> Layer {
@@ -65,7 +65,7 @@ async fn s3_prefix_subpath_and_pinning() {
     assert_eq!(revs[0].source, format!("s3 http://127.0.0.1:{}/art/builds/v1/", server.port));
     let pinned: Vec<String> = revs.into_iter().map(|r| r.revision).collect();
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers.clone(), pinned.clone(), &root, creds.clone());
+    let mut o = apply_options(layers.clone(), pinned.clone(), &root, creds.clone());
     o.retry = quick();
     let s = apply(o).await.unwrap();
     assert_eq!(read(root.join("current/all/a.txt")), "a1");
@@ -78,7 +78,7 @@ async fn s3_prefix_subpath_and_pinning() {
     // The prefix changes after pinning: apply refuses the old pin, resolve gives a new one.
     std::thread::sleep(Duration::from_millis(20));
     put(&store, "builds/v1/a.txt", b"a2-changed");
-    let mut o = ApplyOptions::new(layers.clone(), pinned.clone(), t.path().join("root2"), creds.clone());
+    let mut o = apply_options(layers.clone(), pinned.clone(), t.path().join("root2"), creds.clone());
     o.retry = quick();
     let e = apply(o).await.unwrap_err();
     assert!(matches!(e, Error::RevisionChanged { layer: 0, .. }), "{e}");
@@ -86,7 +86,7 @@ async fn s3_prefix_subpath_and_pinning() {
     let now = pins(&layers, creds.as_ref()).await;
     assert_ne!(now[0], pinned[0]);
     assert_eq!(now[1], pinned[1], "the other folder did not change");
-    let mut o = ApplyOptions::new(layers, now, &root, creds.clone());
+    let mut o = apply_options(layers, now, &root, creds.clone());
     o.retry = quick();
     apply(o).await.unwrap();
     assert_eq!(read(root.join("current/all/a.txt")), "a2-changed");
@@ -137,14 +137,14 @@ async fn s3_server_killed_mid_download_keeps_the_old_tree() {
     let creds = Arc::new(DirCredentials::new(&secrets));
     let layers = vec![s3_layer(server.port, "p", "", None, Some("s3"))];
     let root = t.path().join("root");
-    apply(ApplyOptions::new(layers.clone(), pins(&layers, creds.as_ref()).await, &root, creds.clone())).await.unwrap();
+    apply(apply_options(layers.clone(), pins(&layers, creds.as_ref()).await, &root, creds.clone())).await.unwrap();
     let state = read(root.join(".gamezone-state.json"));
 
     let big: Vec<u8> = (0..96u32 * 1024 * 1024 / 4).flat_map(|i| i.to_le_bytes()).collect();
     put(&store, "p/big.bin", &big);
     drop(big);
     let pinned = pins(&layers, creds.as_ref()).await;
-    let mut o = ApplyOptions::new(layers, pinned, &root, creds.clone());
+    let mut o = apply_options(layers, pinned, &root, creds.clone());
     o.retry = quick();
     let task = tokio::spawn(apply(o));
     // Kill the server once the big object is partly on disk.
@@ -195,7 +195,7 @@ async fn s3_hostile_keys_are_rejected() {
         let e = match res {
             Err(e) => e,
             Ok(revs) => {
-                let mut o = ApplyOptions::new(
+                let mut o = apply_options(
                     layers,
                     revs.into_iter().map(|r| r.revision).collect(),
                     &root,
@@ -292,7 +292,7 @@ async fn s3_listing_by_folder_keeps_the_revision_and_runs_once_per_apply() {
     lists.store(0, Ordering::SeqCst);
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    let mut o = ApplyOptions::new(layers.clone(), vec![String::new()], &root, Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), vec![String::new()], &root, Arc::new(NoCredentials));
     o.retry = quick();
     let s = apply(o).await.unwrap();
     assert_eq!(lists.load(Ordering::SeqCst), 4, "listed once, not again to check the pin");
@@ -302,11 +302,11 @@ async fn s3_listing_by_folder_keeps_the_revision_and_runs_once_per_apply() {
 
     // Pinned elsewhere: apply lists itself and checks the pin against that listing.
     lists.store(0, Ordering::SeqCst);
-    let mut o = ApplyOptions::new(layers.clone(), vec![expected], t.path().join("root2"), Arc::new(NoCredentials));
+    let mut o = apply_options(layers.clone(), vec![expected], t.path().join("root2"), Arc::new(NoCredentials));
     o.retry = quick();
     apply(o).await.unwrap();
     assert_eq!(lists.load(Ordering::SeqCst), 4);
-    let mut o = ApplyOptions::new(
+    let mut o = apply_options(
         layers,
         vec![format!("sha256:{}", "0".repeat(64))],
         t.path().join("root3"),

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -32,7 +32,7 @@ fn plan(endpoint: &str, path_style: bool, secret: &str) -> String {
 
 /// Runs the binary with no proxy settings but `proxy_env`.
 fn init(args: &[&str], proxy_env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(bin());
+    let mut cmd = init_cmd();
     cmd.args(args).env("RUST_LOG", "info");
     for k in
         ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"]

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use gamezone_init::Error;
-use gamezone_init::apply::{ApplyOptions, apply};
+use gamezone_init::apply::apply;
 use gamezone_init::creds::DirCredentials;
 use gamezone_init::plan::{GitSource, Layer, SecretRef};
-use gamezone_init::resolve::resolve_with;
+
 use gamezone_init::retry::RetryPolicy;
 
 fn ssh_layer(url: &str, secret: &str, sub: Option<&str>) -> Layer {
@@ -52,7 +52,7 @@ fn assert_no_key(text: &str, private: &str) {
 }
 
 async fn apply_one(layer: &Layer, commit: &str, root: &Path, creds: &Arc<DirCredentials>) -> Result<(), Error> {
-    let mut o = ApplyOptions::new(vec![layer.clone()], vec![commit.to_owned()], root, creds.clone());
+    let mut o = apply_options(vec![layer.clone()], vec![commit.to_owned()], root, creds.clone());
     o.retry = quick();
     apply(o).await.map(|_| ())
 }

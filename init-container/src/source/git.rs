@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::creds::{Credentials, text_key};
+use crate::egress::Egress;
 use crate::error::{Ctx, Error};
 use crate::plan::GitSource;
 use crate::retry::{self, RetryPolicy};
@@ -41,6 +42,8 @@ pub(crate) struct GitAuth {
     url: String,
     /// Why the ssh host key was refused: libgit2 replaces the callback's message with its own.
     host_key_refused: std::sync::Mutex<Option<String>>,
+    /// Which servers may be connected to.
+    egress: Egress,
 }
 
 impl GitAuth {
@@ -72,8 +75,8 @@ impl GitAuth {
 }
 
 /// Reads the layer's Secret; registers every secret value with `ctx` so messages are scrubbed.
-pub(crate) fn load_auth(ctx: &mut Ctx, g: &GitSource, creds: &dyn Credentials) -> Result<GitAuth> {
-    let mut auth = GitAuth { url: g.url.clone(), ..Default::default() };
+pub(crate) fn load_auth(ctx: &mut Ctx, g: &GitSource, creds: &dyn Credentials, egress: &Egress) -> Result<GitAuth> {
+    let mut auth = GitAuth { url: g.url.clone(), egress: egress.clone(), ..Default::default() };
     if let Ok(mut u) = url::Url::parse(&g.url)
         && (!u.username().is_empty() || u.password().is_some())
         && matches!(u.scheme(), "http" | "https")
@@ -162,12 +165,30 @@ fn pick(refs: &[(String, String)], g: &GitSource, ctx: &Ctx) -> Result<String> {
 }
 
 /// Resolves the layer's branch, tag or HEAD to a 40-hex commit (a pinned commit is returned as is).
-pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: Arc<GitAuth>, policy: &RetryPolicy) -> Result<String> {
+/// A git:// listing gives up after `deadline` on its own (its thread cannot be cancelled).
+pub(crate) async fn resolve(
+    ctx: &Ctx,
+    g: &GitSource,
+    auth: Arc<GitAuth>,
+    policy: &RetryPolicy,
+    deadline: std::time::Duration,
+) -> Result<String> {
     if let Some(c) = &g.commit {
         return Ok(c.to_ascii_lowercase());
     }
     let refs = if auth.url.starts_with("http://") || auth.url.starts_with("https://") {
         retry::retry(policy, "git ls-remote", || http_refs(ctx, &auth)).await?
+    } else if auth.url.starts_with("git://") {
+        let deadline = std::time::Instant::now() + deadline;
+        retry::retry(policy, "git ls-remote", || {
+            let (ctx, auth) = (ctx.clone(), auth.clone());
+            async move {
+                tokio::task::spawn_blocking(move || partial::daemon_refs(&ctx, &auth, deadline))
+                    .await
+                    .map_err(|e| Error::Plan(format!("ls-remote task failed: {e}")))?
+            }
+        })
+        .await?
     } else {
         retry::retry(policy, "git ls-remote", || {
             let (ctx, auth) = (ctx.clone(), auth.clone());
@@ -185,9 +206,9 @@ pub(crate) async fn resolve(ctx: &Ctx, g: &GitSource, auth: Arc<GitAuth>, policy
 /// Lists refs over smart HTTP (`info/refs`), which also lets a bearer token through.
 async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
     let url = format!("{}/info/refs?service=git-upload-pack", auth.url.trim_end_matches('/'));
-    let client = crate::source::http_client(ctx)?;
+    let client = crate::source::http_client(ctx, &auth.egress)?;
     let req = auth.authorize(client.get(&url).header("User-Agent", USER_AGENT));
-    let resp = req.send().await.map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    let resp = req.send().await.map_err(|e| crate::source::reqwest_error(ctx, "git.url", &e))?;
     let status = resp.status().as_u16();
     match status {
         200 => {}
@@ -197,10 +218,11 @@ async fn http_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
             return Err(ctx.transient(format!("HTTP {s} listing refs")));
         }
         s => {
-            return Err(ctx.source(format!("HTTP {s} listing refs; is git.url a git repository?")));
+            let what = crate::source::status_phrase(s, "git.url");
+            return Err(ctx.source(format!("{what} listing refs; is git.url a git repository?")));
         }
     }
-    let body = resp.bytes().await.map_err(|e| crate::source::reqwest_error(ctx, &e))?;
+    let body = resp.bytes().await.map_err(|e| crate::source::reqwest_error(ctx, "git.url", &e))?;
     parse_advertisement(&body).map_err(|m| ctx.source(format!("{m}; is git.url a smart-HTTP git repository?")))
 }
 
@@ -236,11 +258,45 @@ pub(crate) fn parse_advertisement(mut body: &[u8]) -> std::result::Result<Vec<(S
     Ok(refs)
 }
 
+/// Checks, before libgit2 connects, that the URL's host resolves only to addresses the egress
+/// policy allows. libgit2 resolves the name again itself, so a DNS answer that changes between
+/// the two lookups (rebinding) is not caught on this path; the smart-HTTP and git:// paths
+/// connect to the addresses they checked.
+fn preflight(ctx: &Ctx, auth: &GitAuth) -> Result<()> {
+    auth.egress.check_url("git.url", &auth.url).map_err(|m| ctx.invalid(m))?;
+    let (host, port) = match url::Url::parse(&auth.url) {
+        Ok(u) if u.scheme() == "file" => return Ok(()),
+        Ok(u) => {
+            let port = u.port().unwrap_or(match u.scheme() {
+                "git" => 9418,
+                "http" => 80,
+                "https" => 443,
+                _ => 22,
+            });
+            match u.host_str() {
+                Some(h) => (h.to_owned(), port),
+                None => return Ok(()),
+            }
+        }
+        // scp-like `user@host:path`, or a local path (allowed by check_url only when local sources are).
+        Err(_) => match auth.url.split_once(':') {
+            Some((h, _)) if !h.contains('/') => (h.rsplit_once('@').map_or(h, |(_, h)| h).to_owned(), 22),
+            _ => return Ok(()),
+        },
+    };
+    match auth.egress.lookup_blocking(&host, port) {
+        Ok(_) => Ok(()),
+        Err(r) if r.policy => Err(ctx.invalid(format!("git.url: {r}"))),
+        Err(r) => Err(ctx.transient(format!("git.url: {r}"))),
+    }
+}
+
 fn libgit2_refs(ctx: &Ctx, auth: &GitAuth) -> Result<Vec<(String, String)>> {
+    preflight(ctx, auth)?;
     let failed = Cell::new(false);
     let tried = Cell::new(false);
     let mut remote = git2::Remote::create_detached(auth.url.as_str())
-        .map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
+        .map_err(|_| ctx.invalid("git.url: libgit2 cannot use this URL; check git.url"))?;
     let cbs = callbacks(auth, &tried, &failed);
     let conn = remote
         .connect_auth(git2::Direction::Fetch, Some(cbs), None)
@@ -342,12 +398,13 @@ fn key_kind(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key.get(4..4usize.checked_add(len)?)?).ok()
 }
 
+/// libgit2's messages can quote the server (an `ERR` line, an HTTP answer): they are read only
+/// to classify, and the error says a fixed phrase with at most libgit2's class and code.
 fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) -> Error {
     if let Some(m) = auth.host_key_refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return ctx.credentials(m);
     }
-    let msg = e.message().to_owned();
-    let lower = msg.to_ascii_lowercase();
+    let lower = e.message().to_ascii_lowercase();
     if auth_failed
         || e.code() == ErrorCode::Auth
         || lower.contains("authentication")
@@ -356,19 +413,26 @@ fn map_git_error(ctx: &Ctx, auth: &GitAuth, e: &git2::Error, auth_failed: bool) 
         return ctx.auth(auth.hint());
     }
     if lower.contains("known_hosts") || lower.contains("host key") {
-        return ctx.credentials(msg);
+        return ctx.credentials(
+            "the ssh server's host key was refused; add its key (ssh-keyscan HOST) to the Secret's `known_hosts`",
+        );
     }
     if lower.contains("status code: 404")
         || lower.contains("not found")
         || lower.contains("not exported")
         || lower.contains("access denied")
     {
-        return ctx.not_found(format!("repository not found ({msg}); check git.url"));
+        return ctx.not_found("repository not found; check git.url");
     }
-    if retry::text_is_transient(&msg) || matches!(e.class(), ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh) {
-        return ctx.transient(msg);
+    let what = format!("git.url: the git transfer failed (libgit2 {:?}/{:?})", e.class(), e.code());
+    if e.code() == ErrorCode::User {
+        // A callback stopped the transfer: the fetch deadline passed.
+        return ctx.transient(format!("{what}; stopped at the fetch deadline"));
     }
-    ctx.source(msg)
+    if retry::text_is_transient(&lower) || matches!(e.class(), ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssh) {
+        return ctx.transient(format!("{what}; check that the server is reachable"));
+    }
+    ctx.source(what)
 }
 
 /// Everything `apply` needs for a git layer, owned so it can move to a blocking thread.
@@ -382,6 +446,8 @@ pub(crate) struct GitJob {
     pub cache: PathBuf,
     pub policy: RetryPolicy,
     pub writer: Arc<TreeWriter>,
+    /// When the fetch gives up: blocking work cannot be cancelled, so it watches this itself.
+    pub deadline: std::time::Instant,
 }
 
 /// Fetches what the layer needs of the pinned commit (unless cached) and writes its `subPath`
@@ -417,10 +483,13 @@ fn init_cache(ctx: &Ctx, cache: &Path, dir: &Path) -> Result<Repository> {
     Repository::init_bare(dir).map_err(|e| ctx.source(format!("init git cache {}: {}", dir.display(), e.message())))
 }
 
-fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<()> {
+fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str, deadline: std::time::Instant) -> Result<()> {
+    preflight(ctx, auth)?;
     let failed = Cell::new(false);
     let tried = Cell::new(false);
-    let mut remote = repo.remote_anonymous(&auth.url).map_err(|e| ctx.invalid(format!("git.url: {}", e.message())))?;
+    let mut remote = repo
+        .remote_anonymous(&auth.url)
+        .map_err(|_| ctx.invalid("git.url: libgit2 cannot use this URL; check git.url"))?;
     let mut fo = FetchOptions::new();
     fo.depth(1);
     fo.download_tags(git2::AutotagOption::None);
@@ -428,7 +497,12 @@ fn fetch(ctx: &Ctx, repo: &Repository, auth: &GitAuth, refspec: &str) -> Result<
     let headers = auth.headers();
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
     fo.custom_headers(&header_refs);
-    fo.remote_callbacks(callbacks(auth, &tried, &failed));
+    let mut cbs = callbacks(auth, &tried, &failed);
+    // libgit2 has no total timeout (and its server timeouts are set only through unsafe code,
+    // which this crate forbids): returning false from the progress callback cancels the fetch
+    // once the deadline has passed and data still comes.
+    cbs.transfer_progress(move |_| std::time::Instant::now() < deadline);
+    fo.remote_callbacks(cbs);
     remote.fetch(&[refspec], Some(&mut fo), None).map_err(|e| map_git_error(ctx, auth, &e, failed.get()))
 }
 
@@ -598,7 +672,10 @@ fn write_file(ctx: &Ctx, w: &TreeWriter, rel: &str, exec: bool, content: &[u8]) 
 /// Fetches the whole commit with depth 1 through libgit2 (no partial clone there).
 fn libgit2_fetch(job: &GitJob, repo: &Repository) -> Result<()> {
     let ctx = &job.ctx;
-    let by_id = retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, repo, &job.auth, &job.commit));
+    let d = Some(job.deadline);
+    let by_id = retry::retry_blocking_until(&job.policy, "git fetch", d, || {
+        fetch(ctx, repo, &job.auth, &job.commit, job.deadline)
+    });
     match by_id {
         Ok(()) => {}
         Err(e @ (Error::Auth { .. } | Error::Credentials { .. } | Error::Transient { .. })) => {
@@ -609,7 +686,9 @@ fn libgit2_fetch(job: &GitJob, repo: &Repository) -> Result<()> {
             let (name, _) = wanted_ref(&job.source);
             tracing::info!(layer = ctx.layer, error = %e, reference = %name, "fetch by commit refused; fetching the ref instead");
             let spec = format!("+{name}:refs/gamezone/fetched");
-            retry::retry_blocking(&job.policy, "git fetch", || fetch(ctx, repo, &job.auth, &spec))?;
+            retry::retry_blocking_until(&job.policy, "git fetch", d, || {
+                fetch(ctx, repo, &job.auth, &spec, job.deadline)
+            })?;
         }
     }
     Ok(())

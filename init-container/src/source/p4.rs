@@ -48,6 +48,8 @@ pub(crate) struct P4Layer {
     pub location: Location,
     pub expected_sha256: Option<String>,
     pub policy: RetryPolicy,
+    /// Which servers may be connected to.
+    pub egress: crate::egress::Egress,
 }
 
 impl P4Layer {
@@ -62,7 +64,7 @@ impl P4Layer {
         let Location::Http { basic, bearer, .. } = &self.location else {
             unreachable!("http request for a non-http location")
         };
-        let mut req = crate::source::http_client(&self.ctx)?.get(url);
+        let mut req = crate::source::http_client(&self.ctx, &self.egress)?.get(url);
         if let Some((u, p)) = basic {
             req = req.basic_auth(u.as_str(), Some(p.as_str()));
         } else if let Some(t) = bearer {
@@ -76,7 +78,8 @@ impl P4Layer {
 
     async fn http_open(&self, url: &str, offset: u64, what: &str) -> Result<reqwest::Response> {
         let Location::Http { secret, .. } = &self.location else { unreachable!("http open for a non-http location") };
-        let resp = self.http_request(url, offset)?.send().await.map_err(|e| reqwest_error(&self.ctx, &e))?;
+        let resp =
+            self.http_request(url, offset)?.send().await.map_err(|e| reqwest_error(&self.ctx, "p4Export.url", &e))?;
         let s = resp.status().as_u16();
         match s {
             200 if offset == 0 => Ok(resp),
@@ -87,7 +90,7 @@ impl P4Layer {
             401 | 403 => Err(self.ctx.auth(self.auth_hint(secret))),
             404 => Err(self.ctx.not_found(format!("{what}: not found (HTTP 404); check p4Export.url"))),
             s if retry::status_is_transient(s) => Err(self.ctx.transient(format!("{what}: HTTP {s}"))),
-            s => Err(self.ctx.source(format!("{what}: HTTP {s}"))),
+            s => Err(self.ctx.source(format!("{what}: {}", crate::source::status_phrase(s, "p4Export.url")))),
         }
     }
 
@@ -101,7 +104,7 @@ impl P4Layer {
                     if resp.content_length().is_some_and(|l| l as usize > MAX_MANIFEST) {
                         return Err(ctx.limit("the manifest is larger than 256 MiB"));
                     }
-                    Ok(resp.bytes().await.map_err(|e| reqwest_error(ctx, &e))?.to_vec())
+                    Ok(resp.bytes().await.map_err(|e| reqwest_error(ctx, "p4Export.url", &e))?.to_vec())
                 })
                 .await?
             }
@@ -126,8 +129,14 @@ impl P4Layer {
                 .await?
             }
         };
-        let m: Manifest =
-            serde_json::from_slice(&body).map_err(|e| ctx.verification(format!("the manifest is not valid: {e}")))?;
+        // serde's message quotes the values it refused: only the position is kept.
+        let m: Manifest = serde_json::from_slice(&body).map_err(|e| {
+            ctx.verification(format!(
+                "the manifest is not a p4 export manifest (invalid at line {}, column {}); check p4Export.url",
+                e.line(),
+                e.column()
+            ))
+        })?;
         if !(m.archive_sha256.len() == 64 && m.archive_sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(ctx.verification("the manifest's archiveSha256 is not 64 hex digits"));
         }
@@ -171,7 +180,7 @@ impl P4Layer {
                 let this = self.clone();
                 (
                     Box::new(ChannelReader { rx, cur: Bytes::new() }),
-                    Some(tokio::spawn(async move { this.pump(tx).await })),
+                    Some(AbortOnDrop(tokio::spawn(async move { this.pump(tx).await }))),
                 )
             }
         };
@@ -180,9 +189,9 @@ impl P4Layer {
         let extracted = tokio::task::spawn_blocking(move || extract(&ctx2, input, &m, &sha, &sub, &dest, &w2))
             .await
             .map_err(|e| Error::Plan(format!("unpack task failed: {e}")))?;
-        if let Some(p) = producer {
+        if let Some(mut p) = producer {
             // The producer's error says what went wrong on the wire; prefer it.
-            let fetched = p.await.map_err(|e| Error::Plan(format!("download task failed: {e}")))?;
+            let fetched = (&mut p.0).await.map_err(|e| Error::Plan(format!("download task failed: {e}")))?;
             fetched?;
         }
         extracted
@@ -236,7 +245,7 @@ impl P4Layer {
         match &self.location {
             Location::Http { url, .. } => {
                 let resp = self.http_open(url, offset, "archive").await?;
-                Ok(resp.bytes_stream().map(move |r| r.map_err(|e| reqwest_error(&ctx, &e))).boxed())
+                Ok(resp.bytes_stream().map(move |r| r.map_err(|e| reqwest_error(&ctx, "p4Export.url", &e))).boxed())
             }
             Location::S3 { store, key, secret } => {
                 let opts = GetOptions { range: (offset > 0).then_some(GetRange::Offset(offset)), ..Default::default() };
@@ -251,6 +260,16 @@ impl P4Layer {
             }
             Location::File(_) => Err(self.ctx.source("internal: file archives are read directly")),
         }
+    }
+}
+
+/// The download task, stopped when `apply` is dropped (at the fetch deadline) so that it does
+/// not go on downloading for nobody.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -650,3 +650,52 @@ impl Smbd {
         ]))
     }
 }
+
+/// The egress policy of these tests: their servers listen on loopback, and some layers are local.
+pub fn loopback() -> gamezone_init::egress::Egress {
+    gamezone_init::egress::Egress::strict()
+        .allow(&["127.0.0.0/8".to_owned(), "::1/128".to_owned()])
+        .unwrap()
+        .allow_local_sources(true)
+}
+
+/// Flags of the binary for [`loopback`].
+pub const LOOPBACK_ENV: [(&str, &str); 2] =
+    [("GAMEZONE_ALLOW_EGRESS", "127.0.0.0/8,::1/128"), ("GAMEZONE_ALLOW_LOCAL_SOURCES", "true")];
+
+/// `gamezone-init`, allowed to reach the loopback test servers and local folders.
+pub fn init_cmd() -> Command {
+    let mut c = Command::new(bin());
+    c.envs(LOOPBACK_ENV);
+    c
+}
+
+/// `resolve::resolve` with the [`loopback`] policy.
+pub async fn resolve(
+    layers: &[gamezone_init::plan::Layer],
+    creds: &dyn gamezone_init::creds::Credentials,
+) -> gamezone_init::Result<Vec<gamezone_init::resolve::Revision>> {
+    resolve_with(layers, creds, &gamezone_init::retry::RetryPolicy::default()).await
+}
+
+/// `resolve::resolve_with` with the [`loopback`] policy.
+pub async fn resolve_with(
+    layers: &[gamezone_init::plan::Layer],
+    creds: &dyn gamezone_init::creds::Credentials,
+    retry: &gamezone_init::retry::RetryPolicy,
+) -> gamezone_init::Result<Vec<gamezone_init::resolve::Revision>> {
+    let o = gamezone_init::resolve::Options { retry: retry.clone(), egress: loopback(), ..Default::default() };
+    gamezone_init::resolve::resolve_opts(layers, creds, &o).await
+}
+
+/// `ApplyOptions::new` with the [`loopback`] policy.
+pub fn apply_options(
+    layers: Vec<gamezone_init::plan::Layer>,
+    revisions: Vec<String>,
+    root: impl Into<PathBuf>,
+    creds: Arc<dyn gamezone_init::creds::Credentials>,
+) -> gamezone_init::apply::ApplyOptions {
+    let mut o = gamezone_init::apply::ApplyOptions::new(layers, revisions, root, creds);
+    o.egress = loopback();
+    o
+}

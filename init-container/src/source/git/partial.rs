@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use git2::{Odb, OdbLookupFlags, Oid, Repository};
 use tokio::runtime::Handle;
@@ -88,49 +88,86 @@ struct Session {
 }
 
 enum Conn {
-    Daemon { stream: TcpStream, reader: PktReader<BufReader<TcpStream>> },
+    Daemon { stream: Timed, reader: PktReader<BufReader<Timed>> },
     Http { client: reqwest::Client, base: String },
 }
 
-/// Maps a protocol fault to a layer error (transient network trouble, a full disk) or a fallback.
+/// A git:// socket that gives up at the fetch deadline: each read and write may wait at most
+/// 60 s and never past the deadline, so a server sending a byte every 20 s cannot keep it alive.
+struct Timed {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Timed {
+    /// How long the next read or write may wait; `TimedOut` once the deadline has passed.
+    fn budget(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "fetch deadline passed"));
+        }
+        Ok(left.min(Duration::from_secs(60)))
+    }
+
+    fn try_clone(&self) -> io::Result<Timed> {
+        Ok(Timed { stream: self.stream.try_clone()?, deadline: self.deadline })
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.budget()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.budget()?))?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Maps a protocol fault to a layer error (transient network trouble, a full disk) or a
+/// fallback. Fixed phrases only: the server's own lines (an `ERR` line, a malformed answer)
+/// are never quoted.
 fn fault<T>(ctx: &Ctx, what: &str, f: Fault) -> Step<T> {
     match f {
-        Fault::Io(e) if retry::io_is_transient(&e) => Err(ctx.transient(format!("{what}: {e}"))),
-        Fault::Io(e) => Ok(Err(Fallback(format!("{what}: {e}")))),
-        Fault::Protocol(m) => Ok(Err(Fallback(format!("{what}: {m}")))),
-        Fault::Remote(m) => Ok(Err(Fallback(format!("{what}: the server answered `{m}`")))),
-        Fault::Store(m) => Err(ctx.source(format!("{what}: cannot store the pack in the git cache: {m}"))),
+        Fault::Io(e) if retry::io_is_transient(&e) => Err(ctx.transient(format!("{what}: {}", e.kind()))),
+        Fault::Io(e) => Ok(Err(Fallback(format!("{what}: {}", e.kind())))),
+        Fault::Protocol(_) => Ok(Err(Fallback(format!("{what}: the answer does not follow git protocol v2")))),
+        Fault::Remote(_) => Ok(Err(Fallback(format!("{what}: the server answered with an error line")))),
+        Fault::Store(_) => Err(ctx.source(format!(
+            "{what}: cannot store the pack in the git cache (disk full, or a corrupt pack); check the volume"
+        ))),
     }
 }
 
 impl Session {
-    fn open(ctx: &Ctx, auth: &GitAuth, endpoint: &Endpoint, rt: &Handle) -> Step<Session> {
+    fn open(ctx: &Ctx, auth: &GitAuth, endpoint: &Endpoint, rt: &Handle, deadline: Instant) -> Step<Session> {
         match endpoint {
-            Endpoint::Daemon { host, port, path, host_param } => Self::open_daemon(ctx, host, *port, path, host_param),
-            Endpoint::Http { base } => Self::open_http(ctx, auth, base, rt),
+            Endpoint::Daemon { host, port, path, host_param } => {
+                Self::open_daemon(ctx, auth, (host, *port), path, host_param, deadline)
+            }
+            Endpoint::Http { base } => Self::open_http(ctx, auth, base, rt, deadline),
         }
     }
 
-    fn open_daemon(ctx: &Ctx, host: &str, port: u16, path: &str, host_param: &str) -> Step<Session> {
-        let net = |e: io::Error| ctx.transient(format!("connect to {host}:{port}: {e}"));
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        for addr in (host, port).to_socket_addrs().map_err(net)? {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(15)) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let stream = stream.ok_or_else(|| net(last))?;
-        let setup = || -> io::Result<BufReader<TcpStream>> {
-            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-            stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-            stream.set_nodelay(true)?;
-            Ok(BufReader::with_capacity(128 * 1024, stream.try_clone()?))
-        };
+    fn open_daemon(
+        ctx: &Ctx,
+        auth: &GitAuth,
+        (host, port): (&str, u16),
+        path: &str,
+        host_param: &str,
+        deadline: Instant,
+    ) -> Step<Session> {
+        let net = |e: io::Error| ctx.transient(format!("git.url: cannot connect to the server ({})", e.kind()));
+        let stream = connect_daemon(ctx, auth, (host, port), deadline)?;
+        let setup =
+            || -> io::Result<BufReader<Timed>> { Ok(BufReader::with_capacity(128 * 1024, stream.try_clone()?)) };
         let reader = setup().map_err(net)?;
         let mut req = Vec::new();
         pkt_line(&mut req, format!("git-upload-pack {path}\0host={host_param}\0\0version=2\0").as_bytes());
@@ -156,11 +193,13 @@ impl Session {
         Ok(Ok(session))
     }
 
-    fn open_http(ctx: &Ctx, auth: &GitAuth, base: &str, rt: &Handle) -> Step<Session> {
-        let client = source::http_client(ctx)?;
+    fn open_http(ctx: &Ctx, auth: &GitAuth, base: &str, rt: &Handle, deadline: Instant) -> Step<Session> {
+        let client = source::http_client(ctx, &auth.egress)?;
         let url = format!("{base}/info/refs?service=git-upload-pack");
         let req = auth.authorize(client.get(&url)).header("Git-Protocol", "version=2").header("User-Agent", USER_AGENT);
-        let resp = rt.block_on(req.send()).map_err(|e| source::reqwest_error(ctx, &e))?;
+        let resp = until(rt, deadline, req.send())
+            .ok_or_else(|| ctx.transient("git.url: the fetch deadline passed"))?
+            .map_err(|e| source::reqwest_error(ctx, "git.url", &e))?;
         if let Err(step) = http_status(ctx, auth, resp.status().as_u16(), "listing capabilities") {
             return step;
         }
@@ -171,13 +210,14 @@ impl Session {
         if !smart {
             return Ok(Err(Fallback("not a smart-HTTP server (no upload-pack advertisement)".into())));
         }
-        // Follow a redirect the way git does: later requests go to the new base.
+        // Follow a redirect the way git does: later requests go to the new base (the client
+        // follows redirects only on the same host, each checked by the egress policy).
         let base = resp
             .url()
             .as_str()
             .strip_suffix("/info/refs?service=git-upload-pack")
             .map_or_else(|| base.to_owned(), str::to_owned);
-        let mut reader = PktReader::new(HttpBody::new(resp, rt.clone()));
+        let mut reader = PktReader::new(HttpBody::new(resp, rt.clone(), deadline));
         let caps = match super::protocol::read_advertisement(&mut reader) {
             Ok(Advertisement::V2(caps)) => caps,
             Ok(Advertisement::Older) => return Ok(Err(Fallback("the server does not speak protocol v2".into()))),
@@ -191,7 +231,7 @@ impl Session {
         &mut self,
         ctx: &Ctx,
         auth: &GitAuth,
-        rt: &Handle,
+        (rt, deadline): (&Handle, Instant),
         body: Vec<u8>,
         pack: &mut dyn Write,
     ) -> Step<FetchResponse> {
@@ -210,11 +250,14 @@ impl Session {
                     .header("Content-Type", "application/x-git-upload-pack-request")
                     .header("Accept", "application/x-git-upload-pack-result")
                     .body(body);
-                let resp = rt.block_on(req.send()).map_err(|e| source::reqwest_error(ctx, &e))?;
+                let resp = until(rt, deadline, req.send())
+                    .ok_or_else(|| ctx.transient("git.url: the fetch deadline passed"))?
+                    .map_err(|e| source::reqwest_error(ctx, "git.url", &e))?;
                 if let Err(step) = http_status(ctx, auth, resp.status().as_u16(), "fetching") {
                     return step;
                 }
-                super::protocol::read_fetch_response(&mut PktReader::new(HttpBody::new(resp, rt.clone())), pack)
+                let body = HttpBody::new(resp, rt.clone(), deadline);
+                super::protocol::read_fetch_response(&mut PktReader::new(body), pack)
             }
         };
         match r {
@@ -224,6 +267,79 @@ impl Session {
     }
 }
 
+/// Largest ref advertisement read from a git daemon.
+const MAX_ADVERTISEMENT: usize = 64 << 20;
+
+/// Lists the refs of a git:// repository (a protocol v0 advertisement) over a socket that gives
+/// up at `deadline`: libgit2 has no timeout there, and a blocking thread it holds cannot be
+/// stopped.
+pub(crate) fn daemon_refs(ctx: &Ctx, auth: &GitAuth, deadline: Instant) -> Result<Vec<(String, String)>> {
+    let Ok(Endpoint::Daemon { host, port, path, host_param }) = endpoint(&auth.url) else {
+        return Err(ctx.invalid("git.url: not a git:// URL with a host; check git.url"));
+    };
+    let mut stream = connect_daemon(ctx, auth, (&host, port), deadline)?;
+    let net = |e: io::Error| match e.kind() {
+        // git daemon hangs up on repositories it does not export.
+        io::ErrorKind::UnexpectedEof => ctx.not_found("repository not found (the server hung up); check git.url"),
+        k => ctx.transient(format!("git.url: listing refs failed ({k})")),
+    };
+    let mut req = Vec::new();
+    pkt_line(&mut req, format!("git-upload-pack {path}\0host={host_param}\0").as_bytes());
+    stream.write_all(&req).map_err(net)?;
+    let mut r = BufReader::new(stream.try_clone().map_err(net)?);
+    let mut raw = Vec::new();
+    loop {
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).map_err(net)?;
+        let len = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .filter(|&l| l == 0 || (4..=super::protocol::MAX_PKT).contains(&l))
+            .ok_or_else(|| {
+                ctx.source("git.url: the server's ref advertisement is malformed; is git.url a git repository?")
+            })?;
+        raw.extend_from_slice(&head);
+        if len == 0 {
+            break;
+        }
+        let at = raw.len();
+        raw.resize(at + len - 4, 0);
+        r.read_exact(&mut raw[at..]).map_err(net)?;
+        if raw.len() > MAX_ADVERTISEMENT {
+            return Err(ctx.limit("git.url: the server advertises more than 64 MiB of refs"));
+        }
+    }
+    // Nothing wanted: a v0 server ends cleanly on a flush.
+    let _ = stream.write_all(b"0000");
+    super::parse_advertisement(&raw)
+        .map_err(|_| ctx.source("git.url: the server's ref advertisement is malformed; is git.url a git repository?"))
+}
+
+/// Connects to a git daemon at an address the egress policy allows, as checked (no second lookup).
+fn connect_daemon(ctx: &Ctx, auth: &GitAuth, (host, port): (&str, u16), deadline: Instant) -> Result<Timed> {
+    let addrs = match auth.egress.lookup_blocking(host, port) {
+        Ok(a) => a,
+        Err(r) if r.policy => return Err(ctx.invalid(format!("git.url: {r}"))),
+        Err(r) => return Err(ctx.transient(format!("git.url: {r}"))),
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(15));
+        if wait.is_zero() {
+            last = io::Error::from(io::ErrorKind::TimedOut);
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, wait) {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Timed { stream, deadline });
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(ctx.transient(format!("git.url: cannot connect to the server ({})", last.kind())))
+}
+
 /// Classifies a smart-HTTP status; `Err` holds what the caller returns.
 fn http_status<T>(ctx: &Ctx, auth: &GitAuth, status: u16, what: &str) -> std::result::Result<(), Step<T>> {
     match status {
@@ -231,8 +347,13 @@ fn http_status<T>(ctx: &Ctx, auth: &GitAuth, status: u16, what: &str) -> std::re
         401 | 403 => Err(Err(ctx.auth(auth.hint()))),
         404 => Err(Err(ctx.not_found("repository not found (HTTP 404); check git.url"))),
         s if retry::status_is_transient(s) => Err(Err(ctx.transient(format!("HTTP {s} {what}")))),
-        s => Err(Ok(Err(Fallback(format!("HTTP {s} {what}"))))),
+        s => Err(Ok(Err(Fallback(format!("{} {what}", source::status_phrase(s, "git.url")))))),
     }
+}
+
+/// Runs `f` on the runtime until `deadline`; `None` when the deadline came first.
+fn until<F: std::future::Future>(rt: &Handle, deadline: Instant, f: F) -> Option<F::Output> {
+    rt.block_on(tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f)).ok()
 }
 
 /// A response body read from a blocking thread, one chunk at a time.
@@ -240,24 +361,24 @@ struct HttpBody {
     resp: reqwest::Response,
     rt: Handle,
     chunk: bytes::Bytes,
+    deadline: Instant,
 }
 
 impl HttpBody {
-    fn new(resp: reqwest::Response, rt: Handle) -> Self {
-        HttpBody { resp, rt, chunk: bytes::Bytes::new() }
+    fn new(resp: reqwest::Response, rt: Handle, deadline: Instant) -> Self {
+        HttpBody { resp, rt, chunk: bytes::Bytes::new(), deadline }
     }
 }
 
 impl Read for HttpBody {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rt.block_on(self.resp.chunk()) {
-                Ok(Some(c)) => self.chunk = c,
-                Ok(None) => return Ok(0),
+            match until(&self.rt, self.deadline, self.resp.chunk()) {
+                Some(Ok(Some(c))) => self.chunk = c,
+                Some(Ok(None)) => return Ok(0),
                 // A body cut off mid-way: transient, like reqwest_error says.
-                Err(e) => {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, source::strip_urls(&e.to_string())));
-                }
+                Some(Err(_)) => return Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+                None => return Err(io::Error::from(io::ErrorKind::TimedOut)),
             }
         }
         let n = out.len().min(self.chunk.len());
@@ -369,9 +490,13 @@ impl Fetcher<'_> {
         let ctx = &self.job.ctx;
         let needs_filter = req.filter.is_some();
         let started = std::time::Instant::now();
-        retry::retry_blocking(&self.job.policy, "git fetch (protocol v2)", || {
+        let deadline = self.job.deadline;
+        retry::retry_blocking_until(&self.job.policy, "git fetch (protocol v2)", Some(deadline), || {
+            if Instant::now() >= deadline {
+                return Err(ctx.transient("git.url: the fetch deadline passed"));
+            }
             if self.session.is_none() {
-                match Session::open(ctx, &self.job.auth, &self.endpoint, self.rt)? {
+                match Session::open(ctx, &self.job.auth, &self.endpoint, self.rt, deadline)? {
                     Ok(s) => self.session = Some(s),
                     Err(f) => return Ok(Err(f)),
                 }
@@ -385,7 +510,7 @@ impl Fetcher<'_> {
             let writer =
                 odb.packwriter().map_err(|e| ctx.source(format!("write to the git cache: {}", e.message())))?;
             let mut sink = PackSink { writer };
-            let r = session.fetch(ctx, &self.job.auth, self.rt, body, &mut sink);
+            let r = session.fetch(ctx, &self.job.auth, (self.rt, deadline), body, &mut sink);
             match r {
                 Ok(Ok(resp)) => {
                     sink.writer

@@ -7,8 +7,10 @@ use std::io::{self, Read, Write};
 /// Largest pkt-line, length header included.
 pub(crate) const MAX_PKT: usize = 65520;
 
-/// What went wrong while talking to the server.
+/// What went wrong while talking to the server. The texts quote the server and are for tests
+/// and debugging only: `partial::fault` maps each kind to a fixed phrase.
 #[derive(Debug)]
+#[allow(dead_code)]
 pub(crate) enum Fault {
     /// The connection failed or ended early.
     Io(io::Error),
