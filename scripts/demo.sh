@@ -66,6 +66,8 @@ say "installing the CRDs and starting the operator"
 kubectl get crd gamezones.gamezone.dev gameservers.gamezone.dev
 # What lets an SDK sidecar write its own GameServer only (a ValidatingAdmissionPolicy).
 kubectl apply --server-side -f deploy/sdk-policy.yaml >/dev/null
+# What keeps a zone's author to their own rights: Secrets they may read, pods they may make.
+kubectl apply --server-side -f deploy/tenant-policy.yaml >/dev/null
 kubectl create namespace "$NS" >/dev/null
 HTTP_PORT=$(free_port)
 "$BIN/gamezone" run --kubeconfig "$KUBECONFIG" --http-addr "127.0.0.1:$HTTP_PORT" --log-format json \
@@ -138,11 +140,15 @@ if ! kubectl -n "$NS" wait --for=condition=Ready gamezone/zone1 --timeout=120s >
 fi
 
 say "what the init-container of every pod materializes (the same pinned layers, run here)"
-INIT_ENV=$(kubectl -n "$NS" get pod zone1-game-1 -o jsonpath='{range .spec.initContainers[0].env[*]}{.name}={.value}{"\n"}{end}')
+# The init container named `artifacts` (the SDK sidecar, when a type uses it, comes first).
+INIT_ENV=$(kubectl -n "$NS" get pod zone1-game-1 \
+  -o jsonpath='{range .spec.initContainers[?(@.name=="artifacts")].env[*]}{.name}={.value}{"\n"}{end}')
 GAMEZONE_LAYERS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_LAYERS=//p') \
 GAMEZONE_REVISIONS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_REVISIONS=//p') \
-  "$BIN/gamezone-init" apply --root "$DEMO/artifacts" 2>&1 | tail -n 2 || true
-(cd "$DEMO/artifacts/current" 2>/dev/null && find . -type f | sort) || true
+  "$BIN/gamezone-init" apply --root "$DEMO/artifacts" >"$DEMO/init-apply.log" 2>&1 \
+  || { tail -n 5 "$DEMO/init-apply.log" >&2; echo "gamezone-init apply failed (log: $DEMO/init-apply.log)" >&2; exit 1; }
+tail -n 2 "$DEMO/init-apply.log"
+(cd "$DEMO/artifacts/current" && find . -type f | sort)
 
 say "a client on this machine asks zone1-game-1 who it is, at the node address and port its status names"
 ADDR=$(kubectl -n "$NS" get gs zone1-game-1 -o jsonpath='{.status.nodeAddress}')

@@ -170,6 +170,10 @@ struct RunArgs {
     namespace: Option<String>,
     #[command(flatten)]
     build: BuildArgs,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    #[command(flatten)]
+    tenancy: TenancyArgs,
     /// Reconciles at once per controller.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -253,6 +257,71 @@ struct BuildArgs {
     /// Image of zones' edits shares (Debian's smbd and `gamezone edits serve`).
     #[arg(long, env = "GAMEZONE_SAMBA_IMAGE", default_value = zone::DEFAULT_SAMBA_IMAGE)]
     samba_image: String,
+}
+
+/// Where zones' artifact layers may be fetched from: their URLs are written by whoever may
+/// create a GameZone, so by default the operator and the pods' init containers refuse loopback,
+/// link-local (the clouds' metadata service), unspecified and multicast addresses, the cluster's
+/// API server, and local paths.
+#[derive(Debug, clap::Args)]
+struct FetchArgs {
+    /// Also allow these addresses or hosts: CIDRs (`10.0.0.0/8`), single IPs, host names;
+    /// repeated or separated by commas. The API server's address stays refused.
+    #[arg(long, env = "GAMEZONE_ALLOW_EGRESS", value_delimiter = ',')]
+    allow_egress: Vec<String>,
+    /// Allow `file://` URLs and plain paths as layer sources (local development only: they read
+    /// the operator's and the nodes' own file systems).
+    #[arg(long, env = "GAMEZONE_ALLOW_LOCAL_SOURCES")]
+    allow_local_sources: bool,
+    /// Seconds a zone's artifacts may take to resolve, whatever their servers do.
+    #[arg(long, default_value_t = 60, env = "GAMEZONE_RESOLVE_TIMEOUT")]
+    resolve_timeout: u64,
+}
+
+/// What zones' authors may ask of the nodes: they are untrusted, and the operator makes their pods.
+#[derive(Debug, clap::Args)]
+struct TenancyArgs {
+    /// Host ports a Static port may take; by default none below 1024, none of the node daemons'
+    /// (10250-10259) and none of the NodePort range.
+    #[arg(long, default_value = zone::tenancy::DEFAULT_STATIC_PORTS, env = "GAMEZONE_STATIC_PORTS")]
+    static_ports: String,
+    /// Let zones' pods tolerate control-plane taints and select control-plane nodes.
+    #[arg(long, env = "GAMEZONE_ALLOW_CONTROL_PLANE")]
+    allow_control_plane: bool,
+    /// The most host ports the servers of one namespace may hold at once, so that one team cannot
+    /// take every node's ports; no limit when empty.
+    #[arg(long, env = "GAMEZONE_HOST_PORTS_PER_NAMESPACE")]
+    host_ports_per_namespace: Option<usize>,
+}
+
+impl FetchArgs {
+    /// The fetch options, refusing the API server behind `cluster` whatever is allowed.
+    fn options(&self, cluster: &http::Uri) -> anyhow::Result<gamezone_init::resolve::Options> {
+        let egress = gamezone_init::egress::Egress::strict()
+            .allow(&self.allow_egress)
+            .map_err(|e| anyhow::anyhow!("--allow-egress: {e}"))?
+            .deny(&api_server_addresses(cluster))
+            .allow_local_sources(self.allow_local_sources);
+        let deadline = Duration::from_secs(self.resolve_timeout.max(1));
+        Ok(gamezone_init::resolve::Options { egress, deadline, ..Default::default() })
+    }
+}
+
+/// The addresses of the cluster's API server: the client's URL and, in a pod, the
+/// `kubernetes` Service's.
+fn api_server_addresses(cluster: &http::Uri) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut found = Vec::new();
+    if let Some(host) = cluster.host() {
+        let port = cluster.port_u16().unwrap_or(443);
+        found.extend((host.trim_matches(['[', ']']), port).to_socket_addrs().into_iter().flatten());
+    }
+    if let (Ok(host), Ok(port)) = (std::env::var("KUBERNETES_SERVICE_HOST"), std::env::var("KUBERNETES_SERVICE_PORT"))
+        && let Ok(port) = port.parse::<u16>()
+    {
+        found.extend((host.as_str(), port).to_socket_addrs().into_iter().flatten());
+    }
+    found
 }
 
 #[derive(Debug, clap::Args)]
@@ -344,11 +413,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         http::HeaderValue::from_str(&agent)
             .with_context(|| format!("--identity {identity:?} is not valid in a header"))?,
     ));
+    let fetch = args.fetch.options(&config.cluster_url)?;
     let client = leader::client(config, lease.as_ref().map(|l| &l.fence))?;
     controller::run(
         client,
         controller::Config {
-            build: BuildConfig { init_image: args.build.init_image, samba_image: args.build.samba_image },
+            build: BuildConfig {
+                init_image: args.build.init_image,
+                samba_image: args.build.samba_image,
+                init_args: fetch.egress.to_args(),
+            },
+            fetch,
+            tenancy: zone::tenancy::Tenancy {
+                static_ports: args
+                    .tenancy
+                    .static_ports
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--static-ports {:?}: {e}", args.tenancy.static_ports))?,
+                control_plane: args.tenancy.allow_control_plane,
+            },
+            host_ports_per_namespace: args.tenancy.host_ports_per_namespace,
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,
@@ -531,7 +615,11 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         );
     }
     let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
-    let cfg = BuildConfig { init_image: args.build.init_image.clone(), samba_image: args.build.samba_image.clone() };
+    let cfg = BuildConfig {
+        init_image: args.build.init_image.clone(),
+        samba_image: args.build.samba_image.clone(),
+        ..Default::default()
+    };
     zone::validate(&zone)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     if let Some(claim) = zone::artifacts_claim(&zone) {

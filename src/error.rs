@@ -26,6 +26,18 @@ pub enum Error {
         /// Namespace searched.
         namespace: String,
     },
+    /// An object the zone would make exists and is not the zone's: nothing is written to it.
+    #[error(
+        "{kind} {name:?} already exists and is not this zone's ({held}); the operator never changes, adopts or deletes what it does not own: rename the zone (its name starts every object it makes) or the service type, or have that {kind} removed"
+    )]
+    NameConflict {
+        /// The object's kind.
+        kind: String,
+        /// The object's name.
+        name: String,
+        /// Who holds it instead.
+        held: String,
+    },
     /// Pinning an artifact layer failed.
     #[error("spec.artifacts: {0}")]
     Artifacts(#[from] gamezone_init::Error),
@@ -49,6 +61,7 @@ impl Error {
         match self {
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::MissingSecret { .. } => "SecretNotFound",
+            Error::NameConflict { .. } => "NameConflict",
             Error::Artifacts(e) if e.is_transient() => "ArtifactsUnavailable",
             Error::Artifacts(_) => "ArtifactsFailed",
             Error::Kube(_) => "ApiError",
@@ -61,7 +74,7 @@ impl Error {
     /// Whether a person must change something (spec, Secret, source) before retrying helps.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidSpec { .. } | Error::MissingSecret { .. } => true,
+            Error::InvalidSpec { .. } | Error::MissingSecret { .. } | Error::NameConflict { .. } => true,
             Error::Artifacts(e) => !e.is_transient(),
             _ => false,
         }

@@ -120,6 +120,8 @@ impl Operator {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(&bin)
             .args(["run", "--namespace", namespace, "--log-format", "json", "--http-addr", "127.0.0.1:0"])
+            // The fork's S3 layer is served on loopback, which the operator refuses by default.
+            .args(["--allow-egress", "127.0.0.0/8"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .stdin(Stdio::null())

@@ -120,12 +120,33 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
     )
     .unwrap_err();
     assert!(impostor.contains("may speak only for its own pod"), "{impostor}");
+    // Without a pod's uid it speaks for no one: a server marked Allocated so blocked its zone's
+    // deletion for ever.
+    let nameless = r#"{"status":{"sdk":{"state":"Allocated"}}}"#;
+    let nameless =
+        as_sidecar(admin, &sidecar, &[&own[..], &["--subresource=status", "--type=merge", "-p", nameless]].concat())
+            .unwrap_err();
+    assert!(nameless.contains("status.sdk needs podUid"), "{nameless}");
     as_sidecar(
         admin,
         &sidecar,
         &[&own[..], &["--subresource=status", "--type=merge", "-p", &speak(uid.trim())]].concat(),
     )
     .expect("status.sdk for its own pod");
+    // What the operator reports is the operator's: the state, the address, the ports.
+    for (field, forged) in [
+        ("state", r#"{"status":{"state":"Shutdown"}}"#),
+        ("address", r#"{"status":{"address":"203.0.113.9"}}"#),
+        (
+            "ports",
+            r#"{"status":{"ports":[{"name":"game","port":22,"containerPort":22,"protocol":"TCP","container":"server","policy":"Static"}]}}"#,
+        ),
+    ] {
+        let refused =
+            as_sidecar(admin, &sidecar, &[&own[..], &["--subresource=status", "--type=merge", "-p", forged]].concat())
+                .unwrap_err();
+        assert!(refused.contains("may not change what the operator reports"), "{field}: {refused}");
+    }
     let delete = as_sidecar(admin, &sidecar, &["delete", "gs", "zone1-game-1", "-n", n]).unwrap_err();
     assert!(delete.contains("forbidden") || delete.contains("may not create or delete"), "{delete}");
 

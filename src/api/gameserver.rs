@@ -74,12 +74,10 @@ impl GameServerStatus {
 
 impl SdkStatus {
     /// Whether the process of pod `uid` said this: a replaced pod's last words are not its
-    /// successor's. Either uid unknown counts as the same pod (a sidecar older than the field).
+    /// successor's, and words without a pod's uid are no one's (the admission policy refuses
+    /// them from a sidecar; counted, a token without a pod could hold a server Allocated).
     pub fn said_by(&self, uid: Option<&str>) -> bool {
-        match (self.pod_uid.as_deref(), uid) {
-            (Some(said_by), Some(uid)) => said_by == uid,
-            _ => true,
-        }
+        matches!((self.pod_uid.as_deref(), uid), (Some(said_by), Some(uid)) if said_by == uid)
     }
 }
 

@@ -24,7 +24,26 @@ pub mod server_types {
     pub const OPERATOR_OWNED: [&str; 2] = [READY, PORTS_ALLOCATED];
 }
 
-/// Sets (or adds) the condition `type_`, keeping `lastTransitionTime` when `status` did not change.
+/// The most of a message a condition keeps, as much as an Event's note: what a user's input
+/// brings back (an error from a server they named, a refusal quoting their spec) is never
+/// reflected whole, and a status stays small enough to be written.
+pub const MESSAGE_MAX: usize = 1024;
+
+/// `message` cut to at most [`MESSAGE_MAX`] bytes, at a character boundary, marked when cut.
+pub fn bounded(message: &str) -> String {
+    if message.len() <= MESSAGE_MAX {
+        return message.to_string();
+    }
+    const MARK: &str = " …(cut)";
+    let mut end = MESSAGE_MAX - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end])
+}
+
+/// Sets (or adds) the condition `type_`, keeping `lastTransitionTime` when `status` did not
+/// change; the message is [`bounded`].
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -34,7 +53,7 @@ pub fn set(
     generation: Option<i64>,
 ) {
     let status = if ok { "True" } else { "False" }.to_string();
-    let message = message.into();
+    let message = bounded(&message.into());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
@@ -60,4 +79,20 @@ pub fn set(
 /// Whether condition `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(2000);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MESSAGE_MAX && cut.ends_with("…(cut)"), "{} bytes", cut.len());
+        let mut conditions = Vec::new();
+        set(&mut conditions, "Ready", false, "R", "x".repeat(300_000), None);
+        assert!(conditions[0].message.len() <= MESSAGE_MAX);
+    }
 }

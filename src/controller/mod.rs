@@ -7,7 +7,7 @@ mod index;
 pub mod key;
 pub mod leader;
 pub mod metrics;
-mod ownership;
+pub(crate) mod ownership;
 pub mod ports;
 mod queue;
 mod server;
@@ -61,6 +61,12 @@ pub struct Config {
     pub feature_gates: crate::webhook::FeatureGates,
     /// The passthrough webhook; served only with the `AutopilotPassthroughPort` gate on.
     pub webhook: Option<crate::webhook::Config>,
+    /// Where artifact layers may be fetched from, and how long resolving may take.
+    pub fetch: gamezone_init::resolve::Options,
+    /// What zones may ask of the nodes (Static host ports, the control plane).
+    pub tenancy: crate::zone::tenancy::Tenancy,
+    /// The most host ports the servers of one namespace may hold; no limit when `None`.
+    pub host_ports_per_namespace: Option<usize>,
 }
 
 /// What a reconcile needs.
@@ -79,6 +85,8 @@ pub struct Context {
     pub ports: ports::Ports,
     /// What the shared watches show.
     pub cache: Cache,
+    /// Artifact resolves under way, off the reconciles.
+    pub pinning: zone::pinning::Pinning,
 }
 
 /// The shared watches' stores. Reconciles read servers, pods, Services and nodes from memory
@@ -112,7 +120,7 @@ impl Context {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(conditions::bounded(&note)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -216,6 +224,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (pods_for_servers, services_for_zones) =
         (pod_triggers.pop().expect("one"), service_triggers.pop().expect("one"));
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let resolve_deadline = config.fetch.deadline;
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         writer: writer::Writer::new(client.clone()),
@@ -224,6 +233,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         metrics,
         ports: ports::Ports::new(allocator, listed),
         cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
+        pinning: zone::pinning::Pinning::new(resolve_deadline),
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.

@@ -11,6 +11,10 @@
 //! reads the object from etcd before it creates it. On the local control plane a GameServer
 //! created by apply cost 2.65-2.76 ms of API server CPU and 0.38-0.43 ms of etcd's, by POST
 //! 2.40 and 0.31-0.33.
+//!
+//! Whoever may create a GameZone picks its children's names, so an object of that name may
+//! already exist and belong to someone else: [`held_by_other`] says when the operator must
+//! leave it alone (never apply over it, adopt it or delete it).
 
 use json_patch::{Patch, PatchOperation, ReplaceOperation, TestOperation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
@@ -50,6 +54,29 @@ pub fn upgrade(meta: &ObjectMeta) -> Option<Patch> {
             value: serde_json::to_value(upgraded).expect("managed fields serialize"),
         }),
     ]))
+}
+
+/// Why an existing object is not the one the operator would write as `wanted`, or `None` when
+/// it is: its controller owner reference has the uid of `wanted`'s controller. A child meant to
+/// have no controller (an edits claim kept past its zone) matches an object with no controller
+/// that carries the same zone label, which is what such a claim is once kept.
+pub fn held_by_other(existing: &ObjectMeta, wanted: &ObjectMeta) -> Option<String> {
+    let controller = |m: &ObjectMeta| m.owner_references.iter().flatten().find(|o| o.controller == Some(true)).cloned();
+    match (controller(existing), controller(wanted)) {
+        (Some(have), Some(want)) if have.uid == want.uid => None,
+        (Some(have), _) => Some(format!("it is controlled by {} {}", have.kind, have.name)),
+        (None, None) if zone_of(existing).is_some() && zone_of(existing) == zone_of(wanted) => None,
+        (None, _) => Some("it has no controller".into()),
+    }
+}
+
+fn zone_of(meta: &ObjectMeta) -> Option<&String> {
+    meta.labels.as_ref()?.get(crate::api::ZONE_LABEL)
+}
+
+/// Whether `meta` is controlled by the object with uid `uid`.
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 /// Adds the field set `more` to `set` (both in the `FieldsV1` format: nested objects).
@@ -118,6 +145,38 @@ mod tests {
             json!({"f:spec": {"f:a": {}, "f:b": {}, "f:list": {"k:{\"name\":\"x\"}": {".": {}}, "k:{\"name\":\"y\"}": {".": {}}}}})
         );
         assert_eq!(entries[1]["manager"], "gamezone-sdk", "others' entries are kept");
+    }
+
+    fn owned(uid: &str) -> ObjectMeta {
+        serde_json::from_value(json!({"name": "z-game", "ownerReferences": [
+            {"apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "name": "z", "uid": uid, "controller": true}
+        ]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_an_object_controlled_by_the_same_owner_is_the_operator_s() {
+        assert_eq!(held_by_other(&owned("u1"), &owned("u1")), None);
+        // Another zone of the same name (deleted and made again) is another owner.
+        assert_eq!(held_by_other(&owned("u0"), &owned("u1")).unwrap(), "it is controlled by GameZone z");
+        let foreign = ObjectMeta { name: Some("z-game".into()), ..Default::default() };
+        assert_eq!(held_by_other(&foreign, &owned("u1")).unwrap(), "it has no controller");
+        // An owner reference that is not the controller does not make it ours.
+        let mut shared = owned("u1");
+        shared.owner_references.as_mut().unwrap()[0].controller = Some(false);
+        assert!(held_by_other(&shared, &owned("u1")).is_some());
+    }
+
+    #[test]
+    fn a_kept_child_without_controller_matches_only_its_zone_s_label() {
+        let kept = |zone: Option<&str>| ObjectMeta {
+            labels: zone.map(|z| [(crate::api::ZONE_LABEL.to_string(), z.to_string())].into()),
+            ..Default::default()
+        };
+        assert_eq!(held_by_other(&kept(Some("z")), &kept(Some("z"))), None);
+        assert!(held_by_other(&kept(Some("other")), &kept(Some("z"))).is_some());
+        assert!(held_by_other(&kept(None), &kept(None)).is_some(), "an unlabelled object is someone else's");
+        assert!(held_by_other(&owned("u1"), &kept(Some("z"))).is_some());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
 
 use crate::api::{GamePort, GameServer, PortPolicy, PortStatus};
-use crate::ports::{Allocation, PortAllocator, PortRequest};
+use crate::ports::{AllocError, Allocation, PortAllocator, PortRequest};
 use crate::zone::SERVER_CONTAINER;
 
 use super::Metrics;
@@ -19,12 +19,57 @@ use super::key::ObjectKey;
 pub struct Ports {
     allocator: Mutex<PortAllocator>,
     listed: Mutex<HashMap<ObjectKey, Vec<PortStatus>>>,
+    /// Host ports held per namespace (`--host-ports-per-namespace`).
+    by_namespace: Mutex<HashMap<String, usize>>,
 }
 
 impl Ports {
     /// Port tables rebuilt at start, and the topologies' listings read then.
     pub fn new(allocator: PortAllocator, listed: HashMap<ObjectKey, Vec<PortStatus>>) -> Self {
-        Ports { allocator: Mutex::new(allocator), listed: Mutex::new(listed) }
+        let mut by_namespace = HashMap::<String, usize>::new();
+        for (server, held) in allocator.holdings() {
+            *by_namespace.entry(namespace_of(server).to_string()).or_default() += held;
+        }
+        Ports { allocator: Mutex::new(allocator), listed: Mutex::new(listed), by_namespace: Mutex::new(by_namespace) }
+    }
+
+    /// Holds `wanted` for `server` (new ports when its port list changed), within its
+    /// namespace's share: a server not holding ports yet gets none past `limit` for the
+    /// namespace. Returns the allocations and whether they are new.
+    pub fn hold(
+        &self,
+        server: &ObjectKey,
+        wanted: &[PortRequest],
+        limit: Option<usize>,
+    ) -> Result<(Vec<Allocation>, bool), AllocError> {
+        let key = holder(server);
+        let mut alloc = self.allocator();
+        let mut counts = self.by_namespace.lock().expect("namespace counts lock");
+        let held = counts.entry(server.namespace().to_string()).or_default();
+        let before = alloc.allocation(&key).map(|_| alloc.host_ports_held(&key));
+        if before.is_none()
+            && let Some(limit) = limit
+            && *held + wanted.len() > limit
+        {
+            return Err(AllocError::NamespaceShare {
+                server: key,
+                namespace: server.namespace().to_string(),
+                requested: wanted.len(),
+                held: *held,
+                limit,
+            });
+        }
+        let result = match alloc.allocate(&key, wanted) {
+            Err(AllocError::AlreadyAllocated { .. }) => {
+                // The spec's ports changed: hand back the old ones and take new ones.
+                alloc.release(&key);
+                alloc.allocate(&key, wanted)
+            }
+            other => other,
+        };
+        let after = alloc.host_ports_held(&key);
+        *held = (*held + after).saturating_sub(before.unwrap_or(0));
+        result.map(|a| (a, before.is_none()))
     }
 
     /// The allocator, locked.
@@ -51,9 +96,21 @@ impl Ports {
     /// Hands back `server`'s ports.
     pub fn release(&self, server: &ObjectKey, metrics: &Metrics) {
         let mut alloc = self.allocator();
-        alloc.release(&holder(server));
+        let key = holder(server);
+        let had = alloc.host_ports_held(&key);
+        alloc.release(&key);
+        if had > 0
+            && let Some(held) = self.by_namespace.lock().expect("namespace counts lock").get_mut(server.namespace())
+        {
+            *held = held.saturating_sub(had);
+        }
         metrics.ports(&alloc.usage());
     }
+}
+
+/// The namespace part of a holder's key (`namespace/name`).
+fn namespace_of(holder: &str) -> &str {
+    holder.split_once('/').map_or("", |(ns, _)| ns)
 }
 
 /// The port allocator's name for a server's holdings: its key, as `namespace/name`.
@@ -226,6 +283,32 @@ mod tests {
         assert_eq!(status[1].container_port, 8000);
         assert_eq!(status[2].host_port, Some(7500));
         assert_eq!(allocations_of(&status), got, "status round-trips for the rebuild");
+    }
+
+    #[test]
+    fn one_namespace_holds_no_more_host_ports_than_its_share() {
+        let spec: Vec<GamePort> = serde_json::from_value(serde_json::json!([
+            {"name": "a", "containerPort": 7777, "policy": "Dynamic"},
+            {"name": "b", "containerPort": 7778, "policy": "Dynamic"}
+        ]))
+        .unwrap();
+        let wanted = requests(&spec);
+        let mut alloc = PortAllocator::new("7000-7099".parse::<PortRanges>().unwrap());
+        alloc.node_added("n1");
+        let ports = Ports::new(alloc, HashMap::new());
+        let server = |ns: &str, name: &str| ObjectKey::new(ns, name);
+        assert!(ports.hold(&server("team", "s1"), &wanted, Some(5)).unwrap().1, "new");
+        assert!(ports.hold(&server("team", "s2"), &wanted, Some(5)).is_ok());
+        // A server already holding its ports keeps them, at the share or not.
+        assert!(!ports.hold(&server("team", "s2"), &wanted, Some(4)).unwrap().1);
+        let refused = ports.hold(&server("team", "s3"), &wanted, Some(5)).unwrap_err();
+        assert!(matches!(refused, AllocError::NamespaceShare { held: 4, limit: 5, requested: 2, .. }), "{refused}");
+        assert!(refused.to_string().contains("--host-ports-per-namespace"));
+        // Another namespace has a share of its own, and a release gives the namespace room again.
+        assert!(ports.hold(&server("other", "s1"), &wanted, Some(5)).is_ok());
+        ports.release(&server("team", "s1"), &Metrics::default());
+        assert!(ports.hold(&server("team", "s3"), &wanted, Some(5)).is_ok());
+        assert!(ports.hold(&server("team", "s4"), &wanted, None).is_ok(), "no limit");
     }
 
     #[test]

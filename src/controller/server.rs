@@ -16,6 +16,7 @@ use super::key::ObjectKey;
 use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
 use super::queue::Requeue;
 use super::slim::StoredServer;
+use super::writer::check_owner;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
@@ -72,7 +73,16 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
     let before = ctx.writer.server_base(gs);
     let mut status = before.clone();
     status.observed_generation = gs.metadata.generation;
-    let (requeue, write) = converge(gs, ctx, &mut status).await?;
+    let (requeue, write) = match converge(gs, ctx, &mut status).await {
+        Ok(next) => next,
+        // Refused for good until someone changes something: say so where the zone and a person
+        // look, and back off, rather than only in this process's log.
+        Err(e) if refused(&e) => {
+            report_refusal(&mut status, &e, gs.metadata.generation);
+            (Some(REFUSED_RETRY), true)
+        }
+        Err(e) => return Err(e),
+    };
     if write && status != before {
         if let Some((warning, reason, note)) = noteworthy(&before, &status) {
             ctx.event(gs, warning, &reason, note).await;
@@ -81,6 +91,33 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
         ctx.writer.server_status(gs, &status).await?;
     }
     Ok(requeue)
+}
+
+/// How soon a server whose pod was refused is tried again (an edit of its zone comes sooner).
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// Whether `e` is a refusal a person must act on (a name held by another object, a pod the API
+/// server or an admission policy refuses), not trouble that passes.
+fn refused(e: &Error) -> bool {
+    match e {
+        Error::NameConflict { .. } | Error::InvalidSpec { .. } => true,
+        Error::Kube(kube::Error::Api(s)) => matches!(s.code, 400 | 403 | 422),
+        _ => false,
+    }
+}
+
+/// Reports a refusal: the server stays `Creating`, and its message and `Ready` say why (the
+/// zone's `ServersReady` shows it); a refusal is an Event once, as a state change would be.
+fn report_refusal(status: &mut GameServerStatus, e: &Error, generation: Option<i64>) {
+    let reason = match e {
+        Error::NameConflict { .. } => "NameConflict",
+        Error::InvalidSpec { .. } => "InvalidSpec",
+        _ => "PodRefused",
+    };
+    let message = crate::controller::conditions::bounded(&format!("the pod cannot be made: {e}"));
+    status.state = Some(ServerState::Creating);
+    status.message = Some(message.clone());
+    conditions::set(&mut status.conditions, server_types::READY, false, reason, message, generation);
 }
 
 /// The Event a state change is worth, if any: routine steps (Creating, Scheduling, Starting,
@@ -108,23 +145,13 @@ pub(super) fn ensure_ports(
     ctx: &Context,
     gs: &GameServer,
 ) -> std::result::Result<(Vec<Allocation>, Vec<Deferred>), AllocError> {
-    let key = holder(&ObjectKey::of(gs));
     let (wanted, deferred) =
         defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
-    let mut alloc = ctx.ports.allocator();
-    let known = alloc.allocation(&key).is_some();
-    let result = match alloc.allocate(&key, &wanted) {
-        Err(AllocError::AlreadyAllocated { .. }) => {
-            // The spec's ports changed: hand back the old ones and take new ones.
-            alloc.release(&key);
-            alloc.allocate(&key, &wanted)
-        }
-        other => other,
-    };
-    if !known {
-        ctx.metrics.ports(&alloc.usage());
+    let result = ctx.ports.hold(&ObjectKey::of(gs), &wanted, ctx.config.host_ports_per_namespace);
+    if !matches!(result, Ok((_, false))) {
+        ctx.metrics.ports(&ctx.ports.allocator().usage());
     }
-    let mut allocations = result?;
+    let (mut allocations, _) = result?;
     allocations.extend(deferred.iter().map(|(a, _)| a.clone()));
     in_spec_order(gs, &mut allocations);
     Ok((allocations, deferred.into_iter().map(|(_, d)| d).collect()))
@@ -405,7 +432,11 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     // The pod, made from the current template. The shared watch's copy may lag behind this
     // process's own writes; every step below is safe to repeat.
     let hash = server_template_hash(&gs.spec);
-    let live = ctx.cache.pods.get(&ObjectRef::new(&name).within(&ns));
+    // The watch sees only pods labelled as the operator's; one of them held by another object
+    // is not this server's (creating it then reports the conflict).
+    let live = ctx.cache.pods.get(&ObjectRef::new(&name).within(&ns)).filter(|p| {
+        gs.metadata.uid.as_deref().is_none_or(|uid| crate::controller::ownership::controlled_by(&p.metadata, uid))
+    });
     let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
@@ -498,8 +529,13 @@ async fn create_pod(
     let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     match pods.create(&params, &pod).await {
         Ok(created) => Ok(created),
-        // Made by an earlier reconcile the pod watch has not shown yet.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(pods.get(&name).await?),
+        // Made by an earlier reconcile the pod watch has not shown yet, or someone else's pod
+        // of that name, which is never adopted.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = pods.get(&name).await?;
+            check_owner(&existing.metadata, &pod)?;
+            Ok(existing)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -20,9 +20,9 @@ use serde::de::DeserializeOwned;
 
 use super::conditions::server_types;
 use super::key::ObjectKey;
-use crate::Result;
 use crate::api::{GameServer, GameServerStatus, GameZone, GameZoneStatus, MANAGER};
 use crate::zone::hash_of;
+use crate::{Error, Result};
 
 /// Progress-only status writes per second, across all zones and servers.
 const ROUTINE_WRITES_PER_SECOND: f64 = 5.0;
@@ -117,14 +117,23 @@ impl Writer {
         self.write_child(obj, fresh_for, true).await
     }
 
-    /// The step both share: nothing when just written, else a create or an apply.
+    /// The step both share: nothing when just written, else a create or an apply. A child this
+    /// process has not written yet may be someone else's: it is created, or its owner is read
+    /// first, and one held by another is never applied over.
     async fn write_child<K: Child>(&self, obj: &K, fresh_for: Duration, usually_new: bool) -> Result<()> {
         let hash = hash_of(obj);
         if self.applied_recently(obj, &hash, fresh_for) {
             return Ok(());
         }
-        if usually_new && !self.applied.knows(&applied_key(obj)) {
-            return self.create_as(obj, hash).await;
+        if !self.applied.knows(&applied_key(obj)) {
+            if usually_new {
+                return self.create_as(obj, hash).await;
+            }
+            let api = self.api::<K>(&obj.namespace().unwrap_or_default());
+            match api.get_metadata_opt(&obj.name_any()).await? {
+                None => return self.create_as(obj, hash).await,
+                Some(existing) => check_owner(&existing.metadata, obj)?,
+            }
         }
         self.apply_as(obj, hash).await.map(|_| ())
     }
@@ -136,7 +145,8 @@ impl Writer {
 
     /// Creates `obj` (a POST, see [`super::ownership`]) and remembers it as content `hash`. One
     /// that exists already (made moments ago, before the watch showed it, or before a restart)
-    /// is applied instead.
+    /// is applied instead, if it is the operator's: one held by another is left as it is
+    /// ([`Error::NameConflict`]).
     pub async fn create_as<K: Child>(&self, obj: &K, hash: String) -> Result<()> {
         let api = self.api::<K>(&obj.namespace().unwrap_or_default());
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
@@ -145,7 +155,12 @@ impl Writer {
                 self.applied.record(applied_key(obj), hash);
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => self.apply_as(obj, hash).await.map(|_| ()),
+            Err(kube::Error::Api(e)) if e.reason == "AlreadyExists" => {
+                if let Some(existing) = api.get_metadata_opt(&obj.name_any()).await? {
+                    check_owner(&existing.metadata, obj)?;
+                }
+                self.apply_as(obj, hash).await.map(|_| ())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -261,6 +276,17 @@ impl<K> Child for K where
         + DeserializeOwned
         + std::fmt::Debug
 {
+}
+
+/// `Err(NameConflict)` unless `existing` is the object the operator would write as `wanted`.
+pub fn check_owner<K: Resource<DynamicType = ()>>(
+    existing: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    wanted: &K,
+) -> Result<()> {
+    match super::ownership::held_by_other(existing, wanted.meta()) {
+        None => Ok(()),
+        Some(held) => Err(Error::NameConflict { kind: K::kind(&()).into_owned(), name: wanted.name_any(), held }),
+    }
 }
 
 /// Memo key of a child object.

@@ -196,6 +196,16 @@ impl PortAllocator {
         self.pool.uses(port).unwrap_or_else(|| self.outside.get(&port).copied().unwrap_or(0))
     }
 
+    /// Every server holding an allocation, with how many host ports it holds.
+    pub fn holdings(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_key.iter().map(|(key, &id)| (&**key, self.servers.get(id).host_ports.len()))
+    }
+
+    /// How many distinct host ports `server` holds (0 when it holds none).
+    pub fn host_ports_held(&self, server: &str) -> usize {
+        self.by_key.get(server).map_or(0, |&id| self.servers.get(id).host_ports.len())
+    }
+
     /// The ports `server` holds.
     pub fn allocation(&self, server: &str) -> Option<&[Allocation]> {
         self.by_key.get(server).map(|&id| self.servers.get(id).allocations.as_slice())

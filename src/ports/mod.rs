@@ -138,6 +138,24 @@ pub enum AllocError {
         /// Nodes that count as capacity.
         nodes: u32,
     },
+    /// The server's namespace holds its share of host ports already.
+    #[error(
+        "server {server} needs {requested} host port(s), and namespace {namespace} holds {held} of the \
+         {limit} one namespace may hold (--host-ports-per-namespace), so that one team cannot take \
+         every node's ports; scale a zone of the namespace down, or ask the operator's admin for more"
+    )]
+    NamespaceShare {
+        /// Server key.
+        server: String,
+        /// Its namespace.
+        namespace: String,
+        /// Host ports it asks for.
+        requested: usize,
+        /// Host ports the namespace holds.
+        held: usize,
+        /// The most one namespace may hold.
+        limit: usize,
+    },
     /// The server already holds a different port list.
     #[error(
         "server {server} already holds host ports for a different port list; ports can't change \

@@ -48,6 +48,9 @@ pub struct BuildConfig {
     pub init_image: String,
     /// Image of the edits share: Debian's smbd and `gamezone` (`gamezone edits serve`).
     pub samba_image: String,
+    /// Arguments every `gamezone-init` fetching from origins gets: the operator's egress policy
+    /// (none for the default, so pods do not change with it).
+    pub init_args: Vec<String>,
 }
 
 /// The edits share's image when none is given.
@@ -55,7 +58,11 @@ pub const DEFAULT_SAMBA_IMAGE: &str = "ghcr.io/gamezone-dev/gamezone-samba:0.1.0
 
 impl Default for BuildConfig {
     fn default() -> Self {
-        Self { init_image: "ghcr.io/gamezone-dev/gamezone:latest".into(), samba_image: DEFAULT_SAMBA_IMAGE.into() }
+        Self {
+            init_image: "ghcr.io/gamezone-dev/gamezone:latest".into(),
+            samba_image: DEFAULT_SAMBA_IMAGE.into(),
+            init_args: Vec::new(),
+        }
     }
 }
 
@@ -142,6 +149,7 @@ pub fn instances(zone: &GameZone) -> Vec<Instance<'_>> {
 /// Checks what the CRD's CEL rules cannot: name lengths, artifact paths, Secret-free images.
 pub fn validate(zone: &GameZone) -> Result<()> {
     let name = zone.name_any();
+    check_child_names(zone)?;
     for (i, service) in zone.spec.services.iter().enumerate() {
         let longest = server_name(&name, &service.type_, service.ids().end().to_owned());
         if longest.len() > MAX_LABEL_LEN {
@@ -178,6 +186,38 @@ pub fn validate(zone: &GameZone) -> Result<()> {
     artifacts_mount(zone)?;
     super::edits::validate_edits(zone)?;
     Ok(())
+}
+
+/// Every child whose name is bounded by a DNS label or a label value fits: the zone's name is a
+/// label value on each child, Services are DNS labels, and a Job's name is its pods' `job-name`
+/// label. The API server would refuse each of them one by one, after others were made.
+fn check_child_names(zone: &GameZone) -> Result<()> {
+    let name = zone.name_any();
+    let mut bounded = vec![("metadata.name", "the zone's name (a label value on every child)", name.clone())];
+    bounded.push(("metadata.name", "the headless Service", headless_service_name(&name)));
+    if zone.spec.migration.is_some() {
+        // The longest: the hash part is cut to 10 characters.
+        bounded.push(("spec.migration", "the migration Job", migration_job_name(&name, &"0".repeat(10))));
+    }
+    if zone.spec.edits.is_some() {
+        bounded.push(("spec.edits", "the edits API Service", super::edits::edits_api_name(&name)));
+    }
+    let fields: Vec<String> = (0..zone.spec.services.len()).map(|i| format!("spec.services[{i}].expose")).collect();
+    for (service, field) in zone.spec.services.iter().zip(&fields) {
+        if service.expose.as_ref().is_some_and(|e| e.per_type.is_some()) {
+            bounded.push((field.as_str(), "the per-type Service", type_service_name(&name, &service.type_)));
+        }
+    }
+    match bounded.into_iter().find(|(_, _, n)| n.len() > MAX_LABEL_LEN) {
+        Some((field, what, long)) => Err(Error::invalid(
+            field,
+            format!(
+                "{what} would be named {long:?}, {} characters; it must fit in {MAX_LABEL_LEN}: shorten the zone's name",
+                long.len()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where the artifacts tree is mounted in the servers and the plan the init-container applies.
@@ -314,7 +354,13 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
         name: INIT_CONTAINER.into(),
         image: Some(cfg.init_image.clone()),
         command: Some(vec!["gamezone-init".into()]),
-        args: Some(vec!["apply".into(), "--root".into(), INIT_ROOT.into(), "--secrets-dir".into(), SECRETS_DIR.into()]),
+        args: Some(
+            ["apply", "--root", INIT_ROOT, "--secrets-dir", SECRETS_DIR]
+                .into_iter()
+                .map(String::from)
+                .chain(cfg.init_args.iter().cloned())
+                .collect(),
+        ),
         env: Some(vec![
             env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
             env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),

@@ -5,6 +5,7 @@ mod build;
 mod edits;
 mod names;
 mod sdk;
+pub mod tenancy;
 
 pub use build::*;
 pub use edits::*;

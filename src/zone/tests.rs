@@ -249,3 +249,26 @@ fn a_game_port_on_the_sdk_s_port_is_refused_by_field() {
     let err = validate(&z).unwrap_err().to_string();
     assert!(err.starts_with("spec.services[0].ports[0]: port 9358 is the SDK sidecar's"), "{err}");
 }
+
+#[test]
+fn every_bounded_child_name_is_checked_before_anything_is_made() {
+    // 44 characters: `<zone>-migrate-<10>` is 63, the longest a Job's pods can be labelled with.
+    let mut z = basic();
+    z.spec.services.truncate(1);
+    z.spec.services[0].expose = None;
+    z.metadata.name = Some("z".repeat(44));
+    assert!(validate(&z).is_ok());
+    // 48, as a tenant tried: the instances fit, the migration Job would not.
+    z.metadata.name = Some("z".repeat(48));
+    z.spec.services[0].type_ = "g".into();
+    z.spec.services[0].end_id = None;
+    let e = validate(&z).unwrap_err().to_string();
+    assert!(e.starts_with("spec.migration: the migration Job would be named"), "{e}");
+    z.spec.migration = None;
+    assert!(validate(&z).is_ok());
+    // A per-type Service is a DNS label too.
+    z.spec.services[0].type_ = "g".repeat(15);
+    z.spec.services[0].expose = serde_json::from_value(serde_json::json!({"perType": {"type": "ClusterIP"}})).unwrap();
+    let e = validate(&z).unwrap_err().to_string();
+    assert!(e.starts_with("spec.services[0].expose: the per-type Service"), "{e}");
+}

@@ -36,6 +36,9 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
             .args(["run", "--namespace", namespace, "--log-format", "json"])
             .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", "127.0.0.1:0"][..] })
+            // The tests' git and S3 servers are on loopback, which the operator refuses by
+            // default; a test of that refusal gives its own --allow-egress.
+            .args(if extra.contains(&"--allow-egress") { &[][..] } else { &["--allow-egress", "127.0.0.0/8"][..] })
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(extra)

@@ -5,6 +5,7 @@
 //! functions in [`decide`], its requests in [`steps`].
 
 mod decide;
+pub mod pinning;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -16,16 +17,18 @@ use futures::future::ready;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 
 use self::decide::Step;
-use self::steps::{At, Live, StepResult, background};
+use self::steps::{At, Live, StepResult};
 use super::key::ObjectKey;
+use super::ownership::controlled_by;
 use super::queue::Requeue;
 use super::slim::StoredServer;
 use super::writer::StatusWrite;
@@ -77,7 +80,13 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: T
         });
         futures::stream::iter(named.unwrap_or_default())
     });
+    // Zones whose resolve ended (see [`pinning`]).
+    let pinned = ctx.pinning.woken().map(|rx| {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|key: ObjectKey| ObjectRef::new(key.name()).within(key.namespace()))
+    });
     let changes = futures::stream::select_all([
+        futures::stream::iter(pinned).flatten().boxed(),
         zone_changes.boxed(),
         servers.filter_map(|c| ready(c.ok().and_then(|gs| controller_of(&gs)))).boxed(),
         services.filter_map(|c| ready(c.ok().and_then(|svc| controller_of(&svc)))).boxed(),
@@ -111,7 +120,9 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     status.phase.get_or_insert(ZonePhase::Pending);
     let outcome = converge(zone, ctx, &mut status).await;
     if let Err((step, e)) = &outcome {
-        decide::report_failure(&mut status, *step, e, requeue_after(e));
+        // A failed resolve is tried again after its backoff, not at the next reconcile.
+        let pinned_again = (*step == Step::Pin).then(|| ctx.pinning.retry_in(&ObjectKey::of(zone))).flatten();
+        decide::report_failure(&mut status, *step, e, pinned_again.unwrap_or_else(|| requeue_after(e)));
     }
     if let Some((warning, reason, note)) = decide::transition(&before, &status) {
         ctx.event(zone, warning, &reason, note).await;
@@ -134,10 +145,14 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
 /// succeeded; each server's ports are listed in the topology before the server exists.
 async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Requeue> {
     build::validate(zone).at(Step::Check)?;
+    build::tenancy::check(zone, &ctx.config.tenancy).at(Step::Check)?;
     steps::check_secrets(zone, ctx).await.at(Step::Check)?;
     let interval = interval(zone);
 
-    let pins = steps::pin(zone, ctx, status, interval).await.at(Step::Pin)?;
+    let Some(pins) = steps::pin(zone, ctx, status, interval).await.at(Step::Pin)? else {
+        // A resolve wakes the zone when it ends; this is only in case it never does.
+        return Ok(Some(ctx.pinning.retry_in(&ObjectKey::of(zone)).unwrap_or(ctx.pinning.deadline)));
+    };
 
     if !steps::migrate(zone, ctx, status, &pins).await.at(Step::Migrate)? {
         let wait = if status.phase == Some(ZonePhase::Degraded) { 120 } else { 10 };
@@ -194,18 +209,24 @@ async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     result
 }
 
-/// The work of [`cleanup`]: `Err(Error::Waiting)` while servers are still terminating.
+/// The work of [`cleanup`]: `Err(Error::Waiting)` while servers are still terminating. Only what
+/// the zone controls goes: an object that merely carries its labels is left alone.
 async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let ns = zone.namespace().unwrap_or_default();
     let lp = ListParams::default().labels(&build::zone_selector(&zone.name_any()));
-    let bg = background();
     let client = ctx.client.clone();
+    let uid = zone.metadata.uid.clone().unwrap_or_default();
+    let zones = |m: &ObjectMeta| controlled_by(m, &uid);
+    // A pod is controlled by its GameServer, and that by the zone.
+    let servers_pod = |m: &ObjectMeta| {
+        m.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.kind == GameServer::kind(&()))
+    };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     // Once every server the watch shows is terminating, their finalizers finish the work, and
     // each server's deletion wakes the zone again: wait without asking the API server. With
     // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
     // of the teardown's load. The last pass below still checks.
-    let servers = ctx.cache.servers_of(&ObjectKey::of(zone));
+    let servers = steps::Live::of(zone, ctx).servers;
     // Players are never kicked, not even by deleting the zone: every server is drained first.
     let draining = drain_all(zone, ctx, &servers).await?;
     if !draining.is_empty() {
@@ -220,37 +241,37 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
             pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
         };
         if servers.iter().any(running) {
-            pods.delete_collection(&bg, &lp).await?;
+            steps::delete_all_owned(&pods, &lp, servers_pod).await?;
         }
         return Err(Error::Waiting(terminating(&servers)));
     }
     let gs: Api<GameServer> = Api::namespaced(client.clone(), &ns);
-    gs.delete_collection(&bg, &lp).await?;
-    Api::<Job>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+    steps::delete_all_owned(&gs, &lp, zones).await?;
+    steps::delete_all_owned(&Api::<Job>::namespaced(client.clone(), &ns), &lp, zones).await?;
+    steps::delete_all_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &lp, zones).await?;
+    steps::delete_all_owned(&Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns), &lp, zones).await?;
     if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
-            .delete_collection(&bg, &lp)
-            .await?;
+        let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
+        steps::delete_all_owned(&deployments, &lp, zones).await?;
     }
     if zone.spec.services.iter().any(build::needs_sdk) {
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
-        Api::<Role>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
-        Api::<RoleBinding>::namespaced(client.clone(), &ns).delete_collection(&bg, &lp).await?;
+        steps::delete_all_owned(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &lp, zones).await?;
+        steps::delete_all_owned(&Api::<Role>::namespaced(client.clone(), &ns), &lp, zones).await?;
+        steps::delete_all_owned(&Api::<RoleBinding>::namespaced(client.clone(), &ns), &lp, zones).await?;
     }
     // Services have no delete-collection endpoint.
     let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
-    for s in svc.list(&lp).await?.items {
-        svc.delete(&s.name_any(), &bg).await?;
+    for s in svc.list_metadata(&lp).await?.items.into_iter().filter(|s| zones(&s.metadata)) {
+        super::delete_if_present(&svc, &s.name_any()).await?;
     }
-    let left: Vec<Arc<GameServer>> = gs.list(&lp).await?.items.into_iter().map(Arc::new).collect();
+    let left: Vec<Arc<GameServer>> =
+        gs.list(&lp).await?.items.into_iter().filter(|g| zones(&g.metadata)).map(Arc::new).collect();
     if !left.is_empty() {
         tracing::info!(zone = %ObjectKey::of(zone), left = left.len(), "waiting for servers to go before releasing the zone");
         return Err(Error::Waiting(terminating(&left)));
     }
     // Pods whose servers went before their deletion was seen here.
-    pods.delete_collection(&bg, &lp).await?;
+    steps::delete_all_owned(&pods, &lp, servers_pod).await?;
     forget(zone, ctx);
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(None)
@@ -290,6 +311,7 @@ fn forget(zone: &GameZone, ctx: &Context) {
     ctx.writer.forget_child(&role);
     ctx.writer.forget_child(&binding);
     ctx.writer.forget_zone(zone);
+    ctx.pinning.forget(&ObjectKey::of(zone));
     if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
         for gs in &servers {
             ctx.writer.forget_child(gs);

@@ -11,16 +11,18 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
 
 use super::decide::{self, JobOutcome};
+use super::pinning::Pin;
 use crate::api::*;
 use crate::controller::Context;
 use crate::controller::conditions::{self, types};
 use crate::controller::key::ObjectKey;
+use crate::controller::ownership::controlled_by;
 use crate::controller::ports::status_of;
 use crate::controller::server::{SERVER_FINALIZER, ensure_ports};
-use crate::controller::writer::{WATCH_LAG, apply};
+use crate::controller::writer::{WATCH_LAG, check_owner};
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
 
@@ -43,17 +45,60 @@ pub struct Live {
 }
 
 impl Live {
-    /// The zone's servers and Services, read from the shared stores through the zone index.
+    /// The zone's servers and Services, read from the shared stores through the zone index:
+    /// those it controls. An object that only carries its labels is someone else's, and is
+    /// neither counted, changed nor deleted.
     pub fn of(zone: &GameZone, ctx: &Context) -> Self {
         let key = ObjectKey::of(zone);
         let cache = &ctx.cache;
-        Live { servers: cache.servers_of(&key), services: cache.services_by_zone.of(&cache.services, &key) }
+        let uid = zone.metadata.uid.as_deref().unwrap_or_default();
+        let mut servers = cache.servers_of(&key);
+        servers.retain(|g| controlled_by(&g.metadata, uid));
+        let mut services = cache.services_by_zone.of(&cache.services, &key);
+        services.retain(|s| controlled_by(&s.metadata, uid));
+        Live { servers, services }
     }
 
     /// The servers by name.
     pub fn servers_by_name(&self) -> BTreeMap<String, &GameServer> {
         self.servers.iter().map(|g| (g.name_any(), g.as_ref())).collect()
     }
+}
+
+/// Deletes `name` if the zone controls it; anything else of that name is left alone.
+pub async fn delete_if_owned<K>(api: &Api<K>, name: &str, zone: &GameZone) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let uid = zone.metadata.uid.as_deref().unwrap_or_default();
+    match api.get_metadata_opt(name).await? {
+        Some(m) if controlled_by(&m.metadata, uid) => crate::controller::delete_if_present(api, name).await,
+        _ => Ok(()),
+    }
+}
+
+/// Deletes the objects `lp` selects that `owned` says are the zone's: in one request when all
+/// of them are (the usual case), else one by one, leaving the others. Someone able to label an
+/// object between the list and the collection delete could also delete it themselves.
+pub async fn delete_all_owned<K>(
+    api: &Api<K>,
+    lp: &ListParams,
+    owned: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let listed = api.list_metadata(lp).await?.items;
+    if listed.iter().all(|o| owned(&o.metadata)) {
+        if !listed.is_empty() {
+            api.delete_collection(&background(), lp).await?;
+        }
+        return Ok(());
+    }
+    for o in listed.iter().filter(|o| owned(&o.metadata)) {
+        crate::controller::delete_if_present(api, &o.name_any()).await?;
+    }
+    Ok(())
 }
 
 /// Fails with the field naming any Secret or key the zone refers to that does not exist.
@@ -73,14 +118,15 @@ pub async fn check_secrets(zone: &GameZone, ctx: &Context) -> Result<()> {
 }
 
 /// Resolves moving references when the artifacts changed or the interval passed; returns the
-/// pins. When a re-resolve of unchanged artifacts fails, the last good pins stay and
-/// `ArtifactsReady` says why.
+/// pins, or `None` while the zone has none yet (a resolve is under way, or waits to be tried
+/// again). When a re-resolve of unchanged artifacts fails, the last good pins stay and
+/// `ArtifactsReady` says why. Resolving runs off the reconcile (see [`super::pinning`]).
 pub async fn pin(
     zone: &GameZone,
     ctx: &Context,
     status: &mut GameZoneStatus,
     interval: Option<Duration>,
-) -> Result<Vec<String>> {
+) -> Result<Option<Vec<String>>> {
     let generation = status.observed_generation;
     let Some(mount) = build::artifacts_mount(zone)? else {
         status.artifacts.clear();
@@ -89,16 +135,38 @@ pub async fn pin(
         status.artifacts_resolved_at = None;
         let msg = "the zone has no artifacts";
         conditions::set(&mut status.conditions, types::ARTIFACTS_READY, true, "NoArtifacts", msg, generation);
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     };
     let spec_hash = hash_of(&zone.spec.artifacts);
     let same_spec = status.artifacts_hash.as_deref() == Some(spec_hash.as_str());
+    let key = ObjectKey::of(zone);
     if decide::resolve_due(status, &spec_hash, interval, Timestamp::now()) {
         if !same_spec {
             status.phase = Some(ZonePhase::Resolving);
         }
-        match resolve(zone, ctx, &mount.layers).await {
-            Ok(revisions) => {
+        let pinning = &ctx.pinning;
+        let outcome = match pinning.poll(&key, &spec_hash) {
+            Pin::Start => {
+                pinning.start(&key, &spec_hash, resolver(zone, ctx, &mount.layers).await?);
+                None
+            }
+            Pin::Running => None,
+            // The failure is in status already, from the reconcile that took it.
+            Pin::Backoff(_) => return Ok(same_spec.then(|| decide::pins_of(status))),
+            Pin::Done(outcome) => Some(outcome),
+        };
+        match outcome {
+            None if same_spec => return Ok(Some(decide::pins_of(status))),
+            None => {
+                let msg = format!(
+                    "resolving {} layer(s) from their sources (giving up after {}s)",
+                    mount.layers.len(),
+                    pinning.deadline.as_secs()
+                );
+                conditions::set(&mut status.conditions, types::ARTIFACTS_READY, false, "Resolving", msg, generation);
+                return Ok(None);
+            }
+            Some(Ok(revisions)) => {
                 let changed = !same_spec
                     || status.artifacts.iter().map(|a| &a.revision).ne(revisions.iter().map(|r| &r.revision));
                 status.artifacts = revisions
@@ -116,14 +184,15 @@ pub async fn pin(
                     ctx.event(zone, false, "ArtifactsPinned", list.join("; ")).await;
                 }
             }
-            Err(e) if !same_spec => return Err(e),
-            Err(e) => {
+            Some(Err(e)) if !same_spec => return Err(e.into()),
+            Some(Err(e)) => {
                 // Keep serving the last good pins; say why they are not fresh.
+                let e = Error::from(e);
                 let reason = if e.is_user_error() { e.reason() } else { "FetchFailed" };
-                let every = interval.map(|i| format!(", and again in {}s", i.as_secs())).unwrap_or_default();
-                let msg = format!("{e}; keeping the revisions pinned before{every}");
+                let again = pinning.retry_in(&key).unwrap_or_default().as_secs().max(1);
+                let msg = format!("{e}; keeping the revisions pinned before, and trying again in {again}s");
                 conditions::set(&mut status.conditions, types::ARTIFACTS_READY, false, reason, msg, generation);
-                return Ok(decide::pins_of(status));
+                return Ok(Some(decide::pins_of(status)));
             }
         }
     }
@@ -131,16 +200,17 @@ pub async fn pin(
     status.artifact_revision = Some(decide::artifact_revision(&pins));
     let msg = format!("{} layer(s) pinned", pins.len());
     conditions::set(&mut status.conditions, types::ARTIFACTS_READY, true, "Pinned", msg, generation);
-    Ok(pins)
+    Ok(Some(pins))
 }
 
-/// Pins every layer the operator can reach. Local folders live on the nodes, so they are left
-/// for the init-container to resolve (an empty pin).
-async fn resolve(
+/// The resolve of every layer the operator can reach, to run off the reconcile: the layers'
+/// Secrets are read now. Local folders live on the nodes, so they are left for the
+/// init-container to resolve (an empty pin).
+async fn resolver(
     zone: &GameZone,
     ctx: &Context,
     layers: &[gamezone_init::plan::Layer],
-) -> Result<Vec<gamezone_init::resolve::Revision>> {
+) -> Result<impl std::future::Future<Output = super::pinning::Resolved> + Send + 'static> {
     let ns = zone.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut creds = MapCredentials::new();
@@ -151,20 +221,24 @@ async fn resolve(
             }
         }
     }
-    let remote: Vec<(usize, gamezone_init::plan::Layer)> =
-        layers.iter().enumerate().filter(|(_, l)| l.local.is_none()).map(|(i, l)| (i, l.clone())).collect();
-    let only: Vec<gamezone_init::plan::Layer> = remote.iter().map(|(_, l)| l.clone()).collect();
-    let resolved = gamezone_init::resolve::resolve(&only, &creds).await?;
-    let mut out: Vec<gamezone_init::resolve::Revision> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| gamezone_init::resolve::Revision { layer: i, source: l.describe(), revision: String::new() })
-        .collect();
-    for ((index, _), mut rev) in remote.into_iter().zip(resolved) {
-        rev.layer = index;
-        out[index] = rev;
-    }
-    Ok(out)
+    let layers = layers.to_vec();
+    let options = ctx.config.fetch.clone();
+    Ok(async move {
+        let remote: Vec<(usize, gamezone_init::plan::Layer)> =
+            layers.iter().enumerate().filter(|(_, l)| l.local.is_none()).map(|(i, l)| (i, l.clone())).collect();
+        let only: Vec<gamezone_init::plan::Layer> = remote.iter().map(|(_, l)| l.clone()).collect();
+        let resolved = gamezone_init::resolve::resolve_opts(&only, &creds, &options).await?;
+        let mut out: Vec<gamezone_init::resolve::Revision> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| gamezone_init::resolve::Revision { layer: i, source: l.describe(), revision: String::new() })
+            .collect();
+        for ((index, _), mut rev) in remote.into_iter().zip(resolved) {
+            rev.layer = index;
+            out[index] = rev;
+        }
+        Ok(out)
+    })
 }
 
 /// Runs the migration for the current inputs; true when servers may move to this version.
@@ -186,8 +260,16 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
     let live = match jobs.get_opt(&job_name).await? {
         Some(j) => j,
-        None => apply(&jobs, &job).await?,
+        None => {
+            match jobs.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &job).await {
+                Ok(j) => j,
+                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
+    // A Job of that name that is not this zone's is neither read as its migration nor touched.
+    check_owner(&live.metadata, &job)?;
     let mut outcome = decide::job_outcome(&live);
     if let JobOutcome::Failed(why) = &mut outcome {
         // The migrater's own words, from its last failed pod (its termination message, or the
@@ -202,7 +284,8 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         // Older migration Jobs have served their purpose.
         let old = ListParams::default()
             .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
-        jobs.delete_collection(&background(), &old).await?;
+        let uid = zone.metadata.uid.as_deref().unwrap_or_default();
+        delete_all_owned(&jobs, &old, |m| controlled_by(m, uid)).await?;
     }
     Ok(decide::report_migration(status, &job_name, &hash, &outcome))
 }
@@ -304,8 +387,7 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
         crate::controller::delete_if_present(&api, &svc.name_any()).await?;
     }
     if let Some(claim) = build::artifacts_claim(zone) {
-        let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-        apply(&api, &claim).await?;
+        ctx.writer.apply_child(&claim, TOPOLOGY_REFRESH).await?;
     }
     Ok(())
 }
@@ -325,13 +407,9 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
         if status.edits.take().is_none() {
             return Ok(());
         }
-        crate::controller::delete_if_present(&deployments, &name).await?;
-        // A kept claim carries no managed-by label: it is the user's.
-        if let Some(c) = claims.get_opt(&name).await?
-            && c.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGER)
-        {
-            crate::controller::delete_if_present(&claims, &name).await?;
-        }
+        delete_if_owned(&deployments, &name, zone).await?;
+        // A kept claim has no controller: it is the user's.
+        delete_if_owned(&claims, &name, zone).await?;
         return Ok(());
     };
     ctx.writer.apply_child(&claim, TOPOLOGY_REFRESH).await?;
