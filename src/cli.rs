@@ -276,6 +276,9 @@ struct FetchArgs {
     /// Seconds a zone's artifacts may take to resolve, whatever their servers do.
     #[arg(long, default_value_t = 60, env = "GAMEZONE_RESOLVE_TIMEOUT")]
     resolve_timeout: u64,
+    /// The shortest `artifactsInterval` (seconds) a zone gets: a shorter one is stretched to it.
+    #[arg(long, default_value_t = 30, env = "GAMEZONE_MIN_ARTIFACTS_INTERVAL")]
+    min_artifacts_interval: u64,
 }
 
 /// What zones' authors may ask of the nodes: they are untrusted, and the operator makes their pods.
@@ -292,6 +295,10 @@ struct TenancyArgs {
     /// take every node's ports; no limit when empty.
     #[arg(long, env = "GAMEZONE_HOST_PORTS_PER_NAMESPACE")]
     host_ports_per_namespace: Option<usize>,
+    /// Seconds a deleted zone's servers may drain (deletable gates, matches under way) before
+    /// they are deleted anyway, so a gate no one opens cannot keep a zone for ever.
+    #[arg(long, default_value_t = 3600, env = "GAMEZONE_DELETION_DRAIN_LIMIT")]
+    deletion_drain_limit: u64,
 }
 
 impl FetchArgs {
@@ -433,6 +440,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 control_plane: args.tenancy.allow_control_plane,
             },
             host_ports_per_namespace: args.tenancy.host_ports_per_namespace,
+            deletion_drain_limit: Duration::from_secs(args.tenancy.deletion_drain_limit),
+            min_artifacts_interval: Duration::from_secs(args.fetch.min_artifacts_interval),
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,

@@ -122,6 +122,8 @@ impl Operator {
             .args(["run", "--namespace", namespace, "--log-format", "json", "--http-addr", "127.0.0.1:0"])
             // The fork's S3 layer is served on loopback, which the operator refuses by default.
             .args(["--allow-egress", "127.0.0.0/8"])
+            // The re-pin test sets artifactsInterval 5s, shorter than the default floor.
+            .args(["--min-artifacts-interval", "5"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .stdin(Stdio::null())

@@ -411,3 +411,79 @@ async fn a_zone_names_only_secrets_its_author_may_read_and_needs_an_author_who_m
     assert!(refused.contains("must be allowed to create pods"), "{refused}");
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
+    let ns = common::namespace("tenant-drain").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--deletion-drain-limit", "8"]);
+    let zones: Api<GameZone> = Api::namespaced(tenant(&ns).await, &ns.name);
+    // Deletable gates, no drainTimeout, and no game to open them.
+    let z = zone(
+        "stuck",
+        json!({"zoneId": 1, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1, "deletableGates": ["NoPlayers"]}]}),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    support::wait_ready(&zones, "stuck").await;
+    let deleted = Instant::now();
+    zones.delete("stuck", &DeleteParams::default()).await.unwrap();
+    let (_, reason, message) = condition_when(&zones, "stuck", "Ready", Duration::from_secs(30), |_, _, m| {
+        m.contains("waiting for deletable gates NoPlayers")
+    })
+    .await;
+    assert_eq!(reason, "Terminating");
+    assert!(
+        message.contains("stuck-game-1") && message.contains("go then anyway (--deletion-drain-limit 8s)"),
+        "{message}"
+    );
+    common::wait_for("the zone gone after its drain limit", Duration::from_secs(60), || async {
+        match zones.get_opt("stuck").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    assert!(deleted.elapsed() >= Duration::from_secs(8), "gone after {:?}, before the limit", deleted.elapsed());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn pods_pass_pod_security_restricted_with_a_security_context_and_a_refusal_shows() {
+    let ns = common::namespace("tenant-pss").await;
+    install_crds(&ns.client).await;
+    support::kubectl(
+        ns.kubeconfig(),
+        &["label", "namespace", &ns.name, "pod-security.kubernetes.io/enforce=restricted"],
+    );
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = Api::namespaced(tenant(&ns).await, &ns.name);
+    let restricted = json!({"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
+    // With the SDK sidecar (a deletable gate), so the operator's own container is checked too.
+    let service = |sc: Option<serde_json::Value>| {
+        let mut s = json!({"type": "game", "id": 1, "deletableGates": ["NoPlayers"]});
+        if let Some(sc) = sc {
+            s["securityContext"] = sc;
+        }
+        json!({"zoneId": 1, "defaultImage": "svc:1", "services": [s]})
+    };
+    zones.create(&PostParams::default(), &zone("locked", service(Some(restricted)))).await.unwrap();
+    zones.create(&PostParams::default(), &zone("open", service(None))).await.unwrap();
+    support::wait_ready(&zones, "locked").await;
+    let servers: Api<GameServer> = ns.api();
+    let said = common::wait_for("open-game-1 reports the refusal", Duration::from_secs(60), || async {
+        let gs = servers.get("open-game-1").await.map_err(|e| e.to_string())?;
+        let ready = gs.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(c) if c.reason == "PodRefused" => Ok(c.message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(said.contains("violates PodSecurity") && said.len() <= 1024, "{said}");
+    let (_, _, message) =
+        condition_when(&zones, "open", "ServersReady", Duration::from_secs(30), |_, _, m| m.contains("PodSecurity"))
+            .await;
+    assert!(message.contains("open-game-1"), "{message}");
+    ns.cleanup().await;
+}

@@ -67,6 +67,10 @@ impl Layer {
     }
 }
 
+/// What a Secret's name may be (a DNS subdomain), so a name like `../x` is refused by the API
+/// server before it reaches a path or a URL.
+pub const SECRET_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 /// Names a Secret holding credentials. Keys follow Flux's conventions:
 /// git: `username` + `password`, or `bearerToken`, or `identity` (SSH private key) + `known_hosts`;
 /// S3: `accesskey` + `secretkey`.
@@ -75,6 +79,7 @@ impl Layer {
 pub struct SecretRef {
     /// Name of the Secret, in the zone's namespace. The init-container reads it mounted as files
     /// at `<secrets dir>/<name>/<key>`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
     pub name: String,
 }
 

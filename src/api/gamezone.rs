@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use gamezone_init::plan::Layer;
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -117,6 +117,13 @@ pub struct ServiceType {
     /// Tolerations of the instances' pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Security context of the service container. When set, the operator's own containers in
+    /// the pod (the artifacts init container, the SDK sidecar) run as PodSecurity `restricted`
+    /// asks (non-root, no privilege escalation, every capability dropped, the runtime's default
+    /// seccomp profile), so a pod whose service container does too is admitted in a namespace
+    /// that enforces `restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
     /// Ports the process listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]

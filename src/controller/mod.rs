@@ -67,6 +67,10 @@ pub struct Config {
     pub tenancy: crate::zone::tenancy::Tenancy,
     /// The most host ports the servers of one namespace may hold; no limit when `None`.
     pub host_ports_per_namespace: Option<usize>,
+    /// How long a deleted zone's servers may drain before they go anyway.
+    pub deletion_drain_limit: Duration,
+    /// The shortest `artifactsInterval` a zone gets.
+    pub min_artifacts_interval: Duration,
 }
 
 /// What a reconcile needs.
@@ -115,6 +119,14 @@ impl Cache {
 }
 
 impl Context {
+    /// Sets `gamezone_managed_objects{kind="GameServer"}` to the servers the watch shows that
+    /// are not being deleted: counted by zones' reconciles and by each server's removal, so the
+    /// gauge comes down with deletions too.
+    pub fn count_servers(&self) {
+        let live = self.cache.servers.state().iter().filter(|s| s.meta().deletion_timestamp.is_none()).count();
+        self.metrics.managed.get_or_create(&metrics::KindLabels { kind: "GameServer" }).set(live as i64);
+    }
+
     /// Publishes an Event about `obj`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {

@@ -61,6 +61,7 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Requeue> {
             Finalizer::Cleanup(gs) => {
                 ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
                 ctx.writer.forget_server(&gs);
+                ctx.count_servers();
                 Ok(None)
             }
         }

@@ -44,7 +44,13 @@ pub struct ServeConfig {
 struct Shared {
     root: PathBuf,
     token: String,
+    /// Held for [`WRONG_TOKEN_DELAY`] by each refused request, so guesses come one at a time.
+    wrong: tokio::sync::Mutex<()>,
 }
+
+/// How long a request with a wrong password waits, one at a time: the API listens on the pod's
+/// address, and guessing the share's password is at most one try per this delay.
+const WRONG_TOKEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn secret(dir: &Path, key: &str) -> anyhow::Result<String> {
     let path = dir.join(key);
@@ -95,7 +101,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("start {}", cfg.smbd.display()))?;
     tracing::info!(port = cfg.smb_port, share = SHARE_NAME, "smbd started");
 
-    let shared = Arc::new(Shared { root: cfg.root.clone(), token: password });
+    let shared = Arc::new(Shared { root: cfg.root.clone(), token: password, wrong: Default::default() });
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/reset", post(reset))
@@ -135,15 +141,20 @@ async fn set_password(smbpasswd: &Path, conf: &Path, password: &str) -> anyhow::
     Ok(())
 }
 
-/// `None` when the token is right, else the refusal to send.
-fn refused(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+/// `None` when the token is right, else the refusal to send, after the wrong-token delay.
+async fn refused(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let given = headers.get(TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     let want = shared.token.as_bytes();
     // Same time whatever the first differing byte.
     let same = given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    (!same).then(|| {
-        (StatusCode::UNAUTHORIZED, format!("send the share's password in the {TOKEN_HEADER} header\n")).into_response()
-    })
+    if same {
+        return None;
+    }
+    let _one_at_a_time = shared.wrong.lock().await;
+    tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+    Some(
+        (StatusCode::UNAUTHORIZED, format!("send the share's password in the {TOKEN_HEADER} header\n")).into_response(),
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -151,7 +162,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers).await {
         return r;
     }
     let root = shared.root.clone();
@@ -207,7 +218,7 @@ pub fn report(root: &Path) -> std::io::Result<ShareReport> {
 }
 
 async fn reset(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers).await {
         return r;
     }
     let share = shared.root.join(SHARE_DIR);
@@ -237,7 +248,7 @@ async fn reset(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn tar(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&shared, &headers) {
+    if let Some(r) = refused(&shared, &headers).await {
         return r;
     }
     let share = shared.root.join(SHARE_DIR);
@@ -282,6 +293,25 @@ pub fn tar_of(share: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_passwords_are_answered_one_a_second_and_the_right_one_at_once() {
+        let shared = Shared { root: PathBuf::new(), token: "s3cret".into(), wrong: Default::default() };
+        let with = |token: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(TOKEN_HEADER, token.parse().unwrap());
+            h
+        };
+        let start = tokio::time::Instant::now();
+        let guesses = [with("guess1"), with("guess2"), with("guess3")];
+        let (a, b, c) =
+            tokio::join!(refused(&shared, &guesses[0]), refused(&shared, &guesses[1]), refused(&shared, &guesses[2]));
+        assert!(a.is_some() && b.is_some() && c.is_some());
+        assert!(start.elapsed() >= WRONG_TOKEN_DELAY * 3, "three guesses took {:?}", start.elapsed());
+        let start = tokio::time::Instant::now();
+        assert!(refused(&shared, &with("s3cret")).await.is_none());
+        assert!(start.elapsed() < WRONG_TOKEN_DELAY);
+    }
 
     #[test]
     fn the_report_counts_the_share_and_reads_each_servers_status() {

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use gamezone_init::plan::{Layer, SecretRef};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -530,7 +530,25 @@ pub fn server_template(
         ..Default::default()
     };
     super::edits::add_to_server_pod(zone, service, &mut spec);
+    if let Some(sc) = &service.security_context {
+        spec.containers[0].security_context = Some(sc.clone());
+        for c in spec.init_containers.iter_mut().flatten() {
+            restrict(c.security_context.get_or_insert_with(Default::default));
+        }
+    }
     Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })
+}
+
+/// Makes `sc` what PodSecurity `restricted` asks of a container: not root (uid 65532 unless it
+/// names one), no privilege escalation, every capability dropped, the runtime's default seccomp
+/// profile. The operator's own containers get it when the service container has a security
+/// context of its own; without one, pods stay as they were (their template hash unchanged).
+pub fn restrict(sc: &mut SecurityContext) {
+    sc.run_as_non_root = Some(true);
+    sc.run_as_user.get_or_insert(65532);
+    sc.allow_privilege_escalation = Some(false);
+    sc.capabilities = Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None });
+    sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None });
 }
 
 /// One GameServer per instance.

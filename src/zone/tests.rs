@@ -272,3 +272,28 @@ fn every_bounded_child_name_is_checked_before_anything_is_made() {
     let e = validate(&z).unwrap_err().to_string();
     assert!(e.starts_with("spec.services[0].expose: the per-type Service"), "{e}");
 }
+
+#[test]
+fn a_service_with_a_security_context_gets_every_container_of_its_pods_restricted() {
+    let mut z = basic();
+    z.spec.services[0].ports.clear();
+    z.spec.services[0].expose = None;
+    z.spec.services[0].lifecycle.deletable_gates = vec!["NoPlayers".into()];
+    // Untouched without one: no template changes under running zones.
+    let before = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let pod = before[0].spec.template.spec.as_ref().unwrap();
+    assert!(pod.init_containers.iter().flatten().any(|c| c.name == INIT_CONTAINER && c.security_context.is_none()));
+    z.spec.services[0].security_context =
+        serde_json::from_value(serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000})).unwrap();
+    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let pod = servers[0].spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1000));
+    let inits = pod.init_containers.as_ref().unwrap();
+    assert_eq!(inits.len(), 2, "the SDK sidecar and the artifacts init container");
+    for c in inits {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)), "{}", c.name);
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]), "{}", c.name);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault", "{}", c.name);
+    }
+}

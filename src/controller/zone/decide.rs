@@ -226,6 +226,13 @@ pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
     Some(format!("waiting for deletable gates {}{timeout}", open.join(", ")))
 }
 
+/// How long servers of a zone deleted at `deleted_at` may still drain before they go anyway;
+/// `None` once the `limit` passed.
+pub fn drain_limit_left(deleted_at: Timestamp, limit: Duration, now: Timestamp) -> Option<Duration> {
+    let ends = deleted_at + limit;
+    (now < ends).then(|| Duration::try_from(ends.duration_since(now)).unwrap_or_default())
+}
+
 /// `live`'s spec with an effective `NotInService` constraint, as the apply that starts its drain.
 fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timestamp) -> GameServer {
     let mut gs = GameServer::new(&live.name_any(), live.spec.clone());

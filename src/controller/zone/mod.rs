@@ -18,6 +18,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::finalizer::Event as Finalizer;
@@ -147,7 +148,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     build::validate(zone).at(Step::Check)?;
     build::tenancy::check(zone, &ctx.config.tenancy).at(Step::Check)?;
     steps::check_secrets(zone, ctx).await.at(Step::Check)?;
-    let interval = interval(zone);
+    let interval = interval(zone, ctx.config.min_artifacts_interval);
 
     let Some(pins) = steps::pin(zone, ctx, status, interval).await.at(Step::Pin)? else {
         // A resolve wakes the zone when it ends; this is only in case it never does.
@@ -171,10 +172,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let readiness = decide::readiness(&wanted, &live.servers_by_name());
     decide::report_servers(status, &readiness, &draining);
     status.endpoints = decide::endpoints(&live.services);
-    ctx.metrics
-        .managed
-        .get_or_create(&super::metrics::KindLabels { kind: "GameServer" })
-        .set(ctx.cache.servers.len() as i64);
+    ctx.count_servers();
     let all_ready = readiness.ready == readiness.desired && draining.is_empty();
     let next = match (all_ready, draining.is_empty()) {
         (true, _) => interval.unwrap_or(Duration::from_secs(600)),
@@ -187,10 +185,12 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     Ok(Some(next))
 }
 
-/// How often moving references are resolved again; `None` when only spec changes do it.
-fn interval(zone: &GameZone) -> Option<Duration> {
+/// How often moving references are resolved again; `None` when only spec changes do it. Never
+/// more often than `min`: each resolve is requests to the layers' servers, at the zone author's
+/// word (32 layers every second were 7.5 requests a second at one server).
+fn interval(zone: &GameZone, min: Duration) -> Option<Duration> {
     let every = zone.spec.artifacts_interval.map_or(DEFAULT_INTERVAL, Interval::duration);
-    (!every.is_zero()).then_some(every)
+    (!every.is_zero()).then_some(every.max(min))
 }
 
 /// Removes everything the zone made, even objects whose owner reference was lost. While it
@@ -227,10 +227,35 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
     // of the teardown's load. The last pass below still checks.
     let servers = steps::Live::of(zone, ctx).servers;
-    // Players are never kicked, not even by deleting the zone: every server is drained first.
+    // Players are not kicked by deleting the zone: every server is drained first, for at most
+    // the deletion's drain limit, so a gate no one opens cannot keep the zone for ever.
     let draining = drain_all(zone, ctx, &servers).await?;
     if !draining.is_empty() {
-        return Err(Error::Waiting(format!("{} GameServer(s) to drain: {}", draining.len(), draining.join("; "))));
+        let limit = ctx.config.deletion_drain_limit;
+        let deleted_at = zone.metadata.deletion_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0);
+        match decide::drain_limit_left(deleted_at, limit, Timestamp::now()) {
+            Some(left) => {
+                return Err(Error::Waiting(format!(
+                    "{} GameServer(s) to drain: {}; any still draining in {}s go then anyway (--deletion-drain-limit {}s)",
+                    draining.len(),
+                    draining.join("; "),
+                    left.as_secs(),
+                    limit.as_secs()
+                )));
+            }
+            None => {
+                let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &ns);
+                for gs in servers.iter().filter(|g| g.metadata.deletion_timestamp.is_none()) {
+                    super::delete_if_present(&api, &gs.name_any()).await?;
+                }
+                let note = format!(
+                    "deleted {} server(s) still draining {}s after the zone's deletion (--deletion-drain-limit)",
+                    draining.len(),
+                    limit.as_secs()
+                );
+                ctx.event(zone, true, "DrainLimitReached", note).await;
+            }
+        }
     }
     if !servers.is_empty() && servers.iter().all(|g| g.metadata.deletion_timestamp.is_some()) {
         // Their pods go now, in one request, not one by one behind the garbage collector (a
@@ -281,7 +306,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
 /// returns what the others wait for.
 async fn drain_all(zone: &GameZone, ctx: &Context, servers: &[Arc<GameServer>]) -> Result<Vec<String>> {
     let live: BTreeMap<String, &GameServer> = servers.iter().map(|g| (g.name_any(), g.as_ref())).collect();
-    let plan = decide::plan_servers(&[], &live, &BTreeMap::new(), k8s_openapi::jiff::Timestamp::now(), |gs, hash| {
+    let plan = decide::plan_servers(&[], &live, &BTreeMap::new(), Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, super::writer::WATCH_LAG)
     });
     for (gs, hash) in plan.apply {

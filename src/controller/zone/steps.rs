@@ -334,7 +334,7 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
     let plan = decide::plan_servers(wanted, &by_name, &strategies, Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, WATCH_LAG)
     });
-    futures::stream::iter(plan.apply)
+    let created = futures::stream::iter(plan.apply)
         .map(|(mut gs, hash)| {
             // The server controller's finalizer comes with the object: one write, not two.
             gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
@@ -349,7 +349,15 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
         })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
-        .await?;
+        .await;
+    if let Err(e) = created {
+        // Host ports are held only for servers that exist: one the API server would not make
+        // (a quota, a refusal) must not keep other zones' servers from a node's ports.
+        for gs in wanted.iter().filter(|g| !by_name.contains_key(&g.name_any())) {
+            ctx.ports.forget(&ObjectKey::of(gs), &ctx.metrics);
+        }
+        return Err(e);
+    }
     for name in &plan.drains {
         let gates = by_name.get(name).map(|g| g.spec.lifecycle.deletable_gates.join(", ")).unwrap_or_default();
         ctx.event(

@@ -447,3 +447,13 @@ fn the_migrater_s_own_error_is_taken_from_its_newest_failed_pod() {
     assert!(said.ends_with("(details: Error 1064: syntax)") && said.starts_with("starting"), "{said}");
     assert_eq!(migrater_said(&[pod(1, 0, "ok")]), None);
 }
+
+#[test]
+fn a_deleted_zone_s_drains_end_at_the_limit() {
+    let deleted: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let hour = Duration::from_secs(3600);
+    let at = |secs: i64| deleted + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+    assert_eq!(drain_limit_left(deleted, hour, at(600)), Some(Duration::from_secs(3000)));
+    assert_eq!(drain_limit_left(deleted, hour, at(3600)), None);
+    assert_eq!(drain_limit_left(deleted, hour, at(7200)), None);
+}
