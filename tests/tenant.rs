@@ -83,6 +83,19 @@ async fn condition_when(
     .await
 }
 
+/// The message of the server's `Ready` condition, once its reason is `reason`.
+async fn server_ready_reason(servers: &Api<GameServer>, name: &str, reason: &str) -> String {
+    common::wait_for(&format!("{name}'s Ready condition says {reason}"), Duration::from_secs(60), || async {
+        let gs = servers.get(name).await.map_err(|e| e.to_string())?;
+        let ready = gs.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(c) if c.reason == reason => Ok(c.message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
 /// An object's identity and content, to compare before and after.
 fn fingerprint<K: kube::Resource + serde::Serialize>(obj: &K) -> (String, String, serde_json::Value) {
     let mut body = serde_json::to_value(obj).unwrap();
@@ -146,16 +159,7 @@ async fn names_held_by_others_are_never_taken_over_adopted_or_deleted() {
     let zone_now = zones.get("pay").await.unwrap();
     assert_eq!(zone_now.status.unwrap().phase, Some(ZonePhase::Degraded));
     // The server whose pod name is taken says so in its own status.
-    let servers: Api<GameServer> = ns.api();
-    let said = common::wait_for("pay-game-1 reports the taken pod name", wait, || async {
-        let gs = servers.get("pay-game-1").await.map_err(|e| e.to_string())?;
-        let ready = gs.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
-        match ready {
-            Some(c) if c.reason == "NameConflict" => Ok(c.message),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let said = server_ready_reason(&ns.api(), "pay-game-1", "NameConflict").await;
     assert!(said.contains(r#"Pod "pay-game-1" already exists"#), "{said}");
 
     // Nothing foreign changed, and deleting the zones takes none of it.
@@ -470,16 +474,7 @@ async fn pods_pass_pod_security_restricted_with_a_security_context_and_a_refusal
     zones.create(&PostParams::default(), &zone("locked", service(Some(restricted)))).await.unwrap();
     zones.create(&PostParams::default(), &zone("open", service(None))).await.unwrap();
     support::wait_ready(&zones, "locked").await;
-    let servers: Api<GameServer> = ns.api();
-    let said = common::wait_for("open-game-1 reports the refusal", Duration::from_secs(60), || async {
-        let gs = servers.get("open-game-1").await.map_err(|e| e.to_string())?;
-        let ready = gs.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
-        match ready {
-            Some(c) if c.reason == "PodRefused" => Ok(c.message),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let said = server_ready_reason(&ns.api(), "open-game-1", "PodRefused").await;
     assert!(said.contains("violates PodSecurity") && said.len() <= 1024, "{said}");
     let (_, _, message) =
         condition_when(&zones, "open", "ServersReady", Duration::from_secs(30), |_, _, m| m.contains("PodSecurity"))

@@ -81,6 +81,12 @@ fn refused<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e Refused> 
     e.downcast_ref::<Refused>()
 }
 
+/// The layer error for an egress refusal `r`: the policy's is the spec's to fix (named by
+/// `field`); a name that did not resolve may pass (named by `what`).
+fn refusal(ctx: &Ctx, r: &Refused, field: &str, what: &str) -> Error {
+    if r.policy { ctx.invalid(format!("{field}: {r}")) } else { ctx.transient(format!("{what}: {r}")) }
+}
+
 /// Classifies a reqwest failure into a fixed phrase naming `field`: nothing the server sent,
 /// and no library text (which can carry addresses, timings or answers), reaches the message.
 pub(crate) fn reqwest_error(ctx: &Ctx, field: &str, e: &reqwest::Error) -> Error {
@@ -88,11 +94,7 @@ pub(crate) fn reqwest_error(ctx: &Ctx, field: &str, e: &reqwest::Error) -> Error
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = cur {
         if let Some(r) = refused(s) {
-            return if r.policy {
-                ctx.invalid(format!("{field}: {r}"))
-            } else {
-                ctx.transient(format!("{field}: {r}"))
-            };
+            return refusal(ctx, r, field, field);
         }
         // Read only to classify; never copied into the message.
         let t = s.to_string().to_ascii_lowercase();
@@ -225,11 +227,7 @@ pub(crate) fn store_error(ctx: &Ctx, e: &object_store::Error, secret: Option<&st
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = cur {
         if let Some(r) = refused(s) {
-            return if r.policy {
-                ctx.invalid(format!("s3.endpoint: {r}"))
-            } else {
-                ctx.transient(format!("{what}: {r}"))
-            };
+            return refusal(ctx, r, "s3.endpoint", what);
         }
         if let Some(h) = s.downcast_ref::<HttpError>() {
             kind = Some(h.kind());
