@@ -420,7 +420,7 @@ async fn a_zone_names_only_secrets_its_author_may_read_and_needs_an_author_who_m
 async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
     let ns = common::namespace("tenant-drain").await;
     install_crds(&ns.client).await;
-    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--deletion-drain-limit", "8"]);
+    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--deletion-drain-limit", "20"]);
     let zones: Api<GameZone> = Api::namespaced(tenant(&ns).await, &ns.name);
     // Deletable gates, no drainTimeout, and no game to open them.
     let z = zone(
@@ -437,7 +437,7 @@ async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
     .await;
     assert_eq!(reason, "Terminating");
     assert!(
-        message.contains("stuck-game-1") && message.contains("go then anyway (--deletion-drain-limit 8s)"),
+        message.contains("stuck-game-1") && message.contains("go then anyway (--deletion-drain-limit 20s)"),
         "{message}"
     );
     common::wait_for("the zone gone after its drain limit", Duration::from_secs(60), || async {
@@ -447,7 +447,7 @@ async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
         }
     })
     .await;
-    assert!(deleted.elapsed() >= Duration::from_secs(8), "gone after {:?}, before the limit", deleted.elapsed());
+    assert!(deleted.elapsed() >= Duration::from_secs(20), "gone after {:?}, before the limit", deleted.elapsed());
     ns.cleanup().await;
 }
 
