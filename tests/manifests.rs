@@ -33,6 +33,7 @@ fn example() -> PathBuf {
 /// Every kustomization the repository ships, relative to the workspace root.
 const KUSTOMIZATIONS: &[&str] = &[
     "deploy",
+    "deploy-namespaced",
     "examples/gamezone-repo/base",
     "examples/gamezone-repo/overlays/on-prem",
     "examples/gamezone-repo/overlays/cloud",
@@ -550,7 +551,8 @@ async fn example_zones_pass_api_server_validation_and_bad_zones_do_not() {
     let ns = common::namespace("manifests-example").await;
     let kubectl = KubectlDir::for_kubeconfig(ns.kubeconfig());
     install_crds(&kubectl);
-    for dir in &KUSTOMIZATIONS[1..] {
+    // The example repo's (the install manifests are cluster-wide: see the tests on a private control plane).
+    for dir in KUSTOMIZATIONS.iter().filter(|d| d.starts_with("examples/")) {
         let docs = kustomize(dir);
         let all: Vec<&Value> = docs.iter().collect();
         kubectl.ok_stdin(&["apply", "--server-side", "--dry-run=server", "-n", &ns.name, "-f", "-"], &to_list(&all));
@@ -614,7 +616,7 @@ impl Drop for Operator {
 
 /// Starts `gamezone run --leader-elect` authenticated as deploy/'s ServiceAccount, so only
 /// deploy/'s RBAC stands between it and the API.
-fn operator_as_service_account(kubectl: &KubectlDir, admin_kubeconfig: &Path) -> Operator {
+fn operator_as_service_account(kubectl: &KubectlDir, admin_kubeconfig: &Path, extra: &[&str]) -> Operator {
     let token = kubectl.ok(&["create", "token", "gamezone", "-n", "gamezone-system", "--duration=1h"]);
     let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(admin_kubeconfig).unwrap()).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
@@ -633,6 +635,7 @@ fn operator_as_service_account(kubectl: &KubectlDir, admin_kubeconfig: &Path) ->
     let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
         .args(["run", "--leader-elect", "--http-addr", "127.0.0.1:0", "--log-format", "json", "--kubeconfig"])
         .arg(&path)
+        .args(extra)
         .env("POD_NAME", "gamezone-manifests-test")
         .env("POD_NAMESPACE", "gamezone-system")
         .env_remove("KUBECONFIG")
@@ -683,9 +686,42 @@ async fn deploy_installs_and_its_rbac_runs_a_zone_from_create_to_delete() {
     // Client-side apply (`kubectl apply -k deploy/`) works as well.
     kubectl.ok(&["apply", "--dry-run=server", "-k", "deploy/"]);
 
-    let op = operator_as_service_account(&kubectl, cluster.kubeconfig());
+    let op = operator_as_service_account(&kubectl, cluster.kubeconfig(), &[]);
     let ns = "zone-rbac";
     kubectl.ok(&["create", "namespace", ns]);
+    zone_from_create_to_delete(&kubectl, &op, ns).await;
+}
+
+/// deploy-namespaced/ installs, and the operator, holding the ClusterRole's rights in `games`
+/// only (a RoleBinding), takes a zone there from create to delete, and may read no Secret and
+/// make no pod in any other namespace.
+#[tokio::test]
+async fn the_namespaced_install_runs_a_zone_in_its_namespace_and_reaches_no_other() {
+    let cluster = common::start_private(1);
+    let kubectl = KubectlDir::for_kubeconfig(cluster.kubeconfig());
+    kubectl.ok(&["apply", "--server-side", "-k", "deploy-namespaced/"]);
+    kubectl.ok(&["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{CRD_ZONE}")]);
+    let sa = "system:serviceaccount:gamezone-system:gamezone";
+    for (verb, what, ns, want) in [
+        ("get", "secrets", "games", "yes"),
+        ("create", "pods", "games", "yes"),
+        ("get", "secrets", "default", "no"),
+        ("create", "pods", "kube-system", "no"),
+        ("list", "nodes", "default", "yes"),
+    ] {
+        // `can-i` answers on stdout and exits 1 for "no".
+        let said = match kubectl.run(&["auth", "can-i", verb, what, "-n", ns, "--as", sa], None) {
+            Ok(out) => out.trim().to_string(),
+            Err(e) => e.lines().last().unwrap_or_default().trim().to_string(),
+        };
+        assert!(said.ends_with(want), "can the operator {verb} {what} in {ns}? it says {said:?}");
+    }
+    let op = operator_as_service_account(&kubectl, cluster.kubeconfig(), &["--namespace", "games"]);
+    zone_from_create_to_delete(&kubectl, &op, "games").await;
+}
+
+/// A zone in `ns` reaches Running and goes again, with no request of the operator refused.
+async fn zone_from_create_to_delete(kubectl: &KubectlDir, op: &Operator, ns: &str) {
     kubectl.ok(&["create", "secret", "generic", "mysql", "-n", ns, "--from-literal=password=s3cret"]);
     let zone = serde_json::json!({
         "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
@@ -710,16 +746,16 @@ async fn deploy_installs_and_its_rbac_runs_a_zone_from_create_to_delete() {
 
     wait_kubectl(
         "the Lease held by the test operator",
-        &kubectl,
-        &op,
+        kubectl,
+        op,
         &["get", "lease", "gamezone-operator", "-n", "gamezone-system", "-o", "jsonpath={.spec.holderIdentity}"],
         |s| s == "gamezone-manifests-test",
     )
     .await;
     wait_kubectl(
         "zone1 Running",
-        &kubectl,
-        &op,
+        kubectl,
+        op,
         &["get", CRD_ZONE, "zone1", "-n", ns, "-o", "jsonpath={.status.phase} {.status.readyText}"],
         |s| s == "Running 3/3",
     )
@@ -734,8 +770,8 @@ async fn deploy_installs_and_its_rbac_runs_a_zone_from_create_to_delete() {
     kubectl.ok(&["delete", CRD_ZONE, "zone1", "-n", ns, "--wait=false"]);
     wait_kubectl(
         "zone1 and its GameServers gone",
-        &kubectl,
-        &op,
+        kubectl,
+        op,
         &["get", &format!("{CRD_ZONE},{CRD_SERVER}"), "-n", ns, "-o", "name"],
         |s| s.trim().is_empty(),
     )

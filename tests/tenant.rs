@@ -57,6 +57,15 @@ async fn as_user(ns: &common::TestNs, user: &str, rules: serde_json::Value) -> C
     client
 }
 
+/// A fresh namespace with the CRDs and the operator (run with `extra`), and the tenant's zones there.
+async fn as_tenant(prefix: &str, extra: &[&str]) -> (common::TestNs, Operator, Api<GameZone>) {
+    let ns = common::namespace(prefix).await;
+    install_crds(&ns.client).await;
+    let op = Operator::start_with(ns.kubeconfig(), &ns.name, extra);
+    let zones = Api::namespaced(tenant(&ns).await, &ns.name);
+    (ns, op, zones)
+}
+
 fn zone(name: &str, spec: serde_json::Value) -> GameZone {
     serde_json::from_value(json!({
         "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name}, "spec": spec
@@ -106,10 +115,7 @@ fn fingerprint<K: kube::Resource + serde::Serialize>(obj: &K) -> (String, String
 
 #[tokio::test]
 async fn names_held_by_others_are_never_taken_over_adopted_or_deleted() {
-    let ns = common::namespace("tenant-names").await;
-    install_crds(&ns.client).await;
-    let _op = Operator::start(ns.kubeconfig(), &ns.name);
-    let client = tenant(&ns).await;
+    let (ns, _op, zones) = as_tenant("tenant-names", &[]).await;
 
     // What others made before the tenant came: a payments Service, a Role, a pod.
     let services: Api<Service> = ns.api();
@@ -136,7 +142,6 @@ async fn names_held_by_others_are_never_taken_over_adopted_or_deleted() {
 
     // Zones named so their children collide: `ops` wants the Role (its service uses the SDK),
     // `pay` the Service (per type) and the pod (its instance game-1).
-    let zones: Api<GameZone> = Api::namespaced(client.clone(), &ns.name);
     let ops = zone(
         "ops",
         json!({"zoneId": 1, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1, "deletableGates": ["NoPlayers"]}]}),
@@ -216,13 +221,9 @@ fn s3_zone(name: &str, endpoint: &str) -> GameZone {
 
 #[tokio::test]
 async fn the_operator_fetches_nothing_from_loopback_or_metadata_addresses_by_default() {
-    let ns = common::namespace("tenant-egress").await;
-    install_crds(&ns.client).await;
     // An operator that allows only a documentation range: loopback stays refused.
-    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--allow-egress", "192.0.2.0/24"]);
-    let client = tenant(&ns).await;
+    let (ns, _op, zones) = as_tenant("tenant-egress", &["--allow-egress", "192.0.2.0/24"]).await;
     let (port, seen) = leaky_server(200, IMDS_BODY);
-    let zones: Api<GameZone> = Api::namespaced(client, &ns.name);
     for (name, endpoint) in [
         ("imds", format!("http://127.0.0.1:{port}/meta-data/iam/security-credentials")),
         ("decimal", format!("http://2130706433:{port}/")),
@@ -245,13 +246,9 @@ async fn the_operator_fetches_nothing_from_loopback_or_metadata_addresses_by_def
 
 #[tokio::test]
 async fn what_a_server_answers_is_never_reflected_and_the_message_settles() {
-    let ns = common::namespace("tenant-reflect").await;
-    install_crds(&ns.client).await;
     // Loopback allowed, as the tests' servers are there: the answer still must not show.
-    let _op = Operator::start(ns.kubeconfig(), &ns.name);
-    let client = tenant(&ns).await;
+    let (ns, _op, zones) = as_tenant("tenant-reflect", &[]).await;
     let (port, seen) = leaky_server(403, IMDS_BODY);
-    let zones: Api<GameZone> = Api::namespaced(client, &ns.name);
     zones.create(&PostParams::default(), &s3_zone("leak", &format!("http://127.0.0.1:{port}/"))).await.unwrap();
     let wait = Duration::from_secs(60);
     let (_, _, first) =
@@ -272,14 +269,8 @@ async fn what_a_server_answers_is_never_reflected_and_the_message_settles() {
 
 #[tokio::test]
 async fn sources_that_never_answer_hold_no_worker_and_their_zones_can_be_deleted() {
-    let ns = common::namespace("tenant-slow").await;
-    install_crds(&ns.client).await;
-    let _op = Operator::start_with(
-        ns.kubeconfig(),
-        &ns.name,
-        &["--allow-egress", "127.0.0.0/8", "--resolve-timeout", "5", "--concurrency", "4"],
-    );
-    let client = tenant(&ns).await;
+    let flags = ["--allow-egress", "127.0.0.0/8", "--resolve-timeout", "5", "--concurrency", "4"];
+    let (ns, _op, zones) = as_tenant("tenant-slow", &flags).await;
     // A git daemon that accepts and never says a word.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -290,7 +281,6 @@ async fn sources_that_never_answer_hold_no_worker_and_their_zones_can_be_deleted
             keep.lock().unwrap().push(conn);
         }
     });
-    let zones: Api<GameZone> = Api::namespaced(client, &ns.name);
     // Four times the workers, all hanging.
     for i in 0..16 {
         let z = zone(
@@ -418,10 +408,7 @@ async fn a_zone_names_only_secrets_its_author_may_read_and_needs_an_author_who_m
 
 #[tokio::test]
 async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
-    let ns = common::namespace("tenant-drain").await;
-    install_crds(&ns.client).await;
-    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--deletion-drain-limit", "20"]);
-    let zones: Api<GameZone> = Api::namespaced(tenant(&ns).await, &ns.name);
+    let (ns, _op, zones) = as_tenant("tenant-drain", &["--deletion-drain-limit", "20"]).await;
     // Deletable gates, no drainTimeout, and no game to open them.
     let z = zone(
         "stuck",
@@ -453,14 +440,11 @@ async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
 
 #[tokio::test]
 async fn pods_pass_pod_security_restricted_with_a_security_context_and_a_refusal_shows() {
-    let ns = common::namespace("tenant-pss").await;
-    install_crds(&ns.client).await;
+    let (ns, _op, zones) = as_tenant("tenant-pss", &[]).await;
     support::kubectl(
         ns.kubeconfig(),
         &["label", "namespace", &ns.name, "pod-security.kubernetes.io/enforce=restricted"],
     );
-    let _op = Operator::start(ns.kubeconfig(), &ns.name);
-    let zones: Api<GameZone> = Api::namespaced(tenant(&ns).await, &ns.name);
     let restricted = json!({"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
     // With the SDK sidecar (a deletable gate), so the operator's own container is checked too.
@@ -480,5 +464,29 @@ async fn pods_pass_pod_security_restricted_with_a_security_context_and_a_refusal
         condition_when(&zones, "open", "ServersReady", Duration::from_secs(30), |_, _, m| m.contains("PodSecurity"))
             .await;
     assert!(message.contains("open-game-1"), "{message}");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn node_daemons_ports_and_the_control_plane_are_not_a_zone_s_to_take() {
+    let (ns, _op, zones) = as_tenant("tenant-nodes", &[]).await;
+    let kubelet = json!({"type": "game", "id": 1,
+                         "ports": [{"name": "p", "containerPort": 7000, "hostPort": 10250, "policy": "Static"}]});
+    let control_plane = json!({"type": "game", "id": 1,
+        "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]});
+    for (name, service) in [("kubelet", kubelet), ("cp", control_plane)] {
+        let z = zone(name, json!({"zoneId": 1, "defaultImage": "svc:1", "services": [service]}));
+        zones.create(&PostParams::default(), &z).await.unwrap();
+    }
+    let wait = Duration::from_secs(30);
+    let (_, _, message) = condition_when(&zones, "kubelet", "Ready", wait, |_, r, _| r == "InvalidSpec").await;
+    assert!(message.starts_with("spec.services[0].ports[0].hostPort: host port 10250"), "{message}");
+    let (_, _, message) = condition_when(&zones, "cp", "Ready", wait, |_, r, _| r == "InvalidSpec").await;
+    assert!(message.starts_with("spec.services[0].tolerations[0]"), "{message}");
+    // Nothing was made for either.
+    let servers: Api<GameServer> = ns.api();
+    assert!(servers.list(&Default::default()).await.unwrap().items.is_empty());
+    let pods: Api<Pod> = ns.api();
+    assert!(pods.list(&Default::default()).await.unwrap().items.is_empty());
     ns.cleanup().await;
 }

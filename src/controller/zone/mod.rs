@@ -43,9 +43,6 @@ const CONTROLLER: &str = "zone";
 /// How often a zone with edits reads its share's state for `status.edits`.
 const EDITS_REFRESH: Duration = Duration::from_secs(10);
 
-/// `spec.artifactsInterval` when it is not given.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
-
 /// Runs the zone controller until shutdown, hearing of its zones from a watch of its own, of
 /// their servers and Services from the shared watches, of their migration Jobs from a watch of
 /// those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
@@ -148,7 +145,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     build::validate(zone).at(Step::Check)?;
     build::tenancy::check(zone, &ctx.config.tenancy).at(Step::Check)?;
     steps::check_secrets(zone, ctx).await.at(Step::Check)?;
-    let interval = interval(zone, ctx.config.min_artifacts_interval);
+    let interval = decide::interval(zone, ctx.config.min_artifacts_interval);
 
     let Some(pins) = steps::pin(zone, ctx, status, interval).await.at(Step::Pin)? else {
         // A resolve wakes the zone when it ends; this is only in case it never does.
@@ -183,14 +180,6 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     // The edits share's state is read, not watched.
     let next = if zone.spec.edits.is_some() { next.min(EDITS_REFRESH) } else { next };
     Ok(Some(next))
-}
-
-/// How often moving references are resolved again; `None` when only spec changes do it. Never
-/// more often than `min`: each resolve is requests to the layers' servers, at the zone author's
-/// word (32 layers every second were 7.5 requests a second at one server).
-fn interval(zone: &GameZone, min: Duration) -> Option<Duration> {
-    let every = zone.spec.artifacts_interval.map_or(DEFAULT_INTERVAL, Interval::duration);
-    (!every.is_zero()).then_some(every.max(min))
 }
 
 /// Removes everything the zone made, even objects whose owner reference was lost. While it

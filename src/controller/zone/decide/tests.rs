@@ -457,3 +457,16 @@ fn a_deleted_zone_s_drains_end_at_the_limit() {
     assert_eq!(drain_limit_left(deleted, hour, at(3600)), None);
     assert_eq!(drain_limit_left(deleted, hour, at(7200)), None);
 }
+
+#[test]
+fn artifacts_are_resolved_again_no_more_often_than_the_floor() {
+    let mut z = zone();
+    let floor = Duration::from_secs(30);
+    assert_eq!(interval(&z, floor), Some(Duration::from_secs(300)), "the default");
+    z.spec.artifacts_interval = Some(serde_json::from_value(serde_json::json!("1s")).unwrap());
+    assert_eq!(interval(&z, floor), Some(floor), "1s is stretched to the floor");
+    z.spec.artifacts_interval = Some(serde_json::from_value(serde_json::json!("10m")).unwrap());
+    assert_eq!(interval(&z, floor), Some(Duration::from_secs(600)));
+    z.spec.artifacts_interval = Some(serde_json::from_value(serde_json::json!("0s")).unwrap());
+    assert_eq!(interval(&z, floor), None, "0 turns re-resolving off");
+}
