@@ -51,6 +51,13 @@ async fn as_user(ns: &common::TestNs, user: &str, rules: serde_json::Value) -> C
         kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.unwrap();
     config.auth_info.impersonate = Some(user.into());
     let client = Client::try_from(config).unwrap();
+    // The API server's authorizer hears of a new RoleBinding through a watch: wait until the
+    // user's rights are in force (every user here may at least list GameZones).
+    let zones: Api<GameZone> = Api::namespaced(client.clone(), &ns.name);
+    common::wait_for(&format!("{user}'s RoleBinding in force"), Duration::from_secs(30), || async {
+        zones.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
     // The tenant is who the test says: it may not read a ConfigMap.
     let denied = Api::<ConfigMap>::namespaced(client.clone(), &ns.name).list(&Default::default()).await;
     assert!(matches!(denied, Err(kube::Error::Api(e)) if e.code == 403), "the tenant must not read ConfigMaps");
