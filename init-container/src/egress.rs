@@ -159,10 +159,8 @@ impl Egress {
     /// Checks one resolved address (used by the DNS resolver and raw TCP connects). Port 0
     /// (the DNS resolver does not know the port) matches every port of a denied address.
     pub fn check_addr(&self, addr: SocketAddr) -> Result<(), String> {
+        self.check_denied(addr)?;
         let ip = canonical(addr.ip());
-        if self.deny.iter().any(|d| d.ip() == ip && (addr.port() == 0 || d.port() == addr.port())) {
-            return Err(format!("{ip} is an address the operator never fetches from (denied by --deny-egress); {FIX}"));
-        }
         if self.nets.iter().any(|&(net, bits)| in_net(ip, net, bits)) {
             return Ok(());
         }
@@ -220,12 +218,13 @@ impl Egress {
         }
     }
 
+    /// Refuses `addr` when `--deny-egress` names it, whatever else is allowed.
     fn check_denied(&self, addr: SocketAddr) -> Result<(), String> {
-        Egress {
-            nets: vec![(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)],
-            ..self.clone()
+        let ip = canonical(addr.ip());
+        if self.deny.iter().any(|d| d.ip() == ip && (addr.port() == 0 || d.port() == addr.port())) {
+            return Err(format!("{ip} is an address the operator never fetches from (denied by --deny-egress); {FIX}"));
         }
-        .check_addr(addr)
+        Ok(())
     }
 
     /// Resolves `host:port` and keeps what the policy allows (see [`Egress::filter`]).

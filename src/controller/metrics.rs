@@ -6,6 +6,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+
+use kube::Resource;
+use kube::runtime::reflector::Store;
+
+use super::slim::StoredServer;
 
 /// Labels of per-controller series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,8 +53,11 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Reconcile durations in seconds.
     pub durations: Family<ControllerLabels, Histogram>,
-    /// Objects the operator currently manages, by kind.
+    /// Objects the operator currently manages, by kind: counted from the watch's store at each
+    /// scrape ([`Metrics::count_servers_from`]), not on the reconciles' path.
     pub managed: Family<KindLabels, Gauge>,
+    /// The GameServers the shared watch holds, once it exists.
+    servers: OnceLock<Store<StoredServer>>,
     /// Host port slots per range, used and free.
     pub port_slots: Family<PortLabels, Gauge>,
     /// Objects due for a reconcile and waiting for a free one, per controller.
@@ -73,7 +82,8 @@ impl Default for Metrics {
         registry.register("managed_objects", "Objects managed, by kind", managed.clone());
         registry.register("port_slots", "Host port slots (port x node) per range, used and free", port_slots.clone());
         registry.register("queue_depth", "Objects due for a reconcile, waiting for a free one", queue_depth.clone());
-        Self { reconciles, errors, durations, managed, port_slots, queue_depth, registry }
+        let servers = OnceLock::new();
+        Self { reconciles, errors, durations, managed, port_slots, queue_depth, servers, registry }
     }
 }
 
@@ -103,8 +113,18 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// Counts `gamezone_managed_objects{kind="GameServer"}` from `servers` at each scrape: the
+    /// servers not being deleted, so the gauge follows deletions too.
+    pub fn count_servers_from(&self, servers: Store<StoredServer>) {
+        let _ = self.servers.set(servers);
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(servers) = self.servers.get() {
+            let live = servers.state().iter().filter(|s| s.meta().deletion_timestamp.is_none()).count();
+            self.managed.get_or_create(&KindLabels { kind: "GameServer" }).set(live as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode to a String");
         out
@@ -124,5 +144,35 @@ impl Drop for Timer<'_> {
             .durations
             .get_or_create(&ControllerLabels { controller: self.controller })
             .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GameServer;
+    use kube::runtime::{reflector, watcher};
+
+    fn server(name: &str, deleting: bool) -> StoredServer {
+        let mut gs = GameServer::new(name, Default::default());
+        gs.metadata.namespace = Some("ns".into());
+        if deleting {
+            gs.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        }
+        gs.into()
+    }
+
+    #[test]
+    fn the_server_gauge_counts_the_store_at_each_scrape_without_the_terminating() {
+        let metrics = Metrics::default();
+        let (store, mut writer) = reflector::store();
+        metrics.count_servers_from(store);
+        for (name, deleting) in [("a", false), ("b", false), ("c", true)] {
+            writer.apply_watcher_event(&watcher::Event::Apply(server(name, deleting)));
+        }
+        assert!(metrics.render().contains("gamezone_managed_objects{kind=\"GameServer\"} 2"));
+        writer.apply_watcher_event(&watcher::Event::Delete(server("a", false)));
+        assert!(metrics.render().contains("gamezone_managed_objects{kind=\"GameServer\"} 1"));
     }
 }

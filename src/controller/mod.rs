@@ -119,14 +119,6 @@ impl Cache {
 }
 
 impl Context {
-    /// Sets `gamezone_managed_objects{kind="GameServer"}` to the servers the watch shows that
-    /// are not being deleted: counted by zones' reconciles and by each server's removal, so the
-    /// gauge comes down with deletions too.
-    pub fn count_servers(&self) {
-        let live = self.cache.servers.state().iter().filter(|s| s.meta().deletion_timestamp.is_none()).count();
-        self.metrics.managed.get_or_create(&metrics::KindLabels { kind: "GameServer" }).set(live as i64);
-    }
-
     /// Publishes an Event about `obj`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {
@@ -236,16 +228,16 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (pods_for_servers, services_for_zones) =
         (pod_triggers.pop().expect("one"), service_triggers.pop().expect("one"));
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let resolve_deadline = config.fetch.deadline;
+    metrics.count_servers_from(servers.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         writer: writer::Writer::new(client.clone()),
         client,
+        pinning: zone::pinning::Pinning::new(config.fetch.deadline),
         config,
         metrics,
         ports: ports::Ports::new(allocator, listed),
         cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
-        pinning: zone::pinning::Pinning::new(resolve_deadline),
     });
     let node_ctx = ctx.clone();
     // Nodes joining and leaving change port capacity live.

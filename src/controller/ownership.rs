@@ -74,8 +74,9 @@ fn zone_of(meta: &ObjectMeta) -> Option<&String> {
     meta.labels.as_ref()?.get(crate::api::ZONE_LABEL)
 }
 
-/// Whether `meta` is controlled by the object with uid `uid`.
-pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+/// Whether `meta` is controlled by `owner` (its controller owner reference has `owner`'s uid).
+pub fn controlled_by(meta: &ObjectMeta, owner: &ObjectMeta) -> bool {
+    let Some(uid) = owner.uid.as_deref() else { return false };
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, EnvVar, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -16,7 +16,6 @@ use super::key::ObjectKey;
 use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
 use super::queue::Requeue;
 use super::slim::StoredServer;
-use super::writer::check_owner;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
@@ -61,7 +60,6 @@ async fn reconcile(gs: Arc<GameServer>, ctx: Arc<Context>) -> Result<Requeue> {
             Finalizer::Cleanup(gs) => {
                 ctx.ports.release(&ObjectKey::of(gs.as_ref()), &ctx.metrics);
                 ctx.writer.forget_server(&gs);
-                ctx.count_servers();
                 Ok(None)
             }
         }
@@ -100,20 +98,15 @@ const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// Whether `e` is a refusal a person must act on (a name held by another object, a pod the API
 /// server or an admission policy refuses), not trouble that passes.
 fn refused(e: &Error) -> bool {
-    match e {
-        Error::NameConflict { .. } | Error::InvalidSpec { .. } => true,
-        Error::Kube(kube::Error::Api(s)) => matches!(s.code, 400 | 403 | 422),
-        _ => false,
-    }
+    e.is_user_error() || matches!(e, Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422))
 }
 
 /// Reports a refusal: the server stays `Creating`, and its message and `Ready` say why (the
 /// zone's `ServersReady` shows it); a refusal is an Event once, as a state change would be.
 fn report_refusal(status: &mut GameServerStatus, e: &Error, generation: Option<i64>) {
     let reason = match e {
-        Error::NameConflict { .. } => "NameConflict",
-        Error::InvalidSpec { .. } => "InvalidSpec",
-        _ => "PodRefused",
+        Error::Kube(_) => "PodRefused",
+        e => e.reason(),
     };
     let message = crate::controller::conditions::bounded(&format!("the pod cannot be made: {e}"));
     status.state = Some(ServerState::Creating);
@@ -435,9 +428,11 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     let hash = server_template_hash(&gs.spec);
     // The watch sees only pods labelled as the operator's; one of them held by another object
     // is not this server's (creating it then reports the conflict).
-    let live = ctx.cache.pods.get(&ObjectRef::new(&name).within(&ns)).filter(|p| {
-        gs.metadata.uid.as_deref().is_none_or(|uid| crate::controller::ownership::controlled_by(&p.metadata, uid))
-    });
+    let live = ctx
+        .cache
+        .pods
+        .get(&ObjectRef::new(&name).within(&ns))
+        .filter(|p| crate::controller::ownership::controlled_by(&p.metadata, &gs.metadata));
     let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
@@ -522,23 +517,11 @@ async fn create_pod(
         })?;
         mark_pod(&mut pod, deferred, range).map_err(|e| Error::invalid(format!("GameServer {name}: ports"), e))?;
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &gs.namespace().unwrap_or_default());
     // A POST, not an apply: the operator never changes a pod once made (a new template replaces
     // it), so nothing needs its fields owned for a later apply, and a server-side apply of a new
     // object costs the API server a read and a merge more (a quarter more API server CPU and a
     // third more etcd CPU per pod on the local control plane).
-    let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-    match pods.create(&params, &pod).await {
-        Ok(created) => Ok(created),
-        // Made by an earlier reconcile the pod watch has not shown yet, or someone else's pod
-        // of that name, which is never adopted.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let existing = pods.get(&name).await?;
-            check_owner(&existing.metadata, &pod)?;
-            Ok(existing)
-        }
-        Err(e) => Err(e.into()),
-    }
+    ctx.writer.create_once(&pod).await
 }
 
 /// Whether the zone's topology lists `ports` for this server: known in memory when this process

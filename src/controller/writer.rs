@@ -108,34 +108,60 @@ impl Writer {
     /// A zone is reconciled on every change of its servers' status; re-applying unchanged
     /// children each time would multiply the API calls for nothing.
     pub async fn apply_child<K: Child>(&self, obj: &K, fresh_for: Duration) -> Result<()> {
-        self.write_child(obj, fresh_for, false).await
+        self.write_child(obj, fresh_for, Known::Unknown).await
+    }
+
+    /// As [`Writer::apply_child`], for a child the shared watch shows controlled by its zone: its
+    /// owner needs no reading.
+    pub async fn apply_own_child<K: Child>(&self, obj: &K, fresh_for: Duration) -> Result<()> {
+        self.write_child(obj, fresh_for, Known::Ours).await
     }
 
     /// As [`Writer::apply_child`], for a child that is usually new: created (a POST, see
     /// [`super::ownership`]) unless this process wrote it before.
     pub async fn create_child<K: Child>(&self, obj: &K, fresh_for: Duration) -> Result<()> {
-        self.write_child(obj, fresh_for, true).await
+        self.write_child(obj, fresh_for, Known::New).await
     }
 
     /// The step both share: nothing when just written, else a create or an apply. A child this
     /// process has not written yet may be someone else's: it is created, or its owner is read
     /// first, and one held by another is never applied over.
-    async fn write_child<K: Child>(&self, obj: &K, fresh_for: Duration, usually_new: bool) -> Result<()> {
+    async fn write_child<K: Child>(&self, obj: &K, fresh_for: Duration, known: Known) -> Result<()> {
         let hash = hash_of(obj);
         if self.applied_recently(obj, &hash, fresh_for) {
             return Ok(());
         }
         if !self.applied.knows(&applied_key(obj)) {
-            if usually_new {
-                return self.create_as(obj, hash).await;
-            }
-            let api = self.api::<K>(&obj.namespace().unwrap_or_default());
-            match api.get_metadata_opt(&obj.name_any()).await? {
-                None => return self.create_as(obj, hash).await,
-                Some(existing) => check_owner(&existing.metadata, obj)?,
+            match known {
+                Known::New => return self.create_as(obj, hash).await,
+                Known::Unknown => {
+                    let api = self.api::<K>(&obj.namespace().unwrap_or_default());
+                    match api.get_metadata_opt(&obj.name_any()).await? {
+                        None => return self.create_as(obj, hash).await,
+                        Some(existing) => check_owner(&existing.metadata, obj)?,
+                    }
+                }
+                Known::Ours => {}
             }
         }
         self.apply_as(obj, hash).await.map(|_| ())
+    }
+
+    /// Creates `obj`, a child the operator never changes once made (a pod, a Job), and returns
+    /// it. One that exists already (made by an earlier reconcile the watch has not shown yet) is
+    /// returned as it is, if it is the operator's: another's is never adopted.
+    pub async fn create_once<K: Child>(&self, obj: &K) -> Result<K> {
+        let api = self.api::<K>(&obj.namespace().unwrap_or_default());
+        let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.create(&params, obj).await {
+            Ok(created) => Ok(created),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = api.get(&obj.name_any()).await?;
+                check_owner(existing.meta(), obj)?;
+                Ok(existing)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether this process applied content hashed `hash` to `obj` less than `within` ago.
@@ -261,6 +287,17 @@ impl Writer {
     pub fn routine_write(&self) -> bool {
         self.routine.take()
     }
+}
+
+/// What the caller of a child's first write knows of it, which says how the writer checks that
+/// an object of that name is not someone else's.
+enum Known {
+    /// Usually new: created by POST; an existing one's owner is read on the conflict.
+    New,
+    /// May exist, owner unknown: read first.
+    Unknown,
+    /// The shared watch shows it controlled by its zone.
+    Ours,
 }
 
 /// What the writer creates and applies: a namespaced object it can serialize and read back.

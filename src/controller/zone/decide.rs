@@ -478,7 +478,7 @@ impl Step {
 
 /// The reason a failure shows with: the error's own, except that a transient failure to reach
 /// an artifact source is `FetchFailed`.
-fn failure_reason(err: &Error) -> &'static str {
+pub fn failure_reason(err: &Error) -> &'static str {
     match err {
         Error::Artifacts(e) if e.is_transient() => "FetchFailed",
         e => e.reason(),

@@ -169,7 +169,6 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let readiness = decide::readiness(&wanted, &live.servers_by_name());
     decide::report_servers(status, &readiness, &draining);
     status.endpoints = decide::endpoints(&live.services);
-    ctx.count_servers();
     let all_ready = readiness.ready == readiness.desired && draining.is_empty();
     let next = match (all_ready, draining.is_empty()) {
         (true, _) => interval.unwrap_or(Duration::from_secs(600)),
@@ -204,8 +203,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let ns = zone.namespace().unwrap_or_default();
     let lp = ListParams::default().labels(&build::zone_selector(&zone.name_any()));
     let client = ctx.client.clone();
-    let uid = zone.metadata.uid.clone().unwrap_or_default();
-    let zones = |m: &ObjectMeta| controlled_by(m, &uid);
+    let zones = |m: &ObjectMeta| controlled_by(m, &zone.metadata);
     // A pod is controlled by its GameServer, and that by the zone.
     let servers_pod = |m: &ObjectMeta| {
         m.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.kind == GameServer::kind(&()))

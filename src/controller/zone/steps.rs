@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 
 use super::decide::{self, JobOutcome};
 use super::pinning::Pin;
@@ -51,11 +51,10 @@ impl Live {
     pub fn of(zone: &GameZone, ctx: &Context) -> Self {
         let key = ObjectKey::of(zone);
         let cache = &ctx.cache;
-        let uid = zone.metadata.uid.as_deref().unwrap_or_default();
         let mut servers = cache.servers_of(&key);
-        servers.retain(|g| controlled_by(&g.metadata, uid));
+        servers.retain(|g| controlled_by(&g.metadata, &zone.metadata));
         let mut services = cache.services_by_zone.of(&cache.services, &key);
-        services.retain(|s| controlled_by(&s.metadata, uid));
+        services.retain(|s| controlled_by(&s.metadata, &zone.metadata));
         Live { servers, services }
     }
 
@@ -70,9 +69,8 @@ pub async fn delete_if_owned<K>(api: &Api<K>, name: &str, zone: &GameZone) -> Re
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let uid = zone.metadata.uid.as_deref().unwrap_or_default();
     match api.get_metadata_opt(name).await? {
-        Some(m) if controlled_by(&m.metadata, uid) => crate::controller::delete_if_present(api, name).await,
+        Some(m) if controlled_by(&m.metadata, &zone.metadata) => crate::controller::delete_if_present(api, name).await,
         _ => Ok(()),
     }
 }
@@ -146,27 +144,36 @@ pub async fn pin(
         }
         let pinning = &ctx.pinning;
         let outcome = match pinning.poll(&key, &spec_hash) {
-            Pin::Start => {
-                pinning.start(&key, &spec_hash, resolver(zone, ctx, &mount.layers).await?);
-                None
-            }
-            Pin::Running => None,
-            // The failure is in status already, from the reconcile that took it.
-            Pin::Backoff(_) => return Ok(same_spec.then(|| decide::pins_of(status))),
-            Pin::Done(outcome) => Some(outcome),
-        };
-        match outcome {
-            None if same_spec => return Ok(Some(decide::pins_of(status))),
-            None => {
-                let msg = format!(
-                    "resolving {} layer(s) from their sources (giving up after {}s)",
-                    mount.layers.len(),
-                    pinning.deadline.as_secs()
-                );
-                conditions::set(&mut status.conditions, types::ARTIFACTS_READY, false, "Resolving", msg, generation);
+            Pin::Done(outcome) => outcome,
+            waiting => {
+                if matches!(waiting, Pin::Start) {
+                    pinning.start(&key, &spec_hash, resolver(zone, ctx, &mount.layers).await?);
+                }
+                if same_spec {
+                    // The last good pins serve meanwhile.
+                    return Ok(Some(decide::pins_of(status)));
+                }
+                // A failure waiting for its retry is in status already, from the reconcile that took it.
+                if !matches!(waiting, Pin::Backoff(_)) {
+                    let msg = format!(
+                        "resolving {} layer(s) from their sources (giving up after {}s)",
+                        mount.layers.len(),
+                        pinning.deadline.as_secs()
+                    );
+                    conditions::set(
+                        &mut status.conditions,
+                        types::ARTIFACTS_READY,
+                        false,
+                        "Resolving",
+                        msg,
+                        generation,
+                    );
+                }
                 return Ok(None);
             }
-            Some(Ok(revisions)) => {
+        };
+        match outcome {
+            Ok(revisions) => {
                 let changed = !same_spec
                     || status.artifacts.iter().map(|a| &a.revision).ne(revisions.iter().map(|r| &r.revision));
                 status.artifacts = revisions
@@ -184,11 +191,11 @@ pub async fn pin(
                     ctx.event(zone, false, "ArtifactsPinned", list.join("; ")).await;
                 }
             }
-            Some(Err(e)) if !same_spec => return Err(e.into()),
-            Some(Err(e)) => {
+            Err(e) if !same_spec => return Err(e.into()),
+            Err(e) => {
                 // Keep serving the last good pins; say why they are not fresh.
                 let e = Error::from(e);
-                let reason = if e.is_user_error() { e.reason() } else { "FetchFailed" };
+                let reason = decide::failure_reason(&e);
                 let again = pinning.retry_in(&key).unwrap_or_default().as_secs().max(1);
                 let msg = format!("{e}; keeping the revisions pinned before, and trying again in {again}s");
                 conditions::set(&mut status.conditions, types::ARTIFACTS_READY, false, reason, msg, generation);
@@ -258,18 +265,11 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         return Ok(decide::report_migration(status, &job_name, &hash, &JobOutcome::Succeeded));
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-    let live = match jobs.get_opt(&job_name).await? {
-        Some(j) => j,
-        None => {
-            match jobs.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &job).await {
-                Ok(j) => j,
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
     // A Job of that name that is not this zone's is neither read as its migration nor touched.
-    check_owner(&live.metadata, &job)?;
+    let live = match jobs.get_opt(&job_name).await? {
+        Some(j) => check_owner(&j.metadata, &job).map(|_| j)?,
+        None => ctx.writer.create_once(&job).await?,
+    };
     let mut outcome = decide::job_outcome(&live);
     if let JobOutcome::Failed(why) = &mut outcome {
         // The migrater's own words, from its last failed pod (its termination message, or the
@@ -284,8 +284,7 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         // Older migration Jobs have served their purpose.
         let old = ListParams::default()
             .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
-        let uid = zone.metadata.uid.as_deref().unwrap_or_default();
-        delete_all_owned(&jobs, &old, |m| controlled_by(m, uid)).await?;
+        delete_all_owned(&jobs, &old, |m| controlled_by(m, &zone.metadata)).await?;
     }
     Ok(decide::report_migration(status, &job_name, &hash, &outcome))
 }
@@ -382,9 +381,9 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
     let services = build::services(zone);
     let live_names: BTreeSet<String> = live.services.iter().map(|s| s.name_any()).collect();
     for svc in &services {
-        // A Service the watch shows is re-applied only when its content changes.
+        // A Service the watch shows controlled by the zone is re-applied only when its content changes.
         if live_names.contains(&svc.name_any()) {
-            ctx.writer.apply_child(svc, Duration::MAX).await?;
+            ctx.writer.apply_own_child(svc, Duration::MAX).await?;
         } else {
             ctx.writer.create_child(svc, WATCH_LAG).await?;
         }
