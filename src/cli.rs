@@ -383,7 +383,9 @@ fn one_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    // An empty --namespace (or GAMEZONE_NAMESPACE) is every namespace, as its help says.
+    args.namespace = args.namespace.filter(|ns| !ns.is_empty());
     // Flags first, so a bad one is reported before any connection is tried.
     let feature_gates: FeatureGates =
         args.feature_gates.parse().map_err(|e| anyhow::anyhow!("--feature-gates {:?}: {e}", args.feature_gates))?;

@@ -80,6 +80,13 @@ impl Error {
         }
     }
 
+    /// Whether the API server or a person refused a write for good until someone changes
+    /// something (a name held by another object, a quota, an admission policy, an invalid
+    /// object), as against trouble that passes.
+    pub fn is_refusal(&self) -> bool {
+        self.is_user_error() || matches!(self, Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422))
+    }
+
     /// An [`Error::InvalidSpec`] for `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidSpec { field: field.into(), message: message.into() }

@@ -260,3 +260,30 @@ async fn a_joining_node_adds_capacity_live() {
         .collect();
     assert_eq!(nodes.len(), 2, "the same host port, on two nodes");
 }
+
+#[tokio::test]
+async fn ports_are_held_no_more_often_than_there_are_nodes_a_server_can_run_on() {
+    let ns = common::namespace("ports-reach").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start_with(ns.kubeconfig(), &ns.name, &["--port-range", "7750-7750"]);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    // Two servers only node-1 can run, and one port: three nodes have a slot of it, but the
+    // second server would never be scheduled with it, so it waits for the port instead.
+    let mut pinned = zone("pinned", 2, json!([{"name": "game", "containerPort": 7777, "policy": "Dynamic"}]));
+    pinned.spec.services[0].node_selector = BTreeMap::from([("kubernetes.io/hostname".into(), "node-1".into())]);
+    zones.create(&PostParams::default(), &pinned).await.unwrap();
+    let seen = common::wait_for("one pinned server Ready, the other waiting for a port", WAIT, || async {
+        let s = states(&servers).await;
+        let mut got: Vec<_> = s.values().map(|(st, _)| *st).collect();
+        got.sort_by_key(|st| format!("{st:?}"));
+        if got == [Some(ServerState::PortAllocation), Some(ServerState::Ready)] { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let (_, why) = seen.values().find(|(st, _)| *st == Some(ServerState::PortAllocation)).unwrap();
+    assert!(why.contains("every one of the 1 node(s) it can run on"), "{why}");
+    let pods: Api<Pod> = ns.api();
+    let held = host_ports(&pods).await;
+    assert_eq!(held, [("node-1".to_string(), 7750, "TCP".to_string())], "{held:?}");
+    ns.cleanup().await;
+}

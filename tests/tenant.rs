@@ -447,20 +447,27 @@ async fn a_gate_no_one_opens_holds_a_deleted_zone_only_until_the_drain_limit() {
 
 #[tokio::test]
 async fn pods_pass_pod_security_restricted_with_a_security_context_and_a_refusal_shows() {
-    let (ns, _op, zones) = as_tenant("tenant-pss", &[]).await;
+    let (ns, _op, zones) = as_tenant("tenant-pss", &["--allow-local-sources"]).await;
+    let layer = tempfile::tempdir().unwrap();
+    std::fs::write(layer.path().join("motd"), "hello").unwrap();
     support::kubectl(
         ns.kubeconfig(),
         &["label", "namespace", &ns.name, "pod-security.kubernetes.io/enforce=restricted"],
     );
     let restricted = json!({"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
-    // With the SDK sidecar (a deletable gate), so the operator's own container is checked too.
+    // With the SDK sidecar (a deletable gate) and, where a context is set, a migration whose
+    // Job layers artifacts first, so the operator's own containers are checked too.
     let service = |sc: Option<serde_json::Value>| {
         let mut s = json!({"type": "game", "id": 1, "deletableGates": ["NoPlayers"]});
+        let mut z = json!({"zoneId": 1, "defaultImage": "svc:1", "services": [s.clone()]});
         if let Some(sc) = sc {
-            s["securityContext"] = sc;
+            s["securityContext"] = sc.clone();
+            z["services"] = json!([s]);
+            z["migration"] = json!({"image": "migrater:1", "securityContext": sc});
+            z["artifacts"] = json!([{"path": "/app/config", "local": {"path": layer.path()}}]);
         }
-        json!({"zoneId": 1, "defaultImage": "svc:1", "services": [s]})
+        z
     };
     zones.create(&PostParams::default(), &zone("locked", service(Some(restricted)))).await.unwrap();
     zones.create(&PostParams::default(), &zone("open", service(None))).await.unwrap();
@@ -496,4 +503,94 @@ async fn node_daemons_ports_and_the_control_plane_are_not_a_zone_s_to_take() {
     let pods: Api<Pod> = ns.api();
     assert!(pods.list(&Default::default()).await.unwrap().items.is_empty());
     ns.cleanup().await;
+}
+
+/// When a zone of `zones` is Ready: how long after `since`.
+async fn ready_after(zones: &Api<GameZone>, name: &str, since: Instant) -> Duration {
+    support::wait_ready(zones, name).await;
+    since.elapsed()
+}
+
+/// The operator as deploy/ installs it watches every namespace, so this test has a control
+/// plane of its own: on the shared one it would take every other test's zones.
+#[tokio::test]
+async fn one_tenant_s_hanging_sources_and_refused_servers_slow_no_zone_of_another_namespace() {
+    let cluster = common::start_private(3);
+    let team = common::namespace_in(cluster.kubeconfig(), "team").await;
+    let other = common::namespace_in(cluster.kubeconfig(), "other").await;
+    install_crds(&team.client).await;
+    // 10 ports on 3 nodes: 30 host port slots in the whole cluster.
+    let flags = ["--resolve-timeout", "5", "--concurrency", "4", "--port-range", "7000-7009"];
+    let _op = Operator::start_with(cluster.kubeconfig(), "", &flags);
+    let theirs: Api<GameZone> = other.api();
+    let three = |id| {
+        json!({"zoneId": id, "defaultImage": "svc:1",
+               "services": [{"type": "game", "id": 1, "endId": 3, "ports": [{"name": "client", "containerPort": 7777, "policy": "Dynamic"}]}]})
+    };
+
+    // How long the other team's zone takes with the operator to itself.
+    let started = Instant::now();
+    theirs.create(&PostParams::default(), &zone("alone", three(1))).await.unwrap();
+    let alone = ready_after(&theirs, "alone", started).await;
+    theirs.delete("alone", &DeleteParams::default()).await.unwrap();
+    common::wait_for("zone alone gone", Duration::from_secs(60), || async {
+        match theirs.get_opt("alone").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|z| z.map(|z| z.name_any())))),
+        }
+    })
+    .await;
+
+    // The tenant: sixteen zones whose git server never answers, and one that asks for every
+    // host port slot in a namespace whose quota allows no GameServer.
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-servers"}, "spec": {"hard": {"count/gameservers.gamezone.dev": "0"}}
+    }))
+    .unwrap();
+    team.api().create(&PostParams::default(), &quota).await.unwrap();
+    let zones = Api::namespaced(tenant(&team).await, &team.name);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    for i in 0..16 {
+        let z = zone(
+            &format!("slow{i}"),
+            json!({"zoneId": i, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1}],
+                   "artifacts": [{"path": "/app/artifacts",
+                                  "git": {"url": format!("git://127.0.0.1:{port}/r.git"), "branch": "main"}}]}),
+        );
+        zones.create(&PostParams::default(), &z).await.unwrap();
+    }
+    let mut hog = three(50);
+    hog["services"][0]["endId"] = json!(30);
+    zones.create(&PostParams::default(), &zone("hog", hog)).await.unwrap();
+    let (_, _, refused) =
+        condition_when(&zones, "hog", "Ready", Duration::from_secs(60), |_, _, m| m.contains("quota")).await;
+    assert!(refused.len() <= 1024, "{refused}");
+
+    // The other team's zone comes up as it did alone, its servers' ports and all.
+    let started = Instant::now();
+    theirs.create(&PostParams::default(), &zone("beside", three(2))).await.unwrap();
+    let beside = ready_after(&theirs, "beside", started).await;
+    assert!(beside <= alone + Duration::from_secs(15), "alone in {alone:?}, beside the tenant's zones in {beside:?}");
+    let servers: Api<GameServer> = other.api();
+    for gs in servers.list(&support::selector("beside")).await.unwrap() {
+        let held = gs.status.unwrap_or_default().ports;
+        assert!(held.iter().all(|p| p.host_port.is_some_and(|h| (7000..7010).contains(&h))), "{held:?}");
+    }
+    assert_eq!(
+        Api::<GameServer>::namespaced(team.client.clone(), &team.name)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+    eprintln!("alone: {alone:?}; beside 16 hanging zones and a refused one: {beside:?}");
 }

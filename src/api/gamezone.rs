@@ -212,6 +212,11 @@ pub struct MigrationSpec {
     /// Tolerations of the migration's pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Security context of the migrater's container. When set, the artifacts init container
+    /// of its pod runs as PodSecurity `restricted` asks, as a service type's does, so the Job's
+    /// pod is admitted in a namespace that enforces `restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 /// A zone-wide ReadWriteMany volume for artifacts.

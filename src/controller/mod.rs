@@ -8,6 +8,7 @@ pub mod key;
 pub mod leader;
 pub mod metrics;
 pub(crate) mod ownership;
+mod placement;
 pub mod ports;
 mod queue;
 mod server;

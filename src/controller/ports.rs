@@ -35,12 +35,14 @@ impl Ports {
 
     /// Holds `wanted` for `server` (new ports when its port list changed), within its
     /// namespace's share: a server not holding ports yet gets none past `limit` for the
-    /// namespace. Returns the allocations and whether they are new.
+    /// namespace. New ports are held no more often than `reach` says the server's pod can find
+    /// nodes (asked only then). Returns the allocations and whether they are new.
     pub fn hold(
         &self,
         server: &ObjectKey,
         wanted: &[PortRequest],
         limit: Option<usize>,
+        reach: impl FnOnce() -> Option<u32>,
     ) -> Result<(Vec<Allocation>, bool), AllocError> {
         let key = holder(server);
         let mut alloc = self.allocator();
@@ -59,13 +61,16 @@ impl Ports {
                 limit,
             });
         }
-        let result = match alloc.allocate(&key, wanted) {
-            Err(AllocError::AlreadyAllocated { .. }) => {
-                // The spec's ports changed: hand back the old ones and take new ones.
-                alloc.release(&key);
-                alloc.allocate(&key, wanted)
-            }
-            other => other,
+        let result = match alloc.allocation(&key) {
+            Some(_) => match alloc.allocate(&key, wanted) {
+                Err(AllocError::AlreadyAllocated { .. }) => {
+                    // The spec's ports changed: hand back the old ones and take new ones.
+                    alloc.release(&key);
+                    alloc.allocate_within(&key, wanted, reach())
+                }
+                same => same,
+            },
+            None => alloc.allocate_within(&key, wanted, reach()),
         };
         let after = alloc.host_ports_held(&key);
         *held = (*held + after).saturating_sub(before.unwrap_or(0));
@@ -218,7 +223,7 @@ pub fn node_usable(node: &Node) -> bool {
 }
 
 /// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
-/// out twice after a restart. A server's ports come from its status, or else from what its
+/// out twice after a restart, nor more often than the nodes its holders can run on. A server's ports come from its status, or else from what its
 /// zone's topology lists (`listed`, by server key): ports are listed there before its pod is
 /// made, and may not have reached its status yet. With `passthrough_deferred` (the platform
 /// assigns Passthrough host ports), Passthrough ports are not the allocator's and are left out.
@@ -247,7 +252,8 @@ pub fn rebuild(
         if passthrough_deferred {
             held.retain(|a| a.policy != PortPolicy::Passthrough);
         }
-        match alloc.restore(&holder(&ObjectKey::of(gs)), held, node) {
+        let reach = gs.spec.template.spec.as_ref().and_then(|pod| super::placement::reach(pod, nodes));
+        match alloc.restore_within(&holder(&ObjectKey::of(gs)), held, node, reach) {
             Ok(report) if !report.over_committed_ports.is_empty() => {
                 tracing::warn!(server = %ObjectKey::of(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");
                 restored += 1;
@@ -297,18 +303,19 @@ mod tests {
         alloc.node_added("n1");
         let ports = Ports::new(alloc, HashMap::new());
         let server = |ns: &str, name: &str| ObjectKey::new(ns, name);
-        assert!(ports.hold(&server("team", "s1"), &wanted, Some(5)).unwrap().1, "new");
-        assert!(ports.hold(&server("team", "s2"), &wanted, Some(5)).is_ok());
+        let all = || None;
+        assert!(ports.hold(&server("team", "s1"), &wanted, Some(5), all).unwrap().1, "new");
+        assert!(ports.hold(&server("team", "s2"), &wanted, Some(5), all).is_ok());
         // A server already holding its ports keeps them, at the share or not.
-        assert!(!ports.hold(&server("team", "s2"), &wanted, Some(4)).unwrap().1);
-        let refused = ports.hold(&server("team", "s3"), &wanted, Some(5)).unwrap_err();
+        assert!(!ports.hold(&server("team", "s2"), &wanted, Some(4), || unreachable!("held")).unwrap().1);
+        let refused = ports.hold(&server("team", "s3"), &wanted, Some(5), all).unwrap_err();
         assert!(matches!(refused, AllocError::NamespaceShare { held: 4, limit: 5, requested: 2, .. }), "{refused}");
         assert!(refused.to_string().contains("--host-ports-per-namespace"));
         // Another namespace has a share of its own, and a release gives the namespace room again.
-        assert!(ports.hold(&server("other", "s1"), &wanted, Some(5)).is_ok());
+        assert!(ports.hold(&server("other", "s1"), &wanted, Some(5), all).is_ok());
         ports.release(&server("team", "s1"), &Metrics::default());
-        assert!(ports.hold(&server("team", "s3"), &wanted, Some(5)).is_ok());
-        assert!(ports.hold(&server("team", "s4"), &wanted, None).is_ok(), "no limit");
+        assert!(ports.hold(&server("team", "s3"), &wanted, Some(5), all).is_ok());
+        assert!(ports.hold(&server("team", "s4"), &wanted, None, all).is_ok(), "no limit");
     }
 
     #[test]

@@ -76,7 +76,7 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
         Ok(next) => next,
         // Refused for good until someone changes something: say so where the zone and a person
         // look, and back off, rather than only in this process's log.
-        Err(e) if refused(&e) => {
+        Err(e) if e.is_refusal() => {
             report_refusal(&mut status, &e, gs.metadata.generation);
             (Some(REFUSED_RETRY), true)
         }
@@ -94,12 +94,6 @@ async fn apply(gs: &GameServer, ctx: &Context) -> Result<Requeue> {
 
 /// How soon a server whose pod was refused is tried again (an edit of its zone comes sooner).
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
-
-/// Whether `e` is a refusal a person must act on (a name held by another object, a pod the API
-/// server or an admission policy refuses), not trouble that passes.
-fn refused(e: &Error) -> bool {
-    e.is_user_error() || matches!(e, Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422))
-}
 
 /// Reports a refusal: the server stays `Creating`, and its message and `Ready` say why (the
 /// zone's `ServersReady` shows it); a refusal is an Event once, as a state change would be.
@@ -141,7 +135,13 @@ pub(super) fn ensure_ports(
 ) -> std::result::Result<(Vec<Allocation>, Vec<Deferred>), AllocError> {
     let (wanted, deferred) =
         defer_passthrough(requests(&gs.spec.ports), ctx.config.feature_gates.autopilot_passthrough_port);
-    let result = ctx.ports.hold(&ObjectKey::of(gs), &wanted, ctx.config.host_ports_per_namespace);
+    // Held no more often than there are nodes its pod can run on (asked of the node watch only
+    // when new ports are held).
+    let reach = || {
+        let pod = gs.spec.template.spec.as_ref()?;
+        super::placement::reach(pod, ctx.cache.nodes.state().iter().map(|n| n.as_ref()))
+    };
+    let result = ctx.ports.hold(&ObjectKey::of(gs), &wanted, ctx.config.host_ports_per_namespace, reach);
     if !matches!(result, Ok((_, false))) {
         ctx.metrics.ports(&ctx.ports.allocator().usage());
     }

@@ -24,6 +24,9 @@ struct Server {
     host_ports: Vec<u16>,
     /// Node the server's pod runs on, once known.
     node: Option<NodeId>,
+    /// How many nodes its pod can run on, when fewer than all (its node selector, affinity or
+    /// tolerations narrow it): none of its ports is held more often than that.
+    reach: Option<u32>,
 }
 
 /// Host ports in use on one node, by the servers bound to it.
@@ -156,6 +159,10 @@ pub struct PortAllocator {
     node_ids: HashMap<Arc<str>, NodeId>,
     servers: Slab<Server>,
     by_key: HashMap<Arc<str>, ServerId>,
+    /// For each host port held by a server of narrower reach, those reaches: the port is held
+    /// no more often than the smallest, so every holder finds a node free of it whatever the
+    /// scheduler did with the others. Empty while every server can run on every node.
+    ceilings: IntMap<u16, Vec<u32>>,
 }
 
 impl PortAllocator {
@@ -168,6 +175,7 @@ impl PortAllocator {
             node_ids: HashMap::new(),
             servers: Slab::new(),
             by_key: HashMap::new(),
+            ceilings: IntMap::default(),
         }
     }
 
@@ -246,12 +254,27 @@ impl PortAllocator {
         }
     }
 
-    fn insert(&mut self, key: &str, allocations: Vec<Allocation>, host_ports: Vec<u16>) -> ServerId {
+    /// How many more servers may hold `port` beside those that do: `cap` (the nodes the new
+    /// one can run on) or the smallest reach among its holders, whichever is less.
+    fn limit(&self, port: u16, cap: u32) -> u32 {
+        self.ceilings.get(&port).and_then(|c| c.iter().min()).map_or(cap, |&least| cap.min(least))
+    }
+
+    fn insert(
+        &mut self,
+        key: &str,
+        allocations: Vec<Allocation>,
+        host_ports: Vec<u16>,
+        reach: Option<u32>,
+    ) -> ServerId {
         for &p in &host_ports {
             self.add_use(p);
+            if let Some(r) = reach {
+                self.ceilings.entry(p).or_default().push(r);
+            }
         }
         let key: Arc<str> = Arc::from(key);
-        let id = self.servers.insert(Server { key: key.clone(), allocations, host_ports, node: None });
+        let id = self.servers.insert(Server { key: key.clone(), allocations, host_ports, node: None, reach });
         self.by_key.insert(key, id);
         id
     }
@@ -263,6 +286,19 @@ impl PortAllocator {
     /// [`AllocError::AlreadyAllocated`]. Exhaustion is an error the caller reports and retries;
     /// nothing is held on failure.
     pub fn allocate(&mut self, server: &str, requests: &[PortRequest]) -> Result<Vec<Allocation>> {
+        self.allocate_within(server, requests, None)
+    }
+
+    /// [`Self::allocate`] for a server whose pod can run on only `reach` of the nodes (`None`:
+    /// on all of them). Its host ports are held no more often than that, and no more often than
+    /// the reach of any other server holding them, so that every holder of a port finds a node
+    /// where it is free, in whatever order the scheduler places them.
+    pub fn allocate_within(
+        &mut self,
+        server: &str,
+        requests: &[PortRequest],
+        reach: Option<u32>,
+    ) -> Result<Vec<Allocation>> {
         if let Some(&id) = self.by_key.get(server) {
             let held = &self.servers.get(id).allocations;
             let same = held.len() == requests.len() && requests.iter().all(|r| held.iter().any(|a| a.satisfies(r)));
@@ -273,15 +309,17 @@ impl PortAllocator {
             };
         }
         let checked = check_requests(server, requests)?;
-        let cap = self.node_count();
+        // A reach past the known nodes is all of them.
+        let reach = reach.filter(|&r| r < self.node_count());
+        let cap = reach.unwrap_or(self.node_count());
         let requested = checked.statics.len() + checked.picks;
         if requested > 0 && cap == 0 {
             return Err(AllocError::NoNodes { server: server.to_owned(), requested });
         }
         for &port in &checked.statics {
-            let holders = self.uses(port);
-            if holders >= cap {
-                return Err(AllocError::StaticPortTaken { port, holders, nodes: cap });
+            let (holders, nodes) = (self.uses(port), self.limit(port, cap));
+            if holders >= nodes {
+                return Err(AllocError::StaticPortTaken { port, holders, nodes });
             }
         }
         let picked = if checked.picks == 0 {
@@ -290,7 +328,10 @@ impl PortAllocator {
             let r = requests.iter().find(|r| r.policy.picks_from_range()).expect("picks > 0");
             return Err(AllocError::NoPortRange { server: server.to_owned(), port: r.name.clone(), policy: r.policy });
         } else {
-            self.pool.pick(cap, checked.picks, &checked.avoid).map_err(|available| AllocError::Exhausted {
+            let full = |port: u16| {
+                checked.avoid.contains(&port) || (!self.ceilings.is_empty() && self.uses(port) >= self.limit(port, cap))
+            };
+            self.pool.pick(cap, checked.picks, full).map_err(|available| AllocError::Exhausted {
                 ranges: self.pool.ranges().to_string(),
                 ports: self.pool.len(),
                 requested: checked.picks,
@@ -321,7 +362,7 @@ impl PortAllocator {
             })
             .collect();
         let host_ports = checked.statics.into_iter().chain(picked).collect();
-        self.insert(server, allocations.clone(), host_ports);
+        self.insert(server, allocations.clone(), host_ports, reach);
         Ok(allocations)
     }
 
@@ -332,6 +373,16 @@ impl PortAllocator {
         let s = self.servers.remove(id);
         for &p in &s.host_ports {
             self.remove_use(p);
+            if let Some(r) = s.reach
+                && let Some(reaches) = self.ceilings.get_mut(&p)
+            {
+                if let Some(i) = reaches.iter().position(|&x| x == r) {
+                    reaches.swap_remove(i);
+                }
+                if reaches.is_empty() {
+                    self.ceilings.remove(&p);
+                }
+            }
         }
         Some(s.allocations)
     }
@@ -498,6 +549,18 @@ impl PortAllocator {
     /// is restored (re-allocate this server). Add nodes before restoring servers bound to them;
     /// an unknown node restores the server unbound. Restoring the same allocations twice is a no-op.
     pub fn restore(&mut self, server: &str, allocations: Vec<Allocation>, node: Option<&str>) -> Result<RestoreReport> {
+        self.restore_within(server, allocations, node, None)
+    }
+
+    /// [`Self::restore`] for a server whose pod can run on only `reach` of the nodes (see
+    /// [`Self::allocate_within`]).
+    pub fn restore_within(
+        &mut self,
+        server: &str,
+        allocations: Vec<Allocation>,
+        node: Option<&str>,
+        reach: Option<u32>,
+    ) -> Result<RestoreReport> {
         let mut report = RestoreReport::default();
         let node_id = match node {
             Some(n) => {
@@ -527,7 +590,7 @@ impl PortAllocator {
             if let Some(node_id) = node_id {
                 self.check_clash(server, node_id, &host_ports, None)?;
             }
-            let id = self.insert(server, allocations, host_ports);
+            let id = self.insert(server, allocations, host_ports, reach);
             if let Some(node_id) = node_id {
                 self.bind_id(id, node_id);
             }
@@ -707,8 +770,8 @@ mod tests {
         let err = a.allocate("c", &[game(1)]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "all 2 ports in 7000,9000 are in use on every one of 1 node(s); free servers, add \
-             nodes, or widen --port-range"
+            "all 2 ports in 7000,9000 are in use on every one of the 1 node(s) it can run on; free \
+             servers, add nodes, or widen --port-range"
         );
         let u = a.usage();
         assert_eq!(u.ranges.len(), 2);
@@ -729,6 +792,30 @@ mod tests {
         let mut b = alloc("7000-7999", &["n1"]);
         b.restore("ns/a", first.clone(), Some("n1")).unwrap();
         assert_eq!(b.allocate("ns/a", &reqs).unwrap(), first);
+    }
+
+    #[test]
+    fn a_port_is_held_no_more_often_than_its_narrowest_holder_can_run_on() {
+        let mut a = alloc("7000-7000", &["n1", "n2", "n3"]);
+        // One node can run `a`: nobody else may hold its port, or the two could meet there.
+        assert_eq!(host(&a.allocate_within("a", &[game(1)], Some(1)).unwrap()), vec![7000]);
+        assert!(matches!(a.allocate("b", &[game(1)]), Err(AllocError::Exhausted { available: 0, .. })));
+        let fixed = PortRequest::static_port("f", "c", 7000, PortProtocol::Tcp);
+        let err = a.allocate("b", std::slice::from_ref(&fixed)).unwrap_err();
+        assert_eq!(err, AllocError::StaticPortTaken { port: 7000, holders: 1, nodes: 1 });
+        assert!(err.to_string().contains("1 node(s) can take it"), "{err}");
+        a.release("a");
+        a.check_invariants();
+        // Every node can run `b` and `c`; `d` can run on two, and two servers hold the port.
+        a.allocate("b", &[game(1)]).unwrap();
+        a.allocate("c", &[game(1)]).unwrap();
+        assert!(a.allocate_within("d", &[game(1)], Some(2)).is_err());
+        // A reach of every node or more is no narrowing.
+        assert_eq!(host(&a.allocate_within("e", &[game(1)], Some(5)).unwrap()), vec![7000]);
+        // A server no node can run gets nothing, and says why.
+        let none = a.allocate_within("f", &[game(1)], Some(0)).unwrap_err();
+        assert!(none.to_string().contains("nodeSelector"), "{none}");
+        a.check_invariants();
     }
 
     #[test]
@@ -775,7 +862,7 @@ mod tests {
         let mut a = alloc("7000", &[]);
         let err = a.allocate("ns/a", &[game(1)]).unwrap_err();
         assert_eq!(err, AllocError::NoNodes { server: "ns/a".into(), requested: 1 });
-        assert!(err.to_string().contains("once a node joins"));
+        assert!(err.to_string().contains("once such a node joins"));
 
         let mut a = alloc("", &["n1"]);
         let err = a.allocate("ns/a", &[game(1)]).unwrap_err();

@@ -102,8 +102,9 @@ pub enum AllocError {
     },
     /// No node is known, so no host port has a slot.
     #[error(
-        "no nodes are known that could run server {server}, so its {requested} host port(s) can't \
-         be handed out; it gets them once a node joins"
+        "no Ready, schedulable node is known that could run server {server} (none has joined, or \
+         none matches its pod's nodeSelector, required node affinity and tolerations), so its \
+         {requested} host port(s) can't be handed out; it gets them once such a node joins"
     )]
     NoNodes {
         /// Server key.
@@ -122,20 +123,22 @@ pub enum AllocError {
         requested: usize,
         /// Ports that still have a free slot (and that the server may use).
         available: u32,
-        /// Nodes that count as capacity.
+        /// Nodes the server can run on.
         nodes: u32,
     },
     /// A Static host port is held on every node already.
     #[error(
-        "static host port {port} is already held by {holders} server(s) and there are {nodes} \
-         node(s), so no node has it free; delete a server that uses it, add nodes, or pick another hostPort"
+        "static host port {port} is already held by {holders} server(s) and {nodes} node(s) can take \
+         it, so no node has it free; delete a server that uses it, add nodes (or widen the nodes its \
+         servers may run on), or pick another hostPort"
     )]
     StaticPortTaken {
         /// The host port.
         port: u16,
         /// Servers holding it.
         holders: u32,
-        /// Nodes that count as capacity.
+        /// Nodes that can take it: every node, or fewer when it or a holder of the port can run
+        /// on fewer.
         nodes: u32,
     },
     /// The server's namespace holds its share of host ports already.
@@ -196,11 +199,11 @@ pub enum AllocError {
 
 fn exhausted_message(ranges: &str, ports: u32, requested: usize, available: u32, nodes: u32) -> String {
     let what = if available == 0 {
-        format!("all {ports} ports in {ranges} are in use on every one of {nodes} node(s)")
+        format!("all {ports} ports in {ranges} are in use on every one of the {nodes} node(s) it can run on")
     } else {
         format!(
             "a server needs {requested} host ports from {ranges} but only {available} of its {ports} \
-             ports are still free on some of the {nodes} node(s)"
+             ports are still free on some of the {nodes} node(s) it can run on"
         )
     };
     format!("{what}; free servers, add nodes, or widen --port-range")
@@ -218,8 +221,8 @@ mod tests {
         let e = AllocError::Exhausted { ranges: "7000-7999".into(), ports: 1000, requested: 1, available: 0, nodes: 3 };
         assert_eq!(
             e.to_string(),
-            "all 1000 ports in 7000-7999 are in use on every one of 3 node(s); free servers, add \
-             nodes, or widen --port-range"
+            "all 1000 ports in 7000-7999 are in use on every one of the 3 node(s) it can run on; free \
+             servers, add nodes, or widen --port-range"
         );
         let e = AllocError::Exhausted { ranges: "7000-7001".into(), ports: 2, requested: 2, available: 1, nodes: 1 };
         assert!(e.to_string().contains("needs 2 host ports from 7000-7001 but only 1 of its 2"), "{e}");

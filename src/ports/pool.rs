@@ -117,17 +117,17 @@ impl Pool {
         true
     }
 
-    /// Picks `n` distinct ports used fewer than `cap` times, least used first, skipping `avoid`.
-    /// On shortage returns how many such ports there are.
-    pub(super) fn pick(&self, cap: u32, n: usize, avoid: &[u16]) -> Result<Vec<u16>, u32> {
+    /// Picks `n` distinct ports used fewer than `cap` times, least used first, skipping those
+    /// `skip` names. On shortage returns how many such ports there are.
+    pub(super) fn pick(&self, cap: u32, n: usize, skip: impl Fn(u16) -> bool) -> Result<Vec<u16>, u32> {
         let mut picked = Vec::with_capacity(n);
         if n == 0 {
             return Ok(picked);
         }
-        // The scan passes over at most `avoid.len()` skipped ports before it has `n`.
+        // The scan passes over only the skipped ports before it has `n`.
         for &slot in &self.order[..self.bound(cap) as usize] {
             let port = self.port(slot);
-            if !avoid.contains(&port) {
+            if !skip(port) {
                 picked.push(port);
                 if picked.len() == n {
                     return Ok(picked);
@@ -198,31 +198,30 @@ mod tests {
     fn least_used_first_and_capacity_prefix() {
         let mut p = pool("100-102,200");
         assert_eq!(p.len(), 4);
-        let none = [];
-        let first = p.pick(1, 4, &none).unwrap();
+        let none = |_: u16| false;
+        let first = p.pick(1, 4, none).unwrap();
         assert_eq!(first.len(), 4);
         for port in &first {
             assert!(p.add(*port));
         }
         p.check();
         // Everything used once: nothing free at cap 1, everything free at cap 2.
-        assert_eq!(p.pick(1, 1, &none), Err(0));
-        assert_eq!(p.pick(2, 4, &none).unwrap().len(), 4);
+        assert_eq!(p.pick(1, 1, none), Err(0));
+        assert_eq!(p.pick(2, 4, none).unwrap().len(), 4);
         assert!(p.add(101));
         assert!(p.add(101));
         p.check();
         assert_eq!(p.uses(101), Some(3));
         assert_eq!(p.over(2).collect::<Vec<_>>(), vec![(101, 3)]);
         // 101 is now the most used: it comes last.
-        assert_eq!(p.pick(4, 4, &none).unwrap()[3], 101);
-        assert!(!p.pick(3, 3, &none).unwrap().contains(&101));
+        assert_eq!(p.pick(4, 4, none).unwrap()[3], 101);
+        assert!(!p.pick(3, 3, none).unwrap().contains(&101));
         assert!(p.remove(101));
         assert!(p.remove(101));
         assert!(p.remove(200));
         p.check();
-        assert_eq!(p.pick(1, 1, &none), Ok(vec![200]));
-        let avoid = [200];
-        assert_eq!(p.pick(1, 1, &avoid), Err(0));
+        assert_eq!(p.pick(1, 1, none), Ok(vec![200]));
+        assert_eq!(p.pick(1, 1, |port| port == 200), Err(0));
         assert!(!p.add(150));
         assert_eq!(p.uses(150), None);
     }

@@ -24,7 +24,8 @@ enum Req {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Allocate(usize, Vec<Req>),
+    /// A server, its ports, and how many nodes it can run on (`None`: all).
+    Allocate(usize, Vec<Req>, Option<u32>),
     AllocateAgain(usize),
     Release(usize),
     Bind(usize, usize),
@@ -52,7 +53,8 @@ fn op() -> impl Strategy<Value = Op> {
     let server = 0..6usize;
     let node = 0..4usize;
     prop_oneof![
-        6 => (server.clone(), prop::collection::vec(req(), 1..4)).prop_map(|(s, r)| Op::Allocate(s, r)),
+        6 => (server.clone(), prop::collection::vec(req(), 1..4), prop::option::of(0u32..4))
+            .prop_map(|(s, r, reach)| Op::Allocate(s, r, reach)),
         1 => server.clone().prop_map(Op::AllocateAgain),
         3 => server.clone().prop_map(Op::Release),
         4 => (server.clone(), node.clone()).prop_map(|(s, n)| Op::Bind(s, n)),
@@ -103,6 +105,8 @@ struct ModelServer {
     node: Option<String>,
     requests: Option<Vec<PortRequest>>,
     allocations: Vec<Allocation>,
+    /// Nodes it can run on, when fewer than all at its allocation.
+    reach: Option<u32>,
 }
 
 /// The obvious implementation: a list of servers, counts recomputed by scanning.
@@ -119,6 +123,12 @@ impl Model {
 
     fn uses(&self, port: u16) -> u32 {
         self.servers.values().filter(|s| s.host_ports.contains(&port)).count() as u32
+    }
+
+    /// How many servers may hold `port` for a new server that can run on `cap` nodes: no more
+    /// than the fewest nodes any holder can run on.
+    fn limit(&self, port: u16, cap: u32) -> u32 {
+        self.servers.values().filter(|s| s.host_ports.contains(&port)).filter_map(|s| s.reach).fold(cap, u32::min)
     }
 
     fn clash(&self, node: &str, ports: &[u16], except: &str) -> bool {
@@ -186,10 +196,12 @@ fn check_against_model(a: &PortAllocator, m: &Model) {
 fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
     let cap = m.cap();
     match op {
-        Op::Allocate(s, reqs) => {
+        Op::Allocate(s, reqs, reach) => {
             let key = server_key(*s);
             let reqs = requests(reqs);
-            let result = a.allocate(&key, &reqs);
+            let result = a.allocate_within(&key, &reqs, *reach);
+            let reach = reach.filter(|&r| r < cap);
+            let cap = reach.unwrap_or(cap);
             if let Some(existing) = m.servers.get(&key) {
                 match &existing.requests {
                     Some(r) if *r == reqs => assert_eq!(result.as_ref(), Ok(&existing.allocations)),
@@ -206,9 +218,9 @@ fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
                 reqs.iter().filter(|r| r.policy == PortPolicy::Static).filter_map(|r| r.host_port).collect();
             let picks = reqs.iter().filter(|r| r.policy.picks_from_range()).count();
             let free: Vec<u16> =
-                RANGE_PORTS.iter().copied().filter(|p| !statics.contains(p) && m.uses(*p) < cap).collect();
+                RANGE_PORTS.iter().copied().filter(|&p| !statics.contains(&p) && m.uses(p) < m.limit(p, cap)).collect();
             let feasible = (statics.len() + picks == 0 || cap > 0)
-                && statics.iter().all(|&p| m.uses(p) < cap)
+                && statics.iter().all(|&p| m.uses(p) < m.limit(p, cap))
                 && free.len() >= picks;
             match result {
                 Ok(allocs) => {
@@ -229,8 +241,9 @@ fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
                             assert_eq!(al.host_port, Some(al.container_port));
                         }
                     }
-                    m.servers
-                        .insert(key, ModelServer { host_ports, node: None, requests: Some(reqs), allocations: allocs });
+                    let server =
+                        ModelServer { host_ports, node: None, requests: Some(reqs), allocations: allocs, reach };
+                    m.servers.insert(key, server);
                 }
                 Err(e) => assert!(!feasible, "model says feasible but got {e}"),
             }
@@ -333,8 +346,13 @@ fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
                 return;
             }
             let report = result.expect("restore accepted by the model");
-            let entry =
-                m.servers.entry(key).or_insert(ModelServer { host_ports, node: None, requests: None, allocations });
+            let entry = m.servers.entry(key).or_insert(ModelServer {
+                host_ports,
+                node: None,
+                requests: None,
+                allocations,
+                reach: None,
+            });
             if let Some(n) = known {
                 entry.node = Some(n.clone());
             }
@@ -351,7 +369,9 @@ fn apply(a: &mut PortAllocator, m: &mut Model, op: &Op) {
                 fresh.node_added(n);
             }
             for (k, ms) in &m.servers {
-                fresh.restore(k, ms.allocations.clone(), ms.node.as_deref()).expect("consistent state restores");
+                fresh
+                    .restore_within(k, ms.allocations.clone(), ms.node.as_deref(), ms.reach)
+                    .expect("consistent state restores");
             }
             assert_eq!(fresh.usage(), a.usage());
             *a = fresh;

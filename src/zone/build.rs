@@ -780,6 +780,11 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
         env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
     }
+    if migration.security_context.is_some() {
+        for c in init_containers.iter_mut().flatten() {
+            restrict(c.security_context.get_or_insert_with(Default::default));
+        }
+    }
     let mut labels = zone_labels(&zone_name);
     labels.insert(format!("{LABEL_PREFIX}migration"), hash.clone());
     Ok(Some(Job {
@@ -798,6 +803,7 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
                         env: Some(env_vars),
                         volume_mounts: (!mounts.is_empty()).then_some(mounts),
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        security_context: migration.security_context.clone(),
                         ..Default::default()
                     }],
                     volumes: (!volumes.is_empty()).then_some(volumes),

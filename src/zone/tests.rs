@@ -297,3 +297,21 @@ fn a_service_with_a_security_context_gets_every_container_of_its_pods_restricted
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault", "{}", c.name);
     }
 }
+
+#[test]
+fn a_migration_with_a_security_context_gets_its_pod_restricted_and_runs_again() {
+    let mut z = basic();
+    let pins = ["a".to_string(), "b".to_string()];
+    let before = migration_inputs_hash(&z, &pins).unwrap();
+    let migration = z.spec.migration.as_mut().unwrap();
+    migration.security_context =
+        serde_json::from_value(serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000})).unwrap();
+    // A Job PodSecurity refused is replaced by one with the new context.
+    assert_ne!(migration_inputs_hash(&z, &pins).unwrap(), before);
+    let job = migration_job(&z, &pins, &BuildConfig::default()).unwrap().unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1000));
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    let sc = init.security_context.as_ref().expect("the artifacts init container is restricted");
+    assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
+}

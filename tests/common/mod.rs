@@ -155,7 +155,12 @@ pub struct TestNs {
 /// plane and waits until pods can be created in it (its `default`
 /// ServiceAccount exists).
 pub async fn namespace(prefix: &str) -> TestNs {
-    let kubeconfig = shared_kubeconfig().to_path_buf();
+    namespace_in(shared_kubeconfig(), prefix).await
+}
+
+/// As [`namespace`], on the cluster of `kubeconfig` (a [`PrivateCluster`]'s).
+pub async fn namespace_in(kubeconfig: &Path, prefix: &str) -> TestNs {
+    let kubeconfig = kubeconfig.to_path_buf();
     let client = client_for(&kubeconfig).await;
     let name = unique_name(prefix);
     let ns = Namespace {

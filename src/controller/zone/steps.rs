@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use gamezone_init::creds::MapCredentials;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
@@ -333,28 +333,36 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
     let plan = decide::plan_servers(wanted, &by_name, &strategies, Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, WATCH_LAG)
     });
-    let created = futures::stream::iter(plan.apply)
+    let results = futures::stream::iter(plan.apply)
         .map(|(mut gs, hash)| {
             // The server controller's finalizer comes with the object: one write, not two.
             gs.metadata.finalizers = Some(vec![SERVER_FINALIZER.to_string()]);
             let new = !by_name.contains_key(&gs.name_any());
             async move {
-                if new {
+                let result = if new {
                     ctx.writer.create_as(&gs, hash).await
                 } else {
                     ctx.writer.apply_as(&gs, hash).await.map(|_| ())
-                }
+                };
+                (ObjectKey::of(&gs), new, result)
             }
         })
         .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
+        .collect::<Vec<_>>()
         .await;
-    if let Err(e) = created {
-        // Host ports are held only for servers that exist: one the API server would not make
-        // (a quota, a refusal) must not keep other zones' servers from a node's ports.
-        for gs in wanted.iter().filter(|g| !by_name.contains_key(&g.name_any())) {
-            ctx.ports.forget(&ObjectKey::of(gs), &ctx.metrics);
+    let mut first_error = None;
+    for (server, new, result) in results {
+        if let Err(e) = result {
+            // Host ports are held only for servers that exist: one the API server would not
+            // make (a quota, a refusal, a name held by another object) must not keep other
+            // zones' servers from a node's ports. Those it made in the same pass keep theirs.
+            if new && e.is_refusal() {
+                ctx.ports.forget(&server, &ctx.metrics);
+            }
+            first_error.get_or_insert(e);
         }
+    }
+    if let Some(e) = first_error {
         return Err(e);
     }
     for name in &plan.drains {
