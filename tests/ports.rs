@@ -175,6 +175,13 @@ async fn exhausted_range_is_reported_and_recovers_when_ports_free() {
     // Freeing ports lets them start, without anyone restarting anything.
     zones.delete("big", &DeleteParams::default()).await.unwrap();
     wait_ready(&zones, "late").await;
+    // The servers gauge follows deletions: the big zone's three are gone.
+    common::wait_for("the GameServer gauge at the late zone's two", WAIT, || async {
+        let (_, metrics) = http_get(port, "/metrics").ok_or("no metrics")?;
+        let line = metrics.lines().find(|l| l.starts_with(r#"gamezone_managed_objects{kind="GameServer"}"#));
+        if line.is_some_and(|l| l.ends_with(" 2")) { Ok(()) } else { Err(format!("{line:?}")) }
+    })
+    .await;
     ns.cleanup().await;
 }
 
