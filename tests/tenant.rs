@@ -520,7 +520,10 @@ async fn one_tenant_s_hanging_sources_and_refused_servers_slow_no_zone_of_anothe
     let other = common::namespace_in(cluster.kubeconfig(), "other").await;
     install_crds(&team.client).await;
     // 10 ports on 3 nodes: 30 host port slots in the whole cluster.
-    let flags = ["--resolve-timeout", "5", "--concurrency", "4", "--port-range", "7000-7009"];
+    let metrics = support::free_port();
+    let addr = format!("127.0.0.1:{metrics}");
+    let flags =
+        ["--resolve-timeout", "5", "--concurrency", "4", "--port-range", "7000-7009", "--http-addr", addr.as_str()];
     let _op = Operator::start_with(cluster.kubeconfig(), "", &flags);
     let theirs: Api<GameZone> = other.api();
     let three = |id| {
@@ -592,5 +595,8 @@ async fn one_tenant_s_hanging_sources_and_refused_servers_slow_no_zone_of_anothe
             .len(),
         0
     );
+    // The refused zone holds no slot: the three used are the other team's.
+    let (_, text) = support::http_get(metrics, "/metrics").expect("operator metrics");
+    assert!(text.contains(r#"gamezone_port_slots{range="7000-7009",state="used"} 3"#), "{text}");
     eprintln!("alone: {alone:?}; beside 16 hanging zones and a refused one: {beside:?}");
 }

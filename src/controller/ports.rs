@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::ResourceExt;
+use tokio::sync::mpsc;
 
 use crate::api::{GamePort, GameServer, PortPolicy, PortStatus};
 use crate::ports::{AllocError, Allocation, PortAllocator, PortRequest};
@@ -21,6 +22,10 @@ pub struct Ports {
     listed: Mutex<HashMap<ObjectKey, Vec<PortStatus>>>,
     /// Host ports held per namespace (`--host-ports-per-namespace`).
     by_namespace: Mutex<HashMap<String, usize>>,
+    /// Servers whose listing changed, for the server controller: a new server's pod is made
+    /// once its ports are listed, and the listing wakes it.
+    wake: mpsc::UnboundedSender<ObjectKey>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<ObjectKey>>>,
 }
 
 impl Ports {
@@ -30,7 +35,19 @@ impl Ports {
         for (server, held) in allocator.holdings() {
             *by_namespace.entry(namespace_of(server).to_string()).or_default() += held;
         }
-        Ports { allocator: Mutex::new(allocator), listed: Mutex::new(listed), by_namespace: Mutex::new(by_namespace) }
+        let (wake, woken) = mpsc::unbounded_channel();
+        Ports {
+            allocator: Mutex::new(allocator),
+            listed: Mutex::new(listed),
+            by_namespace: Mutex::new(by_namespace),
+            wake,
+            woken: Mutex::new(Some(woken)),
+        }
+    }
+
+    /// The servers whose listing changed, as they change; for the one caller that takes it.
+    pub fn listings(&self) -> Option<mpsc::UnboundedReceiver<ObjectKey>> {
+        self.woken.lock().expect("woken lock").take()
     }
 
     /// Holds `wanted` for `server` (new ports when its port list changed), within its
@@ -82,9 +99,16 @@ impl Ports {
         self.allocator.lock().expect("allocator lock")
     }
 
-    /// Records what a topology now lists.
+    /// Records what a topology now lists, and tells of the servers whose listing changed.
     pub fn list(&self, entries: impl IntoIterator<Item = (ObjectKey, Vec<PortStatus>)>) {
-        self.listed.lock().expect("listed lock").extend(entries);
+        let mut listed = self.listed.lock().expect("listed lock");
+        for (server, ports) in entries {
+            if listed.get(&server) != Some(&ports) {
+                listed.insert(server.clone(), ports);
+                // No one listening (a test, the shutdown) is no one to wake.
+                let _ = self.wake.send(server);
+            }
+        }
     }
 
     /// Whether the topology lists exactly `ports` for `server`.

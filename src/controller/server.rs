@@ -39,11 +39,16 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Trigg
     let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
     let owners =
         pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| super::controller_of(&pod))));
+    // A new server's pod is made once its zone's topology lists its ports.
+    let listed = ctx.ports.listings().map(|rx| {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|key: ObjectKey| ObjectRef::new(key.name()).within(key.namespace()))
+    });
     // A new pod's first steps (scheduled, started, ready) come in quick succession; one
     // reconcile after they settle writes one status instead of one per step.
     super::queue::run(
         ctx.cache.servers.clone(),
-        futures::stream::select(servers, owners),
+        futures::stream::select_all([servers.boxed(), owners.boxed(), futures::stream::iter(listed).flatten().boxed()]),
         super::queue_settings(&ctx, CONTROLLER),
         |stored| reconcile(Arc::new(stored.server()), ctx.clone()),
     )
@@ -128,7 +133,7 @@ fn noteworthy(before: &GameServerStatus, after: &GameServerStatus) -> Option<(bo
 
 /// Holds host ports for `gs`'s spec: the allocations in spec order, with the Passthrough ports
 /// the platform assigns (`AutopilotPassthroughPort`) as placeholders. The zone controller calls
-/// this too, to list the ports in the topology before the server exists; both get the same ports.
+/// this too, to list the ports in the topology once the server exists; both get the same ports.
 pub(super) fn ensure_ports(
     ctx: &Context,
     gs: &GameServer,
@@ -450,10 +455,16 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         PodStep::Create => {
             // The zone's topology must list this instance's ports before its process starts, so
-            // its peers can reach it from the first moment.
-            if !gs.spec.ports.is_empty() && !ports_listed(ctx, gs, &status.ports).await? {
-                report_step(status, ServerState::Creating, "waiting for the zone's topology to list its ports");
-                return Ok((Some(Duration::from_millis(500)), true));
+            // its peers can reach it from the first moment. The zone lists a server's ports once
+            // the server exists, and the listing wakes it: a new one waits without a word.
+            if !gs.spec.ports.is_empty() && !ctx.ports.lists(&ObjectKey::of(gs), &status.ports) {
+                if just_made(gs, Timestamp::now()) {
+                    return Ok((Some(LISTING_WAIT), false));
+                }
+                if !ports_listed(ctx, gs, &status.ports).await? {
+                    report_step(status, ServerState::Creating, "waiting for the zone's topology to list its ports");
+                    return Ok((Some(Duration::from_millis(500)), true));
+                }
             }
             let created = create_pod(ctx, gs, &allocations, &deferred, &hash).await?;
             if created.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
@@ -522,6 +533,18 @@ async fn create_pod(
     // object costs the API server a read and a merge more (a quarter more API server CPU and a
     // third more etcd CPU per pod on the local control plane).
     ctx.writer.create_once(&pod).await
+}
+
+/// How long a new server waits for its listing before it reads the topology itself and says
+/// that it waits (the listing's wake-up normally comes first).
+const LISTING_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `gs` was made so recently that its zone has yet to list its ports.
+fn just_made(gs: &GameServer, now: Timestamp) -> bool {
+    gs.metadata
+        .creation_timestamp
+        .as_ref()
+        .is_none_or(|t| now.as_second() - t.0.as_second() < LISTING_WAIT.as_secs() as i64)
 }
 
 /// Whether the zone's topology lists `ports` for this server: known in memory when this process

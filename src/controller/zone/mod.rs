@@ -140,7 +140,8 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
 }
 
 /// The steps of a zone, in order. Servers move to a new version only once its migration
-/// succeeded; each server's ports are listed in the topology before the server exists.
+/// succeeded; a server's host ports are held once it exists, and listed in the topology before
+/// its pod is made.
 async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Requeue> {
     build::validate(zone).at(Step::Check)?;
     build::tenancy::check(zone, &ctx.config.tenancy).at(Step::Check)?;
@@ -160,9 +161,10 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
     steps::apply_sdk_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
-    let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name());
+    let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
+    let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name(), &made);
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
-    let draining = steps::apply_servers(zone, ctx, &wanted, &live).await.at(Step::Serve)?;
+    let draining = applied.at(Step::Serve)?;
     steps::apply_services(zone, ctx, &live).await.at(Step::Serve)?;
     steps::apply_edits(zone, ctx, status, &live).await.at(Step::Serve)?;
 

@@ -289,16 +289,18 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
     Ok(decide::report_migration(status, &job_name, &hash, &outcome))
 }
 
-/// Holds each wanted server's host ports and returns them by server name. A server whose ports
-/// cannot be held is left out: it reports why, and the topology lists it without ports until
-/// it has them.
+/// Holds the host ports of each wanted server that exists (in `live`, or `made` just now) and
+/// returns them by server name. A server whose ports cannot be held is left out: it reports
+/// why, and the topology lists it without ports until it has them. None are held for a server
+/// the API server would not make (a quota, a refusal), so it keeps no one else from a port.
 pub fn hold_ports(
     ctx: &Context,
     wanted: &[GameServer],
     live: &BTreeMap<String, &GameServer>,
+    made: &BTreeSet<String>,
 ) -> BTreeMap<String, Vec<PortStatus>> {
     let mut ports = BTreeMap::new();
-    for gs in wanted {
+    for gs in wanted.iter().filter(|g| live.contains_key(&g.name_any()) || made.contains(&g.name_any())) {
         match ensure_ports(ctx, gs) {
             // Ports the platform assigns are known once the pod exists: take them from status.
             Ok((_, deferred)) if !deferred.is_empty() => {
@@ -325,8 +327,26 @@ pub async fn publish_topology(zone: &GameZone, ctx: &Context, ports: BTreeMap<St
 }
 
 /// Applies the servers the plan says (new, changed, drained, updated), deletes the drained ones
-/// that may go, and returns what the draining ones wait for.
-pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer], live: &Live) -> Result<Vec<String>> {
+/// that may go, and returns the names of those it made, with what the draining ones wait for
+/// (or why a server could not be written: those it made then still need their ports listed).
+pub async fn apply_servers(
+    zone: &GameZone,
+    ctx: &Context,
+    wanted: &[GameServer],
+    live: &Live,
+) -> (BTreeSet<String>, Result<Vec<String>>) {
+    let mut made = BTreeSet::new();
+    let draining = apply_planned(zone, ctx, wanted, live, &mut made).await;
+    (made, draining)
+}
+
+async fn apply_planned(
+    zone: &GameZone,
+    ctx: &Context,
+    wanted: &[GameServer],
+    live: &Live,
+    made: &mut BTreeSet<String>,
+) -> Result<Vec<String>> {
     let by_name = live.servers_by_name();
     let strategies =
         zone.spec.services.iter().map(|s| (s.type_.clone(), s.update_strategy.clone().unwrap_or_default())).collect();
@@ -344,22 +364,22 @@ pub async fn apply_servers(zone: &GameZone, ctx: &Context, wanted: &[GameServer]
                 } else {
                     ctx.writer.apply_as(&gs, hash).await.map(|_| ())
                 };
-                (ObjectKey::of(&gs), new, result)
+                (gs.name_any(), new, result)
             }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
     let mut first_error = None;
-    for (server, new, result) in results {
-        if let Err(e) = result {
-            // Host ports are held only for servers that exist: one the API server would not
-            // make (a quota, a refusal, a name held by another object) must not keep other
-            // zones' servers from a node's ports. Those it made in the same pass keep theirs.
-            if new && e.is_refusal() {
-                ctx.ports.forget(&server, &ctx.metrics);
+    for (name, new, result) in results {
+        match result {
+            Ok(()) if new => {
+                made.insert(name);
             }
-            first_error.get_or_insert(e);
+            Ok(()) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
     if let Some(e) = first_error {
