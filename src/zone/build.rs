@@ -533,7 +533,14 @@ pub fn server_template(
     if let Some(sc) = &service.security_context {
         spec.containers[0].security_context = Some(sc.clone());
         for c in spec.init_containers.iter_mut().flatten() {
-            restrict(c.security_context.get_or_insert_with(Default::default));
+            let own = c.security_context.get_or_insert_with(Default::default);
+            // As the game's own user (when not root): the files it layers are the game's, and
+            // the edits sidecar may signal the game's process, which needs the same uid.
+            if own.run_as_user.is_none() && sc.run_as_user.is_some_and(|uid| uid > 0) {
+                own.run_as_user = sc.run_as_user;
+                own.run_as_group = sc.run_as_group;
+            }
+            restrict(own);
         }
     }
     Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })

@@ -295,6 +295,16 @@ fn a_service_with_a_security_context_gets_every_container_of_its_pods_restricted
         assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)), "{}", c.name);
         assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]), "{}", c.name);
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault", "{}", c.name);
+        // The files it layers are the game's; the SDK sidecar keeps a user of its own.
+        let user = if c.name == INIT_CONTAINER { 1000 } else { 65532 };
+        assert_eq!(sc.run_as_user, Some(user), "{}", c.name);
+    }
+    // A game that runs as root leaves the operator's containers to a user of their own.
+    z.spec.services[0].security_context = serde_json::from_value(serde_json::json!({"runAsUser": 0})).unwrap();
+    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let pod = servers[0].spec.template.spec.as_ref().unwrap();
+    for c in pod.init_containers.iter().flatten() {
+        assert_eq!(c.security_context.as_ref().unwrap().run_as_user, Some(65532), "{}", c.name);
     }
 }
 

@@ -130,6 +130,18 @@ fn every_server_pod_gets_the_edits_mount_apply_with_edits_and_the_watch_sidecar_
 }
 
 #[test]
+fn under_a_security_context_the_edits_sidecar_runs_as_the_game_it_signals() {
+    let mut z = with_edits();
+    z.spec.services[0].security_context =
+        serde_json::from_value(serde_json::json!({"runAsUser": 1000, "runAsGroup": 1000})).unwrap();
+    let game = &pods(&z)[0];
+    let sc = init(game, EDITS_SIDECAR).unwrap().security_context.clone().unwrap();
+    // A signal needs the sender's uid to be the receiver's.
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1000), Some(1000)));
+    assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
+}
+
+#[test]
 fn a_kept_claim_is_not_owned_by_the_zone() {
     let mut z = with_edits();
     z.spec.edits.as_mut().unwrap().keep_claim = true;
