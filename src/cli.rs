@@ -632,28 +632,29 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         ..Default::default()
     };
     zone::validate(&zone)?;
+    let children = zone::children(&zone, &pins, &cfg)?;
+    let pods = controller::pods_on_an_empty_cluster(&children.servers, ranges)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
-    if let Some(claim) = zone::artifacts_claim(&zone) {
+    // In the order a person reads them: who the pods run as, what they mount, what runs first.
+    if let Some((account, role, binding)) = &children.identity {
+        docs.extend([serde_json::to_value(account)?, serde_json::to_value(role)?, serde_json::to_value(binding)?]);
+    }
+    if let Some(claim) = &children.artifacts_claim {
         docs.push(serde_json::to_value(claim)?);
     }
-    if let Some(claim) = zone::edits_claim(&zone) {
-        docs.push(serde_json::to_value(claim)?);
+    if let Some((claim, deployment)) = &children.edits {
+        docs.extend([serde_json::to_value(claim)?, serde_json::to_value(deployment)?]);
     }
-    if let Some(deployment) = zone::edits_deployment(&zone, &cfg) {
-        docs.push(serde_json::to_value(deployment)?);
-    }
-    if let Some(job) = zone::migration_job(&zone, &pins, &cfg)? {
+    if let Some(job) = &children.migration {
         docs.push(serde_json::to_value(job)?);
     }
-    let servers = zone::game_servers(&zone, &pins, &cfg)?;
-    let pods = controller::pods_on_an_empty_cluster(&servers, ranges)?;
-    for gs in &servers {
+    for gs in &children.servers {
         docs.push(serde_json::to_value(gs)?);
     }
-    for svc in zone::services(&zone) {
+    for svc in &children.services {
         docs.push(serde_json::to_value(svc)?);
     }
-    let listed = servers.iter().zip(&pods).map(|(gs, (_, ports))| (gs.name_any(), ports.clone())).collect();
+    let listed = children.servers.iter().zip(&pods).map(|(gs, (_, ports))| (gs.name_any(), ports.clone())).collect();
     docs.push(serde_json::to_value(zone::topology(&zone, &listed))?);
     for (pod, _) in pods {
         docs.push(serde_json::to_value(pod)?);

@@ -80,6 +80,47 @@ async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
 }
 
 #[test]
+fn render_prints_the_identity_the_sdk_sidecar_runs_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: gamezone.dev/v1alpha1
+kind: GameZone
+metadata: {name: zone1, namespace: team}
+spec:
+  zoneId: 101
+  defaultImage: svc:1
+  services:
+    - {type: game, id: 1, deletableGates: [NoPlayers]}
+"#,
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds[..3],
+        ["ServiceAccount/gamezone-sdk-zone1", "Role/gamezone-sdk-zone1", "RoleBinding/gamezone-sdk-zone1"],
+        "{kinds:?}"
+    );
+    // The pod runs as the ServiceAccount printed beside it.
+    let pod = docs.iter().find(|d| d["kind"] == "Pod").unwrap();
+    assert_eq!(pod["spec"]["serviceAccountName"], "gamezone-sdk-zone1");
+    let binding = &docs[2];
+    assert_eq!(binding["subjects"][0]["name"], "gamezone-sdk-zone1");
+    assert_eq!(binding["roleRef"]["name"], "gamezone-sdk-zone1");
+}
+
+#[test]
 fn render_prints_every_object_offline() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zone.yaml");

@@ -2,12 +2,14 @@
 //! functions return; `gamezone render` prints it. No client here, so it is unit-tested directly.
 
 mod build;
+mod children;
 mod edits;
 mod names;
 mod sdk;
 pub mod tenancy;
 
 pub use build::*;
+pub use children::*;
 pub use edits::*;
 pub use names::*;
 pub use sdk::*;

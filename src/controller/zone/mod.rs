@@ -268,7 +268,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
         let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
         steps::delete_all_owned(&deployments, &lp, zones).await?;
     }
-    if zone.spec.services.iter().any(build::needs_sdk) {
+    if build::identity_if_needed(zone).is_some() {
         steps::delete_all_owned(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &lp, zones).await?;
         steps::delete_all_owned(&Api::<Role>::namespaced(client.clone(), &ns), &lp, zones).await?;
         steps::delete_all_owned(&Api::<RoleBinding>::namespaced(client.clone(), &ns), &lp, zones).await?;
@@ -316,21 +316,25 @@ async fn drain_all(zone: &GameZone, ctx: &Context, servers: &[Arc<GameServer>]) 
 /// Forgets what was applied and listed for the zone, and hands back ports held for servers that
 /// never came to be, or this process's memory would grow with every zone ever deleted.
 fn forget(zone: &GameZone, ctx: &Context) {
-    for svc in build::services(zone) {
-        ctx.writer.forget_child(&svc);
+    ctx.writer.forget_zone(zone);
+    ctx.pinning.forget(&ObjectKey::of(zone));
+    // The names do not depend on the revisions.
+    let Ok(children) = build::children(zone, &[], &ctx.config.build) else { return };
+    for svc in &children.services {
+        ctx.writer.forget_child(svc);
     }
-    ctx.writer.forget_child(&build::topology(zone, &BTreeMap::new()));
+    ctx.writer.forget_child(&children.topology);
+    // Whether or not a type still runs the sidecar: an earlier version of the zone may have.
     let (sa, role, binding) = build::identity(zone);
     ctx.writer.forget_child(&sa);
     ctx.writer.forget_child(&role);
     ctx.writer.forget_child(&binding);
-    ctx.writer.forget_zone(zone);
-    ctx.pinning.forget(&ObjectKey::of(zone));
-    if let Ok(servers) = build::game_servers(zone, &[], &ctx.config.build) {
-        for gs in &servers {
-            ctx.writer.forget_child(gs);
-            ctx.ports.forget(&ObjectKey::of(gs), &ctx.metrics);
-        }
+    if let Some(claim) = &children.artifacts_claim {
+        ctx.writer.forget_child(claim);
+    }
+    for gs in &children.servers {
+        ctx.writer.forget_child(gs);
+        ctx.ports.forget(&ObjectKey::of(gs), &ctx.metrics);
     }
 }
 

@@ -501,10 +501,7 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
 /// The SDK sidecar's identity (ServiceAccount, Role, RoleBinding), before any pod that runs the
 /// sidecar, when a service type of the zone uses it. Owned by the zone: they go with it.
 pub async fn apply_sdk_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
-    if !zone.spec.services.iter().any(build::needs_sdk) {
-        return Ok(());
-    }
-    let (sa, role, binding) = build::identity(zone);
+    let Some((sa, role, binding)) = build::identity_if_needed(zone) else { return Ok(()) };
     ctx.writer.apply_child(&sa, SDK_IDENTITY_REFRESH).await?;
     ctx.writer.apply_child(&role, SDK_IDENTITY_REFRESH).await?;
     ctx.writer.apply_child(&binding, SDK_IDENTITY_REFRESH).await

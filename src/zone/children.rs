@@ -1,0 +1,53 @@
+//! One list of every object a zone makes. `gamezone render` prints it and the zone controller
+//! forgets it when the zone goes, so neither can leave a kind out.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use std::collections::BTreeMap;
+
+use super::{
+    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, identity, migration_job, needs_sdk,
+    services, topology,
+};
+use crate::Result;
+use crate::api::{GameServer, GameZone};
+
+/// Every object a zone makes, built offline for the layer revisions `pins`.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// The SDK sidecar's ServiceAccount, Role and RoleBinding, when a service type runs the sidecar.
+    pub identity: Option<(ServiceAccount, Role, RoleBinding)>,
+    /// The zone-wide artifacts claim (`spec.sharedArtifacts`).
+    pub artifacts_claim: Option<PersistentVolumeClaim>,
+    /// The edits share's claim and its Samba Deployment (`spec.edits`).
+    pub edits: Option<(PersistentVolumeClaim, Deployment)>,
+    /// The migration Job of these revisions (`spec.migration`).
+    pub migration: Option<Job>,
+    /// One GameServer per instance.
+    pub servers: Vec<GameServer>,
+    /// The headless Service and those `expose` asks for.
+    pub services: Vec<Service>,
+    /// The topology, listing no ports: the controller lists each server's once it holds them.
+    pub topology: ConfigMap,
+}
+
+/// The SDK sidecar's identity, when one of the zone's types runs the sidecar.
+pub fn identity_if_needed(zone: &GameZone) -> Option<(ServiceAccount, Role, RoleBinding)> {
+    zone.spec.services.iter().any(needs_sdk).then(|| identity(zone))
+}
+
+/// Every object `zone` makes for the layer revisions `pins` (empty strings when not pinned yet:
+/// the names are the same).
+pub fn children(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Children> {
+    Ok(Children {
+        identity: identity_if_needed(zone),
+        artifacts_claim: artifacts_claim(zone),
+        edits: edits_claim(zone).zip(edits_deployment(zone, cfg)),
+        migration: migration_job(zone, pins, cfg)?,
+        servers: game_servers(zone, pins, cfg)?,
+        services: services(zone),
+        topology: topology(zone, &BTreeMap::new()),
+    })
+}
