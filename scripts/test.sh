@@ -16,6 +16,8 @@ export GAMEZONE_S3S_FS=${GAMEZONE_S3S_FS:-$GAMEZONE_TOOLS/s3s-fs-${S3S_FS_VERSIO
 bash scripts/setup.sh packages
 say "cargo fmt --check"
 cargo fmt --all -- --check
+say "crate layers (cargo tree)"
+bash scripts/layers.sh
 say "hadolint Dockerfile"
 hadolint Dockerfile
 

@@ -51,14 +51,12 @@ impl WireProtocol {
     }
 }
 
-impl PortProtocol {
-    /// The Pod protocols this protocol needs: `TcpUdp` is two entries on the same numbers.
-    pub fn wire(self) -> &'static [WireProtocol] {
-        match self {
-            PortProtocol::Tcp => &[WireProtocol::Tcp],
-            PortProtocol::Udp => &[WireProtocol::Udp],
-            PortProtocol::TcpUdp => &[WireProtocol::Tcp, WireProtocol::Udp],
-        }
+/// The Pod protocols `protocol` needs: `TcpUdp` is two entries on the same numbers.
+pub fn wire(protocol: PortProtocol) -> &'static [WireProtocol] {
+    match protocol {
+        PortProtocol::Tcp => &[WireProtocol::Tcp],
+        PortProtocol::Udp => &[WireProtocol::Udp],
+        PortProtocol::TcpUdp => &[WireProtocol::Tcp, WireProtocol::Udp],
     }
 }
 
@@ -81,7 +79,7 @@ pub fn pod_ports(allocations: &[Allocation]) -> Vec<PodPort> {
     allocations
         .iter()
         .flat_map(|a| {
-            a.protocol.wire().iter().map(|&protocol| PodPort {
+            wire(a.protocol).iter().map(|&protocol| PodPort {
                 container: a.container.clone(),
                 container_port: a.container_port,
                 host_port: a.host_port,

@@ -96,7 +96,7 @@ fn init_container_gets_the_plan_pins_and_secrets() {
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let env: BTreeMap<_, _> =
         init.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
-    let layers: Vec<gamezone_init::plan::Layer> = serde_json::from_str(&env["GAMEZONE_LAYERS"]).unwrap();
+    let layers: Vec<crate::api::layer::Layer> = serde_json::from_str(&env["GAMEZONE_LAYERS"]).unwrap();
     assert_eq!(layers[1].path, "config");
     assert_eq!(env["GAMEZONE_REVISIONS"], r#"["sha256:aa","c0ffee"]"#);
     let mounts = init.volume_mounts.as_ref().unwrap();

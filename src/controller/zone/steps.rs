@@ -216,7 +216,7 @@ pub async fn pin(
 async fn resolver(
     zone: &GameZone,
     ctx: &Context,
-    layers: &[gamezone_init::plan::Layer],
+    layers: &[crate::api::layer::Layer],
 ) -> Result<impl std::future::Future<Output = super::pinning::Resolved> + Send + 'static> {
     let ns = zone.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -231,9 +231,9 @@ async fn resolver(
     let layers = layers.to_vec();
     let options = ctx.config.fetch.clone();
     Ok(async move {
-        let remote: Vec<(usize, gamezone_init::plan::Layer)> =
+        let remote: Vec<(usize, crate::api::layer::Layer)> =
             layers.iter().enumerate().filter(|(_, l)| l.local.is_none()).map(|(i, l)| (i, l.clone())).collect();
-        let only: Vec<gamezone_init::plan::Layer> = remote.iter().map(|(_, l)| l.clone()).collect();
+        let only: Vec<crate::api::layer::Layer> = remote.iter().map(|(_, l)| l.clone()).collect();
         let resolved = gamezone_init::resolve::resolve_opts(&only, &creds, &options).await?;
         let mut out: Vec<gamezone_init::resolve::Revision> = layers
             .iter()

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use gamezone_init::plan::Layer;
+use crate::layer::Layer;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

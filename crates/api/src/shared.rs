@@ -102,7 +102,7 @@ pub struct GamePort {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = gamezone_init::plan::SECRET_NAME_PATTERN))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::layer::SECRET_NAME_PATTERN))]
     pub name: String,
     /// Key inside the Secret.
     pub key: String,

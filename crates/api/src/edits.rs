@@ -1,7 +1,7 @@
 //! Live edits of a test zone: an edits volume shared over SMB, laid over the pinned artifacts
 //! in every server pod.
 
-use gamezone_init::plan::SecretRef;
+use crate::layer::SecretRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,12 @@
-//! The GameZone API: resource types from which the CRDs are generated. No client code here.
+//! The GameZone API: resource types from which the CRDs are generated, the labels every object
+//! carries, and the artifact layer types. No client, no runtime: anyone who wants the types
+//! compiles only these and Kubernetes' own.
 
 mod edits;
 mod gameserver;
 mod gamezone;
 mod gate_webhook;
+pub mod layer;
 mod lifecycle;
 mod shared;
 
@@ -54,7 +57,7 @@ mod tests {
     /// CI fails when the committed CRDs differ from the types.
     #[test]
     fn committed_crds_are_current() {
-        let committed = include_str!("../../deploy/crds.yaml");
+        let committed = include_str!("../../../deploy/crds.yaml");
         assert!(
             committed == super::crds_yaml(),
             "deploy/crds.yaml is stale: run `cargo run -q -p gamezone -- crd > deploy/crds.yaml` and commit it"
