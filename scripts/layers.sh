@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The crates' dependencies say the architecture; this checks what the compiler cannot: that the
-# API types build without a Kubernetes client, a runtime or libgit2.
+# API types and the core build without a Kubernetes client, a runtime or libgit2.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,3 +19,4 @@ forbid() {
 }
 
 forbid gamezone-api kube-client kube-runtime tokio git2 object_store reqwest
+forbid gamezone-core kube-client kube-runtime tokio git2 object_store reqwest

@@ -55,6 +55,15 @@ pub enum Error {
     Serialization(#[from] serde_json::Error),
 }
 
+impl From<gamezone_core::Error> for Error {
+    fn from(e: gamezone_core::Error) -> Self {
+        match e {
+            gamezone_core::Error::InvalidSpec { field, message } => Error::InvalidSpec { field, message },
+            gamezone_core::Error::Serialization(e) => Error::Serialization(e),
+        }
+    }
+}
+
 impl Error {
     /// Short CamelCase reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {

@@ -7,13 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub use gamezone_api as api;
+pub use gamezone_core::{placement, ports, zone};
 pub mod cli;
 mod error;
 pub use error::{Error, Result};
 pub mod controller;
 pub mod edits;
-pub mod ports;
 pub mod sdk;
 pub mod telemetry;
 pub mod webhook;
-pub mod zone;

@@ -8,7 +8,6 @@ pub mod key;
 pub mod leader;
 pub mod metrics;
 pub(crate) mod ownership;
-mod placement;
 pub mod ports;
 mod queue;
 mod server;
@@ -248,7 +247,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 let mut alloc = node_ctx.ports.allocator();
                 match event {
                     Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                        if ports::node_usable(&node) {
+                        if crate::placement::node_usable(&node) {
                             alloc.node_added(&node.name_any());
                         } else if alloc.nodes().any(|n| n == node.name_any()) {
                             alloc.node_removed(&node.name_any());

@@ -235,17 +235,6 @@ pub fn allocations_of(status: &[PortStatus]) -> Vec<Allocation> {
         .collect()
 }
 
-/// Whether a node can run game servers (Ready and schedulable).
-pub fn node_usable(node: &Node) -> bool {
-    let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    schedulable && ready
-}
-
 /// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
 /// out twice after a restart, nor more often than the nodes its holders can run on. A server's ports come from its status, or else from what its
 /// zone's topology lists (`listed`, by server key): ports are listed there before its pod is
@@ -258,7 +247,7 @@ pub fn rebuild(
     listed: &HashMap<ObjectKey, Vec<PortStatus>>,
     passthrough_deferred: bool,
 ) {
-    for node in nodes.iter().filter(|n| node_usable(n)) {
+    for node in nodes.iter().filter(|n| crate::placement::node_usable(n)) {
         alloc.node_added(&node.name_any());
     }
     let mut restored = 0;
@@ -276,7 +265,7 @@ pub fn rebuild(
         if passthrough_deferred {
             held.retain(|a| a.policy != PortPolicy::Passthrough);
         }
-        let reach = gs.spec.template.spec.as_ref().and_then(|pod| super::placement::reach(pod, nodes));
+        let reach = gs.spec.template.spec.as_ref().and_then(|pod| crate::placement::reach(pod, nodes));
         match alloc.restore_within(&holder(&ObjectKey::of(gs)), held, node, reach) {
             Ok(report) if !report.over_committed_ports.is_empty() => {
                 tracing::warn!(server = %ObjectKey::of(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");

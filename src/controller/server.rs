@@ -144,7 +144,7 @@ pub(super) fn ensure_ports(
     // when new ports are held).
     let reach = || {
         let pod = gs.spec.template.spec.as_ref()?;
-        super::placement::reach(pod, ctx.cache.nodes.state().iter().map(|n| n.as_ref()))
+        crate::placement::reach(pod, ctx.cache.nodes.state().iter().map(|n| n.as_ref()))
     };
     let result = ctx.ports.hold(&ObjectKey::of(gs), &wanted, ctx.config.host_ports_per_namespace, reach);
     if !matches!(result, Ok((_, false))) {

@@ -526,3 +526,9 @@ impl<T> At<T> for Result<T> {
         self.map_err(|e| (step, e))
     }
 }
+
+impl<T> At<T> for gamezone_core::Result<T> {
+    fn at(self, step: decide::Step) -> StepResult<T> {
+        self.map_err(|e| (step, e.into()))
+    }
+}

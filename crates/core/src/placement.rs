@@ -8,7 +8,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
 use kube::ResourceExt;
 
-use super::ports::node_usable;
+/// Whether a node can run game servers (Ready and schedulable).
+pub fn node_usable(node: &Node) -> bool {
+    let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    schedulable && ready
+}
 
 /// How many of `nodes` can run `pod`, when that is fewer than every usable node; `None` when
 /// every usable node can.
