@@ -15,7 +15,7 @@ use axum::Json;
 use axum::routing::post;
 use base64::Engine as _;
 use gamezone::api::*;
-use gamezone::webhook::patch::{
+use gamezone::ports::passthrough::{
     AUTOPILOT_PASSTHROUGH, HOST_PORT_ASSIGNMENT_ANNOTATION, PASSTHROUGH_PORTS_ANNOTATION, PORT_LABEL,
 };
 use gamezone::webhook::{CONFIG_NAME, PATH, server, tls};

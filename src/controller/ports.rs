@@ -158,14 +158,14 @@ pub fn listed_in(topology: &ConfigMap) -> impl Iterator<Item = (ObjectKey, Vec<P
 pub fn defer_passthrough(
     wanted: Vec<PortRequest>,
     passthrough_deferred: bool,
-) -> (Vec<PortRequest>, Vec<(Allocation, crate::webhook::patch::Deferred)>) {
+) -> (Vec<PortRequest>, Vec<(Allocation, crate::ports::passthrough::Deferred)>) {
     if !passthrough_deferred {
         return (wanted, Vec::new());
     }
     let (deferred, kept): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|r| r.policy == PortPolicy::Passthrough);
     let placeholders = deferred
         .into_iter()
-        .zip(crate::webhook::patch::PLACEHOLDER_BASE..)
+        .zip(crate::ports::passthrough::PLACEHOLDER_BASE..)
         .map(|(r, placeholder)| {
             let alloc = Allocation {
                 name: r.name.clone(),
@@ -175,7 +175,7 @@ pub fn defer_passthrough(
                 protocol: r.protocol,
                 policy: r.policy,
             };
-            (alloc, crate::webhook::patch::Deferred { name: r.name, container: r.container, placeholder })
+            (alloc, crate::ports::passthrough::Deferred { name: r.name, container: r.container, placeholder })
         })
         .collect();
     (kept, placeholders)

@@ -18,8 +18,8 @@ use super::queue::Requeue;
 use super::slim::StoredServer;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
+use crate::ports::passthrough::{Deferred, final_ports, mark_pod};
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
-use crate::webhook::patch::{Deferred, final_ports, mark_pod};
 use crate::zone::{server_template_hash, topology_name};
 use crate::{Error, Result};
 

@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 
 use crate::api::GameServer;
-use crate::webhook::patch::passthrough_ports;
+use crate::ports::passthrough::passthrough_ports;
 
 /// Any object: managedFields, which nothing here reads, are most of a small object.
 pub fn object<K: ResourceExt>(obj: &mut K) {
@@ -200,11 +200,11 @@ mod tests {
         assert_eq!(game.ports, before.spec.as_ref().unwrap().containers[0].ports, "ports stay whole");
         assert_eq!(passthrough_ports(&p), passthrough_ports(&before));
         assert_eq!(
-            crate::webhook::patch::final_ports(&p),
-            crate::webhook::patch::final_ports(&before),
+            crate::ports::passthrough::final_ports(&p),
+            crate::ports::passthrough::final_ports(&before),
             "the assigned port reads the same"
         );
-        assert_eq!(crate::webhook::patch::final_ports(&p).get("client"), Some(&7777));
+        assert_eq!(crate::ports::passthrough::final_ports(&p).get("client"), Some(&7777));
     }
 
     /// Servers of a zone with every kind of part a template can have: artifact layers (an init

@@ -13,10 +13,10 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::patch::{AUTOPILOT_PASSTHROUGH, PORT_LABEL};
 use super::tls::{self, Bundle, CertSlot};
 use super::{CONFIG_NAME, Config, Error};
 use crate::api::{MANAGED_BY_LABEL, MANAGER};
+use crate::ports::passthrough::{AUTOPILOT_PASSTHROUGH, PORT_LABEL};
 
 const NOT_AFTER_ANNOTATION: &str = "gamezone.dev/not-after";
 const SANS_ANNOTATION: &str = "gamezone.dev/sans";

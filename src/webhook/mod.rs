@@ -4,13 +4,13 @@
 //! into the container port and the `GAMEZONE_PORT_*` env var.
 //!
 //! * [`gates`]: the `--feature-gates` flag (pure).
-//! * [`patch`]: the marks on a pod, the JSONPatch and the final ports for status (pure).
+//! * [`crate::ports::passthrough`] (in the core): the marks on a pod, the JSONPatch and the
+//!   final ports for status.
 //! * [`tls`]: the self-signed CA and serving certificate, and when to renew them.
 //! * [`server`]: the HTTPS server; [`manager`]: the Secret and the MutatingWebhookConfiguration.
 
 pub mod gates;
 pub mod manager;
-pub mod patch;
 pub mod server;
 pub mod tls;
 

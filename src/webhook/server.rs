@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::patch::passthrough_patch;
 use super::tls::CertSlot;
 use super::{Error, PATH};
+use crate::ports::passthrough::passthrough_patch;
 
 /// Binds `addr` and serves admission requests on it with the certificate in `slot`, until the
 /// task is dropped. Binding errors come back at once; connection errors are only logged.
@@ -104,7 +104,7 @@ pub fn review_response(review: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::patch::{AUTOPILOT_PASSTHROUGH, PASSTHROUGH_PORTS_ANNOTATION, PORT_LABEL};
+    use crate::ports::passthrough::{AUTOPILOT_PASSTHROUGH, PASSTHROUGH_PORTS_ANNOTATION, PORT_LABEL};
 
     fn review(object: Value) -> Value {
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",

@@ -15,8 +15,11 @@
 //!   O(servers on it), plus one pass over servers only if some port ends up over-committed;
 //!   `usage()` is O(ports) for metric scrapes.
 //! * [`pod_ports`], [`port_env`]: what the Pod spec needs.
+//! * [`passthrough`]: Passthrough ports the platform assigns (GKE Autopilot): the marks on a pod,
+//!   the webhook's JSONPatch and the final ports read back for status.
 
 mod allocator;
+pub mod passthrough;
 mod pod;
 mod pool;
 mod range;
