@@ -172,20 +172,14 @@ impl Error {
     }
 }
 
-/// Longest message an error built by [`Ctx`] carries, in bytes.
-pub const MAX_MESSAGE: usize = 1024;
+/// Longest message an error built by [`Ctx`] carries, in bytes: as long as a condition's, so
+/// what the operator shows of it is the whole of it.
+pub use gamezone_api::conditions::MESSAGE_MAX as MAX_MESSAGE;
 
-/// Cuts `m` to at most [`MAX_MESSAGE`] bytes on a char boundary, marking the cut with `…`.
-pub(crate) fn cap(mut m: String) -> String {
-    if m.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE - '…'.len_utf8();
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        m.truncate(end);
-        m.push('…');
-    }
-    m
+/// Cuts `m` to at most [`MAX_MESSAGE`] bytes on a char boundary, marked when cut, as the
+/// operator's conditions are.
+pub(crate) fn cap(m: String) -> String {
+    if m.len() <= MAX_MESSAGE { m } else { gamezone_api::conditions::bounded(&m) }
 }
 
 /// The layer an operation works on: builds errors that name it, and scrubs secrets from
@@ -270,7 +264,7 @@ mod tests {
     fn messages_are_capped_on_a_char_boundary() {
         let ctx = Ctx::new(0, "s");
         let Error::Source { message, .. } = ctx.source("é".repeat(2000)) else { unreachable!() };
-        assert!(message.len() <= MAX_MESSAGE && message.ends_with('…'), "{}", message.len());
+        assert!(message.len() <= MAX_MESSAGE && message.ends_with("…(cut)"), "{}", message.len());
         let Error::Source { message, .. } = ctx.source("short") else { unreachable!() };
         assert_eq!(message, "short");
         let Error::Transient { message, .. } = ctx.transient("x".repeat(5000)) else { unreachable!() };

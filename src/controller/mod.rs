@@ -1,7 +1,6 @@
 //! The zone and server controllers, and the runtime around them: leader election, HTTP
 //! endpoints (`/metrics`, `/healthz`, `/readyz`), shutdown.
 
-pub mod conditions;
 mod http;
 mod index;
 pub mod key;
@@ -124,7 +123,7 @@ impl Context {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
-            note: Some(conditions::bounded(&note)),
+            note: Some(crate::conditions::bounded(&note)),
             action: "Reconcile".into(),
             secondary: None,
         };

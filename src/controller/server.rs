@@ -11,13 +11,13 @@ use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{self, server_types};
 use super::key::ObjectKey;
 use super::ports::{defer_passthrough, holder, listed_in, requests, status_of};
 use super::queue::Requeue;
 use super::slim::StoredServer;
 use super::{Context, Triggers, delete_if_present};
 use crate::api::*;
+use crate::conditions::{self, server_types};
 use crate::ports::passthrough::{Deferred, final_ports, mark_pod};
 use crate::ports::{AllocError, Allocation, pod_ports, port_env};
 use crate::zone::{server_template_hash, topology_name};
@@ -107,7 +107,7 @@ fn report_refusal(status: &mut GameServerStatus, e: &Error, generation: Option<i
         Error::Kube(_) => "PodRefused",
         e => e.reason(),
     };
-    let message = crate::controller::conditions::bounded(&format!("the pod cannot be made: {e}"));
+    let message = crate::conditions::bounded(&format!("the pod cannot be made: {e}"));
     status.state = Some(ServerState::Creating);
     status.message = Some(message.clone());
     conditions::set(&mut status.conditions, server_types::READY, false, reason, message, generation);

@@ -18,9 +18,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::conditions::server_types;
 use super::key::ObjectKey;
 use crate::api::{GameServer, GameServerStatus, GameZone, GameZoneStatus, MANAGER};
+use crate::conditions::server_types;
 use crate::zone::hash_of;
 use crate::{Error, Result};
 

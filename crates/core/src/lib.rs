@@ -6,6 +6,7 @@
 
 pub use gamezone_api as api;
 
+pub mod conditions;
 mod error;
 pub use error::{Error, Result};
 pub mod placement;

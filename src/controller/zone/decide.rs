@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::*;
-use crate::controller::conditions::{self, types};
+use crate::conditions::{self, types};
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
 
