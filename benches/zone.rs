@@ -183,7 +183,7 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize,
                 match obj {
                     Plain::Server(gs) => {
                         let gs = servers.create(pp, &gs).await?;
-                        let pod = gamezone::controller::pod_without_host_ports(&gs).expect("a pod for the server");
+                        let pod = gamezone::server::pod_without_host_ports(&gs).expect("a pod for the server");
                         created.lock().unwrap().insert(gs.name_any(), gs);
                         pods.create(pp, &pod).await.map(|_| ())
                     }
@@ -210,7 +210,7 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize,
         .map_ok(|(mut gs, pod)| {
             let servers = &servers;
             async move {
-                gs.status = Some(gamezone::controller::ready_status(&gs, &pod).expect("a status for the server"));
+                gs.status = Some(gamezone::server::ready_status(&gs, &pod).expect("a status for the server"));
                 servers
                     .replace_status(&gs.name_any(), &PostParams::default(), &gs)
                     .await

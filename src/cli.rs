@@ -633,7 +633,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     };
     zone::validate(&zone)?;
     let children = zone::children(&zone, &pins, &cfg)?;
-    let pods = controller::pods_on_an_empty_cluster(&children.servers, ranges)?;
+    let pods = gamezone_core::server::pods_on_an_empty_cluster(&children.servers, ranges)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     // In the order a person reads them: who the pods run as, what they mount, what runs first.
     if let Some((account, role, binding)) = &children.identity {

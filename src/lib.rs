@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub use gamezone_api as api;
-pub use gamezone_core::{conditions, placement, ports, zone};
+pub use gamezone_core::{conditions, key, placement, ports, server, zone};
 pub mod cli;
 mod error;
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 
 mod http;
 mod index;
-pub mod key;
+pub use crate::key;
 pub mod leader;
 pub mod metrics;
 pub(crate) mod ownership;
@@ -36,7 +36,6 @@ use crate::{Error, Result};
 use slim::StoredServer;
 
 pub use metrics::Metrics;
-pub use server::{pod_without_host_ports, pods_on_an_empty_cluster, ready_status};
 
 /// Finalizer the zone controller puts on every GameZone.
 pub const ZONE_FINALIZER: &str = "gamezone.dev/cleanup";
@@ -311,7 +310,8 @@ async fn rebuild_ports(
         .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")))
         .await?
         .items;
-    let listed: HashMap<key::ObjectKey, Vec<PortStatus>> = topologies.iter().flat_map(ports::listed_in).collect();
+    let listed: HashMap<key::ObjectKey, Vec<PortStatus>> =
+        topologies.iter().flat_map(crate::ports::spec::listed_in).collect();
     let deferred = config.feature_gates.autopilot_passthrough_port;
     ports::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
     Ok((allocator, listed))

@@ -9,6 +9,8 @@ pub use gamezone_api as api;
 pub mod conditions;
 mod error;
 pub use error::{Error, Result};
+pub mod key;
 pub mod placement;
 pub mod ports;
+pub mod server;
 pub mod zone;

@@ -20,9 +20,9 @@ use crate::conditions::{self, types};
 use crate::controller::Context;
 use crate::controller::key::ObjectKey;
 use crate::controller::ownership::controlled_by;
-use crate::controller::ports::status_of;
 use crate::controller::server::{SERVER_FINALIZER, ensure_ports};
 use crate::controller::writer::{WATCH_LAG, check_owner};
+use crate::ports::spec::status_of;
 use crate::zone::{self as build, hash_of};
 use crate::{Error, Result};
 

@@ -23,6 +23,7 @@ pub mod passthrough;
 mod pod;
 mod pool;
 mod range;
+pub mod spec;
 mod types;
 
 #[cfg(test)]

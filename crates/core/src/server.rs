@@ -1,0 +1,511 @@
+//! What the server controller decides, with no client: the pod a GameServer gets, what a pod
+//! tells of its server, the step to take about a pod, and which changes are worth an Event.
+//! The controller (in the operator) makes the requests these decide.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use crate::api::*;
+use crate::conditions::{self, server_types};
+use crate::key::ObjectKey;
+use crate::ports::spec::{holder, requests, status_of};
+use crate::ports::{Allocation, pod_ports, port_env};
+use crate::zone::server_template_hash;
+use crate::{Error, Result};
+
+/// How long a routine step of a new pod (scheduling, starting) lasts before it is reported.
+pub const START_QUIET: Duration = Duration::from_secs(5);
+
+/// The Event a state change is worth, if any: routine steps (Creating, Scheduling, Starting,
+/// Ready) show in status only, since each Event is an API write; what a person may look for
+/// (a failure, a replacement) gets one.
+pub fn noteworthy(before: &GameServerStatus, after: &GameServerStatus) -> Option<(bool, String, String)> {
+    let state = after.state?;
+    if after.state == before.state
+        || !matches!(
+            state,
+            ServerState::Unhealthy | ServerState::PortAllocation | ServerState::Updating | ServerState::Shutdown
+        )
+    {
+        return None;
+    }
+    let warning = matches!(state, ServerState::Unhealthy | ServerState::PortAllocation);
+    let note = format!("{state:?}{}", after.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default());
+    Some((warning, format!("{state:?}"), note))
+}
+
+/// Sorts `allocations` in the order of `gs`'s ports, as the pod lists them.
+pub fn in_spec_order(gs: &GameServer, allocations: &mut [Allocation]) {
+    allocations.sort_by_key(|a| gs.spec.ports.iter().position(|p| p.name == a.name));
+}
+
+/// The pod the server controller makes for `gs` (as created, with its uid) when none of its
+/// ports takes a host port, so a benchmark's plain client creates exactly the pods the operator
+/// does.
+pub fn pod_without_host_ports(gs: &GameServer) -> Result<Pod> {
+    build_pod(gs, &without_host_ports(gs)?, &server_template_hash(&gs.spec))
+}
+
+/// The status the server controller writes for `gs` once `pod` (from
+/// [`pod_without_host_ports`]) is Ready, so a benchmark's plain client reports the same.
+pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
+    let generation = gs.metadata.generation;
+    let mut status = GameServerStatus { observed_generation: generation, ..Default::default() };
+    report_ports(&mut status, &without_host_ports(gs)?, generation);
+    // Without the operator's store of nodes, the node's address is the pod's host IP.
+    let (state, message) = observe_pod(&mut status, pod, None, server_template_hash(&gs.spec));
+    report_state(&mut status, state, message, generation);
+    Ok(status)
+}
+
+/// The pods the server controller would make for `servers` on an empty cluster, with the ports
+/// a fresh allocator over `ranges` hands out, in order; and each server's ports as its zone's
+/// topology would list them. What `gamezone render` prints.
+pub fn pods_on_an_empty_cluster(
+    servers: &[GameServer],
+    ranges: crate::ports::PortRanges,
+) -> Result<Vec<(Pod, Vec<PortStatus>)>> {
+    let mut alloc = crate::ports::PortAllocator::new(ranges);
+    alloc.node_added("node-1");
+    servers
+        .iter()
+        .map(|gs| {
+            let mut allocations = alloc
+                .allocate(&holder(&ObjectKey::of(gs)), &requests(&gs.spec.ports))
+                .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
+            in_spec_order(gs, &mut allocations);
+            Ok((build_pod(gs, &allocations, &server_template_hash(&gs.spec))?, status_of(&allocations)))
+        })
+        .collect()
+}
+
+/// The ports of `gs` in spec order, when none of them takes a host port.
+fn without_host_ports(gs: &GameServer) -> Result<Vec<Allocation>> {
+    let mut alloc = crate::ports::PortAllocator::new(Default::default());
+    let mut allocations = alloc
+        .allocate(&holder(&ObjectKey::of(gs)), &requests(&gs.spec.ports))
+        .map_err(|e| Error::invalid(format!("GameServer {}: ports", gs.name_any()), e.to_string()))?;
+    in_spec_order(gs, &mut allocations);
+    Ok(allocations)
+}
+
+/// Reports `allocations` as the server's ports.
+pub fn report_ports(status: &mut GameServerStatus, allocations: &[Allocation], generation: Option<i64>) {
+    status.ports = status_of(allocations);
+    conditions::set(
+        &mut status.conditions,
+        server_types::PORTS_ALLOCATED,
+        true,
+        "Allocated",
+        format!("{} port(s) allocated", allocations.len()),
+        generation,
+    );
+}
+
+/// Fills in what `pod` tells of the server (its name, node, addresses, template) and returns
+/// the state the pod puts it in, with why when the pod cannot be scheduled.
+pub fn observe_pod(
+    status: &mut GameServerStatus,
+    pod: &Pod,
+    node_address: Option<String>,
+    hash: String,
+) -> (ServerState, Option<String>) {
+    let pod_status = pod.status.as_ref();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    status.pod_name = pod.metadata.name.clone();
+    status.pod_uid = pod.metadata.uid.clone();
+    status.node_name = node.clone();
+    status.address = pod_status.and_then(|s| s.pod_ip.clone());
+    status.node_address = node_address.or_else(|| pod_status.and_then(|s| s.host_ip.clone()));
+    status.template_hash = Some(hash);
+    let pod_conditions = pod_status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    match (pod_status.and_then(|s| s.phase.as_deref()), node.is_some(), ready) {
+        (Some("Running"), _, true) => (ServerState::Ready, None),
+        (_, false, _) => {
+            let why = pod_conditions
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .and_then(|c| c.message.clone());
+            (ServerState::Scheduling, why)
+        }
+        _ => (ServerState::Starting, None),
+    }
+}
+
+/// The state once the game's side is heard: a drained server (`NotInService`) is `Draining`,
+/// saying what it waits for; a Ready pod whose game has not called Ready through the SDK
+/// (`ready: Sdk`) or whose readiness gates are not all True is `RequestReady`; a Ready one the
+/// game allocated or reserved says so.
+pub fn gated(
+    gs: &GameServer,
+    status: &GameServerStatus,
+    state: ServerState,
+    message: Option<String>,
+    now: Timestamp,
+) -> (ServerState, Option<String>) {
+    if state != ServerState::Ready {
+        return (state, message);
+    }
+    if let Some(constraint) = gs.spec.not_in_service() {
+        let open: Vec<&str> = gs
+            .spec
+            .lifecycle
+            .deletable_gates
+            .iter()
+            .filter(|g| !conditions::is_true(&status.conditions, g))
+            .map(String::as_str)
+            .collect();
+        let why = constraint.message.as_deref().unwrap_or("no longer wanted");
+        let mut waits =
+            if open.is_empty() { String::new() } else { format!("; waiting for deletable gates {}", open.join(", ")) };
+        if let Some(players) = status.holds_players(now) {
+            waits.push_str(&format!("; {players}"));
+        }
+        return (ServerState::Draining, Some(format!("NotInService ({why}){waits}")));
+    }
+    let sdk_state = status.sdk_of_current_pod().and_then(|s| s.state);
+    if gs.spec.lifecycle.ready == ReadyMode::Sdk
+        && !matches!(sdk_state, Some(SdkState::RequestReady | SdkState::Allocated | SdkState::Reserved))
+    {
+        return (ServerState::RequestReady, Some("waiting for the game to call Ready through the SDK".into()));
+    }
+    let open: Vec<&str> = gs
+        .spec
+        .lifecycle
+        .readiness_gates
+        .iter()
+        .filter(|g| !conditions::is_true(&status.conditions, g))
+        .map(String::as_str)
+        .collect();
+    if !open.is_empty() {
+        return (ServerState::RequestReady, Some(format!("waiting for readiness gates {}", open.join(", "))));
+    }
+    (state, message.or_else(|| status.holds_players(now)))
+}
+
+/// Sets the server's state and its Ready condition.
+pub fn report_state(
+    status: &mut GameServerStatus,
+    state: ServerState,
+    message: Option<String>,
+    generation: Option<i64>,
+) {
+    status.state = Some(state);
+    status.message = message;
+    conditions::set(
+        &mut status.conditions,
+        server_types::READY,
+        state == ServerState::Ready,
+        &format!("{state:?}"),
+        status.message.clone().unwrap_or_else(|| format!("{state:?}")),
+        generation,
+    );
+}
+
+/// What to do about the server's pod, given the one the watch shows.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PodStep {
+    /// None exists: make it (once the topology lists the server's ports).
+    Create,
+    /// The old one is going; wait for it.
+    WaitGone,
+    /// It was made from another template: delete it, a new one follows.
+    Replace,
+    /// Its process ended, or the game said through the SDK that it is done or unhealthy:
+    /// delete it, a new one follows; with the state that shows meanwhile and why.
+    Recreate(ServerState, String),
+    /// It is the current one: report from it.
+    Observe,
+}
+
+/// The pod step for `live` when the current template hashes to `hash`, and the game of `gs`
+/// said what `sdk` holds.
+pub fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&SdkStatus>) -> PodStep {
+    let Some(pod) = live else { return PodStep::Create };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodStep::WaitGone;
+    }
+    if pod.annotations().get(TEMPLATE_HASH_ANNOTATION).map(String::as_str) != Some(hash) {
+        return PodStep::Replace;
+    }
+    let status = pod.status.as_ref();
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) {
+        let why = status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
+        return PodStep::Recreate(ServerState::Unhealthy, format!("pod ended ({why}); making a new one"));
+    }
+    match game_ended(gs, sdk, pod) {
+        Some((state, why)) => PodStep::Recreate(state, why),
+        None => PodStep::Observe,
+    }
+}
+
+/// What the game's process said through the SDK that ends its pod: Shutdown, or Unhealthy
+/// when health is checked. Only the pod's own process counts: a replaced pod's last words are
+/// not its successor's.
+fn game_ended(gs: &GameServer, sdk: Option<&SdkStatus>, pod: &Pod) -> Option<(ServerState, String)> {
+    let sdk = sdk.filter(|s| s.said_by(pod.metadata.uid.as_deref()))?;
+    if sdk.state == Some(SdkState::Shutdown) {
+        return Some((ServerState::Shutdown, "the game called Shutdown through the SDK; making a new pod".into()));
+    }
+    let checked = gs.spec.lifecycle.health.is_some_and(|h| !h.disabled);
+    if checked && sdk.health == Some(SdkHealth::Unhealthy) {
+        let health = gs.spec.lifecycle.health.unwrap_or_default();
+        let why = format!(
+            "no health ping through the SDK for {} checks of {}s; making a new pod",
+            health.failure_threshold, health.period_seconds
+        );
+        return Some((ServerState::Unhealthy, why));
+    }
+    None
+}
+
+/// How much longer a routine step (Scheduling, Starting) stays unreported: a step shows once
+/// it has lasted [`START_QUIET`], so a pod that comes up quickly gets one status write, when
+/// it is Ready. `None` when it is due now (Ready and failures always are).
+pub fn quiet_left(state: ServerState, message: Option<&str>, pod: &Pod, now: Timestamp) -> Option<Duration> {
+    if !matches!(state, ServerState::Scheduling | ServerState::Starting) || message.is_some() {
+        return None;
+    }
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "True");
+    let since = match (state, scheduled.and_then(|c| c.last_transition_time.as_ref())) {
+        (ServerState::Starting, Some(t)) => Some(&t.0),
+        _ => pod.metadata.creation_timestamp.as_ref().map(|t| &t.0),
+    };
+    let lasted = now.duration_since(*since?).unsigned_abs();
+    START_QUIET.checked_sub(lasted).filter(|left| !left.is_zero())
+}
+
+/// Sets a state that is not the pod's own (ports, replacement) with why.
+pub fn report_step(status: &mut GameServerStatus, state: ServerState, message: impl Into<String>) {
+    status.state = Some(state);
+    status.message = Some(message.into());
+}
+
+/// The steps of a server: host ports, the pod, status from the pod. Returns what to do next and
+/// whether the status is worth writing now (not right after making a pod: its own events
+/// follow at once).
+/// The Pod of a GameServer: its template plus the allocated ports, their env vars and ownership.
+pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash: &str) -> Result<Pod> {
+    let template = gs.spec.template.clone();
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.name = Some(gs.name_any());
+    metadata.namespace = gs.namespace();
+    metadata.owner_references = gs.controller_owner_ref(&()).map(|o| vec![o]);
+    let labels = metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(SERVER_LABEL.into(), gs.name_any());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+    metadata.annotations.get_or_insert_with(Default::default).insert(TEMPLATE_HASH_ANNOTATION.into(), hash.to_string());
+    let mut spec = template.spec.ok_or_else(|| {
+        Error::invalid(format!("GameServer {}: spec.template.spec", gs.name_any()), "the pod template has no spec")
+    })?;
+    let env: Vec<EnvVar> = port_env(allocations)
+        .into_iter()
+        .map(|(name, value)| EnvVar { name, value: Some(value), ..Default::default() })
+        .collect();
+    for p in pod_ports(allocations) {
+        let container = spec.containers.iter_mut().find(|c| c.name == p.container).ok_or_else(|| {
+            Error::invalid(
+                format!("GameServer {}: ports", gs.name_any()),
+                format!("a port names container {:?}, which the pod does not have", p.container),
+            )
+        })?;
+        container.ports.get_or_insert_with(Vec::new).push(ContainerPort {
+            container_port: i32::from(p.container_port),
+            host_port: p.host_port.map(i32::from),
+            protocol: Some(p.protocol.as_str().into()),
+            ..Default::default()
+        });
+    }
+    for c in &mut spec.containers {
+        c.env.get_or_insert_with(Vec::new).extend(env.iter().cloned());
+    }
+    Ok(Pod { metadata, spec: Some(spec), status: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+
+    fn server() -> GameServer {
+        let zone: GameZone = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
+            "metadata": {"name": "z1", "namespace": "ns", "uid": "u1"},
+            "spec": {"zoneId": 1, "defaultImage": "svc:1",
+                     "services": [{"type": "game", "id": 1, "ports": [{"name": "client", "containerPort": 7777}]}]}
+        }))
+        .unwrap();
+        let mut gs = crate::zone::game_servers(&zone, &[], &Default::default()).unwrap().remove(0);
+        gs.metadata.generation = Some(1);
+        gs
+    }
+
+    fn scheduled(mut pod: Pod, ready: bool) -> Pod {
+        pod.spec.as_mut().unwrap().node_name = Some("node-1".into());
+        let condition = |type_: &str, status: &str| PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        pod.status = Some(PodStatus {
+            phase: Some(if ready { "Running" } else { "Pending" }.into()),
+            pod_ip: ready.then(|| "10.244.1.5".into()),
+            host_ip: Some("10.0.1.1".into()),
+            conditions: Some(vec![
+                condition("PodScheduled", "True"),
+                condition("Ready", if ready { "True" } else { "False" }),
+            ]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_ready_pod_makes_the_status_the_controller_writes() {
+        let gs = server();
+        let pod = scheduled(pod_without_host_ports(&gs).unwrap(), true);
+        let status = ready_status(&gs, &pod).unwrap();
+        assert_eq!(status.state, Some(ServerState::Ready));
+        assert_eq!(status.message, None);
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.pod_name.as_deref(), Some("z1-game-1"));
+        assert_eq!(status.node_name.as_deref(), Some("node-1"));
+        assert_eq!(status.address.as_deref(), Some("10.244.1.5"));
+        assert_eq!(status.node_address.as_deref(), Some("10.0.1.1"));
+        assert_eq!(status.template_hash, Some(server_template_hash(&gs.spec)));
+        assert_eq!(status.ports.len(), 1);
+        assert_eq!((status.ports[0].name.as_str(), status.ports[0].port), ("client", 7777));
+        let conditions: Vec<_> =
+            status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+        assert_eq!(conditions, [(server_types::PORTS_ALLOCATED, "True", "Allocated"), ("Ready", "True", "Ready")]);
+    }
+
+    #[test]
+    fn a_pod_not_ready_is_starting_and_one_unscheduled_says_why() {
+        let gs = server();
+        let pod = scheduled(pod_without_host_ports(&gs).unwrap(), false);
+        let mut status = GameServerStatus::default();
+        assert_eq!(observe_pod(&mut status, &pod, None, "h".into()), (ServerState::Starting, None));
+        assert_eq!(status.node_address.as_deref(), Some("10.0.1.1"), "the pod's host IP when the node has none");
+
+        let mut pending = pod_without_host_ports(&gs).unwrap();
+        pending.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                message: Some("0/3 nodes are available".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, "h".into());
+        assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
+    }
+
+    #[test]
+    fn the_pod_step_follows_the_live_pod() {
+        let gs = server();
+        let hash = server_template_hash(&gs.spec);
+        let current = pod_without_host_ports(&gs).unwrap();
+        assert_eq!(pod_step(None, &hash, &gs, None), PodStep::Create);
+        assert_eq!(pod_step(Some(&current), &hash, &gs, None), PodStep::Observe);
+        assert_eq!(pod_step(Some(&current), "another template", &gs, None), PodStep::Replace);
+        let mut going = current.clone();
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        assert_eq!(pod_step(Some(&going), &hash, &gs, None), PodStep::WaitGone);
+        let mut ended = current.clone();
+        ended.status =
+            Some(PodStatus { phase: Some("Failed".into()), message: Some("OOMKilled".into()), ..Default::default() });
+        assert_eq!(
+            pod_step(Some(&ended), &hash, &gs, None),
+            PodStep::Recreate(ServerState::Unhealthy, "pod ended (OOMKilled); making a new one".into())
+        );
+    }
+
+    fn sdk(state: Option<SdkState>, health: Option<SdkHealth>, pod_uid: Option<&str>) -> SdkStatus {
+        SdkStatus { pod_uid: pod_uid.map(Into::into), state, health, ..Default::default() }
+    }
+
+    #[test]
+    fn the_game_ends_its_pod_by_shutdown_or_missed_pings_only_its_own() {
+        let mut gs = server();
+        let hash = server_template_hash(&gs.spec);
+        let mut pod = pod_without_host_ports(&gs).unwrap();
+        pod.metadata.uid = Some("pod-2".into());
+        let step = |gs: &GameServer, s: SdkStatus| pod_step(Some(&pod), &hash, gs, Some(&s));
+        let shutdown = step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-2")));
+        assert!(matches!(shutdown, PodStep::Recreate(ServerState::Shutdown, _)), "{shutdown:?}");
+        assert_eq!(step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-1"))), PodStep::Observe, "the old pod's");
+        let unhealthy = sdk(None, Some(SdkHealth::Unhealthy), Some("pod-2"));
+        assert_eq!(step(&gs, unhealthy.clone()), PodStep::Observe, "health is not checked for this type");
+        gs.spec.lifecycle.health = Some(Health::default());
+        let replaced = step(&gs, unhealthy.clone());
+        assert!(matches!(&replaced, PodStep::Recreate(ServerState::Unhealthy, why) if why.contains("3 checks of 5s")));
+        gs.spec.lifecycle.health = Some(Health { disabled: true, ..Health::default() });
+        assert_eq!(step(&gs, unhealthy), PodStep::Observe, "health checking turned off");
+    }
+
+    #[test]
+    fn with_ready_sdk_a_ready_pod_waits_for_the_game_and_an_allocated_one_says_so() {
+        let mut gs = server();
+        gs.spec.lifecycle.ready = ReadyMode::Sdk;
+        let mut status = GameServerStatus { pod_uid: Some("pod-2".into()), ..Default::default() };
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None, Timestamp::now());
+        assert_eq!(
+            (state, why.as_deref()),
+            (ServerState::RequestReady, Some("waiting for the game to call Ready through the SDK"))
+        );
+        status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-1")));
+        assert_eq!(
+            gated(&gs, &status, ServerState::Ready, None, Timestamp::now()).0,
+            ServerState::RequestReady,
+            "the old pod's call"
+        );
+        status.sdk = Some(sdk(Some(SdkState::RequestReady), None, Some("pod-2")));
+        assert_eq!(gated(&gs, &status, ServerState::Ready, None, Timestamp::now()), (ServerState::Ready, None));
+        status.sdk = Some(sdk(Some(SdkState::Allocated), None, Some("pod-2")));
+        let (state, why) = gated(&gs, &status, ServerState::Ready, None, Timestamp::now());
+        assert_eq!(state, ServerState::Ready);
+        assert!(why.unwrap().contains("Allocated"));
+        assert_eq!(gated(&gs, &status, ServerState::Starting, None, Timestamp::now()).0, ServerState::Starting);
+    }
+
+    #[test]
+    fn routine_steps_stay_quiet_for_a_while_and_failures_show_at_once() {
+        let gs = server();
+        let mut pod = scheduled(pod_without_host_ports(&gs).unwrap(), false);
+        let now = Timestamp::now();
+        let created =
+            |ago: u64| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now - Duration::from_secs(ago)));
+        pod.metadata.creation_timestamp = created(2);
+        let left = quiet_left(ServerState::Scheduling, None, &pod, now).unwrap();
+        assert!(left <= Duration::from_secs(3) && left > Duration::from_secs(2), "{left:?}");
+        assert_eq!(quiet_left(ServerState::Scheduling, Some("0/3 nodes are available"), &pod, now), None);
+        assert_eq!(quiet_left(ServerState::Ready, None, &pod, now), None);
+        pod.metadata.creation_timestamp = created(10);
+        assert_eq!(quiet_left(ServerState::Scheduling, None, &pod, now), None, "lasted long enough to show");
+    }
+
+    #[test]
+    fn events_mark_what_a_person_looks_for() {
+        let state = |s: ServerState, m: &str| GameServerStatus {
+            state: Some(s),
+            message: Some(m.into()),
+            ..Default::default()
+        };
+        let starting = state(ServerState::Starting, "");
+        assert_eq!(noteworthy(&starting, &state(ServerState::Ready, "")), None);
+        let (warning, reason, note) = noteworthy(&starting, &state(ServerState::Unhealthy, "pod ended")).unwrap();
+        assert_eq!((warning, reason.as_str(), note.as_str()), (true, "Unhealthy", "Unhealthy: pod ended"));
+        let updating = state(ServerState::Updating, "replacing");
+        assert!(!noteworthy(&starting, &updating).unwrap().0);
+        assert_eq!(noteworthy(&updating, &updating), None, "once per change");
+    }
+}
