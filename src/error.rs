@@ -59,6 +59,9 @@ impl From<gamezone_core::Error> for Error {
     fn from(e: gamezone_core::Error) -> Self {
         match e {
             gamezone_core::Error::InvalidSpec { field, message } => Error::InvalidSpec { field, message },
+            gamezone_core::Error::MissingSecret { field, secret, problem, namespace } => {
+                Error::MissingSecret { field, secret, problem, namespace }
+            }
             gamezone_core::Error::Serialization(e) => Error::Serialization(e),
         }
     }

@@ -1,4 +1,4 @@
-//! What building a zone's objects can refuse.
+//! What building a zone's objects, or checking what its spec names, can refuse.
 
 /// Result with the core's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,6 +13,18 @@ pub enum Error {
         field: String,
         /// What is wrong and what to do.
         message: String,
+    },
+    /// A Secret or one of its keys that the spec refers to does not exist.
+    #[error("{field}: Secret {secret:?} {problem}; create it in namespace {namespace:?}")]
+    MissingSecret {
+        /// The field referring to the Secret.
+        field: String,
+        /// Secret name.
+        secret: String,
+        /// "does not exist" or "has no key \"x\"".
+        problem: String,
+        /// Namespace searched.
+        namespace: String,
     },
     /// An object could not be (de)serialized.
     #[error("serialization: {0}")]

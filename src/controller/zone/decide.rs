@@ -1,480 +1,12 @@
-//! What each step of a zone's reconcile decides, as pure functions of the zone, what it wants
-//! and what the watches show: unit-tested without a server.
+//! What the zone controller decides is the core's ([`crate::zone::decide`]); here only what
+//! reads the operator's errors: which reason and message a failed step shows.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
+pub use crate::zone::decide::*;
 
-use crate::api::*;
-use crate::conditions::{self, types};
-use crate::zone::{self as build, hash_of};
-use crate::{Error, Result};
-
-/// A Secret (and maybe one key of it) the zone refers to, with the field that names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretUse {
-    /// JSON path of the referring field, e.g. `spec.mysql.passwordSecretRef`.
-    pub field: String,
-    /// The Secret's name.
-    pub name: String,
-    /// The key that must be in it, when the field names one.
-    pub key: Option<String>,
-}
-
-/// Every Secret the zone refers to.
-pub fn secrets_used(zone: &GameZone) -> Vec<SecretUse> {
-    let mut out = Vec::new();
-    let mut add = |field: String, name: &str, key: Option<&str>| {
-        out.push(SecretUse { field, name: name.to_string(), key: key.map(str::to_string) })
-    };
-    if let Some(m) = &zone.spec.mysql {
-        add("spec.mysql.passwordSecretRef".into(), &m.password_secret_ref.name, Some(&m.password_secret_ref.key));
-    }
-    if let Some(r) = zone.spec.redis.as_ref().and_then(|r| r.password_secret_ref.as_ref()) {
-        add("spec.redis.passwordSecretRef".into(), &r.name, Some(&r.key));
-    }
-    for (i, layer) in zone.spec.artifacts.iter().enumerate() {
-        for (field, r) in build::layer_secret_refs(layer) {
-            add(format!("spec.artifacts[{i}].{field}"), &r.name, None);
-        }
-    }
-    if let Some(edits) = &zone.spec.edits {
-        for key in build::SECRET_KEYS {
-            add("spec.edits.secretRef".into(), &edits.secret_ref.name, Some(key));
-        }
-    }
-    out
-}
-
-/// What is wrong with the Secret `found` for `using`: `None` when it is there with its key.
-pub fn secret_problem(using: &SecretUse, found: Option<&k8s_openapi::api::core::v1::Secret>) -> Option<String> {
-    let Some(secret) = found else { return Some("does not exist".into()) };
-    let key = using.key.as_deref()?;
-    let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
-        || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key));
-    (!has).then(|| format!("has no key {key:?}"))
-}
-
-/// Whether the pins must be resolved now: the artifacts changed since they were resolved, or
-/// `interval` passed.
-pub fn resolve_due(status: &GameZoneStatus, spec_hash: &str, interval: Option<Duration>, now: Timestamp) -> bool {
-    if status.artifacts_hash.as_deref() != Some(spec_hash) {
-        return true;
-    }
-    match (&status.artifacts_resolved_at, interval) {
-        (Some(at), Some(every)) => at.parse::<Timestamp>().map(|t| t + every < now).unwrap_or(true),
-        (None, _) => true,
-        (Some(_), None) => false,
-    }
-}
-
-/// `spec.artifactsInterval` when it is not given.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
-
-/// How often moving references are resolved again; `None` when only spec changes do it. Never
-/// more often than `min`: each resolve is requests to the layers' servers, at the zone author's
-/// word (32 layers every second were 7.5 requests a second at one server).
-pub fn interval(zone: &GameZone, min: Duration) -> Option<Duration> {
-    let every = zone.spec.artifacts_interval.map_or(DEFAULT_INTERVAL, Interval::duration);
-    (!every.is_zero()).then_some(every.max(min))
-}
-
-/// The pinned revisions in layer order.
-pub fn pins_of(status: &GameZoneStatus) -> Vec<String> {
-    status.artifacts.iter().map(|a| a.revision.clone()).collect()
-}
-
-/// A revision as `kubectl get gz` shows it.
-pub fn short(revision: &str) -> String {
-    let r = revision.strip_prefix("sha256:").unwrap_or(revision);
-    r.chars().take(12).collect()
-}
-
-/// The one short revision over all pins.
-pub fn artifact_revision(pins: &[String]) -> String {
-    if pins.len() == 1 { short(&pins[0]) } else { hash_of(&pins)[..12].to_string() }
-}
-
-/// Where the migration Job of the current inputs is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// Still running (or not started).
-    Running,
-    /// Completed.
-    Succeeded,
-    /// Failed, with the Job's reason and message.
-    Failed(String),
-}
-
-/// What the migration Job's conditions say.
-pub fn job_outcome(job: &Job) -> JobOutcome {
-    let conds = job.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let has = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
-    if has("Complete").is_some() {
-        return JobOutcome::Succeeded;
-    }
-    match has("Failed") {
-        Some(f) => JobOutcome::Failed(format!(
-            "{}: {}",
-            f.reason.clone().unwrap_or_default(),
-            f.message.clone().unwrap_or_default()
-        )),
-        None => JobOutcome::Running,
-    }
-}
-
-/// What the migrater said when it failed last: the termination message of the newest failed
-/// pod's `migrate` container, trimmed to its last lines.
-pub fn migrater_said(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
-    let mut failed: Vec<(&k8s_openapi::api::core::v1::Pod, String)> = pods
-        .iter()
-        .filter_map(|p| {
-            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-            let c = statuses.iter().find(|c| c.name == build::MIGRATE_CONTAINER)?;
-            let t = c.state.as_ref()?.terminated.as_ref()?;
-            (t.exit_code != 0).then(|| (p, t.message.clone().unwrap_or_default()))
-        })
-        .filter(|(_, m)| !m.trim().is_empty())
-        .collect();
-    failed.sort_by_key(|(p, _)| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let (_, message) = failed.pop()?;
-    let lines: Vec<&str> = message.trim().lines().collect();
-    let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
-    Some(tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect())
-}
-
-/// Records the migration's outcome in status; true when servers may move to this version.
-pub fn report_migration(status: &mut GameZoneStatus, job_name: &str, hash: &str, outcome: &JobOutcome) -> bool {
-    let generation = status.observed_generation;
-    let previous = status.migration.as_ref().and_then(|m| m.succeeded_hash.clone());
-    let mut m = MigrationStatus {
-        inputs_hash: hash.to_string(),
-        job_name: job_name.to_string(),
-        state: MigrationState::Running,
-        succeeded_hash: previous,
-    };
-    let go_on = match outcome {
-        JobOutcome::Succeeded => {
-            m.state = MigrationState::Succeeded;
-            m.succeeded_hash = Some(hash.to_string());
-            let msg = format!("migration {job_name} succeeded");
-            conditions::set(&mut status.conditions, types::MIGRATED, true, "Succeeded", msg, generation);
-            true
-        }
-        JobOutcome::Failed(why) => {
-            m.state = MigrationState::Failed;
-            let msg = format!(
-                "migration Job {job_name} failed ({why}); running servers are left on the previous version. Fix spec.migration or the database, then edit the zone to retry"
-            );
-            conditions::set(&mut status.conditions, types::MIGRATED, false, "MigrationFailed", msg.clone(), generation);
-            conditions::set(&mut status.conditions, types::READY, false, "MigrationFailed", msg, generation);
-            status.phase = Some(ZonePhase::Degraded);
-            false
-        }
-        JobOutcome::Running => {
-            let msg = format!("migration Job {job_name} is running; servers wait for it");
-            conditions::set(&mut status.conditions, types::MIGRATED, false, "Migrating", msg.clone(), generation);
-            conditions::set(&mut status.conditions, types::READY, false, "Migrating", msg, generation);
-            status.phase = Some(ZonePhase::Migrating);
-            false
-        }
-    };
-    status.migration = Some(m);
-    go_on
-}
-
-/// What the zone does with its servers in one reconcile.
-#[derive(Debug, Default)]
-pub struct ServerPlan {
-    /// Servers to apply (new, changed, drained, or moved to a new template), each with the hash
-    /// of what is applied.
-    pub apply: Vec<(GameServer, String)>,
-    /// Of `apply`, the servers whose drain starts now.
-    pub drains: Vec<String>,
-    /// Servers to delete: no longer wanted, and deletable.
-    pub delete: Vec<String>,
-    /// Servers being drained, each with what it waits for.
-    pub draining: Vec<String>,
-}
-
-/// Why `live` may not be deleted (or have its pod replaced) yet: `None` when it may. A server
-/// that serves no one (its pod is not Ready) may go at once; one the game allocated or
-/// reserved through the SDK stays until it returns to Ready or shuts down, whatever its gates
-/// and `drainTimeout` say; any other that may hold players goes when its deletable gates are
-/// all True, or its drain timed out.
-pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
-    let status = live.status.as_ref();
-    if !serving(live) {
-        return None;
-    }
-    if let Some(players) = status.and_then(|s| s.holds_players(now)) {
-        return Some(format!("waiting for the game to end its match ({players})"));
-    }
-    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let open: Vec<&str> = live
-        .spec
-        .lifecycle
-        .deletable_gates
-        .iter()
-        .filter(|g| !conditions::is_true(conditions, g))
-        .map(String::as_str)
-        .collect();
-    if open.is_empty() {
-        return None;
-    }
-    let since = live.spec.not_in_service().and_then(|c| c.time_added.as_ref()).map(|t| t.0);
-    if let (Some(timeout), Some(since)) = (live.spec.lifecycle.drain_timeout, since)
-        && since + timeout.duration() <= now
-    {
-        return None;
-    }
-    let timeout = live.spec.lifecycle.drain_timeout.map(|t| format!(" (drainTimeout {t})")).unwrap_or_default();
-    Some(format!("waiting for deletable gates {}{timeout}", open.join(", ")))
-}
-
-/// How long servers of a zone deleted at `deleted_at` may still drain before they go anyway;
-/// `None` once the `limit` passed.
-pub fn drain_limit_left(deleted_at: Timestamp, limit: Duration, now: Timestamp) -> Option<Duration> {
-    let ends = deleted_at + limit;
-    (now < ends).then(|| Duration::try_from(ends.duration_since(now)).unwrap_or_default())
-}
-
-/// `live`'s spec with an effective `NotInService` constraint, as the apply that starts its drain.
-fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timestamp) -> GameServer {
-    let mut gs = GameServer::new(&live.name_any(), live.spec.clone());
-    // Only what the operator applies: a live object's version, uid and managed fields are not.
-    let from = &metadata_from.metadata;
-    gs.metadata.namespace = from.namespace.clone();
-    gs.metadata.labels = from.labels.clone();
-    gs.metadata.owner_references = from.owner_references.clone();
-    gs.spec.constraints.retain(|c| c.type_ != NOT_IN_SERVICE);
-    gs.spec.constraints.push(Constraint {
-        type_: NOT_IN_SERVICE.into(),
-        effective: Some(true),
-        message: Some(why.into()),
-        time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
-    });
-    gs
-}
-
-/// Whether `live`'s pod may hold players: it is Ready, or was when its drain began.
-fn serving(live: &GameServer) -> bool {
-    matches!(
-        live.status.as_ref().and_then(|s| s.state),
-        Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
-    )
-}
-
-/// Whether replacing or deleting `live` needs a drain first: its pod may hold players and
-/// something will say when they left (deletable gates, or the game's SDK state while it is
-/// allocated or reserved). Without either it goes at once.
-fn needs_drain(live: &GameServer, now: Timestamp) -> bool {
-    let allocated = live.status.as_ref().and_then(|s| s.holds_players(now)).is_some();
-    serving(live) && (allocated || !live.spec.lifecycle.deletable_gates.is_empty())
-}
-
-/// Whether `live` serves players now: Ready, not drained, and its status speaks of the spec it
-/// has (`observedGeneration`). A server just given a new template still shows its old pod's
-/// Ready until the server controller reports on the new one; counted available then, a second
-/// server would be taken out beside it.
-fn available(live: Option<&&GameServer>) -> bool {
-    live.is_some_and(|l| {
-        let status = l.status.as_ref();
-        l.spec.not_in_service().is_none()
-            && status.and_then(|s| s.state) == Some(ServerState::Ready)
-            && status.and_then(|s| s.observed_generation) == l.metadata.generation
-    })
-}
-
-/// The apply of `gs`, unless this process applied the same moments ago (the watch may lag its
-/// own writes).
-fn apply_of(gs: GameServer, applied_recently: &impl Fn(&GameServer, &str) -> bool) -> Option<(GameServer, String)> {
-    let hash = hash_of(&(&gs.spec, &gs.metadata.labels));
-    (!applied_recently(&gs, &hash)).then_some((gs, hash))
-}
-
-/// Plans the zone's servers: new and changed ones are applied; one whose template changed is
-/// drained first, at most `maxUnavailable` of a service type out at once (`strategies` by
-/// type); one no longer wanted is drained, then deleted once deletable. A server without
-/// deletable gates, or serving no one, needs no drain. Players are never kicked.
-pub fn plan_servers(
-    wanted: &[GameServer],
-    live: &BTreeMap<String, &GameServer>,
-    strategies: &BTreeMap<String, UpdateStrategy>,
-    now: Timestamp,
-    applied_recently: impl Fn(&GameServer, &str) -> bool,
-) -> ServerPlan {
-    let mut plan = ServerPlan::default();
-    let wanted_names: BTreeSet<String> = wanted.iter().map(|g| g.name_any()).collect();
-    // Out of service per type, and what each type may still take out.
-    let mut budget: BTreeMap<&str, isize> = BTreeMap::new();
-    for type_ in wanted.iter().map(|g| g.spec.type_.as_str()).collect::<BTreeSet<_>>() {
-        let of_type: Vec<&GameServer> = wanted.iter().filter(|g| g.spec.type_ == type_).collect();
-        let out = of_type.iter().filter(|g| !available(live.get(&g.name_any()))).count();
-        let max = strategies.get(type_).cloned().unwrap_or_default().max_unavailable(of_type.len()).unwrap_or(1);
-        budget.insert(type_, max as isize - out as isize);
-    }
-    for want in wanted {
-        let name = want.name_any();
-        let Some(l) = live.get(&name) else {
-            plan.apply.extend(apply_of(want.clone(), &applied_recently));
-            continue;
-        };
-        if l.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let same_template = build::same_template(&l.spec, &want.spec);
-        let drained_and_deletable = l.spec.not_in_service().is_some() && not_deletable(l, now).is_none();
-        if same_template || drained_and_deletable {
-            // In place, or drained and deletable: the new template may replace its pod.
-            if l.spec != want.spec || l.metadata.labels != want.metadata.labels {
-                plan.apply.extend(apply_of(want.clone(), &applied_recently));
-            }
-            continue;
-        }
-        if let Some(why) = l.spec.not_in_service().and(not_deletable(l, now)) {
-            plan.draining.push(format!("{name}: {why}"));
-            continue;
-        }
-        // A new template for a server that has not been drained.
-        let left = budget.get_mut(want.spec.type_.as_str()).expect("every wanted type has a budget");
-        let takes_one = available(Some(l));
-        if takes_one && *left <= 0 {
-            plan.draining.push(format!("{name}: waiting for its turn to update (maxUnavailable)"));
-            continue;
-        }
-        if takes_one {
-            *left -= 1;
-        }
-        if needs_drain(l, now) {
-            // Marked first, even when its gates are True now: the game hears of it, and the
-            // gates count from then on.
-            plan.drains.push(name.clone());
-            plan.apply.extend(apply_of(drained(l, want, "updating to a new template", now), &applied_recently));
-        } else {
-            plan.apply.extend(apply_of(want.clone(), &applied_recently));
-        }
-    }
-    for (name, l) in live {
-        if wanted_names.contains(name) || l.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        match (l.spec.not_in_service().is_some(), not_deletable(l, now)) {
-            (false, _) if !needs_drain(l, now) => plan.delete.push(name.clone()),
-            (true, None) => plan.delete.push(name.clone()),
-            (true, Some(why)) => plan.draining.push(format!("{name}: {why}")),
-            (false, _) => {
-                plan.drains.push(name.clone());
-                let gs = drained(l, l, "no longer in spec.services", now);
-                plan.apply.extend(apply_of(gs, &applied_recently));
-            }
-        }
-    }
-    plan
-}
-
-/// The live objects no longer wanted and not yet being deleted.
-pub fn to_delete<'a, K: kube::Resource>(wanted: &BTreeSet<String>, live: &'a [Arc<K>]) -> Vec<&'a K> {
-    live.iter()
-        .filter(|o| !wanted.contains(&o.name_any()) && o.meta().deletion_timestamp.is_none())
-        .map(|o| o.as_ref())
-        .collect()
-}
-
-/// How many wanted servers are Ready on their current template, and what the others wait for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Readiness {
-    /// Servers wanted.
-    pub desired: usize,
-    /// Of those, Ready on the current template.
-    pub ready: usize,
-    /// The first few not Ready, as `name State: why`.
-    pub waiting: Vec<String>,
-}
-
-/// How many of the first waiting servers a zone's status names.
-const WAITING_SHOWN: usize = 5;
-
-/// The zone's readiness: an instance counts once it is Ready on the current template.
-pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) -> Readiness {
-    let mut waiting = Vec::new();
-    let mut ready = 0;
-    for want in wanted {
-        let status = live.get(&want.name_any()).and_then(|l| l.status.as_ref());
-        let current = status.is_some_and(|s| {
-            s.state == Some(ServerState::Ready)
-                && s.template_hash.as_deref() == Some(build::server_template_hash(&want.spec).as_str())
-        });
-        if current {
-            ready += 1;
-        } else if waiting.len() < WAITING_SHOWN {
-            let state = status.and_then(|s| s.state).map(|s| format!("{s:?}")).unwrap_or_else(|| "Pending".into());
-            let why = status.and_then(|s| s.message.clone()).map(|m| format!(": {m}")).unwrap_or_default();
-            waiting.push(format!("{} {state}{why}", want.name_any()));
-        }
-    }
-    Readiness { desired: wanted.len(), ready, waiting }
-}
-
-/// Reports the servers' readiness and drains: counts, `ServersReady`, `Ready` and the phase.
-pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness, draining: &[String]) {
-    let generation = status.observed_generation;
-    status.desired_servers = r.desired as i32;
-    status.ready_servers = r.ready as i32;
-    status.ready_text = Some(format!("{}/{}", r.ready, r.desired));
-    let drains = if draining.is_empty() {
-        String::new()
-    } else {
-        let mut shown: Vec<&str> = draining.iter().take(WAITING_SHOWN).map(String::as_str).collect();
-        if draining.len() > WAITING_SHOWN {
-            shown.push("…");
-        }
-        format!("; draining {}", shown.join("; "))
-    };
-    if r.ready == r.desired && draining.is_empty() {
-        let msg = format!("{} of {} instances Ready", r.ready, r.desired);
-        conditions::set(&mut status.conditions, types::SERVERS_READY, true, "AllReady", msg, generation);
-        conditions::set(&mut status.conditions, types::READY, true, "Ready", "the zone is up", generation);
-        status.phase = Some(ZonePhase::Running);
-    } else {
-        let waiting =
-            if r.waiting.is_empty() { String::new() } else { format!("; waiting for {}", r.waiting.join(", ")) };
-        let msg = format!("{} of {} instances Ready{waiting}{drains}", r.ready, r.desired);
-        conditions::set(&mut status.conditions, types::SERVERS_READY, false, "Deploying", msg.clone(), generation);
-        conditions::set(&mut status.conditions, types::READY, false, "Deploying", msg, generation);
-        status.phase = Some(ZonePhase::Deploying);
-    }
-}
-
-/// The step of a zone's reconcile that failed, which names the condition that reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Checking the spec and the Secrets it names.
-    Check,
-    /// Pinning the artifacts.
-    Pin,
-    /// Running the migration.
-    Migrate,
-    /// Holding ports, writing the topology, applying servers and Services.
-    Serve,
-}
-
-impl Step {
-    /// The condition a failure of this step shows in, besides `Ready`.
-    fn condition(self) -> Option<&'static str> {
-        match self {
-            Step::Check => None,
-            Step::Pin => Some(types::ARTIFACTS_READY),
-            Step::Migrate => Some(types::MIGRATED),
-            Step::Serve => Some(types::SERVERS_READY),
-        }
-    }
-}
+use crate::Error;
+use crate::api::GameZoneStatus;
 
 /// The reason a failure shows with: the error's own, except that a transient failure to reach
 /// an artifact source is `FetchFailed`.
@@ -489,120 +21,54 @@ pub fn failure_reason(err: &Error) -> &'static str {
 /// transient failure, that it is retried and when. A failure a person must fix marks the zone
 /// Degraded; a transient one leaves the phase as it was.
 pub fn report_failure(status: &mut GameZoneStatus, step: Step, err: &Error, retry_in: Duration) {
-    let generation = status.observed_generation;
-    let reason = failure_reason(err);
     let message = if err.is_user_error() {
         err.to_string()
     } else {
         format!("{err}; retrying in {}s", retry_in.as_secs().max(1))
     };
-    if let Some(condition) = step.condition() {
-        conditions::set(&mut status.conditions, condition, false, reason, message.clone(), generation);
-    }
-    conditions::set(&mut status.conditions, types::READY, false, reason, message, generation);
-    if err.is_user_error() {
-        status.phase = Some(ZonePhase::Degraded);
-    }
-}
-
-/// Reports a deletion under way: phase Terminating and what it still waits for.
-pub fn report_terminating(status: &mut GameZoneStatus, waiting_for: &str) {
-    let generation = status.observed_generation;
-    status.phase = Some(ZonePhase::Terminating);
-    let msg = format!("the zone is being deleted; waiting for {waiting_for}");
-    conditions::set(&mut status.conditions, types::READY, false, "Terminating", msg, generation);
-}
-
-/// The first few `servers` by name, for a message.
-pub fn some_names(servers: &[Arc<GameServer>]) -> String {
-    let mut names: Vec<String> = servers.iter().map(|s| s.name_any()).collect();
-    names.sort();
-    let more = names.len().saturating_sub(WAITING_SHOWN);
-    names.truncate(WAITING_SHOWN);
-    let mut text = names.join(", ");
-    if more > 0 {
-        text.push_str(&format!(" and {more} more"));
-    }
-    text
-}
-
-/// The conditions that changed between `before` and `after` (status or reason), `Ready` first:
-/// what one Event per transition tells. `None` when nothing changed; else whether it is a
-/// warning, the reason and the note.
-pub fn transition(before: &GameZoneStatus, after: &GameZoneStatus) -> Option<(bool, String, String)> {
-    let changed: Vec<_> = after
-        .conditions
-        .iter()
-        .filter(|c| {
-            let old = before.conditions.iter().find(|o| o.type_ == c.type_);
-            old.map(|o| (&o.status, &o.reason)) != Some((&c.status, &c.reason))
-        })
-        .collect();
-    // The Ready condition's reason says where the zone is; otherwise the first change's.
-    let lead = changed.iter().find(|c| c.type_ == types::READY).or(changed.first())?;
-    let warning = changed.iter().any(|c| {
-        c.status == "False" && !matches!(c.reason.as_str(), "Migrating" | "Deploying" | "Resolving" | "Terminating")
-    });
-    let note: Vec<String> = changed.iter().map(|c| format!("{}: {}", c.type_, c.message)).collect();
-    Some((warning, lead.reason.clone(), note.join("; ")))
-}
-
-/// Exposed Services' external addresses, for status.
-pub fn endpoints(services: &[Arc<Service>]) -> Vec<Endpoint> {
-    services
-        .iter()
-        .filter(|s| s.spec.as_ref().and_then(|sp| sp.type_.as_deref()).is_some_and(|t| t != "ClusterIP"))
-        .map(|s| {
-            let ingress = s
-                .status
-                .as_ref()
-                .and_then(|st| st.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .and_then(|i| i.first().cloned());
-            let ports = s.spec.as_ref().and_then(|sp| sp.ports.clone()).unwrap_or_default();
-            Endpoint {
-                service: s.name_any(),
-                address: ingress.and_then(|i| i.ip.or(i.hostname)),
-                hostname: s.annotations().get("external-dns.alpha.kubernetes.io/hostname").cloned(),
-                ports: ports
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}:{}/{}",
-                            p.name.clone().unwrap_or_default(),
-                            p.node_port.unwrap_or(p.port),
-                            p.protocol.clone().unwrap_or_else(|| "TCP".into())
-                        )
-                    })
-                    .collect(),
-            }
-        })
-        .collect()
-}
-
-/// Whether `zone` names the Secret `secret` (the trigger of a Secret watch).
-pub fn names_secret(zone: &GameZone, secret: &str) -> bool {
-    secrets_used(zone).iter().any(|u| u.name == secret)
-}
-
-/// Fails on the first Secret that is missing or lacks its key.
-pub fn check_secrets<'a>(
-    namespace: &str,
-    uses: &[SecretUse],
-    found: impl Fn(&str) -> Option<&'a k8s_openapi::api::core::v1::Secret>,
-) -> Result<()> {
-    for using in uses {
-        if let Some(problem) = secret_problem(using, found(&using.name)) {
-            return Err(Error::MissingSecret {
-                field: using.field.clone(),
-                secret: using.name.clone(),
-                problem,
-                namespace: namespace.to_string(),
-            });
-        }
-    }
-    Ok(())
+    report_step_failure(status, step, failure_reason(err), message, err.is_user_error());
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::api::ZonePhase;
+    use crate::conditions::{self, types};
+
+    fn condition<'a>(status: &'a GameZoneStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).expect("the condition");
+        (&c.status, &c.reason, &c.message)
+    }
+
+    #[test]
+    fn a_transient_failure_shows_in_its_condition_with_when_it_is_retried() {
+        let mut status =
+            GameZoneStatus { observed_generation: Some(3), phase: Some(ZonePhase::Running), ..Default::default() };
+        // An older, fixed error must not linger.
+        conditions::set(&mut status.conditions, types::READY, false, "SecretNotFound", "old", Some(2));
+        let unreachable = Error::Artifacts(gamezone_init::Error::Transient {
+            layer: 0,
+            src: "git https://g/x.git".into(),
+            message: "connection refused".into(),
+            attempts: 5,
+        });
+        report_failure(&mut status, Step::Pin, &unreachable, Duration::from_secs(5));
+        let (ok, reason, message) = condition(&status, types::ARTIFACTS_READY);
+        assert_eq!((ok, reason), ("False", "FetchFailed"));
+        assert!(message.contains("connection refused") && message.ends_with("retrying in 5s"), "{message}");
+        assert_eq!(condition(&status, types::READY).1, "FetchFailed", "Ready says the current truth");
+        assert_eq!(status.phase, Some(ZonePhase::Running), "a transient failure needs no person");
+
+        let missing = Error::MissingSecret {
+            field: "spec.mysql.passwordSecretRef".into(),
+            secret: "db".into(),
+            problem: "does not exist".into(),
+            namespace: "ns".into(),
+        };
+        report_failure(&mut status, Step::Check, &missing, Duration::from_secs(120));
+        let (_, reason, message) = condition(&status, types::READY);
+        assert_eq!(reason, "SecretNotFound");
+        assert!(!message.contains("retrying"), "a user error waits for a fix: {message}");
+        assert_eq!(status.phase, Some(ZonePhase::Degraded));
+    }
+}

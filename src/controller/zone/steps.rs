@@ -112,7 +112,7 @@ pub async fn check_secrets(zone: &GameZone, ctx: &Context) -> Result<()> {
             found.insert(name.to_string(), secret);
         }
     }
-    decide::check_secrets(&ns, &uses, |name| found.get(name))
+    Ok(decide::check_secrets(&ns, &uses, |name| found.get(name))?)
 }
 
 /// Resolves moving references when the artifacts changed or the interval passed; returns the

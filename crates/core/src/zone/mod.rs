@@ -3,6 +3,7 @@
 
 mod build;
 mod children;
+pub mod decide;
 mod edits;
 mod names;
 mod sdk;
