@@ -24,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin gamezone --bin gamezone-init \
-    && cargo build --profile sidecar --locked --bin gamezone-sdk \
+    && cargo build --profile sidecar --locked -p gamezone-sdk --bin gamezone-sdk \
     && install -D -m 0755 -t /out target/release/gamezone target/sidecar/gamezone-sdk target/release/gamezone-init
 # Fail here, not at run time, if a binary needs a shared library the runtime image lacks.
 RUN for bin in /out/gamezone /out/gamezone-sdk /out/gamezone-init; do \

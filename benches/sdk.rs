@@ -275,10 +275,11 @@ fn main() {
     let file = dir.path().join("gameserver.yaml");
     std::fs::write(&file, format!("{BENCH_SERVER}status: {{state: Ready}}\n")).unwrap();
     let local = ["--local".as_ref(), "-f".as_ref(), file.as_os_str()];
-    let sdk_bin = sidecar_profile_binary();
+    let sdk_bin = sdk_binary("sidecar");
     let sdk_bin = sdk_bin.to_str().expect("a UTF-8 target dir");
+    let release_bin = sdk_binary("release");
     let release =
-        footprint(seconds, "local, gamezone-sdk, release profile", env!("CARGO_BIN_EXE_gamezone-sdk"), &local);
+        footprint(seconds, "local, gamezone-sdk, release profile", release_bin.to_str().expect("UTF-8"), &local);
     against_operator_mode(seconds, "local", sdk_bin, &local);
     println!("sdk footprint: local, {:.1} MiB idle for the release profile", mib(release));
 
@@ -316,19 +317,19 @@ fn against_operator_mode(seconds: u64, place: &str, sdk_bin: &str, args: &[&std:
     );
 }
 
-/// `gamezone-sdk` as images hold it: the `sidecar` profile (Cargo.toml), built here when stale
-/// (minutes the first time: every dependency in that profile).
-fn sidecar_profile_binary() -> std::path::PathBuf {
+/// `gamezone-sdk` built with `profile`: `sidecar` (Cargo.toml) is what images hold. Built here
+/// when stale (minutes the first time: every dependency in that profile).
+fn sdk_binary(profile: &str) -> std::path::PathBuf {
     let target = common::target_dir();
-    eprintln!("cargo build --profile sidecar --bin gamezone-sdk (the image's sidecar)");
+    eprintln!("cargo build --profile {profile} -p gamezone-sdk");
     let built = common::outside_cargo(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--profile", "sidecar", "--locked", "-q", "-p", "gamezone", "--bin", "gamezone-sdk"])
+        .args(["build", "--profile", profile, "--locked", "-q", "-p", "gamezone-sdk", "--bin", "gamezone-sdk"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .expect("run cargo");
-    assert!(built.success(), "cargo build --profile sidecar --bin gamezone-sdk failed");
-    target.join("sidecar").join("gamezone-sdk")
+    assert!(built.success(), "cargo build --profile {profile} -p gamezone-sdk failed");
+    target.join(profile).join("gamezone-sdk")
 }
 
 /// The CRDs, a namespace and the GameServer the in-cluster sidecar serves.

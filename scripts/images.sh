@@ -60,7 +60,7 @@ build_binaries() {
   say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server), --profile $SDK_PROFILE (gamezone-sdk) into $CARGO_TARGET_DIR"
   (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
     --bin gamezone-init -p game-server --bin game-server &&
-    cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone --bin gamezone-sdk) >&2
+    cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone-sdk --bin gamezone-sdk) >&2
 }
 
 # "NAME ARCHIVE" for every image.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The crates' dependencies say the architecture; this checks what the compiler cannot: that the
-# API types and the core build without a Kubernetes client, a runtime or libgit2.
+# API types and the core build without a Kubernetes client, a runtime or libgit2, and that the SDK
+# sidecar (in every game pod) builds without the operator and without the fetcher.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,3 +21,4 @@ forbid() {
 
 forbid gamezone-api kube-client kube-runtime tokio git2 object_store reqwest
 forbid gamezone-core kube-client kube-runtime tokio git2 object_store reqwest
+forbid gamezone-sdk gamezone gamezone-init gamezone-core git2 object_store reqwest

@@ -11,9 +11,9 @@ use kube::ResourceExt;
 use crate::api::GameZone;
 use crate::controller;
 use crate::controller::leader::{self, LeaseConfig};
-use crate::telemetry::LogFormat;
 use crate::webhook::{self, FeatureGates};
 use crate::zone::{self, BuildConfig};
+use gamezone_telemetry::LogFormat;
 
 /// GameZone: one object in, a running game zone out.
 #[derive(Debug, Parser)]
@@ -35,7 +35,7 @@ enum Command {
     /// Print, offline, every object a GameZone file would create.
     Render(RenderArgs),
     /// Run the SDK sidecar of a game server pod (Agones and Carrier clients work unchanged).
-    Sdk(SdkArgs),
+    Sdk(gamezone_sdk::cli::SdkArgs),
     /// Live edits of a test zone: status, reset, save to git (and `serve`, the share's process).
     #[command(subcommand)]
     Edits(EditsCommand),
@@ -98,66 +98,6 @@ struct EditsTarget {
     /// Kubeconfig to use; $KUBECONFIG or in-cluster config when empty.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-}
-
-/// `gamezone-sdk`: the SDK sidecar in a binary of its own, what game pods run; the same flags as
-/// `gamezone sdk`. Every game pod maps it, so it holds only the sidecar, not the operator.
-#[derive(Debug, Parser)]
-#[command(name = "gamezone-sdk", version)]
-pub struct SdkCli {
-    /// Log format.
-    #[arg(long, value_enum, default_value = "auto", env = "GAMEZONE_LOG_FORMAT")]
-    pub log_format: LogFormat,
-    #[command(flatten)]
-    sdk: SdkArgs,
-}
-
-impl SdkCli {
-    /// The sidecar's runtime: one thread (it serves one process; fewer stacks and arenas).
-    pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-        one_thread()
-    }
-
-    /// Serves the SDK until the pod ends.
-    pub async fn run(self) -> anyhow::Result<()> {
-        sdk(self.sdk).await
-    }
-}
-
-#[derive(Debug, clap::Args)]
-struct SdkArgs {
-    /// gRPC port, on loopback.
-    #[arg(long, default_value_t = crate::sdk::GRPC_PORT, env = "GAMEZONE_SDK_GRPC_PORT")]
-    grpc_port: u16,
-    /// REST port, on loopback.
-    #[arg(long, default_value_t = crate::sdk::HTTP_PORT, env = "GAMEZONE_SDK_HTTP_PORT")]
-    http_port: u16,
-    /// Serve without a cluster: the GameServer lives in memory (from --file), every call is logged.
-    #[arg(long)]
-    local: bool,
-    /// With --local: a GameServer YAML or JSON file, watched for edits; a default server when absent.
-    #[arg(short = 'f', long, requires = "local")]
-    file: Option<PathBuf>,
-    /// With --local: a WebhookConfiguration YAML or JSON file, watched for edits; its webhooks
-    /// (by `url`) are polled and set the server's gates as in a cluster.
-    #[arg(long, requires = "local")]
-    webhooks: Option<PathBuf>,
-    /// Kubeconfig to use outside a cluster; in-cluster config when empty.
-    #[arg(long, conflicts_with = "local")]
-    kubeconfig: Option<PathBuf>,
-    /// The GameServer this sidecar serves (the pod's server, from the downward API).
-    #[arg(long, env = "GAMEZONE_SERVER", required_unless_present = "local")]
-    server: Option<String>,
-    /// Its namespace.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    namespace: String,
-    /// UID of the pod this sidecar runs in (downward API), written with what the game says so
-    /// the operator never takes a replaced pod's words for its successor's.
-    #[arg(long, env = "GAMEZONE_POD_UID", conflicts_with = "local")]
-    pod_uid: Option<String>,
-    /// The artifacts volume, read-only: the digest of its current tree is shown to the game.
-    #[arg(long, env = "GAMEZONE_ARTIFACTS_DIR")]
-    artifacts_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -372,7 +312,7 @@ impl Cli {
                 Ok(())
             }
             Command::Run(args) => run(*args).await,
-            Command::Sdk(args) => sdk(args).await,
+            Command::Sdk(args) => gamezone_sdk::cli::run(args).await,
             Command::Edits(cmd) => edits(cmd).await,
         }
     }
@@ -412,7 +352,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         check_every: Duration::from_secs(w.webhook_check_interval.max(1)),
         watch_namespace: args.namespace.clone(),
     };
-    let mut config = kube_config(args.kubeconfig.as_deref()).await?;
+    let mut config = gamezone_sdk::cli::kube_config(args.kubeconfig.as_deref()).await?;
     let port_ranges =
         args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
     // The API server's audit log then tells replicas apart.
@@ -456,34 +396,6 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     .await
 }
 
-async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
-    let mode = if args.local {
-        crate::sdk::Mode::Local { file: args.file, webhooks: args.webhooks }
-    } else {
-        let name = args.server.context("--server (GAMEZONE_SERVER) names the GameServer to serve")?;
-        let mut config = kube_config(args.kubeconfig.as_deref()).await?;
-        let agent = format!("gamezone-sdk/{} ({}/{name})", env!("CARGO_PKG_VERSION"), args.namespace);
-        config.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_str(&agent)
-                .with_context(|| format!("--server {name:?} is not valid in a header"))?,
-        ));
-        crate::sdk::Mode::Cluster {
-            client: kube::Client::try_from(config)?,
-            namespace: args.namespace,
-            name,
-            pod_uid: args.pod_uid,
-        }
-    };
-    crate::sdk::run(crate::sdk::Config {
-        mode,
-        grpc_port: args.grpc_port,
-        http_port: args.http_port,
-        artifacts_dir: args.artifacts_dir,
-    })
-    .await
-}
-
 async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
     use crate::edits::client::EditsApi;
     let target = match &cmd {
@@ -501,7 +413,7 @@ async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
         }
         EditsCommand::Status(t) | EditsCommand::Reset(t) | EditsCommand::Save { target: t, .. } => t,
     };
-    let config = kube_config(target.kubeconfig.as_deref()).await?;
+    let config = gamezone_sdk::cli::kube_config(target.kubeconfig.as_deref()).await?;
     let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = kube::Client::try_from(config)?;
     let zone = kube::Api::<GameZone>::namespaced(client.clone(), &ns)
@@ -549,20 +461,6 @@ async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
 
 fn target_zone(zone: &GameZone) -> String {
     zone.name_any()
-}
-
-/// The client config from `--kubeconfig`, else in-cluster config or $KUBECONFIG.
-async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    Ok(match path {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
-    })
 }
 
 /// `--revisions`: a JSON list of revision strings, or `gamezone-init resolve`'s output.

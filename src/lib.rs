@@ -1,9 +1,9 @@
 //! GameZone: a Kubernetes operator that turns one `GameZone` object into a complete, running game zone.
 //!
-//! Layout: [`api`] is the `gamezone-api` crate, the resource types (no client code); [`ports`] the
-//! pure port allocator; [`zone`] builds a zone's child objects offline (used by both the
-//! controller and `render`); [`controller`] holds the zone and server reconcilers and their
-//! runtime wiring.
+//! The operator: the runtime, the reconcilers' requests, the one writer, the webhook and edits
+//! servers and the command line. What it decides is [`gamezone_core`] (re-exported as [`zone`],
+//! [`ports`], [`server`], [`placement`], [`conditions`], [`key`]); the resource types are
+//! [`gamezone_api`] ([`api`]); the SDK sidecar is [`gamezone_sdk`] ([`sdk`]).
 #![forbid(unsafe_code)]
 
 pub use gamezone_api as api;
@@ -13,6 +13,6 @@ mod error;
 pub use error::{Error, Result};
 pub mod controller;
 pub mod edits;
-pub mod sdk;
-pub mod telemetry;
+pub use gamezone_sdk as sdk;
+pub use gamezone_telemetry as telemetry;
 pub mod webhook;

@@ -1,4 +1,4 @@
-//! The gRPC code in `src/sdk/proto/` is generated from `proto/` and committed, so building the
+//! The gRPC code in `crates/sdk/src/proto/` is generated from `proto/` and committed, so building the
 //! operator needs no `protoc`. This test regenerates it (it needs `protoc`, installed by
 //! `scripts/setup.sh`) and fails when the committed code is stale;
 //! `GAMEZONE_REGENERATE=1 cargo test --test sdk_proto` rewrites it.
@@ -22,7 +22,7 @@ fn committed_grpc_code_matches_the_protos() {
     let mut stale = Vec::new();
     for name in ["agones.dev.sdk.rs", "carrier.dev.sdk.rs"] {
         let fresh = std::fs::read_to_string(out.path().join(name)).unwrap();
-        let committed_path = root.join("src/sdk/proto").join(name);
+        let committed_path = root.join("crates/sdk/src/proto").join(name);
         let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
         if fresh != committed {
             if std::env::var_os("GAMEZONE_REGENERATE").is_some() {

@@ -21,10 +21,7 @@ use crate::state::{self, EditsState, LayerSummary, State};
 use crate::tree::{Limits, TreeWriter};
 use crate::{Result, lock, paths};
 
-/// The symlink in the destination root that points at the live tree.
-pub const CURRENT: &str = "current";
-/// Directory in the destination root that holds built trees and staging directories.
-pub const TREES: &str = ".trees";
+pub use gamezone_api::artifacts::{CURRENT, TREES};
 /// Directory in the destination root for caches (git objects).
 pub const CACHE: &str = ".cache";
 

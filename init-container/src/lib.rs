@@ -1,6 +1,6 @@
 //! Layers artifacts (git, S3-compatible, Perforce exports, local folders) into a directory tree,
 //! pinned to exact revisions, swapped in atomically. No Kubernetes client in here: the operator
-//! reuses [`plan`] in its API and [`resolve::resolve`] to pin revisions; the init-container binary
+//! reuses [`resolve::resolve`] to pin revisions (the layer types are the API's, see [`plan`]); the init-container binary
 //! calls [`apply::apply`]. See README.md for the destination layout and semantics.
 #![forbid(unsafe_code)]
 

@@ -300,13 +300,7 @@ async fn shutdown() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let tty = std::io::stderr().is_terminal();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if tty {
-        fmt.init()
-    } else {
-        fmt.json().flatten_event(true).with_current_span(false).init()
-    }
+    gamezone_telemetry::init(gamezone_telemetry::LogFormat::Auto);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

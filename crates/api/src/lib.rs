@@ -2,6 +2,7 @@
 //! carries, and the artifact layer types. No client, no runtime: anyone who wants the types
 //! compiles only these and Kubernetes' own.
 
+pub mod artifacts;
 pub mod conditions;
 mod edits;
 mod gameserver;

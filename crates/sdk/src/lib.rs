@@ -1,4 +1,4 @@
-//! The SDK sidecar (`gamezone sdk`): the API a game process calls to say it is ready, alive,
+//! The SDK sidecar (`gamezone-sdk`, also `gamezone sdk`): the API a game process calls to say it is ready, alive,
 //! allocated or done, and to label its server. Agones' and Carrier's clients work unchanged:
 //! gRPC ([`grpc`]) and REST ([`http`]) speak their wire APIs, on the pod's loopback only.
 //!
@@ -17,6 +17,7 @@
 //! ([`artifacts`]).
 
 pub mod artifacts;
+pub mod cli;
 pub mod cluster;
 pub mod gates;
 pub mod grpc;
@@ -29,7 +30,7 @@ pub mod wanted;
 pub mod webhooks;
 pub mod writer;
 
-/// Code generated from `proto/` (see `tests/sdk_proto.rs`).
+/// Code generated from `proto/` (see the operator's `tests/sdk_proto.rs`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
     /// Agones' SDK service and messages.
@@ -42,6 +43,7 @@ pub mod proto {
     }
 }
 
+use gamezone_api as api;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;

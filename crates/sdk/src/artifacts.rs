@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gamezone_init::apply::{CURRENT, TREES};
+use gamezone_api::artifacts::{CURRENT, TREES};
 
 use super::writer::Sdk;
 
@@ -28,7 +28,7 @@ fn current_tree(dir: &Path) -> Option<String> {
 /// init-container writes it right after the swap).
 pub fn digest(dir: &Path) -> Option<String> {
     let tree = current_tree(dir)?;
-    let state = gamezone_init::state::read(dir)?;
+    let state = gamezone_api::artifacts::read(dir)?;
     (state.tree == tree).then_some(state.tree_digest)
 }
 
@@ -62,7 +62,7 @@ mod tests {
         std::fs::rename(&tmp, dir.join(CURRENT)).unwrap();
         let state = serde_json::json!({"layers": [], "revisions": [], "tree": tree, "treeDigest": digest,
                                        "files": 0, "bytes": 0, "appliedAt": "2026-12-01T00:00:00Z"});
-        std::fs::write(dir.join(gamezone_init::state::STATE_FILE), state.to_string()).unwrap();
+        std::fs::write(dir.join(gamezone_api::artifacts::STATE_FILE), state.to_string()).unwrap();
     }
 
     fn shown(gs: &GameServer) -> Option<&str> {

@@ -371,17 +371,17 @@ mod tests {
 
     #[tokio::test]
     async fn https_trusts_the_ca_bundle_and_only_it() {
-        let bundle = crate::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
-        let slot = Arc::new(crate::webhook::tls::CertSlot::default());
+        let bundle = gamezone::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
+        let slot = Arc::new(gamezone::webhook::tls::CertSlot::default());
         slot.load(&bundle).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        crate::webhook::server::serve_router(addr, slot, routes()).await.unwrap();
+        gamezone::webhook::server::serve_router(addr, slot, routes()).await.unwrap();
         let url = format!("https://localhost:{}/echo", addr.port());
         let trusted = hook(url.clone(), GateWebhookType::ReadinessWebhook, Some(bundle.ca_pem.clone()));
         assert_eq!(call_of(trusted).await.unwrap(), Outcome::Answered { allowed: true, reason: Some("seen".into()) });
-        let other = crate::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
+        let other = gamezone::webhook::tls::generate(&["localhost".into()], Duration::from_secs(3600), None).unwrap();
         let untrusted = hook(url, GateWebhookType::ReadinessWebhook, Some(other.ca_pem));
         let e = call_of(untrusted).await.unwrap_err().to_string();
         assert!(e.starts_with("cannot reach it: TLS"), "{e}");

@@ -1,4 +1,5 @@
-//! Logging: JSON lines for machines (the default off a terminal), text for people.
+//! Logging, the same for every GameZone binary (the operator, the SDK sidecar, gamezone-init):
+//! JSON lines for machines (the default off a terminal), text for people.
 
 use std::io::IsTerminal;
 
@@ -26,7 +27,7 @@ pub fn init(format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).init();
+        builder.json().flatten_event(true).with_current_span(false).init();
     } else {
         builder.init();
     }
