@@ -132,18 +132,6 @@ impl Context {
     }
 }
 
-/// Deletes `name`; one already gone is fine (the watch this process reads may lag behind).
-pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &kube::api::DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Api for `K` in the configured scope.
 pub fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where

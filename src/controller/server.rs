@@ -16,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::key::ObjectKey;
 use super::queue::Requeue;
 use super::slim::StoredServer;
-use super::{Context, Triggers, delete_if_present};
+use super::{Context, Triggers};
 use crate::api::*;
 use crate::conditions::{self, server_types};
 use crate::ports::passthrough::{Deferred, final_ports, mark_pod};
@@ -142,7 +142,6 @@ pub(super) fn ensure_ports(
 async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Requeue, bool)> {
     let generation = gs.metadata.generation;
     let (name, ns) = (gs.name_any(), gs.namespace().unwrap_or_default());
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Host ports, before the pod exists, so the process can be told them.
     let (allocations, deferred) = match ensure_ports(ctx, gs) {
@@ -180,12 +179,12 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Replace => {
-            delete_if_present(&pods, &name).await?;
+            ctx.writer.delete::<Pod>(&ns, &name).await?;
             report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
             return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Recreate(state, why) => {
-            delete_if_present(&pods, &name).await?;
+            ctx.writer.delete::<Pod>(&ns, &name).await?;
             report_step(status, state, why);
             return Ok((Some(Duration::from_secs(1)), true));
         }

@@ -3,8 +3,9 @@
 //! again. Every write is an API request, and the API server's work per request is what bounds
 //! how fast zones come up.
 //!
-//! Reconcilers say "apply this child" or "write this status"; the rules (skip what was applied
-//! moments ago, build on a status the watch does not show yet, spare routine writes) live here.
+//! Reconcilers say "apply this child", "delete these" or "write this status"; the rules (skip
+//! what was applied moments ago and forget it once deleted, never touch what another object
+//! controls, build on a status the watch does not show yet, spare routine writes) live here.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -62,7 +64,7 @@ pub fn apply_params() -> PatchParams {
 }
 
 /// Server-side applies `obj` with the operator's field manager.
-pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -217,6 +219,56 @@ impl Writer {
     /// Forgets what was applied to `obj`.
     pub fn forget_child<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         self.applied.forget(&applied_key(obj));
+    }
+
+    /// Deletes `name` in `namespace`; one already gone is fine (the watch this process reads
+    /// may lag behind). What was applied to it is forgotten.
+    pub async fn delete<K: Child>(&self, namespace: &str, name: &str) -> Result<()> {
+        self.applied.forget(&(K::kind(&()), ObjectKey::new(namespace, name)));
+        match self.api::<K>(namespace).delete(name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes `name` in `namespace` if `owner` controls it; anything else of that name is
+    /// left alone.
+    pub async fn delete_if_owned<K: Child>(&self, namespace: &str, name: &str, owner: &ObjectMeta) -> Result<()> {
+        match self.api::<K>(namespace).get_metadata_opt(name).await? {
+            Some(m) if super::ownership::controlled_by(&m.metadata, owner) => self.delete::<K>(namespace, name).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the objects `lp` selects in `namespace` that `owned` says are the caller's: in
+    /// one request when all of them are (the usual case), else one by one, leaving the others.
+    /// Someone able to label an object between the list and the collection delete could also
+    /// delete it themselves.
+    pub async fn delete_all_owned<K: Child>(
+        &self,
+        namespace: &str,
+        lp: &ListParams,
+        owned: impl Fn(&ObjectMeta) -> bool,
+    ) -> Result<()> {
+        let api = self.api::<K>(namespace);
+        let listed = api.list_metadata(lp).await?.items;
+        if !listed.iter().all(|o| owned(&o.metadata)) {
+            for o in listed.iter().filter(|o| owned(&o.metadata)) {
+                self.delete::<K>(namespace, &o.name_any()).await?;
+            }
+            return Ok(());
+        }
+        if !listed.is_empty() {
+            for o in &listed {
+                self.applied.forget(&(K::kind(&()), ObjectKey::new(namespace, o.name_any())));
+            }
+            // In the background: the garbage collector removes dependents.
+            let background =
+                DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            api.delete_collection(&background, lp).await?;
+        }
+        Ok(())
     }
 
     /// The zone status to build on: the watch's copy, or what this process wrote moments ago

@@ -210,7 +210,6 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     let servers_pod = |m: &ObjectMeta| {
         m.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.kind == GameServer::kind(&()))
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     // Once every server the watch shows is terminating, their finalizers finish the work, and
     // each server's deletion wakes the zone again: wait without asking the API server. With
     // hundreds of zones deleted at once, redoing every deletion and list on each wake was most
@@ -233,9 +232,8 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
                 )));
             }
             None => {
-                let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &ns);
                 for gs in servers.iter().filter(|g| g.metadata.deletion_timestamp.is_none()) {
-                    super::delete_if_present(&api, &gs.name_any()).await?;
+                    ctx.writer.delete::<GameServer>(&ns, &gs.name_any()).await?;
                 }
                 let note = format!(
                     "deleted {} server(s) still draining {}s after the zone's deletion (--deletion-drain-limit)",
@@ -255,29 +253,29 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
             pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
         };
         if servers.iter().any(running) {
-            steps::delete_all_owned(&pods, &lp, servers_pod).await?;
+            ctx.writer.delete_all_owned::<Pod>(&ns, &lp, servers_pod).await?;
         }
         return Err(Error::Waiting(terminating(&servers)));
     }
-    let gs: Api<GameServer> = Api::namespaced(client.clone(), &ns);
-    steps::delete_all_owned(&gs, &lp, zones).await?;
-    steps::delete_all_owned(&Api::<Job>::namespaced(client.clone(), &ns), &lp, zones).await?;
-    steps::delete_all_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &lp, zones).await?;
-    steps::delete_all_owned(&Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns), &lp, zones).await?;
+    let writer = &ctx.writer;
+    writer.delete_all_owned::<GameServer>(&ns, &lp, zones).await?;
+    writer.delete_all_owned::<Job>(&ns, &lp, zones).await?;
+    writer.delete_all_owned::<ConfigMap>(&ns, &lp, zones).await?;
+    writer.delete_all_owned::<PersistentVolumeClaim>(&ns, &lp, zones).await?;
     if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
-        let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
-        steps::delete_all_owned(&deployments, &lp, zones).await?;
+        writer.delete_all_owned::<k8s_openapi::api::apps::v1::Deployment>(&ns, &lp, zones).await?;
     }
     if build::identity_if_needed(zone).is_some() {
-        steps::delete_all_owned(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &lp, zones).await?;
-        steps::delete_all_owned(&Api::<Role>::namespaced(client.clone(), &ns), &lp, zones).await?;
-        steps::delete_all_owned(&Api::<RoleBinding>::namespaced(client.clone(), &ns), &lp, zones).await?;
+        writer.delete_all_owned::<ServiceAccount>(&ns, &lp, zones).await?;
+        writer.delete_all_owned::<Role>(&ns, &lp, zones).await?;
+        writer.delete_all_owned::<RoleBinding>(&ns, &lp, zones).await?;
     }
     // Services have no delete-collection endpoint.
     let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
     for s in svc.list_metadata(&lp).await?.items.into_iter().filter(|s| zones(&s.metadata)) {
-        super::delete_if_present(&svc, &s.name_any()).await?;
+        writer.delete::<Service>(&ns, &s.name_any()).await?;
     }
+    let gs: Api<GameServer> = Api::namespaced(client.clone(), &ns);
     let left: Vec<Arc<GameServer>> =
         gs.list(&lp).await?.items.into_iter().filter(|g| zones(&g.metadata)).map(Arc::new).collect();
     if !left.is_empty() {
@@ -285,7 +283,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
         return Err(Error::Waiting(terminating(&left)));
     }
     // Pods whose servers went before their deletion was seen here.
-    steps::delete_all_owned(&pods, &lp, servers_pod).await?;
+    writer.delete_all_owned::<Pod>(&ns, &lp, servers_pod).await?;
     forget(zone, ctx);
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(None)
@@ -301,11 +299,11 @@ async fn drain_all(zone: &GameZone, ctx: &Context, servers: &[Arc<GameServer>]) 
     for (gs, hash) in plan.apply {
         ctx.writer.apply_as(&gs, hash).await?;
     }
-    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    let ns = zone.namespace().unwrap_or_default();
     // Only while others still drain: otherwise the collection delete below takes them all at once.
     if !plan.draining.is_empty() || !plan.drains.is_empty() {
         for name in &plan.delete {
-            super::delete_if_present(&api, name).await?;
+            ctx.writer.delete::<GameServer>(&ns, name).await?;
         }
     }
     let mut waiting = plan.draining;

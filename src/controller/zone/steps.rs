@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+use kube::api::{Api, ListParams};
 
 use super::decide::{self, JobOutcome};
 use super::pinning::Pin;
@@ -62,41 +62,6 @@ impl Live {
     pub fn servers_by_name(&self) -> BTreeMap<String, &GameServer> {
         self.servers.iter().map(|g| (g.name_any(), g.as_ref())).collect()
     }
-}
-
-/// Deletes `name` if the zone controls it; anything else of that name is left alone.
-pub async fn delete_if_owned<K>(api: &Api<K>, name: &str, zone: &GameZone) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.get_metadata_opt(name).await? {
-        Some(m) if controlled_by(&m.metadata, &zone.metadata) => crate::controller::delete_if_present(api, name).await,
-        _ => Ok(()),
-    }
-}
-
-/// Deletes the objects `lp` selects that `owned` says are the zone's: in one request when all
-/// of them are (the usual case), else one by one, leaving the others. Someone able to label an
-/// object between the list and the collection delete could also delete it themselves.
-pub async fn delete_all_owned<K>(
-    api: &Api<K>,
-    lp: &ListParams,
-    owned: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool,
-) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let listed = api.list_metadata(lp).await?.items;
-    if listed.iter().all(|o| owned(&o.metadata)) {
-        if !listed.is_empty() {
-            api.delete_collection(&background(), lp).await?;
-        }
-        return Ok(());
-    }
-    for o in listed.iter().filter(|o| owned(&o.metadata)) {
-        crate::controller::delete_if_present(api, &o.name_any()).await?;
-    }
-    Ok(())
 }
 
 /// Fails with the field naming any Secret or key the zone refers to that does not exist.
@@ -264,7 +229,8 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
     if status.migration.as_ref().and_then(|m| m.succeeded_hash.as_deref()) == Some(hash.as_str()) {
         return Ok(decide::report_migration(status, &job_name, &hash, &JobOutcome::Succeeded));
     }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    let ns = zone.namespace().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     // A Job of that name that is not this zone's is neither read as its migration nor touched.
     let live = match jobs.get_opt(&job_name).await? {
         Some(j) => check_owner(&j.metadata, &job).map(|_| j)?,
@@ -274,7 +240,7 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
     if let JobOutcome::Failed(why) = &mut outcome {
         // The migrater's own words, from its last failed pod (its termination message, or the
         // tail of its log: the Job's container falls back to it).
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let lp = ListParams::default().labels(&format!("job-name={job_name}"));
         if let Some(said) = decide::migrater_said(&pods.list(&lp).await?.items) {
             *why = format!("{why}; the migrater said: {said}");
@@ -284,7 +250,7 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         // Older migration Jobs have served their purpose.
         let old = ListParams::default()
             .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
-        delete_all_owned(&jobs, &old, |m| controlled_by(m, &zone.metadata)).await?;
+        ctx.writer.delete_all_owned::<Job>(&ns, &old, |m| controlled_by(m, &zone.metadata)).await?;
     }
     Ok(decide::report_migration(status, &job_name, &hash, &outcome))
 }
@@ -395,9 +361,9 @@ async fn apply_planned(
         )
         .await;
     }
-    let api: Api<GameServer> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    let ns = zone.namespace().unwrap_or_default();
     for name in &plan.delete {
-        crate::controller::delete_if_present(&api, name).await?;
+        ctx.writer.delete::<GameServer>(&ns, name).await?;
         ctx.event(zone, false, "ServerRemoved", format!("removed {name} (no longer in spec.services)")).await;
     }
     Ok(plan.draining)
@@ -417,9 +383,9 @@ pub async fn apply_services(zone: &GameZone, ctx: &Context, live: &Live) -> Resu
         }
     }
     let wanted: BTreeSet<String> = services.iter().map(|s| s.name_any()).collect();
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    let ns = zone.namespace().unwrap_or_default();
     for svc in decide::to_delete(&wanted, &live.services) {
-        crate::controller::delete_if_present(&api, &svc.name_any()).await?;
+        ctx.writer.delete::<Service>(&ns, &svc.name_any()).await?;
     }
     if let Some(claim) = build::artifacts_claim(zone) {
         ctx.writer.apply_child(&claim, TOPOLOGY_REFRESH).await?;
@@ -435,16 +401,15 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     let ns = zone.namespace().unwrap_or_default();
     let name = build::edits_name(&zone.name_any());
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let (Some(deployment), Some(claim)) = (build::edits_deployment(zone, &ctx.config.build), build::edits_claim(zone))
     else {
         // Only a zone that had edits has anything to remove: no requests for the others.
         if status.edits.take().is_none() {
             return Ok(());
         }
-        delete_if_owned(&deployments, &name, zone).await?;
+        ctx.writer.delete_if_owned::<k8s_openapi::api::apps::v1::Deployment>(&ns, &name, &zone.metadata).await?;
         // A kept claim has no controller: it is the user's.
-        delete_if_owned(&claims, &name, zone).await?;
+        ctx.writer.delete_if_owned::<PersistentVolumeClaim>(&ns, &name, &zone.metadata).await?;
         return Ok(());
     };
     ctx.writer.apply_child(&claim, TOPOLOGY_REFRESH).await?;
@@ -505,11 +470,6 @@ pub async fn apply_sdk_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
     ctx.writer.apply_child(&sa, SDK_IDENTITY_REFRESH).await?;
     ctx.writer.apply_child(&role, SDK_IDENTITY_REFRESH).await?;
     ctx.writer.apply_child(&binding, SDK_IDENTITY_REFRESH).await
-}
-
-/// Deletion in the background: the garbage collector removes dependents.
-pub fn background() -> DeleteParams {
-    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }
 }
 
 /// The result of a step, with the step that failed.
