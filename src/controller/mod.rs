@@ -263,9 +263,14 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         std::future::pending::<()>().await
     };
     tracing::info!("controllers starting");
+    // On SIGTERM each controller lets its running reconciles finish; both are awaited, so the
+    // first to be done does not drop the other's in flight.
+    let controllers = futures::future::join(
+        zone::run(ctx.clone(), servers_for_zones, services_for_zones),
+        server::run(ctx.clone(), servers_for_servers, pods_for_servers),
+    );
     tokio::select! {
-        _ = zone::run(ctx.clone(), servers_for_zones, services_for_zones) => {},
-        _ = server::run(ctx.clone(), servers_for_servers, pods_for_servers) => {},
+        _ = controllers => {},
         _ = shared_watches => {},
         _ = node_watch => {},
         _ = loaded => {},
