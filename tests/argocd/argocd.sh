@@ -32,19 +32,11 @@ PORTS_DIR="$CACHE/controlplane/port-reservations"
 RECONCILIATION=${ARGOCD_TEST_RECONCILIATION:-5s}
 ROLES=(argocd-application-controller argocd-repo-server argocd-applicationset-controller argocd-git-ask-pass)
 
-say() { printf '[argocd] %s\n' "$*" >&2; }
-die() { printf '[argocd] error: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+LOG_PREFIX=argocd
+# shellcheck source=../lib/procs.sh
+source "$HERE/../lib/procs.sh"
 usage() { sed -n '2,18p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-require_tools() {
-  local missing=() tool
-  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  if ((${#missing[@]})); then
-    die "missing tools: ${missing[*]} (Go from https://go.dev/dl; redis-server, git, python3, curl from your distribution's packages)"
-  fi
-}
 
 # ---------------------------------------------------------------- build
 
@@ -112,87 +104,15 @@ build_failed() {
 
 # ---------------------------------------------------------------- processes
 
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n "$state" && "$state" != Z ]]
-}
 
-group_alive() {
-  local p
-  for p in $(pgrep -s "$1" 2>/dev/null); do alive "$p" && return 0; done
-  alive "$1"
-}
 
 # A free loopback port, reserved (atomic mkdir) until `up` has bound it.
 RESERVED=()
-reserve_port() {
-  local p _
-  mkdir -p "$PORTS_DIR"
-  for _ in $(seq 500); do
-    p=$((20000 + RANDOM % 12000))
-    if ss -Htan "( sport = :$p )" | grep -q .; then continue; fi
-    if mkdir "$PORTS_DIR/$p" 2>/dev/null; then
-      RESERVED+=("$p")
-      printf -v "$1" '%s' "$p"
-      return 0
-    fi
-    find "$PORTS_DIR/$p" -maxdepth 0 -mmin +5 -exec rm -rf {} + 2>/dev/null || true
-  done
-  die "found no free loopback port in 20000-31999"
-}
 
-release_ports() {
-  local p
-  for p in "${RESERVED[@]}"; do rmdir "$PORTS_DIR/$p" 2>/dev/null || true; done
-  RESERVED=()
-}
 
-# start NAME CMD...: CMD detached in its own session, logging to DIR/logs/NAME.log.
-start() {
-  local name=$1; shift
-  local pidfile="$DIR/logs/$name.pid" _
-  rm -f "$pidfile"
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
-  for _ in $(seq 100); do [[ -s "$pidfile" ]] && break; sleep 0.01; done
-  [[ -s "$pidfile" ]] || die "$name did not start"
-  echo "$name $(cat "$pidfile")" >>"$DIR/pids"
-  rm -f "$pidfile"
-}
 
-check_running() {
-  local name pid
-  [[ -f "$DIR/pids" ]] || { say "stopped while starting (by down or the watchdog)"; return 1; }
-  while read -r name pid; do
-    if ! alive "$pid"; then
-      say "$name (pid $pid) exited; last lines of $DIR/logs/$name.log:"
-      tail -n 25 "$DIR/logs/$name.log" >&2 || true
-      return 1
-    fi
-  done <"$DIR/pids"
-}
 
-wait_until() {
-  local timeout=$1 what=$2; shift 2
-  local deadline=$(($(date +%s) + timeout))
-  until "$@" >/dev/null 2>&1; do
-    check_running || die "a component died while waiting for $what"
-    (($(date +%s) < deadline)) || die "timed out after ${timeout}s waiting for $what (logs in $DIR/logs)"
-    sleep 0.2
-  done
-}
 
-start_watchdog() {
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c '
-    echo $$ >"$0"
-    watched=$1 dir=$2 self=$3
-    running() { [[ -e /proc/$watched ]] && [[ $(awk "{ print \$3 }" /proc/$watched/stat 2>/dev/null) != Z ]]; }
-    while running && [[ -e $dir/pids ]]; do sleep 1; done
-    [[ -e $dir/pids ]] && exec "$self" down "$dir"
-  ' "$DIR/watchdog.pid" "$1" "$DIR" "$SELF" </dev/null >>"$DIR/logs/watchdog.log" 2>&1 &
-}
 
 # ---------------------------------------------------------------- up
 
@@ -336,20 +256,6 @@ cmd_git_serve() {
 
 # ---------------------------------------------------------------- down, status
 
-stop_groups() {
-  (($#)) || return 0
-  local pid left
-  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  local deadline=$(($(date +%s) + 5))
-  while :; do
-    left=()
-    for pid in "$@"; do if group_alive "$pid"; then left+=("$pid"); fi; done
-    ((${#left[@]} == 0)) && return 0
-    (($(date +%s) < deadline)) || break
-    sleep 0.1
-  done
-  for pid in "${left[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
-}
 
 cmd_down() {
   [[ $# -ge 1 ]] || usage
