@@ -24,6 +24,8 @@
 #   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the demo, the
 #                            benchmarks) or dev (the end-to-end tests: the binaries `cargo test`
 #                            has built already, so a test run compiles the workspace once)
+#   GAMEZONE_SDK_PROFILE     with release: the SDK sidecar's profile, sidecar (default: what
+#                            published images hold) or release (the demo: no second build)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,21 +48,31 @@ usage() {
 }
 
 # Release images hold the SDK sidecar from the `sidecar` profile (Cargo.toml): every game pod
-# maps it.
+# maps it. That profile (fat LTO, one codegen unit) is the slow part of a cold build, so
+# GAMEZONE_SDK_PROFILE=release (the demo's) builds the sidecar with the rest instead.
 PROFILE="${GAMEZONE_IMAGE_PROFILE:-release}"
 case $PROFILE in
-  release) BIN_DIR="$CARGO_TARGET_DIR/release" SDK_PROFILE=sidecar SDK_BIN="$CARGO_TARGET_DIR/sidecar/gamezone-sdk" ;;
-  dev) BIN_DIR="$CARGO_TARGET_DIR/debug" SDK_PROFILE=dev SDK_BIN="$CARGO_TARGET_DIR/debug/gamezone-sdk" ;;
+  release) BIN_DIR="$CARGO_TARGET_DIR/release" SDK_PROFILE=${GAMEZONE_SDK_PROFILE:-sidecar} ;;
+  dev) BIN_DIR="$CARGO_TARGET_DIR/debug" SDK_PROFILE=dev ;;
   *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release or dev" ;;
+esac
+case $SDK_PROFILE in
+  sidecar) SDK_BIN="$CARGO_TARGET_DIR/sidecar/gamezone-sdk" ;;
+  "$PROFILE") SDK_BIN="$BIN_DIR/gamezone-sdk" ;;
+  *) die "GAMEZONE_SDK_PROFILE is '$SDK_PROFILE'; use sidecar or $PROFILE" ;;
 esac
 
 # The workspace's binaries in $PROFILE (cargo is a no-op when they are fresh; after
 # `cargo test --workspace` the dev ones are).
 build_binaries() {
+  local with_sdk=()
+  [ "$SDK_PROFILE" = "$PROFILE" ] && with_sdk=(-p gamezone-sdk --bin gamezone-sdk)
   say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server), --profile $SDK_PROFILE (gamezone-sdk) into $CARGO_TARGET_DIR"
   (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
-    --bin gamezone-init -p game-server --bin game-server &&
-    cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone-sdk --bin gamezone-sdk) >&2
+    --bin gamezone-init -p game-server --bin game-server "${with_sdk[@]}") >&2
+  if [ "$SDK_PROFILE" != "$PROFILE" ]; then
+    (cd "$root" && cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone-sdk --bin gamezone-sdk) >&2
+  fi
 }
 
 # "NAME ARCHIVE" for every image.

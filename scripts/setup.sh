@@ -7,9 +7,11 @@
 #                               hadolint): scripts/test.sh compiles the workspace after this,
 #                               beside the builds below
 #   scripts/setup.sh builds     only the servers the tests and the demo run (Go and Rust builds)
+#   scripts/setup.sh demo       only what scripts/demo.sh runs: the packages the operator's build
+#                               needs, the control plane with its real node, the migrater
 set -euo pipefail
 PHASE=${1:-all}
-case $PHASE in all | packages | builds) ;; *) echo "usage: scripts/setup.sh [packages|builds]" >&2; exit 2 ;; esac
+case $PHASE in all | packages | builds | demo) ;; *) echo "usage: scripts/setup.sh [packages|builds|demo]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -21,15 +23,13 @@ export GAMEZONE_TOOLS_TARGET=${GAMEZONE_TOOLS_TARGET:-$GAMEZONE_CACHE/tools-targ
 export GAMEZONE_S3S_FS=${GAMEZONE_S3S_FS:-$GAMEZONE_TOOLS/s3s-fs-${S3S_FS_VERSION:-0.14.1}/bin/s3s-fs}
 mkdir -p "$GAMEZONE_CACHE"
 
-packages() {
-  # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
-  # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
-  need=()
-  for pair in git:git openssl:openssl lua5.4:lua5.4 pkg-config:pkg-config cmake:cmake rclone:rclone \
-    protoc:protobuf-compiler node:nodejs npm:npm curl:curl redis-server:redis-server; do
+# apt-get install whichever of the Debian packages "command:package ..." lacks its command, and
+# libssl-dev (the operator's build links OpenSSL through libgit2).
+apt_install() {
+  local need=() pair
+  for pair in "$@"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
   done
-  [ -x /usr/bin/time ] || need+=(time)
   dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
   if [ ${#need[@]} -gt 0 ]; then
     say "apt-get install ${need[*]}"
@@ -37,6 +37,18 @@ packages() {
     $SUDO apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+}
+
+# What the demo runs and builds: git (its artifacts), the operator's build, python3 and curl.
+DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl)
+
+packages() {
+  # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
+  # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
+  local tests=(lua5.4:lua5.4 cmake:cmake rclone:rclone protoc:protobuf-compiler node:nodejs npm:npm
+    redis-server:redis-server)
+  [ -x /usr/bin/time ] || tests+=(/usr/bin/time:time)
+  apt_install "${DEMO_PACKAGES[@]}" "${tests[@]}"
 
   # Rust toolchain pieces used by the checks.
   command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
@@ -68,8 +80,20 @@ builds() {
   "$ROOT/tests/argocd/argocd.sh" build
 }
 
+demo() {
+  apt_install "${DEMO_PACKAGES[@]}"
+  command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
+  "$ROOT/tests/controlplane/cp.sh" build --real-nodes
+  bash "$ROOT/examples/migrater/build.sh" >/dev/null
+  bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
+}
+
 # The images real nodes run are not built here: the demo builds them from release binaries,
 # the end-to-end tests from the dev binaries `cargo test` builds (scripts/images.sh).
-[ "$PHASE" = builds ] || packages
-[ "$PHASE" = packages ] || builds
+case $PHASE in
+  demo) demo ;;
+  packages) packages ;;
+  builds) builds ;;
+  all) packages && builds ;;
+esac
 say "ready: $PHASE (cache: $GAMEZONE_CACHE)"
