@@ -317,7 +317,7 @@ pub(crate) fn add_to_server_pod(zone: &GameZone, service: &ServiceType, spec: &m
         }
     }
     sidecar.args = Some(args);
-    sidecar.env.get_or_insert_with(Vec::new).push(super::sdk::field("POD_NAME", "metadata.name"));
+    sidecar.env.get_or_insert_with(Vec::new).push(super::sidecar::field("POD_NAME", "metadata.name"));
     let mounts = sidecar.volume_mounts.get_or_insert_with(Vec::new);
     mounts.push(VolumeMount {
         name: EDITS_VOLUME.into(),

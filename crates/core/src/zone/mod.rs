@@ -6,14 +6,14 @@ mod children;
 pub mod decide;
 mod edits;
 mod names;
-mod sdk;
+mod sidecar;
 pub mod tenancy;
 
 pub use build::*;
 pub use children::*;
 pub use edits::*;
 pub use names::*;
-pub use sdk::*;
+pub use sidecar::*;
 
 #[cfg(test)]
 mod tests;
