@@ -27,7 +27,7 @@ pub(crate) struct Fallback(pub String);
 
 /// `Err` for failures that end the layer (auth, missing repository, transient after retries),
 /// `Ok(Err(Fallback))` when the server or URL cannot do a partial fetch.
-pub(crate) type Step<T> = Result<std::result::Result<T, Fallback>>;
+pub(crate) type OrFallback<T> = Result<std::result::Result<T, Fallback>>;
 
 /// What a partial fetch brought.
 #[derive(Debug, Default)]
@@ -134,7 +134,7 @@ impl Write for Timed {
 /// Maps a protocol fault to a layer error (transient network trouble, a full disk) or a
 /// fallback. Fixed phrases only: the server's own lines (an `ERR` line, a malformed answer)
 /// are never quoted.
-fn fault<T>(ctx: &Ctx, what: &str, f: Fault) -> Step<T> {
+fn fault<T>(ctx: &Ctx, what: &str, f: Fault) -> OrFallback<T> {
     match f {
         Fault::Io(e) if retry::io_is_transient(&e) => Err(ctx.transient(format!("{what}: {}", e.kind()))),
         Fault::Io(e) => Ok(Err(Fallback(format!("{what}: {}", e.kind())))),
@@ -147,7 +147,7 @@ fn fault<T>(ctx: &Ctx, what: &str, f: Fault) -> Step<T> {
 }
 
 impl Session {
-    fn open(ctx: &Ctx, auth: &GitAuth, endpoint: &Endpoint, rt: &Handle, deadline: Instant) -> Step<Session> {
+    fn open(ctx: &Ctx, auth: &GitAuth, endpoint: &Endpoint, rt: &Handle, deadline: Instant) -> OrFallback<Session> {
         match endpoint {
             Endpoint::Daemon { host, port, path, host_param } => {
                 Self::open_daemon(ctx, auth, (host, *port), path, host_param, deadline)
@@ -163,7 +163,7 @@ impl Session {
         path: &str,
         host_param: &str,
         deadline: Instant,
-    ) -> Step<Session> {
+    ) -> OrFallback<Session> {
         let net = |e: io::Error| ctx.transient(format!("git.url: cannot connect to the server ({})", e.kind()));
         let stream = connect_daemon(ctx, auth, (host, port), deadline)?;
         let setup =
@@ -193,7 +193,7 @@ impl Session {
         Ok(Ok(session))
     }
 
-    fn open_http(ctx: &Ctx, auth: &GitAuth, base: &str, rt: &Handle, deadline: Instant) -> Step<Session> {
+    fn open_http(ctx: &Ctx, auth: &GitAuth, base: &str, rt: &Handle, deadline: Instant) -> OrFallback<Session> {
         let client = source::http_client(ctx, &auth.egress)?;
         let url = format!("{base}/info/refs?service=git-upload-pack");
         let req = auth.authorize(client.get(&url)).header("Git-Protocol", "version=2").header("User-Agent", USER_AGENT);
@@ -234,7 +234,7 @@ impl Session {
         (rt, deadline): (&Handle, Instant),
         body: Vec<u8>,
         pack: &mut dyn Write,
-    ) -> Step<FetchResponse> {
+    ) -> OrFallback<FetchResponse> {
         let r = match &mut self.conn {
             Conn::Daemon { stream, reader } => {
                 if let Err(e) = stream.write_all(&body) {
@@ -341,7 +341,7 @@ fn connect_daemon(ctx: &Ctx, auth: &GitAuth, (host, port): (&str, u16), deadline
 }
 
 /// Classifies a smart-HTTP status; `Err` holds what the caller returns.
-fn http_status<T>(ctx: &Ctx, auth: &GitAuth, status: u16, what: &str) -> std::result::Result<(), Step<T>> {
+fn http_status<T>(ctx: &Ctx, auth: &GitAuth, status: u16, what: &str) -> std::result::Result<(), OrFallback<T>> {
     match status {
         200 => Ok(()),
         401 | 403 => Err(Err(ctx.auth(auth.hint()))),
@@ -486,7 +486,7 @@ struct Fetcher<'j> {
 
 impl Fetcher<'_> {
     /// One `fetch` (retried when transient) whose pack goes into `repo`.
-    fn fetch(&mut self, repo: &Repository, req: &FetchRequest) -> Step<FetchResponse> {
+    fn fetch(&mut self, repo: &Repository, req: &FetchRequest) -> OrFallback<FetchResponse> {
         let ctx = &self.job.ctx;
         let needs_filter = req.filter.is_some();
         let started = std::time::Instant::now();
@@ -539,7 +539,7 @@ impl Fetcher<'_> {
 /// Fetches what `job` needs for `commit` into `repo` over protocol v2: with a `subPath`, the
 /// commit and its trees (`filter blob:none`), then the blobs below `subPath` the cache lacks;
 /// without one, the whole commit in one pack.
-pub(crate) fn fetch(job: &GitJob, repo: &Repository, rt: &Handle, commit: Oid) -> Step<Fetched> {
+pub(crate) fn fetch(job: &GitJob, repo: &Repository, rt: &Handle, commit: Oid) -> OrFallback<Fetched> {
     let ctx = &job.ctx;
     let endpoint = match endpoint(&job.auth.url) {
         Ok(e) => e,
@@ -596,12 +596,12 @@ pub(crate) fn fetch(job: &GitJob, repo: &Repository, rt: &Handle, commit: Oid) -
 
 /// Fetches `blobs` in up to [`PARALLEL`] parts at once, each over its own connection into its
 /// own pack. Returns the pack bytes.
-fn fetch_parts(f: &mut Fetcher<'_>, repo: &Repository, blobs: &[Oid]) -> Step<u64> {
+fn fetch_parts(f: &mut Fetcher<'_>, repo: &Repository, blobs: &[Oid]) -> OrFallback<u64> {
     let parts = PARALLEL.min(blobs.len().div_ceil(MIN_PART)).max(1);
     let chunks: Vec<&[Oid]> = blobs.chunks(blobs.len().div_ceil(parts)).collect();
     let request = |c: &[Oid]| FetchRequest { wants: c.iter().map(Oid::to_string).collect(), ..Default::default() };
     let (job, rt, endpoint, dir) = (f.job, f.rt, f.endpoint.clone(), repo.path().to_owned());
-    let results: Vec<Step<FetchResponse>> = std::thread::scope(|s| {
+    let results: Vec<OrFallback<FetchResponse>> = std::thread::scope(|s| {
         let others: Vec<_> = chunks[1..]
             .iter()
             .map(|c| {
