@@ -6,26 +6,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The GameZone's spec asks for something that cannot be built; `field` names where.
-    #[error("{field}: {message}")]
-    InvalidSpec {
-        /// JSON path of the offending field, e.g. `spec.services[1].type`.
-        field: String,
-        /// What is wrong and what to do.
-        message: String,
-    },
-    /// A Secret or one of its keys that the spec refers to does not exist.
-    #[error("{field}: Secret {secret:?} {problem}; create it in namespace {namespace:?}")]
-    MissingSecret {
-        /// The field referring to the Secret.
-        field: String,
-        /// Secret name.
-        secret: String,
-        /// "does not exist" or "has no key \"x\"".
-        problem: String,
-        /// Namespace searched.
-        namespace: String,
-    },
+    /// The spec asks for what cannot be built, or names a Secret (or key) that is missing: the
+    /// core's refusals, which name the field.
+    #[error(transparent)]
+    Spec(#[from] gamezone_core::Error),
     /// An object the zone would make exists and is not the zone's: nothing is written to it.
     #[error(
         "{kind} {name:?} already exists and is not this zone's ({held}); the operator never changes, adopts or deletes what it does not own: rename the zone (its name starts every object it makes) or the service type, or have that {kind} removed"
@@ -55,24 +39,13 @@ pub enum Error {
     Serialization(#[from] serde_json::Error),
 }
 
-impl From<gamezone_core::Error> for Error {
-    fn from(e: gamezone_core::Error) -> Self {
-        match e {
-            gamezone_core::Error::InvalidSpec { field, message } => Error::InvalidSpec { field, message },
-            gamezone_core::Error::MissingSecret { field, secret, problem, namespace } => {
-                Error::MissingSecret { field, secret, problem, namespace }
-            }
-            gamezone_core::Error::Serialization(e) => Error::Serialization(e),
-        }
-    }
-}
-
 impl Error {
     /// Short CamelCase reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidSpec { .. } => "InvalidSpec",
-            Error::MissingSecret { .. } => "SecretNotFound",
+            Error::Spec(gamezone_core::Error::InvalidSpec { .. }) => "InvalidSpec",
+            Error::Spec(gamezone_core::Error::MissingSecret { .. }) => "SecretNotFound",
+            Error::Spec(gamezone_core::Error::Serialization(_)) => "SerializationFailed",
             Error::NameConflict { .. } => "NameConflict",
             Error::Artifacts(e) if e.is_transient() => "ArtifactsUnavailable",
             Error::Artifacts(_) => "ArtifactsFailed",
@@ -86,7 +59,8 @@ impl Error {
     /// Whether a person must change something (spec, Secret, source) before retrying helps.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidSpec { .. } | Error::MissingSecret { .. } | Error::NameConflict { .. } => true,
+            Error::Spec(e) => !matches!(e, gamezone_core::Error::Serialization(_)),
+            Error::NameConflict { .. } => true,
             Error::Artifacts(e) => !e.is_transient(),
             _ => false,
         }
@@ -99,8 +73,8 @@ impl Error {
         self.is_user_error() || matches!(self, Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422))
     }
 
-    /// An [`Error::InvalidSpec`] for `field`.
+    /// The core's `InvalidSpec` for `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidSpec { field: field.into(), message: message.into() }
+        Error::Spec(gamezone_core::Error::invalid(field, message))
     }
 }

@@ -81,11 +81,7 @@ async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
 
 #[test]
 fn render_prints_the_identity_the_sdk_sidecar_runs_as() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("zone.yaml");
-    std::fs::write(
-        &file,
-        r#"
+    let zone = "
 apiVersion: gamezone.dev/v1alpha1
 kind: GameZone
 metadata: {name: zone1, namespace: team}
@@ -94,9 +90,10 @@ spec:
   defaultImage: svc:1
   services:
     - {type: game, id: 1, deletableGates: [NoPlayers]}
-"#,
-    )
-    .unwrap();
+";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(&file, zone).unwrap();
     let out =
         std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -274,21 +274,17 @@ async fn what_a_server_answers_is_never_reflected_and_the_message_settles() {
     ns.cleanup().await;
 }
 
-#[tokio::test]
-async fn sources_that_never_answer_hold_no_worker_and_their_zones_can_be_deleted() {
-    let flags = ["--allow-egress", "127.0.0.0/8", "--resolve-timeout", "5", "--concurrency", "4"];
-    let (ns, _op, zones) = as_tenant("tenant-slow", &flags).await;
-    // A git daemon that accepts and never says a word.
+/// Zones `slow0` to `slow15` in `zones`, each with a layer from a git daemon that accepts
+/// connections and never says a word.
+async fn sixteen_hanging_zones(zones: &Api<GameZone>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let keep = held.clone();
     std::thread::spawn(move || {
+        let mut held = Vec::new();
         for conn in listener.incoming().flatten() {
-            keep.lock().unwrap().push(conn);
+            held.push(conn);
         }
     });
-    // Four times the workers, all hanging.
     for i in 0..16 {
         let z = zone(
             &format!("slow{i}"),
@@ -298,6 +294,14 @@ async fn sources_that_never_answer_hold_no_worker_and_their_zones_can_be_deleted
         );
         zones.create(&PostParams::default(), &z).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn sources_that_never_answer_hold_no_worker_and_their_zones_can_be_deleted() {
+    let flags = ["--allow-egress", "127.0.0.0/8", "--resolve-timeout", "5", "--concurrency", "4"];
+    let (ns, _op, zones) = as_tenant("tenant-slow", &flags).await;
+    // Four times the workers, all hanging.
+    sixteen_hanging_zones(&zones).await;
     // A healthy zone beside them comes up as it would alone.
     let started = Instant::now();
     zones
@@ -552,23 +556,7 @@ async fn one_tenant_s_hanging_sources_and_refused_servers_slow_no_zone_of_anothe
     .unwrap();
     team.api().create(&PostParams::default(), &quota).await.unwrap();
     let zones = Api::namespaced(tenant(&team).await, &team.name);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
-    for i in 0..16 {
-        let z = zone(
-            &format!("slow{i}"),
-            json!({"zoneId": i, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1}],
-                   "artifacts": [{"path": "/app/artifacts",
-                                  "git": {"url": format!("git://127.0.0.1:{port}/r.git"), "branch": "main"}}]}),
-        );
-        zones.create(&PostParams::default(), &z).await.unwrap();
-    }
+    sixteen_hanging_zones(&zones).await;
     let mut hog = three(50);
     hog["services"][0]["endId"] = json!(30);
     zones.create(&PostParams::default(), &zone("hog", hog)).await.unwrap();

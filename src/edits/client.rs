@@ -32,11 +32,13 @@ impl EditsApi {
         let token = secret
             .and_then(|s| s.data)
             .and_then(|d| d.get("password").map(|v| String::from_utf8_lossy(&v.0).trim_end_matches('\n').to_string()))
-            .ok_or_else(|| Error::MissingSecret {
-                field: "spec.edits.secretRef".into(),
-                secret: edits.secret_ref.name.clone(),
-                problem: "has no key \"password\"".into(),
-                namespace: ns.clone(),
+            .ok_or_else(|| {
+                Error::Spec(gamezone_core::Error::MissingSecret {
+                    field: "spec.edits.secretRef".into(),
+                    secret: edits.secret_ref.name.clone(),
+                    problem: "has no key \"password\"".into(),
+                    namespace: ns.clone(),
+                })
             })?;
         let base = format!("/api/v1/namespaces/{ns}/services/{}:{API_PORT}/proxy", edits_api_name(&name));
         Ok(EditsApi { client, base, token })

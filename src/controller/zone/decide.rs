@@ -59,12 +59,12 @@ mod tests {
         assert_eq!(condition(&status, types::READY).1, "FetchFailed", "Ready says the current truth");
         assert_eq!(status.phase, Some(ZonePhase::Running), "a transient failure needs no person");
 
-        let missing = Error::MissingSecret {
+        let missing = Error::Spec(gamezone_core::Error::MissingSecret {
             field: "spec.mysql.passwordSecretRef".into(),
             secret: "db".into(),
             problem: "does not exist".into(),
             namespace: "ns".into(),
-        };
+        });
         report_failure(&mut status, Step::Check, &missing, Duration::from_secs(120));
         let (_, reason, message) = condition(&status, types::READY);
         assert_eq!(reason, "SecretNotFound");
