@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-
 use crate::creds::Credentials;
 use crate::edits::{BaseIndex, EditEntry, EditKind, EditsStatus, RefusedEdit};
 use crate::egress::Egress;
@@ -18,6 +16,7 @@ use crate::resolve::{Kind, Prepared, prepare, resolve_one};
 use crate::retry::RetryPolicy;
 use crate::source::{git, local};
 use crate::state::{self, EditsState, LayerSummary, State};
+pub use crate::summary::Summary;
 use crate::tree::{Limits, TreeWriter};
 use crate::{Result, lock, paths};
 
@@ -75,61 +74,6 @@ impl ApplyOptions {
             egress: Egress::strict(),
             resolve_deadline: crate::resolve::RESOLVE_DEADLINE,
             fetch_deadline: FETCH_DEADLINE,
-        }
-    }
-}
-
-/// What a run did.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// True when the pinned revisions were already in place and nothing was done.
-    pub unchanged: bool,
-    /// Layers in the plan.
-    pub layers: usize,
-    /// Regular files in the tree.
-    pub files: u64,
-    /// Bytes of regular files in the tree.
-    pub bytes: u64,
-    /// Wall time of the run in milliseconds.
-    pub elapsed_ms: u64,
-    /// sha256 over sorted `path mode size sha256` lines of the tree.
-    pub tree_digest: String,
-    /// The tree's directory.
-    pub tree: PathBuf,
-    /// Bytes this run wrote (fetched layers and copied edits; hard-linked files cost none).
-    pub written_bytes: u64,
-    /// Files hard-linked from the pinned layers' tree (with an edits layer).
-    pub linked_files: u64,
-    /// With an edits layer: the digest of the edits in the tree (empty when none are).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub edits_revision: Option<String>,
-    /// With an edits layer: the digest of the edits directory as this run found it (applied or
-    /// refused).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub edits_scanned: Option<String>,
-    /// With an edits layer: the edit that was refused, when the latest edits were not applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<crate::edits::Refusal>,
-}
-
-impl Summary {
-    /// The summary of a run that left the tree `st` names in place (edits fields empty, nothing
-    /// written), for `layers` layers, started at `started`.
-    fn unchanged(st: &State, trees: &Path, layers: usize, started: Instant) -> Summary {
-        Summary {
-            unchanged: true,
-            layers,
-            files: st.files,
-            bytes: st.bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            tree_digest: st.tree_digest.clone(),
-            tree: trees.join(&st.tree),
-            written_bytes: 0,
-            linked_files: 0,
-            edits_revision: None,
-            edits_scanned: None,
-            refused: None,
         }
     }
 }
@@ -259,18 +203,8 @@ async fn apply_pinned(
     }
     remove_old_trees(&trees, &[&id]);
     let s = Summary {
-        unchanged: false,
-        layers: opts.layers.len(),
-        files: stats.files,
-        bytes: stats.bytes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        tree_digest: stats.digest,
-        tree,
         written_bytes: writer.written().1,
-        linked_files: 0,
-        edits_revision: None,
-        edits_scanned: None,
-        refused: None,
+        ..Summary::built(opts.layers.len(), tree, stats.digest, (stats.files, stats.bytes), started)
     };
     opts.progress.finished(&s);
     Ok(s)
@@ -515,18 +449,12 @@ async fn apply_with_edits(
     state::write_json(root, crate::edits::STATUS_FILE, &status)?;
     remove_old_trees(&trees, &[&id, &base_id]);
     let s = Summary {
-        unchanged: false,
-        layers: opts.layers.len(),
-        files: stats.files,
-        bytes: stats.bytes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        tree_digest: stats.digest,
-        tree,
         written_bytes: written,
         linked_files: linked,
         edits_revision: Some(applied),
         edits_scanned: Some(snap.digest.clone()),
         refused: snap.refusal,
+        ..Summary::built(opts.layers.len(), tree, stats.digest, (stats.files, stats.bytes), started)
     };
     opts.progress.finished(&s);
     Ok(s)

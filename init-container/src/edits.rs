@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::paths;
 use crate::state::LayerSummary;
+pub use crate::summary::Refusal;
 use crate::tree::Entry;
 
 /// Name of the edits status file in the destination root.
@@ -41,16 +42,6 @@ pub(crate) struct EditEntry {
     /// Identity of the file scanned: the copy must read this very inode.
     pub dev: u64,
     pub ino: u64,
-}
-
-/// An edit that is not applied, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Refusal {
-    /// Path inside the edits directory.
-    pub path: String,
-    /// Why it was refused and what to do.
-    pub reason: String,
 }
 
 /// The edits directory at one moment.
@@ -316,7 +307,7 @@ impl BaseIndex {
         let idx: BaseIndex = serde_json::from_slice(&fs::read(root.join(BASE_INDEX)).ok()?).ok()?;
         if idx.layers != layers
             || idx.revisions != revisions
-            || !root.join(crate::apply::TREES).join(&idx.tree).is_dir()
+            || !root.join(gamezone_api::artifacts::TREES).join(&idx.tree).is_dir()
         {
             return None;
         }

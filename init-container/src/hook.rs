@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::apply::Summary;
+use crate::summary::Summary;
 
 /// What to do after each swap of `current` by `watch`.
 #[derive(Clone, Debug, Default)]
@@ -60,7 +60,7 @@ impl SwapHook {
                 .arg(cmd)
                 .env("GAMEZONE_TREE", &s.tree)
                 .env("GAMEZONE_TREE_DIGEST", &s.tree_digest)
-                .env("GAMEZONE_CURRENT", root.join(crate::apply::CURRENT))
+                .env("GAMEZONE_CURRENT", root.join(gamezone_api::artifacts::CURRENT))
                 .env("GAMEZONE_EDITS_REVISION", s.edits_revision.as_deref().unwrap_or(""))
                 .kill_on_drop(true);
             let timeout = if self.timeout.is_zero() { Duration::from_secs(60) } else { self.timeout };

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod samba;
 mod source;
 pub mod state;
+mod summary;
 mod tree;
 pub mod watch;
 

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::apply::Summary;
+use crate::summary::Summary;
 
 /// Receives progress while layers are fetched and written.
 pub trait Progress: Send + Sync {

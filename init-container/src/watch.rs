@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use notify::Watcher as _;
 use tokio::sync::mpsc;
 
-use crate::apply::{ApplyOptions, Summary, apply};
+use crate::apply::{ApplyOptions, apply};
 use crate::edits::{Debounce, Decision};
 use crate::hook::SwapHook;
 use crate::plan::SourceRef;
 use crate::resolve::{Options, resolve_opts};
+use crate::summary::Summary;
 use crate::{Error, Result};
 
 /// Quiet time after a local change before re-resolving.
