@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::layer::Layer;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -253,9 +253,9 @@ pub struct GameZoneStatus {
     /// Hash of the `spec.artifacts` the pins were resolved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts_hash: Option<String>,
-    /// When the artifacts were last resolved (RFC 3339).
+    /// When the artifacts were last resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifacts_resolved_at: Option<String>,
+    pub artifacts_resolved_at: Option<Time>,
     /// The migration of the current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use gamezone_init::creds::MapCredentials;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -146,7 +147,7 @@ pub async fn pin(
                     .map(|r| ArtifactStatus { layer: r.layer as i32, source: r.source, revision: r.revision })
                     .collect();
                 status.artifacts_hash = Some(spec_hash);
-                status.artifacts_resolved_at = Some(Timestamp::now().to_string());
+                status.artifacts_resolved_at = Some(Time(Timestamp::now()));
                 if changed {
                     let list: Vec<String> = status
                         .artifacts

@@ -89,7 +89,7 @@ fn pins_are_resolved_when_the_artifacts_change_or_the_interval_passed() {
     let mut status = GameZoneStatus::default();
     assert!(resolve_due(&status, "h1", None, now), "never resolved");
     status.artifacts_hash = Some("h1".into());
-    status.artifacts_resolved_at = Some((now - Duration::from_secs(60)).to_string());
+    status.artifacts_resolved_at = Some(Time(now - Duration::from_secs(60)));
     assert!(!resolve_due(&status, "h1", Some(Duration::from_secs(300)), now));
     assert!(resolve_due(&status, "h1", Some(Duration::from_secs(30)), now), "interval passed");
     assert!(!resolve_due(&status, "h1", None, now), "no interval: only spec changes");
