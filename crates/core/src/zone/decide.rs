@@ -460,7 +460,7 @@ pub enum Step {
     Pin,
     /// Running the migration.
     Migrate,
-    /// Holding ports, writing the topology, applying servers and Services.
+    /// Applying servers, holding their ports, writing the topology, applying Services.
     Serve,
 }
 
