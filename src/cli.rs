@@ -534,7 +534,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let pods = gamezone_core::server::pods_on_an_empty_cluster(&children.servers, ranges)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     // In the order a person reads them: who the pods run as, what they mount, what runs first.
-    if let Some((account, role, binding)) = &children.identity {
+    if let Some((account, role, binding)) = &children.sidecar_identity {
         docs.extend([serde_json::to_value(account)?, serde_json::to_value(role)?, serde_json::to_value(binding)?]);
     }
     if let Some(claim) = &children.artifacts_claim {

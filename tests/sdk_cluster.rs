@@ -214,7 +214,7 @@ async fn gate_webhooks_set_their_gates_and_deletable_polls_only_once_drained_and
         "metadata": {"name": "zone1", "namespace": n}, "spec": {"zoneId": 1, "services": []}
     }))
     .unwrap();
-    let (sa, role, binding) = gamezone::zone::identity(&zone);
+    let (sa, role, binding) = gamezone::zone::sidecar_identity(&zone);
     let pp = PostParams::default();
     ns.api::<k8s_openapi::api::core::v1::ServiceAccount>().create(&pp, &sa).await.unwrap();
     ns.api::<k8s_openapi::api::rbac::v1::Role>().create(&pp, &role).await.unwrap();

@@ -159,7 +159,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     }
 
     let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
-    steps::apply_sdk_identity(zone, ctx).await.at(Step::Serve)?;
+    steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
     let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
     let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name(), &made);
@@ -265,7 +265,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
         writer.delete_all_owned::<k8s_openapi::api::apps::v1::Deployment>(&ns, &lp, zones).await?;
     }
-    if build::identity_if_needed(zone).is_some() {
+    if build::sidecar_identity_if_needed(zone).is_some() {
         writer.delete_all_owned::<ServiceAccount>(&ns, &lp, zones).await?;
         writer.delete_all_owned::<Role>(&ns, &lp, zones).await?;
         writer.delete_all_owned::<RoleBinding>(&ns, &lp, zones).await?;
@@ -323,7 +323,7 @@ fn forget(zone: &GameZone, ctx: &Context) {
     }
     ctx.writer.forget_child(&children.topology);
     // Whether or not a type still runs the sidecar: an earlier version of the zone may have.
-    let (sa, role, binding) = build::identity(zone);
+    let (sa, role, binding) = build::sidecar_identity(zone);
     ctx.writer.forget_child(&sa);
     ctx.writer.forget_child(&role);
     ctx.writer.forget_child(&binding);

@@ -32,7 +32,7 @@ use crate::{Error, Result};
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
 /// How long an applied SDK identity (ServiceAccount, Role, RoleBinding) is trusted: like the
 /// topology, nothing watches them, so one deleted by hand comes back within this time.
-const SDK_IDENTITY_REFRESH: Duration = Duration::from_secs(300);
+const SIDECAR_IDENTITY_REFRESH: Duration = Duration::from_secs(300);
 
 /// How long the edits share's status may take to answer.
 const EDITS_ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -466,11 +466,11 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
 
 /// The SDK sidecar's identity (ServiceAccount, Role, RoleBinding), before any pod that runs the
 /// sidecar, when a service type of the zone uses it. Owned by the zone: they go with it.
-pub async fn apply_sdk_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
-    let Some((sa, role, binding)) = build::identity_if_needed(zone) else { return Ok(()) };
-    ctx.writer.apply_child(&sa, SDK_IDENTITY_REFRESH).await?;
-    ctx.writer.apply_child(&role, SDK_IDENTITY_REFRESH).await?;
-    ctx.writer.apply_child(&binding, SDK_IDENTITY_REFRESH).await
+pub async fn apply_sidecar_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
+    let Some((sa, role, binding)) = build::sidecar_identity_if_needed(zone) else { return Ok(()) };
+    ctx.writer.apply_child(&sa, SIDECAR_IDENTITY_REFRESH).await?;
+    ctx.writer.apply_child(&role, SIDECAR_IDENTITY_REFRESH).await?;
+    ctx.writer.apply_child(&binding, SIDECAR_IDENTITY_REFRESH).await
 }
 
 /// The result of a step, with the step that failed.

@@ -504,7 +504,7 @@ pub fn server_template(
         init_containers.get_or_insert_with(Vec::new).insert(0, sidecar);
         volumes.push(token);
         env_vars.extend(super::game_env());
-        service_account = Some(super::sdk_identity(&zone_name));
+        service_account = Some(super::sidecar_identity_name(&zone_name));
         automount = Some(false);
     }
 

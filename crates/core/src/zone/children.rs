@@ -8,8 +8,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use std::collections::BTreeMap;
 
 use super::{
-    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, identity, migration_job, needs_sdk,
-    services, topology,
+    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, migration_job, needs_sdk, services,
+    sidecar_identity, topology,
 };
 use crate::Result;
 use crate::api::{GameServer, GameZone};
@@ -18,7 +18,7 @@ use crate::api::{GameServer, GameZone};
 #[derive(Clone, Debug)]
 pub struct Children {
     /// The SDK sidecar's ServiceAccount, Role and RoleBinding, when a service type runs the sidecar.
-    pub identity: Option<(ServiceAccount, Role, RoleBinding)>,
+    pub sidecar_identity: Option<(ServiceAccount, Role, RoleBinding)>,
     /// The zone-wide artifacts claim (`spec.sharedArtifacts`).
     pub artifacts_claim: Option<PersistentVolumeClaim>,
     /// The edits share's claim and its Samba Deployment (`spec.edits`).
@@ -34,15 +34,15 @@ pub struct Children {
 }
 
 /// The SDK sidecar's identity, when one of the zone's types runs the sidecar.
-pub fn identity_if_needed(zone: &GameZone) -> Option<(ServiceAccount, Role, RoleBinding)> {
-    zone.spec.services.iter().any(needs_sdk).then(|| identity(zone))
+pub fn sidecar_identity_if_needed(zone: &GameZone) -> Option<(ServiceAccount, Role, RoleBinding)> {
+    zone.spec.services.iter().any(needs_sdk).then(|| sidecar_identity(zone))
 }
 
 /// Every object `zone` makes for the layer revisions `pins` (empty strings when not pinned yet:
 /// the names are the same).
 pub fn children(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Children> {
     Ok(Children {
-        identity: identity_if_needed(zone),
+        sidecar_identity: sidecar_identity_if_needed(zone),
         artifacts_claim: artifacts_claim(zone),
         edits: edits_claim(zone).zip(edits_deployment(zone, cfg)),
         migration: migration_job(zone, pins, cfg)?,

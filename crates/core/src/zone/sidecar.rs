@@ -28,7 +28,7 @@ pub const SDK_GRPC_PORT: u16 = 9357;
 pub const SDK_HTTP_PORT: u16 = 9358;
 /// Prefix of the ServiceAccount, Role and RoleBinding the sidecar runs as, `<prefix><zone>`; the
 /// admission policy recognises the sidecar by it.
-pub const SDK_IDENTITY_PREFIX: &str = "gamezone-sdk-";
+pub const SIDECAR_IDENTITY_PREFIX: &str = "gamezone-sdk-";
 /// Where the sidecar's token is mounted: the in-cluster default, so it needs no flag.
 const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -44,8 +44,8 @@ pub fn needs_sdk(service: &ServiceType) -> bool {
 }
 
 /// The name of the zone's sidecar identity (ServiceAccount, Role, RoleBinding).
-pub fn sdk_identity(zone: &str) -> String {
-    format!("{SDK_IDENTITY_PREFIX}{zone}")
+pub fn sidecar_identity_name(zone: &str) -> String {
+    format!("{SIDECAR_IDENTITY_PREFIX}{zone}")
 }
 
 /// Env vars telling the game where the sidecar listens, under GameZone's, Agones' and Carrier's
@@ -183,9 +183,9 @@ pub fn sidecar(image: &str, artifacts: bool) -> (Container, Volume) {
 /// The sidecar's ServiceAccount, and a Role letting it read and patch GameServers and read
 /// WebhookConfigurations in the zone's namespace; which GameServer and which fields it may
 /// change, the admission policy decides.
-pub fn identity(zone: &GameZone) -> (ServiceAccount, Role, RoleBinding) {
+pub fn sidecar_identity(zone: &GameZone) -> (ServiceAccount, Role, RoleBinding) {
     let zone_name = zone.name_any();
-    let name = sdk_identity(&zone_name);
+    let name = sidecar_identity_name(&zone_name);
     let meta = super::build::child_meta(zone, name.clone());
     let sa = ServiceAccount { metadata: meta.clone(), ..Default::default() };
     let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
@@ -243,7 +243,7 @@ mod tests {
             "spec": {"zoneId": 1, "services": []}
         }))
         .unwrap();
-        let (_, role, _) = identity(&zone);
+        let (_, role, _) = sidecar_identity(&zone);
         let rules = role.rules.unwrap();
         let verbs = |resource: &str| -> Vec<String> {
             rules

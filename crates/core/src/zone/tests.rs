@@ -234,7 +234,7 @@ fn a_type_with_gates_runs_the_sdk_sidecar_first_and_only_it_gets_a_token() {
     assert!(db.init_containers.iter().flatten().all(|c| c.name != SDK_CONTAINER));
     assert_eq!(db.service_account_name, None);
 
-    let (sa, role, binding) = identity(&z);
+    let (sa, role, binding) = sidecar_identity(&z);
     assert_eq!(sa.metadata.name.as_deref(), Some("gamezone-sdk-zone1"));
     assert_eq!(binding.subjects.unwrap()[0].name, "gamezone-sdk-zone1");
     let verbs: Vec<_> = role.rules.unwrap().into_iter().flat_map(|r| r.verbs).collect();
