@@ -79,6 +79,17 @@ async fn only_the_lease_holder_acts_and_a_follower_takes_over() {
     ns.cleanup().await;
 }
 
+/// `gamezone render ARGS -f FILE`, run.
+fn render(args: &[&str], file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .arg("render")
+        .args(args)
+        .arg("-f")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn render_prints_the_identity_the_sdk_sidecar_runs_as() {
     let zone = "
@@ -94,8 +105,7 @@ spec:
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zone.yaml");
     std::fs::write(&file, zone).unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    let out = render(&[], &file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
         .map(|d| serde_json::Value::deserialize(d).unwrap())
@@ -141,13 +151,8 @@ spec:
     )
     .unwrap();
     let pin = "0123456789abcdef0123456789abcdef01234567";
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
-        .args(["render", "--port-range", "7100-7199", "--revisions"])
-        .arg(format!(r#"[{{"layer":0,"source":"git https://example.com/x.git","revision":"{pin}"}}]"#))
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let revisions = format!(r#"[{{"layer":0,"source":"git https://example.com/x.git","revision":"{pin}"}}]"#);
+    let out = render(&["--port-range", "7100-7199", "--revisions", &revisions], &file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     // Migration Jobs are named by their inputs hash; keep only the stable part of the name.
@@ -202,11 +207,7 @@ spec:
     assert_eq!(listed, held, "the topology lists the ports the pods get");
 
     // Revisions that do not fit the layers are refused, saying how many are needed.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gamezone"))
-        .args(["render", "--revisions", r#"["a","b"]"#, "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = render(&["--revisions", r#"["a","b"]"#], &file);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spec.artifacts has 1 layer(s)"),
@@ -216,8 +217,7 @@ spec:
 
     // A bad file names the field.
     std::fs::write(&file, "apiVersion: gamezone.dev/v1alpha1\nkind: GameZone\nmetadata: {name: z}\nspec: {zoneId: 1, services: [{type: game, id: 1}]}\n").unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_gamezone")).args(["render", "-f"]).arg(&file).output().unwrap();
+    let out = render(&[], &file);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spec.services[0].image"),

@@ -78,16 +78,18 @@ impl Ports {
                 limit,
             });
         }
-        let result = match alloc.allocation(&key) {
+        // Nodes are counted only for a server about to hold host ports: most need none.
+        let reach_if_hosts = || if wanted.iter().any(|r| r.policy != PortPolicy::None) { reach() } else { None };
+        let result = match before {
             Some(_) => match alloc.allocate(&key, wanted) {
                 Err(AllocError::AlreadyAllocated { .. }) => {
                     // The spec's ports changed: hand back the old ones and take new ones.
                     alloc.release(&key);
-                    alloc.allocate_within(&key, wanted, reach())
+                    alloc.allocate_within(&key, wanted, reach_if_hosts())
                 }
                 same => same,
             },
-            None => alloc.allocate_within(&key, wanted, reach()),
+            None => alloc.allocate_within(&key, wanted, reach_if_hosts()),
         };
         let after = alloc.host_ports_held(&key);
         *held = (*held + after).saturating_sub(before.unwrap_or(0));
@@ -143,9 +145,9 @@ fn namespace_of(holder: &str) -> &str {
 }
 
 /// Rebuilds the allocator from the nodes and the GameServers that exist, so no port is handed
-/// out twice after a restart, nor more often than the nodes its holders can run on. A server's ports come from its status, or else from what its
-/// zone's topology lists (`listed`, by server key): ports are listed there before its pod is
-/// made, and may not have reached its status yet. With `passthrough_deferred` (the platform
+/// out twice after a restart, nor more often than the nodes its holders can run on. A server's
+/// ports come from its status, or else from what its zone's topology lists (`listed`, by server
+/// key): ports are listed there before its pod is made, and may not have reached its status yet. With `passthrough_deferred` (the platform
 /// assigns Passthrough host ports), Passthrough ports are not the allocator's and are left out.
 pub fn rebuild(
     alloc: &mut PortAllocator,
@@ -172,7 +174,10 @@ pub fn rebuild(
         if passthrough_deferred {
             held.retain(|a| a.policy != PortPolicy::Passthrough);
         }
-        let reach = gs.spec.template.spec.as_ref().and_then(|pod| crate::placement::reach(pod, nodes));
+        // Nodes are counted only for a server that holds host ports.
+        let holds_hosts = held.iter().any(|a| a.host_port.is_some());
+        let reach =
+            gs.spec.template.spec.as_ref().filter(|_| holds_hosts).and_then(|pod| crate::placement::reach(pod, nodes));
         match alloc.restore_within(&holder(&ObjectKey::of(gs)), held, node, reach) {
             Ok(report) if !report.over_committed_ports.is_empty() => {
                 tracing::warn!(server = %ObjectKey::of(gs), ports = ?report.over_committed_ports, "restored ports are over-committed");

@@ -139,6 +139,9 @@ pub(super) fn ensure_ports(
     Ok((allocations, deferred.into_iter().map(|(_, d)| d).collect()))
 }
 
+/// The steps of a server: host ports, the pod, status from the pod. Returns what to do next and
+/// whether the status is worth writing now (not right after making a pod: its own events
+/// follow at once).
 async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus) -> Result<(Requeue, bool)> {
     let generation = gs.metadata.generation;
     let (name, ns) = (gs.name_any(), gs.namespace().unwrap_or_default());

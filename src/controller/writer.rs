@@ -224,7 +224,7 @@ impl Writer {
     /// Deletes `name` in `namespace`; one already gone is fine (the watch this process reads
     /// may lag behind). What was applied to it is forgotten.
     pub async fn delete<K: Child>(&self, namespace: &str, name: &str) -> Result<()> {
-        self.applied.forget(&(K::kind(&()), ObjectKey::new(namespace, name)));
+        self.applied.forget(&child_key::<K>(namespace, name));
         match self.api::<K>(namespace).delete(name, &Default::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -261,7 +261,7 @@ impl Writer {
         }
         if !listed.is_empty() {
             for o in &listed {
-                self.applied.forget(&(K::kind(&()), ObjectKey::new(namespace, o.name_any())));
+                self.applied.forget(&child_key::<K>(namespace, &o.name_any()));
             }
             // In the background: the garbage collector removes dependents.
             let background =
@@ -380,7 +380,12 @@ pub fn check_owner<K: Resource<DynamicType = ()>>(
 
 /// Memo key of a child object.
 fn applied_key<K: Resource<DynamicType = ()>>(obj: &K) -> ChildKey {
-    (K::kind(&()), ObjectKey::of(obj))
+    child_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any())
+}
+
+/// Memo key of the child of kind `K` named `name` in `namespace`.
+fn child_key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> ChildKey {
+    (K::kind(&()), ObjectKey::new(namespace, name))
 }
 
 /// Whether `after` differs from `before` only in counts and messages.

@@ -286,9 +286,6 @@ pub fn report_step(status: &mut GameServerStatus, state: ServerState, message: i
     status.message = Some(message.into());
 }
 
-/// The steps of a server: host ports, the pod, status from the pod. Returns what to do next and
-/// whether the status is worth writing now (not right after making a pod: its own events
-/// follow at once).
 /// The Pod of a GameServer: its template plus the allocated ports, their env vars and ownership.
 pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash: &str) -> Result<Pod> {
     let template = gs.spec.template.clone();

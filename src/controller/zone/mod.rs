@@ -162,13 +162,14 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
     let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
-    let ports = steps::hold_ports(ctx, &wanted, &live.servers_by_name(), &made);
+    let by_name = live.servers_by_name();
+    let ports = steps::hold_ports(ctx, &wanted, &by_name, &made);
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
     let draining = applied.at(Step::Serve)?;
     steps::apply_services(zone, ctx, &live).await.at(Step::Serve)?;
     steps::apply_edits(zone, ctx, status, &live).await.at(Step::Serve)?;
 
-    let readiness = decide::readiness(&wanted, &live.servers_by_name());
+    let readiness = decide::readiness(&wanted, &by_name);
     decide::report_servers(status, &readiness, &draining);
     status.endpoints = decide::endpoints(&live.services);
     let all_ready = readiness.ready == readiness.desired && draining.is_empty();

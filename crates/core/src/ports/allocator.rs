@@ -633,6 +633,18 @@ impl PortAllocator {
             }
         }
         assert_eq!(self.by_key.len(), live);
+        // The ceilings are the reaches of each port's holders, no more and no less.
+        let mut ceilings: HashMap<u16, Vec<u32>> = HashMap::new();
+        for (_, s) in self.servers.iter() {
+            for &p in s.host_ports.iter().filter(|_| s.reach.is_some()) {
+                ceilings.entry(p).or_default().extend(s.reach);
+            }
+        }
+        let mut kept: HashMap<u16, Vec<u32>> = self.ceilings.iter().map(|(&p, r)| (p, r.clone())).collect();
+        for reaches in ceilings.values_mut().chain(kept.values_mut()) {
+            reaches.sort_unstable();
+        }
+        assert_eq!(kept, ceilings, "ceilings");
         for (p, c) in &uses {
             assert_eq!(self.uses(*p), *c, "uses of {p}");
         }

@@ -532,18 +532,24 @@ pub fn server_template(
     super::edits::add_to_server_pod(zone, service, &mut spec);
     if let Some(sc) = &service.security_context {
         spec.containers[0].security_context = Some(sc.clone());
-        for c in spec.init_containers.iter_mut().flatten() {
-            let own = c.security_context.get_or_insert_with(Default::default);
-            // As the game's own user (when not root): the files it layers are the game's, and
-            // the edits sidecar may signal the game's process, which needs the same uid.
-            if own.run_as_user.is_none() && sc.run_as_user.is_some_and(|uid| uid > 0) {
-                own.run_as_user = sc.run_as_user;
-                own.run_as_group = sc.run_as_group;
-            }
-            restrict(own);
-        }
+        restrict_beside(spec.init_containers.iter_mut().flatten(), sc);
     }
     Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })
+}
+
+/// Restricts the operator's `containers` in a pod whose own container runs with `beside` (see
+/// [`restrict`]), as that container's user when it names one that is not root: the files the
+/// artifacts init container layers are then its own, and the edits sidecar may signal its
+/// process, which takes the same uid.
+fn restrict_beside<'a>(containers: impl Iterator<Item = &'a mut Container>, beside: &SecurityContext) {
+    for c in containers {
+        let own = c.security_context.get_or_insert_with(Default::default);
+        if own.run_as_user.is_none() && beside.run_as_user.is_some_and(|uid| uid > 0) {
+            own.run_as_user = beside.run_as_user;
+            own.run_as_group = beside.run_as_group;
+        }
+        restrict(own);
+    }
 }
 
 /// Makes `sc` what PodSecurity `restricted` asks of a container: not root (uid 65532 unless it
@@ -787,10 +793,8 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
         env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
     }
-    if migration.security_context.is_some() {
-        for c in init_containers.iter_mut().flatten() {
-            restrict(c.security_context.get_or_insert_with(Default::default));
-        }
+    if let Some(sc) = &migration.security_context {
+        restrict_beside(init_containers.iter_mut().flatten(), sc);
     }
     let mut labels = zone_labels(&zone_name);
     labels.insert(format!("{LABEL_PREFIX}migration"), hash.clone());

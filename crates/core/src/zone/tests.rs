@@ -324,4 +324,5 @@ fn a_migration_with_a_security_context_gets_its_pod_restricted_and_runs_again() 
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let sc = init.security_context.as_ref().expect("the artifacts init container is restricted");
     assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
+    assert_eq!(sc.run_as_user, Some(1000), "the layered files are the migrater's, as a game's are its own");
 }
