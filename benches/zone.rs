@@ -1,19 +1,19 @@
 //! Operator throughput on the local control plane, beside a plain client in the same run.
 //!
-//! 1. Apply → Ready for one zone of 50 instances.
-//! 2. 200 zones × 10 instances on 50 simulated nodes: instances made Ready per second by the
+//! 1. Apply → Ready for one zone of 50 servers.
+//! 2. 200 zones × 10 servers on 50 simulated nodes: servers made Ready per second by the
 //!    operator, and by a plain client creating the same objects (GameServers, Pods, Services,
 //!    ConfigMaps) as fast as it can against the same control plane, ending where the operator
 //!    does: each GameServer's status says Ready once its pod is. Optionally the same client
 //!    creating the objects only (no GameServer ever shows a state). Each side runs once per
 //!    round, in turns (operator, plain; plain, operator; ...); a short unmeasured turn of each
 //!    side comes first, and each phase's objects are deleted before the next starts. The host's
-//!    speed swings between phases (every process's CPU per instance at once, up to 1.8×), so
+//!    speed swings between phases (every process's CPU per server at once, up to 1.8×), so
 //!    each phase's time is also taken at one machine speed, by a gauge of processes that do the
-//!    same work per instance on both sides (see [`Gauge`]); that ratio is the verdict. Rounds run
+//!    same work per server on both sides (see [`Gauge`]); that ratio is the verdict. Rounds run
 //!    until its 95% interval is within ±0.05 (4 to 10 rounds), so two runs agree on it; every
 //!    round, the pooled ratios as timed and at one speed, and their spread, are printed.
-//! 3. Per side and per instance: CPU seconds of each process, the API server's requests by verb
+//! 3. Per side and per server: CPU seconds of each process, the API server's requests by verb
 //!    and resource, bytes received and sent, watch events and their bytes, etcd operations (from
 //!    its /metrics), writes by who made them (its audit log); the operator's RSS with all its
 //!    servers Ready. The load average goes with every figure: the machine may be shared.
@@ -50,13 +50,9 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn zone(name: &str, instances: usize) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1",
-                 "services": [{"type": "game", "id": 1, "endId": instances, "ports": [{"name": "client", "containerPort": 7777}]}]}
-    }))
-    .unwrap()
+fn zone(name: &str, servers: usize) -> GameZone {
+    let ports = json!([{"name": "client", "containerPort": 7777}]);
+    gamezone_api::fixture::zone(name).servers(servers as i64).game("ports", ports).build()
 }
 
 async fn namespace(client: &Client, name: &str) {
@@ -151,9 +147,9 @@ fn cpu_of(procs: &[(String, u32)]) -> Vec<f64> {
 /// The plain client: the objects the operator would make for the zones, created as fast as it
 /// can, ending as the operator leaves them. Each pod is the one the operator makes for its server
 /// (ports, env, owner reference), so it follows its GameServer's creation. With `report`, once
-/// the pod is Ready the GameServer's status says so, as the operator's does, and instances count
+/// the pod is Ready the GameServer's status says so, as the operator's does, and servers count
 /// as Ready as the operator's do: by their GameServer's state. Without, by their pods.
-async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize, report: bool) -> Duration {
+async fn plain_client(client: &Client, ns: &str, zones: usize, per_zone: usize, report: bool) -> Duration {
     let start = Instant::now();
     let cfg = gamezone::zone::BuildConfig::default();
     let (servers, pods, services, maps): (Api<GameServer>, Api<Pod>, Api<Service>, Api<ConfigMap>) = (
@@ -164,7 +160,7 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize,
     );
     let mut work = Vec::new();
     for z in 0..zones {
-        let mut gz = zone(&format!("p{z}"), instances);
+        let mut gz = zone(&format!("p{z}"), per_zone);
         gz.metadata.namespace = Some(ns.to_string());
         work.extend(
             gamezone::zone::game_servers(&gz, &[], &cfg).unwrap().into_iter().map(|gs| Plain::Server(Box::new(gs))),
@@ -172,7 +168,7 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, instances: usize,
         work.extend(gamezone::zone::services(&gz).into_iter().map(|s| Plain::Service(Box::new(s))));
         work.push(Plain::Map(Box::new(gamezone::zone::topology(&gz, &Default::default()))));
     }
-    let n = zones * instances;
+    let n = zones * per_zone;
     // Each GameServer as created (its resourceVersion with it), for its status.
     let created: Mutex<HashMap<String, GameServer>> = Mutex::default();
     let pp = PostParams::default();
@@ -311,23 +307,23 @@ fn place(side: Side, phase: &str, zones: usize) -> (String, Vec<String>) {
     (ns, (0..zones).map(|z| format!("z{phase}-{z}")).collect())
 }
 
-/// One phase: `side` makes the zones `names` in `ns`; returns how long until all their instances
+/// One phase: `side` makes the zones `names` in `ns`; returns how long until all their servers
 /// were Ready (the operator's namespace also holds the big zone's `big`).
-async fn make(client: &Client, side: Side, ns: &str, names: &[String], instances: usize, big: usize) -> Duration {
+async fn make(client: &Client, side: Side, ns: &str, names: &[String], servers: usize, big: usize) -> Duration {
     let start = Instant::now();
     match side {
         Side::Operator => {
             let zapi: Api<GameZone> = Api::namespaced(client.clone(), ns);
             each_zone(names, |name| {
-                let (zapi, gz) = (zapi.clone(), zone(name, instances));
+                let (zapi, gz) = (zapi.clone(), zone(name, servers));
                 async move { zapi.create(&PostParams::default(), &gz).await.map(|_| ()) }
             })
             .await;
-            until_ready(client, ns, names.len() * instances + big, start, server_ready).await
+            until_ready(client, ns, names.len() * servers + big, start, server_ready).await
         }
         Side::Plain | Side::Bare => {
             namespace(client, ns).await;
-            plain_client(client, ns, names.len(), instances, side == Side::Plain).await
+            plain_client(client, ns, names.len(), servers, side == Side::Plain).await
         }
     }
 }
@@ -340,7 +336,7 @@ enum Side {
     /// The plain client, ending where the operator does: each GameServer's status says Ready.
     Plain,
     /// The plain client creating the objects only: its GameServers never show a state, so its
-    /// instances count as Ready by their pods.
+    /// servers count as Ready by their pods.
     Bare,
 }
 
@@ -448,7 +444,7 @@ enum Clock {
     /// The phase's time.
     Wall,
     /// Its time over its gauge: what it would have taken on a machine of one fixed speed (the
-    /// run's mean gauge, so rates stay in instances per second).
+    /// run's mean gauge, so rates stay in servers per second).
     Steady(Gauge),
 }
 
@@ -461,24 +457,24 @@ impl Clock {
     }
 }
 
-/// The machine's speed in a phase, from the CPU seconds per instance of processes whose work per
-/// instance is the same whichever side made the objects: the scheduler binds each pod and
+/// The machine's speed in a phase, from the CPU seconds per server of processes whose work per
+/// server is the same whichever side made the objects: the scheduler binds each pod and
 /// records one Event for it, the simulated kubelets report each pod's status. On this shared
-/// host two phases of one side on one control plane used up to 1.8× the CPU per instance in
+/// host two phases of one side on one control plane used up to 1.8× the CPU per server in
 /// every process at once (API server, etcd, the operator itself), so a phase's rate carries the
 /// machine's swing as well as its side's cost; the gauge carries the swing alone. What these
 /// processes spend with nothing to do (heartbeats, leases), measured before the rounds, is taken
 /// off, or a slower phase would read as a slower machine.
 #[derive(Clone, Copy)]
 struct Gauge {
-    /// The mean gauge over the run's phases, CPU seconds per instance.
+    /// The mean gauge over the run's phases, CPU seconds per server.
     mean: f64,
 }
 
 /// The processes the gauge reads.
 const GAUGE: [&str; 2] = ["kube-scheduler", "kwok"];
 
-/// The gauge of a phase that took `time` s for `n` instances: the CPU seconds per instance the
+/// The gauge of a phase that took `time` s for `n` servers: the CPU seconds per server the
 /// [`GAUGE`] processes of `procs` used in it (`cpu`), less what they use idle (`idle`, CPU s/s)
 /// over as long.
 fn gauge_of(procs: &[(String, u32)], cpu: &[f64], idle: &[f64], time: f64, n: usize) -> f64 {
@@ -493,13 +489,13 @@ async fn idle_rates(procs: &[(String, u32)], window: Duration) -> Vec<f64> {
     cpu_of(procs).iter().zip(&before).map(|(a, b)| (a - b) / window.as_secs_f64()).collect()
 }
 
-/// Instances made Ready per second over `phases` of `side`, their times taken by `clock`.
+/// Servers made Ready per second over `phases` of `side`, their times taken by `clock`.
 fn rate<'a>(phases: impl IntoIterator<Item = &'a Phase>, side: Side, per_phase: usize, clock: Clock) -> f64 {
     let mine: Vec<_> = phases.into_iter().filter(|p| p.side == side).collect();
     (mine.len() * per_phase) as f64 / mine.iter().map(|p| clock.time(p)).sum::<f64>()
 }
 
-/// Operator over plain client: instances Ready per second over `phases` by `clock`.
+/// Operator over plain client: servers Ready per second over `phases` by `clock`.
 fn ratio<'a>(phases: impl IntoIterator<Item = &'a Phase> + Clone, per_phase: usize, clock: Clock) -> f64 {
     rate(phases.clone(), Side::Operator, per_phase, clock) / rate(phases, Side::Plain, per_phase, clock)
 }
@@ -510,7 +506,7 @@ fn mean_gauge<'a>(phases: impl IntoIterator<Item = &'a Phase>) -> Gauge {
     Gauge { mean: sum / count.max(1) as f64 }
 }
 
-/// Operator over plain client, instances Ready per second by `clock`, in each round that ran both.
+/// Operator over plain client, servers Ready per second by `clock`, in each round that ran both.
 fn round_ratios(phases: &[Phase], n: usize, clock: Clock) -> Vec<f64> {
     let rounds = phases.iter().map(|p| p.round + 1).max().unwrap_or(0);
     (0..rounds)
@@ -616,7 +612,7 @@ const IDLE_WINDOW: Duration = Duration::from_secs(20);
 #[tokio::main]
 async fn main() {
     let zones = env_or("GAMEZONE_BENCH_ZONES", 200);
-    let instances = env_or("GAMEZONE_BENCH_INSTANCES", 10);
+    let servers = env_or("GAMEZONE_BENCH_INSTANCES", 10);
     let nodes = env_or("GAMEZONE_BENCH_NODES", 50);
     let big = env_or("GAMEZONE_BENCH_BIG_ZONE", 50);
     // Rounds as asked, or as many as it takes (from 4 up to 10) for the ratio to be known to
@@ -627,7 +623,7 @@ async fn main() {
             None => (env_or("GAMEZONE_BENCH_MIN_ROUNDS", 4).max(2), env_or("GAMEZONE_BENCH_MAX_ROUNDS", 10).max(2)),
         };
     let sides = sides_from_env();
-    let n = zones * instances;
+    let n = zones * servers;
     eprintln!("starting a control plane with {nodes} simulated nodes (load average {:.1})", load_average());
     let cluster = common::start_private(nodes);
     let client = cluster.client().await;
@@ -674,7 +670,7 @@ async fn main() {
     eprintln!("warming up: each side makes {warm} zones");
     for &side in &sides {
         let (ns, names) = place(side, "w", warm);
-        make(&client, side, &ns, &names, instances, big).await;
+        make(&client, side, &ns, &names, servers, big).await;
         clear(&client, side, &ns, &names).await;
     }
     // What each process spends with nothing to do, for the gauge.
@@ -690,12 +686,12 @@ async fn main() {
     'rounds: for round in 0..max_rounds {
         let order = round_order(&sides, round);
         for (k, &side) in order.iter().enumerate() {
-            eprintln!("phase {}: {} makes {zones} zones of {instances} instances", i + 1, side.name());
+            eprintln!("phase {}: {} makes {zones} zones of {servers} servers", i + 1, side.name());
             let (ns, names) = place(side, &i.to_string(), zones);
             let from = audit_offset(&audit).await;
             let api_before = apiserver::scrape(&client).await;
             let before = cpu_of(&procs);
-            let time = make(&client, side, &ns, &names, instances, big).await;
+            let time = make(&client, side, &ns, &names, servers, big).await;
             let after = cpu_of(&procs);
             let api = apiserver::scrape(&client).await.since(&api_before);
             for (what, count) in writes_since(&audit, from) {
@@ -705,7 +701,7 @@ async fn main() {
                 op_rss.push(rss_mib(pid));
             }
             let load = load_average();
-            eprintln!("  {:.1} instances Ready/s (load average {load:.1})", n as f64 / time.as_secs_f64());
+            eprintln!("  {:.1} servers Ready/s (load average {load:.1})", n as f64 / time.as_secs_f64());
             let cpu: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             let gauge = gauge_of(&procs, &cpu, &idle, time.as_secs_f64(), n);
             phases.push(Phase { side, round, time, cpu, api, load, gauge });
@@ -722,7 +718,7 @@ async fn main() {
     if phases.last().is_some_and(|p| p.side != Side::Operator) {
         eprintln!("the operator makes {zones} zones again, for its restart (not measured)");
         let (ns, names) = place(Side::Operator, "r", zones);
-        make(&client, Side::Operator, &ns, &names, instances, big).await;
+        make(&client, Side::Operator, &ns, &names, servers, big).await;
     }
     let _ = op.kill();
     let _ = op.wait();
@@ -734,7 +730,7 @@ async fn main() {
     let _ = op.wait();
     report(&Report {
         zones,
-        instances,
+        servers,
         nodes,
         big,
         big_time,
@@ -754,7 +750,7 @@ async fn main() {
 /// What a run measured.
 struct Report<'a> {
     zones: usize,
-    instances: usize,
+    servers: usize,
     nodes: usize,
     big: usize,
     big_time: Duration,
@@ -774,12 +770,12 @@ struct Report<'a> {
     idle: &'a [f64],
 }
 
-/// Each phase's rate and CPU per 1000 instances by process, so a slow phase shows which process
+/// Each phase's rate and CPU per 1000 servers by process, so a slow phase shows which process
 /// spent more in it (or whether it only waited).
 fn print_phases(r: &Report) {
-    let n = (r.zones * r.instances) as f64;
+    let n = (r.zones * r.servers) as f64;
     let names: String = r.procs.iter().map(|(name, _)| format!("{:>9}", short(name))).collect();
-    println!("each phase, CPU seconds per 1000 instances:");
+    println!("each phase, CPU seconds per 1000 servers:");
     println!("  {:<18}{:>7}{:>7}{names}", "phase", "rate", "gauge");
     for (i, p) in r.phases.iter().enumerate() {
         let cpu: String = p.cpu.iter().map(|c| format!("{:>9.1}", c * 1000.0 / n)).collect();
@@ -788,10 +784,10 @@ fn print_phases(r: &Report) {
     }
 }
 
-/// What the gauge read on each side, and what its processes wrote per instance there: the same
+/// What the gauge read on each side, and what its processes wrote per server there: the same
 /// writes on both sides are what make it neutral, so a side that made them work more would show.
 fn print_gauge(r: &Report) {
-    let n = (r.zones * r.instances) as f64;
+    let n = (r.zones * r.servers) as f64;
     let idle: Vec<String> = r
         .procs
         .iter()
@@ -800,7 +796,7 @@ fn print_gauge(r: &Report) {
         .map(|((name, _), rate)| format!("{} {:.1}", short(name), rate * 1000.0))
         .collect();
     println!(
-        "  the gauge: CPU ms per instance of {} with their idle use ({} CPU ms/s) taken off:",
+        "  the gauge: CPU ms per server of {} with their idle use ({} CPU ms/s) taken off:",
         GAUGE.join(" + "),
         idle.join(", ")
     );
@@ -810,15 +806,12 @@ fn print_gauge(r: &Report) {
             r.writes.get(&side).map_or(0, |w| w.iter().filter(|(what, _)| gauge_write(what)).map(|(_, c)| c).sum());
         let per = writes as f64 / (each.len().max(1) as f64 * n);
         let spread = stats::Summary::of(&each).map(|s| s.show(2)).unwrap_or_default();
-        println!(
-            "    {:<13} phases {spread}; their writes for pods per instance {per:.2}",
-            format!("{}:", side.name())
-        );
+        println!("    {:<13} phases {spread}; their writes for pods per server {per:.2}", format!("{}:", side.name()));
     }
 }
 
 /// Whether `what` (as [`writes_since`] names it) is a write by a gauge process for a pod: its
-/// binding, its Event, its status. Their node heartbeats and leases go by time, not instances.
+/// binding, its Event, its status. Their node heartbeats and leases go by time, not servers.
 fn gauge_write(what: &str) -> bool {
     let Some((who, write)) = what.split_once(": ") else { return false };
     GAUGE.contains(&who)
@@ -832,17 +825,17 @@ fn short(name: &str) -> &str {
 }
 
 fn report(r: &Report) {
-    let (n, phases, sides) = (r.zones * r.instances, r.phases, r.sides);
+    let (n, phases, sides) = (r.zones * r.servers, r.phases, r.sides);
     let rounds = phases.iter().map(|p| p.round + 1).max().unwrap_or(0);
     let loads = stats::Summary::of(&phases.iter().map(|p| p.load).collect::<Vec<_>>());
     let load = loads.map(|l| format!("load average {:.1}..{:.1}", l.min, l.max)).unwrap_or_default();
     println!(
-        "one zone of {} instances, apply -> Running: {:.2} s (load average {:.1})",
+        "one zone of {} servers, apply -> Running: {:.2} s (load average {:.1})",
         r.big,
         r.big_time.as_secs_f64(),
         r.big_load
     );
-    println!("{} zones x {} instances on {} nodes, {rounds} rounds ({load}):", r.zones, r.instances, r.nodes);
+    println!("{} zones x {} servers on {} nodes, {rounds} rounds ({load}):", r.zones, r.servers, r.nodes);
     let steady = Clock::Steady(mean_gauge(phases));
     for round in 0..rounds {
         let mine: Vec<&Phase> = phases.iter().filter(|p| p.round == round).collect();
@@ -865,7 +858,7 @@ fn report(r: &Report) {
             let pooled = rate(phases, side, n, clock);
             let each: Vec<f64> = phases.iter().filter(|p| p.side == side).map(|p| n as f64 / clock.time(p)).collect();
             let spread = stats::Summary::of(&each).map(|s| s.show(1)).unwrap_or_default();
-            println!("    {:<13} {pooled:>7.1} instances Ready/s pooled; phases {spread}", format!("{}:", side.name()));
+            println!("    {:<13} {pooled:>7.1} servers Ready/s pooled; phases {spread}", format!("{}:", side.name()));
         }
         let ratios = round_ratios(phases, n, clock);
         let pooled = ratio(phases, n, clock);
@@ -908,10 +901,10 @@ fn report(r: &Report) {
         r.restart_rss.1,
     );
 
-    // CPU per 1000 instances, by process, over each side's phases; the control plane's total per
+    // CPU per 1000 servers, by process, over each side's phases; the control plane's total per
     // phase too, for its spread.
     let head: String = sides.iter().map(|s| format!("{:>12}", s.name())).collect();
-    println!("CPU seconds per 1000 instances: {head}");
+    println!("CPU seconds per 1000 servers: {head}");
     let of_side = |side: Side| phases.iter().filter(move |p| p.side == side);
     let count = |side: Side| of_side(side).count().max(1) as f64;
     let per_k = |side: Side| 1000.0 / (count(side) * n as f64);
@@ -958,7 +951,7 @@ fn report(r: &Report) {
     );
     print_phases(r);
 
-    // What the API server did for each side, per instance.
+    // What the API server did for each side, per server.
     let counters: Vec<apiserver::Counters> = sides
         .iter()
         .map(|&side| {
@@ -974,7 +967,7 @@ fn report(r: &Report) {
     apiserver::print_per_instance(&columns, 0.005);
 
     // Writes from the audit log, by who made them.
-    println!("writes per instance by who (audit log): {head}");
+    println!("writes per server by who (audit log): {head}");
     let kinds: std::collections::BTreeSet<&String> = r.writes.values().flat_map(|w| w.keys()).collect();
     let mut sums = vec![0.0; sides.len()];
     for what in kinds {

@@ -158,7 +158,7 @@ EOF
   done
 }
 
-# poll SIDE T0: asks every instance `hello` until all answer; prints "FIRST ALL" (seconds since
+# poll SIDE T0: asks every server `hello` until all answer; prints "FIRST ALL" (seconds since
 # T0). Both sides list their objects on each round, so the client load is the same.
 poll() {
   python3 - "$1" "$2" "$INSTANCES" "$TIMEOUT" "$NODE_IP" "$PEER_PORT_BASE" "$CP" "$WORK/cp" <<'PY'
@@ -244,7 +244,7 @@ import statistics, sys
 path, n, files, mb, load = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 rows = [l.split() for l in open(path) if l.strip()]
 data = {s: {"first": [float(r[1]) for r in rows if r[0] == s], "all": [float(r[2]) for r in rows if r[0] == s]} for s in ("ours", "peer")}
-print(f"\napply -> hello, {n} instances on a real node, git layer of {files} files / {mb} MB, {len(data['ours']['first'])} runs per side (load {load})")
+print(f"\napply -> hello, {n} servers on a real node, git layer of {files} files / {mb} MB, {len(data['ours']['first'])} runs per side (load {load})")
 print(f"{'':36} {'median':>8} {'min':>8} {'max':>8}   (seconds)")
 wide = []
 for metric, label in (("first", "first hello"), ("all", f"all {n} answered")):

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Measures what CI costs on a fresh machine: `.ci/run` in a fresh clone of HEAD, with every
-# build cache empty (GAMEZONE_CACHE, cargo's home and target, Go's build and module caches,
+# Measures what CI (or the demo) costs on a fresh machine: `.ci/run` (or `scripts/demo.sh`) in a
+# fresh clone of HEAD, with every build cache empty (GAMEZONE_CACHE, cargo's home and target, Go's build and module caches,
 # npm's cache) under DIR, each output line stamped with the time since the start and the load
 # average, and a summary of the long steps at the end. What the machine already has stays:
 # Debian packages, the Rust toolchain, Go, hadolint.
 #
-#   scripts/cold-ci.sh DIR      run (DIR must not exist; about 14 GB; removed with rm -rf DIR)
+#   scripts/cold-ci.sh DIR        run CI (DIR must not exist; about 14 GB; removed with rm -rf DIR)
+#   scripts/cold-ci.sh DIR demo   run the demo instead, then stop it (about 6 GB)
 #
 # Without an idle machine the figures are an upper bound: the summary prints the load seen.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DIR=${1:?usage: scripts/cold-ci.sh DIR}
+DIR=${1:?usage: scripts/cold-ci.sh DIR [demo]}
+WHAT=${2:-ci}
+case $WHAT in ci) RUN=(.ci/run) ;; demo) RUN=(scripts/demo.sh) ;; *) echo "cold-ci: run ci or demo, not $WHAT" >&2; exit 2 ;; esac
 [[ ! -e "$DIR" ]] || { echo "cold-ci: $DIR exists; give a new directory" >&2; exit 2; }
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
@@ -36,16 +39,17 @@ stamp() {
 sampler=$!
 trap 'kill "$sampler" 2>/dev/null || true' EXIT
 
-echo "cold CI run of $(git -C "$DIR/repo" rev-parse --short HEAD) in $DIR; log: $LOG" >&2
+echo "cold $WHAT run of $(git -C "$DIR/repo" rev-parse --short HEAD) in $DIR; log: $LOG" >&2
 set +e
-(cd "$DIR/repo" && .ci/run) 2>&1 | stamp | tee "$LOG"
+(cd "$DIR/repo" && "${RUN[@]}") 2>&1 | stamp | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 total=$(($(date +%s) - start))
+[[ $WHAT != demo ]] || (cd "$DIR/repo" && scripts/demo.sh down >/dev/null 2>&1) || true
 
 {
   echo
-  echo "=== cold CI: exit $rc after $((total / 60)) min $((total % 60)) s"
+  echo "=== cold $WHAT: exit $rc after $((total / 60)) min $((total % 60)) s"
   grep -E 'built after|build took|built [a-z-]+ in|Finished|test result:|passed|failed' "$LOG" | grep -v 'Compiling' | tail -n 60
   echo "--- load and disk every 5 min"
   cat "$DIR/samples.log"

@@ -26,11 +26,18 @@ down() {
 if [ "${1:-}" = down ]; then down; echo "demo stopped"; exit 0; fi
 
 say "setting up (first run builds Kubernetes and the operator; later runs take seconds)"
+# The binaries in the `demo` profile (Cargo.toml), the sidecar with the rest: the release
+# profile, and the sidecar's fat LTO above all, are for published images.
+export GAMEZONE_IMAGE_PROFILE=demo
+bash scripts/setup.sh demo-packages
+# The Rust build runs beside the control plane's Go builds: on a cold machine each alone
+# leaves a core idle in its download and link steps. Its lines carry a [rust] prefix.
+# shellcheck source=scripts/lib/beside.sh
+source scripts/lib/beside.sh
+beside_start rust scripts/images.sh binaries
 # Only what the demo runs: the control plane, a real node and the migrater, not the tests' servers.
 bash scripts/setup.sh demo
-# The sidecar in the release profile with the rest: its image profile (fat LTO, one codegen
-# unit) is for published images, and alone took longer than everything else here.
-export GAMEZONE_SDK_PROFILE=release
+beside_wait || { say "the operator's build failed: see the [rust] lines above"; exit 1; }
 down
 mkdir -p "$DEMO"
 
@@ -42,9 +49,9 @@ kubectl get nodes
 # Pods reach the host's loopback services at this address (the node's network DNATs it).
 HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$DEMO/cp/real-nodes.env")
 
-say "building the images (release binaries, cached by content) into the real node's containerd"
-scripts/images.sh import "$DEMO/cp"
-BIN=$CARGO_TARGET_DIR/release
+say "building the images the demo runs (cached by content) into the real node's containerd"
+scripts/images.sh import "$DEMO/cp" operator game-server migrater
+BIN=$CARGO_TARGET_DIR/demo
 IMAGE=$(scripts/images.sh names | sed -n 2p)
 MIGRATER=$(scripts/images.sh names | sed -n 3p)
 

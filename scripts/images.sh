@@ -4,9 +4,11 @@
 # (tests/controlplane/images.sh), cached by content, optionally imported into a local control
 # plane's real nodes.
 #
-#   scripts/images.sh build           build every image; prints "NAME ARCHIVE" per image
-#   scripts/images.sh import DIR      build, then import into the real nodes of `cp.sh up DIR --real-nodes N`
-#   scripts/images.sh names           print the image names only
+#   scripts/images.sh build [IMAGE...]        build the images (all, or those named: operator,
+#                                             game-server, migrater, git, samba); prints "NAME ARCHIVE"
+#   scripts/images.sh import DIR [IMAGE...]   build, then import into the real nodes of `cp.sh up DIR --real-nodes N`
+#   scripts/images.sh binaries                only the workspace's binaries the images hold
+#   scripts/images.sh names                   print the image names only
 #
 # Images (what deploy/, the tests and the demo use):
 #   ghcr.io/gamezone-dev/gamezone:0.1.0         gamezone (entrypoint, `run`), gamezone-sdk (the SDK sidecar),
@@ -21,11 +23,12 @@
 # binaries, paths, entrypoint and user from what the workspace builds here.
 #   CARGO_TARGET_DIR         where cargo builds (default ~/.cache/gamezone/cargo-target)
 #   GAMEZONE_CACHE           cache root (default ~/.cache/gamezone)
-#   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the demo, the
-#                            benchmarks) or dev (the end-to-end tests: the binaries `cargo test`
-#                            has built already, so a test run compiles the workspace once)
+#   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the benchmarks),
+#                            demo (the demo: fast to build, the sidecar built with the rest) or
+#                            dev (the end-to-end tests: the binaries `cargo test` has built
+#                            already, so a test run compiles the workspace once)
 #   GAMEZONE_SDK_PROFILE     with release: the SDK sidecar's profile, sidecar (default: what
-#                            published images hold) or release (the demo: no second build)
+#                            published images hold) or release (no second build)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,7 +46,7 @@ say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -53,8 +56,9 @@ usage() {
 PROFILE="${GAMEZONE_IMAGE_PROFILE:-release}"
 case $PROFILE in
   release) BIN_DIR="$CARGO_TARGET_DIR/release" SDK_PROFILE=${GAMEZONE_SDK_PROFILE:-sidecar} ;;
+  demo) BIN_DIR="$CARGO_TARGET_DIR/demo" SDK_PROFILE=demo ;;
   dev) BIN_DIR="$CARGO_TARGET_DIR/debug" SDK_PROFILE=dev ;;
-  *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release or dev" ;;
+  *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release, demo or dev" ;;
 esac
 case $SDK_PROFILE in
   sidecar) SDK_BIN="$CARGO_TARGET_DIR/sidecar/gamezone-sdk" ;;
@@ -75,26 +79,46 @@ build_binaries() {
   fi
 }
 
-# "NAME ARCHIVE" for every image.
+# "NAME ARCHIVE" for every image asked for by its short name (operator, game-server, migrater,
+# git, samba), or for all of them.
 build_images() {
+  local want=("$@") short
+  [[ ${#want[@]} -gt 0 ]] || want=(operator game-server migrater git samba)
+  for short in "${want[@]}"; do
+    case $short in operator | game-server | migrater | git | samba) ;; *) die "no image '$short' (operator, game-server, migrater, git, samba)" ;; esac
+  done
+  wanted() { [[ " ${want[*]} " == *" $1 "* ]]; }
   build_binaries
   local rel="$BIN_DIR" migrate entry git_bin archive
-  migrate="$("$root/examples/migrater/build.sh" migrate | tail -n 1)"
-  entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
 
-  archive=$("$images" build "$OPERATOR" \
-    --bin "$rel/gamezone" --bin "$SDK_BIN" --bin "$rel/gamezone-init" \
-    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
-    --entrypoint /usr/local/bin/gamezone --cmd run --user 65532:65532)
-  echo "$OPERATOR $archive"
+  if wanted operator; then
+    archive=$("$images" build "$OPERATOR" \
+      --bin "$rel/gamezone" --bin "$SDK_BIN" --bin "$rel/gamezone-init" \
+      --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
+      --entrypoint /usr/local/bin/gamezone --cmd run --user 65532:65532)
+    echo "$OPERATOR $archive"
+  fi
 
-  archive=$("$images" build "$GAME_SERVER" --bin "$rel/game-server" \
-    --entrypoint /usr/local/bin/game-server --user 65532:65532)
-  echo "$GAME_SERVER $archive"
+  if wanted game-server; then
+    archive=$("$images" build "$GAME_SERVER" --bin "$rel/game-server" \
+      --entrypoint /usr/local/bin/game-server --user 65532:65532)
+    echo "$GAME_SERVER $archive"
+  fi
 
-  archive=$("$images" build "$MIGRATER" --bin "$entry:/gamezone-migrate" --bin "$migrate:/migrate" \
-    --entrypoint /gamezone-migrate --user 65532:65532)
-  echo "$MIGRATER $archive"
+  if wanted migrater; then
+    migrate="$("$root/examples/migrater/build.sh" migrate | tail -n 1)"
+    entry="$("$root/examples/migrater/build.sh" entrypoint | tail -n 1)"
+    archive=$("$images" build "$MIGRATER" --bin "$entry:/gamezone-migrate" --bin "$migrate:/migrate" \
+      --entrypoint /gamezone-migrate --user 65532:65532)
+    echo "$MIGRATER $archive"
+  fi
+  wanted git && git_image
+  wanted samba && samba_image
+  return 0
+}
+
+git_image() {
+  local git_bin archive
 
   # git clone needs git-remote-http (libcurl) and the pack helpers beside git itself.
   git_bin="$(command -v git)" || die "git is not installed (apt-get install git)"
@@ -107,7 +131,10 @@ build_images() {
     --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --entrypoint /usr/bin/git --env HOME=/tmp --user 65532:65532)
   echo "$GIT $archive"
+}
 
+samba_image() {
+  local archive rel="$BIN_DIR"
   # smbd runs as root and writes the edits as `nonroot` (65532, in the image's /etc/passwd).
   # Its libraries come from ldd like every binary's; it loads no module for the one share.
   local smbd smbpasswd
@@ -124,17 +151,19 @@ main() {
   [[ $# -ge 1 ]] || usage
   local sub=$1; shift
   case $sub in
-    build) build_images ;;
+    build) build_images "$@" ;;
+    binaries) build_binaries ;;
     import)
-      [[ $# -eq 1 ]] || die "import needs the control plane's directory: scripts/images.sh import DIR"
-      local built
-      built="$(build_images)"
+      [[ $# -ge 1 ]] || die "import needs the control plane's directory: scripts/images.sh import DIR [IMAGE...]"
+      local built dir=$1
+      shift
+      built="$(build_images "$@")"
       # shellcheck disable=SC2046 # one archive path per word
-      "$images" import "$1" $(awk '{print $2}' <<<"$built")
+      "$images" import "$dir" $(awk '{print $2}' <<<"$built")
       echo "$built" ;;
     names) printf '%s\n' "$OPERATOR" "$GAME_SERVER" "$MIGRATER" "$GIT" "$SAMBA" ;;
     -h | --help | help) usage ;;
-    *) die "unknown subcommand '$sub' (build, import, names)" ;;
+    *) die "unknown subcommand '$sub' (build, binaries, import, names)" ;;
   esac
 }
 

@@ -9,9 +9,11 @@
 #   scripts/setup.sh builds     only the servers the tests and the demo run (Go and Rust builds)
 #   scripts/setup.sh demo       only what scripts/demo.sh runs: the packages the operator's build
 #                               needs, the control plane with its real node, the migrater
+#   scripts/setup.sh demo-packages   only the packages the demo's Rust build needs (seconds), so
+#                               that build can start beside the control plane's
 set -euo pipefail
 PHASE=${1:-all}
-case $PHASE in all | packages | builds | demo) ;; *) echo "usage: scripts/setup.sh [packages|builds|demo]" >&2; exit 2 ;; esac
+case $PHASE in all | packages | builds | demo | demo-packages) ;; *) echo "usage: scripts/setup.sh [packages|builds|demo|demo-packages]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -80,9 +82,13 @@ builds() {
   "$ROOT/tests/argocd/argocd.sh" build
 }
 
-demo() {
+demo_packages() {
   apt_install "${DEMO_PACKAGES[@]}"
   command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup"; exit 1; }
+}
+
+demo() {
+  demo_packages
   "$ROOT/tests/controlplane/cp.sh" build --real-nodes
   bash "$ROOT/examples/migrater/build.sh" >/dev/null
   bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
@@ -92,6 +98,7 @@ demo() {
 # the end-to-end tests from the dev binaries `cargo test` builds (scripts/images.sh).
 case $PHASE in
   demo) demo ;;
+  demo-packages) demo_packages ;;
   packages) packages ;;
   builds) builds ;;
   all) packages && builds ;;

@@ -30,17 +30,11 @@ rust_build() {
   say "cargo test --no-run (the test binaries)"
   cargo test --workspace --locked --no-run
 }
-kill_tree() {
-  local child
-  for child in $(pgrep -P "$1"); do kill_tree "$child"; done
-  kill "$1" 2>/dev/null || true
-}
-( set -o pipefail; rust_build 2>&1 | sed -u 's/^/[rust] /' >&2 ) &
-RUST_BUILD=$!
-trap 'kill_tree "$RUST_BUILD"' EXIT
+# shellcheck source=scripts/lib/beside.sh
+source scripts/lib/beside.sh
+beside_start rust rust_build
 bash scripts/setup.sh builds
-wait "$RUST_BUILD" || { say "clippy or the test build failed: see the [rust] lines above"; exit 1; }
-trap - EXIT
+beside_wait || { say "clippy or the test build failed: see the [rust] lines above"; exit 1; }
 say "clippy clean, test binaries built"
 
 say "starting the shared control plane"

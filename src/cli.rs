@@ -397,10 +397,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
-    use crate::edits::client::EditsApi;
+    use crate::edits_api::client::EditsApi;
     let target = match &cmd {
         EditsCommand::Serve { root, secret_dir, state_dir, smb_port, api_port, smbd, smbpasswd } => {
-            return crate::edits::server::serve(crate::edits::server::ServeConfig {
+            return crate::edits_api::server::serve(crate::edits_api::server::ServeConfig {
                 root: root.clone(),
                 secret_dir: secret_dir.clone(),
                 state_dir: state_dir.clone(),
@@ -424,7 +424,7 @@ async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
     match cmd {
         EditsCommand::Status(_) => {
             let report = api.status().await.context("edits API (is the zone's edits pod running?)")?;
-            print!("{}", crate::edits::describe(&zone, &report));
+            print!("{}", crate::edits_api::describe(&zone, &report));
         }
         EditsCommand::Reset(_) => {
             let n = api.reset().await?;
@@ -450,7 +450,7 @@ async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
             }
             let work = tempfile::tempdir()?;
             let message = message.unwrap_or_else(|| format!("Live edits of zone {ns}/{}", target_zone(&zone)));
-            let commit = crate::edits::save::save(&tar, &git_url, &branch, &message, work.path())?;
+            let commit = crate::edits_api::save::save(&tar, &git_url, &branch, &message, work.path())?;
             println!("{commit}");
             eprintln!("pushed the edits as {commit} to {git_url} branch {branch}");
         }

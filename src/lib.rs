@@ -12,7 +12,7 @@ pub mod cli;
 mod error;
 pub use error::{Error, Result};
 pub mod controller;
-pub mod edits;
+pub mod edits_api;
 pub use gamezone_sdk as sdk;
 pub use gamezone_telemetry as telemetry;
 pub mod webhook;

@@ -123,12 +123,8 @@ async fn wait_holder(leases: &Api<Lease>, who: &str) {
     .await
 }
 
-fn zone(instances: u32) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1, "endId": instances}]}
-    }))
-    .unwrap()
+fn zone(servers: i64) -> GameZone {
+    gamezone_api::fixture::zone("zone1").servers(servers).build()
 }
 
 /// Successful writes of `agent` received at or after `since`, one line each.

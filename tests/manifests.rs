@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gamezone::api::{GameServer, GameZone};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const LUA: &str = "lua5.4";
 const CRD_ZONE: &str = "gamezones.gamezone.dev";
@@ -723,25 +723,25 @@ async fn the_namespaced_install_runs_a_zone_in_its_namespace_and_reaches_no_othe
 /// A zone in `ns` reaches Running and goes again, with no request of the operator refused.
 async fn zone_from_create_to_delete(kubectl: &KubectlDir, op: &Operator, ns: &str) {
     kubectl.ok(&["create", "secret", "generic", "mysql", "-n", ns, "--from-literal=password=s3cret"]);
-    let zone = serde_json::json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "zone1", "namespace": ns},
-        "spec": {
-            "zoneId": 101,
-            "defaultImage": "registry.example.com/project1/service:0.1.0",
-            "migration": {"image": "registry.example.com/project1/dbmigrater:0.1.0"},
-            "services": [
-                {"type": "game", "id": 1, "ports": [{"name": "client", "containerPort": 7777, "policy": "Dynamic"}],
-                 "expose": {"perInstance": {"type": "ClusterIP"}}},
-                {"type": "gateway", "id": 1, "endId": 2,
-                 "ports": [{"name": "client", "containerPort": 8000}],
-                 "expose": {"perType": {"type": "ClusterIP"}}}
-            ],
-            "redis": {"host": "redis"},
-            "mysql": {"host": "mysql", "user": "username1", "database": "project1",
-                      "passwordSecretRef": {"name": "mysql", "key": "password"}}
-        }
-    });
+    let zone = gamezone_api::fixture::zone("zone1")
+        .namespace(ns)
+        .spec("zoneId", json!(101))
+        .spec("defaultImage", json!("registry.example.com/project1/service:0.1.0"))
+        .spec("migration", json!({"image": "registry.example.com/project1/dbmigrater:0.1.0"}))
+        .services(json!([
+            {"type": "game", "id": 1, "ports": [{"name": "client", "containerPort": 7777, "policy": "Dynamic"}],
+             "expose": {"perInstance": {"type": "ClusterIP"}}},
+            {"type": "gateway", "id": 1, "endId": 2,
+             "ports": [{"name": "client", "containerPort": 8000}],
+             "expose": {"perType": {"type": "ClusterIP"}}}
+        ]))
+        .spec("redis", json!({"host": "redis"}))
+        .spec(
+            "mysql",
+            json!({"host": "mysql", "user": "username1", "database": "project1",
+                              "passwordSecretRef": {"name": "mysql", "key": "password"}}),
+        )
+        .json();
     kubectl.ok_stdin(&["apply", "--server-side", "-f", "-"], &to_list(&[&zone]));
 
     wait_kubectl(

@@ -11,11 +11,7 @@ use serde_json::json;
 use support::{Operator, WAIT, free_port, http_get, install_crds, wait_ready};
 
 fn small_zone() -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1", "services": [{"type": "game", "id": 1, "endId": 2}]}
-    }))
-    .unwrap()
+    gamezone_api::fixture::zone("zone1").servers(2).build()
 }
 
 #[tokio::test]

@@ -14,13 +14,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::{Operator, WAIT, free_port, http_get, install_crds, wait_ready};
 
-fn zone(name: &str, instances: i64, ports: serde_json::Value) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1",
-                 "services": [{"type": "game", "id": 1, "endId": instances, "ports": ports}]}
-    }))
-    .unwrap()
+fn zone(name: &str, servers: i64, ports: serde_json::Value) -> GameZone {
+    gamezone_api::fixture::zone(name).servers(servers).game("ports", ports).build()
 }
 
 /// (node, host port, protocol) of every hostPort of every pod in the namespace.
@@ -85,7 +80,7 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
         let told = env.iter().find(|e| e.name == "GAMEZONE_PORT_GAME").and_then(|e| e.value.clone());
         assert_eq!(told, Some(p.host_port.unwrap().to_string()), "the process is told its public port");
     }
-    // The topology lists every instance's allocated ports; the pod was made only once it did.
+    // The topology lists every server's allocated ports; the pod was made only once it did.
     let topology: Api<ConfigMap> = ns.api();
     let doc: serde_json::Value =
         serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
@@ -110,7 +105,7 @@ async fn dynamic_ports_spread_over_nodes_and_survive_a_restart() {
     })
     .await;
     let port = again.spec.unwrap().containers[0].ports.clone().unwrap()[0].host_port;
-    assert_eq!(port, held, "the instance kept its host port");
+    assert_eq!(port, held, "the server kept its host port");
 
     // Restart: allocations are rebuilt, so the two new servers take the last free slots only.
     op.kill();

@@ -74,10 +74,7 @@ async fn as_tenant(prefix: &str, extra: &[&str]) -> (common::TestNs, Operator, A
 }
 
 fn zone(name: &str, spec: serde_json::Value) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
+    gamezone_api::fixture::zone(name).with_spec(spec).build()
 }
 
 /// The condition `type_` of the zone, as `(status, reason, message)`, once `pred` holds for it.

@@ -90,16 +90,10 @@ fn assign(review: &Value, next: &AtomicU16) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
-fn zone(name: &str, instances: i64) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1",
-                 "services": [{"type": "game", "id": 1, "endId": instances, "ports": [
-                     {"name": "game", "protocol": "UDP", "policy": "Passthrough"},
-                     {"name": "admin", "containerPort": 8080}
-                 ]}]}
-    }))
-    .unwrap()
+fn zone(name: &str, servers: i64) -> GameZone {
+    let ports =
+        json!([{"name": "game", "protocol": "UDP", "policy": "Passthrough"}, {"name": "admin", "containerPort": 8080}]);
+    gamezone_api::fixture::zone(name).servers(servers).game("ports", ports).build()
 }
 
 /// A pod marked the way the server controller marks one, or a plain one.

@@ -1,13 +1,14 @@
 //! Building the tree: layers in order into a staging directory, then an atomic swap of the
 //! `current` symlink and the state file. A failed run leaves `current` and the state untouched.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::creds::Credentials;
-use crate::edits::{BaseIndex, EditEntry, EditKind, EditsStatus, RefusedEdit};
+use crate::edits_layer::{BaseIndex, EditEntry, EditKind, EditsStatus, RefusedEdit, Snapshot};
 use crate::egress::Egress;
 use crate::error::{Ctx, Error};
 use crate::plan::Layer;
@@ -17,7 +18,7 @@ use crate::retry::RetryPolicy;
 use crate::source::{git, local};
 use crate::state::{self, EditsState, LayerSummary, State};
 pub use crate::summary::Summary;
-use crate::tree::{Limits, TreeWriter};
+use crate::tree::{Entry, Limits, TreeWriter};
 use crate::{Result, lock, paths};
 
 pub use gamezone_api::artifacts::{CURRENT, TREES};
@@ -178,11 +179,7 @@ async fn apply_pinned(
     let (staging, writer) = build_layers(opts, prepared).await?;
     let stats = writer.stats();
     let id = tree_id("", &stats.digest);
-    let tree = move_into_place(staging, &trees, &id)?;
-    if let Err(e) = swap_current(root, &id) {
-        let _ = fs::remove_dir_all(&tree);
-        return Err(e);
-    }
+    let tree = publish(root, staging, &id)?;
     state::write(
         root,
         &State {
@@ -198,7 +195,7 @@ async fn apply_pinned(
         },
     )?;
     // Edits are off now: their status would describe a tree that is gone.
-    for stale in [crate::edits::BASE_INDEX, crate::edits::STATUS_FILE] {
+    for stale in [crate::edits_layer::BASE_INDEX, crate::edits_layer::STATUS_FILE] {
         let _ = fs::remove_file(root.join(stale));
     }
     remove_old_trees(&trees, &[&id]);
@@ -276,6 +273,17 @@ fn tree_id(prefix: &str, digest: &str) -> String {
     format!("{prefix}{}-{:08x}", &hex[..12], fastrand::u32(..))
 }
 
+/// Moves a finished staging tree to `.trees/<id>` and points `current` at it; on failure the
+/// tree is removed and `current` is left as it was.
+fn publish(root: &Path, staging: tempfile::TempDir, id: &str) -> Result<PathBuf> {
+    let tree = move_into_place(staging, &root.join(TREES), id)?;
+    if let Err(e) = swap_current(root, id) {
+        let _ = fs::remove_dir_all(&tree);
+        return Err(e);
+    }
+    Ok(tree)
+}
+
 /// Renames a finished staging directory to `.trees/<id>`.
 fn move_into_place(staging: tempfile::TempDir, trees: &Path, id: &str) -> Result<PathBuf> {
     let tree = trees.join(id);
@@ -287,6 +295,9 @@ fn move_into_place(staging: tempfile::TempDir, trees: &Path, id: &str) -> Result
     Ok(tree)
 }
 
+/// The base tree of the pinned layers: its directory name under `.trees/` and its entries.
+type Base = (String, BTreeMap<String, Entry>);
+
 /// The pinned layers as a base tree (reused while the pins stay), with the edits directory
 /// layered on top in a tree of hard links to the base's files; see the crate README.
 async fn apply_with_edits(
@@ -296,193 +307,244 @@ async fn apply_with_edits(
     dir: &Path,
     started: Instant,
 ) -> Result<Summary> {
-    let root = &opts.root;
-    let trees = root.join(TREES);
-    let summaries = LayerSummary::of(&opts.layers);
-    let ctx = Ctx::new(opts.layers.len(), format!("edits {}", dir.display()));
-    let dir_text = dir.display().to_string();
-    let snap = scan_edits(&ctx, dir).await?;
-    if let Some(r) = &snap.refusal {
-        tracing::warn!(path = %r.path, reason = %r.reason, edits = %dir_text, "edit refused; keeping the last good tree");
-    }
-
+    let run = EditsRun::scan(opts, dir, started).await?;
     // The base is found by its index, not the state file: a run that built it and then failed
     // (edits changed while copied) leaves it for the next run.
-    let base = BaseIndex::read(root, &summaries, &opts.revisions);
-    if let (Some((b, _)), Some(st)) = (&base, &st)
-        && st.base_tree.as_ref() == Some(b)
-        && let Some(e) = &st.edits
-        && e.dir == dir_text
-        && is_current(root, &st.tree)
-        && (snap.refusal.is_some() || e.revision == snap.digest)
+    let base = BaseIndex::read(&opts.root, &run.summaries, &opts.revisions);
+    if let (Some((base_id, _)), Some(st)) = (&base, &st)
+        && run.in_place(st, base_id)
     {
-        // Same pins and the same edits, or edits refused: `current` is the last good tree.
+        return run.keep_current(st);
+    }
+    let (base, base_bytes) = match base {
+        Some(base) => (base, 0),
+        None => build_base(opts, prepared, &run.summaries).await?,
+    };
+    let layered = run.layer_over(&base).await?;
+    let digest = layered.writer.stats().digest;
+    match st.filter(|st| run.same_tree(st, &digest, &base.0)) {
+        // Edits that change nothing in the tree (a file saved again, a new mtime): no swap.
+        Some(st) => run.keep_tree(&st, layered, base_bytes),
+        None => run.swap_in(layered, &base, base_bytes),
+    }
+}
+
+/// Builds the pinned layers as the base tree and writes its index; returns it and the bytes written.
+async fn build_base(
+    opts: &ApplyOptions,
+    prepared: Vec<Option<Prepared>>,
+    summaries: &[LayerSummary],
+) -> Result<(Base, u64)> {
+    let (staging, writer) = build_layers(opts, prepared).await?;
+    let stats = writer.stats();
+    let id = tree_id("base-", &stats.digest);
+    let entries = writer.entries();
+    move_into_place(staging, &opts.root.join(TREES), &id)?;
+    let index = BaseIndex::new(&id, &stats.digest, summaries, &opts.revisions, &entries);
+    state::write_json(&opts.root, crate::edits_layer::BASE_INDEX, &index)?;
+    tracing::info!(tree = %id, files = stats.files, bytes = stats.bytes, "pinned layers built as the base tree");
+    Ok(((id, entries), writer.written().1))
+}
+
+/// One run of the edits layer: the edits directory as scanned, and what recording it needs.
+struct EditsRun<'a> {
+    opts: &'a ApplyOptions,
+    /// The edits layer's error context (its index is one past the pinned layers').
+    ctx: Ctx,
+    dir: &'a Path,
+    dir_text: String,
+    snap: Snapshot,
+    summaries: Vec<LayerSummary>,
+    trees: PathBuf,
+    started: Instant,
+}
+
+/// The edits laid over the base in a staging tree.
+struct Layered {
+    staging: tempfile::TempDir,
+    writer: Arc<TreeWriter>,
+    /// Files hard-linked from the base.
+    linked: u64,
+    /// The edits revision the tree holds: the scanned digest, or empty when the batch was refused.
+    applied: String,
+}
+
+impl<'a> EditsRun<'a> {
+    async fn scan(opts: &'a ApplyOptions, dir: &'a Path, started: Instant) -> Result<Self> {
+        let ctx = Ctx::new(opts.layers.len(), format!("edits {}", dir.display()));
+        let dir_text = dir.display().to_string();
+        let snap = scan_edits(&ctx, dir).await?;
         if let Some(r) = &snap.refusal {
-            status_refused(root, &dir_text, st, &snap.digest, r)?;
+            tracing::warn!(path = %r.path, reason = %r.reason, edits = %dir_text, "edit refused; keeping the last good tree");
+        }
+        let summaries = LayerSummary::of(&opts.layers);
+        Ok(EditsRun { opts, ctx, dir, dir_text, snap, summaries, trees: opts.root.join(TREES), started })
+    }
+
+    /// Same pins and the same edits, or edits refused: `current` is the last good tree.
+    fn in_place(&self, st: &State, base_id: &str) -> bool {
+        st.base_tree.as_deref() == Some(base_id)
+            && st.edits.as_ref().is_some_and(|e| {
+                e.dir == self.dir_text && (self.snap.refusal.is_some() || e.revision == self.snap.digest)
+            })
+            && is_current(&self.opts.root, &st.tree)
+    }
+
+    /// Leaves `current` as it is, recording a refused batch if this one is.
+    fn keep_current(self, st: &State) -> Result<Summary> {
+        if let Some(r) = &self.snap.refusal {
+            status_refused(&self.opts.root, &self.dir_text, st, &self.snap.digest, r)?;
         } else {
             tracing::info!(tree = %st.tree, "pinned revisions and edits already in place; nothing to do");
         }
+        let revision = st.edits.as_ref().map(|e| e.revision.clone());
         let s = Summary {
-            edits_revision: Some(e.revision.clone()),
-            edits_scanned: Some(snap.digest.clone()),
-            refused: snap.refusal.clone(),
-            ..Summary::unchanged(st, &trees, opts.layers.len(), started)
+            edits_revision: revision,
+            edits_scanned: Some(self.snap.digest.clone()),
+            refused: self.snap.refusal.clone(),
+            ..Summary::unchanged(st, &self.trees, self.opts.layers.len(), self.started)
         };
-        opts.progress.finished(&s);
-        return Ok(s);
+        self.opts.progress.finished(&s);
+        Ok(s)
     }
 
-    let mut written = 0;
-    let (base_id, base_entries) = match base {
-        Some(b) => b,
-        None => {
-            let (staging, writer) = build_layers(opts, prepared).await?;
-            let stats = writer.stats();
-            let id = tree_id("base-", &stats.digest);
-            let entries = writer.entries();
-            move_into_place(staging, &trees, &id)?;
-            state::write_json(
-                root,
-                crate::edits::BASE_INDEX,
-                &BaseIndex::new(&id, &stats.digest, &summaries, &opts.revisions, &entries),
-            )?;
-            written += writer.written().1;
-            tracing::info!(tree = %id, files = stats.files, bytes = stats.bytes, "pinned layers built as the base tree");
-            (id, entries)
+    /// A staging tree of hard links to the base's files with the edits copied over them; a
+    /// refused batch is not copied. Edits that change while copied fail the run.
+    async fn layer_over(&self, (base_id, base_entries): &Base) -> Result<Layered> {
+        let (ctx, opts) = (&self.ctx, self.opts);
+        remove_stale_staging(&self.trees);
+        let staging = new_staging(&self.trees)?;
+        let writer = Arc::new(TreeWriter::new(staging.path().to_owned(), opts.limits, opts.progress.clone()));
+        let linked = writer.link_from(ctx, &self.trees.join(base_id), base_entries)?;
+        if self.snap.refusal.is_some() {
+            return Ok(Layered { staging, writer, linked, applied: String::new() });
         }
-    };
-    let base_digest = digest_of(&base_entries);
-
-    remove_stale_staging(&trees);
-    let staging = new_staging(&trees)?;
-    let writer = Arc::new(TreeWriter::new(staging.path().to_owned(), opts.limits, opts.progress.clone()));
-    let linked = writer.link_from(&ctx, &trees.join(&base_id), &base_entries)?;
-    let applied = if snap.refusal.is_some() {
-        String::new()
-    } else {
         opts.progress.layer_started(ctx.layer, &ctx.src);
         let layer_started = Instant::now();
-        let (w, c, d, entries) = (writer.clone(), ctx.clone(), dir.to_owned(), snap.entries.clone());
+        let (w, c, d, entries) = (writer.clone(), ctx.clone(), self.dir.to_owned(), self.snap.entries.clone());
         tokio::task::spawn_blocking(move || overlay(&c, &d, &entries, &w))
             .await
             .map_err(|e| Error::Plan(format!("edits copy task failed: {e}")))??;
         // Whatever changed while copying (a file still being saved) is not served: the batch
         // is dropped and taken again once the directory is quiet.
-        let now = scan_edits(&ctx, dir).await?;
-        if now.digest != snap.digest {
-            return Err(ctx.changed(&snap.digest, &now.digest));
+        let now = scan_edits(ctx, self.dir).await?;
+        if now.digest != self.snap.digest {
+            return Err(ctx.changed(&self.snap.digest, &now.digest));
         }
         let (files, bytes) = writer.written();
         opts.progress.layer_finished(ctx.layer, files, bytes, layer_started.elapsed());
-        snap.digest.clone()
-    };
+        Ok(Layered { staging, writer, linked, applied: self.snap.digest.clone() })
+    }
 
-    let stats = writer.stats();
-    if let Some(st) = st.as_ref().filter(|st| {
-        snap.refusal.is_none()
-            && st.tree_digest == stats.digest
-            && st.base_tree.as_deref() == Some(base_id.as_str())
-            && is_current(root, &st.tree)
-    }) {
-        // Edits that change nothing in the tree (a file saved again, a new mtime): no swap.
+    /// Whether the layered tree is the one `current` shows already.
+    fn same_tree(&self, st: &State, digest: &str, base_id: &str) -> bool {
+        self.snap.refusal.is_none()
+            && st.tree_digest == digest
+            && st.base_tree.as_deref() == Some(base_id)
+            && is_current(&self.opts.root, &st.tree)
+    }
+
+    /// Keeps `current` and records the new edits revision it holds.
+    fn keep_tree(self, st: &State, layered: Layered, base_bytes: u64) -> Result<Summary> {
+        let root = &self.opts.root;
+        let Layered { staging, linked, applied, .. } = layered;
         drop(staging);
-        let edits = Some(EditsState { dir: dir_text.clone(), revision: applied.clone() });
+        let edits = Some(EditsState { dir: self.dir_text.clone(), revision: applied.clone() });
         state::write(root, &State { edits, ..st.clone() })?;
-        if let Some(mut status) = crate::edits::read_status(root).filter(|s| s.edits_dir == dir_text) {
+        if let Some(mut status) = crate::edits_layer::read_status(root).filter(|s| s.edits_dir == self.dir_text) {
             status.edits_revision = applied.clone();
             status.state = "applied".into();
-            state::write_json(root, crate::edits::STATUS_FILE, &status)?;
+            state::write_json(root, crate::edits_layer::STATUS_FILE, &status)?;
         }
         tracing::info!(tree = %st.tree, "edits leave the tree as it is; nothing to swap");
         let s = Summary {
-            written_bytes: written,
+            written_bytes: base_bytes,
             linked_files: linked,
             edits_revision: Some(applied),
-            edits_scanned: Some(snap.digest.clone()),
-            ..Summary::unchanged(st, &trees, opts.layers.len(), started)
+            edits_scanned: Some(self.snap.digest.clone()),
+            ..Summary::unchanged(st, &self.trees, self.opts.layers.len(), self.started)
+        };
+        self.opts.progress.finished(&s);
+        Ok(s)
+    }
+
+    /// Moves the layered tree into place, swaps `current` to it, and records state and status.
+    fn swap_in(self, layered: Layered, (base_id, base_entries): &Base, base_bytes: u64) -> Result<Summary> {
+        let (opts, root) = (self.opts, &self.opts.root);
+        let Layered { staging, writer, linked, applied } = layered;
+        let stats = writer.stats();
+        let id = tree_id("", &stats.digest);
+        let tree = publish(root, staging, &id)?;
+        let new_state = State {
+            layers: self.summaries.clone(),
+            revisions: opts.revisions.clone(),
+            tree: id.clone(),
+            tree_digest: stats.digest.clone(),
+            files: stats.files,
+            bytes: stats.bytes,
+            applied_at: now_rfc3339(),
+            base_tree: Some(base_id.clone()),
+            edits: Some(EditsState { dir: self.dir_text.clone(), revision: applied.clone() }),
+        };
+        state::write(root, &new_state)?;
+        let copied = writer.written().1;
+        let prev = crate::edits_layer::read_status(root).filter(|s| s.edits_dir == self.dir_text).unwrap_or_default();
+        let refused = self.snap.refusal.as_ref().map(|r| RefusedEdit {
+            path: r.path.clone(),
+            reason: r.reason.clone(),
+            at: now_rfc3339(),
+            edits_revision: self.snap.digest.clone(),
+        });
+        let status = EditsStatus {
+            edits_dir: self.dir_text.clone(),
+            state: if refused.is_some() { "refused" } else { "applied" }.into(),
+            edits_revision: applied.clone(),
+            tree: id.clone(),
+            tree_digest: stats.digest.clone(),
+            base_tree: base_id.clone(),
+            base_digest: crate::tree::digest_entries(base_entries),
+            changes: crate::edits_layer::diff(base_entries, &writer.entries()),
+            applied_at: if refused.is_some() { prev.applied_at } else { Some(new_state.applied_at.clone()) },
+            batches: prev.batches + u64::from(refused.is_none()),
+            refused_batches: prev.refused_batches + u64::from(refused.is_some()),
+            last_refused: refused.or(prev.last_refused),
+            copied_bytes: copied,
+            linked_files: linked,
+        };
+        state::write_json(root, crate::edits_layer::STATUS_FILE, &status)?;
+        remove_old_trees(&self.trees, &[&id, base_id]);
+        let s = Summary {
+            written_bytes: base_bytes + copied,
+            linked_files: linked,
+            edits_revision: Some(applied),
+            edits_scanned: Some(self.snap.digest.clone()),
+            refused: self.snap.refusal,
+            ..Summary::built(opts.layers.len(), tree, stats.digest, (stats.files, stats.bytes), self.started)
         };
         opts.progress.finished(&s);
-        return Ok(s);
+        Ok(s)
     }
-    let id = tree_id("", &stats.digest);
-    let tree = move_into_place(staging, &trees, &id)?;
-    if let Err(e) = swap_current(root, &id) {
-        let _ = fs::remove_dir_all(&tree);
-        return Err(e);
-    }
-    let new_state = State {
-        layers: summaries,
-        revisions: opts.revisions.clone(),
-        tree: id.clone(),
-        tree_digest: stats.digest.clone(),
-        files: stats.files,
-        bytes: stats.bytes,
-        applied_at: now_rfc3339(),
-        base_tree: Some(base_id.clone()),
-        edits: Some(EditsState { dir: dir_text.clone(), revision: applied.clone() }),
-    };
-    state::write(root, &new_state)?;
-    written += writer.written().1;
-    let prev = crate::edits::read_status(root).filter(|s| s.edits_dir == dir_text).unwrap_or_default();
-    let refused = snap.refusal.as_ref().map(|r| RefusedEdit {
-        path: r.path.clone(),
-        reason: r.reason.clone(),
-        at: now_rfc3339(),
-        edits_revision: snap.digest.clone(),
-    });
-    let status = EditsStatus {
-        edits_dir: dir_text,
-        state: if refused.is_some() { "refused" } else { "applied" }.into(),
-        edits_revision: applied.clone(),
-        tree: id.clone(),
-        tree_digest: stats.digest.clone(),
-        base_tree: base_id.clone(),
-        base_digest,
-        changes: crate::edits::diff(&base_entries, &writer.entries()),
-        applied_at: if refused.is_some() { prev.applied_at } else { Some(new_state.applied_at.clone()) },
-        batches: prev.batches + u64::from(refused.is_none()),
-        refused_batches: prev.refused_batches + u64::from(refused.is_some()),
-        last_refused: refused.or(prev.last_refused),
-        copied_bytes: writer.written().1,
-        linked_files: linked,
-    };
-    state::write_json(root, crate::edits::STATUS_FILE, &status)?;
-    remove_old_trees(&trees, &[&id, &base_id]);
-    let s = Summary {
-        written_bytes: written,
-        linked_files: linked,
-        edits_revision: Some(applied),
-        edits_scanned: Some(snap.digest.clone()),
-        refused: snap.refusal,
-        ..Summary::built(opts.layers.len(), tree, stats.digest, (stats.files, stats.bytes), started)
-    };
-    opts.progress.finished(&s);
-    Ok(s)
 }
 
-async fn scan_edits(ctx: &Ctx, dir: &Path) -> Result<crate::edits::Snapshot> {
+async fn scan_edits(ctx: &Ctx, dir: &Path) -> Result<Snapshot> {
     let d = dir.to_owned();
-    tokio::task::spawn_blocking(move || crate::edits::scan(&d))
+    tokio::task::spawn_blocking(move || crate::edits_layer::scan(&d))
         .await
         .map_err(|e| Error::Plan(format!("edits scan task failed: {e}")))?
         .map_err(|e| ctx.io(format!("scan the edits directory {}", dir.display()), e))
 }
 
-/// The digest a tree with these entries has.
-fn digest_of(entries: &std::collections::BTreeMap<String, crate::tree::Entry>) -> String {
-    crate::tree::digest_entries(entries)
-}
-
 /// Records a refused batch while `current` keeps the last good tree.
-fn status_refused(root: &Path, dir: &str, st: &State, digest: &str, r: &crate::edits::Refusal) -> Result<()> {
-    let mut status = crate::edits::read_status(root).filter(|s| s.edits_dir == dir).unwrap_or_else(|| EditsStatus {
-        edits_dir: dir.to_owned(),
-        edits_revision: st.edits.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
-        tree: st.tree.clone(),
-        tree_digest: st.tree_digest.clone(),
-        base_tree: st.base_tree.clone().unwrap_or_default(),
-        ..Default::default()
-    });
+fn status_refused(root: &Path, dir: &str, st: &State, digest: &str, r: &crate::edits_layer::Refusal) -> Result<()> {
+    let mut status =
+        crate::edits_layer::read_status(root).filter(|s| s.edits_dir == dir).unwrap_or_else(|| EditsStatus {
+            edits_dir: dir.to_owned(),
+            edits_revision: st.edits.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
+            tree: st.tree.clone(),
+            tree_digest: st.tree_digest.clone(),
+            base_tree: st.base_tree.clone().unwrap_or_default(),
+            ..Default::default()
+        });
     // The same refused content seen again (a restart, a poll) is one refused batch.
     let seen = status.state == "refused" && status.last_refused.as_ref().is_some_and(|l| l.edits_revision == digest);
     if !seen {
@@ -495,7 +557,7 @@ fn status_refused(root: &Path, dir: &str, st: &State, digest: &str, r: &crate::e
         });
     }
     status.state = "refused".into();
-    state::write_json(root, crate::edits::STATUS_FILE, &status)
+    state::write_json(root, crate::edits_layer::STATUS_FILE, &status)
 }
 
 /// Writes the scanned edits into the tree (blocking). Each file must still be the one scanned

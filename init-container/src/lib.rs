@@ -6,7 +6,7 @@
 
 pub mod apply;
 pub mod creds;
-pub mod edits;
+pub mod edits_layer;
 pub mod egress;
 pub mod error;
 pub mod hook;

@@ -11,7 +11,7 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 
 use crate::apply::{ApplyOptions, apply};
-use crate::edits::{Debounce, Decision};
+use crate::edits_layer::{Debounce, Decision};
 use crate::hook::SwapHook;
 use crate::plan::SourceRef;
 use crate::resolve::{Options, resolve_opts};
@@ -131,7 +131,7 @@ pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::
                 let now = Instant::now();
                 writers.retain(|_, t| now.duration_since(*t) < WRITER_HOLD);
                 let d = dir.clone();
-                let snap = match tokio::task::spawn_blocking(move || crate::edits::scan(&d)).await {
+                let snap = match tokio::task::spawn_blocking(move || crate::edits_layer::scan(&d)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::warn!(edits = %dir.display(), error = %e, "cannot scan the edits directory");
@@ -211,7 +211,7 @@ async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, de
 
 /// Copies the edits status to `report` (temp file, rename), when it differs from what is there.
 fn copy_report(root: &Path, report: &Path) {
-    let Ok(text) = std::fs::read(root.join(crate::edits::STATUS_FILE)) else { return };
+    let Ok(text) = std::fs::read(root.join(crate::edits_layer::STATUS_FILE)) else { return };
     if std::fs::read(report).is_ok_and(|old| old == text) {
         return;
     }

@@ -210,20 +210,19 @@ mod tests {
     /// Servers of a zone with every kind of part a template can have: artifact layers (an init
     /// container and volumes), a database, ports, the SDK sidecar, and a status.
     fn servers() -> Vec<GameServer> {
-        let zone: crate::api::GameZone = serde_json::from_value(json!({
-            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-            "metadata": {"name": "z", "namespace": "n", "uid": "u-1"},
-            "spec": {"zoneId": 7, "defaultImage": "svc:1",
-                "services": [
-                    {"type": "game", "id": 1, "endId": 2, "ports": [{"name": "client", "containerPort": 7777}],
-                     "ready": "Sdk", "deletableGates": ["players"]},
-                    {"type": "db", "id": 1, "image": "svc:2"}],
-                "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}},
-                "artifacts": [
-                    {"path": "/app/artifacts", "s3": {"endpoint": "http://s3", "bucket": "b", "secretRef": {"name": "c"}}},
-                    {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}]}
-        }))
-        .unwrap();
+        let zone = gamezone_api::fixture::zone("z")
+            .namespace("n")
+            .uid("u-1")
+            .spec("zoneId", json!(7))
+            .services(json!([
+                {"type": "game", "id": 1, "endId": 2, "ports": [{"name": "client", "containerPort": 7777}],
+                 "ready": "Sdk", "deletableGates": ["players"]},
+                {"type": "db", "id": 1, "image": "svc:2"}]))
+            .spec("mysql", json!({"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}}))
+            .spec("artifacts", json!([
+                {"path": "/app/artifacts", "s3": {"endpoint": "http://s3", "bucket": "b", "secretRef": {"name": "c"}}},
+                {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}]))
+            .build();
         let pins = ["a".to_string(), "b".to_string()];
         let mut servers = crate::zone::game_servers(&zone, &pins, &Default::default()).unwrap();
         let game = servers[0].spec.template.spec.as_ref().unwrap();

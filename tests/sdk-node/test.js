@@ -1,5 +1,5 @@
 // Drives the gamezone SDK sidecar with Agones' official Node.js client, as a game would.
-// Run by tests/sdk.rs against `gamezone sdk --local` (AGONES_SDK_GRPC_PORT names its port);
+// Run by tests/sdk/local.rs against `gamezone sdk --local` (AGONES_SDK_GRPC_PORT names its port);
 // exits non-zero, saying what differed, when the sidecar does not behave as Agones'.
 "use strict";
 const AgonesSDK = require("@google-cloud/agones-sdk");

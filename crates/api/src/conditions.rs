@@ -8,7 +8,7 @@ pub mod types {
     pub const ARTIFACTS_READY: &str = "ArtifactsReady";
     /// The migration of the current version succeeded.
     pub const MIGRATED: &str = "Migrated";
-    /// Every service instance runs the current version and is Ready.
+    /// Every server runs the current version and is Ready.
     pub const SERVERS_READY: &str = "ServersReady";
 }
 

@@ -1,4 +1,4 @@
-//! The GameServer resource: one per service instance of a zone, owned by its GameZone.
+//! The GameServer resource: one per server of a zone, owned by its GameZone.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Constraint, GamePort, Lifecycle, PortPolicy, PortProtocol};
 
-/// One service instance (`<zone>-<type>-<id>`): its ports and the pod that runs it.
+/// One server (`<zone>-<type>-<id>`): its ports and the pod that runs it.
 /// Made and updated by the zone controller; the server controller runs its Pod.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -28,14 +28,14 @@ use super::{Constraint, GamePort, Lifecycle, PortPolicy, PortProtocol};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GameServerSpec {
-    /// Name of the GameZone this instance belongs to.
+    /// Name of the GameZone this server belongs to.
     pub zone: String,
     /// Service type.
     #[serde(rename = "type")]
     pub type_: String,
-    /// Instance id.
+    /// Server id.
     pub id: i64,
-    /// Ports of the instance and how each gets its host port.
+    /// Ports of the server and how each gets its host port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<GamePort>,
     /// The pod to run; allocated ports are added to it by the server controller.
@@ -44,7 +44,7 @@ pub struct GameServerSpec {
     /// Gates, health and readiness, from the zone's service type.
     #[serde(flatten)]
     pub lifecycle: Lifecycle,
-    /// Constraints the operator sets: `NotInService` while the instance is drained.
+    /// Constraints the operator sets: `NotInService` while the server is drained.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
 }
@@ -82,7 +82,7 @@ impl SdkStatus {
 }
 
 impl GameServerSpec {
-    /// The effective `NotInService` constraint, while the instance is drained.
+    /// The effective `NotInService` constraint, while the server is drained.
     pub fn not_in_service(&self) -> Option<&Constraint> {
         self.constraints.iter().find(|c| c.not_in_service())
     }
@@ -92,7 +92,7 @@ impl GameServerSpec {
 /// schemaless keeps the CRD small, as Agones does.
 fn preserve_unknown_fields(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "description": "Pod template (metadata and spec) of the instance's Pod.",
+        "description": "Pod template (metadata and spec) of the server's Pod.",
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
     })
@@ -105,10 +105,10 @@ pub struct GameServerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Where the instance is in its life.
+    /// Where the server is in its life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ServerState>,
-    /// Why the instance is in that state, when it needs explaining.
+    /// Why the server is in that state, when it needs explaining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Pod IP.
@@ -120,7 +120,7 @@ pub struct GameServerStatus {
     /// Node the pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    /// The instance's ports as allocated.
+    /// The server's ports as allocated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortStatus>,
     /// Hash of the pod template the running pod was made from.
@@ -192,7 +192,7 @@ pub enum SdkHealth {
     Unhealthy,
 }
 
-/// Life of a service instance.
+/// Life of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ServerState {
     /// Waiting for host ports (see `message`).
@@ -214,11 +214,11 @@ pub enum ServerState {
     RequestReady,
     /// Marked `NotInService`: no new players; deleted once its deletable gates are True.
     Draining,
-    /// The game asked to shut down; the pod is replaced while the instance is wanted.
+    /// The game asked to shut down; the pod is replaced while the server is wanted.
     Shutdown,
 }
 
-/// One allocated port of an instance.
+/// One allocated port of a server.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortStatus {

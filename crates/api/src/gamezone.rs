@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EditsSpec, GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, UpdateStrategy};
 
-/// A game zone (大区): which service instances run, from which image, against which Redis and MySQL,
+/// A game zone (大区): which servers run, from which image, against which Redis and MySQL,
 /// with which artifacts layered into their file system.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -33,7 +33,7 @@ use super::{EditsSpec, GamePort, Interval, Lifecycle, MysqlSpec, RedisSpec, Upda
     {"rule": "self.services.all(s, has(s.image) || has(self.defaultImage))",
      "message": "every service needs an image: set spec.defaultImage or services[].image"},
     {"rule": "self.services.all(a, self.services.exists_one(b, b.type == a.type))",
-     "message": "each service type may appear once in spec.services; use id..endId for several instances"},
+     "message": "each service type may appear once in spec.services; use id..endId for several servers"},
     {"rule": "!has(self.edits) || (has(self.artifacts) && size(self.artifacts) > 0)",
      "message": "spec.edits needs spec.artifacts: the edits are laid over the artifacts' folder"}
 ]))]
@@ -44,7 +44,7 @@ pub struct GameZoneSpec {
     /// Image of the service binary, used by every service without its own `image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_image: Option<String>,
-    /// The processes of the zone: each a service type with one instance (`id`) or a range (`id..endId`).
+    /// The processes of the zone: each a service type with one server (`id`) or a range (`id..endId`).
     #[schemars(length(min = 1, max = 64))]
     pub services: Vec<ServiceType>,
     /// Database migration run (the dbmigrater image) before servers move to a new version.
@@ -79,12 +79,12 @@ pub struct GameZoneSpec {
     pub edits: Option<EditsSpec>,
 }
 
-/// One service type of the zone and its instances.
+/// One service type of the zone and its servers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.endId) || self.id <= self.endId", "message": "endId must be >= id"},
-    {"rule": "!has(self.endId) || self.endId - self.id < 1000", "message": "a range may hold at most 1000 instances"},
+    {"rule": "!has(self.endId) || self.endId - self.id < 1000", "message": "a range may hold at most 1000 servers"},
     {"rule": "!has(self.ports) || self.ports.all(a, self.ports.exists_one(b, b.name == a.name))", "message": "port names must be unique within a service"}
 ]))]
 pub struct ServiceType {
@@ -92,10 +92,10 @@ pub struct ServiceType {
     #[serde(rename = "type")]
     #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub type_: String,
-    /// First (or only) instance id.
+    /// First (or only) server id.
     #[schemars(range(min = 0, max = 99999))]
     pub id: i64,
-    /// Last instance id of a range (inclusive); one instance when empty.
+    /// Last server id of a range (inclusive); one server when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 99999))]
     pub end_id: Option<i64>,
@@ -111,10 +111,10 @@ pub struct ServiceType {
     /// CPU and memory requests and limits of the service container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Node labels the instances must run on.
+    /// Node labels the servers must run on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Tolerations of the instances' pods.
+    /// Tolerations of the servers' pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// Security context of the service container. When set, the operator's own containers in
@@ -128,19 +128,19 @@ pub struct ServiceType {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<GamePort>,
-    /// Kubernetes Services in front of the instances.
+    /// Kubernetes Services in front of the servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<Expose>,
-    /// Gates, health, readiness and drains of the instances (copied into each GameServer).
+    /// Gates, health, readiness and drains of the servers (copied into each GameServer).
     #[serde(flatten)]
     pub lifecycle: Lifecycle,
-    /// How instances move to a new template; `RollingUpdate` of one at a time when empty.
+    /// How servers move to a new template; `RollingUpdate` of one at a time when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<UpdateStrategy>,
 }
 
 impl ServiceType {
-    /// The instance ids of this service, `id..=endId`.
+    /// The server ids of this service, `id..=endId`.
     pub fn ids(&self) -> std::ops::RangeInclusive<i64> {
         self.id..=self.end_id.unwrap_or(self.id).max(self.id)
     }
@@ -150,10 +150,10 @@ impl ServiceType {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Expose {
-    /// One Service per instance, named like the instance (`<zone>-<type>-<id>`).
+    /// One Service per server, named like the server (`<zone>-<type>-<id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_instance: Option<Exposure>,
-    /// One Service for all instances of the type, named `<zone>-<type>`.
+    /// One Service for all servers of the type, named `<zone>-<type>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_type: Option<Exposure>,
 }
@@ -259,10 +259,10 @@ pub struct GameZoneStatus {
     /// The migration of the current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
-    /// Service instances wanted.
+    /// Servers wanted.
     #[serde(default)]
     pub desired_servers: i32,
-    /// Service instances Ready.
+    /// Servers Ready.
     #[serde(default)]
     pub ready_servers: i32,
     /// `ready/desired`, for `kubectl get gz`.
@@ -285,9 +285,9 @@ pub enum ZonePhase {
     Resolving,
     /// The migration Job of the current version is running.
     Migrating,
-    /// Service instances are being created or replaced.
+    /// Servers are being created or replaced.
     Deploying,
-    /// Every instance is Ready.
+    /// Every server is Ready.
     Running,
     /// Something needs a person: see the conditions.
     Degraded,

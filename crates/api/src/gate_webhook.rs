@@ -1,4 +1,4 @@
-//! Webhooks of the game's own backend that set an instance's gates (seed 002's
+//! Webhooks of the game's own backend that set a server's gates (seed 002's
 //! WebhookConfiguration), and the review they exchange, field for field.
 
 use kube::CustomResource;
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Constraint;
 
-/// Webhooks the SDK sidecar polls for the gates of the instances that name this configuration
+/// Webhooks the SDK sidecar polls for the gates of the servers that name this configuration
 /// (`spec.services[].webhookConfig`).
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -56,12 +56,12 @@ pub struct GateWebhook {
 /// What a webhook decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum GateWebhookType {
-    /// Whether the instance may count as Ready (sets the readiness gate it names).
+    /// Whether the server may count as Ready (sets the readiness gate it names).
     #[default]
     ReadinessWebhook,
-    /// Whether a drained instance may be deleted (sets the deletable gate it names).
+    /// Whether a drained server may be deleted (sets the deletable gate it names).
     DeletableWebhook,
-    /// Told when the instance's constraints change (NotInService), before deletable webhooks poll.
+    /// Told when the server's constraints change (NotInService), before deletable webhooks poll.
     ConstraintWebhook,
 }
 
@@ -118,7 +118,7 @@ pub struct WebhookReview {
     pub response: Option<WebhookResponse>,
 }
 
-/// The question: which instance, and its constraints.
+/// The question: which server, and its constraints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebhookRequest {
     /// Traces request and response.

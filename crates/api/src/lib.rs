@@ -5,6 +5,8 @@
 pub mod artifacts;
 pub mod conditions;
 mod edits;
+#[cfg(any(test, feature = "fixture"))]
+pub mod fixture;
 mod gameserver;
 mod gamezone;
 mod gate_webhook;
@@ -25,9 +27,9 @@ pub const GROUP: &str = "gamezone.dev";
 pub const LABEL_PREFIX: &str = "gamezone.dev/";
 /// Label naming the zone an object belongs to.
 pub const ZONE_LABEL: &str = "gamezone.dev/zone";
-/// Label naming the service type of a service instance.
+/// Label naming the service type of a server.
 pub const TYPE_LABEL: &str = "gamezone.dev/type";
-/// Label naming the service instance id.
+/// Label naming the server id.
 pub const ID_LABEL: &str = "gamezone.dev/id";
 /// Label naming the GameServer a Pod or Service belongs to.
 pub const SERVER_LABEL: &str = "gamezone.dev/server";

@@ -1,4 +1,4 @@
-//! How a service type's instances live and leave, player-safely: readiness and deletable gates
+//! How a service type's servers live and leave, player-safely: readiness and deletable gates
 //! (Carrier), health and SDK readiness (Agones), drains and rolling updates.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Interval;
 
-/// The constraint the operator sets on an instance it wants gone: players must leave it.
+/// The constraint the operator sets on a server it wants gone: players must leave it.
 pub const NOT_IN_SERVICE: &str = "NotInService";
 
 /// Gates, health and readiness of a service type, copied into each of its GameServers.
@@ -16,11 +16,11 @@ pub const NOT_IN_SERVICE: &str = "NotInService";
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     /// Condition types that must all be True (set by the game through the SDK, or by a
-    /// ReadinessWebhook) before an instance counts as Ready.
+    /// ReadinessWebhook) before a server counts as Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub readiness_gates: Vec<String>,
-    /// Condition types that must all be True before an instance that is being drained
+    /// Condition types that must all be True before a server that is being drained
     /// (`NotInService`) is deleted: the game says its players have left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -31,11 +31,11 @@ pub struct Lifecycle {
     /// Health pings the game sends through the SDK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
-    /// What makes an instance Ready: its pod (`Pod`, no game code change) or the game's SDK call
+    /// What makes a server Ready: its pod (`Pod`, no game code change) or the game's SDK call
     /// (`Sdk`). `Pod` when empty.
     #[serde(default, skip_serializing_if = "is_default")]
     pub ready: ReadyMode,
-    /// How long a drained instance waits for its deletable gates before it is deleted anyway,
+    /// How long a drained server waits for its deletable gates before it is deleted anyway,
     /// e.g. `30m`; without it, as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Interval>,
@@ -60,7 +60,7 @@ pub struct Health {
     #[serde(default = "five")]
     #[schemars(range(min = 1, max = 3600))]
     pub period_seconds: i32,
-    /// Missed periods in a row before the instance is Unhealthy; 3 when empty.
+    /// Missed periods in a row before the server is Unhealthy; 3 when empty.
     #[serde(default = "three")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: i32,
@@ -80,7 +80,7 @@ fn three() -> i32 {
     3
 }
 
-/// What makes an instance Ready.
+/// What makes a server Ready.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ReadyMode {
     /// The pod's readiness (and the readiness gates).
@@ -90,7 +90,7 @@ pub enum ReadyMode {
     Sdk,
 }
 
-/// How the instances of a service type move to a new template (image, args, env, pins).
+/// How the servers of a service type move to a new template (image, args, env, pins).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
@@ -98,8 +98,8 @@ pub struct UpdateStrategy {
     /// then replace all.
     #[serde(default, rename = "type")]
     pub type_: UpdateType,
-    /// For `RollingUpdate`: how many instances may be out at once, a number or a percentage of
-    /// the type's instances (rounded down, at least 1); 1 when empty.
+    /// For `RollingUpdate`: how many servers may be out at once, a number or a percentage of
+    /// the type's servers (rounded down, at least 1); 1 when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
 }
@@ -107,18 +107,18 @@ pub struct UpdateStrategy {
 /// Kind of update.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum UpdateType {
-    /// A few instances at a time, each drained before its pod is replaced.
+    /// A few servers at a time, each drained before its pod is replaced.
     #[default]
     RollingUpdate,
-    /// Every instance drained, then all replaced.
+    /// Every server drained, then all replaced.
     Recreate,
 }
 
 impl UpdateStrategy {
-    /// How many of `instances` may be out at once.
-    pub fn max_unavailable(&self, instances: usize) -> Result<usize, String> {
+    /// How many of `servers` may be out at once.
+    pub fn max_unavailable(&self, servers: usize) -> Result<usize, String> {
         if self.type_ == UpdateType::Recreate {
-            return Ok(instances.max(1));
+            return Ok(servers.max(1));
         }
         let n = match &self.max_unavailable {
             None => 1,
@@ -130,14 +130,14 @@ impl UpdateStrategy {
                     .and_then(|p| p.parse().ok())
                     .filter(|p| (1..=100).contains(p))
                     .ok_or_else(|| format!("{s:?} is neither a number nor a percentage such as 25%"))?;
-                (instances * pct / 100).max(1)
+                (servers * pct / 100).max(1)
             }
         };
         Ok(n)
     }
 }
 
-/// A constraint on an instance (Carrier's): `NotInService` marks one the operator wants gone.
+/// A constraint on a server (Carrier's): `NotInService` marks one the operator wants gone.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Constraint {
@@ -167,7 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_unavailable_is_a_number_or_a_share_of_the_instances() {
+    fn max_unavailable_is_a_number_or_a_share_of_the_servers() {
         let s = |v: Option<IntOrString>| UpdateStrategy { type_: UpdateType::RollingUpdate, max_unavailable: v };
         assert_eq!(s(None).max_unavailable(10), Ok(1));
         assert_eq!(s(Some(IntOrString::Int(3))).max_unavailable(10), Ok(3));

@@ -330,13 +330,11 @@ mod tests {
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
 
     fn server() -> GameServer {
-        let zone: GameZone = serde_json::from_value(serde_json::json!({
-            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-            "metadata": {"name": "z1", "namespace": "ns", "uid": "u1"},
-            "spec": {"zoneId": 1, "defaultImage": "svc:1",
-                     "services": [{"type": "game", "id": 1, "ports": [{"name": "client", "containerPort": 7777}]}]}
-        }))
-        .unwrap();
+        let zone = gamezone_api::fixture::zone("z1")
+            .namespace("ns")
+            .uid("u1")
+            .game("ports", serde_json::json!([{"name": "client", "containerPort": 7777}]))
+            .build();
         let mut gs = crate::zone::game_servers(&zone, &[], &Default::default()).unwrap().remove(0);
         gs.metadata.generation = Some(1);
         gs

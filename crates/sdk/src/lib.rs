@@ -30,7 +30,7 @@ pub mod wanted;
 pub mod webhooks;
 pub mod writer;
 
-/// Code generated from `proto/` (see the operator's `tests/sdk_proto.rs`).
+/// Code generated from `proto/` (see the operator's `tests/sdk/proto.rs`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
     /// Agones' SDK service and messages.

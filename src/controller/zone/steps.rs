@@ -423,7 +423,7 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
     let ready =
         deployments.get_opt(&name).await?.and_then(|d| d.status).and_then(|s| s.ready_replicas).is_some_and(|n| n > 0);
     let report = if ready {
-        let ask = async { crate::edits::client::EditsApi::of(ctx.client.clone(), zone).await?.status().await };
+        let ask = async { crate::edits_api::client::EditsApi::of(ctx.client.clone(), zone).await?.status().await };
         match tokio::time::timeout(EDITS_ASK_TIMEOUT, ask).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {}s", EDITS_ASK_TIMEOUT.as_secs())),
@@ -432,7 +432,7 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
         Err(format!("its pod (Deployment {name}) is not Ready"))
     };
     let now = match report {
-        Ok(r) => crate::edits::summarize(share, &r, &servers),
+        Ok(r) => crate::edits_api::summarize(share, &r, &servers),
         // The share's pod may still be starting: keep the last figures and say why.
         Err(e) => ZoneEditsStatus {
             share,

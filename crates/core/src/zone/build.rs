@@ -114,21 +114,21 @@ pub fn owner(zone: &GameZone) -> Option<OwnerReference> {
     zone.controller_owner_ref(&())
 }
 
-/// One service instance of a zone.
+/// One server of a zone.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Instance<'a> {
+pub struct WantedServer<'a> {
     /// Index of its service type in `spec.services`.
     pub type_index: usize,
     /// Its service type.
     pub service_type: &'a ServiceType,
-    /// Instance id.
+    /// Server id.
     pub id: i64,
     /// `<zone>-<type>-<id>`.
     pub name: String,
 }
 
-/// Every instance the zone asks for, in spec order.
-pub fn instances(zone: &GameZone) -> Vec<Instance<'_>> {
+/// Every server the zone asks for, in spec order.
+pub fn wanted_servers(zone: &GameZone) -> Vec<WantedServer<'_>> {
     let name = zone.name_any();
     zone.spec
         .services
@@ -136,7 +136,7 @@ pub fn instances(zone: &GameZone) -> Vec<Instance<'_>> {
         .enumerate()
         .flat_map(|(type_index, service_type)| {
             let name = name.clone();
-            service_type.ids().map(move |id| Instance {
+            service_type.ids().map(move |id| WantedServer {
                 type_index,
                 service_type,
                 id,
@@ -156,7 +156,7 @@ pub fn validate(zone: &GameZone) -> Result<()> {
             return Err(Error::invalid(
                 format!("spec.services[{i}]"),
                 format!(
-                    "instance name {longest:?} is {} characters; names <zone>-<type>-<id> must fit in {MAX_LABEL_LEN}: shorten the zone name or the type",
+                    "server name {longest:?} is {} characters; names <zone>-<type>-<id> must fit in {MAX_LABEL_LEN}: shorten the zone name or the type",
                     longest.len()
                 ),
             ));
@@ -433,32 +433,32 @@ pub(crate) fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>>
         .then(|| zone.spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect())
 }
 
-/// The pod template of one instance. Ports are added by the server controller once allocated.
+/// The pod template of one server. Ports are added by the server controller once allocated.
 pub fn server_template(
     zone: &GameZone,
-    instance: &Instance<'_>,
+    server: &WantedServer<'_>,
     pins: &[String],
     cfg: &BuildConfig,
 ) -> Result<PodTemplateSpec> {
     let zone_name = zone.name_any();
-    let service = instance.service_type;
+    let service = server.service_type;
     let image = service.image.clone().or_else(|| zone.spec.default_image.clone()).ok_or_else(|| {
         Error::invalid(
-            format!("spec.services[{}].image", instance.type_index),
+            format!("spec.services[{}].image", server.type_index),
             "no image: set spec.defaultImage or this service's image",
         )
     })?;
     let mut labels = zone_labels(&zone_name);
     labels.insert(TYPE_LABEL.into(), service.type_.clone());
-    labels.insert(ID_LABEL.into(), instance.id.to_string());
-    labels.insert(SERVER_LABEL.into(), instance.name.clone());
+    labels.insert(ID_LABEL.into(), server.id.to_string());
+    labels.insert(SERVER_LABEL.into(), server.name.clone());
 
     let mut env_vars = vec![
         env("GAMEZONE_ZONE", zone_name.clone()),
         env("GAMEZONE_ZONE_ID", zone.spec.zone_id.to_string()),
         env("GAMEZONE_TYPE", service.type_.clone()),
-        env("GAMEZONE_ID", instance.id.to_string()),
-        env("GAMEZONE_INSTANCE", instance.name.clone()),
+        env("GAMEZONE_ID", server.id.to_string()),
+        env("GAMEZONE_INSTANCE", server.name.clone()),
         env("GAMEZONE_TOPOLOGY", format!("{TOPOLOGY_DIR}/{TOPOLOGY_KEY}")),
         EnvVar {
             name: "GAMEZONE_POD_IP".into(),
@@ -475,7 +475,7 @@ pub fn server_template(
     env_vars.extend(database_env(zone));
     env_vars.extend(service.env.iter().cloned());
 
-    let mut args = vec![service.type_.clone(), instance.id.to_string()];
+    let mut args = vec![service.type_.clone(), server.id.to_string()];
     args.extend(service.args.iter().cloned());
 
     let mut volumes = vec![Volume {
@@ -509,7 +509,7 @@ pub fn server_template(
     }
 
     let mut spec = PodSpec {
-        hostname: Some(instance.name.clone()),
+        hostname: Some(server.name.clone()),
         subdomain: Some(headless_service_name(&zone_name)),
         init_containers,
         containers: vec![Container {
@@ -564,29 +564,29 @@ pub fn restrict(sc: &mut SecurityContext) {
     sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None });
 }
 
-/// One GameServer per instance.
+/// One GameServer per id of each service type.
 pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Vec<GameServer>> {
     let zone_name = zone.name_any();
-    instances(zone)
+    wanted_servers(zone)
         .into_iter()
-        .map(|instance| {
-            let template = server_template(zone, &instance, pins, cfg)?;
+        .map(|server| {
+            let template = server_template(zone, &server, pins, cfg)?;
             let mut labels = zone_labels(&zone_name);
-            labels.insert(TYPE_LABEL.into(), instance.service_type.type_.clone());
-            labels.insert(ID_LABEL.into(), instance.id.to_string());
+            labels.insert(TYPE_LABEL.into(), server.service_type.type_.clone());
+            labels.insert(ID_LABEL.into(), server.id.to_string());
             let mut gs = GameServer::new(
-                &instance.name,
+                &server.name,
                 GameServerSpec {
                     zone: zone_name.clone(),
-                    type_: instance.service_type.type_.clone(),
-                    id: instance.id,
-                    ports: instance.service_type.ports.clone(),
+                    type_: server.service_type.type_.clone(),
+                    id: server.id,
+                    ports: server.service_type.ports.clone(),
                     template,
-                    lifecycle: instance.service_type.lifecycle.clone(),
+                    lifecycle: server.service_type.lifecycle.clone(),
                     constraints: Vec::new(),
                 },
             );
-            gs.metadata = meta(zone, instance.name.clone(), labels);
+            gs.metadata = meta(zone, server.name.clone(), labels);
             Ok(gs)
         })
         .collect()
@@ -618,9 +618,9 @@ fn service_ports(ports: &[GamePort]) -> Vec<ServicePort> {
         .collect()
 }
 
-fn expand_hostname(template: &str, zone: &GameZone, type_: &str, id: Option<i64>, instance: &str) -> String {
+fn expand_hostname(template: &str, zone: &GameZone, type_: &str, id: Option<i64>, server: &str) -> String {
     template
-        .replace("{instance}", instance)
+        .replace("{instance}", server)
         .replace("{type}", type_)
         .replace("{id}", &id.map(|i| i.to_string()).unwrap_or_default())
         .replace("{zone}", &zone.name_any())
@@ -661,7 +661,7 @@ fn exposing_service(
     }
 }
 
-/// The headless Service giving instances DNS names, plus the exposing Services the spec asks
+/// The headless Service giving servers DNS names, plus the exposing Services the spec asks
 /// for, plus the edits share's.
 pub fn services(zone: &GameZone) -> Vec<Service> {
     let zone_name = zone.name_any();
@@ -704,29 +704,29 @@ pub fn services(zone: &GameZone) -> Vec<Service> {
     out
 }
 
-/// One instance as listed in the topology document.
+/// One server as listed in the topology document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TopologyEntry {
-    /// Instance name.
+    /// Server name.
     pub name: String,
     /// Service type.
     #[serde(rename = "type")]
     pub type_: String,
-    /// Instance id.
+    /// Server id.
     pub id: i64,
-    /// Stable DNS name of the instance inside the cluster.
+    /// Stable DNS name of the server inside the cluster.
     pub dns: String,
     /// Ports, once allocated (name, port to connect to, container port, host port, protocol).
     pub ports: Vec<PortStatus>,
 }
 
-/// The topology ConfigMap: every instance's name, type, id, DNS name and ports, so processes
-/// find each other without configured IPs. `ports` gives each instance's allocated ports.
+/// The topology ConfigMap: every server's name, type, id, DNS name and ports, so processes
+/// find each other without configured IPs. `ports` gives each server's allocated ports.
 pub fn topology(zone: &GameZone, ports: &BTreeMap<String, Vec<PortStatus>>) -> ConfigMap {
     let zone_name = zone.name_any();
     let namespace = zone.namespace().unwrap_or_else(|| "default".into());
-    let entries: Vec<TopologyEntry> = instances(zone)
+    let entries: Vec<TopologyEntry> = wanted_servers(zone)
         .into_iter()
         .map(|i| TopologyEntry {
             dns: server_dns_name(&zone_name, &namespace, &i.name),
@@ -747,7 +747,7 @@ pub fn topology(zone: &GameZone, ports: &BTreeMap<String, Vec<PortStatus>>) -> C
     }
 }
 
-/// The ports a topology ConfigMap lists, by instance name; empty if it is not a topology.
+/// The ports a topology ConfigMap lists, by server name; empty if it is not a topology.
 pub fn topology_ports(cm: &ConfigMap) -> BTreeMap<String, Vec<PortStatus>> {
     #[derive(serde::Deserialize)]
     struct Doc {

@@ -25,7 +25,7 @@ pub struct Children {
     pub edits: Option<(PersistentVolumeClaim, Deployment)>,
     /// The migration Job of these revisions (`spec.migration`).
     pub migration: Option<Job>,
-    /// One GameServer per instance.
+    /// One GameServer per id of each service type.
     pub servers: Vec<GameServer>,
     /// The headless Service and those `expose` asks for.
     pub services: Vec<Service>,

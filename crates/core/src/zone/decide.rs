@@ -400,7 +400,7 @@ pub struct Readiness {
 /// How many of the first waiting servers a zone's status names.
 const WAITING_SHOWN: usize = 5;
 
-/// The zone's readiness: an instance counts once it is Ready on the current template.
+/// The zone's readiness: a server counts once it is Ready on the current template.
 pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) -> Readiness {
     let mut waiting = Vec::new();
     let mut ready = 0;
@@ -437,14 +437,14 @@ pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness, draining: &[St
         format!("; draining {}", shown.join("; "))
     };
     if r.ready == r.desired && draining.is_empty() {
-        let msg = format!("{} of {} instances Ready", r.ready, r.desired);
+        let msg = format!("{} of {} servers Ready", r.ready, r.desired);
         conditions::set(&mut status.conditions, types::SERVERS_READY, true, "AllReady", msg, generation);
         conditions::set(&mut status.conditions, types::READY, true, "Ready", "the zone is up", generation);
         status.phase = Some(ZonePhase::Running);
     } else {
         let waiting =
             if r.waiting.is_empty() { String::new() } else { format!("; waiting for {}", r.waiting.join(", ")) };
-        let msg = format!("{} of {} instances Ready{waiting}{drains}", r.ready, r.desired);
+        let msg = format!("{} of {} servers Ready{waiting}{drains}", r.ready, r.desired);
         conditions::set(&mut status.conditions, types::SERVERS_READY, false, "Deploying", msg.clone(), generation);
         conditions::set(&mut status.conditions, types::READY, false, "Deploying", msg, generation);
         status.phase = Some(ZonePhase::Deploying);

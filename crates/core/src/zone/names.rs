@@ -1,6 +1,6 @@
 //! Names of the objects of a zone, in one place so every component agrees on them.
 
-/// Name of a service instance and of its GameServer, Pod and per-instance Service.
+/// Name of a server and of its GameServer, Pod and per-instance Service.
 pub fn server_name(zone: &str, type_: &str, id: i64) -> String {
     format!("{zone}-{type_}-{id}")
 }
@@ -10,7 +10,7 @@ pub fn type_service_name(zone: &str, type_: &str) -> String {
     format!("{zone}-{type_}")
 }
 
-/// Name of the headless Service that gives every instance a DNS name
+/// Name of the headless Service that gives every server a DNS name
 /// (`<instance>.<zone>.<namespace>.svc`).
 pub fn headless_service_name(zone: &str) -> String {
     zone.to_string()
@@ -31,7 +31,7 @@ pub fn migration_job_name(zone: &str, inputs_hash: &str) -> String {
     format!("{zone}-migrate-{}", &inputs_hash[..inputs_hash.len().min(10)])
 }
 
-/// DNS name of an instance through the zone's headless Service.
+/// DNS name of a server through the zone's headless Service.
 pub fn server_dns_name(zone: &str, namespace: &str, server: &str) -> String {
     format!("{server}.{}.{namespace}.svc", headless_service_name(zone))
 }

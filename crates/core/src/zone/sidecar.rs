@@ -237,12 +237,7 @@ mod tests {
 
     #[test]
     fn the_sidecar_s_role_reads_webhook_configurations_and_writes_only_game_servers() {
-        let zone: GameZone = serde_json::from_value(serde_json::json!({
-            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-            "metadata": {"name": "zone1", "namespace": "ns"},
-            "spec": {"zoneId": 1, "services": []}
-        }))
-        .unwrap();
+        let zone = gamezone_api::fixture::zone("zone1").namespace("ns").build();
         let (_, role, _) = sidecar_identity(&zone);
         let rules = role.rules.unwrap();
         let verbs = |resource: &str| -> Vec<String> {

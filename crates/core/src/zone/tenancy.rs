@@ -93,11 +93,7 @@ mod tests {
     use super::*;
 
     fn zone(service: serde_json::Value) -> GameZone {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "z"},
-            "spec": {"zoneId": 1, "defaultImage": "i", "services": [service]}
-        }))
-        .unwrap()
+        gamezone_api::fixture::zone("z").services(serde_json::json!([service])).build()
     }
 
     fn static_port(port: i32) -> GameZone {

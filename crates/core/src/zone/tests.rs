@@ -5,32 +5,29 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::*;
 use crate::api::*;
 
-fn zone(spec: serde_json::Value) -> GameZone {
-    let mut z: GameZone = serde_json::from_value(serde_json::json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "zone1", "namespace": "team", "uid": "u-1"},
-        "spec": spec
-    }))
-    .unwrap();
-    z.metadata.uid = Some("u-1".into());
-    z
+use gamezone_api::fixture::{ZoneFixture, zone as fixture};
+use serde_json::json;
+
+/// `zone1` in namespace `team`: what the zone's children name as their owner.
+fn zone() -> ZoneFixture {
+    fixture("zone1").namespace("team").uid("u-1")
 }
 
 fn basic() -> GameZone {
-    zone(serde_json::json!({
-        "zoneId": 7, "defaultImage": "svc:1",
-        "services": [
+    zone()
+        .spec("zoneId", json!(7))
+        .services(json!([
             {"type": "game", "id": 1, "endId": 3, "ports": [{"name": "client", "containerPort": 7777, "protocol": "TCPUDP"}],
              "expose": {"perInstance": {"type": "LoadBalancer", "hostname": "{instance}.z{zoneId}.example.com"}}},
             {"type": "db", "id": 1, "image": "svc:2"}
-        ],
-        "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}},
-        "migration": {"image": "mig:1"},
-        "artifacts": [
+        ]))
+        .spec("mysql", json!({"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "s", "key": "k"}}))
+        .spec("migration", json!({"image": "mig:1"}))
+        .spec("artifacts", json!([
             {"path": "/app/artifacts", "s3": {"endpoint": "http://s3", "bucket": "b", "secretRef": {"name": "s3cred"}}},
             {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}
-        ]
-    }))
+        ]))
+        .build()
 }
 
 #[test]
@@ -61,30 +58,30 @@ fn artifacts_mount_at_the_common_folder_with_relative_layers() {
     assert_eq!(m.root, "/app/artifacts");
     assert_eq!(m.layers[0].path, "");
     assert_eq!(m.layers[1].path, "config");
-    let single = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
-        "artifacts": [{"path": "/srv/res", "local": {"path": "/data"}}]}));
+    let single = zone().spec("artifacts", json!([{"path": "/srv/res", "local": {"path": "/data"}}])).build();
     assert_eq!(artifacts_mount(&single).unwrap().unwrap().root, "/srv/res");
 }
 
 #[test]
 fn bad_artifact_paths_name_the_field() {
     for (path, needle) in [("relative/x", "absolute"), ("/app/../etc", ".."), ("/", "cannot be mounted at /")] {
-        let z = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
-            "artifacts": [{"path": path, "local": {"path": "/data"}}]}));
+        let z = zone().spec("artifacts", json!([{"path": path, "local": {"path": "/data"}}])).build();
         let e = validate(&z).unwrap_err().to_string();
         assert!(e.starts_with("spec.artifacts[0].path") && e.contains(needle), "{e}");
     }
-    let disjoint = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i", "services": [{"type": "a", "id": 1}],
-        "artifacts": [{"path": "/a", "local": {"path": "/d"}}, {"path": "/b", "local": {"path": "/d"}}]}));
+    let disjoint = zone()
+        .spec("artifacts", json!([{"path": "/a", "local": {"path": "/d"}}, {"path": "/b", "local": {"path": "/d"}}]))
+        .build();
     assert!(validate(&disjoint).unwrap_err().to_string().contains("share no folder"));
 }
 
 #[test]
 fn too_long_instance_names_are_refused_with_the_service() {
-    let z = zone(serde_json::json!({"zoneId": 1, "defaultImage": "i",
-        "services": [{"type": "a", "id": 1}, {"type": "averyveryveryveryverylongtypename", "id": 1, "endId": 99999}]}));
-    let mut z = z;
-    z.metadata.name = Some("a-zone-name-that-is-rather-long-too".into());
+    let z = fixture("a-zone-name-that-is-rather-long-too")
+        .services(
+            json!([{"type": "a", "id": 1}, {"type": "averyveryveryveryverylongtypename", "id": 1, "endId": 99999}]),
+        )
+        .build();
     let e = validate(&z).unwrap_err().to_string();
     assert!(e.starts_with("spec.services[1]") && e.contains("63"), "{e}");
 }
@@ -258,7 +255,7 @@ fn every_bounded_child_name_is_checked_before_anything_is_made() {
     z.spec.services[0].expose = None;
     z.metadata.name = Some("z".repeat(44));
     assert!(validate(&z).is_ok());
-    // 48, as a tenant tried: the instances fit, the migration Job would not.
+    // 48, as a tenant tried: the servers fit, the migration Job would not.
     z.metadata.name = Some("z".repeat(48));
     z.spec.services[0].type_ = "g".into();
     z.spec.services[0].end_id = None;

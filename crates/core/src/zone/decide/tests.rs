@@ -4,32 +4,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gamezone_api::fixture::zone as fixture;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use serde_json::json;
 
 use super::*;
 use crate::zone::BuildConfig;
 
 fn zone() -> GameZone {
-    let mut z: GameZone = serde_json::from_value(serde_json::json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "z1", "namespace": "ns", "uid": "u1", "generation": 3},
-        "spec": {
-            "zoneId": 1, "defaultImage": "svc:1",
-            "services": [{"type": "game", "id": 1, "endId": 7}],
-            "mysql": {"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "db", "key": "password"}},
-            "artifacts": [
-                {"path": "/app/a", "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": "git"}}}
-            ]
-        }
-    }))
-    .unwrap();
-    z.metadata.generation = Some(3);
-    z
+    fixture("z1")
+        .namespace("ns")
+        .uid("u1")
+        .generation(3)
+        .servers(7)
+        .spec("mysql", json!({"host": "m", "user": "u", "database": "d", "passwordSecretRef": {"name": "db", "key": "password"}}))
+        .spec("artifacts", json!([{"path": "/app/a", "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": "git"}}}]))
+        .build()
 }
 
 fn wanted() -> Vec<GameServer> {
@@ -314,7 +309,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
     assert_eq!(p.drains, ["z1-game-3"], "game-1 reported Ready on its new template: the next one starts");
 
-    // Recreate drains every instance at once.
+    // Recreate drains every server at once.
     let recreate =
         BTreeMap::from([("game".to_string(), UpdateStrategy { type_: UpdateType::Recreate, max_unavailable: None })]);
     assert_eq!(plan_servers(&new, &by_name(&old), &recreate, now, |_, _| false).drains.len(), 7);
@@ -343,7 +338,7 @@ fn an_instance_counts_once_ready_on_its_current_template_and_the_rest_are_named(
     let all: Vec<GameServer> = want.iter().cloned().map(ready).collect();
     report_servers(&mut status, &readiness(&want, &by_name(&all)), &[]);
     assert_eq!((status.phase, status.ready_servers), (Some(ZonePhase::Running), 7));
-    assert_eq!(condition(&status, types::SERVERS_READY), ("True", "AllReady", "7 of 7 instances Ready"));
+    assert_eq!(condition(&status, types::SERVERS_READY), ("True", "AllReady", "7 of 7 servers Ready"));
 
     let none = readiness(&want, &BTreeMap::new());
     assert_eq!(none.waiting.len(), 5, "a zone's status names the first five waiting");

@@ -1,25 +1,21 @@
+use gamezone_api::fixture::zone as fixture;
+use serde_json::json;
+
 use super::*;
 use crate::zone::{DEFAULT_SAMBA_IMAGE, INIT_CONTAINER, game_servers, validate as validate_zone};
 
 fn zone(edits: Option<serde_json::Value>) -> GameZone {
-    let mut spec = serde_json::json!({
-        "zoneId": 7, "defaultImage": "svc:1",
-        "services": [
-            {"type": "game", "id": 1, "endId": 2, "nodeSelector": {"pool": "test"}},
-            {"type": "db", "id": 1}
-        ],
-        "artifacts": [{"path": "/app/artifacts", "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": "gitcred"}}}]
-    });
-    if let Some(e) = edits {
-        spec["edits"] = e;
-    }
-    let mut z: GameZone = serde_json::from_value(serde_json::json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "zone1", "namespace": "team"}, "spec": spec
-    }))
-    .unwrap();
-    z.metadata.uid = Some("u-1".into());
-    z
+    fixture("zone1")
+        .namespace("team")
+        .uid("u-1")
+        .spec("zoneId", json!(7))
+        .services(json!([{"type": "game", "id": 1, "endId": 2, "nodeSelector": {"pool": "test"}}, {"type": "db", "id": 1}]))
+        .spec(
+            "artifacts",
+            json!([{"path": "/app/artifacts", "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": "gitcred"}}}]),
+        )
+        .spec("edits", edits.unwrap_or_default())
+        .build()
 }
 
 fn with_edits() -> GameZone {

@@ -2,9 +2,6 @@
 //! edits claim, Samba Deployment and Services and every server pod the edits sidecar; turning
 //! it off removes them all; a missing Secret key shows in a condition naming the field.
 
-mod common;
-mod support;
-
 use std::time::Duration;
 
 use gamezone::api::*;
@@ -12,17 +9,17 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+
+use crate::{common, support};
 use support::{Operator, WAIT, install_crds};
 
 fn zone(name: &str, edits: serde_json::Value) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": name},
-        "spec": {"zoneId": 5, "defaultImage": "svc:1",
-                 "services": [{"type": "game", "id": 1, "endId": 2}],
-                 "artifacts": [{"path": "/app/artifacts", "local": {"path": "/srv/config"}}],
-                 "edits": edits}
-    }))
-    .unwrap()
+    gamezone_api::fixture::zone(name)
+        .spec("zoneId", json!(5))
+        .servers(2)
+        .spec("artifacts", json!([{"path": "/app/artifacts", "local": {"path": "/srv/config"}}]))
+        .spec("edits", edits)
+        .build()
 }
 
 fn sidecars(pod: &Pod) -> Vec<String> {

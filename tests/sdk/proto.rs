@@ -1,7 +1,7 @@
 //! The gRPC code in `crates/sdk/src/proto/` is generated from `proto/` and committed, so building the
 //! operator needs no `protoc`. This test regenerates it (it needs `protoc`, installed by
 //! `scripts/setup.sh`) and fails when the committed code is stale;
-//! `GAMEZONE_REGENERATE=1 cargo test --test sdk_proto` rewrites it.
+//! `GAMEZONE_REGENERATE=1 cargo test --test sdk proto::` rewrites it.
 
 use std::path::Path;
 
@@ -34,6 +34,6 @@ fn committed_grpc_code_matches_the_protos() {
     }
     assert!(
         stale.is_empty(),
-        "{stale:?} differ from what proto/ generates: run `GAMEZONE_REGENERATE=1 cargo test --test sdk_proto` and commit"
+        "{stale:?} differ from what proto/ generates: run `GAMEZONE_REGENERATE=1 cargo test --test sdk proto::` and commit"
     );
 }

@@ -9,7 +9,7 @@ pub mod server;
 
 use std::collections::BTreeSet;
 
-use gamezone_init::edits::EditsStatus;
+use gamezone_init::edits_layer::EditsStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{RefusedEditStatus, ZoneEditsStatus};
@@ -30,7 +30,7 @@ pub struct ShareReport {
     pub last_change: Option<String>,
     /// The first entry every server refuses (a link, a device ...), found by the share's scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<gamezone_init::edits::Refusal>,
+    pub refused: Option<gamezone_init::edits_layer::Refusal>,
     /// Each server's last report, by pod name.
     #[serde(default)]
     pub servers: Vec<ServerReport>,
@@ -109,7 +109,7 @@ pub fn describe(zone: &crate::api::GameZone, report: &ShareReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gamezone_init::edits::{Change, ChangeKind, RefusedEdit};
+    use gamezone_init::edits_layer::{Change, ChangeKind, RefusedEdit};
 
     fn server(pod: &str, state: &str, revision: &str, at: &str, changes: usize) -> ServerReport {
         let change = Change {

@@ -1,23 +1,10 @@
 //! Live edits on a real node, end to end: the zone's Samba pod serves its edits claim, a tester
-//! changes a config file with `smbclient`, every instance of the example game server answers
+//! changes a config file with `smbclient`, every server (the example game server) answers
 //! with the new value within seconds, a restarted pod keeps it, `gamezone edits reset` brings the
 //! pinned value back and `gamezone edits save` pushes a commit of exactly the edits.
 //!
-//! Same control plane and images as `tests/e2e.rs` (`cp.sh up DIR --nodes 1 --real-nodes 1`,
-//! or `GAMEZONE_REAL_KUBECONFIG`; `scripts/images.sh import`, or `GAMEZONE_IMAGES_IMPORTED`).
 //! The edits claim is a hostPath PersistentVolume of a StorageClass the test makes (one node,
-//! so ReadWriteMany holds). Root only; needs Debian's `smbclient` on the host.
-//!
-//! ```sh
-//! cargo test --test e2e_edits
-//! ```
-
-#[path = "e2e/cluster.rs"]
-mod cluster;
-mod common;
-#[path = "e2e/servers.rs"]
-mod servers;
-mod support;
+//! so ReadWriteMany holds). Needs Debian's `smbclient` on the host.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
+use crate::{ONE_AT_A_TIME, cluster, common, servers, support};
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node};
 use common::wait_for;
 use servers::{GitDaemon, tcp_request};
@@ -40,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const USER: &str = "tester";
 const PASSWORD: &str = "e2e-Share-pw1";
 
-/// The motd every instance answers with, once all of them answer.
+/// The motd every server answers with, once all of them answer.
 async fn motds(ns: &Ns, zone: &str) -> Result<Vec<String>, String> {
     let servers: Api<GameServer> = ns.api();
     let list = servers.list(&support::selector(zone)).await.map_err(|e| e.to_string())?.items;
@@ -62,7 +50,7 @@ async fn motds(ns: &Ns, zone: &str) -> Result<Vec<String>, String> {
 
 async fn wait_motd(ns: &Ns, zone: &str, want: &str, within: Duration) -> Duration {
     let start = Instant::now();
-    wait_for(&format!("every instance of {zone} to answer motd {want:?}"), within, || async {
+    wait_for(&format!("every server of {zone} to answer motd {want:?}"), within, || async {
         let got = motds(ns, zone).await?;
         if got.iter().all(|m| m == want) { Ok(()) } else { Err(format!("motds {got:?}")) }
     })
@@ -112,7 +100,8 @@ fn hostpath_volume(cluster: &Cluster, ns: &str, claim: &str, dir: &Path) -> Stri
 }
 
 #[tokio::test]
-async fn an_edit_over_smb_reaches_every_instance_survives_a_restart_and_is_reset_and_saved() {
+async fn an_edit_over_smb_reaches_every_server_survives_a_restart_and_is_reset_and_saved() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let host = &cluster.info.host_address;
     let work = tempfile::tempdir().unwrap();
@@ -143,13 +132,16 @@ async fn an_edit_over_smb_reaches_every_instance_survives_a_restart_and_is_reset
     service["id"] = json!(1);
     service["endId"] = json!(2);
     service["ports"] = json!([{"name": "game", "containerPort": 7777}]);
-    let z: GameZone = serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "ed"},
-        "spec": {"zoneId": 401, "defaultImage": GAME_SERVER_IMAGE, "services": [service],
-                 "artifacts": [{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}],
-                 "edits": {"secretRef": {"name": "share"}, "storageClassName": class, "expose": {"type": "NodePort"}}}
-    }))
-    .unwrap();
+    let z = gamezone_api::fixture::zone("ed")
+        .spec("zoneId", json!(401))
+        .spec("defaultImage", json!(GAME_SERVER_IMAGE))
+        .services(json!([service]))
+        .spec("artifacts", json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]))
+        .spec(
+            "edits",
+            json!({"secretRef": {"name": "share"}, "storageClassName": class, "expose": {"type": "NodePort"}}),
+        )
+        .build();
     let zones: Api<GameZone> = ns.api();
     zones.create(&PostParams::default(), &z).await.unwrap();
 
@@ -181,7 +173,7 @@ async fn an_edit_over_smb_reaches_every_instance_survives_a_restart_and_is_reset
     std::fs::write(&edited, "{\"motd\": \"edited over smb\"}\n").unwrap();
     smbclient(&share_ip, &format!("mkdir config; put {} config/server.json", edited.display()));
     let took = wait_motd(&ns, "ed", "edited over smb", Duration::from_secs(20)).await;
-    eprintln!("edit visible on every instance after {:.1} s", took.as_secs_f64());
+    eprintln!("edit visible on every server after {:.1} s", took.as_secs_f64());
 
     // The zone's status and an Event tell it.
     let st = wait_for("status.edits with both servers on the share's edits", Duration::from_secs(30), || async {
@@ -231,7 +223,7 @@ async fn an_edit_over_smb_reaches_every_instance_survives_a_restart_and_is_reset
     // Reset: the pinned value again, everywhere.
     gamezone(cluster, &ns.name, &["reset", "ed"]);
     let took = wait_motd(&ns, "ed", "pinned", Duration::from_secs(20)).await;
-    eprintln!("reset visible on every instance after {:.1} s", took.as_secs_f64());
+    eprintln!("reset visible on every server after {:.1} s", took.as_secs_f64());
     assert!(std::fs::read_dir(volume_dir.join("share")).unwrap().next().is_none(), "the share is empty");
     ns.finish().await;
 }

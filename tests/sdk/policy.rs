@@ -2,15 +2,15 @@
 //! API server itself (deploy/sdk-policy.yaml), for a token bound to the server's pod, as the
 //! kubelet mounts it into the sidecar.
 
-mod common;
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
 use gamezone::api::*;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+
+use crate::{common, support};
 use support::{Operator, install_crds, kubectl, wait_ready};
 
 /// `kubectl` as the sidecar: Ok(stdout) or Err(stderr).
@@ -39,12 +39,7 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
     kubectl(ns.kubeconfig(), &["apply", "--server-side", "-f", policy]);
     let _op = Operator::start(ns.kubeconfig(), &ns.name);
     let zones: Api<GameZone> = ns.api();
-    let zone: GameZone = serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1",
-                 "services": [{"type": "game", "id": 1, "endId": 2, "deletableGates": ["NoPlayers"]}]}
-    }))
-    .unwrap();
+    let zone = gamezone_api::fixture::zone("zone1").servers(2).game("deletableGates", json!(["NoPlayers"])).build();
     zones.create(&PostParams::default(), &zone).await.unwrap();
     wait_ready(&zones, "zone1").await;
 
@@ -160,5 +155,3 @@ async fn the_sidecar_writes_only_its_own_server_and_only_the_sdk_s_fields() {
     assert!(!other.status.unwrap().conditions.iter().any(|c| c.type_ == "NoPlayers"));
     ns.cleanup().await;
 }
-
-use kube::ResourceExt;

@@ -2,9 +2,6 @@
 //! deletion, rolling updates within maxUnavailable. Gates are set here as a game sets them,
 //! through its own field manager on the GameServer's status.
 
-mod common;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -15,20 +12,14 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
+
+use crate::{common, support};
 use support::{Operator, WAIT, install_crds, names, wait_ready};
 
-/// A zone of `game` instances 1..=`end` with the given lifecycle fields on the type.
-fn zone(end: i64, lifecycle: serde_json::Value) -> GameZone {
-    let mut game = json!({"type": "game", "id": 1, "endId": end});
-    for (k, v) in lifecycle.as_object().unwrap() {
-        game[k] = v.clone();
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "zone1"},
-        "spec": {"zoneId": 1, "defaultImage": "svc:1", "services": [game]}
-    }))
-    .unwrap()
+/// A zone of `game` servers 1..=`end` with the given lifecycle fields on the type.
+fn zone(servers: i64, lifecycle: serde_json::Value) -> GameZone {
+    let fields = lifecycle.as_object().unwrap();
+    fields.iter().fold(gamezone_api::fixture::zone("zone1").servers(servers), |z, (k, v)| z.game(k, v.clone())).build()
 }
 
 /// Sets a gate condition as the game would (its own field manager on the status).
@@ -241,8 +232,8 @@ async fn an_image_bump_never_has_more_than_max_unavailable_out_and_drains_each_f
         .await
         .unwrap();
     let (out_max, drained) = watch.await.unwrap();
-    assert_eq!(drained.len(), 4, "every instance moved to the new image: {drained:?}");
-    assert!(drained.values().all(|d| *d), "an instance was updated before its drain: {drained:?}");
+    assert_eq!(drained.len(), 4, "every server moved to the new image: {drained:?}");
+    assert!(drained.values().all(|d| *d), "a server was updated before its drain: {drained:?}");
     assert_eq!(out_max, 1, "more than maxUnavailable out at once");
     wait_ready(&zones, "zone1").await;
     ns.cleanup().await;
@@ -409,7 +400,7 @@ async fn an_operator_killed_mid_drain_and_mid_rollout_deletes_nothing_early() {
         .patch("zone1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [bumped]}})))
         .await
         .unwrap();
-    common::wait_for("one instance drained for the update", WAIT, || async {
+    common::wait_for("one server drained for the update", WAIT, || async {
         let drained: Vec<String> = servers
             .list(&Default::default())
             .await
@@ -434,13 +425,13 @@ async fn an_operator_killed_mid_drain_and_mid_rollout_deletes_nothing_early() {
         .iter()
         .filter(|g| g.spec.not_in_service().is_some())
         .count();
-    assert_eq!(drained, 2, "game-3 and one instance updating: no more taken out than maxUnavailable");
+    assert_eq!(drained, 2, "game-3 and one server updating: no more taken out than maxUnavailable");
 
     // The players leave: everything converges.
     for i in 1..=3 {
         set_gate(&servers, &format!("zone1-game-{i}"), "NoPlayers", true).await;
     }
-    common::wait_for("two instances on svc:2, game-3 gone", Duration::from_secs(90), || async {
+    common::wait_for("two servers on svc:2, game-3 gone", Duration::from_secs(90), || async {
         let list = servers.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
         let shown: Vec<(String, Option<String>, Option<ServerState>)> = list
             .iter()

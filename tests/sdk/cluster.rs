@@ -3,13 +3,6 @@
 //! its own field manager, and the API server's audit log shows how few writes it makes; its
 //! gate webhooks, served by the test on loopback, set the gates through the admission policy.
 
-mod common;
-mod support;
-#[path = "sdk/webhook_server.rs"]
-mod webhook_server;
-
-use webhook_server::webhook_server;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -19,6 +12,9 @@ use std::time::{Duration, SystemTime};
 use gamezone::api::*;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
+
+use crate::webhook_server::webhook_server;
+use crate::{common, support};
 use support::{WAIT, install_crds};
 
 struct Sidecar(Child);
@@ -209,11 +205,7 @@ async fn gate_webhooks_set_their_gates_and_deletable_polls_only_once_drained_and
     let n = ns.name.clone();
 
     // The zone's sidecar identity as the operator makes it, and the pod its token is bound to.
-    let zone: GameZone = serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": "zone1", "namespace": n}, "spec": {"zoneId": 1, "services": []}
-    }))
-    .unwrap();
+    let zone = gamezone_api::fixture::zone("zone1").namespace(&n).build();
     let (sa, role, binding) = gamezone::zone::sidecar_identity(&zone);
     let pp = PostParams::default();
     ns.api::<k8s_openapi::api::core::v1::ServiceAccount>().create(&pp, &sa).await.unwrap();

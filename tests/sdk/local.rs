@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-#[path = "sdk/webhook_server.rs"]
-mod webhook_server;
+use crate::webhook_server;
 
 const SERVER_YAML: &str = r#"
 apiVersion: gamezone.dev/v1alpha1

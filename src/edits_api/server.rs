@@ -176,7 +176,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 /// The share and the servers' reports, read from the claim.
 pub fn report(root: &Path) -> std::io::Result<ShareReport> {
     let share = root.join(SHARE_DIR);
-    let snap = gamezone_init::edits::scan(&share)?;
+    let snap = gamezone_init::edits_layer::scan(&share)?;
     let (mut files, mut bytes, mut newest) = (0u64, 0u64, None::<i64>);
     let mut stack = vec![share];
     while let Some(dir) = stack.pop() {
@@ -320,12 +320,12 @@ mod tests {
         std::fs::create_dir_all(share.join("config")).unwrap();
         std::fs::write(share.join("config/server.json"), "{}").unwrap();
         std::fs::create_dir_all(t.path().join(REPORT_DIR)).unwrap();
-        let st = gamezone_init::edits::EditsStatus { state: "applied".into(), ..Default::default() };
+        let st = gamezone_init::edits_layer::EditsStatus { state: "applied".into(), ..Default::default() };
         std::fs::write(t.path().join(REPORT_DIR).join("z-game-1.json"), serde_json::to_vec(&st).unwrap()).unwrap();
         std::fs::write(t.path().join(REPORT_DIR).join("z-game-2.json.tmp"), "half").unwrap();
         let r = report(t.path()).unwrap();
         assert_eq!((r.files, r.bytes), (1, 2));
-        assert_eq!(r.revision, gamezone_init::edits::scan(&share).unwrap().digest);
+        assert_eq!(r.revision, gamezone_init::edits_layer::scan(&share).unwrap().digest);
         assert_eq!(r.servers.len(), 1);
         assert_eq!(r.servers[0].pod, "z-game-1");
     }

@@ -1,23 +1,6 @@
 //! Whole zones on a real node, end to end: the operator pins artifacts from real git and S3
 //! servers, `gamezone-init` layers them in every pod, the example game server answers clients
 //! through the addresses and ports its status names.
-//!
-//! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
-//! --real-nodes 1`), started by this binary and stopped when it exits, unless
-//! `GAMEZONE_REAL_KUBECONFIG` names the kubeconfig of one already running. The images come from
-//! `scripts/images.sh` (the binaries of this test's own profile, cached by content), imported first unless
-//! `GAMEZONE_IMAGES_IMPORTED` is set. Tests run one at a time. Root only.
-//!
-//! ```sh
-//! cargo test --test e2e -- --test-threads 1
-//! ```
-
-#[path = "e2e/cluster.rs"]
-mod cluster;
-mod common;
-#[path = "e2e/servers.rs"]
-mod servers;
-mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -29,6 +12,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::{ONE_AT_A_TIME, cluster, common, servers, support};
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, image_bin, on_real_node};
 use common::wait_for;
 use servers::{GitDaemon, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
@@ -36,9 +20,6 @@ use support::{Operator, install_crds};
 
 /// Pods on a real node unpack images and run an init container: more than KWOK needs.
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// One test at a time: they share the real node and its host ports.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The operator on the host, scoped to the test's namespace, with the image built here as the
 /// init image. Each test gets Dynamic ports of its own (`ports`, e.g. `7100-7199`): the operators
@@ -69,12 +50,12 @@ fn service(type_: &str, id: i64, end_id: Option<i64>, ports: Value) -> Value {
 }
 
 fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Value) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": name},
-        "spec": {"zoneId": zone_id, "defaultImage": GAME_SERVER_IMAGE, "services": services, "artifacts": artifacts}
-    }))
-    .expect("a valid GameZone")
+    gamezone_api::fixture::zone(name)
+        .spec("zoneId", json!(zone_id))
+        .spec("defaultImage", json!(GAME_SERVER_IMAGE))
+        .services(json!(services))
+        .spec("artifacts", artifacts)
+        .build()
 }
 
 /// A git daemon under `work`, on the host end of the real node's veth, serving repository
@@ -349,7 +330,7 @@ async fn every_instance_answers_at_the_address_and_port_its_status_names() {
         }
     }
 
-    // Peers: each instance finds the others through the topology, and reaches them by DNS name
+    // Peers: each server finds the others through the topology, and reaches them by DNS name
     // when the cluster's DNS serves the zone's names.
     let game1 = servers.iter().find(|s| s.name_any() == "ports-game-1").unwrap();
     let (addr, port) = reachable_at(game1, "game");
@@ -649,7 +630,7 @@ async fn a_zone_converges_when_containerd_and_the_kubelet_are_killed_mid_rollout
     }
     assert_eq!(before.len(), 5);
 
-    // New args roll every instance; the node's daemons die while pods are being replaced.
+    // New args roll every server; the node's daemons die while pods are being replaced.
     let mut services = serde_json::to_value(&zones.get("restart").await.unwrap().spec.services).unwrap();
     for s in services.as_array_mut().unwrap() {
         s["args"] = json!(["--build", "2"]);
@@ -669,7 +650,7 @@ async fn a_zone_converges_when_containerd_and_the_kubelet_are_killed_mid_rollout
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.restart_node_daemons(node);
 
-    let servers = wait_for("every instance answering on the new args", Duration::from_secs(150), || async {
+    let servers = wait_for("every server answering on the new args", Duration::from_secs(150), || async {
         let z = zones.get("restart").await.map_err(|e| e.to_string())?;
         let status = z.status.clone().unwrap_or_default();
         let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
@@ -703,8 +684,8 @@ async fn a_zone_converges_when_containerd_and_the_kubelet_are_killed_mid_rollout
         }
     }
 
-    // The API: one live pod per instance, each owned by its GameServer, none left terminating.
-    wait_for("one pod per instance, none terminating", TIMEOUT, || async {
+    // The API: one live pod per server, each owned by its GameServer, none left terminating.
+    wait_for("one pod per server, none terminating", TIMEOUT, || async {
         let list = pods.list(&support::selector("restart")).await.map_err(|e| e.to_string())?.items;
         let mut owners: Vec<String> = list
             .iter()

@@ -2,9 +2,6 @@
 //! converges on edits, survives operator restarts, rejects bad input and is torn down.
 //! Each test runs its own operator process, scoped to its own namespace.
 
-mod common;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,6 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+
+use crate::{common, support};
 use support::{Operator, WAIT, install_crds, kubectl, names, pod_uids, selector, wait_ready};
 
 async fn mysql_secret(api: &Api<Secret>) {
@@ -29,30 +28,25 @@ async fn mysql_secret(api: &Api<Secret>) {
 
 /// The zone of seed 003, without artifacts.
 fn zone(name: &str) -> GameZone {
-    serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone",
-        "metadata": {"name": name},
-        "spec": {
-            "zoneId": 101,
-            "defaultImage": "registry.example.com/project1/service:0.1.0",
-            "migration": {"image": "registry.example.com/project1/dbmigrater:0.1.0"},
-            "services": [
-                {"type": "game", "id": 1, "image": "registry.example.com/project1/service:0.2.0",
-                 "ports": [{"name": "client", "containerPort": 7777}],
-                 "expose": {"perInstance": {"type": "ClusterIP"}}},
-                {"type": "db", "id": 1},
-                {"type": "gateway", "id": 1, "endId": 2,
-                 "ports": [{"name": "client", "containerPort": 8000}],
-                 "expose": {"perType": {"type": "LoadBalancer", "annotations": {"metallb.universe.tf/address-pool": "game"}},
-                            "perInstance": {"type": "ClusterIP"}}},
-                {"type": "auth", "id": 2}
-            ],
-            "redis": {"host": "redis", "port": 6379},
-            "mysql": {"host": "192.168.1.100", "user": "username1", "database": "project1",
-                      "passwordSecretRef": {"name": "zone1-mysql", "key": "password"}}
-        }
-    }))
-    .expect("a valid GameZone")
+    gamezone_api::fixture::zone(name)
+        .spec("zoneId", json!(101))
+        .spec("defaultImage", json!("registry.example.com/project1/service:0.1.0"))
+        .spec("migration", json!({"image": "registry.example.com/project1/dbmigrater:0.1.0"}))
+        .services(json!([
+            {"type": "game", "id": 1, "image": "registry.example.com/project1/service:0.2.0",
+             "ports": [{"name": "client", "containerPort": 7777}],
+             "expose": {"perInstance": {"type": "ClusterIP"}}},
+            {"type": "db", "id": 1},
+            {"type": "gateway", "id": 1, "endId": 2,
+             "ports": [{"name": "client", "containerPort": 8000}],
+             "expose": {"perType": {"type": "LoadBalancer", "annotations": {"metallb.universe.tf/address-pool": "game"}},
+                        "perInstance": {"type": "ClusterIP"}}},
+            {"type": "auth", "id": 2}
+        ]))
+        .spec("redis", json!({"host": "redis", "port": 6379}))
+        .spec("mysql", json!({"host": "192.168.1.100", "user": "username1", "database": "project1",
+                              "passwordSecretRef": {"name": "zone1-mysql", "key": "password"}}))
+        .build()
 }
 
 #[tokio::test]
@@ -92,7 +86,7 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
         );
         assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
     }
-    // One GameServer per instance, each with its pod's address and node.
+    // One GameServer per server, each with its pod's address and node.
     let servers: Api<GameServer> = ns.api();
     assert_eq!(
         names(&servers, "zone1").await,
@@ -114,9 +108,9 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
     let topology: Api<ConfigMap> = ns.api();
     let doc: serde_json::Value =
         serde_json::from_str(&topology.get("zone1-topology").await.unwrap().data.unwrap()["topology.json"]).unwrap();
-    let instances = doc["instances"].as_array().unwrap();
-    assert_eq!(instances.len(), 5);
-    let game1 = instances.iter().find(|i| i["name"] == "zone1-game-1").unwrap();
+    let listed = doc["instances"].as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    let game1 = listed.iter().find(|i| i["name"] == "zone1-game-1").unwrap();
     assert_eq!(game1["dns"], format!("zone1-game-1.zone1.{}.svc", ns.name));
     assert_eq!(game1["ports"][0]["port"], 7777);
 
@@ -168,14 +162,14 @@ async fn edits_converge() {
         async move { zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap() }
     };
 
-    // Add an instance: game endId 1 → 2.
+    // Add a server: game endId 1 → 2.
     z.spec.services[0].end_id = Some(2);
     merge(json!({"spec": {"services": z.spec.services}})).await;
     wait_ready(&zones, "zone1").await;
     assert!(names(&servers, "zone1").await.contains(&"zone1-game-2".to_string()));
     assert!(names(&services, "zone1").await.contains(&"zone1-game-2".to_string()));
 
-    // Bump one service's image: only its instances are replaced.
+    // Bump one service's image: only its servers are replaced.
     let before = pod_uids(&pods, "zone1").await;
     z.spec.services[2].image = Some("registry.example.com/project1/service:0.2.1-hotfix".into());
     merge(json!({"spec": {"services": z.spec.services}})).await;
@@ -211,7 +205,7 @@ async fn edits_converge() {
     }
     assert_eq!(names(&jobs, "zone1").await, [job_name], "older migration Jobs are removed");
 
-    // Shrink a range: the extra instance and its Service go.
+    // Shrink a range: the extra server and its Service go.
     z.spec.services[2].end_id = None;
     z.spec.services[2].image = Some("registry.example.com/project1/service:0.2.1-hotfix".into());
     merge(json!({"spec": {"services": z.spec.services}})).await;
@@ -252,7 +246,7 @@ async fn operator_restarts_mid_way_converge_without_duplicates() {
     assert_eq!(pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap().items.len(), 5);
     drop(_op);
 
-    // Killed in the middle of an edit that adds instances and rolls servers.
+    // Killed in the middle of an edit that adds servers and rolls the others.
     let mut op = Operator::start(ns.kubeconfig(), &ns.name);
     let patch = json!({"spec": {"defaultImage": "registry.example.com/project1/service:0.3.0"}});
     zones.patch("zone1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -295,12 +289,8 @@ async fn bad_input_is_refused_or_reported_by_field() {
         ),
     ];
     for (spec, message) in cases {
-        let mut full = json!({"zoneId": 1, "defaultImage": "img"});
-        for (k, v) in spec.as_object().unwrap() {
-            full[k] = v.clone();
-        }
-        let obj = json!({"apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "bad"}, "spec": full});
-        let z: GameZone = serde_json::from_value(obj).unwrap();
+        let fields = spec.as_object().unwrap();
+        let z = fields.iter().fold(gamezone_api::fixture::zone("bad"), |z, (k, v)| z.spec(k, v.clone())).build();
         let err = zones
             .create(&PostParams::default(), &z)
             .await
@@ -561,7 +551,7 @@ async fn operator_killed_during_each_edit_and_the_delete_converges() {
         op = Operator::start(ns.kubeconfig(), &ns.name);
         let z = wait_ready(&zones, "zone1").await;
         let desired = z.status.unwrap().desired_servers as usize;
-        common::wait_for(&format!("exactly one pod per instance after the {what}"), WAIT, || async {
+        common::wait_for(&format!("exactly one pod per server after the {what}"), WAIT, || async {
             let p = names(&pods, "zone1").await.into_iter().filter(|n| !n.contains("-migrate-")).count();
             let s = names(&servers, "zone1").await.len();
             if (p, s) == (desired, desired) { Ok(()) } else { Err(format!("{p} pods, {s} servers, want {desired}")) }
@@ -706,11 +696,9 @@ async fn what_an_edit_drops_goes_from_servers_and_services_the_operator_created(
             "ports": [{"name": "client", "containerPort": 7777}],
             "expose": {"perType": {"type": "ClusterIP", "annotations": annotations}}}]})
     };
-    let z: GameZone = serde_json::from_value(json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameZone", "metadata": {"name": "zone1"},
-        "spec": spec(json!({"test.gamezone.dev/a": "1", "test.gamezone.dev/b": "2"}), json!({"p": "1", "q": "2"}))
-    }))
-    .unwrap();
+    let z = gamezone_api::fixture::zone("zone1")
+        .with_spec(spec(json!({"test.gamezone.dev/a": "1", "test.gamezone.dev/b": "2"}), json!({"p": "1", "q": "2"})))
+        .build();
     zones.create(&PostParams::default(), &z).await.unwrap();
     let (gs, svc) = common::wait_for("the server and its Service", WAIT, || async {
         match (servers.get_opt("zone1-game-1").await, services.get_opt("zone1-game").await) {

@@ -1,0 +1,17 @@
+//! The operator on the shared local control plane (KWOK nodes), one operator process per test,
+//! scoped to the test's namespace: `zones` provisions, converges, restarts and tears zones down,
+//! `lifecycle` keeps players safe through gates, drains and rollouts, and `edits` turns a test
+//! zone's live edits on and off.
+//!
+//! ```sh
+//! cargo test --test zone               # all of them
+//! cargo test --test zone lifecycle::   # one module
+//! ```
+
+#[path = "../common/mod.rs"]
+mod common;
+mod edits;
+mod lifecycle;
+#[path = "../support/mod.rs"]
+mod support;
+mod zones;
