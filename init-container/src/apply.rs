@@ -11,6 +11,7 @@ use crate::creds::Credentials;
 use crate::edits_layer::{BaseIndex, EditEntry, EditKind, EditsStatus, RefusedEdit, Snapshot};
 use crate::egress::Egress;
 use crate::error::{Ctx, Error};
+use crate::oci::Registry;
 use crate::plan::Layer;
 use crate::progress::{NoProgress, Progress};
 use crate::resolve::{Kind, Prepared, prepare, resolve_one};
@@ -26,6 +27,7 @@ pub use gamezone_api::artifacts::{CURRENT, TREES};
 pub const CACHE: &str = ".cache";
 
 /// What to apply where.
+#[derive(Clone)]
 pub struct ApplyOptions {
     /// The layer plan.
     pub layers: Vec<Layer>,
@@ -49,6 +51,9 @@ pub struct ApplyOptions {
     pub resolve_deadline: Duration,
     /// Total time one layer's fetch may take, retries included.
     pub fetch_deadline: Duration,
+    /// Copy every layer from its packed copy in this registry (`gamezone-init pack`), never
+    /// from its origin.
+    pub registry: Option<Registry>,
 }
 
 /// Default total time for one layer's fetch.
@@ -75,6 +80,17 @@ impl ApplyOptions {
             egress: Egress::strict(),
             resolve_deadline: crate::resolve::RESOLVE_DEADLINE,
             fetch_deadline: FETCH_DEADLINE,
+            registry: None,
+        }
+    }
+
+    /// These options for layer `i` alone, at its pin, with no edits.
+    pub(crate) fn one_layer(&self, i: usize) -> ApplyOptions {
+        ApplyOptions {
+            layers: vec![self.layers[i].clone()],
+            revisions: vec![self.revisions[i].clone()],
+            edits: None,
+            ..self.clone()
         }
     }
 }
@@ -208,7 +224,7 @@ async fn apply_pinned(
 }
 
 /// Applies every layer of the plan into a new staging directory under `.trees/`.
-async fn build_layers(
+pub(crate) async fn build_layers(
     opts: &ApplyOptions,
     prepared: Vec<Option<Prepared>>,
 ) -> Result<(tempfile::TempDir, Arc<TreeWriter>)> {
@@ -222,6 +238,12 @@ async fn build_layers(
     for (i, (layer, p)) in opts.layers.iter().zip(prepared).enumerate() {
         let layer_started = Instant::now();
         let before = writer.written();
+        if let Some(registry) = &opts.registry {
+            copy_packed(opts, registry, i, &trees, &writer).await?;
+            let after = writer.written();
+            opts.progress.layer_finished(i, after.0 - before.0, after.1 - before.1, layer_started.elapsed());
+            continue;
+        }
         let p = match p {
             Some(p) => p,
             None => prepare(i, layer, opts.credentials.as_ref(), &opts.retry, &opts.egress)?,
@@ -261,6 +283,38 @@ async fn build_layers(
         opts.progress.layer_finished(i, after.0 - before.0, after.1 - before.1, layer_started.elapsed());
     }
     Ok((staging, writer))
+}
+
+/// Layer `i` from its packed copy in the registry: the origin is not asked.
+async fn copy_packed(
+    opts: &ApplyOptions,
+    registry: &Registry,
+    i: usize,
+    trees: &Path,
+    w: &Arc<TreeWriter>,
+) -> Result<()> {
+    let (layer, pin) = (&opts.layers[i], &opts.revisions[i]);
+    let ctx = Ctx::new(i, format!("{} packed in {}", layer.describe(), registry.repository()));
+    opts.progress.layer_started(i, &ctx.src);
+    let key = crate::oci::layer_key(layer, pin);
+    let copy = async {
+        let Some(packed) = registry.find(&ctx, &key).await? else {
+            return Err(ctx.not_found(format!(
+                "{}:{key} does not exist: the layer at {pin} was never packed; run `gamezone-init pack` with this plan and these revisions (the operator does before servers start)",
+                registry.repository()
+            )));
+        };
+        let blob = tempfile::Builder::new()
+            .prefix(".packed-")
+            .tempfile_in(trees)
+            .map_err(dest_err(trees, "create a file for the packed layer"))?;
+        registry.download(&ctx, &packed, blob.path()).await?;
+        let (c, w) = (ctx.clone(), w.clone());
+        tokio::task::spawn_blocking(move || crate::oci::unpack(&c, blob.path(), &w))
+            .await
+            .map_err(|e| Error::Plan(format!("unpack task failed: {e}")))?
+    };
+    crate::retry::within(&ctx, opts.fetch_deadline, copy).await
 }
 
 fn new_staging(trees: &Path) -> Result<tempfile::TempDir> {

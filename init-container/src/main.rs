@@ -13,6 +13,7 @@ use gamezone_init::apply::{ApplyOptions, apply};
 use gamezone_init::creds::DirCredentials;
 use gamezone_init::egress::Egress;
 use gamezone_init::hook::SwapHook;
+use gamezone_init::oci::{self, Registry};
 use gamezone_init::progress::{BarProgress, LogProgress, Progress};
 use gamezone_init::retry::RetryPolicy;
 use gamezone_init::watch::WatchOptions;
@@ -84,6 +85,43 @@ struct TreeArgs {
     edits: Option<PathBuf>,
 }
 
+/// The registry of packed layers (`gamezone-init pack`).
+#[derive(Args)]
+struct RegistryArgs {
+    /// Repository of packed layers, `host[:port]/path`: `pack` pushes there, `apply` copies
+    /// every layer from there and never from its origin.
+    #[arg(long = "registry", env = "GAMEZONE_REGISTRY")]
+    repository: Option<String>,
+    /// Speak plain HTTP to the registry (one on loopback or in the cluster without TLS).
+    #[arg(long, env = "GAMEZONE_REGISTRY_PLAIN_HTTP")]
+    registry_plain_http: bool,
+    /// Docker config JSON with the registry's credentials (a dockerconfigjson Secret's
+    /// `.dockerconfigjson`); anonymous without.
+    #[arg(long, env = "GAMEZONE_REGISTRY_AUTH")]
+    registry_auth: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn registry(&self) -> anyhow::Result<Option<Registry>> {
+        let Some(repository) = &self.repository else { return Ok(None) };
+        let host = repository.split('/').next().unwrap_or_default();
+        let basic = match &self.registry_auth {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("read --registry-auth {}", file.display()))?;
+                let basic = oci::basic_from_docker_config(&text, host)
+                    .map_err(|e| anyhow::anyhow!("--registry-auth {}: {e}", file.display()))?;
+                Some(basic.with_context(|| {
+                    format!("--registry-auth {} has no credentials for {host}; add auths.\"{host}\"", file.display())
+                })?)
+            }
+            None => None,
+        };
+        let o = oci::RegistryOptions { repository: repository.clone(), plain_http: self.registry_plain_http, basic };
+        Ok(Some(Registry::new(&o)?))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print the exact revision of every layer as JSON.
@@ -97,6 +135,22 @@ enum Command {
         /// Pinned revisions: the JSON `resolve` prints, or a list of strings (`@FILE` reads a file).
         #[arg(long, env = "GAMEZONE_REVISIONS")]
         revisions: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch each layer at its pin from its origin once and push it to the registry as one OCI
+    /// layer; layers the registry holds already are not fetched. Prints what it did as JSON.
+    Pack {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Work directory: each layer is built and written as a tar here (twice its size).
+        #[arg(long, env = "GAMEZONE_ROOT")]
+        root: PathBuf,
+        /// Pinned revisions, as `apply` takes them (required: a pack is of pins).
+        #[arg(long, env = "GAMEZONE_REVISIONS")]
+        revisions: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Resolve and apply on an interval; local sources are applied as soon as they change.
     Watch {
@@ -216,14 +270,16 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             let revs = resolve::resolve_opts(&layers, &DirCredentials::new(&p.secrets_dir), &o).await?;
             println!("{}", serde_json::to_string(&revs)?);
         }
-        Command::Apply { plan, tree, revisions } => {
+        Command::Apply { plan, tree, revisions, registry } => {
             let layers = layers(&plan)?;
             let revisions = match revisions.filter(|r| !r.trim().is_empty()) {
                 Some(r) => revisions_arg(&r)?,
                 // Not pinned: `apply` resolves each layer and reuses what it fetched to do so.
                 None => vec![String::new(); layers.len()],
             };
-            let s = apply(options(&plan, &tree, layers, revisions, tty)?).await?;
+            let mut o = options(&plan, &tree, layers, revisions, tty)?;
+            o.registry = registry.registry()?;
+            let s = apply(o).await?;
             tracing::info!(
                 unchanged = s.unchanged,
                 layers = s.layers,
@@ -269,6 +325,16 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                 },
             };
             gamezone_init::watch::watch(opts, w, shutdown()).await?;
+        }
+        Command::Pack { plan, root, revisions, registry } => {
+            let Some(registry) = registry.registry()? else {
+                anyhow::bail!("pack needs --registry host[:port]/path (or GAMEZONE_REGISTRY)");
+            };
+            let layers = layers(&plan)?;
+            let tree = TreeArgs { root, max_bytes: None, max_files: None, edits: None };
+            let o = options(&plan, &tree, layers, revisions_arg(&revisions)?, tty)?;
+            let packed = oci::pack(&o, &registry).await?;
+            println!("{}", serde_json::to_string(&packed)?);
         }
         Command::MakeP4Export { from, out, changelist, depot_root } => {
             let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)

@@ -69,6 +69,11 @@ impl Entry {
         self.size
     }
 
+    /// A file (executable or not), a directory or a symlink.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// Rebuilds an entry from the parts of its digest line (the base index stores them).
     pub fn from_parts(mode: &str, size: u64, sha: &str) -> Option<Entry> {
         let kind = match mode {

@@ -162,19 +162,7 @@ pub async fn watch(opts: ApplyOptions, w: WatchOptions, stop: impl std::future::
 
 /// One apply with the given pins (and the edits); logs the outcome and runs the hooks.
 async fn round(opts: &ApplyOptions, w: &WatchOptions, revisions: Vec<String>, debounce: &mut Debounce) {
-    let r = ApplyOptions {
-        layers: opts.layers.clone(),
-        revisions,
-        root: opts.root.clone(),
-        credentials: opts.credentials.clone(),
-        progress: opts.progress.clone(),
-        limits: opts.limits,
-        retry: opts.retry.clone(),
-        edits: opts.edits.clone(),
-        egress: opts.egress.clone(),
-        resolve_deadline: opts.resolve_deadline,
-        fetch_deadline: opts.fetch_deadline,
-    };
+    let r = ApplyOptions { revisions, ..opts.clone() };
     let outcome = apply(r).await;
     if let Some(report) = &w.report {
         copy_report(&opts.root, report);

@@ -41,10 +41,19 @@ if [[ ! -x "${GAMEZONE_SMBD:-/usr/sbin/smbd}" ]] || ! command -v smbclient >/dev
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq samba smbclient >/dev/null
 fi
 
-for tool in git ssh-keygen smbclient smbpasswd; do
+# CNCF Distribution and skopeo for the packed layers' tests (tests/registry.rs runs its own
+# registry on a loopback port; the package's service is not started).
+if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
+  echo "docker-registry, skopeo: installing from Debian"
+  SUDO=; [[ "$(id -u)" = 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo >/dev/null
+fi
+
+for tool in git ssh-keygen smbclient smbpasswd docker-registry skopeo; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
 git_exec="$(git --exec-path)"
 [[ -x "$git_exec/git-http-backend" ]] || { echo "missing $git_exec/git-http-backend" >&2; exit 1; }
 
-echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd, smbd via GAMEZONE_SMBD or /usr/sbin/smbd"
+echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd, smbd via GAMEZONE_SMBD or /usr/sbin/smbd, docker-registry via GAMEZONE_DOCKER_REGISTRY or /usr/bin/docker-registry"

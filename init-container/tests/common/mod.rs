@@ -101,14 +101,23 @@ impl Drop for Server {
 }
 
 pub fn git_daemon(base: &Path) -> Server {
+    git_daemon_to(base, Stdio::null())
+}
+
+/// A git daemon whose verbose log (one `Request upload-pack` line per fetch) goes to `log`.
+pub fn logged_git_daemon(base: &Path, log: &Path) -> Server {
+    git_daemon_to(base, Stdio::from(std::fs::File::create(log).unwrap()))
+}
+
+fn git_daemon_to(base: &Path, stderr: Stdio) -> Server {
     let port = free_port();
     let child = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        .args(["daemon", "--reuseaddr", "--export-all", "--verbose", "--listen=127.0.0.1"])
         .arg(format!("--base-path={}", base.display()))
         .arg(format!("--port={port}"))
         .arg(base)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("git daemon");
     wait_port(port);
@@ -336,6 +345,35 @@ pub fn s3_server_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("s3s-fs");
+    wait_port(port);
+    Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) }
+}
+
+/// CNCF Distribution (Debian's `docker-registry`) on loopback, storing under `dir`; its log (one
+/// line per request) goes to `dir/registry.log`.
+pub fn docker_registry(dir: &Path) -> Server {
+    let bin =
+        std::env::var_os("GAMEZONE_DOCKER_REGISTRY").map(PathBuf::from).unwrap_or("/usr/bin/docker-registry".into());
+    assert!(bin.is_file(), "{} not found: apt-get install docker-registry (scripts/setup.sh does)", bin.display());
+    let port = free_port();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry");
     wait_port(port);
     Server { port, child: Some(child), stop: Arc::new(AtomicBool::new(false)) }
 }

@@ -1,0 +1,617 @@
+//! Layer pins in an OCI registry: fetched from their origin once, then copied from the registry.
+//!
+//! [`pack`] builds each layer of a plan at its pin (its `path` and `subPath` applied, hostile
+//! input refused as for any apply) and pushes what it places in the tree as one OCI layer; a
+//! layer already in the registry is not fetched again. `apply` with a [`Registry`] fills the
+//! tree from those layers and never asks an origin, so an origin outage does not stop a pod.
+//!
+//! One repository holds every packed layer. A layer's tag is its [`layer_key`]: the layer as the
+//! plan states it (source, `path`, `subPath`; not which Secret holds its credentials) and its
+//! pin, so the same pin in any zone is packed once. The tag names a one-layer image manifest
+//! whose layer is an uncompressed tar of the layer's files, directories and symlinks at their
+//! paths in the tree, in path order, owned by 0, dated 0: the same files make the same bytes, so
+//! containerd can mount it as an `image` volume and a re-pack pushes nothing new.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{
+    IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Ctx, Error};
+use crate::plan::Layer;
+use crate::tree::{Kind, TreeWriter};
+use crate::{Result, paths};
+
+/// Annotation of a packed layer's manifest: the digest of the tree the layer alone makes.
+pub const TREE_DIGEST_ANNOTATION: &str = "dev.gamezone.tree-digest";
+/// Annotation of a packed layer's manifest: the layer's source as `describe` writes it.
+pub const SOURCE_ANNOTATION: &str = "dev.gamezone.source";
+/// Annotation of a packed layer's manifest: the pin it was packed at.
+pub const PIN_ANNOTATION: &str = "dev.gamezone.pin";
+
+/// Where packed layers live: `host[:port]/repository`, and how to reach it.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// `host[:port]/path` of the one repository that holds every packed layer.
+    pub repository: String,
+    /// Speak plain HTTP (a registry on loopback or inside the cluster without TLS).
+    pub plain_http: bool,
+    /// Basic credentials (user, password); anonymous when empty.
+    pub basic: Option<(String, String)>,
+}
+
+/// A client of the repository that holds packed layers.
+#[derive(Clone)]
+pub struct Registry {
+    client: Arc<Client>,
+    repository: String,
+    auth: RegistryAuth,
+}
+
+/// A packed layer as its manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packed {
+    /// The tag: [`layer_key`].
+    pub key: String,
+    /// The layer blob's digest (`sha256:…`).
+    pub digest: String,
+    /// The layer blob's size in bytes.
+    pub size: u64,
+    /// The digest of the tree this layer alone makes.
+    pub tree_digest: String,
+}
+
+/// What [`pack`] did with one layer of the plan.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackOutcome {
+    /// The layer's index in the plan.
+    pub layer: usize,
+    /// Its tag in the repository ([`layer_key`]).
+    pub key: String,
+    /// The layer blob's digest.
+    pub digest: String,
+    /// The layer blob's size in bytes.
+    pub size: u64,
+    /// The digest of the tree the layer alone makes.
+    pub tree_digest: String,
+    /// Whether this run fetched it from its origin (false: the registry held it already).
+    pub fetched: bool,
+}
+
+/// Packs every layer of the plan at its pin (`opts.revisions`, as `resolve` prints them) into
+/// the registry, in plan order. A layer the registry holds already is not fetched. Each other
+/// one is built alone under `opts.root` (its checks and limits as for any apply), written as a
+/// tar beside it and pushed as a stream: memory stays flat in the layer's size, and the disk
+/// holds the layer twice while it is packed.
+pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Result<Vec<PackOutcome>> {
+    crate::plan::validate(&opts.layers)?;
+    if opts.revisions.len() != opts.layers.len() || opts.revisions.iter().any(String::is_empty) {
+        return Err(Error::Revisions(format!(
+            "pack needs a pin for each of the {} layers ({} given); pass the revisions `gamezone-init resolve` prints",
+            opts.layers.len(),
+            opts.revisions.iter().filter(|r| !r.is_empty()).count()
+        )));
+    }
+    let trees = opts.root.join(crate::apply::TREES);
+    fs::create_dir_all(&trees).map_err(|e| Error::destination(&trees, "create trees directory", e))?;
+    let mut out = Vec::with_capacity(opts.layers.len());
+    for (i, layer) in opts.layers.iter().enumerate() {
+        let pin = &opts.revisions[i];
+        let ctx = Ctx::new(i, layer.describe());
+        let key = layer_key(layer, pin);
+        if let Some(p) = registry.find(&ctx, &key).await? {
+            tracing::info!(layer = i, key = %key, digest = %p.digest, "already packed; nothing fetched");
+            out.push(PackOutcome {
+                layer: i,
+                key,
+                digest: p.digest,
+                size: p.size,
+                tree_digest: p.tree_digest,
+                fetched: false,
+            });
+            continue;
+        }
+        let mut one = opts.one_layer(i);
+        one.registry = None;
+        let (staging, writer) = crate::apply::build_layers(&one, vec![None]).await?;
+        let stats = writer.stats();
+        let tar = tempfile::Builder::new()
+            .prefix(".pack-")
+            .suffix(".tar")
+            .tempfile_in(&trees)
+            .map_err(|e| Error::destination(&trees, "create the layer's tar", e))?;
+        let (entries, root, tar_path) = (writer.entries(), staging.path().to_owned(), tar.path().to_owned());
+        let blob = tokio::task::spawn_blocking(move || write_tar(&root, &entries, &tar_path))
+            .await
+            .map_err(|e| Error::Plan(format!("tar task failed: {e}")))?
+            .map_err(|e| ctx.io("write the layer's tar", e))?;
+        drop(staging);
+        let annotations = BTreeMap::from([
+            (TREE_DIGEST_ANNOTATION.to_owned(), stats.digest.clone()),
+            (SOURCE_ANNOTATION.to_owned(), layer.describe()),
+            (PIN_ANNOTATION.to_owned(), pin.clone()),
+        ]);
+        let p = registry.push(&ctx, &key, tar.path(), blob, annotations).await?;
+        tracing::info!(layer = i, key = %key, digest = %p.digest, bytes = p.size, files = stats.files, "packed");
+        out.push(PackOutcome {
+            layer: i,
+            key,
+            digest: p.digest,
+            size: p.size,
+            tree_digest: p.tree_digest,
+            fetched: true,
+        });
+    }
+    Ok(out)
+}
+
+/// The tag of a layer packed at `pin`: `l-` and 32 hex of sha256 over the layer's JSON without
+/// its `secretRef`s, and the pin.
+pub fn layer_key(layer: &Layer, pin: &str) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("secretRef");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(layer).expect("a layer serializes");
+    strip(&mut v);
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&v).expect("JSON serializes"));
+    h.update([0]);
+    h.update(pin.as_bytes());
+    format!("l-{}", &hex::encode(h.finalize())[..32])
+}
+
+impl Registry {
+    /// A client of `o.repository`. Refuses a repository that is not `host[:port]/path`.
+    pub fn new(o: &RegistryOptions) -> Result<Self> {
+        let repository = o.repository.trim_end_matches('/').to_owned();
+        let probe = format!("{repository}:probe");
+        let parsed: Reference = probe.parse().map_err(|e| registry_flag(&o.repository, format!("{e}")))?;
+        if parsed.registry() != repository.split('/').next().unwrap_or_default() || !repository.contains('/') {
+            return Err(registry_flag(&o.repository, "name the host and the repository: host[:port]/path".into()));
+        }
+        // The registry client's TLS (rustls) uses ring, as every other client here does; a
+        // provider installed before (by this or the process) stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let protocol = if o.plain_http { ClientProtocol::Http } else { ClientProtocol::Https };
+        let client = Client::new(ClientConfig { protocol, ..Default::default() });
+        let auth = match &o.basic {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        Ok(Registry { client: Arc::new(client), repository, auth })
+    }
+
+    /// The repository, as given.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    fn reference(&self, tag: &str) -> Reference {
+        format!("{}:{tag}", self.repository).parse().expect("checked in Registry::new")
+    }
+
+    /// The layer packed under `key`, if the registry holds it.
+    pub(crate) async fn find(&self, ctx: &Ctx, key: &str) -> Result<Option<Packed>> {
+        let image = self.reference(key);
+        let (manifest, _) = match self.client.pull_image_manifest(&image, &self.auth).await {
+            Ok(m) => m,
+            Err(e) if is_unknown(&e) => return Ok(None),
+            Err(e) => return Err(self.failed(ctx, "read the manifest of", key, e)),
+        };
+        let [layer] = manifest.layers.as_slice() else {
+            return Err(ctx.verification(format!(
+                "{}:{key} holds {} layers, not the one a packed layer has; delete the tag so it is packed again",
+                self.repository,
+                manifest.layers.len()
+            )));
+        };
+        let tree_digest = manifest.annotations.as_ref().and_then(|a| a.get(TREE_DIGEST_ANNOTATION)).cloned();
+        let Some(tree_digest) = tree_digest else {
+            return Err(ctx.verification(format!(
+                "{}:{key} has no {TREE_DIGEST_ANNOTATION} annotation: it was not pushed by gamezone-init pack; delete the tag so it is packed again",
+                self.repository
+            )));
+        };
+        Ok(Some(Packed {
+            key: key.to_owned(),
+            digest: layer.digest.clone(),
+            size: u64::try_from(layer.size).unwrap_or(0),
+            tree_digest,
+        }))
+    }
+
+    /// Pushes the tar at `tar` as the layer `key` (its blob only if the registry lacks it).
+    async fn push(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        tar: &Path,
+        blob: (String, u64),
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Packed> {
+        let image = self.reference(key);
+        let (digest, size) = blob;
+        self.client.store_auth_if_needed(image.resolve_registry(), &self.auth).await;
+        let held = self
+            .client
+            .blob_exists(&image, &digest)
+            .await
+            .map_err(|e| self.failed(ctx, "look up a blob of", key, e))?;
+        if !held {
+            let stream = file_stream(tar).map_err(|e| ctx.io(format!("read {}", tar.display()), e))?;
+            self.client
+                .push_blob_stream(&image, stream, &digest, Some(size))
+                .await
+                .map_err(|e| self.failed(ctx, "push the layer of", key, e))?;
+        }
+        // The image config containerd needs to mount the layer: one uncompressed layer, whose
+        // diff id is its digest.
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [digest]},
+        }))
+        .expect("JSON serializes");
+        let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+        let config_size = config.len() as i64;
+        self.client
+            .push_blob(&image, config, &config_digest)
+            .await
+            .map_err(|e| self.failed(ctx, "push the config of", key, e))?;
+        let tree_digest = annotations.get(TREE_DIGEST_ANNOTATION).cloned().unwrap_or_default();
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_owned()),
+            config: OciDescriptor {
+                media_type: IMAGE_CONFIG_MEDIA_TYPE.to_owned(),
+                digest: config_digest,
+                size: config_size,
+                ..Default::default()
+            },
+            layers: vec![OciDescriptor {
+                media_type: IMAGE_LAYER_MEDIA_TYPE.to_owned(),
+                digest: digest.clone(),
+                size: size as i64,
+                ..Default::default()
+            }],
+            annotations: Some(annotations),
+            ..Default::default()
+        };
+        self.client
+            .push_manifest(&image, &OciManifest::Image(manifest))
+            .await
+            .map_err(|e| self.failed(ctx, "push the manifest of", key, e))?;
+        Ok(Packed { key: key.to_owned(), digest, size, tree_digest })
+    }
+
+    /// Downloads the layer's blob to `to` (its digest checked as it streams).
+    pub(crate) async fn download(&self, ctx: &Ctx, packed: &Packed, to: &Path) -> Result<()> {
+        let image = self.reference(&packed.key);
+        let desc = OciDescriptor {
+            media_type: IMAGE_LAYER_MEDIA_TYPE.to_owned(),
+            digest: packed.digest.clone(),
+            size: packed.size as i64,
+            ..Default::default()
+        };
+        let file = tokio::fs::File::create(to).await.map_err(|e| ctx.io(format!("create {}", to.display()), e))?;
+        let mut out = tokio::io::BufWriter::new(file);
+        self.client
+            .pull_blob(&image, &desc, &mut out)
+            .await
+            .map_err(|e| self.failed(ctx, "download the layer of", &packed.key, e))?;
+        tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|e| ctx.io(format!("write {}", to.display()), e))
+    }
+
+    /// A registry error as the layer's error: unreachable or 5xx are transient, refusals say so.
+    fn failed(&self, ctx: &Ctx, what: &str, key: &str, e: OciDistributionError) -> Error {
+        let at = format!("{}:{key}", self.repository);
+        match &e {
+            OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => ctx
+                .auth(format!("the registry refused to {what} {at} ({}); check the registry credentials", bounded(&e))),
+            OciDistributionError::RequestError(_) | OciDistributionError::ServerError { code: 500.., .. } => {
+                ctx.transient(format!("cannot {what} {at}: {}", bounded(&e)))
+            }
+            OciDistributionError::DigestError(_) => {
+                ctx.verification(format!("{at}: the registry sent other bytes than the digest names ({})", bounded(&e)))
+            }
+            _ => ctx.source(format!("cannot {what} {at}: {}", bounded(&e))),
+        }
+    }
+}
+
+/// The user and password a Docker config JSON (a `kubernetes.io/dockerconfigjson` Secret's
+/// `.dockerconfigjson`) holds for `host`: `auth` (base64 of `user:password`) or `username` and
+/// `password`. None when it names no such host.
+pub fn basic_from_docker_config(text: &str, host: &str) -> std::result::Result<Option<(String, String)>, String> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("not a Docker config JSON ({e}); expected {{\"auths\": {{\"{host}\": ...}}}}"))?;
+    let Some(entry) = v["auths"].get(host).or_else(|| v["auths"].get(format!("https://{host}"))) else {
+        return Ok(None);
+    };
+    if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        return Ok(Some((u.to_owned(), p.to_owned())));
+    }
+    let auth =
+        entry["auth"].as_str().ok_or_else(|| format!("auths.{host} has neither auth nor username and password"))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .map_err(|_| format!("auths.{host}.auth is not base64"))?;
+    let raw = String::from_utf8(raw).map_err(|_| format!("auths.{host}.auth is not UTF-8"))?;
+    let (u, p) = raw.split_once(':').ok_or_else(|| format!("auths.{host}.auth is not user:password"))?;
+    Ok(Some((u.to_owned(), p.to_owned())))
+}
+
+/// The registry's own words, cut short: an error never carries a whole response body.
+fn bounded(e: &OciDistributionError) -> String {
+    let s = e.to_string();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+fn registry_flag(given: &str, why: String) -> Error {
+    Error::Plan(format!("--registry {given:?}: {why}"))
+}
+
+/// Whether the registry says it has no such tag (or no such repository yet).
+fn is_unknown(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(x.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
+        }),
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        _ => false,
+    }
+}
+
+/// A file as a stream of 1 MiB chunks, for a push whose memory stays flat in the file's size.
+fn file_stream(
+    path: &Path,
+) -> io::Result<impl futures::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static> {
+    let file = fs::File::open(path)?;
+    Ok(futures::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match tokio::task::block_in_place(|| file.read(&mut buf)) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
+        }
+    }))
+}
+
+/// Writes the tree at `root` (whose entries `entries` lists) as an uncompressed tar at `out`, in
+/// path order, owner 0, time 0; returns its digest and size.
+pub(crate) fn write_tar(
+    root: &Path,
+    entries: &BTreeMap<String, crate::tree::Entry>,
+    out: &Path,
+) -> io::Result<(String, u64)> {
+    let mut w = HashWriter { inner: BufWriter::new(fs::File::create(out)?), hasher: Sha256::new(), n: 0 };
+    {
+        let mut b = tar::Builder::new(&mut w);
+        for (path, e) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match e.kind() {
+                Kind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{path}/"), io::empty())?;
+                }
+                Kind::File { exec } => {
+                    let mut f = fs::File::open(root.join(path))?;
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(if exec { 0o755 } else { 0o644 });
+                    h.set_size(f.metadata()?.len());
+                    b.append_data(&mut h, path, &mut f)?;
+                }
+                Kind::Symlink => {
+                    let target = fs::read_link(root.join(path))?;
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target)?;
+                }
+            }
+        }
+        b.finish()?;
+    }
+    w.inner.flush()?;
+    w.inner.get_ref().sync_all()?;
+    Ok((format!("sha256:{}", hex::encode(w.hasher.finalize())), w.n))
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Unpacks a packed layer's tar into the tree (blocking): files, directories and symlinks
+/// only, every path and link target checked as for any archive.
+pub(crate) fn unpack(ctx: &Ctx, tar_path: &Path, w: &TreeWriter) -> Result<()> {
+    let corrupt = |e: io::Error| ctx.verification(format!("the packed layer is not a readable tar: {e}"));
+    let file = fs::File::open(tar_path).map_err(|e| ctx.io(format!("open {}", tar_path.display()), e))?;
+    let mut ar = tar::Archive::new(io::BufReader::with_capacity(256 * 1024, file));
+    for entry in ar.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw = entry.path_bytes().into_owned();
+        let raw = std::str::from_utf8(&raw).map_err(|_| ctx.hostile("a path in the packed layer is not UTF-8"))?;
+        let path = paths::join(&paths::components(raw).map_err(|e| ctx.hostile(format!("packed layer entry {e}")))?);
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let exec = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+                w.write_reader(ctx, &path, exec, &mut entry)?;
+            }
+            tar::EntryType::Directory => w.ensure_dir(ctx, &path)?,
+            tar::EntryType::Symlink => {
+                let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                let link = std::str::from_utf8(&link)
+                    .map_err(|_| ctx.hostile(format!("symlink `{path}` target is not UTF-8")))?;
+                paths::check_link_target(&path, link).map_err(|e| ctx.hostile(e))?;
+                w.symlink(ctx, &path, link)?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName => {}
+            other => {
+                return Err(ctx.hostile(format!(
+                    "`{path}` in the packed layer is a {other:?} entry; a packed layer holds files, directories and symlinks only"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_s_key_follows_its_source_path_and_pin_not_its_secret() {
+        let layer = |secret: &str, sub: Option<&str>| -> Layer {
+            serde_json::from_value(serde_json::json!({
+                "path": "/app", "subPath": sub,
+                "git": {"url": "https://g/x.git", "branch": "main", "secretRef": {"name": secret}}
+            }))
+            .unwrap()
+        };
+        let k = layer_key(&layer("a", None), "c0ffee");
+        assert!(k.starts_with("l-") && k.len() == 34, "{k}");
+        assert_eq!(k, layer_key(&layer("b", None), "c0ffee"), "another zone's Secret name packs nothing again");
+        assert_ne!(k, layer_key(&layer("a", None), "c0ffef"));
+        assert_ne!(k, layer_key(&layer("a", Some("config")), "c0ffee"));
+    }
+
+    #[test]
+    fn registry_credentials_come_from_a_docker_config() {
+        let b64 = "dXNlcjpwYXNz"; // user:pass
+        let text = format!(
+            r#"{{"auths": {{"reg:5000": {{"auth": "{b64}"}}, "other": {{"username": "u", "password": "p"}}}}}}"#
+        );
+        assert_eq!(basic_from_docker_config(&text, "reg:5000").unwrap(), Some(("user".into(), "pass".into())));
+        assert_eq!(basic_from_docker_config(&text, "other").unwrap(), Some(("u".into(), "p".into())));
+        assert_eq!(basic_from_docker_config(&text, "none").unwrap(), None);
+        assert!(basic_from_docker_config("{", "reg").unwrap_err().contains("not a Docker config JSON"));
+        let bad = r#"{"auths": {"reg": {"auth": "!!"}}}"#;
+        assert!(basic_from_docker_config(bad, "reg").unwrap_err().contains("not base64"));
+    }
+
+    #[test]
+    fn a_repository_names_its_host_and_path() {
+        let o = |r: &str| RegistryOptions { repository: r.into(), plain_http: true, basic: None };
+        assert!(Registry::new(&o("127.0.0.1:5000/gamezone/layers")).is_ok());
+        for bad in ["layers", "127.0.0.1:5000", "reg:5000/Upper"] {
+            let e = Registry::new(&o(bad)).err().unwrap().to_string();
+            assert!(e.contains("--registry"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_packed_tar_reads_back_as_the_same_tree_and_is_the_same_bytes_twice() {
+        let src = tempfile::tempdir().unwrap();
+        let (limits, progress) = (crate::Limits::default(), Arc::new(crate::progress::NoProgress));
+        let w = TreeWriter::new(src.path().to_owned(), limits, progress.clone());
+        let ctx = Ctx::new(0, "test");
+        w.ensure_dir(&ctx, "config").unwrap();
+        w.write_reader(&ctx, "config/a.json", false, &mut &b"{}"[..]).unwrap();
+        w.write_reader(&ctx, "bin/run", true, &mut &b"#!/bin/sh"[..]).unwrap();
+        w.symlink(&ctx, "latest", "config/a.json").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (d1, n1) = write_tar(src.path(), &w.entries(), &out.path().join("1.tar")).unwrap();
+        let (d2, _) = write_tar(src.path(), &w.entries(), &out.path().join("2.tar")).unwrap();
+        assert_eq!(d1, d2);
+        assert_eq!(n1, fs::metadata(out.path().join("1.tar")).unwrap().len());
+        let dst = tempfile::tempdir().unwrap();
+        let back = TreeWriter::new(dst.path().to_owned(), limits, progress);
+        unpack(&ctx, &out.path().join("1.tar"), &back).unwrap();
+        assert_eq!(back.stats().digest, w.stats().digest);
+    }
+
+    #[test]
+    fn hostile_entries_in_a_packed_layer_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(0, "test");
+        for (name, build) in [
+            (
+                "escape",
+                Box::new(|b: &mut tar::Builder<fs::File>| {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(1);
+                    h.set_entry_type(tar::EntryType::Regular);
+                    let name = b"../outside";
+                    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+                    h.set_cksum();
+                    b.append(&h, &b"x"[..]).unwrap();
+                }) as Box<dyn Fn(&mut tar::Builder<fs::File>)>,
+            ),
+            (
+                "device",
+                Box::new(|b: &mut tar::Builder<fs::File>| {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(0);
+                    h.set_entry_type(tar::EntryType::Char);
+                    b.append_data(&mut h, "dev", io::empty()).unwrap();
+                }),
+            ),
+            (
+                "link out",
+                Box::new(|b: &mut tar::Builder<fs::File>| {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(0);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    b.append_link(&mut h, "l", "/etc/passwd").unwrap();
+                }),
+            ),
+        ] {
+            let path = dir.path().join(format!("{name}.tar"));
+            let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+            build(&mut b);
+            b.finish().unwrap();
+            let dst = tempfile::tempdir().unwrap();
+            let w =
+                TreeWriter::new(dst.path().to_owned(), crate::Limits::default(), Arc::new(crate::progress::NoProgress));
+            let e = unpack(&ctx, &path, &w).unwrap_err();
+            assert!(matches!(e, Error::Hostile { .. }), "{name}: {e}");
+            assert!(!dir.path().join("outside").exists());
+        }
+    }
+}

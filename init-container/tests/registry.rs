@@ -1,0 +1,152 @@
+//! Layers packed into a real OCI registry (CNCF Distribution, Debian's `docker-registry`) and
+//! copied back from it: each pin is fetched from its origin once, a tree copied from the
+//! registry is the tree the origins give, and no origin is asked while copying.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use gamezone_init::apply::apply;
+use gamezone_init::creds::NoCredentials;
+use gamezone_init::oci::{Registry, RegistryOptions, pack};
+use gamezone_init::plan::{GitSource, Layer, LocalSource};
+
+fn git_layer(port: u16, path: &str, sub: Option<&str>) -> Layer {
+    Layer {
+        path: path.into(),
+        sub_path: sub.map(str::to_owned),
+        git: Some(GitSource {
+            url: format!("git://127.0.0.1:{port}/game"),
+            branch: Some("main".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn local_layer(dir: &Path, path: &str) -> Layer {
+    Layer { path: path.into(), local: Some(LocalSource { path: dir.display().to_string() }), ..Default::default() }
+}
+
+fn registry(port: u16) -> Registry {
+    let o = RegistryOptions { repository: format!("127.0.0.1:{port}/gamezone/layers"), plain_http: true, basic: None };
+    Registry::new(&o).unwrap()
+}
+
+/// Upload-pack requests the git daemon served, from its log.
+fn fetches(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("Request upload-pack")).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_pin_is_fetched_once_and_a_tree_copied_from_the_registry_is_the_origins_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = docker_registry(&t.path().join("registry"));
+    let repo = Repo::init(&t.path().join("git"), "game");
+    repo.write("config/server.json", "{\"motd\": \"hi\"}").write("maps/a.map", "map a").write("README", "top");
+    repo.commit("one");
+    let log = t.path().join("daemon.log");
+    let mut daemon = logged_git_daemon(&t.path().join("git"), &log);
+    let local = t.path().join("local");
+    std::fs::create_dir_all(local.join("config")).unwrap();
+    std::fs::write(local.join("config/server.json"), "{\"motd\": \"local wins\"}").unwrap();
+    std::os::unix::fs::symlink("server.json", local.join("config/latest.json")).unwrap();
+
+    let layers =
+        vec![git_layer(daemon.port, "", None), git_layer(daemon.port, "cfg", Some("config")), local_layer(&local, "")];
+    let pins: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+
+    // The origins' tree, as every pod makes it today.
+    let direct = apply(apply_options(layers.clone(), pins.clone(), t.path().join("direct"), Arc::new(NoCredentials)))
+        .await
+        .unwrap();
+    let before = fetches(&log);
+
+    // Pack: one fetch of the repository's pin (its two layers share the fetch); a second pack
+    // fetches nothing.
+    let packing = apply_options(layers.clone(), pins.clone(), t.path().join("work"), Arc::new(NoCredentials));
+    let first = pack(&packing, &registry(reg.port)).await.unwrap();
+    assert!(first.iter().all(|p| p.fetched), "{first:?}");
+    assert_eq!(fetches(&log) - before, 1, "one upload-pack for the pin");
+    let again = pack(&packing, &registry(reg.port)).await.unwrap();
+    assert!(again.iter().all(|p| !p.fetched), "{again:?}");
+    assert_eq!(fetches(&log) - before, 1, "the second pack asked no origin");
+    assert_eq!(
+        first.iter().map(|p| &p.digest).collect::<Vec<_>>(),
+        again.iter().map(|p| &p.digest).collect::<Vec<_>>()
+    );
+
+    // skopeo, a client no one here wrote, sees one OCI image per layer.
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://127.0.0.1:{}/gamezone/layers:{}", reg.port, first[0].key),
+        ])
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["layers"][0]["digest"], first[0].digest.as_str());
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+
+    // Origins gone (the git daemon stopped, the local folder removed): a copy from the registry
+    // is the origins' tree, byte for byte.
+    daemon.kill();
+    std::fs::remove_dir_all(&local).unwrap();
+    let mut o = apply_options(layers.clone(), pins.clone(), t.path().join("copied"), Arc::new(NoCredentials));
+    o.registry = Some(registry(reg.port));
+    let copied = apply(o).await.unwrap();
+    assert_eq!(copied.tree_digest, direct.tree_digest);
+    assert_eq!(read(t.path().join("copied/current/config/server.json")), "{\"motd\": \"local wins\"}");
+    assert_eq!(read(t.path().join("copied/current/cfg/server.json")), "{\"motd\": \"hi\"}");
+
+    // A pin never packed is named, with what to do.
+    let mut unpacked = pins.clone();
+    unpacked[0] = "0".repeat(40);
+    let mut o = apply_options(layers, unpacked, t.path().join("missing"), Arc::new(NoCredentials));
+    o.registry = Some(registry(reg.port));
+    let e = apply(o).await.unwrap_err().to_string();
+    assert!(e.contains("was never packed") && e.contains("gamezone-init pack"), "{e}");
+    assert!(!t.path().join("missing/current").exists(), "nothing half-made");
+}
+
+#[test]
+fn the_binary_packs_and_applies_from_the_registry_and_says_what_is_missing() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = docker_registry(&t.path().join("registry"));
+    let local = t.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("a.txt"), "a").unwrap();
+    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
+    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
+    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    let packed = run(init_cmd()
+        .args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository])
+        .arg("--registry-plain-http")
+        .arg("--root")
+        .arg(t.path().join("work")));
+    let packed: serde_json::Value = serde_json::from_str(&packed).unwrap();
+    assert_eq!(packed[0]["fetched"], true);
+    std::fs::remove_dir_all(&local).unwrap();
+    run(init_cmd()
+        .args(["apply", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])
+        .arg("--root")
+        .arg(t.path().join("root")));
+    assert_eq!(read(t.path().join("root/current/a.txt")), "a");
+
+    // No registry at that address: the message names it and the command fails.
+    let out = init_cmd()
+        .args(["apply", "--plan-json", &plan, "--revisions", &pins, "--registry-plain-http", "--retries", "1"])
+        .args(["--registry", &format!("127.0.0.1:{}/gamezone/layers", free_port())])
+        .arg("--root")
+        .arg(t.path().join("none"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("gamezone/layers"), "{err}");
+}
