@@ -449,3 +449,112 @@ async fn git_http_partial_fetch_of_many_blobs_over_parallel_connections() {
     assert!(!root.join("current/x").exists());
     assert!(read(root.join(".gamezone-state.json")).contains(&head));
 }
+
+/// A repository whose `*.bin` files live in Git LFS on a real LFS server (rudolfs), pushed with
+/// Debian's git-lfs; returns the repository and the LFS server.
+fn lfs_repo(base: &std::path::Path, lfs_dir: &std::path::Path) -> (Repo, Server) {
+    let lfs = lfs_server(lfs_dir);
+    let repo = Repo::init(base, "game");
+    git(&repo.dir, &["lfs", "install", "--local"]);
+    repo.write(".lfsconfig", &format!("[lfs]\n\turl = http://127.0.0.1:{}/api/gamezone/game\n", lfs.port));
+    git(&repo.dir, &["lfs", "track", "*.bin"]);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::create_dir_all(repo.dir.join("assets")).unwrap();
+    std::fs::write(repo.dir.join("assets/big.bin"), &big).unwrap();
+    std::fs::write(repo.dir.join("assets/same.bin"), &big).unwrap();
+    std::fs::write(repo.dir.join("assets/small.bin"), b"small object").unwrap();
+    repo.write("config/server.json", "{}");
+    repo.commit("assets in LFS");
+    git(&repo.dir, &["remote", "add", "origin", &repo.dir.display().to_string()]);
+    git(&repo.dir, &["lfs", "push", "--all", "origin"]);
+    (repo, lfs)
+}
+
+/// Batch requests the LFS server answered, from its log.
+fn lfs_batches(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("lfs.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("objects/batch"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lfs_objects_are_fetched_checked_and_written_in_place_of_their_pointers() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    let (repo, _lfs) = lfs_repo(&base, &t.path().join("lfs"));
+    let big = std::fs::read(repo.dir.join("assets/big.bin")).unwrap();
+    let server = git_daemon(&base);
+    let url = format!("git://127.0.0.1:{}/game", server.port);
+    let layers = vec![git_layer(&url, "", None), git_layer(&url, "only-assets", Some("assets"))];
+    let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    let root = t.path().join("root");
+    apply(apply_options(layers, revs, &root, Arc::new(NoCredentials))).await.unwrap();
+    let cur = root.join("current");
+    assert_eq!(std::fs::read(cur.join("assets/big.bin")).unwrap(), big, "the object, not its pointer");
+    assert_eq!(std::fs::read(cur.join("assets/same.bin")).unwrap(), big);
+    assert_eq!(read(cur.join("assets/small.bin")), "small object");
+    assert_eq!(std::fs::read(cur.join("only-assets/big.bin")).unwrap(), big, "a subPath's objects too");
+    assert_eq!(read(cur.join("config/server.json")), "{}");
+    assert!(lfs_batches(&t.path().join("lfs")) >= 1, "the LFS server was asked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_lfs_object_that_is_not_its_oid_and_a_submodule_are_refused_and_the_old_tree_stays() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("srv");
+    // An LFS server that answers every object with other bytes.
+    let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let its_port = port.clone();
+    let lfs = serve_http(move |method, path| {
+        if method == "POST" && path.ends_with("/objects/batch") {
+            let href = format!("http://127.0.0.1:{}/object", its_port.load(std::sync::atomic::Ordering::SeqCst));
+            let body =
+                format!(r#"{{"objects":[{{"oid":"{OID}","size":5,"actions":{{"download":{{"href":"{href}"}}}}}}]}}"#);
+            (200, vec![("Content-Type".into(), "application/vnd.git-lfs+json".into())], body.into_bytes())
+        } else {
+            (200, vec![], b"EVIL!".to_vec())
+        }
+    });
+    port.store(lfs.port, std::sync::atomic::Ordering::SeqCst);
+    let repo = Repo::init(&base, "game");
+    repo.write("config/a.ini", "v1");
+    repo.commit("one");
+    let server = git_daemon(&base);
+    let url = format!("git://127.0.0.1:{}/game", server.port);
+    let root = t.path().join("root");
+    let apply_head = |root: std::path::PathBuf| {
+        let layers = vec![git_layer(&url, "", None)];
+        async move {
+            let revs: Vec<String> =
+                resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+            apply(apply_options(layers, revs, root, Arc::new(NoCredentials))).await
+        }
+    };
+    let good = apply_head(root.clone()).await.unwrap();
+
+    // A pointer to "hello" (5 bytes) whose server sends "EVIL!".
+    let pointer = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{OID}\nsize 5\n");
+    repo.write("asset.bin", &pointer);
+    repo.write(".lfsconfig", &format!("[lfs]\n\turl = http://127.0.0.1:{}/api/x/y\n", lfs.port));
+    repo.commit("tampered");
+    let e = apply_head(root.clone()).await.unwrap_err();
+    assert!(matches!(e, Error::Verification { .. }), "{e}");
+    assert!(e.to_string().contains("asset.bin") && e.to_string().contains("sent something else"), "{e}");
+    assert_eq!(
+        std::fs::read_link(root.join("current")).unwrap(),
+        std::path::Path::new(".trees").join(good.tree.file_name().unwrap())
+    );
+
+    // A submodule (a gitlink entry): refused, never an empty folder.
+    git(&repo.dir, &["rm", "-q", "asset.bin"]);
+    git(&repo.dir, &["update-index", "--add", "--cacheinfo", &format!("160000,{},vendor/engine", "1".repeat(40))]);
+    git(&repo.dir, &["commit", "-q", "-m", "submodule"]);
+    let e = apply_head(root.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("vendor/engine") && e.contains("submodule") && e.contains("layer of its own"), "{e}");
+    assert!(!root.join("current/vendor").exists());
+}
+
+/// sha256 of "hello".
+const OID: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real servers the gamezone-init tests run against (s3s-fs, sshd, smbd). Idempotent: s3s-fs is cached by version
+# Installs the real servers the gamezone-init tests run against (s3s-fs, rudolfs, sshd, smbd, docker-registry). Idempotent: s3s-fs and rudolfs are cached by version
 # under $GAMEZONE_TOOLS (default $GAMEZONE_CACHE/tools, $GAMEZONE_CACHE defaulting to ~/.cache/gamezone) and only built when missing.
 set -euo pipefail
 
@@ -7,6 +7,7 @@ CACHE="${GAMEZONE_CACHE:-$HOME/.cache/gamezone}"
 TOOLS="${GAMEZONE_TOOLS:-$CACHE/tools}"
 TOOLS_TARGET="${GAMEZONE_TOOLS_TARGET:-$CACHE/tools-target}"
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
+RUDOLFS_VERSION="${RUDOLFS_VERSION:-0.3.8}"
 
 s3s_root="$TOOLS/s3s-fs-$S3S_FS_VERSION"
 if [[ -x "$s3s_root/bin/s3s-fs" ]]; then
@@ -20,6 +21,18 @@ else
   CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$s3s_root"
+fi
+
+# rudolfs, a Git LFS server, for the LFS tests (its local storage backend), cached by version.
+rudolfs_root="$TOOLS/rudolfs-$RUDOLFS_VERSION"
+if [[ -x "$rudolfs_root/bin/rudolfs" ]]; then
+  echo "rudolfs $RUDOLFS_VERSION: cached at $rudolfs_root/bin/rudolfs"
+else
+  echo "rudolfs $RUDOLFS_VERSION: building (a few minutes on 2 cores)"
+  mkdir -p "$TOOLS" "$TOOLS_TARGET"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
+    cargo install rudolfs --version "$RUDOLFS_VERSION" --locked --root "$rudolfs_root"
 fi
 
 # sshd for the git-over-ssh tests (the tests run their own sshd on a loopback port; the system's
@@ -43,17 +56,18 @@ fi
 
 # CNCF Distribution and skopeo for the packed layers' tests (tests/registry.rs runs its own
 # registry on a loopback port; the package's service is not started).
-if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
-  echo "docker-registry, skopeo: installing from Debian"
+# git-lfs pushes the LFS tests' objects.
+if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || ! command -v git-lfs >/dev/null; then
+  echo "docker-registry, skopeo, git-lfs: installing from Debian"
   SUDO=; [[ "$(id -u)" = 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo git-lfs >/dev/null
 fi
 
-for tool in git ssh-keygen smbclient smbpasswd docker-registry skopeo; do
+for tool in git ssh-keygen smbclient smbpasswd docker-registry skopeo git-lfs; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $tool" >&2; exit 1; }
 done
 git_exec="$(git --exec-path)"
 [[ -x "$git_exec/git-http-backend" ]] || { echo "missing $git_exec/git-http-backend" >&2; exit 1; }
 
-echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd, smbd via GAMEZONE_SMBD or /usr/sbin/smbd, docker-registry via GAMEZONE_DOCKER_REGISTRY or /usr/bin/docker-registry"
+echo "test tools ready; tests find s3s-fs via GAMEZONE_S3S_FS or $s3s_root/bin/s3s-fs, sshd via GAMEZONE_SSHD or /usr/sbin/sshd, smbd via GAMEZONE_SMBD or /usr/sbin/smbd, docker-registry via GAMEZONE_DOCKER_REGISTRY or /usr/bin/docker-registry, rudolfs via GAMEZONE_RUDOLFS or $rudolfs_root/bin/rudolfs"

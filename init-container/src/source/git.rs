@@ -5,6 +5,7 @@
 //! blobs below `subPath`); servers or URLs that cannot do that get libgit2's depth-1 fetch of the
 //! whole commit.
 
+mod lfs;
 mod partial;
 mod protocol;
 
@@ -572,8 +573,21 @@ fn apply_blocking(job: &GitJob, rt: &tokio::runtime::Handle) -> Result<()> {
             tree.get_path(Path::new(&job.sub_path)).map_err(|_| sub_path_missing(ctx, &job.sub_path, &job.commit))?;
         (entry.id(), entry.filemode())
     };
+    let lfsconfig = tree
+        .get_name(".lfsconfig")
+        .and_then(|e| repo.find_blob(e.id()).ok())
+        .map(|b| String::from_utf8_lossy(b.content()).into_owned());
     drop((tree, commit));
-    write_layer(ctx, repo, root, mode, &job.dest, &job.writer)
+    let wanted = write_layer(ctx, repo, root, mode, &job.dest, &job.writer)?;
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let endpoint =
+        lfs::endpoint(&job.auth.url, lfsconfig.as_deref()).map_err(|m| ctx.invalid(format!("git.url: {m}")))?;
+    tracing::info!(layer = ctx.layer, objects = wanted.len(), endpoint = %endpoint, "fetching Git LFS objects");
+    let fetch = lfs::fetch(ctx, &job.auth, &endpoint, &wanted, &job.cache, &job.writer);
+    rt.block_on(async { tokio::time::timeout_at(job.deadline.into(), fetch).await })
+        .map_err(|_| ctx.transient("the LFS objects did not arrive before the layer's fetch deadline"))?
 }
 
 /// Blob bytes read before the cache repository is opened afresh.
@@ -622,31 +636,56 @@ impl CacheReader {
 
 /// Writes the entry `root` (a tree or a blob) at `dest`, one blob at a time through one reader:
 /// libgit2 shares a pack between every open handle, so a second reader would keep the first
-/// one's pack mappings alive and memory would grow with the layer.
-fn write_layer(ctx: &Ctx, repo: Repository, root: Oid, mode: i32, dest: &str, w: &TreeWriter) -> Result<()> {
+/// one's pack mappings alive and memory would grow with the layer. Returns the LFS pointers
+/// found, whose objects are written after.
+fn write_layer(
+    ctx: &Ctx,
+    repo: Repository,
+    root: Oid,
+    mode: i32,
+    dest: &str,
+    w: &TreeWriter,
+) -> Result<Vec<lfs::Wanted>> {
     let mut r = CacheReader { dir: repo.path().to_owned(), repo, read: 0 };
-    walk(ctx, &mut r, root, mode, dest, w)
+    let mut wanted = Vec::new();
+    walk(ctx, &mut r, root, mode, dest, w, &mut wanted)?;
+    Ok(wanted)
 }
 
-/// Makes the directories below `id` and writes its blobs.
-fn walk(ctx: &Ctx, r: &mut CacheReader, id: Oid, mode: i32, rel: &str, w: &TreeWriter) -> Result<()> {
+/// Makes the directories below `id` and writes its blobs; LFS pointers go to `lfs`.
+fn walk(
+    ctx: &Ctx,
+    r: &mut CacheReader,
+    id: Oid,
+    mode: i32,
+    rel: &str,
+    w: &TreeWriter,
+    lfs: &mut Vec<lfs::Wanted>,
+) -> Result<()> {
     match mode {
         0o040000 => {
             w.ensure_dir(ctx, rel)?;
             for (name, id, mode) in r.entries(ctx, id, rel)? {
-                walk(ctx, r, id, mode, &paths::join2(rel, &name), w)?;
+                walk(ctx, r, id, mode, &paths::join2(rel, &name), w, lfs)?;
             }
             Ok(())
         }
-        0o160000 => {
-            tracing::warn!(layer = ctx.layer, path = rel, "submodule left as an empty directory");
-            w.ensure_dir(ctx, rel)
-        }
-        _ => write_blob(ctx, r, rel, id, mode, w),
+        0o160000 => Err(ctx.source(format!(
+            "`{rel}` is a git submodule (commit {id}); submodules are not fetched, and an empty folder would be wrong: add the submodule's repository as a layer of its own at this path"
+        ))),
+        _ => write_blob(ctx, r, rel, id, mode, w, lfs),
     }
 }
 
-fn write_blob(ctx: &Ctx, r: &mut CacheReader, rel: &str, id: Oid, mode: i32, w: &TreeWriter) -> Result<()> {
+fn write_blob(
+    ctx: &Ctx,
+    r: &mut CacheReader,
+    rel: &str,
+    id: Oid,
+    mode: i32,
+    w: &TreeWriter,
+    lfs: &mut Vec<lfs::Wanted>,
+) -> Result<()> {
     if mode == 0o120000 {
         return r.with_blob(ctx, rel, id, |target| {
             let target =
@@ -654,7 +693,15 @@ fn write_blob(ctx: &Ctx, r: &mut CacheReader, rel: &str, id: Oid, mode: i32, w: 
             w.symlink(ctx, rel, target)
         });
     }
-    r.with_blob(ctx, rel, id, |content| write_file(ctx, w, rel, mode & 0o111 != 0, content))
+    let exec = mode & 0o111 != 0;
+    r.with_blob(ctx, rel, id, |content| match lfs::pointer(content) {
+        // The object is fetched after the walk, in batches.
+        Some(pointer) => {
+            lfs.push(lfs::Wanted { rel: rel.to_owned(), exec, pointer });
+            Ok(())
+        }
+        None => write_file(ctx, w, rel, exec, content),
+    })
 }
 
 /// Writes a blob already in memory (no copy through a read buffer).
