@@ -197,6 +197,38 @@ struct BuildArgs {
     /// Image of zones' edits shares (Debian's smbd and `gamezone edits serve`).
     #[arg(long, env = "GAMEZONE_SAMBA_IMAGE", default_value = zone::DEFAULT_SAMBA_IMAGE)]
     samba_image: String,
+    /// An OCI repository, `host[:port]/path`, where a pack Job per zone version puts each
+    /// artifact layer pin once, and from which every pod copies it (never from the origins);
+    /// without it, every pod fetches from the origins.
+    #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY")]
+    artifact_registry: Option<String>,
+    /// Speak plain HTTP to the artifact registry (one in the cluster without TLS).
+    #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY_PLAIN_HTTP", requires = "artifact_registry")]
+    artifact_registry_plain_http: bool,
+}
+
+impl BuildArgs {
+    /// What the zones' objects are built with; `init_args` are the pods' egress flags.
+    fn config(&self, init_args: Vec<String>) -> anyhow::Result<BuildConfig> {
+        let registry = match &self.artifact_registry {
+            Some(repository) => {
+                let o = gamezone_init::oci::RegistryOptions {
+                    repository: repository.clone(),
+                    plain_http: self.artifact_registry_plain_http,
+                    basic: None,
+                };
+                gamezone_init::oci::Registry::new(&o).map_err(|e| anyhow::anyhow!("--artifact-registry: {e}"))?;
+                Some(zone::ArtifactRegistry { repository: repository.clone(), plain_http: o.plain_http })
+            }
+            None => None,
+        };
+        Ok(BuildConfig {
+            init_image: self.init_image.clone(),
+            samba_image: self.samba_image.clone(),
+            init_args,
+            registry,
+        })
+    }
 }
 
 /// Where zones' artifact layers may be fetched from: their URLs are written by whoever may
@@ -367,11 +399,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     controller::run(
         client,
         controller::Config {
-            build: BuildConfig {
-                init_image: args.build.init_image,
-                samba_image: args.build.samba_image,
-                init_args: fetch.egress.to_args(),
-            },
+            build: args.build.config(fetch.egress.to_args())?,
             fetch,
             tenancy: zone::tenancy::Tenancy {
                 static_ports: args
@@ -524,11 +552,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
         );
     }
     let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
-    let cfg = BuildConfig {
-        init_image: args.build.init_image.clone(),
-        samba_image: args.build.samba_image.clone(),
-        ..Default::default()
-    };
+    let cfg = args.build.config(Vec::new())?;
     zone::validate(&zone)?;
     let children = zone::children(&zone, &pins, &cfg)?;
     let pods = gamezone_core::server::pods_on_an_empty_cluster(&children.servers, ranges)?;
@@ -542,6 +566,9 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     }
     if let Some((claim, deployment)) = &children.edits {
         docs.extend([serde_json::to_value(claim)?, serde_json::to_value(deployment)?]);
+    }
+    if let Some(job) = &children.pack {
+        docs.push(serde_json::to_value(job)?);
     }
     if let Some(job) = &children.migration {
         docs.push(serde_json::to_value(job)?);

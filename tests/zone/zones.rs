@@ -424,6 +424,79 @@ impl Drop for GitServer {
 }
 
 #[tokio::test]
+async fn with_an_artifact_registry_a_pack_job_runs_before_servers_which_copy_from_the_registry() {
+    let git = GitServer::start();
+    let first = git.commit("max_players: 100");
+    let ns = common::namespace("zone-pack").await;
+    install_crds(&ns.client).await;
+    let registry = "127.0.0.1:5000/gamezone/layers";
+    let _op = Operator::start_with(
+        ns.kubeconfig(),
+        &ns.name,
+        &["--artifact-registry", registry, "--artifact-registry-plain-http"],
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gitcred"},
+        "stringData": {"username": "u", "password": "p"}
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let layer = |url: &str| json!([{"path": "/app/artifacts", "git": {"url": url, "branch": "main", "secretRef": {"name": "gitcred"}}}]);
+    let z = gamezone_api::fixture::zone("zone1").servers(2).spec("artifacts", layer(&git.url)).build();
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let st = wait_ready(&zones, "zone1").await.status.unwrap();
+    let pack = st.pack.expect("status.pack");
+    assert_eq!(pack.state, JobState::Succeeded);
+    assert!(st.conditions.iter().any(|c| c.type_ == "ArtifactsPacked" && c.status == "True"), "{:?}", st.conditions);
+
+    // The pack Job fetches from the origin with the layer's Secret and pushes to the registry.
+    let jobs: Api<Job> = ns.api();
+    let job = jobs.get(&pack.job_name).await.unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--registry", registry]), "{args:?}");
+    assert!(
+        pod.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("gitcred"))
+    );
+    let revisions = pod.containers[0].env.iter().flatten().find(|e| e.name == "GAMEZONE_REVISIONS").unwrap();
+    assert!(revisions.value.as_deref().unwrap().contains(&first));
+
+    // Servers copy from the registry: its flags, no origin Secret.
+    let pods: Api<Pod> = ns.api();
+    let server = pods.get("zone1-game-1").await.unwrap().spec.unwrap();
+    let init = server.init_containers.iter().flatten().find(|c| c.name == "artifacts").unwrap();
+    assert!(init.args.iter().flatten().any(|a| a == "--registry"), "{:?}", init.args);
+    assert!(!server.volumes.iter().flatten().any(|v| v.secret.is_some()), "no layer Secret in a server pod");
+
+    // A new pin is packed by a new Job before the servers move; the old Job goes.
+    let second = git.commit("max_players: 200");
+    let mut z = zones.get("zone1").await.unwrap();
+    z.spec.artifacts_interval = Some(Interval::from_secs(2));
+    zones.replace("zone1", &PostParams::default(), &z).await.unwrap();
+    common::wait_for("the new pin packed and the old pack Job gone", WAIT, || async {
+        let st = zones.get("zone1").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        let p = st.pack.clone().unwrap_or_default();
+        let names: Vec<String> = jobs
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        let packed = p.state == JobState::Succeeded && p.job_name != pack.job_name;
+        let pinned = st.artifacts.first().is_some_and(|a| a.revision == second);
+        if packed && pinned && !names.contains(&pack.job_name) { Ok(()) } else { Err(format!("{p:?}, jobs {names:?}")) }
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
 async fn artifact_revision_change_rolls_servers_with_the_new_pin() {
     let git = GitServer::start();
     let first = git.commit("max_players: 100");
@@ -508,7 +581,7 @@ async fn failed_migration_degrades_the_zone_and_leaves_servers_alone() {
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MigrationFailed"));
     let job = st.migration.as_ref().unwrap().job_name.clone();
     assert!(ready.message.contains(&job) && ready.message.contains("BackoffLimitExceeded"), "{}", ready.message);
-    assert_eq!(st.migration.unwrap().state, MigrationState::Failed);
+    assert_eq!(st.migration.unwrap().state, JobState::Failed);
     // Running servers are untouched: same pods, old image.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pod_uids(&pods, "zone1").await, before, "servers were touched");

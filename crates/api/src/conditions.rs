@@ -6,6 +6,8 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// Every artifact layer is pinned.
     pub const ARTIFACTS_READY: &str = "ArtifactsReady";
+    /// The current version's layers are in the artifact registry (only with `--artifact-registry`).
+    pub const ARTIFACTS_PACKED: &str = "ArtifactsPacked";
     /// The migration of the current version succeeded.
     pub const MIGRATED: &str = "Migrated";
     /// Every server runs the current version and is Ready.

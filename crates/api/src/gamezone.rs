@@ -258,7 +258,12 @@ pub struct GameZoneStatus {
     pub artifacts_resolved_at: Option<Time>,
     /// The migration of the current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migration: Option<MigrationStatus>,
+    pub migration: Option<VersionJobStatus>,
+    /// The pack of the current version's artifacts into the operator's artifact registry
+    /// (`--artifact-registry`): each layer pin fetched from its origin once; servers and the
+    /// migration copy from the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<VersionJobStatus>,
     /// Servers wanted.
     #[serde(default)]
     pub desired_servers: i32,
@@ -283,6 +288,8 @@ pub enum ZonePhase {
     Pending,
     /// Pinning artifact revisions.
     Resolving,
+    /// The pack Job of the current version is putting its layers in the artifact registry.
+    Packing,
     /// The migration Job of the current version is running.
     Migrating,
     /// Servers are being created or replaced.
@@ -307,24 +314,25 @@ pub struct ArtifactStatus {
     pub revision: String,
 }
 
-/// The migration of one version of the zone.
+/// A Job one version of the zone waits for: its migration, or the pack of its artifacts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MigrationStatus {
-    /// Hash of the migration's inputs (image, database coordinates, artifact revisions).
+pub struct VersionJobStatus {
+    /// Hash of the Job's inputs (for a migration: image, database coordinates, artifact
+    /// revisions; for a pack: the layers and their pins).
     pub inputs_hash: String,
     /// The Job running it.
     pub job_name: String,
     /// Running, Succeeded or Failed.
-    pub state: MigrationState,
-    /// Inputs hash of the last migration that succeeded; servers run the version it belongs to.
+    pub state: JobState,
+    /// Inputs hash of the last such Job that succeeded; servers run the version it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded_hash: Option<String>,
 }
 
-/// Where the migration of one version is.
+/// Where the Job of one version is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum MigrationState {
+pub enum JobState {
     /// Its Job is running; servers wait.
     #[default]
     Running,

@@ -70,7 +70,7 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
--- Pending, Resolving, Migrating, Deploying, Terminating, or Running before Ready turns True.
+-- Pending, Resolving, Packing, Migrating, Deploying, Terminating, or Running before Ready turns True.
 hs.status = "Progressing"
 if ready ~= nil and ready.message ~= nil and ready.message ~= "" then
   hs.message = phase .. ": " .. ready.message

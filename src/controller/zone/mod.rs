@@ -139,8 +139,8 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     })
 }
 
-/// The steps of a zone, in order. Servers move to a new version only once its migration
-/// succeeded; a server's host ports are held once it exists, and listed in the topology before
+/// The steps of a zone, in order. Servers move to a new version only once its layers are in
+/// the artifact registry (when the operator has one) and its migration succeeded; a server's host ports are held once it exists, and listed in the topology before
 /// its pod is made.
 async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -> StepResult<Requeue> {
     build::validate(zone).at(Step::Check)?;
@@ -153,6 +153,10 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         return Ok(Some(ctx.pinning.retry_in(&ObjectKey::of(zone)).unwrap_or(ctx.pinning.deadline)));
     };
 
+    if !steps::pack(zone, ctx, status, &pins).await.at(Step::Pack)? {
+        let wait = if status.phase == Some(ZonePhase::Degraded) { 120 } else { 10 };
+        return Ok(Some(Duration::from_secs(wait)));
+    }
     if !steps::migrate(zone, ctx, status, &pins).await.at(Step::Migrate)? {
         let wait = if status.phase == Some(ZonePhase::Degraded) { 120 } else { 10 };
         return Ok(Some(Duration::from_secs(wait)));

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::decide::{self, JobOutcome};
+use super::decide::{self, JobOutcome, VersionJob};
 use super::pinning::Pin;
 use crate::api::*;
 use crate::conditions::{self, types};
@@ -218,42 +218,78 @@ async fn resolver(
 /// The Job is read with a GET while it runs rather than from a store: it is one object per zone
 /// version, read only until it ends, and its changes wake the zone through `owns`.
 pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, pins: &[String]) -> Result<bool> {
-    let generation = status.observed_generation;
     let Some(job) = build::migration_job(zone, pins, &ctx.config.build)? else {
         status.migration = None;
         let msg = "the zone has no migration";
-        conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, generation);
+        conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, status.observed_generation);
         return Ok(true);
     };
     let hash = build::migration_inputs_hash(zone, pins).unwrap_or_default();
+    version_job(zone, ctx, status, VersionJob::Migration, job, &hash).await
+}
+
+/// With an artifact registry, packs the layers' pins into it (a Job, once per set of pins);
+/// true once they are there, so pods copy them from the registry.
+pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, pins: &[String]) -> Result<bool> {
+    let Some(job) = build::pack_job(zone, pins, &ctx.config.build)? else {
+        status.pack = None;
+        status.conditions.retain(|c| c.type_ != types::ARTIFACTS_PACKED);
+        return Ok(true);
+    };
+    let hash = build::pack_inputs_hash(zone, pins, &ctx.config.build)?.unwrap_or_default();
+    version_job(zone, ctx, status, VersionJob::Pack, job, &hash).await
+}
+
+/// Runs a Job the version waits for (made once, never taken from another owner), reports its
+/// outcome and, once it succeeded, deletes the zone's older Jobs of its kind.
+async fn version_job(
+    zone: &GameZone,
+    ctx: &Context,
+    status: &mut GameZoneStatus,
+    kind: VersionJob,
+    job: Job,
+    hash: &str,
+) -> Result<bool> {
     let job_name = job.name_any();
-    if status.migration.as_ref().and_then(|m| m.succeeded_hash.as_deref()) == Some(hash.as_str()) {
-        return Ok(decide::report_migration(status, &job_name, &hash, &JobOutcome::Succeeded));
+    let done = match kind {
+        VersionJob::Pack => &status.pack,
+        VersionJob::Migration => &status.migration,
+    };
+    if done.as_ref().and_then(|m| m.succeeded_hash.as_deref()) == Some(hash) {
+        return Ok(decide::report_job(kind, status, &job_name, hash, &JobOutcome::Succeeded));
     }
     let ns = zone.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    // A Job of that name that is not this zone's is neither read as its migration nor touched.
+    // A Job of that name that is not this zone's is neither read as its own nor touched.
     let live = match jobs.get_opt(&job_name).await? {
         Some(j) => check_owner(&j.metadata, &job).map(|_| j)?,
         None => ctx.writer.create_once(&job).await?,
     };
     let mut outcome = decide::job_outcome(&live);
     if let JobOutcome::Failed(why) = &mut outcome {
-        // The migrater's own words, from its last failed pod (its termination message, or the
-        // tail of its log: the Job's container falls back to it).
+        // The Job's own words, from its last failed pod (its termination message, or the tail
+        // of its log: the Job's container falls back to it).
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let lp = ListParams::default().labels(&format!("job-name={job_name}"));
-        if let Some(said) = decide::migrater_said(&pods.list(&lp).await?.items) {
-            *why = format!("{why}; the migrater said: {said}");
+        let (container, who) = match kind {
+            VersionJob::Pack => (build::PACK_CONTAINER, "gamezone-init pack"),
+            VersionJob::Migration => (build::MIGRATE_CONTAINER, "the migrater"),
+        };
+        if let Some(said) = decide::job_said(&pods.list(&lp).await?.items, container) {
+            *why = format!("{why}; {who} said: {said}");
         }
     }
     if outcome == JobOutcome::Succeeded {
-        // Older migration Jobs have served their purpose.
+        // Older Jobs of the kind have served their purpose.
+        let label = match kind {
+            VersionJob::Pack => "pack",
+            VersionJob::Migration => "migration",
+        };
         let old = ListParams::default()
-            .labels(&format!("{},{LABEL_PREFIX}migration!={hash}", build::zone_selector(&zone.name_any())));
+            .labels(&format!("{},{LABEL_PREFIX}{label}!={hash}", build::zone_selector(&zone.name_any())));
         ctx.writer.delete_all_owned::<Job>(&ns, &old, |m| controlled_by(m, &zone.metadata)).await?;
     }
-    Ok(decide::report_migration(status, &job_name, &hash, &outcome))
+    Ok(decide::report_job(kind, status, &job_name, hash, &outcome))
 }
 
 /// Holds the host ports of each wanted server that exists (in `live`, or `made` just now) and

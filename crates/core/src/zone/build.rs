@@ -40,6 +40,10 @@ pub const SERVER_CONTAINER: &str = "server";
 pub const INIT_CONTAINER: &str = "artifacts";
 /// Name of the migration Job's container.
 pub const MIGRATE_CONTAINER: &str = "migrate";
+/// Name of the pack Job's container.
+pub const PACK_CONTAINER: &str = "pack";
+/// Where the pack Job builds each layer (an emptyDir).
+const PACK_ROOT: &str = "/gamezone/pack";
 
 /// Operator settings that shape what a zone builds.
 #[derive(Clone, Debug)]
@@ -51,6 +55,29 @@ pub struct BuildConfig {
     /// Arguments every `gamezone-init` fetching from origins gets: the operator's egress policy
     /// (none for the default, so pods do not change with it).
     pub init_args: Vec<String>,
+    /// Where layer pins are packed once and copied from (`--artifact-registry`); without it,
+    /// every pod fetches from the origins.
+    pub registry: Option<ArtifactRegistry>,
+}
+
+/// The operator's artifact registry: one repository holding every packed layer pin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactRegistry {
+    /// `host[:port]/path`.
+    pub repository: String,
+    /// Plain HTTP (a registry in the cluster without TLS).
+    pub plain_http: bool,
+}
+
+impl ArtifactRegistry {
+    /// `gamezone-init`'s flags naming it.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--registry".to_owned(), self.repository.clone()];
+        if self.plain_http {
+            args.push("--registry-plain-http".into());
+        }
+        args
+    }
 }
 
 /// The edits share's image when none is given.
@@ -62,6 +89,7 @@ impl Default for BuildConfig {
             init_image: "ghcr.io/gamezone-dev/gamezone:latest".into(),
             samba_image: DEFAULT_SAMBA_IMAGE.into(),
             init_args: Vec::new(),
+            registry: None,
         }
     }
 }
@@ -336,20 +364,11 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
     let mut volumes = vec![artifacts_volume];
     let mut init_mounts =
         vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: INIT_ROOT.into(), ..Default::default() }];
-    for (i, secret) in secret_names(&mount.layers).into_iter().enumerate() {
-        let volume = format!("artifacts-secret-{i}");
-        init_mounts.push(VolumeMount {
-            name: volume.clone(),
-            mount_path: format!("{SECRETS_DIR}/{secret}"),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        volumes.push(Volume {
-            name: volume,
-            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
-            ..Default::default()
-        });
+    // Copied from the artifact registry, the layers need none of their origins' Secrets.
+    if cfg.registry.is_none() {
+        secret_volumes(&mount.layers, &mut volumes, &mut init_mounts);
     }
+    let registry_args = cfg.registry.iter().flat_map(ArtifactRegistry::args);
     let init = Container {
         name: INIT_CONTAINER.into(),
         image: Some(cfg.init_image.clone()),
@@ -359,6 +378,7 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
                 .into_iter()
                 .map(String::from)
                 .chain(cfg.init_args.iter().cloned())
+                .chain(registry_args)
                 .collect(),
         ),
         env: Some(vec![
@@ -387,6 +407,24 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
     ];
     let env = vec![env(ARTIFACTS_DIR_ENV, INIT_ROOT)];
     Ok(Some(ArtifactsPod { volumes, init, mounts, env }))
+}
+
+/// A Secret volume per Secret the layers name, mounted where `gamezone-init` reads them.
+fn secret_volumes(layers: &[Layer], volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
+    for (i, secret) in secret_names(layers).into_iter().enumerate() {
+        let volume = format!("artifacts-secret-{i}");
+        mounts.push(VolumeMount {
+            name: volume.clone(),
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: volume,
+            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
+            ..Default::default()
+        });
+    }
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -821,6 +859,79 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
                     image_pull_secrets: pull_secrets(zone),
                     node_selector: (!migration.node_selector.is_empty()).then(|| migration.node_selector.clone()),
                     tolerations: (!migration.tolerations.is_empty()).then(|| migration.tolerations.clone()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }))
+}
+
+/// Identity of a pack: the layers (as the pods see them), their pins and the registry.
+/// `None` without an artifact registry or artifacts.
+pub fn pack_inputs_hash(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<String>> {
+    let (Some(registry), Some(mount)) = (&cfg.registry, artifacts_mount(zone)?) else {
+        return Ok(None);
+    };
+    Ok(Some(hash_of(&serde_json::json!({"layers": mount.layers, "pins": pins, "registry": registry.repository}))))
+}
+
+/// The pack Job of the current pins: `gamezone-init pack` fetches each layer pin the registry
+/// does not hold from its origin, once, and pushes it; servers and the migration then copy
+/// from the registry. `None` without an artifact registry or artifacts.
+pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<Job>> {
+    let (Some(registry), Some(mount), Some(hash)) =
+        (&cfg.registry, artifacts_mount(zone)?, pack_inputs_hash(zone, pins, cfg)?)
+    else {
+        return Ok(None);
+    };
+    let zone_name = zone.name_any();
+    let mut volumes = vec![Volume {
+        name: ARTIFACTS_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts =
+        vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: PACK_ROOT.into(), ..Default::default() }];
+    secret_volumes(&mount.layers, &mut volumes, &mut mounts);
+    let args = ["pack", "--root", PACK_ROOT, "--secrets-dir", SECRETS_DIR]
+        .into_iter()
+        .map(String::from)
+        .chain(cfg.init_args.iter().cloned())
+        .chain(registry.args())
+        .collect();
+    let mut labels = zone_labels(&zone_name);
+    labels.insert(format!("{LABEL_PREFIX}pack"), hash.clone());
+    Ok(Some(Job {
+        metadata: meta(zone, pack_job_name(&zone_name, &hash), labels.clone()),
+        spec: Some(JobSpec {
+            backoff_limit: Some(2),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    // The operator's own code, fetching what a zone's author named: as restricted
+                    // as PodSecurity `restricted` asks, whatever the zone's own containers run as.
+                    containers: vec![Container {
+                        name: PACK_CONTAINER.into(),
+                        image: Some(cfg.init_image.clone()),
+                        command: Some(vec!["gamezone-init".into()]),
+                        args: Some(args),
+                        env: Some(vec![
+                            env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
+                            env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
+                        ]),
+                        volume_mounts: Some(mounts),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        security_context: Some({
+                            let mut sc = SecurityContext::default();
+                            restrict(&mut sc);
+                            sc
+                        }),
+                        ..Default::default()
+                    }],
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },

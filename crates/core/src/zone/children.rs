@@ -8,8 +8,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use std::collections::BTreeMap;
 
 use super::{
-    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, migration_job, needs_sdk, services,
-    sidecar_identity, topology,
+    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, migration_job, needs_sdk, pack_job,
+    services, sidecar_identity, topology,
 };
 use crate::Result;
 use crate::api::{GameServer, GameZone};
@@ -23,6 +23,8 @@ pub struct Children {
     pub artifacts_claim: Option<PersistentVolumeClaim>,
     /// The edits share's claim and its Samba Deployment (`spec.edits`).
     pub edits: Option<(PersistentVolumeClaim, Deployment)>,
+    /// The pack Job of these revisions (with an artifact registry).
+    pub pack: Option<Job>,
     /// The migration Job of these revisions (`spec.migration`).
     pub migration: Option<Job>,
     /// One GameServer per id of each service type.
@@ -45,6 +47,7 @@ pub fn children(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<C
         sidecar_identity: sidecar_identity_if_needed(zone),
         artifacts_claim: artifacts_claim(zone),
         edits: edits_claim(zone).zip(edits_deployment(zone, cfg)),
+        pack: pack_job(zone, pins, cfg)?,
         migration: migration_job(zone, pins, cfg)?,
         servers: game_servers(zone, pins, cfg)?,
         services: services(zone),

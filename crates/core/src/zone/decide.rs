@@ -128,14 +128,14 @@ pub fn job_outcome(job: &Job) -> JobOutcome {
     }
 }
 
-/// What the migrater said when it failed last: the termination message of the newest failed
-/// pod's `migrate` container, trimmed to its last lines.
-pub fn migrater_said(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+/// What a version Job said when it failed last: the termination message of the newest failed
+/// pod's `container`, trimmed to its last lines.
+pub fn job_said(pods: &[k8s_openapi::api::core::v1::Pod], container: &str) -> Option<String> {
     let mut failed: Vec<(&k8s_openapi::api::core::v1::Pod, String)> = pods
         .iter()
         .filter_map(|p| {
             let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-            let c = statuses.iter().find(|c| c.name == build::MIGRATE_CONTAINER)?;
+            let c = statuses.iter().find(|c| c.name == container)?;
             let t = c.state.as_ref()?.terminated.as_ref()?;
             (t.exit_code != 0).then(|| (p, t.message.clone().unwrap_or_default()))
         })
@@ -148,43 +148,100 @@ pub fn migrater_said(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String>
     Some(tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect())
 }
 
-/// Records the migration's outcome in status; true when servers may move to this version.
-pub fn report_migration(status: &mut GameZoneStatus, job_name: &str, hash: &str, outcome: &JobOutcome) -> bool {
+/// The Jobs a version of the zone waits for, and how their conditions read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionJob {
+    /// The pack of its artifacts into the artifact registry.
+    Pack,
+    /// Its database migration.
+    Migration,
+}
+
+impl VersionJob {
+    fn condition(self) -> &'static str {
+        match self {
+            VersionJob::Pack => types::ARTIFACTS_PACKED,
+            VersionJob::Migration => types::MIGRATED,
+        }
+    }
+
+    fn status(self, status: &mut GameZoneStatus) -> &mut Option<VersionJobStatus> {
+        match self {
+            VersionJob::Pack => &mut status.pack,
+            VersionJob::Migration => &mut status.migration,
+        }
+    }
+}
+
+/// Records a version Job's outcome in status; true when servers may move to this version.
+pub fn report_job(
+    kind: VersionJob,
+    status: &mut GameZoneStatus,
+    job_name: &str,
+    hash: &str,
+    outcome: &JobOutcome,
+) -> bool {
     let generation = status.observed_generation;
-    let previous = status.migration.as_ref().and_then(|m| m.succeeded_hash.clone());
-    let mut m = MigrationStatus {
+    let previous = kind.status(status).as_ref().and_then(|m| m.succeeded_hash.clone());
+    let mut m = VersionJobStatus {
         inputs_hash: hash.to_string(),
         job_name: job_name.to_string(),
-        state: MigrationState::Running,
+        state: JobState::Running,
         succeeded_hash: previous,
     };
+    let condition = kind.condition();
     let go_on = match outcome {
         JobOutcome::Succeeded => {
-            m.state = MigrationState::Succeeded;
+            m.state = JobState::Succeeded;
             m.succeeded_hash = Some(hash.to_string());
-            let msg = format!("migration {job_name} succeeded");
-            conditions::set(&mut status.conditions, types::MIGRATED, true, "Succeeded", msg, generation);
+            let msg = match kind {
+                VersionJob::Migration => format!("migration {job_name} succeeded"),
+                VersionJob::Pack => format!("pack {job_name} put every layer pin in the artifact registry"),
+            };
+            conditions::set(&mut status.conditions, condition, true, "Succeeded", msg, generation);
             true
         }
         JobOutcome::Failed(why) => {
-            m.state = MigrationState::Failed;
-            let msg = format!(
-                "migration Job {job_name} failed ({why}); running servers are left on the previous version. Fix spec.migration or the database, then edit the zone to retry"
-            );
-            conditions::set(&mut status.conditions, types::MIGRATED, false, "MigrationFailed", msg.clone(), generation);
-            conditions::set(&mut status.conditions, types::READY, false, "MigrationFailed", msg, generation);
+            m.state = JobState::Failed;
+            let (reason, msg) = match kind {
+                VersionJob::Migration => (
+                    "MigrationFailed",
+                    format!(
+                        "migration Job {job_name} failed ({why}); running servers are left on the previous version. Fix spec.migration or the database, then edit the zone to retry"
+                    ),
+                ),
+                VersionJob::Pack => (
+                    "PackFailed",
+                    format!(
+                        "pack Job {job_name} failed ({why}); running servers are left on the previous version. Fix the layer or its origin, or the artifact registry, then edit the zone to retry"
+                    ),
+                ),
+            };
+            conditions::set(&mut status.conditions, condition, false, reason, msg.clone(), generation);
+            conditions::set(&mut status.conditions, types::READY, false, reason, msg, generation);
             status.phase = Some(ZonePhase::Degraded);
             false
         }
         JobOutcome::Running => {
-            let msg = format!("migration Job {job_name} is running; servers wait for it");
-            conditions::set(&mut status.conditions, types::MIGRATED, false, "Migrating", msg.clone(), generation);
-            conditions::set(&mut status.conditions, types::READY, false, "Migrating", msg, generation);
-            status.phase = Some(ZonePhase::Migrating);
+            let (reason, msg) = match kind {
+                VersionJob::Migration => {
+                    ("Migrating", format!("migration Job {job_name} is running; servers wait for it"))
+                }
+                VersionJob::Pack => (
+                    "Packing",
+                    format!("pack Job {job_name} is putting the layers in the artifact registry; servers wait for it"),
+                ),
+            };
+            conditions::set(&mut status.conditions, condition, false, reason, msg.clone(), generation);
+            conditions::set(&mut status.conditions, types::READY, false, reason, msg, generation);
+            status.phase = Some(match kind {
+                VersionJob::Migration => ZonePhase::Migrating,
+                VersionJob::Pack => ZonePhase::Packing,
+            });
             false
         }
     };
-    status.migration = Some(m);
+    *kind.status(status) = Some(m);
     go_on
 }
 
@@ -458,6 +515,8 @@ pub enum Step {
     Check,
     /// Pinning the artifacts.
     Pin,
+    /// Packing the pinned layers into the artifact registry.
+    Pack,
     /// Running the migration.
     Migrate,
     /// Applying servers, holding their ports, writing the topology, applying Services.
@@ -470,6 +529,7 @@ impl Step {
         match self {
             Step::Check => None,
             Step::Pin => Some(types::ARTIFACTS_READY),
+            Step::Pack => Some(types::ARTIFACTS_PACKED),
             Step::Migrate => Some(types::MIGRATED),
             Step::Serve => Some(types::SERVERS_READY),
         }

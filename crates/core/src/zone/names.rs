@@ -31,6 +31,11 @@ pub fn migration_job_name(zone: &str, inputs_hash: &str) -> String {
     format!("{zone}-migrate-{}", &inputs_hash[..inputs_hash.len().min(10)])
 }
 
+/// Name of the pack Job for one set of layers and pins.
+pub fn pack_job_name(zone: &str, inputs_hash: &str) -> String {
+    format!("{zone}-pack-{}", &inputs_hash[..inputs_hash.len().min(10)])
+}
+
 /// DNS name of a server through the zone's headless Service.
 pub fn server_dns_name(zone: &str, namespace: &str, server: &str) -> String {
     format!("{server}.{}.{namespace}.svc", headless_service_name(zone))

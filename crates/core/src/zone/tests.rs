@@ -323,3 +323,40 @@ fn a_migration_with_a_security_context_gets_its_pod_restricted_and_runs_again() 
     assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
     assert_eq!(sc.run_as_user, Some(1000), "the layered files are the migrater's, as a game's are its own");
 }
+
+#[test]
+fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_copy_without_them() {
+    let registry = ArtifactRegistry { repository: "registry.games:5000/gamezone/layers".into(), plain_http: true };
+    let cfg = BuildConfig { init_image: "op:1".into(), registry: Some(registry), ..Default::default() };
+    let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
+    let z = basic();
+
+    let job = pack_job(&z, &pins, &cfg).unwrap().expect("a pack Job");
+    let hash = pack_inputs_hash(&z, &pins, &cfg).unwrap().unwrap();
+    assert_eq!(job.metadata.name.as_deref(), Some(pack_job_name("zone1", &hash).as_str()));
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "pack");
+    assert!(args.windows(2).any(|w| w == ["--registry", "registry.games:5000/gamezone/layers"]), "{args:?}");
+    assert!(args.contains(&"--registry-plain-http".to_string()));
+    let env: BTreeMap<_, _> = c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+    assert_eq!(env["GAMEZONE_REVISIONS"], r#"["sha256:aa","c0ffee"]"#);
+    let secrets: Vec<_> = pod.volumes.iter().flatten().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+    assert_eq!(secrets, ["s3cred"], "the pack fetches from the origins, with their Secrets");
+    assert_eq!(c.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+
+    // Servers copy from the registry: its flags, and none of the origins' Secrets.
+    let servers = game_servers(&z, &pins, &cfg).unwrap();
+    let spec = servers[0].spec.template.spec.as_ref().unwrap();
+    let init = spec.init_containers.iter().flatten().find(|c| c.name == INIT_CONTAINER).unwrap();
+    assert!(init.args.iter().flatten().any(|a| a == "--registry"));
+    assert!(!spec.volumes.iter().flatten().any(|v| v.secret.is_some()), "no layer Secret in a server pod");
+
+    // A new pin is a new pack; without a registry there is none, and servers keep the Secrets.
+    let repinned = ["sha256:aa".to_string(), "d00d".to_string()];
+    assert_ne!(pack_inputs_hash(&z, &repinned, &cfg).unwrap().unwrap(), hash);
+    assert!(pack_job(&z, &pins, &BuildConfig::default()).unwrap().is_none());
+    let plain = game_servers(&z, &pins, &BuildConfig::default()).unwrap();
+    assert!(plain[0].spec.template.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| v.secret.is_some()));
+}

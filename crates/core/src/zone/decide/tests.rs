@@ -112,21 +112,39 @@ fn a_migration_holds_servers_until_it_succeeds_and_a_failure_degrades_the_zone()
     assert_eq!(failed, JobOutcome::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into()));
 
     let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
-    assert!(!report_migration(&mut status, "z1-migrate-h2", "h2", &JobOutcome::Running));
+    assert!(!report_job(VersionJob::Migration, &mut status, "z1-migrate-h2", "h2", &JobOutcome::Running));
     assert_eq!(status.phase, Some(ZonePhase::Migrating));
-    assert_eq!(status.migration.as_ref().unwrap().state, MigrationState::Running);
+    assert_eq!(status.migration.as_ref().unwrap().state, JobState::Running);
 
-    assert!(!report_migration(&mut status, "z1-migrate-h2", "h2", &failed));
+    assert!(!report_job(VersionJob::Migration, &mut status, "z1-migrate-h2", "h2", &failed));
     assert_eq!(status.phase, Some(ZonePhase::Degraded));
     let (ok, reason, message) = condition(&status, types::READY);
     assert_eq!((ok, reason), ("False", "MigrationFailed"));
     assert!(message.contains("BackoffLimitExceeded") && message.contains("left on the previous version"), "{message}");
     assert_eq!(status.migration.as_ref().unwrap().succeeded_hash, None);
 
-    assert!(report_migration(&mut status, "z1-migrate-h2", "h2", &JobOutcome::Succeeded));
+    assert!(report_job(VersionJob::Migration, &mut status, "z1-migrate-h2", "h2", &JobOutcome::Succeeded));
     let m = status.migration.as_ref().unwrap();
-    assert_eq!((m.state, m.succeeded_hash.as_deref()), (MigrationState::Succeeded, Some("h2")));
+    assert_eq!((m.state, m.succeeded_hash.as_deref()), (JobState::Succeeded, Some("h2")));
     assert_eq!(condition(&status, types::MIGRATED).0, "True");
+}
+
+#[test]
+fn a_pack_reports_in_its_own_status_and_condition_and_a_failed_one_holds_the_servers() {
+    let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
+    assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &JobOutcome::Running));
+    assert_eq!(status.phase, Some(ZonePhase::Packing));
+    assert_eq!(condition(&status, types::ARTIFACTS_PACKED).1, "Packing");
+    assert!(status.migration.is_none(), "the migration's status is not the pack's");
+    let failed = JobOutcome::Failed("BackoffLimitExceeded: x".into());
+    assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &failed));
+    let (ok, reason, message) = condition(&status, types::READY);
+    assert_eq!((ok, reason, status.phase), ("False", "PackFailed", Some(ZonePhase::Degraded)));
+    assert!(message.contains("z1-pack-h1") && message.contains("artifact registry"), "{message}");
+    assert!(report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &JobOutcome::Succeeded));
+    let p = status.pack.as_ref().unwrap();
+    assert_eq!((p.state, p.succeeded_hash.as_deref()), (JobState::Succeeded, Some("h1")));
+    assert_eq!(condition(&status, types::ARTIFACTS_PACKED).0, "True");
 }
 
 fn names(v: &[(GameServer, String)]) -> Vec<String> {
@@ -406,9 +424,9 @@ fn the_migrater_s_own_error_is_taken_from_its_newest_failed_pod() {
         pod(10, 1, "starting\napplying 3/u\nerror: migration failed in line 0: SELEC 1; (details: Error 1064: syntax)"),
         pod(5, 0, ""),
     ];
-    let said = migrater_said(&pods).unwrap();
+    let said = job_said(&pods, crate::zone::MIGRATE_CONTAINER).unwrap();
     assert!(said.ends_with("(details: Error 1064: syntax)") && said.starts_with("starting"), "{said}");
-    assert_eq!(migrater_said(&[pod(1, 0, "ok")]), None);
+    assert_eq!(job_said(&[pod(1, 0, "ok")], crate::zone::MIGRATE_CONTAINER), None);
 }
 
 #[test]
