@@ -19,7 +19,7 @@ use crate::retry::RetryPolicy;
 use crate::source::{git, local};
 use crate::state::{self, EditsState, LayerSummary, State};
 pub use crate::summary::Summary;
-use crate::tree::{Entry, Limits, TreeWriter};
+use crate::tree::{Entry, Limits, TreeStats, TreeWriter};
 use crate::{Result, lock, paths};
 
 pub use gamezone_api::artifacts::{CURRENT, TREES};
@@ -196,20 +196,7 @@ async fn apply_pinned(
     let stats = writer.stats();
     let id = tree_id("", &stats.digest);
     let tree = publish(root, staging, &id)?;
-    state::write(
-        root,
-        &State {
-            layers: summaries,
-            revisions: opts.revisions.clone(),
-            tree: id.clone(),
-            tree_digest: stats.digest.clone(),
-            files: stats.files,
-            bytes: stats.bytes,
-            applied_at: now_rfc3339(),
-            base_tree: None,
-            edits: None,
-        },
-    )?;
+    state::write(root, &tree_state(opts, summaries, &id, &stats, None, None))?;
     // Edits are off now: their status would describe a tree that is gone.
     for stale in [crate::edits_layer::BASE_INDEX, crate::edits_layer::STATUS_FILE] {
         let _ = fs::remove_file(root.join(stale));
@@ -221,6 +208,28 @@ async fn apply_pinned(
     };
     opts.progress.finished(&s);
     Ok(s)
+}
+
+/// The state file of a tree just swapped in.
+fn tree_state(
+    opts: &ApplyOptions,
+    layers: Vec<LayerSummary>,
+    id: &str,
+    stats: &TreeStats,
+    base_tree: Option<String>,
+    edits: Option<EditsState>,
+) -> State {
+    State {
+        layers,
+        revisions: opts.revisions.clone(),
+        tree: id.to_owned(),
+        tree_digest: stats.digest.clone(),
+        files: stats.files,
+        bytes: stats.bytes,
+        applied_at: now_rfc3339(),
+        base_tree,
+        edits,
+    }
 }
 
 /// Applies every layer of the plan into a new staging directory under `.trees/`.
@@ -529,17 +538,8 @@ impl<'a> EditsRun<'a> {
         let stats = writer.stats();
         let id = tree_id("", &stats.digest);
         let tree = publish(root, staging, &id)?;
-        let new_state = State {
-            layers: self.summaries.clone(),
-            revisions: opts.revisions.clone(),
-            tree: id.clone(),
-            tree_digest: stats.digest.clone(),
-            files: stats.files,
-            bytes: stats.bytes,
-            applied_at: now_rfc3339(),
-            base_tree: Some(base_id.clone()),
-            edits: Some(EditsState { dir: self.dir_text.clone(), revision: applied.clone() }),
-        };
+        let edits = EditsState { dir: self.dir_text.clone(), revision: applied.clone() };
+        let new_state = tree_state(opts, self.summaries.clone(), &id, &stats, Some(base_id.clone()), Some(edits));
         state::write(root, &new_state)?;
         let copied = writer.written().1;
         let prev = crate::edits_layer::read_status(root).filter(|s| s.edits_dir == self.dir_text).unwrap_or_default();

@@ -186,6 +186,8 @@ enum Command {
         /// Copy the edits status to this file after each round (e.g. on the edits volume).
         #[arg(long, env = "GAMEZONE_EDITS_REPORT")]
         edits_report: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Write a p4-export-format archive and manifest from a directory (for tests and development).
     MakeP4Export {
@@ -307,10 +309,12 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             on_swap_timeout,
             revisions,
             edits_report,
+            registry,
         } => {
             let layers = layers(&plan)?;
             let pinned = revisions.filter(|r| !r.trim().is_empty()).map(|r| revisions_arg(&r)).transpose()?;
-            let opts = options(&plan, &tree, layers, Vec::new(), tty)?;
+            let mut opts = options(&plan, &tree, layers, Vec::new(), tty)?;
+            opts.registry = registry.registry()?;
             let w = WatchOptions {
                 pinned,
                 report: edits_report,

@@ -89,6 +89,12 @@ pub struct PackOutcome {
     pub fetched: bool,
 }
 
+impl PackOutcome {
+    fn new(layer: usize, p: Packed, fetched: bool) -> Self {
+        PackOutcome { layer, key: p.key, digest: p.digest, size: p.size, tree_digest: p.tree_digest, fetched }
+    }
+}
+
 /// Packs every layer of the plan at its pin (`opts.revisions`, as `resolve` prints them) into
 /// the registry, in plan order. A layer the registry holds already is not fetched. Each other
 /// one is built alone under `opts.root` (its checks and limits as for any apply), written as a
@@ -112,14 +118,7 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
         let key = layer_key(layer, pin);
         if let Some(p) = registry.find(&ctx, &key).await? {
             tracing::info!(layer = i, key = %key, digest = %p.digest, "already packed; nothing fetched");
-            out.push(PackOutcome {
-                layer: i,
-                key,
-                digest: p.digest,
-                size: p.size,
-                tree_digest: p.tree_digest,
-                fetched: false,
-            });
+            out.push(PackOutcome::new(i, p, false));
             continue;
         }
         let mut one = opts.one_layer(i);
@@ -144,14 +143,7 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
         ]);
         let p = registry.push(&ctx, &key, tar.path(), blob, annotations).await?;
         tracing::info!(layer = i, key = %key, digest = %p.digest, bytes = p.size, files = stats.files, "packed");
-        out.push(PackOutcome {
-            layer: i,
-            key,
-            digest: p.digest,
-            size: p.size,
-            tree_digest: p.tree_digest,
-            fetched: true,
-        });
+        out.push(PackOutcome::new(i, p, true));
     }
     Ok(out)
 }

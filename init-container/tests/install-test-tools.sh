@@ -9,31 +9,28 @@ TOOLS_TARGET="${GAMEZONE_TOOLS_TARGET:-$CACHE/tools-target}"
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
 RUDOLFS_VERSION="${RUDOLFS_VERSION:-0.3.8}"
 
+# A crates.io tool, built once per version into $TOOLS/NAME-VERSION (cargo install ARGS...). A test
+# server, not a product: opt-level 1 without LTO builds much faster and still serves far faster
+# than the tests and benchmarks ask (both sides of a benchmark talk to the same server).
+cargo_tool() {
+  local name=$1 version=$2 bin=$3
+  shift 3
+  local root="$TOOLS/$name-$version"
+  if [[ -x "$root/bin/$bin" ]]; then
+    echo "$name $version: cached at $root/bin/$bin"
+    return
+  fi
+  echo "$name $version: building (a few minutes on 2 cores)"
+  mkdir -p "$TOOLS" "$TOOLS_TARGET"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
+    cargo install "$name" --version "$version" --locked --root "$root" "$@"
+}
 s3s_root="$TOOLS/s3s-fs-$S3S_FS_VERSION"
-if [[ -x "$s3s_root/bin/s3s-fs" ]]; then
-  echo "s3s-fs $S3S_FS_VERSION: cached at $s3s_root/bin/s3s-fs"
-else
-  echo "s3s-fs $S3S_FS_VERSION: building (a few minutes on 2 cores)"
-  mkdir -p "$TOOLS" "$TOOLS_TARGET"
-  # A test server, not a product: opt-level 1 without LTO builds much faster and
-  # still serves far faster than the tests and benchmarks ask (both sides of a benchmark talk
-  # to the same server).
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
-    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$s3s_root"
-fi
-
-# rudolfs, a Git LFS server, for the LFS tests (its local storage backend), cached by version.
+cargo_tool s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
+# rudolfs, a Git LFS server, for the LFS tests (its local storage backend).
 rudolfs_root="$TOOLS/rudolfs-$RUDOLFS_VERSION"
-if [[ -x "$rudolfs_root/bin/rudolfs" ]]; then
-  echo "rudolfs $RUDOLFS_VERSION: cached at $rudolfs_root/bin/rudolfs"
-else
-  echo "rudolfs $RUDOLFS_VERSION: building (a few minutes on 2 cores)"
-  mkdir -p "$TOOLS" "$TOOLS_TARGET"
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$TOOLS_TARGET" \
-    cargo install rudolfs --version "$RUDOLFS_VERSION" --locked --root "$rudolfs_root"
-fi
+cargo_tool rudolfs "$RUDOLFS_VERSION" rudolfs
 
 # sshd for the git-over-ssh tests (the tests run their own sshd on a loopback port; the system's
 # ssh service is not started or changed).

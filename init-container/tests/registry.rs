@@ -150,3 +150,52 @@ fn the_binary_packs_and_applies_from_the_registry_and_says_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("gamezone/layers"), "{err}");
 }
+
+#[test]
+fn live_edits_are_laid_over_layers_copied_from_the_registry() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = docker_registry(&t.path().join("registry"));
+    let local = t.path().join("local");
+    std::fs::create_dir_all(local.join("config")).unwrap();
+    std::fs::write(local.join("config/server.json"), "pinned").unwrap();
+    std::fs::write(local.join("map.txt"), "map").unwrap();
+    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
+    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
+    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    run(init_cmd()
+        .args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])
+        .arg("--root")
+        .arg(t.path().join("work")));
+    std::fs::remove_dir_all(&local).unwrap();
+
+    // The edits sidecar's command: pinned, the base from the registry, edits on top.
+    let edits = t.path().join("edits");
+    std::fs::create_dir_all(edits.join("config")).unwrap();
+    std::fs::write(edits.join("config/server.json"), "edited").unwrap();
+    let root = t.path().join("root");
+    let mut watch = init_cmd()
+        .args(["watch", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])
+        .args(["--edits-quiet", "100ms", "--edits-poll", "100ms"])
+        .arg("--edits")
+        .arg(&edits)
+        .arg("--root")
+        .arg(&root)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let ok = loop {
+        let edited = std::fs::read_to_string(root.join("current/config/server.json")).ok();
+        let base = std::fs::read_to_string(root.join("current/map.txt")).ok();
+        if edited.as_deref() == Some("edited") && base.as_deref() == Some("map") {
+            break true;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) || watch.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    assert!(ok, "the edit over the packed base never showed: {}", String::from_utf8_lossy(&out.stderr));
+}

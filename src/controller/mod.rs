@@ -7,7 +7,7 @@ pub use crate::key;
 pub mod leader;
 pub mod metrics;
 pub(crate) mod ownership;
-pub mod ports;
+pub mod port_table;
 mod queue;
 mod server;
 mod slim;
@@ -84,7 +84,7 @@ pub struct Context {
     /// Applies children and writes statuses, remembering what it wrote.
     pub writer: writer::Writer,
     /// Host port tables and what each zone's topology lists.
-    pub ports: ports::Ports,
+    pub ports: port_table::PortTable,
     /// What the shared watches show.
     pub cache: Cache,
     /// Artifact resolves under way, off the reconciles.
@@ -222,7 +222,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         pinning: zone::pinning::Pinning::new(config.fetch.deadline),
         config,
         metrics,
-        ports: ports::Ports::new(allocator, listed),
+        ports: port_table::PortTable::new(allocator, listed),
         cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
     });
     let node_ctx = ctx.clone();
@@ -306,7 +306,7 @@ async fn rebuild_ports(
     let listed: HashMap<key::ObjectKey, Vec<PortStatus>> =
         topologies.iter().flat_map(crate::ports::spec::listed_in).collect();
     let deferred = config.feature_gates.autopilot_passthrough_port;
-    ports::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
+    port_table::rebuild(&mut allocator, &known_nodes, &known_servers, &listed, deferred);
     Ok((allocator, listed))
 }
 

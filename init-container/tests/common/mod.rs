@@ -316,17 +316,18 @@ pub const AK: &str = "AKIATESTKEY";
 pub const SK: &str = "s3cr3t-Secret-Key-42";
 
 pub fn s3s_fs_binary() -> PathBuf {
-    let p = std::env::var_os("GAMEZONE_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
+    cached_tool("GAMEZONE_S3S_FS", "s3s-fs-0.14.1/bin/s3s-fs")
+}
+
+/// A tool `install-test-tools.sh` builds: `env` names it, else it is at `rel` below the tools cache.
+fn cached_tool(env: &str, rel: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("GAMEZONE_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gamezone"));
-        cache.join("tools/s3s-fs-0.14.1/bin/s3s-fs")
+        cache.join("tools").join(rel)
     });
-    assert!(
-        p.is_file(),
-        "s3s-fs not found at {} — run init-container/tests/install-test-tools.sh (or set GAMEZONE_S3S_FS)",
-        p.display()
-    );
+    assert!(p.is_file(), "{} not found — run init-container/tests/install-test-tools.sh (or set {env})", p.display());
     p
 }
 

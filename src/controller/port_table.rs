@@ -17,7 +17,7 @@ use super::key::ObjectKey;
 
 /// The operator's one allocator, and the ports each zone's topology ConfigMap lists per server
 /// as this process last wrote them: a server's pod starts only once its ports are listed.
-pub struct Ports {
+pub struct PortTable {
     allocator: Mutex<PortAllocator>,
     listed: Mutex<HashMap<ObjectKey, Vec<PortStatus>>>,
     /// Host ports held per namespace (`--host-ports-per-namespace`).
@@ -28,7 +28,7 @@ pub struct Ports {
     woken: Mutex<Option<mpsc::UnboundedReceiver<ObjectKey>>>,
 }
 
-impl Ports {
+impl PortTable {
     /// Port tables rebuilt at start, and the topologies' listings read then.
     pub fn new(allocator: PortAllocator, listed: HashMap<ObjectKey, Vec<PortStatus>>) -> Self {
         let mut by_namespace = HashMap::<String, usize>::new();
@@ -36,7 +36,7 @@ impl Ports {
             *by_namespace.entry(namespace_of(server).to_string()).or_default() += held;
         }
         let (wake, woken) = mpsc::unbounded_channel();
-        Ports {
+        PortTable {
             allocator: Mutex::new(allocator),
             listed: Mutex::new(listed),
             by_namespace: Mutex::new(by_namespace),
@@ -209,7 +209,7 @@ mod tests {
         let wanted = requests(&spec);
         let mut alloc = PortAllocator::new("7000-7099".parse::<PortRanges>().unwrap());
         alloc.node_added("n1");
-        let ports = Ports::new(alloc, HashMap::new());
+        let ports = PortTable::new(alloc, HashMap::new());
         let server = |ns: &str, name: &str| ObjectKey::new(ns, name);
         let all = || None;
         assert!(ports.hold(&server("team", "s1"), &wanted, Some(5), all).unwrap().1, "new");
