@@ -97,18 +97,34 @@ impl GitDaemon {
     pub fn start(root: &Path, host_address: &str) -> GitDaemon {
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
+        // Its log, beside the repositories, has a line per fetch (`Request upload-pack`).
+        let log = std::fs::File::create(root.with_extension("log")).unwrap();
         let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .args(["daemon", "--reuseaddr", "--export-all", "--verbose", "--listen=127.0.0.1"])
             .arg(format!("--base-path={}", root.display()))
             .arg(format!("--port={port}"))
             .arg(root)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("git daemon");
         let proc = Proc(Some(child));
         wait_port(port, "git daemon");
         GitDaemon { root: root.to_path_buf(), port, host_address: host_address.to_string(), _proc: proc }
+    }
+
+    /// Fetches (upload-pack requests, ref listings included) the daemon has served.
+    pub fn fetches(&self) -> usize {
+        let log = std::fs::read_to_string(self.root.with_extension("log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("Request upload-pack")).count()
+    }
+
+    /// Stops the daemon: the origin is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self._proc.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// A new repository on branch `main` that serves exact commits.
@@ -123,6 +139,47 @@ impl GitDaemon {
     /// The URL pods and the operator use for repository `name`.
     pub fn url(&self, name: &str) -> String {
         format!("git://{}:{}/{name}", self.host_address, self.port)
+    }
+}
+
+/// CNCF Distribution (Debian's `docker-registry`) on loopback; pods reach it at the host address.
+pub struct Registry {
+    pub port: u16,
+    host_address: String,
+    _proc: Proc,
+}
+
+impl Registry {
+    pub fn start(root: &Path, host_address: &str) -> Registry {
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        let port = free_port();
+        let config = root.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(root.join("registry.log")).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "docker-registry (apt-get install docker-registry; init-container/tests/install-test-tools.sh does)",
+            );
+        let proc = Proc(Some(child));
+        wait_port(port, "docker-registry");
+        Registry { port, host_address: host_address.to_string(), _proc: proc }
+    }
+
+    /// The repository the operator packs into, as pods reach it.
+    pub fn repository(&self) -> String {
+        format!("{}:{}/gamezone/layers", self.host_address, self.port)
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{ONE_AT_A_TIME, cluster, common, servers, support};
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, image_bin, on_real_node};
 use common::wait_for;
-use servers::{GitDaemon, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
+use servers::{GitDaemon, Registry, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
 use support::{Operator, install_crds};
 
 /// Pods on a real node unpack images and run an init container: more than KWOK needs.
@@ -243,6 +243,71 @@ async fn every_pod_sees_exactly_the_layered_tree_the_host_builds_for_the_same_pi
         assert_eq!(answer["artifacts"]["revisions"], json!(pins), "{name}: {answer}");
         assert_eq!(answer["config"]["value"]["motd"], "welcome to e2e", "{name}: {answer}");
     }
+    ns.finish().await;
+}
+
+#[tokio::test]
+async fn with_an_artifact_registry_a_pin_is_fetched_once_for_every_pod_and_pods_restart_with_the_origin_gone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&work.path().join("registry"), host);
+    let (mut git, commit) = config_repo(cluster, work.path(), "packed once");
+
+    let ns = Ns::new(cluster, "e2e-pack").await;
+    install_crds(&ns.client).await;
+    let repository = registry.repository();
+    let _op = Operator::start_with(
+        &cluster.kubeconfig,
+        &ns.name,
+        &[
+            "--init-image",
+            OPERATOR_IMAGE,
+            "--port-range",
+            "7600-7699",
+            "--artifact-registry",
+            &repository,
+            "--artifact-registry-plain-http",
+        ],
+    );
+    let zones: Api<GameZone> = ns.api();
+    let z = zone(
+        "packed",
+        306,
+        vec![service("game", 1, Some(3), json!([{"name": "game", "containerPort": 7777}]))],
+        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+    );
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running(&ns, "packed").await;
+    assert_eq!(servers.len(), 3);
+    let status = zones.get("packed").await.unwrap().status.unwrap();
+    assert_eq!(status.pack.as_ref().map(|p| p.state), Some(JobState::Succeeded), "{:?}", status.pack);
+    assert_eq!(status.artifacts[0].revision, commit);
+    for server in &servers {
+        let answer = hello(server, "game").await;
+        assert_eq!(answer["config"]["value"]["motd"], "packed once", "{}: {answer}", server.name_any());
+    }
+    // The operator's ref listing and the pack Job's fetch, whatever the number of pods (without
+    // a registry each of the 3 pods fetches too).
+    let fetches = git.fetches();
+    assert!(fetches <= 2, "the origin served {fetches} fetches for 3 pods");
+
+    // The origin gone, a deleted pod comes back with its tree, copied from the registry.
+    git.stop();
+    let pods: Api<Pod> = ns.api();
+    let before = pods.get("packed-game-2").await.unwrap().metadata.uid;
+    pods.delete("packed-game-2", &Default::default()).await.unwrap();
+    let servers: Api<GameServer> = ns.api();
+    let again = wait_for("packed-game-2 back, Ready, on a new pod", TIMEOUT, || async {
+        let pod = pods.get("packed-game-2").await.map_err(|e| e.to_string())?;
+        let gs = servers.get("packed-game-2").await.map_err(|e| e.to_string())?;
+        let ready = gs.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready);
+        if pod.metadata.uid != before && ready { Ok(gs) } else { Err(format!("{:?}", gs.status)) }
+    })
+    .await;
+    let answer = hello(&again, "game").await;
+    assert_eq!(answer["config"]["value"]["motd"], "packed once", "{answer}");
     ns.finish().await;
 }
 

@@ -879,7 +879,8 @@ pub fn pack_inputs_hash(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> 
 
 /// The pack Job of the current pins: `gamezone-init pack` fetches each layer pin the registry
 /// does not hold from its origin, once, and pushes it; servers and the migration then copy
-/// from the registry. `None` without an artifact registry or artifacts.
+/// from the registry. It runs on the nodes of the zone's first service type (its node selector
+/// and tolerations). `None` without an artifact registry or artifacts.
 pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<Job>> {
     let (Some(registry), Some(mount), Some(hash)) =
         (&cfg.registry, artifacts_mount(zone)?, pack_inputs_hash(zone, pins, cfg)?)
@@ -903,6 +904,7 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
         .collect();
     let mut labels = zone_labels(&zone_name);
     labels.insert(format!("{LABEL_PREFIX}pack"), hash.clone());
+    let placement = zone.spec.services.first();
     Ok(Some(Job {
         metadata: meta(zone, pack_job_name(&zone_name, &hash), labels.clone()),
         spec: Some(JobSpec {
@@ -932,6 +934,11 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
                         ..Default::default()
                     }],
                     volumes: Some(volumes),
+                    // Where the zone's first service type runs: nodes that reach the origins as
+                    // its servers would.
+                    node_selector: placement
+                        .and_then(|t| (!t.node_selector.is_empty()).then(|| t.node_selector.clone())),
+                    tolerations: placement.and_then(|t| (!t.tolerations.is_empty()).then(|| t.tolerations.clone())),
                     ..Default::default()
                 }),
             },

@@ -345,6 +345,14 @@ fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_cop
     let secrets: Vec<_> = pod.volumes.iter().flatten().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
     assert_eq!(secrets, ["s3cred"], "the pack fetches from the origins, with their Secrets");
     assert_eq!(c.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    let mut pooled = z.clone();
+    pooled.spec.services[0].node_selector = BTreeMap::from([("pool".to_string(), "game".to_string())]);
+    let on = pack_job(&pooled, &pins, &cfg).unwrap().unwrap().spec.unwrap().template.spec.unwrap().node_selector;
+    assert_eq!(
+        on,
+        Some(BTreeMap::from([("pool".to_string(), "game".to_string())])),
+        "where the first type's servers run"
+    );
 
     // Servers copy from the registry: its flags, and none of the origins' Secrets.
     let servers = game_servers(&z, &pins, &cfg).unwrap();
