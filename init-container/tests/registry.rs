@@ -199,3 +199,27 @@ fn live_edits_are_laid_over_layers_copied_from_the_registry() {
     let out = watch.wait_with_output().unwrap();
     assert!(ok, "the edit over the packed base never showed: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_layer_is_refused_before_anything_is_pushed() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = docker_registry(&t.path().join("registry"));
+    let local = t.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("ok.txt"), "fine").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", local.join("passwd")).unwrap();
+    let layers = vec![local_layer(&local, "")];
+    let pins: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    let packing = apply_options(layers, pins, t.path().join("work"), Arc::new(NoCredentials));
+    let e = pack(&packing, &registry(reg.port)).await.unwrap_err();
+    assert!(matches!(e, gamezone_init::Error::Hostile { .. }), "{e}");
+    // The registry holds no tag at all: skopeo finds no repository, or an empty one.
+    let out = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false", &format!("docker://127.0.0.1:{}/gamezone/layers", reg.port)])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() || !listed.contains("l-"), "{listed}");
+    let log = std::fs::read_to_string(t.path().join("registry/registry.log")).unwrap_or_default();
+    assert!(!log.contains("PUT /v2/") && !log.contains("PATCH /v2/"), "something was pushed: {log}");
+}
