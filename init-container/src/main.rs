@@ -151,6 +151,10 @@ enum Command {
         revisions: String,
         #[command(flatten)]
         registry: RegistryArgs,
+        /// Also write each layer's `{digest, size}`, in plan order, as one JSON line to this file
+        /// (a pod's termination message: the operator records them in the zone's status).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Resolve and apply on an interval; local sources are applied as soon as they change.
     Watch {
@@ -330,7 +334,7 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             };
             gamezone_init::watch::watch(opts, w, shutdown()).await?;
         }
-        Command::Pack { plan, root, revisions, registry } => {
+        Command::Pack { plan, root, revisions, registry, report } => {
             let Some(registry) = registry.registry()? else {
                 anyhow::bail!("pack needs --registry host[:port]/path (or GAMEZONE_REGISTRY)");
             };
@@ -339,6 +343,12 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             let o = options(&plan, &tree, layers, revisions_arg(&revisions)?, tty)?;
             let packed = oci::pack(&o, &registry).await?;
             println!("{}", serde_json::to_string(&packed)?);
+            if let Some(file) = report {
+                let layers: Vec<_> =
+                    packed.iter().map(|p| serde_json::json!({"digest": p.digest, "size": p.size})).collect();
+                std::fs::write(&file, serde_json::to_string(&layers)?)
+                    .with_context(|| format!("write --report {}", file.display()))?;
+            }
         }
         Command::MakeP4Export { from, out, changelist, depot_root } => {
             let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)

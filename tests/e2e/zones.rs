@@ -284,6 +284,8 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_for_every_pod_and_pods_
     let status = zones.get("packed").await.unwrap().status.unwrap();
     assert_eq!(status.pack.as_ref().map(|p| p.state), Some(JobState::Succeeded), "{:?}", status.pack);
     assert_eq!(status.artifacts[0].revision, commit);
+    let packed = status.artifacts[0].packed.clone().expect("the layer's digest and size in status");
+    assert!(packed.digest.starts_with("sha256:") && packed.size > 0, "{packed:?}");
     for server in &servers {
         let answer = hello(server, "game").await;
         assert_eq!(answer["config"]["value"]["motd"], "packed once", "{}: {answer}", server.name_any());
@@ -299,11 +301,13 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_for_every_pod_and_pods_
     let before = pods.get("packed-game-2").await.unwrap().metadata.uid;
     pods.delete("packed-game-2", &Default::default()).await.unwrap();
     let servers: Api<GameServer> = ns.api();
-    let again = wait_for("packed-game-2 back, Ready, on a new pod", TIMEOUT, || async {
+    let again = wait_for("packed-game-2 back, Ready, on a new pod its status names", TIMEOUT, || async {
         let pod = pods.get("packed-game-2").await.map_err(|e| e.to_string())?;
         let gs = servers.get("packed-game-2").await.map_err(|e| e.to_string())?;
-        let ready = gs.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready);
-        if pod.metadata.uid != before && ready { Ok(gs) } else { Err(format!("{:?}", gs.status)) }
+        let st = gs.status.clone().unwrap_or_default();
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let current = pod.metadata.uid != before && ip.is_some() && st.address == ip;
+        if current && st.state == Some(ServerState::Ready) { Ok(gs) } else { Err(format!("pod ip {ip:?}, {st:?}")) }
     })
     .await;
     let answer = hello(&again, "game").await;

@@ -312,6 +312,19 @@ pub struct ArtifactStatus {
     pub source: String,
     /// The exact revision: a git commit, `sha256:` digest of an S3 listing, or `<changelist>@sha256:` of a p4 export.
     pub revision: String,
+    /// The layer at that revision as packed in the operator's artifact registry, once packed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<PackedLayer>,
+}
+
+/// One layer pin in the artifact registry: what the pods copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackedLayer {
+    /// The OCI layer's digest (`sha256:…`).
+    pub digest: String,
+    /// Its size in bytes (an uncompressed tar of the layer's files).
+    pub size: i64,
 }
 
 /// A Job one version of the zone waits for: its migration, or the pack of its artifacts.

@@ -142,9 +142,19 @@ pub async fn pin(
             Ok(revisions) => {
                 let changed = !same_spec
                     || status.artifacts.iter().map(|a| &a.revision).ne(revisions.iter().map(|r| &r.revision));
+                // A pin that stays keeps what its pack recorded.
+                let packed = |r: &gamezone_init::resolve::Revision| {
+                    let old = status.artifacts.iter().find(|a| a.layer == r.layer as i32 && a.revision == r.revision);
+                    old.and_then(|a| a.packed.clone())
+                };
                 status.artifacts = revisions
                     .into_iter()
-                    .map(|r| ArtifactStatus { layer: r.layer as i32, source: r.source, revision: r.revision })
+                    .map(|r| ArtifactStatus {
+                        layer: r.layer as i32,
+                        packed: packed(&r),
+                        source: r.source,
+                        revision: r.revision,
+                    })
                     .collect();
                 status.artifacts_hash = Some(spec_hash);
                 status.artifacts_resolved_at = Some(Time(Timestamp::now()));
@@ -237,7 +247,15 @@ pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, p
         return Ok(true);
     };
     let hash = build::pack_inputs_hash(zone, pins, &ctx.config.build)?.unwrap_or_default();
-    version_job(zone, ctx, status, VersionJob::Pack, job, &hash).await
+    let job_name = job.name_any();
+    let packed = version_job(zone, ctx, status, VersionJob::Pack, job, &hash).await?;
+    if packed && status.artifacts.iter().any(|a| a.packed.is_none()) {
+        // What the pack recorded of each layer: its termination message.
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+        let lp = ListParams::default().labels(&format!("job-name={job_name}"));
+        decide::record_packed(&mut status.artifacts, &pods.list(&lp).await?.items);
+    }
+    Ok(packed)
 }
 
 /// Runs a Job the version waits for (made once, never taken from another owner), reports its

@@ -896,7 +896,7 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
     let mut mounts =
         vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: PACK_ROOT.into(), ..Default::default() }];
     secret_volumes(&mount.layers, &mut volumes, &mut mounts);
-    let args = ["pack", "--root", PACK_ROOT, "--secrets-dir", SECRETS_DIR]
+    let args = ["pack", "--root", PACK_ROOT, "--secrets-dir", SECRETS_DIR, "--report", "/dev/termination-log"]
         .into_iter()
         .map(String::from)
         .chain(cfg.init_args.iter().cloned())

@@ -128,6 +128,24 @@ pub fn job_outcome(job: &Job) -> JobOutcome {
     }
 }
 
+/// Records in `artifacts` each layer as packed, from the termination message of the pack Job's
+/// pod that succeeded (`gamezone-init pack --report`: a JSON list of `{digest, size}` in layer
+/// order). A message that does not list exactly one entry per layer records nothing.
+pub fn record_packed(artifacts: &mut [ArtifactStatus], pods: &[k8s_openapi::api::core::v1::Pod]) {
+    let said = pods.iter().find_map(|p| {
+        let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+        let c = statuses.iter().find(|c| c.name == build::PACK_CONTAINER)?;
+        let t = c.state.as_ref()?.terminated.as_ref()?;
+        (t.exit_code == 0).then(|| t.message.clone()).flatten()
+    });
+    let Some(layers) = said.and_then(|m| serde_json::from_str::<Vec<PackedLayer>>(&m).ok()) else { return };
+    if layers.len() == artifacts.len() && layers.iter().all(|l| l.digest.starts_with("sha256:") && l.size >= 0) {
+        for (a, l) in artifacts.iter_mut().zip(layers) {
+            a.packed = Some(l);
+        }
+    }
+}
+
 /// What a version Job said when it failed last: the termination message of the newest failed
 /// pod's `container`, trimmed to its last lines.
 pub fn job_said(pods: &[k8s_openapi::api::core::v1::Pod], container: &str) -> Option<String> {

@@ -147,6 +147,30 @@ fn a_pack_reports_in_its_own_status_and_condition_and_a_failed_one_holds_the_ser
     assert_eq!(condition(&status, types::ARTIFACTS_PACKED).0, "True");
 }
 
+#[test]
+fn what_a_pack_reported_is_recorded_per_layer_and_a_short_or_bad_report_records_nothing() {
+    let pod = |exit: i32, message: &str| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({"status": {"containerStatuses": [{
+            "name": crate::zone::PACK_CONTAINER, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit, "message": message}}}]}}))
+        .unwrap()
+    };
+    let layer = |i: i32| ArtifactStatus { layer: i, source: "git x".into(), revision: "c0ffee".into(), packed: None };
+    let report = r#"[{"digest":"sha256:aa","size":10},{"digest":"sha256:bb","size":20}]"#;
+    let mut artifacts = vec![layer(0), layer(1)];
+    record_packed(&mut artifacts, &[pod(1, "boom"), pod(0, report)]);
+    assert_eq!(artifacts[1].packed, Some(PackedLayer { digest: "sha256:bb".into(), size: 20 }));
+    for bad in [
+        r#"[{"digest":"sha256:aa","size":10}]"#,
+        "not json",
+        r#"[{"digest":"md5:x","size":1},{"digest":"sha256:b","size":2}]"#,
+    ] {
+        let mut artifacts = vec![layer(0), layer(1)];
+        record_packed(&mut artifacts, &[pod(0, bad)]);
+        assert!(artifacts.iter().all(|a| a.packed.is_none()), "{bad}");
+    }
+}
+
 fn names(v: &[(GameServer, String)]) -> Vec<String> {
     v.iter().map(|(g, _)| g.name_any()).collect()
 }
