@@ -211,14 +211,10 @@ impl BuildArgs {
     /// What the zones' objects are built with; `init_args` are the pods' egress flags.
     fn config(&self, init_args: Vec<String>) -> anyhow::Result<BuildConfig> {
         let registry = match &self.artifact_registry {
-            Some(repository) => {
-                let o = gamezone_init::oci::RegistryOptions {
-                    repository: repository.clone(),
-                    plain_http: self.artifact_registry_plain_http,
-                    basic: None,
-                };
-                gamezone_init::oci::Registry::new(&o).map_err(|e| anyhow::anyhow!("--artifact-registry: {e}"))?;
-                Some(zone::ArtifactRegistry { repository: repository.clone(), plain_http: o.plain_http })
+            Some(given) => {
+                let repository = gamezone_init::oci::check_repository(given)
+                    .map_err(|why| anyhow::anyhow!("--artifact-registry {why}"))?;
+                Some(zone::ArtifactRegistry { repository, plain_http: self.artifact_registry_plain_http })
             }
             None => None,
         };

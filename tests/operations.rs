@@ -124,6 +124,40 @@ spec:
 }
 
 #[test]
+fn render_prints_the_pack_job_before_the_servers_and_refuses_a_registry_that_is_no_repository() {
+    let zone = "
+apiVersion: gamezone.dev/v1alpha1
+kind: GameZone
+metadata: {name: zone1, namespace: team}
+spec:
+  zoneId: 101
+  defaultImage: svc:1
+  services: [{type: game, id: 1}]
+  artifacts: [{path: /app/artifacts, git: {url: 'https://g.example/x.git', branch: main}}]
+";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(&file, zone).unwrap();
+    let out =
+        render(&["--revisions", r#"["c0ffee"]"#, "--artifact-registry", "reg.example:5000/gamezone/layers"], &file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    let job = kinds.iter().position(|k| *k == "Job").expect("the pack Job");
+    assert!(job < kinds.iter().position(|k| *k == "GameServer").unwrap(), "{kinds:?}");
+    assert_eq!(docs[job]["spec"]["template"]["spec"]["containers"][0]["args"][0], "pack");
+
+    let out = render(&["--artifact-registry", "layers"], &file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(r#"--artifact-registry "layers": name the host and the repository"#),
+        "{err}"
+    );
+}
+
+#[test]
 fn render_prints_every_object_offline() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zone.yaml");

@@ -173,12 +173,7 @@ pub fn layer_key(layer: &Layer, pin: &str) -> String {
 impl Registry {
     /// A client of `o.repository`. Refuses a repository that is not `host[:port]/path`.
     pub fn new(o: &RegistryOptions) -> Result<Self> {
-        let repository = o.repository.trim_end_matches('/').to_owned();
-        let probe = format!("{repository}:probe");
-        let parsed: Reference = probe.parse().map_err(|e| registry_flag(&o.repository, format!("{e}")))?;
-        if parsed.registry() != repository.split('/').next().unwrap_or_default() || !repository.contains('/') {
-            return Err(registry_flag(&o.repository, "name the host and the repository: host[:port]/path".into()));
-        }
+        let repository = check_repository(&o.repository).map_err(|why| Error::Plan(format!("--registry {why}")))?;
         // The registry client's TLS (rustls) uses ring, as every other client here does; a
         // provider installed before (by this or the process) stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -360,8 +355,17 @@ fn bounded(e: &OciDistributionError) -> String {
     }
 }
 
-fn registry_flag(given: &str, why: String) -> Error {
-    Error::Plan(format!("--registry {given:?}: {why}"))
+/// `given` as a repository, `host[:port]/path`, or why it is not one (naming it).
+pub fn check_repository(given: &str) -> std::result::Result<String, String> {
+    let repository = given.trim_end_matches('/').to_owned();
+    let parsed: std::result::Result<Reference, _> = format!("{repository}:probe").parse();
+    match parsed {
+        Err(e) => Err(format!("{given:?}: {e}")),
+        Ok(r) if !repository.contains('/') || r.registry() != repository.split('/').next().unwrap_or_default() => {
+            Err(format!("{given:?}: name the host and the repository: host[:port]/path"))
+        }
+        Ok(_) => Ok(repository),
+    }
 }
 
 /// Whether the registry says it has no such tag (or no such repository yet).
