@@ -86,6 +86,18 @@ fn render(args: &[&str], file: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `gamezone render ARGS` of the zone file `zone`: it succeeds; its documents.
+fn render_docs(zone: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(&file, zone).unwrap();
+    let out = render(args, &file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect()
+}
+
 #[test]
 fn render_prints_the_identity_the_sdk_sidecar_runs_as() {
     let zone = "
@@ -98,14 +110,7 @@ spec:
   services:
     - {type: game, id: 1, deletableGates: [NoPlayers]}
 ";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("zone.yaml");
-    std::fs::write(&file, zone).unwrap();
-    let out = render(&[], &file);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-        .map(|d| serde_json::Value::deserialize(d).unwrap())
-        .collect();
+    let docs = render_docs(zone, &[]);
     let kinds: Vec<String> = docs
         .iter()
         .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
@@ -135,20 +140,16 @@ spec:
   services: [{type: game, id: 1}]
   artifacts: [{path: /app/artifacts, git: {url: 'https://g.example/x.git', branch: main}}]
 ";
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("zone.yaml");
-    std::fs::write(&file, zone).unwrap();
-    let out =
-        render(&["--revisions", r#"["c0ffee"]"#, "--artifact-registry", "reg.example:5000/gamezone/layers"], &file);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-        .map(|d| serde_json::Value::deserialize(d).unwrap())
-        .collect();
+    let docs =
+        render_docs(zone, &["--revisions", r#"["c0ffee"]"#, "--artifact-registry", "reg.example:5000/gamezone/layers"]);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     let job = kinds.iter().position(|k| *k == "Job").expect("the pack Job");
     assert!(job < kinds.iter().position(|k| *k == "GameServer").unwrap(), "{kinds:?}");
     assert_eq!(docs[job]["spec"]["template"]["spec"]["containers"][0]["args"][0], "pack");
 
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zone.yaml");
+    std::fs::write(&file, zone).unwrap();
     let out = render(&["--artifact-registry", "layers"], &file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -234,8 +234,7 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, status.observed_generation);
         return Ok(true);
     };
-    let hash = build::migration_inputs_hash(zone, pins).unwrap_or_default();
-    version_job(zone, ctx, status, VersionJob::Migration, job, &hash).await
+    version_job(zone, ctx, status, VersionJob::Migration, job).await
 }
 
 /// With an artifact registry, packs the layers' pins into it (a Job, once per set of pins);
@@ -246,16 +245,19 @@ pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, p
         status.conditions.retain(|c| c.type_ != types::ARTIFACTS_PACKED);
         return Ok(true);
     };
-    let hash = build::pack_inputs_hash(zone, pins, &ctx.config.build)?.unwrap_or_default();
     let job_name = job.name_any();
-    let packed = version_job(zone, ctx, status, VersionJob::Pack, job, &hash).await?;
+    let packed = version_job(zone, ctx, status, VersionJob::Pack, job).await?;
     if packed && status.artifacts.iter().any(|a| a.packed.is_none()) {
         // What the pack recorded of each layer: its termination message.
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
-        let lp = ListParams::default().labels(&format!("job-name={job_name}"));
-        decide::record_packed(&mut status.artifacts, &pods.list(&lp).await?.items);
+        decide::record_packed(&mut status.artifacts, &job_pods(zone, ctx, &job_name).await?);
     }
     Ok(packed)
+}
+
+/// The pods of one of the zone's Jobs.
+async fn job_pods(zone: &GameZone, ctx: &Context, job_name: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());
+    Ok(pods.list(&ListParams::default().labels(&format!("job-name={job_name}"))).await?.items)
 }
 
 /// Runs a Job the version waits for (made once, never taken from another owner), reports its
@@ -266,14 +268,12 @@ async fn version_job(
     status: &mut GameZoneStatus,
     kind: VersionJob,
     job: Job,
-    hash: &str,
 ) -> Result<bool> {
     let job_name = job.name_any();
-    let done = match kind {
-        VersionJob::Pack => &status.pack,
-        VersionJob::Migration => &status.migration,
-    };
-    if done.as_ref().and_then(|m| m.succeeded_hash.as_deref()) == Some(hash) {
+    // The builders label the Job with its inputs hash.
+    let hash = job.labels().get(&kind.label()).cloned().unwrap_or_default();
+    let hash = hash.as_str();
+    if kind.succeeded_hash(status) == Some(hash) {
         return Ok(decide::report_job(kind, status, &job_name, hash, &JobOutcome::Succeeded));
     }
     let ns = zone.namespace().unwrap_or_default();
@@ -287,24 +287,18 @@ async fn version_job(
     if let JobOutcome::Failed(why) = &mut outcome {
         // The Job's own words, from its last failed pod (its termination message, or the tail
         // of its log: the Job's container falls back to it).
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let lp = ListParams::default().labels(&format!("job-name={job_name}"));
-        let (container, who) = match kind {
-            VersionJob::Pack => (build::PACK_CONTAINER, "gamezone-init pack"),
-            VersionJob::Migration => (build::MIGRATE_CONTAINER, "the migrater"),
-        };
-        if let Some(said) = decide::job_said(&pods.list(&lp).await?.items, container) {
+        let (container, who) = kind.container();
+        if let Some(said) = decide::job_said(&job_pods(zone, ctx, &job_name).await?, container) {
             *why = format!("{why}; {who} said: {said}");
         }
     }
     if outcome == JobOutcome::Succeeded {
         // Older Jobs of the kind have served their purpose.
-        let label = match kind {
-            VersionJob::Pack => "pack",
-            VersionJob::Migration => "migration",
-        };
-        let old = ListParams::default()
-            .labels(&format!("{},{LABEL_PREFIX}{label}!={hash}", build::zone_selector(&zone.name_any())));
+        let old = ListParams::default().labels(&format!(
+            "{},{}!={hash}",
+            build::zone_selector(&zone.name_any()),
+            kind.label()
+        ));
         ctx.writer.delete_all_owned::<Job>(&ns, &old, |m| controlled_by(m, &zone.metadata)).await?;
     }
     Ok(decide::report_job(kind, status, &job_name, hash, &outcome))

@@ -835,7 +835,7 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
         restrict_beside(init_containers.iter_mut().flatten(), sc);
     }
     let mut labels = zone_labels(&zone_name);
-    labels.insert(format!("{LABEL_PREFIX}migration"), hash.clone());
+    labels.insert(super::decide::VersionJob::Migration.label(), hash.clone());
     Ok(Some(Job {
         metadata: meta(zone, migration_job_name(&zone_name, &hash), labels.clone()),
         spec: Some(JobSpec {
@@ -903,7 +903,7 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
         .chain(registry.args())
         .collect();
     let mut labels = zone_labels(&zone_name);
-    labels.insert(format!("{LABEL_PREFIX}pack"), hash.clone());
+    labels.insert(super::decide::VersionJob::Pack.label(), hash.clone());
     let placement = zone.spec.services.first();
     Ok(Some(Job {
         metadata: meta(zone, pack_job_name(&zone_name, &hash), labels.clone()),

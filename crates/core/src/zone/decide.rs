@@ -189,6 +189,32 @@ impl VersionJob {
             VersionJob::Migration => &mut status.migration,
         }
     }
+
+    /// The inputs hash the zone's last such Job succeeded for.
+    pub fn succeeded_hash(self, status: &GameZoneStatus) -> Option<&str> {
+        let job = match self {
+            VersionJob::Pack => &status.pack,
+            VersionJob::Migration => &status.migration,
+        };
+        job.as_ref().and_then(|j| j.succeeded_hash.as_deref())
+    }
+
+    /// The label its Jobs carry, valued with their inputs hash.
+    pub fn label(self) -> String {
+        let kind = match self {
+            VersionJob::Pack => "pack",
+            VersionJob::Migration => "migration",
+        };
+        format!("{LABEL_PREFIX}{kind}")
+    }
+
+    /// Its Job's container, and who speaks in it (for the words of a failed run).
+    pub fn container(self) -> (&'static str, &'static str) {
+        match self {
+            VersionJob::Pack => (build::PACK_CONTAINER, "gamezone-init pack"),
+            VersionJob::Migration => (build::MIGRATE_CONTAINER, "the migrater"),
+        }
+    }
 }
 
 /// Records a version Job's outcome in status; true when servers may move to this version.
