@@ -163,7 +163,10 @@ async fn plain_client(client: &Client, ns: &str, zones: usize, per_zone: usize, 
         let mut gz = zone(&format!("p{z}"), per_zone);
         gz.metadata.namespace = Some(ns.to_string());
         work.extend(
-            gamezone::zone::game_servers(&gz, &[], &cfg).unwrap().into_iter().map(|gs| Plain::Server(Box::new(gs))),
+            gamezone::zone::game_servers(&gz, &[], None, &cfg)
+                .unwrap()
+                .into_iter()
+                .map(|gs| Plain::Server(Box::new(gs))),
         );
         work.extend(gamezone::zone::services(&gz).into_iter().map(|s| Plain::Service(Box::new(s))));
         work.push(Plain::Map(Box::new(gamezone::zone::topology(&gz, &Default::default()))));

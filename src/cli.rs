@@ -205,6 +205,41 @@ struct BuildArgs {
     /// Speak plain HTTP to the artifact registry (one in the cluster without TLS).
     #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY_PLAIN_HTTP", requires = "artifact_registry")]
     artifact_registry_plain_http: bool,
+    /// How pods get a packed tree: `image` mounts it as an `image` volume (each layer held once
+    /// per node by its container runtime; Kubernetes 1.35+ with containerd 2.1+ or CRI-O 1.31+),
+    /// `copy` copies it from the registry into each pod, `auto` is `image` on an API server of
+    /// 1.35 or later. Zones with live edits or sharedArtifacts always copy.
+    #[arg(long, env = "GAMEZONE_ARTIFACT_MOUNT", value_enum, default_value_t = ArtifactMount::Auto)]
+    artifact_mount: ArtifactMount,
+}
+
+/// `--artifact-mount`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ArtifactMount {
+    Auto,
+    Image,
+    Copy,
+}
+
+/// Whether the API server's version has `image` volumes on by default (1.35 and later); an
+/// unreadable version says no (pods then copy, which works everywhere).
+async fn image_volumes_by_default(client: &kube::Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(v) => {
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+            let on = v.major == "1" && minor >= 35;
+            tracing::info!(
+                version = %v.git_version,
+                "--artifact-mount auto: {}",
+                if on { "pods mount packed trees as image volumes" } else { "pods copy packed trees (image volumes need 1.35+)" }
+            );
+            on
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "--artifact-mount auto: cannot read the API server's version; pods copy packed trees");
+            false
+        }
+    }
 }
 
 impl BuildArgs {
@@ -214,7 +249,11 @@ impl BuildArgs {
             Some(given) => {
                 let repository = gamezone_init::oci::check_repository(given)
                     .map_err(|why| anyhow::anyhow!("--artifact-registry {why}"))?;
-                Some(zone::ArtifactRegistry { repository, plain_http: self.artifact_registry_plain_http })
+                Some(zone::ArtifactRegistry {
+                    repository,
+                    plain_http: self.artifact_registry_plain_http,
+                    image_volumes: self.artifact_mount != ArtifactMount::Copy,
+                })
             }
             None => None,
         };
@@ -392,10 +431,14 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     ));
     let fetch = args.fetch.options(&config.cluster_url)?;
     let client = leader::client(config, lease.as_ref().map(|l| &l.fence))?;
+    let mut build = args.build.config(fetch.egress.to_args())?;
+    if let Some(registry) = build.registry.as_mut().filter(|_| args.build.artifact_mount == ArtifactMount::Auto) {
+        registry.image_volumes = image_volumes_by_default(&client).await;
+    }
     controller::run(
         client,
         controller::Config {
-            build: args.build.config(fetch.egress.to_args())?,
+            build,
             fetch,
             tenancy: zone::tenancy::Tenancy {
                 static_ports: args
@@ -550,7 +593,12 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let ranges = args.port_range.parse().map_err(|e| anyhow::anyhow!("--port-range {:?}: {e}", args.port_range))?;
     let cfg = args.build.config(Vec::new())?;
     zone::validate(&zone)?;
-    let children = zone::children(&zone, &pins, &cfg)?;
+    // The tree image is known once packed: shown by name, so the pods read as they will.
+    let tree = cfg.registry.as_ref().map(|r| gamezone_api::artifacts::TreeImage {
+        image: format!("{}@<digest of the packed tree>", r.repository),
+        tree_digest: "<digest of the packed tree>".into(),
+    });
+    let children = zone::children(&zone, &pins, tree.as_ref(), &cfg)?;
     let pods = gamezone_core::server::pods_on_an_empty_cluster(&children.servers, ranges)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     // In the order a person reads them: who the pods run as, what they mount, what runs first.

@@ -167,7 +167,7 @@ fn is_current(root: &Path, tree: &str) -> bool {
         && root.join(TREES).join(tree).is_dir()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -653,7 +653,7 @@ fn overlay(ctx: &Ctx, dir: &Path, entries: &[EditEntry], w: &TreeWriter) -> Resu
 }
 
 /// Points `current` at `.trees/<id>`: a new symlink under a temporary name renamed over it.
-fn swap_current(root: &Path, id: &str) -> Result<()> {
+pub(crate) fn swap_current(root: &Path, id: &str) -> Result<()> {
     let current = root.join(CURRENT);
     if let Ok(m) = fs::symlink_metadata(&current)
         && !m.file_type().is_symlink()

@@ -3,6 +3,10 @@
 
 use std::path::PathBuf;
 
+/// How an [`Error::MountedWrong`] message starts: the operator reads it in a pod's
+/// termination message and serves that server by the copy path instead.
+pub const MOUNTED_WRONG: &str = "image volume mounted wrong:";
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -124,6 +128,13 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// An image volume holds another tree than the pinned one (a runtime that mounts image
+    /// volumes empty, or a wrong image).
+    #[error("{MOUNTED_WRONG} {message}")]
+    MountedWrong {
+        /// What was mounted, what was expected, and what happens next.
+        message: String,
+    },
     /// The destination directory cannot be written.
     #[error("destination {}: {message}: {io}", path.display())]
     Destination {
@@ -156,7 +167,7 @@ impl Error {
             | Error::Hostile { layer, .. }
             | Error::Limit { layer, .. }
             | Error::Source { layer, .. } => Some(*layer),
-            Error::Plan(_) | Error::Revisions(_) | Error::Destination { .. } => None,
+            Error::Plan(_) | Error::Revisions(_) | Error::MountedWrong { .. } | Error::Destination { .. } => None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod error;
 pub mod hook;
 mod lock;
+pub mod mounted;
 pub mod oci;
 pub mod p4export;
 mod paths;

@@ -151,10 +151,30 @@ enum Command {
         revisions: String,
         #[command(flatten)]
         registry: RegistryArgs,
-        /// Also write each layer's `{digest, size}`, in plan order, as one JSON line to this file
-        /// (a pod's termination message: the operator records them in the zone's status).
+        /// Also write `{"layers": [{digest, size}, …], "tree": {image, treeDigest}}` (the layers in
+        /// plan order) as one JSON line to this file (a pod's termination message: the operator
+        /// records it in the zone's status).
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+    /// Check the tree an `image` volume mounted at --image against the pinned tree's digest
+    /// (every file read), then make it the current tree of --root with a state file, as
+    /// `apply` would. A wrong or empty mount fails with "image volume mounted wrong".
+    Mount {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The artifacts volume: `current` and the state file go here.
+        #[arg(long, env = "GAMEZONE_ROOT")]
+        root: PathBuf,
+        /// Where the image volume is mounted.
+        #[arg(long)]
+        image: PathBuf,
+        /// The digest of the pinned tree (`treeDigest` of `pack --report`).
+        #[arg(long)]
+        tree_digest: String,
+        /// Pinned revisions, as `apply` takes them (recorded in the state file).
+        #[arg(long, env = "GAMEZONE_REVISIONS")]
+        revisions: String,
     },
     /// Resolve and apply on an interval; local sources are applied as soon as they change.
     Watch {
@@ -345,10 +365,21 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&packed)?);
             if let Some(file) = report {
                 let layers: Vec<_> =
-                    packed.iter().map(|p| serde_json::json!({"digest": p.digest, "size": p.size})).collect();
-                std::fs::write(&file, serde_json::to_string(&layers)?)
+                    packed.layers.iter().map(|p| serde_json::json!({"digest": p.digest, "size": p.size})).collect();
+                let report = serde_json::json!({"layers": layers, "tree": packed.tree});
+                std::fs::write(&file, report.to_string())
                     .with_context(|| format!("write --report {}", file.display()))?;
             }
+        }
+        Command::Mount { plan, root, image, tree_digest, revisions } => {
+            let state = gamezone_init::mounted::adopt(
+                &root,
+                &image,
+                &tree_digest,
+                &layers(&plan)?,
+                revisions_arg(&revisions)?,
+            )?;
+            println!("{}", serde_json::to_string(&state)?);
         }
         Command::MakeP4Export { from, out, changelist, depot_root } => {
             let m = gamezone_init::p4export::write_export(&from, &out, changelist, &depot_root, 1)

@@ -89,6 +89,16 @@ pub struct PackOutcome {
     pub fetched: bool,
 }
 
+pub use gamezone_api::artifacts::TreeImage;
+
+/// What [`pack`] did: each layer, and the tree image listing them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Packing {
+    pub layers: Vec<PackOutcome>,
+    pub tree: TreeImage,
+}
+
 impl PackOutcome {
     fn new(layer: usize, p: Packed, fetched: bool) -> Self {
         PackOutcome { layer, key: p.key, digest: p.digest, size: p.size, tree_digest: p.tree_digest, fetched }
@@ -99,8 +109,9 @@ impl PackOutcome {
 /// the registry, in plan order. A layer the registry holds already is not fetched. Each other
 /// one is built alone under `opts.root` (its checks and limits as for any apply), written as a
 /// tar beside it and pushed as a stream: memory stays flat in the layer's size, and the disk
-/// holds the layer twice while it is packed.
-pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Result<Vec<PackOutcome>> {
+/// holds the layer twice while it is packed. Then the tree image lists the layers in order
+/// (see [`Registry::push_tree`]).
+pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Result<Packing> {
     crate::plan::validate(&opts.layers)?;
     if opts.revisions.len() != opts.layers.len() || opts.revisions.iter().any(String::is_empty) {
         return Err(Error::Revisions(format!(
@@ -112,6 +123,8 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
     let trees = opts.root.join(crate::apply::TREES);
     fs::create_dir_all(&trees).map_err(|e| Error::destination(&trees, "create trees directory", e))?;
     let mut out = Vec::with_capacity(opts.layers.len());
+    // The entries of each layer built here; the tree image needs them to state its digest.
+    let mut built = Vec::with_capacity(opts.layers.len());
     for (i, layer) in opts.layers.iter().enumerate() {
         let pin = &opts.revisions[i];
         let ctx = Ctx::new(i, layer.describe());
@@ -119,6 +132,7 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
         if let Some(p) = registry.find(&ctx, &key).await? {
             tracing::info!(layer = i, key = %key, digest = %p.digest, "already packed; nothing fetched");
             out.push(PackOutcome::new(i, p, false));
+            built.push(None);
             continue;
         }
         let mut one = opts.one_layer(i);
@@ -131,10 +145,11 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
             .tempfile_in(&trees)
             .map_err(|e| Error::destination(&trees, "create the layer's tar", e))?;
         let (entries, root, tar_path) = (writer.entries(), staging.path().to_owned(), tar.path().to_owned());
-        let blob = tokio::task::spawn_blocking(move || write_tar(&root, &entries, &tar_path))
-            .await
-            .map_err(|e| Error::Plan(format!("tar task failed: {e}")))?
-            .map_err(|e| ctx.io("write the layer's tar", e))?;
+        let (blob, entries) =
+            tokio::task::spawn_blocking(move || write_tar(&root, &entries, &tar_path).map(|b| (b, entries)))
+                .await
+                .map_err(|e| Error::Plan(format!("tar task failed: {e}")))?
+                .map_err(|e| ctx.io("write the layer's tar", e))?;
         drop(staging);
         let annotations = BTreeMap::from([
             (TREE_DIGEST_ANNOTATION.to_owned(), stats.digest.clone()),
@@ -144,6 +159,67 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
         let p = registry.push(&ctx, &key, tar.path(), blob, annotations).await?;
         tracing::info!(layer = i, key = %key, digest = %p.digest, bytes = p.size, files = stats.files, "packed");
         out.push(PackOutcome::new(i, p, true));
+        built.push(Some(entries));
+    }
+    let tree = registry.push_tree(&trees, &out, built).await?;
+    tracing::info!(image = %tree.image, tree_digest = %tree.tree_digest, "tree image in place");
+    Ok(Packing { layers: out, tree })
+}
+
+/// The tag of the tree image of layers packed under `keys`, in order: `t-` and 32 hex of
+/// sha256 over the keys.
+pub fn tree_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for k in keys {
+        h.update(k.as_bytes());
+        h.update([0]);
+    }
+    format!("t-{}", &hex::encode(h.finalize())[..32])
+}
+
+/// The image config containerd needs to mount uncompressed layers (each one's diff id is its
+/// digest), for this machine's architecture as Go names it (a node pulls only its own).
+fn image_config(diff_ids: &[&str]) -> Vec<u8> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .expect("JSON serializes")
+}
+
+/// The entries of a packed layer's tar (blocking), as the tree it unpacks to would list them.
+fn tar_entries(ctx: &Ctx, tar_path: &Path) -> Result<BTreeMap<String, crate::tree::Entry>> {
+    use crate::tree::Entry;
+    let corrupt = |e: io::Error| ctx.verification(format!("the packed layer is not a readable tar: {e}"));
+    let file = fs::File::open(tar_path).map_err(|e| ctx.io(format!("open {}", tar_path.display()), e))?;
+    let mut ar = tar::Archive::new(io::BufReader::with_capacity(256 * 1024, file));
+    let mut out = BTreeMap::new();
+    for entry in ar.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw = entry.path_bytes().into_owned();
+        let raw = std::str::from_utf8(&raw).map_err(|_| ctx.hostile("a path in the packed layer is not UTF-8"))?;
+        let path = paths::join(&paths::components(raw).map_err(|e| ctx.hostile(format!("packed layer entry {e}")))?);
+        let e = match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let exec = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+                let mut h = HashWriter { inner: io::sink(), hasher: Sha256::new(), n: 0 };
+                io::copy(&mut entry, &mut h).map_err(corrupt)?;
+                Entry::file(exec, h.n, h.hasher.finalize().into())
+            }
+            tar::EntryType::Directory => Entry::dir(),
+            tar::EntryType::Symlink => {
+                let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                Entry::symlink(&String::from_utf8_lossy(&link))
+            }
+            _ => continue,
+        };
+        out.insert(path, e);
     }
     Ok(out)
 }
@@ -249,20 +325,28 @@ impl Registry {
                 .await
                 .map_err(|e| self.failed(ctx, "push the layer of", key, e))?;
         }
-        // The image config containerd needs to mount the layer: one uncompressed layer, whose
-        // diff id is its digest.
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [digest]},
-        }))
-        .expect("JSON serializes");
+        let tree_digest = annotations.get(TREE_DIGEST_ANNOTATION).cloned().unwrap_or_default();
+        self.push_image(ctx, key, &[(digest.as_str(), size)], annotations).await?;
+        Ok(Packed { key: key.to_owned(), digest, size, tree_digest })
+    }
+
+    /// Pushes an image of layers the repository holds already under the tag `key`: its config
+    /// and its manifest. Returns the manifest's digest.
+    async fn push_image(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        layers: &[(&str, u64)],
+        annotations: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let image = self.reference(key);
+        let config = image_config(&layers.iter().map(|(d, _)| *d).collect::<Vec<_>>());
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
         let config_size = config.len() as i64;
         self.client
             .push_blob(&image, config, &config_digest)
             .await
             .map_err(|e| self.failed(ctx, "push the config of", key, e))?;
-        let tree_digest = annotations.get(TREE_DIGEST_ANNOTATION).cloned().unwrap_or_default();
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_owned()),
@@ -272,20 +356,81 @@ impl Registry {
                 size: config_size,
                 ..Default::default()
             },
-            layers: vec![OciDescriptor {
-                media_type: IMAGE_LAYER_MEDIA_TYPE.to_owned(),
-                digest: digest.clone(),
-                size: size as i64,
-                ..Default::default()
-            }],
+            layers: layers
+                .iter()
+                .map(|(digest, size)| OciDescriptor {
+                    media_type: IMAGE_LAYER_MEDIA_TYPE.to_owned(),
+                    digest: (*digest).to_owned(),
+                    size: *size as i64,
+                    ..Default::default()
+                })
+                .collect(),
             annotations: Some(annotations),
             ..Default::default()
         };
+        let body = serde_json::to_vec(&OciManifest::Image(manifest)).expect("JSON serializes");
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         self.client
-            .push_manifest(&image, &OciManifest::Image(manifest))
+            .push_manifest_raw(&image, body, OCI_IMAGE_MEDIA_TYPE.parse().expect("a valid header value"))
             .await
             .map_err(|e| self.failed(ctx, "push the manifest of", key, e))?;
-        Ok(Packed { key: key.to_owned(), digest, size, tree_digest })
+        Ok(digest)
+    }
+
+    /// The tree image of `layers` (packed, in plan order): one manifest listing their blobs,
+    /// tagged [`tree_key`] and annotated with the digest of the tree they make together. Kept
+    /// when the repository has it; otherwise that digest is computed from the entries of the
+    /// layers `built` here and of the others read from the registry (streamed to a file under
+    /// `work` one at a time), and the manifest pushed (no layer bytes move).
+    pub(crate) async fn push_tree(
+        &self,
+        work: &Path,
+        layers: &[PackOutcome],
+        mut built: Vec<Option<BTreeMap<String, crate::tree::Entry>>>,
+    ) -> Result<TreeImage> {
+        let key = tree_key(layers.iter().map(|l| l.key.as_str()));
+        let ctx = Ctx::new(layers.len().saturating_sub(1), format!("the tree image {}:{key}", self.repository));
+        let image = self.reference(&key);
+        match self.client.pull_image_manifest(&image, &self.auth).await {
+            Ok((manifest, digest)) => {
+                if let Some(d) = manifest.annotations.as_ref().and_then(|a| a.get(TREE_DIGEST_ANNOTATION)) {
+                    return Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest: d.clone() });
+                }
+            }
+            Err(e) if is_unknown(&e) => {}
+            Err(e) => return Err(self.failed(&ctx, "read the manifest of", &key, e)),
+        }
+        let mut tree = BTreeMap::new();
+        for (l, entries) in layers.iter().zip(built.iter_mut()) {
+            let entries = match entries.take() {
+                Some(e) => e,
+                None => {
+                    let lctx = Ctx::new(l.layer, format!("packed layer {}", l.key));
+                    let tmp = tempfile::Builder::new()
+                        .prefix(".read-")
+                        .suffix(".tar")
+                        .tempfile_in(work)
+                        .map_err(|e| Error::destination(work, "create a file for a packed layer", e))?;
+                    let packed = Packed {
+                        key: l.key.clone(),
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        tree_digest: String::new(),
+                    };
+                    self.download(&lctx, &packed, tmp.path()).await?;
+                    let path = tmp.path().to_owned();
+                    tokio::task::spawn_blocking(move || tar_entries(&lctx, &path))
+                        .await
+                        .map_err(|e| Error::Plan(format!("tar task failed: {e}")))??
+                }
+            };
+            crate::tree::overlay(&mut tree, entries);
+        }
+        let tree_digest = crate::tree::digest_entries(&tree);
+        let blobs: Vec<(&str, u64)> = layers.iter().map(|l| (l.digest.as_str(), l.size)).collect();
+        let annotations = BTreeMap::from([(TREE_DIGEST_ANNOTATION.to_owned(), tree_digest.clone())]);
+        let digest = self.push_image(&ctx, &key, &blobs, annotations).await?;
+        Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest })
     }
 
     /// Downloads the layer's blob to `to` (its digest checked as it streams).

@@ -74,13 +74,28 @@ impl Entry {
         self.kind
     }
 
+    /// A regular file of `size` bytes whose content hashes to `sha256`.
+    pub(crate) fn file(exec: bool, size: u64, sha256: [u8; 32]) -> Entry {
+        Entry { kind: Kind::File { exec }, size, sha256 }
+    }
+
+    /// A directory.
+    pub(crate) fn dir() -> Entry {
+        Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] }
+    }
+
+    /// A symlink to `target` (its size and hash are the target's).
+    pub(crate) fn symlink(target: &str) -> Entry {
+        Entry { kind: Kind::Symlink, size: target.len() as u64, sha256: Sha256::digest(target.as_bytes()).into() }
+    }
+
     /// Rebuilds an entry from the parts of its digest line (the base index stores them).
     pub fn from_parts(mode: &str, size: u64, sha: &str) -> Option<Entry> {
         let kind = match mode {
             "100644" => Kind::File { exec: false },
             "100755" => Kind::File { exec: true },
             "120000" => Kind::Symlink,
-            "040000" => return Some(Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] }),
+            "040000" => return Some(Entry::dir()),
             _ => return None,
         };
         let sha256 = hex::decode(sha).ok()?.try_into().ok()?;
@@ -159,7 +174,7 @@ impl TreeWriter {
                     fs::remove_file(&p).map_err(|e| self.io_err(ctx, "replace", prefix, e))?;
                 }
                 fs::create_dir(&p).map_err(|e| self.io_err(ctx, "create directory", prefix, e))?;
-                entries.insert(prefix.to_owned(), Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] });
+                entries.insert(prefix.to_owned(), Entry::dir());
             }
             if end == rel.len() {
                 return Ok(());
@@ -378,16 +393,43 @@ pub(crate) fn digest_entries(entries: &BTreeMap<String, Entry>) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// Lays `upper`'s entries over `tree` as an overlay mount of image layers (and [`TreeWriter`])
+/// merges them: a directory over a directory merges, anything else replaces what was at its
+/// path, a whole directory included.
+pub(crate) fn overlay(tree: &mut BTreeMap<String, Entry>, upper: BTreeMap<String, Entry>) {
+    for (path, e) in upper {
+        match tree.get(&path).map(|old| old.kind) {
+            Some(Kind::Dir) if e.kind == Kind::Dir => continue,
+            Some(Kind::Dir) => {
+                let below = format!("{path}/");
+                let doomed: Vec<String> = tree
+                    .range(below.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&below))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in doomed {
+                    tree.remove(&k);
+                }
+            }
+            _ => {}
+        }
+        tree.insert(path, e);
+    }
+}
+
 /// The digest of a tree on disk, computed the same way as for a tree being written:
 /// sha256 over sorted `path mode size sha256` lines.
 pub fn digest_dir(root: &Path) -> io::Result<String> {
-    let mut lines = BTreeMap::new();
-    walk(root, "", &mut lines)?;
-    let mut h = Sha256::new();
-    for (path, e) in &lines {
-        h.update(e.line(path).as_bytes());
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    Ok(stats_dir(root)?.digest)
+}
+
+/// The digest and totals of a tree on disk (every file read).
+pub(crate) fn stats_dir(root: &Path) -> io::Result<TreeStats> {
+    let mut entries = BTreeMap::new();
+    walk(root, "", &mut entries)?;
+    let files = entries.values().filter(|e| matches!(e.kind, Kind::File { .. }));
+    let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
+    Ok(TreeStats { digest: digest_entries(&entries), files, bytes })
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) -> io::Result<()> {
@@ -398,20 +440,16 @@ fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) -> io::Result<
         let m = fs::symlink_metadata(de.path())?;
         let ft = m.file_type();
         if ft.is_dir() {
-            out.insert(r.clone(), Entry { kind: Kind::Dir, size: 0, sha256: [0; 32] });
+            out.insert(r.clone(), Entry::dir());
             walk(&de.path(), &r, out)?;
         } else if ft.is_symlink() {
             let t = fs::read_link(de.path())?;
-            let t = t.to_string_lossy();
-            out.insert(
-                r,
-                Entry { kind: Kind::Symlink, size: t.len() as u64, sha256: Sha256::digest(t.as_bytes()).into() },
-            );
+            out.insert(r, Entry::symlink(&t.to_string_lossy()));
         } else {
             let mut h = Sha256::new();
             io::copy(&mut fs::File::open(de.path())?, &mut HashWriter(&mut h))?;
             let exec = m.permissions().mode() & 0o111 != 0;
-            out.insert(r, Entry { kind: Kind::File { exec }, size: m.len(), sha256: h.finalize().into() });
+            out.insert(r, Entry::file(exec, m.len(), h.finalize().into()));
         }
     }
     Ok(())
@@ -453,6 +491,32 @@ mod tests {
         w.symlink(&ctx, "a/l", "d").unwrap();
         assert_eq!(w.stats().digest, digest_dir(t.path()).unwrap());
         assert_eq!(w.stats().files, 1);
+    }
+
+    #[test]
+    fn entries_laid_over_others_merge_as_the_writer_merges_them() {
+        let ctx = Ctx::new(0, "test");
+        let (one, two, both) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let lower = |w: &TreeWriter| {
+            w.write_reader(&ctx, "a/b", false, &mut &b"one"[..]).unwrap();
+            w.write_reader(&ctx, "c", false, &mut &b"file"[..]).unwrap();
+            w.write_reader(&ctx, "d/e", true, &mut &b"kept"[..]).unwrap();
+        };
+        let upper = |w: &TreeWriter| {
+            w.write_reader(&ctx, "a", false, &mut &b"a file now"[..]).unwrap();
+            w.write_reader(&ctx, "c/x", false, &mut &b"a dir now"[..]).unwrap();
+            w.write_reader(&ctx, "d/f", false, &mut &b"merged"[..]).unwrap();
+        };
+        let (w1, w2, w) = (writer(one.path()), writer(two.path()), writer(both.path()));
+        lower(&w1);
+        upper(&w2);
+        lower(&w);
+        upper(&w);
+        let mut merged = w1.entries();
+        overlay(&mut merged, w2.entries());
+        assert_eq!(merged, w.entries());
+        assert_eq!(digest_entries(&merged), digest_dir(both.path()).unwrap());
     }
 
     #[test]

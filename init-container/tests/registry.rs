@@ -69,30 +69,55 @@ async fn each_pin_is_fetched_once_and_a_tree_copied_from_the_registry_is_the_ori
     // fetches nothing.
     let packing = apply_options(layers.clone(), pins.clone(), t.path().join("work"), Arc::new(NoCredentials));
     let first = pack(&packing, &registry(reg.port)).await.unwrap();
-    assert!(first.iter().all(|p| p.fetched), "{first:?}");
+    assert!(first.layers.iter().all(|p| p.fetched), "{first:?}");
     assert_eq!(fetches(&log) - before, 1, "one upload-pack for the pin");
     let again = pack(&packing, &registry(reg.port)).await.unwrap();
-    assert!(again.iter().all(|p| !p.fetched), "{again:?}");
+    assert!(again.layers.iter().all(|p| !p.fetched), "{again:?}");
     assert_eq!(fetches(&log) - before, 1, "the second pack asked no origin");
     assert_eq!(
-        first.iter().map(|p| &p.digest).collect::<Vec<_>>(),
-        again.iter().map(|p| &p.digest).collect::<Vec<_>>()
+        first.layers.iter().map(|p| &p.digest).collect::<Vec<_>>(),
+        again.layers.iter().map(|p| &p.digest).collect::<Vec<_>>()
     );
+    // The tree image: the layers merged (the local config over the repository's) make the
+    // origins' tree; the second pack found it.
+    assert_eq!(first.tree.tree_digest, direct.tree_digest);
+    assert_eq!(again.tree, first.tree);
+    let tree = skopeo_manifest(&first.tree.image);
+    let listed: Vec<&str> = tree["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert_eq!(listed, first.layers.iter().map(|p| p.digest.as_str()).collect::<Vec<_>>());
 
     // skopeo, a client no one here wrote, sees one OCI image per layer.
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--raw",
-            &format!("docker://127.0.0.1:{}/gamezone/layers:{}", reg.port, first[0].key),
-        ])
-        .output()
-        .expect("skopeo (apt-get install skopeo)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(manifest["layers"][0]["digest"], first[0].digest.as_str());
+    let manifest = skopeo_manifest(&format!("127.0.0.1:{}/gamezone/layers:{}", reg.port, first.layers[0].key));
+    assert_eq!(manifest["layers"][0]["digest"], first.layers[0].digest.as_str());
     assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+
+    // A new pin of the local layer: only it is fetched and pushed; the new tree image lists
+    // the repository's layers as they were, and its digest (from their entries, read back
+    // from the registry) is the new origins' tree.
+    std::fs::write(local.join("config/server.json"), "{\"motd\": \"local, again\"}").unwrap();
+    let repinned: Vec<String> =
+        resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    assert_eq!((repinned[0] == pins[0], repinned[2] == pins[2]), (true, false));
+    let direct2 =
+        apply(apply_options(layers.clone(), repinned.clone(), t.path().join("direct2"), Arc::new(NoCredentials)))
+            .await
+            .unwrap();
+    let before = fetches(&log);
+    let second = pack(
+        &apply_options(layers.clone(), repinned, t.path().join("work2"), Arc::new(NoCredentials)),
+        &registry(reg.port),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.layers.iter().map(|p| p.fetched).collect::<Vec<_>>(), [false, false, true]);
+    assert_eq!(fetches(&log), before, "the held layers asked no origin");
+    assert_eq!(second.tree.tree_digest, direct2.tree_digest);
+    assert_ne!(second.tree.image, first.tree.image);
+    let tree2 = skopeo_manifest(&second.tree.image);
+    assert_eq!(tree2["layers"][0], tree["layers"][0]);
+    assert_eq!(tree2["layers"][1], tree["layers"][1]);
+    assert_ne!(tree2["layers"][2], tree["layers"][2]);
+    std::fs::write(local.join("config/server.json"), "{\"motd\": \"local wins\"}").unwrap();
 
     // Origins gone (the git daemon stopped, the local folder removed): a copy from the registry
     // is the origins' tree, byte for byte.
@@ -115,6 +140,16 @@ async fn each_pin_is_fetched_once_and_a_tree_copied_from_the_registry_is_the_ori
     assert!(!t.path().join("missing/current").exists(), "nothing half-made");
 }
 
+/// The manifest of `image` (`host:port/path:tag` or `…@sha256:…`), as skopeo reads it.
+fn skopeo_manifest(image: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{image}")])
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn the_binary_packs_and_applies_from_the_registry_and_says_what_is_missing() {
     let t = tempfile::tempdir().unwrap();
@@ -131,7 +166,7 @@ fn the_binary_packs_and_applies_from_the_registry_and_says_what_is_missing() {
         .arg("--root")
         .arg(t.path().join("work")));
     let packed: serde_json::Value = serde_json::from_str(&packed).unwrap();
-    assert_eq!(packed[0]["fetched"], true);
+    assert_eq!(packed["layers"][0]["fetched"], true);
     std::fs::remove_dir_all(&local).unwrap();
     run(init_cmd()
         .args(["apply", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])

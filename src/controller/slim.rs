@@ -224,7 +224,7 @@ mod tests {
                 {"path": "/app/artifacts/config/", "subPath": "config", "git": {"url": "https://g/x.git", "branch": "main"}}]))
             .build();
         let pins = ["a".to_string(), "b".to_string()];
-        let mut servers = crate::zone::game_servers(&zone, &pins, &Default::default()).unwrap();
+        let mut servers = crate::zone::game_servers(&zone, &pins, None, &Default::default()).unwrap();
         let game = servers[0].spec.template.spec.as_ref().unwrap();
         assert!(game.init_containers.as_ref().is_some_and(|c| c.len() >= 2), "artifacts and the SDK sidecar");
         for gs in &mut servers {

@@ -276,7 +276,7 @@ write_real_node_config() {
   local s=$1 i=$2 api_port=$3 nd=$4
   local name="real-$i" node_ip pod_cidr cg
   node_ip=$(real_node_ip "$s" "$i") pod_cidr=$(real_pod_cidr "$s" "$i") cg=$(real_cgroup "$s" "$i")
-  mkdir -p "$nd"/{containerd,kubelet,cni-lib,log,net.d}
+  mkdir -p "$nd"/{containerd,kubelet,cni-lib,log,net.d,certs.d}
   cat >"$nd/containerd.toml" <<EOF
 version = 4
 root = '$nd/containerd'
@@ -287,6 +287,10 @@ imports = []
 [plugins]
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
+    # Registries the node pulls from (image volumes of packed artifacts): a test writes
+    # certs.d/<host:port>/hosts.toml for a plain-HTTP registry it starts; read on every pull.
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '$nd/certs.d'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = '$PAUSE_IMAGE'
   [plugins.'io.containerd.cri.v1.runtime']

@@ -39,12 +39,19 @@ pub fn run(cmd: &mut Command) -> String {
 /// A child process killed on drop.
 pub struct Proc(Option<Child>);
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+impl Proc {
+    /// Kills the process and waits for it.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -121,10 +128,7 @@ impl GitDaemon {
 
     /// Stops the daemon: the origin is gone.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self._proc.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self._proc.stop();
     }
 
     /// A new repository on branch `main` that serves exact commits.
@@ -145,6 +149,7 @@ impl GitDaemon {
 /// CNCF Distribution (Debian's `docker-registry`) on loopback; pods reach it at the host address.
 pub struct Registry {
     pub port: u16,
+    root: PathBuf,
     host_address: String,
     _proc: Proc,
 }
@@ -174,12 +179,38 @@ impl Registry {
             );
         let proc = Proc(Some(child));
         wait_port(port, "docker-registry");
-        Registry { port, host_address: host_address.to_string(), _proc: proc }
+        Registry { port, root: root.to_path_buf(), host_address: host_address.to_string(), _proc: proc }
     }
 
     /// The repository the operator packs into, as pods reach it.
     pub fn repository(&self) -> String {
         format!("{}:{}/gamezone/layers", self.host_address, self.port)
+    }
+
+    /// Lets the nodes' containerd pull from it over plain HTTP: `hosts.toml` in each node's
+    /// `certs.d` (containerd reads it on every pull).
+    pub fn trusted_by(&self, nodes: &[crate::cluster::RealNode]) {
+        let host = format!("{}:{}", self.host_address, self.port);
+        for node in nodes {
+            let nd = Path::new(&node.containerd_socket).parent().unwrap();
+            let dir = nd.join("certs.d").join(&host);
+            std::fs::create_dir_all(&dir).unwrap();
+            let toml = format!(
+                "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            );
+            std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+        }
+    }
+
+    /// Requests for the blob `digest` its access log shows (`GET` only: downloads).
+    pub fn blob_downloads(&self, digest: &str) -> usize {
+        let log = std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}"))).count()
+    }
+
+    /// Stops the registry.
+    pub fn stop(&mut self) {
+        self._proc.stop();
     }
 }
 

@@ -247,17 +247,19 @@ async fn every_pod_sees_exactly_the_layered_tree_the_host_builds_for_the_same_pi
 }
 
 #[tokio::test]
-async fn with_an_artifact_registry_a_pin_is_fetched_once_for_every_pod_and_pods_restart_with_the_origin_gone() {
+async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_and_pods_restart_with_the_origin_gone() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let host = &cluster.info.host_address;
     let work = tempfile::tempdir().unwrap();
-    let registry = Registry::start(&work.path().join("registry"), host);
+    let mut registry = Registry::start(&work.path().join("registry"), host);
+    registry.trusted_by(&cluster.info.nodes);
     let (mut git, commit) = config_repo(cluster, work.path(), "packed once");
 
     let ns = Ns::new(cluster, "e2e-pack").await;
     install_crds(&ns.client).await;
     let repository = registry.repository();
+    // `--artifact-mount auto`: this API server (1.37) has image volumes.
     let _op = Operator::start_with(
         &cluster.kubeconfig,
         &ns.name,
@@ -286,18 +288,31 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_for_every_pod_and_pods_
     assert_eq!(status.artifacts[0].revision, commit);
     let packed = status.artifacts[0].packed.clone().expect("the layer's digest and size in status");
     assert!(packed.digest.starts_with("sha256:") && packed.size > 0, "{packed:?}");
+    let tree = status.tree_image.clone().expect("the tree image in status");
+    assert!(tree.image.starts_with(&format!("{repository}@sha256:")), "{tree:?}");
+
+    // Every pod mounts the tree image, checked against the digest the pack recorded: the game
+    // sees that tree and its digest.
+    let pods: Api<Pod> = ns.api();
     for server in &servers {
+        let pod = pods.get(&server.name_any()).await.unwrap();
+        let mounted = pod.spec.unwrap().volumes.unwrap_or_default().into_iter().find_map(|v| v.image);
+        assert_eq!(mounted.and_then(|i| i.reference).as_deref(), Some(tree.image.as_str()));
         let answer = hello(server, "game").await;
         assert_eq!(answer["config"]["value"]["motd"], "packed once", "{}: {answer}", server.name_any());
+        assert_eq!(answer["artifacts"]["treeDigest"], tree.tree_digest.as_str(), "{answer}");
+        assert!(answer["artifacts"]["tree"].as_str().unwrap_or_default().starts_with("image-"), "{answer}");
     }
     // The operator's ref listing and the pack Job's fetch, whatever the number of pods (without
     // a registry each of the 3 pods fetches too).
     let fetches = git.fetches();
     assert!(fetches <= 2, "the origin served {fetches} fetches for 3 pods");
+    // The node's containerd pulled the layer once for its 3 pods.
+    assert_eq!(registry.blob_downloads(&packed.digest), 1, "downloads of the layer for 3 pods on one node");
 
-    // The origin gone, a deleted pod comes back with its tree, copied from the registry.
+    // The origin and the registry gone, a deleted pod comes back with its tree: the node holds it.
     git.stop();
-    let pods: Api<Pod> = ns.api();
+    registry.stop();
     let before = pods.get("packed-game-2").await.unwrap().metadata.uid;
     pods.delete("packed-game-2", &Default::default()).await.unwrap();
     let servers: Api<GameServer> = ns.api();

@@ -84,6 +84,18 @@ pub struct EditsState {
     pub revision: String,
 }
 
+/// A zone version's artifacts tree packed as one OCI image: its layers in order, later over
+/// earlier, as an overlay mount of image layers merges them. Pods mount it as an `image` volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TreeImage {
+    /// `repository@sha256:…`: the image pods mount.
+    pub image: String,
+    /// The digest of the tree the layers make together (`sha256:…` over sorted
+    /// `path mode size sha256` lines): what a pod checks its mount against before the game starts.
+    pub tree_digest: String,
+}
+
 /// Reads the state file; `None` when absent or unreadable (then the tree is rebuilt).
 pub fn read(root: &Path) -> Option<State> {
     let text = std::fs::read(root.join(STATE_FILE)).ok()?;

@@ -264,6 +264,10 @@ pub struct GameZoneStatus {
     /// migration copy from the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack: Option<VersionJobStatus>,
+    /// The current pins' tree as one image in the artifact registry, once packed: servers
+    /// mount it as an `image` volume (or copy its layers where they cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_image: Option<crate::artifacts::TreeImage>,
     /// Servers wanted.
     #[serde(default)]
     pub desired_servers: i32,

@@ -335,7 +335,7 @@ mod tests {
             .uid("u1")
             .game("ports", serde_json::json!([{"name": "client", "containerPort": 7777}]))
             .build();
-        let mut gs = crate::zone::game_servers(&zone, &[], &Default::default()).unwrap().remove(0);
+        let mut gs = crate::zone::game_servers(&zone, &[], None, &Default::default()).unwrap().remove(0);
         gs.metadata.generation = Some(1);
         gs
     }

@@ -162,7 +162,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         return Ok(Some(Duration::from_secs(wait)));
     }
 
-    let wanted = build::game_servers(zone, &pins, &ctx.config.build).at(Step::Serve)?;
+    let wanted = build::game_servers(zone, &pins, status.tree_image.as_ref(), &ctx.config.build).at(Step::Serve)?;
     steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
     let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
@@ -322,7 +322,7 @@ fn forget(zone: &GameZone, ctx: &Context) {
     ctx.writer.forget_zone(zone);
     ctx.pinning.forget(&ObjectKey::of(zone));
     // The names do not depend on the revisions.
-    let Ok(children) = build::children(zone, &[], &ctx.config.build) else { return };
+    let Ok(children) = build::children(zone, &[], None, &ctx.config.build) else { return };
     for svc in &children.services {
         ctx.writer.forget_child(svc);
     }

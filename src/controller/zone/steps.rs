@@ -159,6 +159,8 @@ pub async fn pin(
                 status.artifacts_hash = Some(spec_hash);
                 status.artifacts_resolved_at = Some(Time(Timestamp::now()));
                 if changed {
+                    // The new pins' tree is another image; their pack records it.
+                    status.tree_image = None;
                     let list: Vec<String> = status
                         .artifacts
                         .iter()
@@ -228,7 +230,7 @@ async fn resolver(
 /// The Job is read with a GET while it runs rather than from a store: it is one object per zone
 /// version, read only until it ends, and its changes wake the zone through `owns`.
 pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, pins: &[String]) -> Result<bool> {
-    let Some(job) = build::migration_job(zone, pins, &ctx.config.build)? else {
+    let Some(job) = build::migration_job(zone, pins, status.tree_image.as_ref(), &ctx.config.build)? else {
         status.migration = None;
         let msg = "the zone has no migration";
         conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, status.observed_generation);
@@ -247,9 +249,9 @@ pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, p
     };
     let job_name = job.name_any();
     let packed = version_job(zone, ctx, status, VersionJob::Pack, job).await?;
-    if packed && status.artifacts.iter().any(|a| a.packed.is_none()) {
-        // What the pack recorded of each layer: its termination message.
-        decide::record_packed(&mut status.artifacts, &job_pods(zone, ctx, &job_name).await?);
+    if packed && (status.tree_image.is_none() || status.artifacts.iter().any(|a| a.packed.is_none())) {
+        // What the pack recorded of each layer and of the tree: its termination message.
+        decide::record_packed(status, &job_pods(zone, ctx, &job_name).await?);
     }
     Ok(packed)
 }

@@ -6,9 +6,9 @@ use crate::api::layer::{Layer, SecretRef};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ImageVolumeSource, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -17,11 +17,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::names::*;
+use crate::api::artifacts::TreeImage;
 use crate::api::*;
 use crate::{Error, Result};
 
 /// Volume name of the artifacts tree.
 pub const ARTIFACTS_VOLUME: &str = "artifacts";
+/// Volume name of the packed tree mounted as an `image` volume.
+pub const TREE_IMAGE_VOLUME: &str = "artifacts-image";
 /// Where the init-container sees the artifacts volume.
 pub const INIT_ROOT: &str = "/gamezone/artifacts";
 /// The tree the init-container swaps in, inside the artifacts volume (a symlink to the built tree).
@@ -67,6 +70,9 @@ pub struct ArtifactRegistry {
     pub repository: String,
     /// Plain HTTP (a registry in the cluster without TLS).
     pub plain_http: bool,
+    /// Servers and migrations mount the packed tree as an `image` volume (the cluster's
+    /// runtime holds each layer once per node); otherwise they copy it from the registry.
+    pub image_volumes: bool,
 }
 
 impl ArtifactRegistry {
@@ -341,10 +347,44 @@ struct ArtifactsPod {
     env: Vec<EnvVar>,
 }
 
-fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<ArtifactsPod>> {
+/// How the pods of a zone version get its tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TreeFrom<'a> {
+    /// The packed tree mounted as an `image` volume, checked by `gamezone-init mount`.
+    Image(&'a TreeImage),
+    /// Built in the pod's own volume by `gamezone-init apply`: from the artifact registry when
+    /// there is one, else from the origins.
+    Copy,
+}
+
+/// The tree's path for this zone: the image when the operator mounts images, the zone's pins
+/// are packed, and nothing needs the tree writable (live edits, a shared claim).
+fn tree_from<'a>(zone: &GameZone, tree: Option<&'a TreeImage>, cfg: &BuildConfig) -> TreeFrom<'a> {
+    match (tree, &cfg.registry) {
+        (Some(t), Some(r)) if r.image_volumes && zone.spec.edits.is_none() && zone.spec.shared_artifacts.is_none() => {
+            TreeFrom::Image(t)
+        }
+        _ => TreeFrom::Copy,
+    }
+}
+
+fn artifacts_pod(
+    zone: &GameZone,
+    pins: &[String],
+    tree: Option<&TreeImage>,
+    cfg: &BuildConfig,
+) -> Result<Option<ArtifactsPod>> {
     let Some(mount) = artifacts_mount(zone)? else {
         return Ok(None);
     };
+    let plan_env = vec![
+        env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
+        env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
+    ];
+    let env = vec![env(ARTIFACTS_DIR_ENV, INIT_ROOT)];
+    if let TreeFrom::Image(tree) = tree_from(zone, tree, cfg) {
+        return Ok(Some(image_pod(mount.root, tree, plan_env, cfg, env)));
+    }
     let name = zone.name_any();
     let artifacts_volume = match &zone.spec.shared_artifacts {
         Some(_) => Volume {
@@ -381,10 +421,7 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
                 .chain(registry_args)
                 .collect(),
         ),
-        env: Some(vec![
-            env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
-            env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
-        ]),
+        env: Some(plan_env),
         volume_mounts: Some(init_mounts),
         ..Default::default()
     };
@@ -405,8 +442,68 @@ fn artifacts_pod(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<
             ..Default::default()
         },
     ];
-    let env = vec![env(ARTIFACTS_DIR_ENV, INIT_ROOT)];
     Ok(Some(ArtifactsPod { volumes, init, mounts, env }))
+}
+
+/// The packed tree as an `image` volume at `root` (read-only; the node's runtime pulls each
+/// layer once for every pod), checked by the init container before the game starts. The
+/// artifacts volume keeps its shape for the game and the SDK (`current`, the state file): a
+/// small `emptyDir` whose `current` leads to the mount.
+fn image_pod(
+    root: String,
+    tree: &TreeImage,
+    plan_env: Vec<EnvVar>,
+    cfg: &BuildConfig,
+    env: Vec<EnvVar>,
+) -> ArtifactsPod {
+    let volumes = vec![
+        Volume {
+            name: ARTIFACTS_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: TREE_IMAGE_VOLUME.into(),
+            image: Some(ImageVolumeSource {
+                reference: Some(tree.image.clone()),
+                pull_policy: Some("IfNotPresent".into()),
+            }),
+            ..Default::default()
+        },
+    ];
+    let tree_mount = VolumeMount {
+        name: TREE_IMAGE_VOLUME.into(),
+        mount_path: root.clone(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let init = Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.init_image.clone()),
+        command: Some(vec!["gamezone-init".into()]),
+        args: Some(
+            ["mount", "--root", INIT_ROOT, "--image", &root, "--tree-digest", &tree.tree_digest]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+        env: Some(plan_env),
+        volume_mounts: Some(vec![
+            VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: INIT_ROOT.into(), ..Default::default() },
+            tree_mount.clone(),
+        ]),
+        ..Default::default()
+    };
+    let mounts = vec![
+        tree_mount,
+        VolumeMount {
+            name: ARTIFACTS_VOLUME.into(),
+            mount_path: INIT_ROOT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    ArtifactsPod { volumes, init, mounts, env }
 }
 
 /// A Secret volume per Secret the layers name, mounted where `gamezone-init` reads them.
@@ -476,6 +573,7 @@ pub fn server_template(
     zone: &GameZone,
     server: &WantedServer<'_>,
     pins: &[String],
+    tree: Option<&TreeImage>,
     cfg: &BuildConfig,
 ) -> Result<PodTemplateSpec> {
     let zone_name = zone.name_any();
@@ -528,7 +626,7 @@ pub fn server_template(
         ..Default::default()
     }];
     let mut init_containers = None;
-    if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
+    if let Some(artifacts) = artifacts_pod(zone, pins, tree, cfg)? {
         volumes.extend(artifacts.volumes);
         mounts.extend(artifacts.mounts);
         env_vars.extend(artifacts.env);
@@ -603,12 +701,19 @@ pub fn restrict(sc: &mut SecurityContext) {
 }
 
 /// One GameServer per id of each service type.
-pub fn game_servers(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Vec<GameServer>> {
+///
+/// `tree`: the pins' packed tree image, once packed (see [`crate::api::GameZoneStatus::tree_image`]).
+pub fn game_servers(
+    zone: &GameZone,
+    pins: &[String],
+    tree: Option<&TreeImage>,
+    cfg: &BuildConfig,
+) -> Result<Vec<GameServer>> {
     let zone_name = zone.name_any();
     wanted_servers(zone)
         .into_iter()
         .map(|server| {
-            let template = server_template(zone, &server, pins, cfg)?;
+            let template = server_template(zone, &server, pins, tree, cfg)?;
             let mut labels = zone_labels(&zone_name);
             labels.insert(TYPE_LABEL.into(), server.service_type.type_.clone());
             labels.insert(ID_LABEL.into(), server.id.to_string());
@@ -813,7 +918,12 @@ pub fn migration_inputs_hash(zone: &GameZone, pins: &[String]) -> Option<String>
 }
 
 /// The migration Job for the current inputs, or `None` when the zone has no migration.
-pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Option<Job>> {
+pub fn migration_job(
+    zone: &GameZone,
+    pins: &[String],
+    tree: Option<&TreeImage>,
+    cfg: &BuildConfig,
+) -> Result<Option<Job>> {
     let (Some(migration), Some(hash)) = (&zone.spec.migration, migration_inputs_hash(zone, pins)) else {
         return Ok(None);
     };
@@ -825,7 +935,7 @@ pub fn migration_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Res
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     let mut init_containers = None;
-    if let Some(artifacts) = artifacts_pod(zone, pins, cfg)? {
+    if let Some(artifacts) = artifacts_pod(zone, pins, tree, cfg)? {
         volumes.extend(artifacts.volumes);
         mounts.extend(artifacts.mounts);
         env_vars.extend(artifacts.env);

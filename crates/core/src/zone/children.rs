@@ -41,15 +41,20 @@ pub fn sidecar_identity_if_needed(zone: &GameZone) -> Option<(ServiceAccount, Ro
 }
 
 /// Every object `zone` makes for the layer revisions `pins` (empty strings when not pinned yet:
-/// the names are the same).
-pub fn children(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<Children> {
+/// the names are the same) and their packed `tree`, once packed.
+pub fn children(
+    zone: &GameZone,
+    pins: &[String],
+    tree: Option<&crate::api::artifacts::TreeImage>,
+    cfg: &BuildConfig,
+) -> Result<Children> {
     Ok(Children {
         sidecar_identity: sidecar_identity_if_needed(zone),
         artifacts_claim: artifacts_claim(zone),
         edits: edits_claim(zone).zip(edits_deployment(zone, cfg)),
         pack: pack_job(zone, pins, cfg)?,
-        migration: migration_job(zone, pins, cfg)?,
-        servers: game_servers(zone, pins, cfg)?,
+        migration: migration_job(zone, pins, tree, cfg)?,
+        servers: game_servers(zone, pins, tree, cfg)?,
         services: services(zone),
         topology: topology(zone, &BTreeMap::new()),
     })

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use crate::api::artifacts::TreeImage;
 use crate::api::*;
 use crate::conditions::{self, types};
 use crate::zone::{self as build, hash_of};
@@ -128,22 +129,34 @@ pub fn job_outcome(job: &Job) -> JobOutcome {
     }
 }
 
-/// Records in `artifacts` each layer as packed, from the termination message of the pack Job's
-/// pod that succeeded (`gamezone-init pack --report`: a JSON list of `{digest, size}` in layer
-/// order). A message that does not list exactly one entry per layer records nothing.
-pub fn record_packed(artifacts: &mut [ArtifactStatus], pods: &[k8s_openapi::api::core::v1::Pod]) {
+/// What `gamezone-init pack --report` says: each layer's blob in layer order, and the tree
+/// image listing them.
+#[derive(serde::Deserialize)]
+struct PackReport {
+    layers: Vec<PackedLayer>,
+    tree: TreeImage,
+}
+
+/// Records in `status` each layer as packed and the tree image, from the termination message of
+/// the pack Job's pod that succeeded. A message that does not list exactly one layer per
+/// artifact records nothing.
+pub fn record_packed(status: &mut GameZoneStatus, pods: &[k8s_openapi::api::core::v1::Pod]) {
     let said = pods.iter().find_map(|p| {
         let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
         let c = statuses.iter().find(|c| c.name == build::PACK_CONTAINER)?;
         let t = c.state.as_ref()?.terminated.as_ref()?;
         (t.exit_code == 0).then(|| t.message.clone()).flatten()
     });
-    let Some(layers) = said.and_then(|m| serde_json::from_str::<Vec<PackedLayer>>(&m).ok()) else { return };
-    if layers.len() == artifacts.len() && layers.iter().all(|l| l.digest.starts_with("sha256:") && l.size >= 0) {
-        for (a, l) in artifacts.iter_mut().zip(layers) {
-            a.packed = Some(l);
-        }
+    let Some(report) = said.and_then(|m| serde_json::from_str::<PackReport>(&m).ok()) else { return };
+    let layers_ok = report.layers.len() == status.artifacts.len()
+        && report.layers.iter().all(|l| l.digest.starts_with("sha256:") && l.size >= 0);
+    if !layers_ok || !report.tree.image.contains("@sha256:") || !report.tree.tree_digest.starts_with("sha256:") {
+        return;
     }
+    for (a, l) in status.artifacts.iter_mut().zip(report.layers) {
+        a.packed = Some(l);
+    }
+    status.tree_image = Some(report.tree);
 }
 
 /// What a version Job said when it failed last: the termination message of the newest failed

@@ -32,7 +32,7 @@ fn basic() -> GameZone {
 
 #[test]
 fn one_server_per_instance_with_type_and_id_arguments() {
-    let servers = game_servers(&basic(), &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let servers = game_servers(&basic(), &["a".into(), "b".into()], None, &BuildConfig::default()).unwrap();
     let names: Vec<_> = servers.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["zone1-game-1", "zone1-game-2", "zone1-game-3", "zone1-db-1"]);
     let pod = servers[1].spec.template.spec.as_ref().unwrap();
@@ -88,7 +88,8 @@ fn too_long_instance_names_are_refused_with_the_service() {
 
 #[test]
 fn init_container_gets_the_plan_pins_and_secrets() {
-    let servers = game_servers(&basic(), &["sha256:aa".into(), "c0ffee".into()], &BuildConfig::default()).unwrap();
+    let servers =
+        game_servers(&basic(), &["sha256:aa".into(), "c0ffee".into()], None, &BuildConfig::default()).unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let env: BTreeMap<_, _> =
@@ -110,16 +111,16 @@ fn init_container_gets_the_plan_pins_and_secrets() {
 fn template_hash_changes_only_for_the_changed_service() {
     let z = basic();
     let pins = ["a".to_string(), "b".to_string()];
-    let before = game_servers(&z, &pins, &BuildConfig::default()).unwrap();
+    let before = game_servers(&z, &pins, None, &BuildConfig::default()).unwrap();
     let mut bumped = z.clone();
     bumped.spec.services[1].image = Some("svc:3".into());
-    let after = game_servers(&bumped, &pins, &BuildConfig::default()).unwrap();
+    let after = game_servers(&bumped, &pins, None, &BuildConfig::default()).unwrap();
     for (b, a) in before.iter().zip(&after) {
         let changed = server_template_hash(&b.spec) != server_template_hash(&a.spec);
         assert_eq!(changed, a.spec.type_ == "db", "{}", a.metadata.name.clone().unwrap());
         assert_eq!(same_template(&b.spec, &a.spec), !changed, "the comparison tells apart what the hash does");
     }
-    let repinned = game_servers(&z, &["a".into(), "c".into()], &BuildConfig::default()).unwrap();
+    let repinned = game_servers(&z, &["a".into(), "c".into()], None, &BuildConfig::default()).unwrap();
     assert!(before.iter().zip(&repinned).all(|(b, a)| server_template_hash(&b.spec) != server_template_hash(&a.spec)));
     assert!(before.iter().zip(&repinned).all(|(b, a)| !same_template(&b.spec, &a.spec)));
     let mut ports = before[0].spec.clone();
@@ -142,7 +143,7 @@ fn migration_reruns_when_its_inputs_change() {
     let mut image_only = z.clone();
     image_only.spec.default_image = Some("svc:9".into());
     assert_eq!(migration_inputs_hash(&image_only, &pins).unwrap(), h, "a server image bump needs no migration");
-    let job = migration_job(&z, &pins, &BuildConfig::default()).unwrap().unwrap();
+    let job = migration_job(&z, &pins, None, &BuildConfig::default()).unwrap().unwrap();
     assert_eq!(job.metadata.name.unwrap(), migration_job_name("zone1", &h));
     let spec = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
@@ -202,9 +203,13 @@ fn hashes_keep_their_form_so_an_upgrade_rolls_no_pods() {
 fn a_type_with_gates_runs_the_sdk_sidecar_first_and_only_it_gets_a_token() {
     let mut z = basic();
     z.spec.services[0].lifecycle.deletable_gates = vec!["NoPlayers".into()];
-    let servers =
-        game_servers(&z, &["a".into(), "b".into()], &BuildConfig { init_image: "op:1".into(), ..Default::default() })
-            .unwrap();
+    let servers = game_servers(
+        &z,
+        &["a".into(), "b".into()],
+        None,
+        &BuildConfig { init_image: "op:1".into(), ..Default::default() },
+    )
+    .unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     let sidecar = &pod.init_containers.as_ref().unwrap()[0];
     assert_eq!(sidecar.name, SDK_CONTAINER);
@@ -277,12 +282,12 @@ fn a_service_with_a_security_context_gets_every_container_of_its_pods_restricted
     z.spec.services[0].expose = None;
     z.spec.services[0].lifecycle.deletable_gates = vec!["NoPlayers".into()];
     // Untouched without one: no template changes under running zones.
-    let before = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let before = game_servers(&z, &["a".into(), "b".into()], None, &BuildConfig::default()).unwrap();
     let pod = before[0].spec.template.spec.as_ref().unwrap();
     assert!(pod.init_containers.iter().flatten().any(|c| c.name == INIT_CONTAINER && c.security_context.is_none()));
     z.spec.services[0].security_context =
         serde_json::from_value(serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000})).unwrap();
-    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let servers = game_servers(&z, &["a".into(), "b".into()], None, &BuildConfig::default()).unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1000));
     let inits = pod.init_containers.as_ref().unwrap();
@@ -298,7 +303,7 @@ fn a_service_with_a_security_context_gets_every_container_of_its_pods_restricted
     }
     // A game that runs as root leaves the operator's containers to a user of their own.
     z.spec.services[0].security_context = serde_json::from_value(serde_json::json!({"runAsUser": 0})).unwrap();
-    let servers = game_servers(&z, &["a".into(), "b".into()], &BuildConfig::default()).unwrap();
+    let servers = game_servers(&z, &["a".into(), "b".into()], None, &BuildConfig::default()).unwrap();
     let pod = servers[0].spec.template.spec.as_ref().unwrap();
     for c in pod.init_containers.iter().flatten() {
         assert_eq!(c.security_context.as_ref().unwrap().run_as_user, Some(65532), "{}", c.name);
@@ -315,7 +320,7 @@ fn a_migration_with_a_security_context_gets_its_pod_restricted_and_runs_again() 
         serde_json::from_value(serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000})).unwrap();
     // A Job PodSecurity refused is replaced by one with the new context.
     assert_ne!(migration_inputs_hash(&z, &pins).unwrap(), before);
-    let job = migration_job(&z, &pins, &BuildConfig::default()).unwrap().unwrap();
+    let job = migration_job(&z, &pins, None, &BuildConfig::default()).unwrap().unwrap();
     let pod = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1000));
     let init = &pod.init_containers.as_ref().unwrap()[0];
@@ -326,8 +331,7 @@ fn a_migration_with_a_security_context_gets_its_pod_restricted_and_runs_again() 
 
 #[test]
 fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_copy_without_them() {
-    let registry = ArtifactRegistry { repository: "registry.games:5000/gamezone/layers".into(), plain_http: true };
-    let cfg = BuildConfig { init_image: "op:1".into(), registry: Some(registry), ..Default::default() };
+    let cfg = registry_config(true);
     let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
     let z = basic();
 
@@ -354,8 +358,9 @@ fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_cop
         "where the first type's servers run"
     );
 
-    // Servers copy from the registry: its flags, and none of the origins' Secrets.
-    let servers = game_servers(&z, &pins, &cfg).unwrap();
+    // Until the pins are packed, servers copy from the registry: its flags, and none of the
+    // origins' Secrets.
+    let servers = game_servers(&z, &pins, None, &cfg).unwrap();
     let spec = servers[0].spec.template.spec.as_ref().unwrap();
     let init = spec.init_containers.iter().flatten().find(|c| c.name == INIT_CONTAINER).unwrap();
     assert!(init.args.iter().flatten().any(|a| a == "--registry"));
@@ -365,6 +370,63 @@ fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_cop
     let repinned = ["sha256:aa".to_string(), "d00d".to_string()];
     assert_ne!(pack_inputs_hash(&z, &repinned, &cfg).unwrap().unwrap(), hash);
     assert!(pack_job(&z, &pins, &BuildConfig::default()).unwrap().is_none());
-    let plain = game_servers(&z, &pins, &BuildConfig::default()).unwrap();
+    let plain = game_servers(&z, &pins, None, &BuildConfig::default()).unwrap();
     assert!(plain[0].spec.template.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| v.secret.is_some()));
+}
+
+fn registry_config(image_volumes: bool) -> BuildConfig {
+    let registry =
+        ArtifactRegistry { repository: "registry.games:5000/gamezone/layers".into(), plain_http: true, image_volumes };
+    BuildConfig { init_image: "op:1".into(), registry: Some(registry), ..Default::default() }
+}
+
+#[test]
+fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs_it_writable() {
+    let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
+    let tree = crate::api::artifacts::TreeImage {
+        image: "registry.games:5000/gamezone/layers@sha256:1234".into(),
+        tree_digest: "sha256:5678".into(),
+    };
+    let z = basic();
+    let cfg = registry_config(true);
+    let servers = game_servers(&z, &pins, Some(&tree), &cfg).unwrap();
+    let spec = servers[0].spec.template.spec.as_ref().unwrap();
+    let image = spec.volumes.iter().flatten().find(|v| v.name == TREE_IMAGE_VOLUME).expect("an image volume");
+    let source = image.image.as_ref().unwrap();
+    assert_eq!(source.reference.as_deref(), Some(tree.image.as_str()), "pinned by digest");
+    assert_eq!(source.pull_policy.as_deref(), Some("IfNotPresent"));
+    let root = artifacts_mount(&z).unwrap().unwrap().root;
+    let game = &spec.containers.iter().find(|c| c.name == SERVER_CONTAINER).unwrap();
+    let at = |c: &k8s_openapi::api::core::v1::Container, volume: &str| {
+        c.volume_mounts.iter().flatten().find(|m| m.name == volume).map(|m| (m.mount_path.clone(), m.read_only))
+    };
+    assert_eq!(at(game, TREE_IMAGE_VOLUME), Some((root.clone(), Some(true))), "the game reads the mount");
+    assert_eq!(at(game, ARTIFACTS_VOLUME), Some((INIT_ROOT.to_string(), Some(true))), "and the state beside it");
+    let init = spec.init_containers.iter().flatten().find(|c| c.name == INIT_CONTAINER).unwrap();
+    let args = init.args.clone().unwrap();
+    assert_eq!(args[0], "mount");
+    assert!(args.windows(2).any(|w| w == ["--tree-digest", "sha256:5678"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--image", root.as_str()]), "{args:?}");
+    assert!(!args.contains(&"--registry".to_string()), "nothing copied");
+    assert!(!spec.volumes.iter().flatten().any(|v| v.secret.is_some()), "no layer Secret");
+    let job = migration_job(&z, &pins, Some(&tree), &cfg).unwrap().expect("the zone migrates");
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert!(pod.volumes.iter().flatten().any(|v| v.image.is_some()), "the migration mounts it too");
+
+    // Copied instead: the operator does not mount images, the zone edits its tree live, or it
+    // shares one claim.
+    let copies = |z: &GameZone, cfg: &BuildConfig| {
+        let servers = game_servers(z, &pins, Some(&tree), cfg).unwrap();
+        let spec = servers[0].spec.template.spec.clone().unwrap();
+        let init = spec.init_containers.iter().flatten().find(|c| c.name == INIT_CONTAINER).unwrap().clone();
+        !spec.volumes.iter().flatten().any(|v| v.image.is_some()) && init.args.unwrap()[0] == "apply"
+    };
+    assert!(copies(&z, &registry_config(false)));
+    let mut edited = z.clone();
+    edited.spec.edits = Some(serde_json::from_value(json!({"secretRef": {"name": "smb"}})).unwrap());
+    assert!(copies(&edited, &cfg));
+    let mut shared = z.clone();
+    shared.spec.shared_artifacts = Some(serde_json::from_value(json!({"size": "1Gi"})).unwrap());
+    assert!(copies(&shared, &cfg));
+    assert!(!copies(&z, &cfg));
 }

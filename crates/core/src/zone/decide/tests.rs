@@ -28,7 +28,7 @@ fn zone() -> GameZone {
 }
 
 fn wanted() -> Vec<GameServer> {
-    crate::zone::game_servers(&zone(), &["c0ffee".into()], &BuildConfig::default()).unwrap()
+    crate::zone::game_servers(&zone(), &["c0ffee".into()], None, &BuildConfig::default()).unwrap()
 }
 
 fn by_name(servers: &[GameServer]) -> BTreeMap<String, &GameServer> {
@@ -156,18 +156,25 @@ fn what_a_pack_reported_is_recorded_per_layer_and_a_short_or_bad_report_records_
         .unwrap()
     };
     let layer = |i: i32| ArtifactStatus { layer: i, source: "git x".into(), revision: "c0ffee".into(), packed: None };
-    let report = r#"[{"digest":"sha256:aa","size":10},{"digest":"sha256:bb","size":20}]"#;
-    let mut artifacts = vec![layer(0), layer(1)];
-    record_packed(&mut artifacts, &[pod(1, "boom"), pod(0, report)]);
-    assert_eq!(artifacts[1].packed, Some(PackedLayer { digest: "sha256:bb".into(), size: 20 }));
+    let unpacked = || GameZoneStatus { artifacts: vec![layer(0), layer(1)], ..Default::default() };
+    let tree = r#""tree":{"image":"reg:5000/l@sha256:cc","treeDigest":"sha256:dd"}"#;
+    let report =
+        format!(r#"{{"layers":[{{"digest":"sha256:aa","size":10}},{{"digest":"sha256:bb","size":20}}],{tree}}}"#);
+    let mut status = unpacked();
+    record_packed(&mut status, &[pod(1, "boom"), pod(0, &report)]);
+    assert_eq!(status.artifacts[1].packed, Some(PackedLayer { digest: "sha256:bb".into(), size: 20 }));
+    let recorded = status.tree_image.unwrap();
+    assert_eq!((recorded.image.as_str(), recorded.tree_digest.as_str()), ("reg:5000/l@sha256:cc", "sha256:dd"));
     for bad in [
-        r#"[{"digest":"sha256:aa","size":10}]"#,
-        "not json",
-        r#"[{"digest":"md5:x","size":1},{"digest":"sha256:b","size":2}]"#,
+        format!(r#"{{"layers":[{{"digest":"sha256:aa","size":10}}],{tree}}}"#),
+        "not json".into(),
+        r#"[{"digest":"sha256:aa","size":10},{"digest":"sha256:bb","size":20}]"#.into(),
+        format!(r#"{{"layers":[{{"digest":"md5:x","size":1}},{{"digest":"sha256:b","size":2}}],{tree}}}"#),
+        report.replace("@sha256:cc", ":latest"),
     ] {
-        let mut artifacts = vec![layer(0), layer(1)];
-        record_packed(&mut artifacts, &[pod(0, bad)]);
-        assert!(artifacts.iter().all(|a| a.packed.is_none()), "{bad}");
+        let mut status = unpacked();
+        record_packed(&mut status, &[pod(0, &bad)]);
+        assert!(status.artifacts.iter().all(|a| a.packed.is_none()) && status.tree_image.is_none(), "{bad}");
     }
 }
 

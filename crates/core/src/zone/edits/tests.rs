@@ -28,7 +28,7 @@ fn with_edits() -> GameZone {
 }
 
 fn pods(z: &GameZone) -> Vec<PodSpec> {
-    game_servers(z, &["c0ffee".into()], &BuildConfig::default())
+    game_servers(z, &["c0ffee".into()], None, &BuildConfig::default())
         .unwrap()
         .into_iter()
         .map(|g| g.spec.template.spec.unwrap())
