@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 
-/// How an [`Error::MountedWrong`] message starts: the operator reads it in a pod's
-/// termination message and serves that server by the copy path instead.
-pub const MOUNTED_WRONG: &str = "image volume mounted wrong:";
+pub use gamezone_api::artifacts::MOUNTED_WRONG;
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

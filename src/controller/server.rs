@@ -186,6 +186,17 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
             return Ok((Some(Duration::from_secs(1)), true));
         }
+        PodStep::CopyTree(why) => {
+            // The zone reads this and gives the server a template that copies the tree; its
+            // pod then replaces this one.
+            status.tree_copied.get_or_insert_with(|| why.clone());
+            report_step(
+                status,
+                ServerState::Starting,
+                format!("{why}; a pod that copies the tree from the registry follows"),
+            );
+            return Ok((Some(Duration::from_secs(5)), true));
+        }
         PodStep::Recreate(state, why) => {
             ctx.writer.delete::<Pod>(&ns, &name).await?;
             report_step(status, state, why);

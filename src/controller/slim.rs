@@ -5,13 +5,17 @@
 
 use std::borrow::Cow;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus, Node, Pod, PodSpec, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 
 use crate::api::GameServer;
 use crate::ports::passthrough::passthrough_ports;
+use crate::server::mounted_wrong_said;
+use crate::zone::INIT_CONTAINER;
 
 /// Any object: managedFields, which nothing here reads, are most of a small object.
 pub fn object<K: ResourceExt>(obj: &mut K) {
@@ -22,8 +26,9 @@ pub fn object<K: ResourceExt>(obj: &mut K) {
 /// conditions, and, on a pod marked for the platform's Passthrough port assignment, its
 /// containers' names and ports (where the assigned port shows). Not the env, mounts, probes,
 /// volumes or init containers its GameServer's template holds anyway, nor its containers'
-/// statuses: a decoded Container or ContainerStatus is kilobytes even when nearly empty, and
-/// the operator holds every pod of its scope.
+/// statuses (but for one line when its node mounted the tree image wrong): a decoded Container
+/// or ContainerStatus is kilobytes even when nearly empty, and the operator holds every pod of
+/// its scope.
 pub fn pod(pod: &mut Pod) {
     object(pod);
     let assigned_ports = passthrough_ports(pod).is_ok_and(|p| !p.is_empty());
@@ -37,8 +42,23 @@ pub fn pod(pod: &mut Pod) {
         pod.spec = Some(PodSpec { containers, node_name, ..Default::default() });
     }
     if let Some(status) = pod.status.take() {
+        // Of the containers' statuses, only what a wrong tree image mount said, as one line.
+        let init_container_statuses = mounted_wrong_said(&status).map(|said| {
+            let terminated = ContainerStateTerminated { exit_code: 1, message: Some(said), ..Default::default() };
+            let state = ContainerState { terminated: Some(terminated), ..Default::default() };
+            vec![ContainerStatus { name: INIT_CONTAINER.into(), state: Some(state), ..Default::default() }]
+        });
         let PodStatus { phase, message, reason, pod_ip, host_ip, conditions, .. } = status;
-        pod.status = Some(PodStatus { phase, message, reason, pod_ip, host_ip, conditions, ..Default::default() });
+        pod.status = Some(PodStatus {
+            phase,
+            message,
+            reason,
+            pod_ip,
+            host_ip,
+            conditions,
+            init_container_statuses,
+            ..Default::default()
+        });
     }
 }
 
@@ -187,6 +207,25 @@ mod tests {
             (&was.phase, &was.message, &was.reason, &was.pod_ip, &was.host_ip, &was.conditions)
         );
         assert!(status.container_statuses.is_none() && status.pod_ips.is_none() && status.qos_class.is_none());
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_one_line_of_what_a_wrong_tree_image_mount_said() {
+        let mut p = full_pod(false);
+        let said =
+            r#"{"level":"ERROR","error":"image volume mounted wrong: 0 files, not the pinned one","transient":false}"#;
+        p.status.as_mut().unwrap().init_container_statuses = Some(vec![
+            serde_json::from_value(serde_json::json!({
+            "name": INIT_CONTAINER, "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+            "lastState": {"terminated": {"exitCode": 1, "message": said}}}))
+            .unwrap(),
+        ]);
+        let full = crate::server::mounted_wrong(&p).expect("said on the full pod");
+        pod(&mut p);
+        assert_eq!(crate::server::mounted_wrong(&p).as_deref(), Some(full.as_str()), "and on the slim one");
+        assert!(full.ends_with("mounted wrong: 0 files, not the pinned one"), "{full}");
+        let kept = p.status.unwrap().init_container_statuses.unwrap();
+        assert_eq!((kept.len(), kept[0].image.as_str(), kept[0].last_state.is_none()), (1, "", true));
     }
 
     #[test]

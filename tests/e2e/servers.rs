@@ -208,6 +208,29 @@ impl Registry {
         log.lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}"))).count()
     }
 
+    fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/v2/gamezone/layers/{path}", self.port)
+    }
+
+    /// The repository's tags.
+    pub fn tags(&self) -> Vec<String> {
+        let out = run(Command::new("curl").args(["-sf", &self.api("tags/list")]));
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
+    }
+
+    /// Pushes the manifest of `tag` again with the annotation `key` set to `value`.
+    pub fn annotate(&self, tag: &str, key: &str, value: &str) {
+        const MEDIA: &str = "application/vnd.oci.image.manifest.v1+json";
+        let url = self.api(&format!("manifests/{tag}"));
+        let out = run(Command::new("curl").args(["-sf", "-H", &format!("Accept: {MEDIA}"), &url]));
+        let mut manifest: serde_json::Value = serde_json::from_str(&out).unwrap();
+        manifest["annotations"][key] = serde_json::Value::String(value.to_owned());
+        let body = serde_json::to_string(&manifest).unwrap();
+        let ct = format!("Content-Type: {MEDIA}");
+        run(Command::new("curl").args(["-sf", "-X", "PUT", "-H", &ct, "--data-binary", &body, &url]));
+    }
+
     /// Stops the registry.
     pub fn stop(&mut self) {
         self._proc.stop();

@@ -310,6 +310,36 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     // The node's containerd pulled the layer once for its 3 pods.
     assert_eq!(registry.blob_downloads(&packed.digest), 1, "downloads of the layer for 3 pods on one node");
 
+    // A second zone with the same pins fetches nothing from the origin (the operator lists its
+    // refs once). Its tree image is made to look wrong: the tag's recorded tree digest is
+    // tampered with, so every pod finds another tree than the pinned one, as on a node whose
+    // runtime mounts image volumes empty. Those servers copy the tree from the registry instead,
+    // come up Ready with the real tree, and the zone says so.
+    let tag = registry.tags().into_iter().find(|t| t.starts_with("t-")).expect("a tree tag");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    registry.annotate(&tag, gamezone_init::oci::TREE_DIGEST_ANNOTATION, &wrong);
+    let before = git.fetches();
+    let mut z2 = z.clone();
+    z2.metadata.name = Some("packed-too".into());
+    z2.spec.zone_id = 307;
+    zones.create(&PostParams::default(), &z2).await.unwrap();
+    let copying = wait_running(&ns, "packed-too").await;
+    assert!(git.fetches() - before <= 1, "the second zone's pack fetched from the origin");
+    let status = zones.get("packed-too").await.unwrap().status.unwrap();
+    assert_eq!(status.tree_image.as_ref().map(|t| t.tree_digest.as_str()), Some(wrong.as_str()));
+    let mounted = status.conditions.iter().find(|c| c.type_ == "ArtifactsMounted").expect("ArtifactsMounted");
+    assert_eq!((mounted.status.as_str(), mounted.reason.as_str()), ("False", "CopyFallback"), "{mounted:?}");
+    assert!(mounted.message.contains("image volume mounted wrong"), "{}", mounted.message);
+    for server in &copying {
+        let why = server.status.as_ref().and_then(|s| s.tree_copied.clone());
+        assert!(why.is_some_and(|w| w.contains(&wrong)), "{}: {:?}", server.name_any(), server.status);
+        let answer = hello(server, "game").await;
+        assert_eq!(answer["config"]["value"]["motd"], "packed once", "{answer}");
+        assert_eq!(answer["artifacts"]["treeDigest"], tree.tree_digest.as_str(), "the real tree: {answer}");
+        assert!(!answer["artifacts"]["tree"].as_str().unwrap_or_default().starts_with("image-"), "{answer}");
+    }
+    zones.delete("packed-too", &Default::default()).await.unwrap();
+
     // The origin and the registry gone, a deleted pod comes back with its tree: the node holds it.
     git.stop();
     registry.stop();

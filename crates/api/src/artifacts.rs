@@ -84,6 +84,11 @@ pub struct EditsState {
     pub revision: String,
 }
 
+/// How `gamezone-init mount` starts its message when an `image` volume holds another tree than
+/// the pinned one: the operator reads it in the init container's termination message and gives
+/// that server a pod that copies the tree from the registry instead.
+pub const MOUNTED_WRONG: &str = "image volume mounted wrong:";
+
 /// A zone version's artifacts tree packed as one OCI image: its layers in order, later over
 /// earlier, as an overlay mount of image layers merges them. Pods mount it as an `image` volume.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -8,6 +8,9 @@ pub mod types {
     pub const ARTIFACTS_READY: &str = "ArtifactsReady";
     /// The current version's layers are in the artifact registry (only with `--artifact-registry`).
     pub const ARTIFACTS_PACKED: &str = "ArtifactsPacked";
+    /// Every server mounts the current version's tree image (only when servers mount it):
+    /// False names the servers whose node mounted it wrong and that copy it instead.
+    pub const ARTIFACTS_MOUNTED: &str = "ArtifactsMounted";
     /// The migration of the current version succeeded.
     pub const MIGRATED: &str = "Migrated";
     /// Every server runs the current version and is Ready.

@@ -133,6 +133,11 @@ pub struct GameServerStatus {
     /// last words (Shutdown, Unhealthy, Allocated) are not taken for its successor's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// Why this server copies the artifacts tree from the registry instead of mounting the
+    /// zone's tree image: the node that mounted the image wrong and what its pod found. Set by
+    /// the server controller, read by the zone controller, kept for the server's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_copied: Option<String>,
     /// Conditions: Ready, PortsAllocated (the operator's), and gate conditions (the game's, set
     /// through the SDK, with reason `SetCondition`, or by webhooks). Each entry is owned by whoever
     /// set it.

@@ -215,6 +215,10 @@ pub enum PodStep {
     WaitGone,
     /// It was made from another template: delete it, a new one follows.
     Replace,
+    /// Its node mounted the zone's tree image wrong (what its init container found): the server
+    /// is to copy the tree instead, with why; the zone gives it a template that does, which
+    /// replaces the pod.
+    CopyTree(String),
     /// Its process ended, or the game said through the SDK that it is done or unhealthy:
     /// delete it, a new one follows; with the state that shows meanwhile and why.
     Recreate(ServerState, String),
@@ -232,6 +236,9 @@ pub fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&Sd
     if pod.annotations().get(TEMPLATE_HASH_ANNOTATION).map(String::as_str) != Some(hash) {
         return PodStep::Replace;
     }
+    if let Some(why) = mounted_wrong(pod) {
+        return PodStep::CopyTree(why);
+    }
     let status = pod.status.as_ref();
     if matches!(status.and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) {
         let why = status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the process exited".into());
@@ -241,6 +248,27 @@ pub fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&Sd
         Some((state, why)) => PodStep::Recreate(state, why),
         None => PodStep::Observe,
     }
+}
+
+/// Why the pod's node mounted the zone's tree image wrong, from its artifacts init container's
+/// last termination message (`gamezone-init mount`), naming the node.
+pub fn mounted_wrong(pod: &Pod) -> Option<String> {
+    let what = mounted_wrong_said(pod.status.as_ref()?)?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("its node");
+    Some(crate::api::conditions::bounded(&format!("on {node}, {what}")))
+}
+
+/// What the artifacts init container said of a wrong tree image mount, from
+/// [`MOUNTED_WRONG`](crate::api::artifacts::MOUNTED_WRONG) to the end of its line (a JSON log
+/// line's closing quote and what follows cut).
+pub fn mounted_wrong_said(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    let marker = crate::api::artifacts::MOUNTED_WRONG;
+    let init = status.init_container_statuses.as_ref()?.iter().find(|c| c.name == crate::zone::INIT_CONTAINER)?;
+    let ended = [init.state.as_ref(), init.last_state.as_ref()];
+    let said = ended.into_iter().flatten().filter_map(|s| s.terminated.as_ref()?.message.as_deref());
+    let line = said.flat_map(str::lines).find(|l| l.contains(marker))?;
+    let what = &line[line.find(marker)?..];
+    Some(what.split('"').next().unwrap_or(what).trim_end().to_owned())
 }
 
 /// What the game's process said through the SDK that ends its pod: Shutdown, or Unhealthy
@@ -401,6 +429,32 @@ mod tests {
         });
         let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, "h".into());
         assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
+    }
+
+    #[test]
+    fn a_pod_whose_node_mounted_the_tree_image_wrong_asks_for_a_copy_naming_the_node() {
+        let gs = server();
+        let hash = server_template_hash(&gs.spec);
+        let mut pod = build_pod(&gs, &[], &hash).unwrap();
+        pod.spec.as_mut().unwrap().node_name = Some("node-7".into());
+        let said = "Error: image volume mounted wrong: the image volume at /app/artifacts holds a tree of 0 files";
+        pod.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Pending", "initContainerStatuses": [{
+            "name": crate::zone::INIT_CONTAINER, "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": said}}}]}))
+            .unwrap(),
+        );
+        let PodStep::CopyTree(why) = pod_step(Some(&pod), &hash, &gs, None) else { panic!("a copy asked for") };
+        assert!(why.starts_with("on node-7, image volume mounted wrong: the image volume at /app/artifacts"), "{why}");
+        // Any other failure of the init container is not that.
+        pod.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Pending", "initContainerStatuses": [{
+            "name": crate::zone::INIT_CONTAINER, "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+            "lastState": {"terminated": {"exitCode": 1, "message": "layer 0 (git x): not found"}}}]}))
+            .unwrap(),
+        );
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None), PodStep::Observe);
     }
 
     #[test]

@@ -162,11 +162,20 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         return Ok(Some(Duration::from_secs(wait)));
     }
 
-    let wanted = build::game_servers(zone, &pins, status.tree_image.as_ref(), &ctx.config.build).at(Step::Serve)?;
-    steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
     let live = Live::of(zone, ctx);
-    let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
     let by_name = live.servers_by_name();
+    let tree = status.tree_image.clone();
+    let mut wanted = build::game_servers(zone, &pins, tree.as_ref(), &ctx.config.build).at(Step::Serve)?;
+    // Servers whose node mounted the tree image wrong copy it instead.
+    let copied: Vec<(String, String)> = by_name
+        .iter()
+        .filter_map(|(name, gs)| Some((name.clone(), gs.status.as_ref()?.tree_copied.clone()?)))
+        .collect();
+    let copies = |name: &str| copied.iter().any(|(n, _)| n == name);
+    build::copy_tree_for(zone, &pins, &ctx.config.build, &mut wanted, copies).at(Step::Serve)?;
+    decide::report_tree_mounts(status, build::mounts_tree_image(zone, tree.as_ref(), &ctx.config.build), &copied);
+    steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
+    let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
     let ports = steps::hold_ports(ctx, &wanted, &by_name, &made);
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
     let draining = applied.at(Step::Serve)?;

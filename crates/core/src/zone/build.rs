@@ -368,6 +368,11 @@ fn tree_from<'a>(zone: &GameZone, tree: Option<&'a TreeImage>, cfg: &BuildConfig
     }
 }
 
+/// Whether the servers of `zone` mount its packed `tree` as an image (rather than copying it).
+pub fn mounts_tree_image(zone: &GameZone, tree: Option<&TreeImage>, cfg: &BuildConfig) -> bool {
+    zone.spec.artifacts.first().is_some() && matches!(tree_from(zone, tree, cfg), TreeFrom::Image(_))
+}
+
 fn artifacts_pod(
     zone: &GameZone,
     pins: &[String],
@@ -492,6 +497,8 @@ fn image_pod(
             VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: INIT_ROOT.into(), ..Default::default() },
             tree_mount.clone(),
         ]),
+        // A wrong mount's message reaches the server controller, which has the tree copied.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
     let mounts = vec![
@@ -698,6 +705,24 @@ pub fn restrict(sc: &mut SecurityContext) {
     sc.allow_privilege_escalation = Some(false);
     sc.capabilities = Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None });
     sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None });
+}
+
+/// Servers whose node mounted the tree image wrong (`copies` says which, by name) get a
+/// template that copies the tree from the registry instead.
+pub fn copy_tree_for(
+    zone: &GameZone,
+    pins: &[String],
+    cfg: &BuildConfig,
+    servers: &mut [GameServer],
+    copies: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let wanted = wanted_servers(zone);
+    for gs in servers.iter_mut().filter(|g| copies(&g.name_any())) {
+        if let Some(w) = wanted.iter().find(|w| w.name == gs.name_any()) {
+            gs.spec.template = server_template(zone, w, pins, None, cfg)?;
+        }
+    }
+    Ok(())
 }
 
 /// One GameServer per id of each service type.

@@ -535,6 +535,31 @@ pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) ->
     Readiness { desired: wanted.len(), ready, waiting }
 }
 
+/// `ArtifactsMounted`, while servers mount the zone's tree image (`in_use`): True when every one
+/// does, False (`CopyFallback`) naming those whose node mounted it wrong (`copied`: name, why),
+/// which copy the tree from the registry instead. Absent otherwise.
+pub fn report_tree_mounts(status: &mut GameZoneStatus, in_use: bool, copied: &[(String, String)]) {
+    let generation = status.observed_generation;
+    if !in_use {
+        status.conditions.retain(|c| c.type_ != types::ARTIFACTS_MOUNTED);
+        return;
+    }
+    match copied {
+        [] => {
+            let msg = "every server mounts the tree image";
+            conditions::set(&mut status.conditions, types::ARTIFACTS_MOUNTED, true, "ImageVolume", msg, generation);
+        }
+        [(first, why), rest @ ..] => {
+            let others = if rest.is_empty() { String::new() } else { format!(" (and {} more)", rest.len()) };
+            let msg = format!(
+                "{first}{others} copy the tree from the registry: {why}; check that node's container runtime \
+                 implements image volumes (containerd 2.1+, CRI-O 1.31+)"
+            );
+            conditions::set(&mut status.conditions, types::ARTIFACTS_MOUNTED, false, "CopyFallback", msg, generation);
+        }
+    }
+}
+
 /// Reports the servers' readiness and drains: counts, `ServersReady`, `Ready` and the phase.
 pub fn report_servers(status: &mut GameZoneStatus, r: &Readiness, draining: &[String]) {
     let generation = status.observed_generation;

@@ -429,4 +429,13 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
     shared.spec.shared_artifacts = Some(serde_json::from_value(json!({"size": "1Gi"})).unwrap());
     assert!(copies(&shared, &cfg));
     assert!(!copies(&z, &cfg));
+    assert!(mounts_tree_image(&z, Some(&tree), &cfg) && !mounts_tree_image(&edited, Some(&tree), &cfg));
+
+    // A server whose node mounted the image wrong copies; the others still mount.
+    let mut servers = game_servers(&z, &pins, Some(&tree), &cfg).unwrap();
+    copy_tree_for(&z, &pins, &cfg, &mut servers, |n| n == "zone1-game-2").unwrap();
+    let mounts =
+        |gs: &GameServer| gs.spec.template.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| v.image.is_some());
+    let by: Vec<(String, bool)> = servers.iter().map(|g| (kube::ResourceExt::name_any(g), mounts(g))).collect();
+    assert!(by.contains(&("zone1-game-1".into(), true)) && by.contains(&("zone1-game-2".into(), false)), "{by:?}");
 }

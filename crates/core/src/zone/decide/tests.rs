@@ -482,3 +482,20 @@ fn artifacts_are_resolved_again_no_more_often_than_the_floor() {
     z.spec.artifacts_interval = Some(serde_json::from_value(serde_json::json!("0s")).unwrap());
     assert_eq!(interval(&z, floor), None, "0 turns re-resolving off");
 }
+
+#[test]
+fn artifacts_mounted_says_which_servers_copy_and_why_and_goes_when_no_image_is_mounted() {
+    let mut status = GameZoneStatus::default();
+    report_tree_mounts(&mut status, true, &[]);
+    assert_eq!(condition(&status, types::ARTIFACTS_MOUNTED).0, "True");
+    let copied = [
+        ("z-game-2".to_string(), "on node-7, image volume mounted wrong: 0 files".to_string()),
+        ("z-game-3".into(), "x".into()),
+    ];
+    report_tree_mounts(&mut status, true, &copied);
+    let (ok, reason, message) = condition(&status, types::ARTIFACTS_MOUNTED);
+    assert_eq!((ok, reason), ("False", "CopyFallback"));
+    assert!(message.starts_with("z-game-2 (and 1 more) copy the tree from the registry: on node-7"), "{message}");
+    report_tree_mounts(&mut status, false, &copied);
+    assert!(status.conditions.iter().all(|c| c.type_ != types::ARTIFACTS_MOUNTED));
+}
