@@ -370,7 +370,7 @@ fn tree_from<'a>(zone: &GameZone, tree: Option<&'a TreeImage>, cfg: &BuildConfig
 
 /// Whether the servers of `zone` mount its packed `tree` as an image (rather than copying it).
 pub fn mounts_tree_image(zone: &GameZone, tree: Option<&TreeImage>, cfg: &BuildConfig) -> bool {
-    zone.spec.artifacts.first().is_some() && matches!(tree_from(zone, tree, cfg), TreeFrom::Image(_))
+    !zone.spec.artifacts.is_empty() && matches!(tree_from(zone, tree, cfg), TreeFrom::Image(_))
 }
 
 fn artifacts_pod(
