@@ -205,6 +205,11 @@ struct BuildArgs {
     /// Speak plain HTTP to the artifact registry (one in the cluster without TLS).
     #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY_PLAIN_HTTP", requires = "artifact_registry")]
     artifact_registry_plain_http: bool,
+    /// A `kubernetes.io/dockerconfigjson` Secret with the artifact registry's credentials, by
+    /// name, in each zone's namespace: pack Jobs push with it, pods pull with it (and name it in
+    /// their imagePullSecrets to mount the tree image). Anonymous without.
+    #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY_SECRET", requires = "artifact_registry")]
+    artifact_registry_secret: Option<String>,
     /// How pods get a packed tree: `image` mounts it as an `image` volume (each layer held once
     /// per node by its container runtime; Kubernetes 1.35+ with containerd 2.1+ or CRI-O 1.31+),
     /// `copy` copies it from the registry into each pod, `auto` is `image` on an API server of
@@ -253,6 +258,7 @@ impl BuildArgs {
                     repository,
                     plain_http: self.artifact_registry_plain_http,
                     image_volumes: self.artifact_mount != ArtifactMount::Copy,
+                    secret: self.artifact_registry_secret.clone(),
                 })
             }
             None => None,

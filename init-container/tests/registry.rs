@@ -258,3 +258,52 @@ async fn a_hostile_layer_is_refused_before_anything_is_pushed() {
     let log = std::fs::read_to_string(t.path().join("registry/registry.log")).unwrap_or_default();
     assert!(!log.contains("PUT /v2/") && !log.contains("PATCH /v2/"), "something was pushed: {log}");
 }
+
+#[test]
+fn a_registry_with_credentials_takes_them_from_a_docker_config_and_refuses_without() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = docker_registry_for(&t.path().join("registry"), &[("packer", "s3cret-pw")]);
+    let local = t.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("a.txt"), "a").unwrap();
+    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
+    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
+    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    let pack = |auth: Option<&Path>, root: &str| {
+        let mut cmd = init_cmd();
+        cmd.args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository])
+            .args(["--registry-plain-http", "--retries", "1"])
+            .arg("--root")
+            .arg(t.path().join(root));
+        if let Some(a) = auth {
+            cmd.arg("--registry-auth").arg(a);
+        }
+        cmd.output().unwrap()
+    };
+
+    // Anonymous: refused, and the message says what to check.
+    let out = pack(None, "anon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("check the registry credentials"), "{err}");
+
+    // A dockerconfigjson Secret's file for another host: named, with what to add.
+    let other = t.path().join("other.json");
+    std::fs::write(&other, r#"{"auths": {"elsewhere:5000": {"auth": "eDp5"}}}"#).unwrap();
+    let err = String::from_utf8_lossy(&pack(Some(&other), "other").stderr).into_owned();
+    assert!(err.contains(&format!("no credentials for 127.0.0.1:{}", reg.port)), "{err}");
+
+    // The right one: packed, then copied back with it.
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("packer:s3cret-pw");
+    let auth = t.path().join("config.json");
+    std::fs::write(&auth, format!(r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{basic}"}}}}}}"#, reg.port)).unwrap();
+    let out = pack(Some(&auth), "work");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run(init_cmd()
+        .args(["apply", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])
+        .arg("--registry-auth")
+        .arg(&auth)
+        .arg("--root")
+        .arg(t.path().join("root")));
+    assert_eq!(read(t.path().join("root/current/a.txt")), "a");
+}

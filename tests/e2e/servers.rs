@@ -151,22 +151,32 @@ pub struct Registry {
     pub port: u16,
     root: PathBuf,
     host_address: String,
+    /// The one user it serves (HTTP basic), when not anonymous.
+    user: Option<(String, String)>,
     _proc: Proc,
 }
 
 impl Registry {
+    /// Anonymous.
     pub fn start(root: &Path, host_address: &str) -> Registry {
+        Registry::start_for(root, host_address, None)
+    }
+
+    /// Serving only `user` (user, password) when given: an htpasswd file of its bcrypt hash.
+    pub fn start_for(root: &Path, host_address: &str, user: Option<(&str, &str)>) -> Registry {
         std::fs::create_dir_all(root.join("data")).unwrap();
         let port = free_port();
         let config = root.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                root.join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            root.join("data").display()
+        );
+        if let Some((u, p)) = user {
+            let htpasswd = root.join("htpasswd");
+            std::fs::write(&htpasswd, format!("{u}:{}\n", bcrypt::hash(p, 5).unwrap())).unwrap();
+            text += &format!("auth:\n  htpasswd:\n    realm: gamezone-e2e\n    path: {}\n", htpasswd.display());
+        }
+        std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(root.join("registry.log")).unwrap();
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
@@ -179,7 +189,26 @@ impl Registry {
             );
         let proc = Proc(Some(child));
         wait_port(port, "docker-registry");
-        Registry { port, root: root.to_path_buf(), host_address: host_address.to_string(), _proc: proc }
+        let user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        Registry { port, root: root.to_path_buf(), host_address: host_address.to_string(), user, _proc: proc }
+    }
+
+    /// A `.dockerconfigjson` with its user's credentials for its address as pods reach it.
+    pub fn docker_config(&self) -> String {
+        use base64::Engine as _;
+        let (u, p) = self.user.clone().unwrap_or_default();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        serde_json::json!({"auths": {format!("{}:{}", self.host_address, self.port): {"auth": auth}}}).to_string()
+    }
+
+    /// curl with the registry's credentials.
+    fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.arg("-sf");
+        if let Some((u, p)) = &self.user {
+            c.args(["-u", &format!("{u}:{p}")]);
+        }
+        c
     }
 
     /// The repository the operator packs into, as pods reach it.
@@ -205,7 +234,10 @@ impl Registry {
     /// Requests for the blob `digest` its access log shows (`GET` only: downloads).
     pub fn blob_downloads(&self, digest: &str) -> usize {
         let log = std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default();
-        log.lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}"))).count()
+        // Answered ones: a request without credentials is refused first.
+        let served =
+            |l: &&str| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")) && l.contains("\" 200 ");
+        log.lines().filter(served).count()
     }
 
     fn api(&self, path: &str) -> String {
@@ -214,7 +246,7 @@ impl Registry {
 
     /// The repository's tags.
     pub fn tags(&self) -> Vec<String> {
-        let out = run(Command::new("curl").args(["-sf", &self.api("tags/list")]));
+        let out = run(self.curl().arg(self.api("tags/list")));
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
         list["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
     }
@@ -223,12 +255,12 @@ impl Registry {
     pub fn annotate(&self, tag: &str, key: &str, value: &str) {
         const MEDIA: &str = "application/vnd.oci.image.manifest.v1+json";
         let url = self.api(&format!("manifests/{tag}"));
-        let out = run(Command::new("curl").args(["-sf", "-H", &format!("Accept: {MEDIA}"), &url]));
+        let out = run(self.curl().args(["-H", &format!("Accept: {MEDIA}"), &url]));
         let mut manifest: serde_json::Value = serde_json::from_str(&out).unwrap();
         manifest["annotations"][key] = serde_json::Value::String(value.to_owned());
         let body = serde_json::to_string(&manifest).unwrap();
         let ct = format!("Content-Type: {MEDIA}");
-        run(Command::new("curl").args(["-sf", "-X", "PUT", "-H", &ct, "--data-binary", &body, &url]));
+        run(self.curl().args(["-X", "PUT", "-H", &ct, "--data-binary", &body, &url]));
     }
 
     /// Stops the registry.

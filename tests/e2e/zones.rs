@@ -252,12 +252,20 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     let cluster = Cluster::get();
     let host = &cluster.info.host_address;
     let work = tempfile::tempdir().unwrap();
-    let mut registry = Registry::start(&work.path().join("registry"), host);
+    // A registry with credentials: the pack Job pushes with them, the kubelet pulls the tree
+    // image with them, copying pods pull with them.
+    let mut registry = Registry::start_for(&work.path().join("registry"), host, Some(("gamezone", "s3cret-pw")));
     registry.trusted_by(&cluster.info.nodes);
     let (mut git, commit) = config_repo(cluster, work.path(), "packed once");
 
     let ns = Ns::new(cluster, "e2e-pack").await;
     install_crds(&ns.client).await;
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "registry-creds"}, "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": registry.docker_config()}
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
     let repository = registry.repository();
     // `--artifact-mount auto`: this API server (1.37) has image volumes.
     let _op = Operator::start_with(
@@ -271,6 +279,8 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
             "--artifact-registry",
             &repository,
             "--artifact-registry-plain-http",
+            "--artifact-registry-secret",
+            "registry-creds",
         ],
     );
     let zones: Api<GameZone> = ns.api();

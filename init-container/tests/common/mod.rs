@@ -382,20 +382,29 @@ pub fn lfs_server(dir: &Path) -> Server {
 /// CNCF Distribution (Debian's `docker-registry`) on loopback, storing under `dir`; its log (one
 /// line per request) goes to `dir/registry.log`.
 pub fn docker_registry(dir: &Path) -> Server {
+    docker_registry_for(dir, &[])
+}
+
+/// [`docker_registry`] that serves only `users` (user, password), with HTTP basic auth
+/// (an htpasswd file of bcrypt hashes); anonymous when `users` is empty.
+pub fn docker_registry_for(dir: &Path, users: &[(&str, &str)]) -> Server {
     let bin =
         std::env::var_os("GAMEZONE_DOCKER_REGISTRY").map(PathBuf::from).unwrap_or("/usr/bin/docker-registry".into());
     assert!(bin.is_file(), "{} not found: apt-get install docker-registry (scripts/setup.sh does)", bin.display());
     let port = free_port();
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let config = dir.join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("data").display()
+    );
+    if !users.is_empty() {
+        let htpasswd = dir.join("htpasswd");
+        let lines: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{}", bcrypt::hash(p, 5).unwrap())).collect();
+        std::fs::write(&htpasswd, lines.join("\n") + "\n").unwrap();
+        text += &format!("auth:\n  htpasswd:\n    realm: gamezone-tests\n    path: {}\n", htpasswd.display());
+    }
+    std::fs::write(&config, text).unwrap();
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     let child = Command::new(bin)
         .arg("serve")

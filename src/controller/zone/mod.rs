@@ -66,13 +66,14 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: T
         .default_backoff()
         .touched_objects();
     let naming = zones.clone();
+    let build = ctx.config.build.clone();
     let users = secrets.flat_map(move |secret| {
         let named = secret.ok().map(|secret| {
             let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
             naming
                 .state()
                 .into_iter()
-                .filter(|z| z.namespace().as_deref() == Some(ns.as_str()) && decide::names_secret(z, &name))
+                .filter(|z| z.namespace().as_deref() == Some(ns.as_str()) && decide::names_secret(z, &build, &name))
                 .map(|z| ObjectRef::from_obj(z.as_ref()))
                 .collect::<Vec<_>>()
         });

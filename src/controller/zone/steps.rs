@@ -71,7 +71,7 @@ impl Live {
 pub async fn check_secrets(zone: &GameZone, ctx: &Context) -> Result<()> {
     let ns = zone.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let uses = decide::secrets_used(zone);
+    let uses = decide::secrets_used(zone, &ctx.config.build);
     let mut found = BTreeMap::new();
     for name in uses.iter().map(|u| u.name.as_str()).collect::<BTreeSet<_>>() {
         if let Some(secret) = api.get_opt(name).await? {

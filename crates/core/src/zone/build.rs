@@ -73,16 +73,46 @@ pub struct ArtifactRegistry {
     /// Servers and migrations mount the packed tree as an `image` volume (the cluster's
     /// runtime holds each layer once per node); otherwise they copy it from the registry.
     pub image_volumes: bool,
+    /// A `kubernetes.io/dockerconfigjson` Secret, in each zone's namespace, with the registry's
+    /// credentials: the pack Job pushes with it, copying init containers pull with it, and pods
+    /// that mount the tree image name it in `imagePullSecrets`. Anonymous without.
+    pub secret: Option<String>,
 }
 
+/// The key of a `kubernetes.io/dockerconfigjson` Secret.
+pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+/// Where `gamezone-init` reads the registry's credentials.
+const REGISTRY_AUTH_DIR: &str = "/var/run/secrets/gamezone-registry";
+/// Volume name of the registry's credentials.
+const REGISTRY_AUTH_VOLUME: &str = "registry-auth";
+
 impl ArtifactRegistry {
-    /// `gamezone-init`'s flags naming it.
+    /// `gamezone-init`'s flags naming it and its credentials.
     fn args(&self) -> Vec<String> {
         let mut args = vec!["--registry".to_owned(), self.repository.clone()];
         if self.plain_http {
             args.push("--registry-plain-http".into());
         }
+        if self.secret.is_some() {
+            args.extend(["--registry-auth".to_owned(), format!("{REGISTRY_AUTH_DIR}/{DOCKER_CONFIG_KEY}")]);
+        }
         args
+    }
+
+    /// The credentials' volume and the mount `args` name, when the registry has credentials.
+    fn auth_volume(&self, volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
+        let Some(secret) = &self.secret else { return };
+        volumes.push(Volume {
+            name: REGISTRY_AUTH_VOLUME.into(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: REGISTRY_AUTH_VOLUME.into(),
+            mount_path: REGISTRY_AUTH_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
 }
 
@@ -345,6 +375,8 @@ struct ArtifactsPod {
     init: Container,
     mounts: Vec<VolumeMount>,
     env: Vec<EnvVar>,
+    /// Pull secrets the pod needs beside the zone's (the registry's, for the tree image).
+    pull_secrets: Vec<String>,
 }
 
 /// How the pods of a zone version get its tree.
@@ -409,9 +441,11 @@ fn artifacts_pod(
     let mut volumes = vec![artifacts_volume];
     let mut init_mounts =
         vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: INIT_ROOT.into(), ..Default::default() }];
-    // Copied from the artifact registry, the layers need none of their origins' Secrets.
-    if cfg.registry.is_none() {
-        secret_volumes(&mount.layers, &mut volumes, &mut init_mounts);
+    // Copied from the artifact registry, the layers need none of their origins' Secrets; the
+    // registry's credentials, if any.
+    match &cfg.registry {
+        None => secret_volumes(&mount.layers, &mut volumes, &mut init_mounts),
+        Some(r) => r.auth_volume(&mut volumes, &mut init_mounts),
     }
     let registry_args = cfg.registry.iter().flat_map(ArtifactRegistry::args);
     let init = Container {
@@ -447,7 +481,7 @@ fn artifacts_pod(
             ..Default::default()
         },
     ];
-    Ok(Some(ArtifactsPod { volumes, init, mounts, env }))
+    Ok(Some(ArtifactsPod { volumes, init, mounts, env, pull_secrets: Vec::new() }))
 }
 
 /// The packed tree as an `image` volume at `root` (read-only; the node's runtime pulls each
@@ -510,7 +544,8 @@ fn image_pod(
             ..Default::default()
         },
     ];
-    ArtifactsPod { volumes, init, mounts, env }
+    let pull_secrets = cfg.registry.iter().filter_map(|r| r.secret.clone()).collect();
+    ArtifactsPod { volumes, init, mounts, env, pull_secrets }
 }
 
 /// A Secret volume per Secret the layers name, mounted where `gamezone-init` reads them.
@@ -571,8 +606,14 @@ fn database_env(zone: &GameZone) -> Vec<EnvVar> {
 }
 
 pub(crate) fn pull_secrets(zone: &GameZone) -> Option<Vec<LocalObjectReference>> {
-    (!zone.spec.image_pull_secrets.is_empty())
-        .then(|| zone.spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect())
+    with_pull_secrets(zone, &[])
+}
+
+/// The zone's pull secrets and `more` (those not named already).
+fn with_pull_secrets(zone: &GameZone, more: &[String]) -> Option<Vec<LocalObjectReference>> {
+    let mut names: Vec<&String> = zone.spec.image_pull_secrets.iter().collect();
+    names.extend(more.iter().filter(|m| !zone.spec.image_pull_secrets.contains(m)));
+    (!names.is_empty()).then(|| names.into_iter().map(|n| LocalObjectReference { name: n.clone() }).collect())
 }
 
 /// The pod template of one server. Ports are added by the server controller once allocated.
@@ -633,11 +674,13 @@ pub fn server_template(
         ..Default::default()
     }];
     let mut init_containers = None;
+    let mut more_pull_secrets = Vec::new();
     if let Some(artifacts) = artifacts_pod(zone, pins, tree, cfg)? {
         volumes.extend(artifacts.volumes);
         mounts.extend(artifacts.mounts);
         env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
+        more_pull_secrets = artifacts.pull_secrets;
     }
     // The SDK sidecar comes first, so the game can call it from its first moment; only it gets
     // an API token. Pods of types without it are as before (their template hash unchanged).
@@ -667,7 +710,7 @@ pub fn server_template(
         volumes: Some(volumes),
         node_selector: (!service.node_selector.is_empty()).then(|| service.node_selector.clone()),
         tolerations: (!service.tolerations.is_empty()).then(|| service.tolerations.clone()),
-        image_pull_secrets: pull_secrets(zone),
+        image_pull_secrets: with_pull_secrets(zone, &more_pull_secrets),
         service_account_name: service_account,
         automount_service_account_token: automount,
         ..Default::default()
@@ -960,11 +1003,13 @@ pub fn migration_job(
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     let mut init_containers = None;
+    let mut more_pull_secrets = Vec::new();
     if let Some(artifacts) = artifacts_pod(zone, pins, tree, cfg)? {
         volumes.extend(artifacts.volumes);
         mounts.extend(artifacts.mounts);
         env_vars.extend(artifacts.env);
         init_containers = Some(vec![artifacts.init]);
+        more_pull_secrets = artifacts.pull_secrets;
     }
     if let Some(sc) = &migration.security_context {
         restrict_beside(init_containers.iter_mut().flatten(), sc);
@@ -991,7 +1036,7 @@ pub fn migration_job(
                         ..Default::default()
                     }],
                     volumes: (!volumes.is_empty()).then_some(volumes),
-                    image_pull_secrets: pull_secrets(zone),
+                    image_pull_secrets: with_pull_secrets(zone, &more_pull_secrets),
                     node_selector: (!migration.node_selector.is_empty()).then(|| migration.node_selector.clone()),
                     tolerations: (!migration.tolerations.is_empty()).then(|| migration.tolerations.clone()),
                     ..Default::default()
@@ -1031,6 +1076,7 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
     let mut mounts =
         vec![VolumeMount { name: ARTIFACTS_VOLUME.into(), mount_path: PACK_ROOT.into(), ..Default::default() }];
     secret_volumes(&mount.layers, &mut volumes, &mut mounts);
+    registry.auth_volume(&mut volumes, &mut mounts);
     let args = ["pack", "--root", PACK_ROOT, "--secrets-dir", SECRETS_DIR, "--report", "/dev/termination-log"]
         .into_iter()
         .map(String::from)

@@ -27,8 +27,8 @@ pub struct SecretUse {
     pub key: Option<String>,
 }
 
-/// Every Secret the zone refers to.
-pub fn secrets_used(zone: &GameZone) -> Vec<SecretUse> {
+/// Every Secret the zone refers to, and the artifact registry's credentials its pods use.
+pub fn secrets_used(zone: &GameZone, cfg: &build::BuildConfig) -> Vec<SecretUse> {
     let mut out = Vec::new();
     let mut add = |field: String, name: &str, key: Option<&str>| {
         out.push(SecretUse { field, name: name.to_string(), key: key.map(str::to_string) })
@@ -48,6 +48,11 @@ pub fn secrets_used(zone: &GameZone) -> Vec<SecretUse> {
         for key in build::SECRET_KEYS {
             add("spec.edits.secretRef".into(), &edits.secret_ref.name, Some(key));
         }
+    }
+    if let Some(secret) =
+        cfg.registry.as_ref().and_then(|r| r.secret.as_deref()).filter(|_| !zone.spec.artifacts.is_empty())
+    {
+        add("--artifact-registry-secret (the operator's)".into(), secret, Some(build::DOCKER_CONFIG_KEY));
     }
     out
 }
@@ -713,8 +718,8 @@ pub fn endpoints(services: &[Arc<Service>]) -> Vec<Endpoint> {
 }
 
 /// Whether `zone` names the Secret `secret` (the trigger of a Secret watch).
-pub fn names_secret(zone: &GameZone, secret: &str) -> bool {
-    secrets_used(zone).iter().any(|u| u.name == secret)
+pub fn names_secret(zone: &GameZone, cfg: &build::BuildConfig, secret: &str) -> bool {
+    secrets_used(zone, cfg).iter().any(|u| u.name == secret)
 }
 
 /// Fails on the first Secret that is missing or lacks its key.

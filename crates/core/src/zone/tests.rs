@@ -375,8 +375,12 @@ fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_cop
 }
 
 fn registry_config(image_volumes: bool) -> BuildConfig {
-    let registry =
-        ArtifactRegistry { repository: "registry.games:5000/gamezone/layers".into(), plain_http: true, image_volumes };
+    let registry = ArtifactRegistry {
+        repository: "registry.games:5000/gamezone/layers".into(),
+        plain_http: true,
+        image_volumes,
+        secret: None,
+    };
     BuildConfig { init_image: "op:1".into(), registry: Some(registry), ..Default::default() }
 }
 
@@ -438,4 +442,43 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
         |gs: &GameServer| gs.spec.template.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| v.image.is_some());
     let by: Vec<(String, bool)> = servers.iter().map(|g| (kube::ResourceExt::name_any(g), mounts(g))).collect();
     assert!(by.contains(&("zone1-game-1".into(), true)) && by.contains(&("zone1-game-2".into(), false)), "{by:?}");
+}
+
+#[test]
+fn the_registry_s_credentials_go_to_the_pack_the_copying_init_containers_and_the_pods_pull_secrets() {
+    let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
+    let tree = crate::api::artifacts::TreeImage { image: "r:5000/l@sha256:12".into(), tree_digest: "sha256:34".into() };
+    let mut z = basic();
+    z.spec.image_pull_secrets = vec!["zone-pull".into()];
+    let mut cfg = registry_config(true);
+    cfg.registry.as_mut().unwrap().secret = Some("registry-creds".into());
+    let auth = "/var/run/secrets/gamezone-registry/.dockerconfigjson";
+    let secrets = |pod: &k8s_openapi::api::core::v1::PodSpec| -> Vec<String> {
+        pod.volumes.iter().flatten().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect()
+    };
+    let uses_auth = |c: &k8s_openapi::api::core::v1::Container| {
+        let args = c.args.clone().unwrap_or_default();
+        args.windows(2).any(|w| w == ["--registry-auth", auth])
+            && c.volume_mounts.iter().flatten().any(|m| auth.starts_with(&m.mount_path))
+    };
+
+    let pack = pack_job(&z, &pins, &cfg).unwrap().unwrap().spec.unwrap().template.spec.unwrap();
+    assert!(uses_auth(&pack.containers[0]));
+    assert_eq!(secrets(&pack), ["s3cred", "registry-creds"], "the origin's to fetch, the registry's to push");
+
+    let copying = game_servers(&z, &pins, None, &cfg).unwrap();
+    let pod = copying[0].spec.template.spec.clone().unwrap();
+    assert!(uses_auth(&pod.init_containers.as_ref().unwrap()[0]));
+    assert_eq!(secrets(&pod), ["registry-creds"]);
+
+    let mounting = game_servers(&z, &pins, Some(&tree), &cfg).unwrap();
+    let pod = mounting[0].spec.template.spec.clone().unwrap();
+    let pulls: Vec<_> = pod.image_pull_secrets.iter().flatten().map(|s| s.name.as_str()).collect();
+    assert_eq!(pulls, ["zone-pull", "registry-creds"], "the kubelet pulls the tree image with it");
+    assert!(secrets(&pod).is_empty(), "the mount needs no Secret inside the pod");
+
+    let uses = crate::zone::decide::secrets_used(&z, &cfg);
+    let registry = uses.iter().find(|u| u.name == "registry-creds").expect("checked like the zone's own");
+    assert_eq!(registry.key.as_deref(), Some(".dockerconfigjson"));
+    assert!(registry.field.contains("--artifact-registry-secret"));
 }

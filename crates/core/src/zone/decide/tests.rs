@@ -56,13 +56,18 @@ fn secret(name: &str, keys: &[&str]) -> Secret {
 
 #[test]
 fn every_secret_a_zone_names_is_checked_with_the_field_that_names_it() {
-    let uses = secrets_used(&zone());
+    let uses = secrets_used(&zone(), &BuildConfig::default());
     let fields: Vec<_> = uses.iter().map(|u| (u.field.as_str(), u.name.as_str(), u.key.as_deref())).collect();
     assert_eq!(
         fields,
         [("spec.mysql.passwordSecretRef", "db", Some("password")), ("spec.artifacts[0].git.secretRef", "git", None),]
     );
-    assert!(names_secret(&zone(), "git") && names_secret(&zone(), "db") && !names_secret(&zone(), "other"));
+    let cfg = BuildConfig::default();
+    assert!(
+        names_secret(&zone(), &cfg, "git")
+            && names_secret(&zone(), &cfg, "db")
+            && !names_secret(&zone(), &cfg, "other")
+    );
 
     let (db, git) = (secret("db", &["password"]), secret("git", &["username"]));
     assert!(check_secrets("ns", &uses, |n| [&db, &git].into_iter().find(|s| s.name_any() == n)).is_ok());
