@@ -8,6 +8,9 @@ say() { printf '\n[test] %s\n' "$*" >&2; }
 
 export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
+# A test run builds each crate once: incremental caches would only grow the target dir (they
+# reached tens of GB across runs).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # The init-container's test servers (s3s-fs) live under the same cache root.
 export GAMEZONE_TOOLS=${GAMEZONE_TOOLS:-$GAMEZONE_CACHE/tools}
 export GAMEZONE_TOOLS_TARGET=${GAMEZONE_TOOLS_TARGET:-$GAMEZONE_CACHE/tools-target}

@@ -603,6 +603,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let tree = cfg.registry.as_ref().map(|r| gamezone_api::artifacts::TreeImage {
         image: format!("{}@<digest of the packed tree>", r.repository),
         tree_digest: "<digest of the packed tree>".into(),
+        ..Default::default()
     });
     let children = zone::children(&zone, &pins, tree.as_ref(), &cfg)?;
     let pods = gamezone_core::server::pods_on_an_empty_cluster(&children.servers, ranges)?;

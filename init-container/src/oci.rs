@@ -394,7 +394,11 @@ impl Registry {
         match self.client.pull_image_manifest(&image, &self.auth).await {
             Ok((manifest, digest)) => {
                 if let Some(d) = manifest.annotations.as_ref().and_then(|a| a.get(TREE_DIGEST_ANNOTATION)) {
-                    return Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest: d.clone() });
+                    return Ok(TreeImage {
+                        image: format!("{}@{digest}", self.repository),
+                        tree_digest: d.clone(),
+                        ..Default::default()
+                    });
                 }
             }
             Err(e) if is_unknown(&e) => {}
@@ -430,7 +434,7 @@ impl Registry {
         let blobs: Vec<(&str, u64)> = layers.iter().map(|l| (l.digest.as_str(), l.size)).collect();
         let annotations = BTreeMap::from([(TREE_DIGEST_ANNOTATION.to_owned(), tree_digest.clone())]);
         let digest = self.push_image(&ctx, &key, &blobs, annotations).await?;
-        Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest })
+        Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest, ..Default::default() })
     }
 
     /// Downloads the layer's blob to `to` (its digest checked as it streams).

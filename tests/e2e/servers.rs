@@ -231,13 +231,17 @@ impl Registry {
         }
     }
 
-    /// Requests for the blob `digest` its access log shows (`GET` only: downloads).
-    pub fn blob_downloads(&self, digest: &str) -> usize {
+    /// Downloads of the blob `digest` by a node's container runtime (containerd's user agent)
+    /// its access log shows: `GET`s it answered.
+    pub fn node_downloads(&self, digest: &str) -> usize {
         let log = std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default();
-        // Answered ones: a request without credentials is refused first.
-        let served =
-            |l: &&str| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")) && l.contains("\" 200 ");
-        log.lines().filter(served).count()
+        let by_node = |l: &&str| {
+            l.contains("\"GET /v2/")
+                && l.contains(&format!("/blobs/{digest} "))
+                && l.contains("\" 200 ")
+                && l.contains("containerd/")
+        };
+        log.lines().filter(by_node).count()
     }
 
     fn api(&self, path: &str) -> String {

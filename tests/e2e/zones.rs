@@ -247,7 +247,7 @@ async fn every_pod_sees_exactly_the_layered_tree_the_host_builds_for_the_same_pi
 }
 
 #[tokio::test]
-async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_and_pods_restart_with_the_origin_gone() {
+async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_node_pre_warmed_and_survives_the_origin() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let host = &cluster.info.host_address;
@@ -257,6 +257,10 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     let mut registry = Registry::start_for(&work.path().join("registry"), host, Some(("gamezone", "s3cret-pw")));
     registry.trusted_by(&cluster.info.nodes);
     let (mut git, commit) = config_repo(cluster, work.path(), "packed once");
+    // A bigger layer under the config: 2 MiB the config's re-pin must not move again.
+    let assets = git.repo("assets");
+    let noise: String = (0..(2 << 20) / 16).map(|i| format!("{:015x}\n", i * 7919)).collect();
+    assets.write("maps/world.bin", &noise).commit("assets");
 
     let ns = Ns::new(cluster, "e2e-pack").await;
     install_crds(&ns.client).await;
@@ -281,6 +285,8 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
             "--artifact-registry-plain-http",
             "--artifact-registry-secret",
             "registry-creds",
+            "--min-artifacts-interval",
+            "1",
         ],
     );
     let zones: Api<GameZone> = ns.api();
@@ -288,18 +294,24 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
         "packed",
         306,
         vec![service("game", 1, Some(3), json!([{"name": "game", "containerPort": 7777}]))],
-        json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]),
+        json!([
+            {"path": "/app/artifacts", "git": {"url": git.url("assets"), "branch": "main"}},
+            {"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}
+        ]),
     );
     zones.create(&PostParams::default(), &z).await.unwrap();
     let servers = wait_running(&ns, "packed").await;
     assert_eq!(servers.len(), 3);
     let status = zones.get("packed").await.unwrap().status.unwrap();
     assert_eq!(status.pack.as_ref().map(|p| p.state), Some(JobState::Succeeded), "{:?}", status.pack);
-    assert_eq!(status.artifacts[0].revision, commit);
-    let packed = status.artifacts[0].packed.clone().expect("the layer's digest and size in status");
-    assert!(packed.digest.starts_with("sha256:") && packed.size > 0, "{packed:?}");
+    assert_eq!(status.artifacts[1].revision, commit);
+    let packed: Vec<PackedLayer> =
+        status.artifacts.iter().map(|a| a.packed.clone().expect("each layer's digest and size in status")).collect();
+    assert!(packed.iter().all(|p| p.digest.starts_with("sha256:") && p.size > 0), "{packed:?}");
+    assert!(packed[0].size > 2 << 20, "{packed:?}");
     let tree = status.tree_image.clone().expect("the tree image in status");
     assert!(tree.image.starts_with(&format!("{repository}@sha256:")), "{tree:?}");
+    assert!(tree.warm_nodes.is_empty(), "nothing to pre-warm on a first rollout: {tree:?}");
 
     // Every pod mounts the tree image, checked against the digest the pack recorded: the game
     // sees that tree and its digest.
@@ -313,15 +325,17 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
         assert_eq!(answer["artifacts"]["treeDigest"], tree.tree_digest.as_str(), "{answer}");
         assert!(answer["artifacts"]["tree"].as_str().unwrap_or_default().starts_with("image-"), "{answer}");
     }
-    // The operator's ref listing and the pack Job's fetch, whatever the number of pods (without
-    // a registry each of the 3 pods fetches too).
+    // Per repository, the operator's ref listing and the pack Job's fetch, whatever the number
+    // of pods (without a registry each of the 3 pods fetches too).
     let fetches = git.fetches();
-    assert!(fetches <= 2, "the origin served {fetches} fetches for 3 pods");
-    // The node's containerd pulled the layer once for its 3 pods.
-    assert_eq!(registry.blob_downloads(&packed.digest), 1, "downloads of the layer for 3 pods on one node");
+    assert!(fetches <= 4, "the origins served {fetches} fetches for 2 layers and 3 pods");
+    // The node's containerd pulled each layer once for its 3 pods.
+    for p in &packed {
+        assert_eq!(registry.node_downloads(&p.digest), 1, "downloads of {} for 3 pods on one node", p.digest);
+    }
 
-    // A second zone with the same pins fetches nothing from the origin (the operator lists its
-    // refs once). Its tree image is made to look wrong: the tag's recorded tree digest is
+    // A second zone with the same pins fetches nothing from the origins (the operator lists
+    // their refs). Its tree image is made to look wrong: the tag's recorded tree digest is
     // tampered with, so every pod finds another tree than the pinned one, as on a node whose
     // runtime mounts image volumes empty. Those servers copy the tree from the registry instead,
     // come up Ready with the real tree, and the zone says so.
@@ -334,7 +348,7 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     z2.spec.zone_id = 307;
     zones.create(&PostParams::default(), &z2).await.unwrap();
     let copying = wait_running(&ns, "packed-too").await;
-    assert!(git.fetches() - before <= 1, "the second zone's pack fetched from the origin");
+    assert!(git.fetches() - before <= 2, "the second zone's pack fetched from the origins");
     let status = zones.get("packed-too").await.unwrap().status.unwrap();
     assert_eq!(status.tree_image.as_ref().map(|t| t.tree_digest.as_str()), Some(wrong.as_str()));
     let mounted = status.conditions.iter().find(|c| c.type_ == "ArtifactsMounted").expect("ArtifactsMounted");
@@ -350,12 +364,63 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     }
     zones.delete("packed-too", &Default::default()).await.unwrap();
 
-    // The origin and the registry gone, a deleted pod comes back with its tree: the node holds it.
+    // A new pin of the config: the node is pre-warmed with the new tree (a warm pod) before the
+    // first server moves, and only the config's layer is pulled again.
+    git.repo("config").write("config/server.json", "{\"motd\": \"packed twice\"}\n").commit("config 2");
+    let patch = json!({"spec": {"artifactsInterval": "1s"}});
+    zones.patch("packed", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let servers: Api<GameServer> = ns.api();
+    let moved = wait_for("every server on the new pin", TIMEOUT, || async {
+        let list = servers.list(&support::selector("packed")).await.map_err(|e| e.to_string())?.items;
+        let mut answers = Vec::new();
+        for s in &list {
+            let (addr, port) = reachable_at(s, "game");
+            answers.push(
+                tcp_request(&addr, port, "hello").map(|a| a["config"]["value"]["motd"].clone()).unwrap_or_default(),
+            );
+        }
+        if list.len() == 3 && answers.iter().all(|a| a == "packed twice") {
+            Ok(list)
+        } else {
+            Err(format!("{answers:?}"))
+        }
+    })
+    .await;
+    let status = zones.get("packed").await.unwrap().status.unwrap();
+    let tree2 = status.tree_image.clone().expect("the new tree image");
+    assert_ne!(tree2.image, tree.image);
+    assert_eq!(tree2.warm_nodes, [cluster.node().name.clone()], "{tree2:?}");
+    let warm = pods.list(&support::selector("packed")).await.unwrap().items;
+    let warm: Vec<&Pod> = warm.iter().filter(|p| p.labels().contains_key("gamezone.dev/warm-tree")).collect();
+    assert_eq!(warm.len(), 1, "one warm pod for the one node");
+    let finished = warm[0].status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        .state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .expect("the warm pod ended")
+        .finished_at
+        .clone()
+        .unwrap();
+    for s in &moved {
+        let pod = pods.get(&s.name_any()).await.unwrap();
+        assert!(
+            pod.metadata.creation_timestamp.unwrap().0 >= finished.0,
+            "{} started before the node was warm",
+            s.name_any()
+        );
+    }
+    let repinned = status.artifacts[1].packed.clone().unwrap();
+    assert_eq!(status.artifacts[0].packed.as_ref(), Some(&packed[0]), "the assets' pin stays");
+    assert_eq!(registry.node_downloads(&packed[0].digest), 1, "the 2 MiB layer was not pulled again");
+    assert_eq!(registry.node_downloads(&repinned.digest), 1, "the new config layer, once for the node");
+
+    // The origins and the registry gone, a deleted pod comes back with its tree: the node holds it.
     git.stop();
     registry.stop();
     let before = pods.get("packed-game-2").await.unwrap().metadata.uid;
     pods.delete("packed-game-2", &Default::default()).await.unwrap();
-    let servers: Api<GameServer> = ns.api();
     let again = wait_for("packed-game-2 back, Ready, on a new pod its status names", TIMEOUT, || async {
         let pod = pods.get("packed-game-2").await.map_err(|e| e.to_string())?;
         let gs = servers.get("packed-game-2").await.map_err(|e| e.to_string())?;
@@ -366,7 +431,7 @@ async fn with_an_artifact_registry_a_pin_is_fetched_once_mounted_once_per_node_a
     })
     .await;
     let answer = hello(&again, "game").await;
-    assert_eq!(answer["config"]["value"]["motd"], "packed once", "{answer}");
+    assert_eq!(answer["config"]["value"]["motd"], "packed twice", "{answer}");
     ns.finish().await;
 }
 

@@ -99,6 +99,10 @@ pub struct TreeImage {
     /// The digest of the tree the layers make together (`sha256:…` over sorted
     /// `path mode size sha256` lines): what a pod checks its mount against before the game starts.
     pub tree_digest: String,
+    /// Nodes that hold it before the rollout to it replaced a pod there (pre-warmed): the nodes
+    /// that ran the zone's servers when it was packed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_nodes: Vec<String>,
 }
 
 /// Reads the state file; `None` when absent or unreadable (then the tree is rebuilt).

@@ -175,6 +175,9 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
     let copies = |name: &str| copied.iter().any(|(n, _)| n == name);
     build::copy_tree_for(zone, &pins, &ctx.config.build, &mut wanted, copies).at(Step::Serve)?;
     decide::report_tree_mounts(status, build::mounts_tree_image(zone, tree.as_ref(), &ctx.config.build), &copied);
+    if !steps::prewarm(zone, ctx, status, &pins, &by_name).await.at(Step::Serve)? {
+        return Ok(Some(Duration::from_secs(5)));
+    }
     steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
     let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
     let ports = steps::hold_ports(ctx, &wanted, &by_name, &made);
@@ -297,8 +300,9 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
         tracing::info!(zone = %ObjectKey::of(zone), left = left.len(), "waiting for servers to go before releasing the zone");
         return Err(Error::Waiting(terminating(&left)));
     }
-    // Pods whose servers went before their deletion was seen here.
+    // Pods whose servers went before their deletion was seen here, and warm pods.
     writer.delete_all_owned::<Pod>(&ns, &lp, servers_pod).await?;
+    writer.delete_all_owned::<Pod>(&ns, &lp, zones).await?;
     forget(zone, ctx);
     ctx.event(zone, false, "Deleted", "every object of the zone was removed".into()).await;
     Ok(None)

@@ -256,6 +256,56 @@ pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, p
     Ok(packed)
 }
 
+/// How long a pre-warm may hold a rollout: a node that has not pulled the tree by then pulls it
+/// when its servers' pods start.
+const PREWARM_LIMIT: Duration = Duration::from_secs(300);
+
+/// Before servers move to a new tree image, has each node that runs them pull it (a warm pod
+/// per node) so the new pods start on a warm node; true once the rollout may go on. The warm
+/// pods of older trees go when a new pre-warm starts; those of this one stay as its record.
+pub async fn prewarm(
+    zone: &GameZone,
+    ctx: &Context,
+    status: &mut GameZoneStatus,
+    pins: &[String],
+    live: &BTreeMap<String, &GameServer>,
+) -> Result<bool> {
+    let cfg = &ctx.config.build;
+    let Some(tree) = status.tree_image.clone().filter(|t| build::mounts_tree_image(zone, Some(t), cfg)) else {
+        return Ok(true);
+    };
+    let nodes = decide::nodes_to_warm(live, &tree);
+    if nodes.iter().all(|n| tree.warm_nodes.contains(n)) {
+        return Ok(true);
+    }
+    let ns = zone.namespace().unwrap_or_default();
+    let selector = build::zone_selector(&zone.name_any());
+    let this = format!("{selector},{}={}", build::WARM_LABEL, hash_of(&tree.image));
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mine = |p: &Pod| controlled_by(&p.metadata, &zone.metadata);
+    let warm_pods: Vec<Pod> =
+        pods.list(&ListParams::default().labels(&this)).await?.items.into_iter().filter(mine).collect();
+    let p = decide::prewarm(&nodes, &warm_pods, Timestamp::now(), PREWARM_LIMIT);
+    if !p.create.is_empty() {
+        let older = format!("{selector},{},{}!={}", build::WARM_LABEL, build::WARM_LABEL, hash_of(&tree.image));
+        let zones = |m: &kube::api::ObjectMeta| controlled_by(m, &zone.metadata);
+        ctx.writer.delete_all_owned::<Pod>(&ns, &ListParams::default().labels(&older), zones).await?;
+    }
+    for node in &p.create {
+        if let Some(pod) = build::warm_pod(zone, pins, &tree, cfg, node)? {
+            ctx.writer.create_once(&pod).await?;
+        }
+    }
+    for (node, why) in &p.failed {
+        tracing::warn!(zone = %ObjectKey::of(zone), node = %node, why = %why, "pre-warm failed on a node; its servers pull when they start");
+    }
+    if let Some(t) = status.tree_image.as_mut() {
+        t.warm_nodes = p.warm.clone();
+    }
+    decide::report_prewarm(status, &p);
+    Ok(p.done)
+}
+
 /// The pods of one of the zone's Jobs.
 async fn job_pods(zone: &GameZone, ctx: &Context, job_name: &str) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &zone.namespace().unwrap_or_default());

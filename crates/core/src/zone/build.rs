@@ -7,8 +7,9 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ImageVolumeSource, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -43,6 +44,10 @@ pub const SERVER_CONTAINER: &str = "server";
 pub const INIT_CONTAINER: &str = "artifacts";
 /// Name of the migration Job's container.
 pub const MIGRATE_CONTAINER: &str = "migrate";
+/// Name of a warm pod's container.
+pub const WARM_CONTAINER: &str = "warm";
+/// Label of a warm pod: the hash of the tree image it pre-warms a node with.
+pub const WARM_LABEL: &str = "gamezone.dev/warm-tree";
 /// Name of the pack Job's container.
 pub const PACK_CONTAINER: &str = "pack";
 /// Where the pack Job builds each layer (an emptyDir).
@@ -1123,6 +1128,49 @@ pub fn pack_job(zone: &GameZone, pins: &[String], cfg: &BuildConfig) -> Result<O
                     ..Default::default()
                 }),
             },
+            ..Default::default()
+        }),
+        status: None,
+    }))
+}
+
+/// The pod that pre-warms `node` with the zone's `tree` image before a rollout to it: pinned to
+/// the node, it mounts the image (the node's runtime pulls each layer it lacks) and checks it
+/// as a server's init container would, then ends. Restricted, tolerating every taint.
+pub fn warm_pod(
+    zone: &GameZone,
+    pins: &[String],
+    tree: &TreeImage,
+    cfg: &BuildConfig,
+    node: &str,
+) -> Result<Option<Pod>> {
+    let (Some(mount), TreeFrom::Image(tree)) = (artifacts_mount(zone)?, tree_from(zone, Some(tree), cfg)) else {
+        return Ok(None);
+    };
+    let plan_env = vec![
+        env("GAMEZONE_LAYERS", serde_json::to_string(&mount.layers)?),
+        env("GAMEZONE_REVISIONS", serde_json::to_string(pins)?),
+    ];
+    let pod = image_pod(mount.root, tree, plan_env, cfg, Vec::new());
+    let mut container = pod.init;
+    container.name = WARM_CONTAINER.into();
+    container.security_context = Some({
+        let mut sc = SecurityContext::default();
+        restrict(&mut sc);
+        sc
+    });
+    let zone_name = zone.name_any();
+    let mut labels = zone_labels(&zone_name);
+    labels.insert(WARM_LABEL.into(), hash_of(&tree.image));
+    Ok(Some(Pod {
+        metadata: meta(zone, warm_pod_name(&zone_name, &hash_of(&node)), labels),
+        spec: Some(PodSpec {
+            node_name: Some(node.to_owned()),
+            restart_policy: Some("Never".into()),
+            containers: vec![container],
+            volumes: Some(pod.volumes),
+            image_pull_secrets: with_pull_secrets(zone, &pod.pull_secrets),
+            tolerations: Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]),
             ..Default::default()
         }),
         status: None,

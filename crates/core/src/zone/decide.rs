@@ -540,6 +540,96 @@ pub fn readiness(wanted: &[GameServer], live: &BTreeMap<String, &GameServer>) ->
     Readiness { desired: wanted.len(), ready, waiting }
 }
 
+/// The nodes to pre-warm with `tree` before servers move to it: those of running servers whose
+/// pods do not mount it yet (servers that copy the tree are not waited for).
+pub fn nodes_to_warm(live: &BTreeMap<String, &GameServer>, tree: &TreeImage) -> BTreeSet<String> {
+    let mounts = |gs: &GameServer| {
+        let volumes = gs.spec.template.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        volumes
+            .into_iter()
+            .flatten()
+            .any(|v| v.image.as_ref().and_then(|i| i.reference.as_deref()) == Some(&tree.image))
+    };
+    live.values()
+        .filter(|gs| gs.metadata.deletion_timestamp.is_none() && !mounts(gs))
+        .filter_map(|gs| {
+            let status = gs.status.as_ref()?;
+            if status.tree_copied.is_some() { None } else { status.node_name.clone() }
+        })
+        .collect()
+}
+
+/// How a pre-warm stands: which nodes need a warm pod made, which hold the tree, which could
+/// not (with why), and whether the rollout may go on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prewarm {
+    /// Nodes without a warm pod yet.
+    pub create: Vec<String>,
+    /// Nodes whose warm pod succeeded: they hold the tree.
+    pub warm: Vec<String>,
+    /// Nodes whose warm pod failed, with what it said.
+    pub failed: Vec<(String, String)>,
+    /// Nodes whose warm pod still runs (pulling).
+    pub pulling: Vec<String>,
+    /// The rollout may go on: every node is warm or failed, or the pre-warm took `limit`.
+    pub done: bool,
+}
+
+/// The pre-warm of `nodes` given the zone's warm pods of this tree (`pods`, by node).
+pub fn prewarm(
+    nodes: &BTreeSet<String>,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    now: Timestamp,
+    limit: Duration,
+) -> Prewarm {
+    let mut p = Prewarm::default();
+    let mut oldest: Option<Timestamp> = None;
+    for node in nodes {
+        let pod = pods.iter().find(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node));
+        let Some(pod) = pod else {
+            p.create.push(node.clone());
+            continue;
+        };
+        if let Some(t) = &pod.metadata.creation_timestamp {
+            oldest = Some(oldest.map_or(t.0, |o| o.min(t.0)));
+        }
+        let status = pod.status.as_ref();
+        match status.and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => p.warm.push(node.clone()),
+            Some("Failed") => {
+                let said = status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first()?.state.as_ref()?.terminated.as_ref()?.message.clone())
+                    .or_else(|| status.and_then(|s| s.message.clone()))
+                    .unwrap_or_else(|| "the warm pod failed".into());
+                p.failed.push((node.clone(), crate::api::conditions::bounded(said.trim())));
+            }
+            _ => p.pulling.push(node.clone()),
+        }
+    }
+    let timed_out = oldest.is_some_and(|o| o + limit < now);
+    p.done = (p.create.is_empty() && p.pulling.is_empty()) || timed_out;
+    p
+}
+
+/// While a pre-warm holds the rollout: `Ready` and `ServersReady` say which nodes pull.
+pub fn report_prewarm(status: &mut GameZoneStatus, p: &Prewarm) {
+    if p.done {
+        return;
+    }
+    let generation = status.observed_generation;
+    let waiting: Vec<&str> = p.create.iter().chain(&p.pulling).map(String::as_str).collect();
+    let msg = format!(
+        "pre-warming the tree image before the rollout: {} of {} node(s) hold it; pulling on {}",
+        p.warm.len(),
+        p.warm.len() + p.failed.len() + waiting.len(),
+        waiting.join(", ")
+    );
+    conditions::set(&mut status.conditions, types::SERVERS_READY, false, "PreWarming", msg.clone(), generation);
+    conditions::set(&mut status.conditions, types::READY, false, "PreWarming", msg, generation);
+    status.phase = Some(ZonePhase::Deploying);
+}
+
 /// `ArtifactsMounted`, while servers mount the zone's tree image (`in_use`): True when every one
 /// does, False (`CopyFallback`) naming those whose node mounted it wrong (`copied`: name, why),
 /// which copy the tree from the registry instead. Absent otherwise.

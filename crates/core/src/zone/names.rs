@@ -36,6 +36,11 @@ pub fn pack_job_name(zone: &str, inputs_hash: &str) -> String {
     format!("{zone}-pack-{}", &inputs_hash[..inputs_hash.len().min(10)])
 }
 
+/// Name of the pod that pre-warms a node (by the hash of its name) with a tree image.
+pub fn warm_pod_name(zone: &str, node_hash: &str) -> String {
+    format!("{zone}-warm-{}", &node_hash[..node_hash.len().min(10)])
+}
+
 /// DNS name of a server through the zone's headless Service.
 pub fn server_dns_name(zone: &str, namespace: &str, server: &str) -> String {
     format!("{server}.{}.{namespace}.svc", headless_service_name(zone))

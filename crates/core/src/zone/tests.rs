@@ -390,6 +390,7 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
     let tree = crate::api::artifacts::TreeImage {
         image: "registry.games:5000/gamezone/layers@sha256:1234".into(),
         tree_digest: "sha256:5678".into(),
+        ..Default::default()
     };
     let z = basic();
     let cfg = registry_config(true);
@@ -447,7 +448,11 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
 #[test]
 fn the_registry_s_credentials_go_to_the_pack_the_copying_init_containers_and_the_pods_pull_secrets() {
     let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
-    let tree = crate::api::artifacts::TreeImage { image: "r:5000/l@sha256:12".into(), tree_digest: "sha256:34".into() };
+    let tree = crate::api::artifacts::TreeImage {
+        image: "r:5000/l@sha256:12".into(),
+        tree_digest: "sha256:34".into(),
+        ..Default::default()
+    };
     let mut z = basic();
     z.spec.image_pull_secrets = vec!["zone-pull".into()];
     let mut cfg = registry_config(true);
@@ -481,4 +486,35 @@ fn the_registry_s_credentials_go_to_the_pack_the_copying_init_containers_and_the
     let registry = uses.iter().find(|u| u.name == "registry-creds").expect("checked like the zone's own");
     assert_eq!(registry.key.as_deref(), Some(".dockerconfigjson"));
     assert!(registry.field.contains("--artifact-registry-secret"));
+}
+
+#[test]
+fn a_warm_pod_is_pinned_to_its_node_mounts_the_tree_and_checks_it() {
+    let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
+    let tree = crate::api::artifacts::TreeImage {
+        image: "r:5000/l@sha256:12".into(),
+        tree_digest: "sha256:34".into(),
+        ..Default::default()
+    };
+    let z = basic();
+    let cfg = registry_config(true);
+    let pod = warm_pod(&z, &pins, &tree, &cfg, "node-a").unwrap().expect("a warm pod");
+    let other = warm_pod(&z, &pins, &tree, &cfg, "node-b").unwrap().unwrap();
+    assert_ne!(pod.metadata.name, other.metadata.name, "one per node");
+    assert!(pod.metadata.name.as_deref().unwrap().starts_with("zone1-warm-"));
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert_eq!(labels.get(WARM_LABEL), Some(&hash_of(&tree.image)));
+    let spec = pod.spec.unwrap();
+    assert_eq!((spec.node_name.as_deref(), spec.restart_policy.as_deref()), (Some("node-a"), Some("Never")));
+    let c = &spec.containers[0];
+    assert_eq!(c.args.as_ref().unwrap()[0], "mount");
+    assert_eq!(c.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.image.as_ref().and_then(|i| i.reference.as_deref()) == Some("r:5000/l@sha256:12"))
+    );
+    // None where pods copy.
+    assert!(warm_pod(&z, &pins, &tree, &registry_config(false), "node-a").unwrap().is_none());
 }

@@ -504,3 +504,56 @@ fn artifacts_mounted_says_which_servers_copy_and_why_and_goes_when_no_image_is_m
     report_tree_mounts(&mut status, false, &copied);
     assert!(status.conditions.iter().all(|c| c.type_ != types::ARTIFACTS_MOUNTED));
 }
+
+#[test]
+fn a_pre_warm_covers_the_nodes_of_servers_still_on_another_tree_and_lets_the_rollout_go_once_settled() {
+    use crate::api::artifacts::TreeImage;
+    let tree = TreeImage { image: "r/l@sha256:new".into(), tree_digest: "sha256:t".into(), ..Default::default() };
+    let mut servers = wanted();
+    assert!(servers.len() >= 3);
+    let on = |gs: &mut GameServer, node: &str, image: Option<&str>| {
+        gs.status = Some(GameServerStatus { node_name: Some(node.into()), ..Default::default() });
+        let spec = gs.spec.template.spec.as_mut().unwrap();
+        spec.volumes = image.map(|i| {
+            vec![serde_json::from_value(json!({"name": "artifacts-image", "image": {"reference": i}})).unwrap()]
+        });
+    };
+    on(&mut servers[0], "node-a", Some("r/l@sha256:old"));
+    on(&mut servers[1], "node-b", None);
+    on(&mut servers[2], "node-c", Some("r/l@sha256:new"));
+    let mut copying = servers[0].clone();
+    copying.metadata.name = Some("copying".into());
+    on(&mut copying, "node-d", None);
+    copying.status.as_mut().unwrap().tree_copied = Some("on node-d, image volume mounted wrong: …".into());
+    let live: BTreeMap<String, &GameServer> = servers.iter().chain([&copying]).map(|g| (g.name_any(), g)).collect();
+    let nodes = nodes_to_warm(&live, &tree);
+    assert_eq!(nodes.iter().map(String::as_str).collect::<Vec<_>>(), ["node-a", "node-b"]);
+
+    let now = Timestamp::now();
+    let pod = |node: &str, phase: &str, age_s: i64| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("w-{node}"), "creationTimestamp": (now - k8s_openapi::jiff::SignedDuration::from_secs(age_s)).to_string()},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": phase, "containerStatuses": [{"name": "warm", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 1, "message": "image volume mounted wrong: 0 files"}}}]}
+        }))
+        .unwrap()
+    };
+    let limit = Duration::from_secs(300);
+    let p = prewarm(&nodes, &[], now, limit);
+    assert_eq!((p.create.len(), p.done), (2, false));
+    let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 10), pod("node-b", "Running", 10)], now, limit);
+    assert_eq!(
+        (p.warm.clone(), p.pulling.clone(), p.done),
+        (vec!["node-a".to_string()], vec!["node-b".to_string()], false)
+    );
+    let mut status = GameZoneStatus::default();
+    report_prewarm(&mut status, &p);
+    let (ok, reason, message) = condition(&status, types::READY);
+    assert_eq!((ok, reason), ("False", "PreWarming"));
+    assert!(message.contains("1 of 2 node(s) hold it; pulling on node-b"), "{message}");
+    let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 10), pod("node-b", "Failed", 10)], now, limit);
+    assert!(p.done && p.failed[0].1.contains("mounted wrong"), "a failed node does not hold the rollout: {p:?}");
+    let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 400), pod("node-b", "Pending", 400)], now, limit);
+    assert!(p.done, "nor does one that pulls past the limit");
+}
