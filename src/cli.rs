@@ -39,6 +39,38 @@ enum Command {
     /// Live edits of a test zone: status, reset, save to git (and `serve`, the share's process).
     #[command(subcommand)]
     Edits(EditsCommand),
+    /// The artifact registry: `prune` deletes the packed trees and layers no zone uses.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistryCommand {
+    /// Delete every packed tree image (`t-` tag) and layer (`l-` tag) that no GameZone of the
+    /// cluster uses now (its `status.treeImage` and packed layers); their blobs go at the
+    /// registry's next garbage collection. Other tags are never touched. A version pruned here
+    /// is packed again from its origins if a zone goes back to it.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// The artifact registry's repository, `host[:port]/path`, as the operator's flag names it.
+    #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY")]
+    artifact_registry: String,
+    /// Speak plain HTTP to it.
+    #[arg(long, env = "GAMEZONE_ARTIFACT_REGISTRY_PLAIN_HTTP")]
+    artifact_registry_plain_http: bool,
+    /// Docker config JSON with credentials that may delete (a dockerconfigjson Secret's
+    /// `.dockerconfigjson`); anonymous without.
+    #[arg(long)]
+    registry_auth: Option<PathBuf>,
+    /// Print what would go; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Kubeconfig to use; $KUBECONFIG or in-cluster config when empty.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +419,7 @@ impl Cli {
             Command::Run(args) => run(*args).await,
             Command::Sdk(args) => gamezone_sdk::cli::run(args).await,
             Command::Edits(cmd) => edits(cmd).await,
+            Command::Registry(RegistryCommand::Prune(args)) => prune(args).await,
         }
     }
 }
@@ -467,6 +500,57 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// What the zones use of the artifact registry `repository`: their tree images (manifest
+/// digests) and packed layers (blob digests).
+fn registry_in_use(zones: &[GameZone], repository: &str) -> gamezone_init::prune::Keep {
+    let mut keep = gamezone_init::prune::Keep::default();
+    for status in zones.iter().filter_map(|z| z.status.as_ref()) {
+        if let Some(digest) = status.tree_image.as_ref().and_then(|t| t.image.strip_prefix(&format!("{repository}@"))) {
+            keep.trees.insert(digest.to_owned());
+        }
+        keep.layers.extend(status.artifacts.iter().filter_map(|a| Some(a.packed.as_ref()?.digest.clone())));
+    }
+    keep
+}
+
+async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let repository = gamezone_init::oci::check_repository(&args.artifact_registry)
+        .map_err(|why| anyhow::anyhow!("--artifact-registry {why}"))?;
+    let options = gamezone_init::oci::RegistryOptions::with_docker_config(
+        &repository,
+        args.artifact_registry_plain_http,
+        args.registry_auth.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("--registry-auth {e}"))?;
+    let registry = gamezone_init::oci::Registry::new(&options)?;
+    let config = gamezone_sdk::cli::kube_config(args.kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(config)?;
+    let zones = kube::Api::<GameZone>::all(client)
+        .list(&Default::default())
+        .await
+        .context("list the GameZones of every namespace (what they use stays)")?
+        .items;
+    let keep = registry_in_use(&zones, &repository);
+    eprintln!(
+        "{} zone(s) use {} tree image(s) and {} layer(s) of {repository}",
+        zones.len(),
+        keep.trees.len(),
+        keep.layers.len()
+    );
+    let pruned = gamezone_init::prune::prune(&registry, &keep, args.dry_run).await?;
+    for t in &pruned.deleted {
+        println!("{} {}:{} ({})", if args.dry_run { "would delete" } else { "deleted" }, repository, t.tag, t.digest);
+    }
+    eprintln!(
+        "{} of {} tag(s) {}; their blobs go at the registry's next garbage collection \
+         (CNCF Distribution: `registry garbage-collect CONFIG`)",
+        pruned.deleted.len(),
+        pruned.tags,
+        if args.dry_run { "would be deleted" } else { "deleted" }
+    );
+    Ok(())
 }
 
 async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ pub mod p4export;
 mod paths;
 pub mod plan;
 pub mod progress;
+pub mod prune;
 pub mod resolve;
 pub mod retry;
 pub mod samba;

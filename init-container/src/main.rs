@@ -104,20 +104,12 @@ struct RegistryArgs {
 impl RegistryArgs {
     fn registry(&self) -> anyhow::Result<Option<Registry>> {
         let Some(repository) = &self.repository else { return Ok(None) };
-        let host = repository.split('/').next().unwrap_or_default();
-        let basic = match &self.registry_auth {
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("read --registry-auth {}", file.display()))?;
-                let basic = oci::basic_from_docker_config(&text, host)
-                    .map_err(|e| anyhow::anyhow!("--registry-auth {}: {e}", file.display()))?;
-                Some(basic.with_context(|| {
-                    format!("--registry-auth {} has no credentials for {host}; add auths.\"{host}\"", file.display())
-                })?)
-            }
-            None => None,
-        };
-        let o = oci::RegistryOptions { repository: repository.clone(), plain_http: self.registry_plain_http, basic };
+        let o = oci::RegistryOptions::with_docker_config(
+            repository,
+            self.registry_plain_http,
+            self.registry_auth.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("--registry-auth {e}"))?;
         Ok(Some(Registry::new(&o)?))
     }
 }

@@ -50,12 +50,49 @@ pub struct RegistryOptions {
     pub basic: Option<(String, String)>,
 }
 
+impl RegistryOptions {
+    /// The options for `repository`, with the credentials a Docker config JSON file (a
+    /// dockerconfigjson Secret's `.dockerconfigjson`) holds for its host when `auth` names one.
+    pub fn with_docker_config(
+        repository: &str,
+        plain_http: bool,
+        auth: Option<&Path>,
+    ) -> std::result::Result<RegistryOptions, String> {
+        let host = repository.split('/').next().unwrap_or_default();
+        let basic = match auth {
+            Some(file) => {
+                let text = fs::read_to_string(file).map_err(|e| format!("read {}: {e}", file.display()))?;
+                let basic = basic_from_docker_config(&text, host).map_err(|e| format!("{}: {e}", file.display()))?;
+                Some(
+                    basic.ok_or_else(|| {
+                        format!("{} has no credentials for {host}; add auths.\"{host}\"", file.display())
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(RegistryOptions { repository: repository.to_owned(), plain_http, basic })
+    }
+}
+
 /// A client of the repository that holds packed layers.
 #[derive(Clone)]
 pub struct Registry {
     client: Arc<Client>,
     repository: String,
     auth: RegistryAuth,
+    options: RegistryOptions,
+}
+
+/// A tag of the repository and the manifest it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged {
+    /// The tag.
+    pub tag: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// Its layers' digests, in order.
+    pub layers: Vec<String>,
 }
 
 /// A packed layer as its manifest records it.
@@ -259,7 +296,83 @@ impl Registry {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
             None => RegistryAuth::Anonymous,
         };
-        Ok(Registry { client: Arc::new(client), repository, auth })
+        Ok(Registry { client: Arc::new(client), repository, auth, options: o.clone() })
+    }
+
+    /// Every tag of the repository with the manifest it names (none when it does not exist yet).
+    pub async fn tagged(&self) -> Result<Vec<Tagged>> {
+        let ctx = Ctx::new(0, format!("the repository {}", self.repository));
+        let probe = self.reference("probe");
+        let tags = match self.client.list_tags(&probe, &self.auth, None, None).await {
+            Ok(t) => t.tags,
+            Err(e) if is_unknown(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(self.failed(&ctx, "list the tags of", "*", e)),
+        };
+        let mut out = Vec::with_capacity(tags.len());
+        for tag in tags {
+            match self.client.pull_image_manifest(&self.reference(&tag), &self.auth).await {
+                Ok((m, digest)) => {
+                    out.push(Tagged { tag, digest, layers: m.layers.into_iter().map(|l| l.digest).collect() })
+                }
+                // Gone since the listing, or not an image manifest: not ours to judge.
+                Err(e) if is_unknown(&e) => {}
+                Err(OciDistributionError::UnsupportedMediaTypeError(_)) => {}
+                Err(e) => return Err(self.failed(&ctx, "read the manifest of", &tag, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the manifest `digest` (and with it every tag naming it). Its blobs stay until the
+    /// registry's garbage collection finds no manifest referring to them.
+    pub async fn delete_manifest(&self, digest: &str) -> Result<()> {
+        let ctx = Ctx::new(0, format!("the repository {}", self.repository));
+        let (host, path) = self.repository.split_once('/').expect("checked in Registry::new");
+        let scheme = if self.options.plain_http { "http" } else { "https" };
+        let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
+        let http = reqwest::Client::new();
+        let basic = self.options.basic.clone();
+        let with_basic = |r: reqwest::RequestBuilder| match &basic {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        };
+        let io = |e: reqwest::Error| ctx.transient(format!("cannot delete {digest} from {}: {e}", self.repository));
+        let mut res = with_basic(http.delete(&url)).send().await.map_err(io)?;
+        // A token registry (Harbor, the clouds'): a bearer token for the delete, then again.
+        let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        if res.status() == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(token_url) = challenge.and_then(|c| bearer_token_url(c, path))
+        {
+            let body = with_basic(http.get(&token_url))
+                .send()
+                .await
+                .map_err(io)?
+                .error_for_status()
+                .map_err(|e| {
+                    ctx.auth(format!(
+                        "the registry's token service refused a delete token ({e}); check the registry credentials"
+                    ))
+                })?
+                .bytes()
+                .await
+                .map_err(io)?;
+            let token: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let token = token["token"].as_str().or(token["access_token"].as_str()).unwrap_or_default().to_owned();
+            res = http.delete(&url).bearer_auth(token).send().await.map_err(io)?;
+        }
+        match res.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            401 | 403 => Err(ctx.auth(format!(
+                "the registry refused to delete {digest} from {} ({}); check that the registry credentials may delete",
+                self.repository,
+                res.status()
+            ))),
+            405 => Err(ctx.source(format!(
+                "{} does not allow deletes (405); enable them (CNCF Distribution: storage.delete.enabled: true)",
+                self.repository
+            ))),
+            s => Err(ctx.source(format!("cannot delete {digest} from {}: HTTP {s}", self.repository))),
+        }
     }
 
     /// The repository, as given.
@@ -515,6 +628,24 @@ pub fn check_repository(given: &str) -> std::result::Result<String, String> {
         }
         Ok(_) => Ok(repository),
     }
+}
+
+/// The token URL a `Bearer realm="…",service="…"` challenge names, asking for delete on `path`.
+fn bearer_token_url(challenge: &str, path: &str) -> Option<String> {
+    let params = challenge.strip_prefix("Bearer ")?;
+    let value = |key: &str| {
+        params
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    let realm = value("realm")?;
+    let mut url = reqwest::Url::parse(&realm).ok()?;
+    if let Some(service) = value("service") {
+        url.query_pairs_mut().append_pair("service", &service);
+    }
+    url.query_pairs_mut().append_pair("scope", &format!("repository:{path}:pull,delete"));
+    Some(url.to_string())
 }
 
 /// Whether the registry says it has no such tag (or no such repository yet).

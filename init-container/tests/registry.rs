@@ -307,3 +307,70 @@ fn a_registry_with_credentials_takes_them_from_a_docker_config_and_refuses_witho
         .arg(t.path().join("root")));
     assert_eq!(read(t.path().join("root/current/a.txt")), "a");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_keeps_the_trees_in_use_and_their_layers_and_the_registry_s_gc_frees_the_rest() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("registry");
+    let reg = docker_registry(&dir);
+    let (base, config) = (t.path().join("base"), t.path().join("config"));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(base.join("map.bin"), "m".repeat(64 << 10)).unwrap();
+    std::fs::write(config.join("server.json"), "one").unwrap();
+    let layers = vec![local_layer(&base, ""), local_layer(&config, "config")];
+    let pin = |layers: Vec<Layer>| async move {
+        let pins: Vec<String> =
+            resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+        pins
+    };
+    let pins1 = pin(layers.clone()).await;
+    let v1 =
+        pack(&apply_options(layers.clone(), pins1, t.path().join("w1"), Arc::new(NoCredentials)), &registry(reg.port))
+            .await
+            .unwrap();
+    std::fs::write(config.join("server.json"), "two").unwrap();
+    let pins2 = pin(layers.clone()).await;
+    let v2 = pack(
+        &apply_options(layers.clone(), pins2.clone(), t.path().join("w2"), Arc::new(NoCredentials)),
+        &registry(reg.port),
+    )
+    .await
+    .unwrap();
+    let digest_of = |image: &str| image.split_once('@').unwrap().1.to_owned();
+    let keep = gamezone_init::prune::Keep { trees: [digest_of(&v2.tree.image)].into(), ..Default::default() };
+
+    // A dry run deletes nothing; then the old tree and the old config layer go, nothing else.
+    let dry = gamezone_init::prune::prune(&registry(reg.port), &keep, true).await.unwrap();
+    let names = |p: &gamezone_init::prune::Pruned| {
+        let mut v: Vec<String> = p.deleted.iter().map(|t| t.tag.clone()).collect();
+        v.sort();
+        v
+    };
+    let old_tree = gamezone_init::oci::tree_key(v1.layers.iter().map(|l| l.key.as_str()));
+    let mut expected = vec![old_tree, v1.layers[1].key.clone()];
+    expected.sort();
+    assert_eq!(names(&dry), expected);
+    assert_eq!(registry(reg.port).tagged().await.unwrap().len(), 5, "two trees, three layers, all still there");
+    let done = gamezone_init::prune::prune(&registry(reg.port), &keep, false).await.unwrap();
+    assert_eq!(names(&done), expected);
+    let left: Vec<String> = registry(reg.port).tagged().await.unwrap().into_iter().map(|t| t.tag).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+
+    // The registry's garbage collection frees the old config layer's blob, not the shared one.
+    let blob = |d: &str| dir.join("data/docker/registry/v2/blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    assert!(blob(&v1.layers[1].digest).exists());
+    let out = Command::new("/usr/bin/docker-registry")
+        .args(["garbage-collect"])
+        .arg(dir.join("config.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!blob(&v1.layers[1].digest).exists(), "the pruned layer's blob is freed");
+    assert!(blob(&v2.layers[0].digest).exists() && blob(&v2.layers[1].digest).exists());
+
+    // What is in use still copies.
+    let mut o = apply_options(layers, pins2, t.path().join("copied"), Arc::new(NoCredentials));
+    o.registry = Some(registry(reg.port));
+    assert_eq!(apply(o).await.unwrap().tree_digest, v2.tree.tree_digest);
+}

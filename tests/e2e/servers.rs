@@ -168,7 +168,7 @@ impl Registry {
         let port = free_port();
         let config = root.join("config.yml");
         let mut text = format!(
-            "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             root.join("data").display()
         );
         if let Some((u, p)) = user {

@@ -416,6 +416,29 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     assert_eq!(registry.node_downloads(&packed[0].digest), 1, "the 2 MiB layer was not pulled again");
     assert_eq!(registry.node_downloads(&repinned.digest), 1, "the new config layer, once for the node");
 
+    // Retention: `gamezone registry prune` deletes the first version's tree and config layer,
+    // which no zone uses any more, and keeps what the zone runs.
+    let auth = work.path().join("registry-auth.json");
+    std::fs::write(&auth, registry.docker_config()).unwrap();
+    let before: Vec<String> = registry.tags();
+    let out = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        .args(["registry", "prune", "--artifact-registry", &repository, "--artifact-registry-plain-http"])
+        .arg("--registry-auth")
+        .arg(&auth)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let after: Vec<String> = registry.tags();
+    let gone: Vec<&String> = before.iter().filter(|t| !after.contains(t)).collect();
+    assert_eq!(gone.len(), 2, "the old tree and the old config layer: {said}");
+    assert!(gone.iter().any(|t| t.starts_with("t-")) && gone.iter().any(|t| t.starts_with("l-")), "{said}");
+    assert!(said.contains("2 of 5 tag(s) deleted"), "{said}");
+    let current = registry.tags();
+    assert_eq!(current.len(), 3, "the current tree, the assets and the new config: {current:?}");
+
     // The origins and the registry gone, a deleted pod comes back with its tree: the node holds it.
     git.stop();
     registry.stop();
