@@ -91,29 +91,45 @@ impl Cluster {
         let cluster = CLUSTER.get_or_init(|| {
             let kubeconfig = match std::env::var_os(REAL_KUBECONFIG_ENV) {
                 Some(path) => PathBuf::from(path),
-                None => start()?,
+                None => start(1)?,
             };
-            let dir = kubeconfig.parent().ok_or("the kubeconfig has no folder")?.to_path_buf();
-            let json = std::fs::read_to_string(dir.join("real-nodes.json")).map_err(|e| {
-                format!(
-                    "{}/real-nodes.json: {e}; {REAL_KUBECONFIG_ENV} must name the kubeconfig of `cp.sh up DIR --real-nodes 1`",
-                    dir.display()
-                )
-            })?;
-            let info: RealNodes = serde_json::from_str(&json).map_err(|e| format!("real-nodes.json: {e}: {json}"))?;
-            if info.nodes.is_empty() {
-                return Err(format!("{} has no real node", dir.display()));
-            }
-            let cluster = Cluster { dir, kubeconfig, info };
-            if std::env::var_os(IMAGES_IMPORTED_ENV).is_none() {
-                cluster.import_images()?;
-            }
-            Ok(cluster)
+            Cluster::of(kubeconfig, 1)
         });
         match cluster {
             Ok(c) => c,
             Err(e) => panic!("control plane with a real node unavailable: {e}"),
         }
+    }
+
+    /// A second control plane, with two real nodes, for the tests that need a second node;
+    /// started on first use (its own, whatever [`REAL_KUBECONFIG_ENV`] says).
+    pub fn two_nodes() -> &'static Cluster {
+        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        match CLUSTER.get_or_init(|| Cluster::of(start(2)?, 2)) {
+            Ok(c) => c,
+            Err(e) => panic!("control plane with two real nodes unavailable: {e}"),
+        }
+    }
+
+    /// The cluster whose `cp.sh` directory holds `kubeconfig`, with at least `real` real nodes,
+    /// its images imported unless [`IMAGES_IMPORTED_ENV`] says they are.
+    fn of(kubeconfig: PathBuf, real: usize) -> Result<Cluster, String> {
+        let dir = kubeconfig.parent().ok_or("the kubeconfig has no folder")?.to_path_buf();
+        let json = std::fs::read_to_string(dir.join("real-nodes.json")).map_err(|e| {
+            format!(
+                "{}/real-nodes.json: {e}; {REAL_KUBECONFIG_ENV} must name the kubeconfig of `cp.sh up DIR --real-nodes 1`",
+                dir.display()
+            )
+        })?;
+        let info: RealNodes = serde_json::from_str(&json).map_err(|e| format!("real-nodes.json: {e}: {json}"))?;
+        if info.nodes.len() < real {
+            return Err(format!("{} has {} real node(s), not {real}", dir.display(), info.nodes.len()));
+        }
+        let cluster = Cluster { dir, kubeconfig, info };
+        if std::env::var_os(IMAGES_IMPORTED_ENV).is_none() || real > 1 {
+            cluster.import_images()?;
+        }
+        Ok(cluster)
     }
 
     /// The first real node, where the tests' pods run.
@@ -196,7 +212,7 @@ pub fn image_bin(name: &str) -> PathBuf {
     target_dir().join(dir).join(name)
 }
 
-fn start() -> Result<PathBuf, String> {
+fn start(real: usize) -> Result<PathBuf, String> {
     let dir = tempfile::Builder::new()
         .prefix("gamezone-e2e-cp-")
         .tempdir()
@@ -206,7 +222,7 @@ fn start() -> Result<PathBuf, String> {
     let out = Command::new(cp_script())
         .arg("up")
         .arg(&dir)
-        .args(["--nodes", "1", "--real-nodes", "1"])
+        .args(["--nodes", "1", "--real-nodes", &real.to_string()])
         .args(["--watch-pid", &std::process::id().to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -214,7 +230,7 @@ fn start() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run cp.sh: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`cp.sh up {} --nodes 1 --real-nodes 1` failed ({}); messages above, logs in {}/logs",
+            "`cp.sh up {} --nodes 1 --real-nodes {real}` failed ({}); messages above, logs in {}/logs",
             dir.display(),
             out.status,
             dir.display()

@@ -301,17 +301,40 @@ impl S3 {
         );
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
+        // Its log has a line per request naming the S3 operation (`resolved route, op: …`).
+        let log = std::fs::File::create(root.with_extension("log")).unwrap();
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
             .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "s3s::ops=debug")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("s3s-fs");
         let proc = Proc(Some(child));
         wait_port(port, "s3s-fs");
         S3 { root: root.to_path_buf(), port, host_address: host_address.to_string(), _proc: proc }
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.root.with_extension("log")).unwrap_or_default();
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Objects it has served (GetObject requests).
+    pub fn gets(&self) -> usize {
+        let log = std::fs::read_to_string(self.root.with_extension("log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("resolved route, op: GetObject")).count()
+    }
+
+    /// Writes `bucket/key` with `content`.
+    pub fn put_bytes(&self, bucket: &str, key: &str, content: &[u8]) {
+        let p = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
     }
 
     /// Writes `bucket/key`.
@@ -324,6 +347,55 @@ impl S3 {
     /// The endpoint pods and the operator use.
     pub fn endpoint(&self) -> String {
         format!("http://{}:{}", self.host_address, self.port)
+    }
+}
+
+/// A Git LFS server (rudolfs, built by init-container/tests/install-test-tools.sh) on loopback,
+/// storing under `root`; its API for a repository is `http://HOST:PORT/api/<org>/<repo>`, its
+/// log (a line per request) beside `root`.
+pub struct Lfs {
+    pub port: u16,
+    root: PathBuf,
+    host_address: String,
+    _proc: Proc,
+}
+
+impl Lfs {
+    pub fn start(root: &Path, host_address: &str) -> Lfs {
+        let bin = std::env::var_os("GAMEZONE_RUDOLFS").map(PathBuf::from).unwrap_or_else(|| {
+            let cache = std::env::var_os("GAMEZONE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/gamezone"));
+            cache.join("tools/rudolfs-0.3.8/bin/rudolfs")
+        });
+        assert!(
+            bin.is_file(),
+            "rudolfs not found at {}: run init-container/tests/install-test-tools.sh (or set GAMEZONE_RUDOLFS)",
+            bin.display()
+        );
+        std::fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(root.with_extension("log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--host", &format!("127.0.0.1:{port}"), "--key", &"ab".repeat(32), "--log-level", "info"])
+            .args(["local", "--path"])
+            .arg(root)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("rudolfs");
+        wait_port(port, "rudolfs");
+        Lfs { port, root: root.to_path_buf(), host_address: host_address.to_string(), _proc: Proc(Some(child)) }
+    }
+
+    /// The LFS URL of `org/repo`, as `.lfsconfig` names it (pods reach the host address).
+    pub fn url(&self, repo: &str) -> String {
+        format!("http://{}:{}/api/{repo}", self.host_address, self.port)
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.with_extension("log")).unwrap_or_default()
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{ONE_AT_A_TIME, cluster, common, servers, support};
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, image_bin, on_real_node};
 use common::wait_for;
-use servers::{GitDaemon, Registry, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
+use servers::{GitDaemon, Lfs, Registry, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_request, udp_request};
 use support::{Operator, install_crds};
 
 /// Pods on a real node unpack images and run an init container: more than KWOK needs.
@@ -71,10 +71,15 @@ fn config_repo(cluster: &Cluster, work: &std::path::Path, motd: &str) -> (GitDae
 
 /// Waits until the zone is Ready at its generation with every server Ready; its servers.
 async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
+    wait_running_within(ns, zone, TIMEOUT).await
+}
+
+/// [`wait_running`], for at most `timeout`.
+async fn wait_running_within(ns: &Ns, zone: &str, timeout: Duration) -> Vec<GameServer> {
     let zones: Api<GameZone> = ns.api();
     let servers: Api<GameServer> = ns.api();
     let pods: Api<Pod> = ns.api();
-    wait_for(&format!("zone {zone} Ready with every server Ready"), TIMEOUT, || async {
+    wait_for(&format!("zone {zone} Ready with every server Ready"), timeout, || async {
         let z = zones.get(zone).await.map_err(|e| e.to_string())?;
         let status = z.status.clone().unwrap_or_default();
         let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
@@ -455,6 +460,139 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     .await;
     let answer = hello(&again, "game").await;
     assert_eq!(answer["config"]["value"]["motd"], "packed twice", "{answer}");
+    ns.finish().await;
+}
+
+#[tokio::test]
+async fn across_two_nodes_each_layer_pin_is_fetched_once_held_once_per_node_and_every_pod_has_the_host_s_tree() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::two_nodes();
+    let host = &cluster.info.host_address;
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&work.path().join("registry"), host);
+    registry.trusted_by(&cluster.info.nodes);
+
+    // S3: 2,000 files, 100 MB in all.
+    let s3 = S3::start(&work.path().join("s3"), host);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    for i in 0..2000 {
+        s3.put_bytes("assets", &format!("maps/{:02}/{i}.bin", i % 40), &noise(50_000));
+    }
+    // git: the game's folder (a subPath) with its content in Git LFS on a real LFS server.
+    let lfs = Lfs::start(&work.path().join("lfs"), host);
+    let git = GitDaemon::start(&work.path().join("git"), host);
+    let repo = git.repo("game");
+    servers::git(&repo.dir, &["lfs", "install", "--local"]);
+    servers::git(&repo.dir, &["lfs", "track", "*.pak"]);
+    repo.write(".lfsconfig", &format!("[lfs]\n\turl = {}\n", lfs.url("gamezone/game")));
+    repo.write("server/config/server.json", "{\"motd\": \"two nodes\"}\n").write("docs/README.md", "not mounted\n");
+    let pak = noise(3 << 20);
+    std::fs::create_dir_all(repo.dir.join("server/content")).unwrap();
+    std::fs::write(repo.dir.join("server/content/world.pak"), &pak).unwrap();
+    let commit = repo.commit("game");
+    servers::git(&repo.dir, &["remote", "add", "origin", &repo.dir.display().to_string()]);
+    servers::git(&repo.dir, &["lfs", "push", "--all", "origin"]);
+    let pointer = servers::git(&repo.dir, &["show", "HEAD:server/content/world.pak"]);
+    assert!(pointer.starts_with("version https://git-lfs"), "the repository holds a pointer: {pointer}");
+
+    let ns = Ns::new(cluster, "e2e-two").await;
+    install_crds(&ns.client).await;
+    secret(&ns.api(), "s3-creds", &[("accesskey", S3_ACCESS_KEY), ("secretkey", S3_SECRET_KEY)]).await;
+    let repository = registry.repository();
+    let _op = Operator::start_with(
+        &cluster.kubeconfig,
+        &ns.name,
+        &[
+            "--init-image",
+            OPERATOR_IMAGE,
+            "--port-range",
+            "7700-7799",
+            "--artifact-registry",
+            &repository,
+            "--artifact-registry-plain-http",
+        ],
+    );
+    // 600m of CPU each: a node (2 CPUs) takes 3 of the 6.
+    let mut game = service("game", 1, Some(6), json!([{"name": "game", "containerPort": 7777}]));
+    game["resources"] = json!({"requests": {"cpu": "600m"}});
+    let z = zone(
+        "two",
+        308,
+        vec![game],
+        json!([
+            {"path": "/app/artifacts/maps",
+             "s3": {"endpoint": s3.endpoint(), "bucket": "assets", "prefix": "maps/", "pathStyle": true,
+                    "secretRef": {"name": "s3-creds"}}},
+            {"path": "/app/artifacts", "subPath": "server", "git": {"url": git.url("game"), "branch": "main"}}
+        ]),
+    );
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &z).await.unwrap();
+    let servers = wait_running_within(&ns, "two", Duration::from_secs(400)).await;
+    assert_eq!(servers.len(), 6);
+    let status = zones.get("two").await.unwrap().status.unwrap();
+    assert_eq!(status.artifacts[1].revision, commit);
+    let tree = status.tree_image.clone().expect("the tree image");
+
+    // The origins' own logs: each object once (the pack), the repository fetched once and its
+    // LFS object downloaded once, for 6 pods on 2 nodes.
+    let (s3_gets, git_fetches) = (s3.gets(), git.fetches());
+    let lfs_log = lfs.log();
+    let lfs_downloads = lfs_log.lines().filter(|l| l.contains("GET") && l.contains("/object/")).count();
+    eprintln!("origins: {s3_gets} S3 GETs, {git_fetches} git fetches, {lfs_downloads} LFS downloads");
+    assert_eq!(s3_gets, 2000, "each S3 object once; its log: {}", s3.log_tail());
+    // The operator's ref listing, and the pack's one fetch of the pin: its commit and trees,
+    // then the blobs below the subPath (two requests). Each pod fetching would add two each.
+    assert!(git_fetches <= 3, "the operator's ref listing and the pack's fetch: {git_fetches}");
+    assert_eq!(lfs_downloads, 1, "the LFS object once: {lfs_log}");
+
+    // 3 pods per node; each node's containerd pulled each layer once, and holds it.
+    let pods: Api<Pod> = ns.api();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &servers {
+        let node = pods.get(&s.name_any()).await.unwrap().spec.unwrap().node_name.unwrap();
+        *per_node.entry(node).or_default() += 1;
+    }
+    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [3, 3], "{per_node:?}");
+    for a in &status.artifacts {
+        let layer = a.packed.as_ref().unwrap();
+        assert_eq!(registry.node_downloads(&layer.digest), 2, "{} pulled once per node", layer.digest);
+        for node in &cluster.info.nodes {
+            let held = cluster.ctr(node, &["content", "ls", "-q"]);
+            assert_eq!(held.lines().filter(|l| *l == layer.digest).count(), 1, "{} on {}", layer.digest, node.name);
+        }
+    }
+    assert!(status.artifacts[0].packed.as_ref().unwrap().size > 100_000_000, "{:?}", status.artifacts);
+
+    // Every pod's tree is the one gamezone-init builds on the host for the same pins.
+    let secrets = work.path().join("secrets/s3-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("accesskey"), S3_ACCESS_KEY).unwrap();
+    std::fs::write(secrets.join("secretkey"), S3_SECRET_KEY).unwrap();
+    let state =
+        host_tree(&pods.get("two-game-1").await.unwrap(), &work.path().join("secrets"), &work.path().join("host"));
+    assert_eq!(state["treeDigest"], tree.tree_digest.as_str());
+    assert_eq!(
+        std::fs::read(work.path().join("host/current/content/world.pak")).unwrap(),
+        pak,
+        "the object, not its pointer"
+    );
+    assert!(!work.path().join("host/current/docs").exists(), "only the subPath");
+    for s in &servers {
+        let answer = hello(s, "game").await;
+        assert_eq!(answer["artifacts"]["treeDigest"], tree.tree_digest.as_str(), "{}: {answer}", s.name_any());
+        assert_eq!(answer["config"]["value"]["motd"], "two nodes", "{answer}");
+    }
     ns.finish().await;
 }
 
