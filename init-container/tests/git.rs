@@ -546,6 +546,21 @@ async fn an_lfs_object_that_is_not_its_oid_and_a_submodule_are_refused_and_the_o
         std::fs::read_link(root.join("current")).unwrap(),
         std::path::Path::new(".trees").join(good.tree.file_name().unwrap())
     );
+    // Packed, the same object is refused before anything reaches the registry.
+    let reg = docker_registry(&t.path().join("registry"));
+    let layers = vec![git_layer(&url, "", None)];
+    let revs: Vec<String> = resolve(&layers, &NoCredentials).await.unwrap().into_iter().map(|r| r.revision).collect();
+    let registry = gamezone_init::oci::Registry::new(&gamezone_init::oci::RegistryOptions {
+        repository: format!("127.0.0.1:{}/gamezone/layers", reg.port),
+        plain_http: true,
+        basic: None,
+    })
+    .unwrap();
+    let packing = apply_options(layers, revs, t.path().join("pack"), Arc::new(NoCredentials));
+    let e = gamezone_init::oci::pack(&packing, &registry).await.unwrap_err();
+    assert!(matches!(e, Error::Verification { .. }), "{e}");
+    let log = std::fs::read_to_string(t.path().join("registry/registry.log")).unwrap_or_default();
+    assert!(!log.contains("PUT /v2/") && !log.contains("PATCH /v2/"), "something was pushed: {log}");
 
     // A submodule (a gitlink entry): refused, never an empty folder.
     git(&repo.dir, &["rm", "-q", "asset.bin"]);
