@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::{ONE_AT_A_TIME, cluster, common, servers, support};
 use cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, on_real_node};
 use common::wait_for;
-use servers::{GitDaemon, tcp_request};
+use servers::{GitDaemon, Registry, tcp_request};
 use support::{Operator, install_crds};
 
 /// The edits share's image (`scripts/images.sh`).
@@ -109,6 +109,9 @@ async fn an_edit_over_smb_reaches_every_server_survives_a_restart_and_is_reset_a
     let repo = git.repo("config");
     repo.write("config/server.json", "{\"motd\": \"pinned\"}\n").write("maps/a.txt", "map\n");
     repo.commit("config");
+    // With an artifact registry: a zone with live edits copies its base layers from it.
+    let registry = Registry::start(&work.path().join("registry"), host);
+    let repository = registry.repository();
 
     let ns = Ns::new(cluster, "e2e-edits").await;
     install_crds(&ns.client).await;
@@ -124,7 +127,17 @@ async fn an_edit_over_smb_reaches_every_server_survives_a_restart_and_is_reset_a
     let _op = Operator::start_with(
         &cluster.kubeconfig,
         &ns.name,
-        &["--init-image", OPERATOR_IMAGE, "--samba-image", SAMBA_IMAGE, "--port-range", "7500-7599"],
+        &[
+            "--init-image",
+            OPERATOR_IMAGE,
+            "--samba-image",
+            SAMBA_IMAGE,
+            "--port-range",
+            "7500-7599",
+            "--artifact-registry",
+            &repository,
+            "--artifact-registry-plain-http",
+        ],
     );
 
     let mut service = on_real_node();
@@ -163,10 +176,18 @@ async fn an_edit_over_smb_reaches_every_server_survives_a_restart_and_is_reset_a
     wait_motd(&ns, "ed", "pinned", TIMEOUT).await;
     for name in ["ed-game-1", "ed-game-2"] {
         let pod = pods.get(name).await.unwrap();
-        let inits: Vec<String> =
-            pod.spec.unwrap().init_containers.unwrap_or_default().iter().map(|c| c.name.clone()).collect();
-        assert_eq!(inits, ["artifacts", "artifacts-edits"], "{name} runs the edits sidecar");
+        let spec = pod.spec.unwrap();
+        let inits = spec.init_containers.unwrap_or_default();
+        let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["artifacts", "artifacts-edits"], "{name} runs the edits sidecar");
+        // The copy path: the tree is written, so no image volume; the base from the registry.
+        assert!(!spec.volumes.unwrap_or_default().iter().any(|v| v.image.is_some()), "{name} mounts no image");
+        for c in &inits {
+            assert!(c.args.iter().flatten().any(|a| a == "--registry"), "{name}'s {} copies from the registry", c.name);
+        }
     }
+    let fetches = git.fetches();
+    assert!(fetches <= 2, "the operator's ref listing and the pack, not each pod: {fetches} fetches");
 
     // A tester edits the config through the share.
     let edited = work.path().join("server.json");
