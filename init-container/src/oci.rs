@@ -134,6 +134,18 @@ pub use gamezone_api::artifacts::TreeImage;
 pub struct Packing {
     pub layers: Vec<PackOutcome>,
     pub tree: TreeImage,
+    /// This process's peak resident memory (VmHWM), when Linux tells it: a pack streams, so it
+    /// stays flat in the layers' size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// This process's peak resident memory in bytes (`VmHWM` of /proc/self/status).
+fn peak_memory() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl PackOutcome {
@@ -200,7 +212,7 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
     }
     let tree = registry.push_tree(&trees, &out, built).await?;
     tracing::info!(image = %tree.image, tree_digest = %tree.tree_digest, "tree image in place");
-    Ok(Packing { layers: out, tree })
+    Ok(Packing { layers: out, tree, peak_memory_bytes: peak_memory() })
 }
 
 /// The tag of the tree image of layers packed under `keys`, in order: `t-` and 32 hex of

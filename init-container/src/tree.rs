@@ -197,15 +197,7 @@ impl TreeWriter {
         match entries.get(rel).map(|e| e.kind) {
             Some(Kind::Dir) => {
                 fs::remove_dir_all(&p).map_err(|e| self.io_err(ctx, "replace directory", rel, e))?;
-                let below = format!("{rel}/");
-                let doomed: Vec<String> = entries
-                    .range(below.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&below))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in doomed {
-                    entries.remove(&k);
-                }
+                remove_below(&mut entries, rel);
                 entries.remove(rel);
             }
             Some(_) => {
@@ -393,6 +385,16 @@ pub(crate) fn digest_entries(entries: &BTreeMap<String, Entry>) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// Removes every entry below the directory `dir` (not `dir` itself).
+fn remove_below(entries: &mut BTreeMap<String, Entry>, dir: &str) {
+    let below = format!("{dir}/");
+    let doomed: Vec<String> =
+        entries.range(below.clone()..).take_while(|(k, _)| k.starts_with(&below)).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        entries.remove(&k);
+    }
+}
+
 /// Lays `upper`'s entries over `tree` as an overlay mount of image layers (and [`TreeWriter`])
 /// merges them: a directory over a directory merges, anything else replaces what was at its
 /// path, a whole directory included.
@@ -400,17 +402,7 @@ pub(crate) fn overlay(tree: &mut BTreeMap<String, Entry>, upper: BTreeMap<String
     for (path, e) in upper {
         match tree.get(&path).map(|old| old.kind) {
             Some(Kind::Dir) if e.kind == Kind::Dir => continue,
-            Some(Kind::Dir) => {
-                let below = format!("{path}/");
-                let doomed: Vec<String> = tree
-                    .range(below.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&below))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in doomed {
-                    tree.remove(&k);
-                }
-            }
+            Some(Kind::Dir) => remove_below(tree, &path),
             _ => {}
         }
         tree.insert(path, e);

@@ -374,6 +374,10 @@ fn with_an_artifact_registry_a_pack_job_fetches_with_the_secrets_and_servers_cop
     assert!(plain[0].spec.template.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| v.secret.is_some()));
 }
 
+fn tree_image(image: &str, tree_digest: &str) -> crate::api::artifacts::TreeImage {
+    crate::api::artifacts::TreeImage { image: image.into(), tree_digest: tree_digest.into(), ..Default::default() }
+}
+
 fn registry_config(image_volumes: bool) -> BuildConfig {
     let registry = ArtifactRegistry {
         repository: "registry.games:5000/gamezone/layers".into(),
@@ -387,11 +391,7 @@ fn registry_config(image_volumes: bool) -> BuildConfig {
 #[test]
 fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs_it_writable() {
     let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
-    let tree = crate::api::artifacts::TreeImage {
-        image: "registry.games:5000/gamezone/layers@sha256:1234".into(),
-        tree_digest: "sha256:5678".into(),
-        ..Default::default()
-    };
+    let tree = tree_image("registry.games:5000/gamezone/layers@sha256:1234", "sha256:5678");
     let z = basic();
     let cfg = registry_config(true);
     let servers = game_servers(&z, &pins, Some(&tree), &cfg).unwrap();
@@ -448,11 +448,7 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
 #[test]
 fn the_registry_s_credentials_go_to_the_pack_the_copying_init_containers_and_the_pods_pull_secrets() {
     let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
-    let tree = crate::api::artifacts::TreeImage {
-        image: "r:5000/l@sha256:12".into(),
-        tree_digest: "sha256:34".into(),
-        ..Default::default()
-    };
+    let tree = tree_image("r:5000/l@sha256:12", "sha256:34");
     let mut z = basic();
     z.spec.image_pull_secrets = vec!["zone-pull".into()];
     let mut cfg = registry_config(true);
@@ -491,11 +487,7 @@ fn the_registry_s_credentials_go_to_the_pack_the_copying_init_containers_and_the
 #[test]
 fn a_warm_pod_is_pinned_to_its_node_mounts_the_tree_and_checks_it() {
     let pins = ["sha256:aa".to_string(), "c0ffee".to_string()];
-    let tree = crate::api::artifacts::TreeImage {
-        image: "r:5000/l@sha256:12".into(),
-        tree_digest: "sha256:34".into(),
-        ..Default::default()
-    };
+    let tree = tree_image("r:5000/l@sha256:12", "sha256:34");
     let z = basic();
     let cfg = registry_config(true);
     let pod = warm_pod(&z, &pins, &tree, &cfg, "node-a").unwrap().expect("a warm pod");
