@@ -14,7 +14,14 @@
 #   GAMEZONE_CACHE, CARGO_TARGET_DIR  as for scripts/images.sh
 #
 # Root only (real nodes). Starts its own control plane with one real node and stops it on exit.
+#
+# `scripts/bench-node.sh artifacts` runs the artifacts benchmark instead: the per-pod path
+# against the artifact registry's, with a big S3 layer (scripts/bench-artifacts.sh says more).
 set -euo pipefail
+if [[ ${1:-} == artifacts ]]; then
+  shift
+  exec "$(dirname "${BASH_SOURCE[0]}")/bench-artifacts.sh" "$@"
+fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 RUNS=${RUNS:-3}
@@ -22,44 +29,18 @@ INSTANCES=${INSTANCES:-10}
 GIT_FILES=${GIT_FILES:-200}
 GIT_MB=${GIT_MB:-10}
 TIMEOUT=${TIMEOUT:-180}
-export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
-CP="$ROOT/tests/controlplane/cp.sh"
-OPERATOR_IMAGE=ghcr.io/gamezone-dev/gamezone:0.1.0
-GAME_IMAGE=gamezone.dev/example/game-server:0.1.0
+NAME=bench-node
+# shellcheck source=scripts/lib/node-bench.sh
+source "$ROOT/scripts/lib/node-bench.sh"
 GIT_IMAGE=gamezone.dev/example/git:0.1.0
-NODE_KIND=gamezone.dev/node-kind
 OURS_NS=bench-ours
 PEER_NS=bench-peer
 PEER_PORT_BASE=7700
 
-say() { printf '[bench-node] %s\n' "$*" >&2; }
-die() { printf '[bench-node] error: %s\n' "$*" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || die "real nodes need root"
 [[ $RUNS =~ ^[1-9][0-9]*$ && $INSTANCES =~ ^[1-9][0-9]*$ ]] || die "RUNS and INSTANCES must be positive numbers"
 ((INSTANCES <= 99)) || die "INSTANCES must be at most 99 (the peer's host ports are $PEER_PORT_BASE+id)"
 
-# Short: containerd's socket path under it must stay under 108 bytes.
-WORK=$(mktemp -d /tmp/gz-bn.XXXXXX)
-pids=()
-cleanup() {
-  local rc=$?
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  "$CP" down "$WORK/cp" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-
-say "control plane with one real node in $WORK/cp"
-KC=$("$CP" up "$WORK/cp" --nodes 1 --real-nodes 1 --watch-pid $$ 2>"$WORK/up.log" | tail -n 1) ||
-  { tail -n 20 "$WORK/up.log" >&2; die "cp.sh up failed"; }
-kubectl() { "$CP" kubectl "$WORK/cp" "$@"; }
-say "images (release build, cached by content) into the node"
-scripts/images.sh import "$WORK/cp" >/dev/null 2>"$WORK/images.log" || { tail -n 20 "$WORK/images.log" >&2; die "images.sh import failed"; }
-HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$WORK/cp/real-nodes.env")
+node_bench_up 1
 NODE_IP=$(awk '$1 == "NODE=real-1" { print $3 }' "$WORK/cp/real-nodes.env")
 
 say "git repository: $GIT_FILES files, $GIT_MB MB"

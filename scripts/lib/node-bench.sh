@@ -1,0 +1,47 @@
+# Sourced by the benchmarks on real nodes (scripts/bench-node.sh, scripts/bench-artifacts.sh):
+# their common start. Before sourcing, set ROOT (the repository) and NAME (the log prefix).
+#
+#   node_bench_up NODES      a work dir (WORK), a control plane in it with one KWOK node and
+#                            NODES real nodes (KC, its kubeconfig; HOST, where pods reach the
+#                            host's loopback), the images (release build, cached by content) in
+#                            every real node; everything stops on exit, with the PIDs in `pids`
+#   kubectl ARGS...          against that control plane
+#   free_port, now, say, die
+#
+# Root only (real nodes).
+
+export GAMEZONE_CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEZONE_CACHE/cargo-target}
+CP="$ROOT/tests/controlplane/cp.sh"
+OPERATOR_IMAGE=ghcr.io/gamezone-dev/gamezone:0.1.0
+GAME_IMAGE=gamezone.dev/example/game-server:0.1.0
+NODE_KIND=gamezone.dev/node-kind
+
+say() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$NAME" "$*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || die "real nodes need root"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+kubectl() { "$CP" kubectl "$WORK/cp" "$@"; }
+
+pids=()
+node_bench_cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$CP" down "$WORK/cp" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+
+node_bench_up() {
+  # Short: containerd's socket path under it must stay under 108 bytes.
+  WORK=$(mktemp -d "/tmp/gz-$NAME.XXXXXX")
+  trap node_bench_cleanup EXIT INT TERM
+  say "control plane with $1 real node(s) in $WORK/cp"
+  KC=$("$CP" up "$WORK/cp" --nodes 1 --real-nodes "$1" --watch-pid $$ 2>"$WORK/up.log" | tail -n 1) ||
+    { tail -n 20 "$WORK/up.log" >&2; die "cp.sh up failed"; }
+  say "images (release build, cached by content) into the node(s)"
+  "$ROOT/scripts/images.sh" import "$WORK/cp" >/dev/null 2>"$WORK/images.log" ||
+    { tail -n 20 "$WORK/images.log" >&2; die "images.sh import failed"; }
+  HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$WORK/cp/real-nodes.env")
+}
