@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GameZone demo: a real local control plane (Kubernetes from its Go modules, KWOK nodes and
-# one real node with kubelet and containerd), the operator, a git server with the zone's config
-# artifacts, and seed 003's zone, provisioned end to end: its servers run the example game server
-# for real on the real node. Ends by asking a game server who it is (its answer carries a value
-# from the layered config), then prints the zone's status. Installs what it needs first.
+# The GameZone demo: a real local control plane (Kubernetes from its Go modules and one real node
+# with kubelet and containerd), the operator, a git server with the zone's config artifacts and
+# database migrations, a MariaDB, and seed 003's zone, provisioned end to end: its migration Job
+# migrates the database and its servers run the example game server, for real on the real node.
+# Ends by asking a game server who it is (its answer carries a value from the layered config),
+# then prints the zone's status. Installs what it needs first.
 #
 #   scripts/demo.sh          run the demo (leaves the cluster and operator running)
 #   scripts/demo.sh down     stop everything the demo started
@@ -17,7 +18,7 @@ NS=zhulei
 say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*" >&2; }
 
 down() {
-  for pidfile in "$DEMO"/operator.pid "$DEMO"/git-daemon.pid; do
+  for pidfile in "$DEMO"/operator.pid "$DEMO"/git-daemon.pid "$DEMO"/mariadb.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   [ -d "$DEMO/cp" ] && tests/controlplane/cp.sh down "$DEMO/cp" >/dev/null 2>&1 || true
@@ -35,14 +36,15 @@ bash scripts/setup.sh demo-packages
 # shellcheck source=scripts/lib/beside.sh
 source scripts/lib/beside.sh
 beside_start rust scripts/images.sh binaries
-# Only what the demo runs: the control plane, a real node and the migrater, not the tests' servers.
+# Only what the demo runs: the control plane and a real node (no simulated nodes, no cluster DNS:
+# every address in the demo is an IP), the migrater; not the tests' servers.
 bash scripts/setup.sh demo
 beside_wait || { say "the operator's build failed: see the [rust] lines above"; exit 1; }
 down
 mkdir -p "$DEMO"
 
-say "starting the local control plane with 3 simulated nodes and 1 real node"
-KUBECONFIG=$(tests/controlplane/cp.sh up "$DEMO/cp" --nodes 3 --real-nodes 1 | tail -n 1)
+say "starting the local control plane with 1 real node"
+KUBECONFIG=$(tests/controlplane/cp.sh up "$DEMO/cp" --nodes 0 --real-nodes 1 --no-dns | tail -n 1)
 export KUBECONFIG
 kubectl() { tests/controlplane/cp.sh kubectl "$DEMO/cp" "$@"; }
 kubectl get nodes
@@ -55,13 +57,14 @@ BIN=$CARGO_TARGET_DIR/demo
 IMAGE=$(scripts/images.sh names | sed -n 2p)
 MIGRATER=$(scripts/images.sh names | sed -n 3p)
 
-say "serving the zone's config artifacts from a git repository (git daemon on loopback)"
+say "serving the zone's config and migrations from a git repository (git daemon on loopback)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GIT_PORT=$(free_port)
 mkdir -p "$DEMO/git" && git init -q --bare "$DEMO/git/config.git"
 git -C "$DEMO/git/config.git" config uploadpack.allowReachableSHA1InWant true
 work="$DEMO/git-work"; git init -q -b main "$work"
-mkdir -p "$work/config" "$work/docs"
+mkdir -p "$work/config" "$work/docs" "$work/migrations"
+cp examples/migrater/migrations/000001_* "$work/migrations/"
 printf '{"zone": 101, "maxPlayers": 5000, "motd": "welcome to zone 101"}\n' > "$work/config/server.json"
 printf '{"drop_rate": 1.5}\n' > "$work/config/events.json"
 echo "not layered: outside subPath" > "$work/docs/README"
@@ -71,6 +74,20 @@ git -C "$work" push -q "$DEMO/git/config.git" main
 # so both use one URL.
 git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 --listen="$HOST" --port="$GIT_PORT" \
   --detach --pid-file="$DEMO/git-daemon.pid" "$DEMO/git"
+
+say "starting the zone's database (Debian's MariaDB on loopback; pods reach it at $HOST)"
+DB_PORT=$(free_port)
+mkdir -p "$DEMO/mariadb"
+mariadb-install-db --no-defaults --user="$(id -un)" --auth-root-authentication-method=normal \
+  --datadir="$DEMO/mariadb/data" --skip-test-db >"$DEMO/mariadb/install.log" 2>&1 ||
+  { tail -n 5 "$DEMO/mariadb/install.log" >&2; echo "mariadb-install-db failed (log: $DEMO/mariadb/install.log)" >&2; exit 1; }
+mariadbd --no-defaults --user="$(id -un)" --port="$DB_PORT" --datadir="$DEMO/mariadb/data" \
+  --socket="$DEMO/mariadb/sock" --pid-file="$DEMO/mariadb.pid" --log-error="$DEMO/mariadb/error.log" \
+  --bind-address=127.0.0.1 --skip-name-resolve --innodb-buffer-pool-size=32M --skip-log-bin >/dev/null 2>&1 &
+for _ in $(seq 100); do mariadb --no-defaults -u root -S "$DEMO/mariadb/sock" -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done
+mariadb --no-defaults -u root -S "$DEMO/mariadb/sock" -e "CREATE DATABASE project1;
+  CREATE USER 'username1'@'%' IDENTIFIED BY 'password1'; GRANT ALL PRIVILEGES ON project1.* TO 'username1'@'%';" ||
+  { echo "MariaDB did not start (log: $DEMO/mariadb/error.log)" >&2; exit 1; }
 
 say "installing the CRDs and starting the operator"
 "$BIN/gamezone" crd | kubectl apply --server-side -f - >/dev/null
@@ -99,16 +116,18 @@ metadata:
 spec:
   zoneId: 101
   defaultImage: $IMAGE
-  # Runs on a simulated node: spec.migration has no nodeSelector or tolerations yet.
+  # The migration Job runs on the real node too: golang-migrate applies migrations/ to MariaDB.
   migration:
     image: $MIGRATER
+    nodeSelector: {gamezone.dev/node-kind: real}
+    tolerations: [{key: gamezone.dev/node-kind, operator: Equal, value: real, effect: NoSchedule}]
   services:
     - type: game
       id: 1
       image: $IMAGE
       ports: [{name: client, containerPort: 7777, policy: Dynamic, protocol: TCPUDP}]
-      # The tree's root is /app/artifacts/config, the only layer's path.
-      env: [{name: GAMEZONE_CONFIG, value: server.json}]
+      # The tree's root is /app/artifacts, the folder holding both layers.
+      env: [{name: GAMEZONE_CONFIG, value: config/server.json}]
       # Ready only once the game says so through its SDK sidecar, which also checks its pings.
       ready: Sdk
       health: {periodSeconds: 5}
@@ -133,8 +152,8 @@ spec:
       $REAL
   redis: {host: redis, port: 6379}
   mysql:
-    host: 192.168.1.100
-    port: 3306
+    host: $HOST
+    port: $DB_PORT
     user: username1
     passwordSecretRef: {name: zone1-mysql, key: password}
     database: project1
@@ -142,13 +161,21 @@ spec:
     - path: /app/artifacts/config
       subPath: config
       git: {url: "git://$HOST:$GIT_PORT/config.git", branch: main}
+    - path: /app/artifacts/migrations
+      subPath: migrations
+      git: {url: "git://$HOST:$GIT_PORT/config.git", branch: main}
 YAML
 kubectl apply -f "$DEMO/zone1.yaml"
 
 say "waiting for the zone: pin artifacts → migration Job → servers"
 if ! kubectl -n "$NS" wait --for=condition=Ready gamezone/zone1 --timeout=120s >/dev/null; then
-  echo "the zone did not become Ready; operator log: $DEMO/operator.log" >&2
+  kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}' >&2
+  echo "the zone did not become Ready within 120 s; operator log: $DEMO/operator.log" >&2
+  exit 1
 fi
+
+say "what the migration Job did to the zone's database (golang-migrate's own table)"
+mariadb --no-defaults -u root -S "$DEMO/mariadb/sock" -t -e "SELECT version, dirty FROM project1.schema_migrations; SHOW TABLES FROM project1;"
 
 say "what the init-container of every pod materializes (the same pinned layers, run here)"
 # The init container named `artifacts` (the SDK sidecar, when a type uses it, comes first).

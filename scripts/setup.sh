@@ -41,8 +41,9 @@ apt_install() {
   fi
 }
 
-# What the demo runs and builds: git (its artifacts), the operator's build, python3 and curl.
-DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl)
+# What the demo runs and builds: git (its artifacts), the operator's build, python3 and curl,
+# MariaDB (the zone's database, which its migration Job migrates).
+DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl mariadbd:mariadb-server mariadb:mariadb-client)
 
 packages() {
   # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
@@ -89,7 +90,7 @@ demo_packages() {
 
 demo() {
   demo_packages
-  "$ROOT/tests/controlplane/cp.sh" build --real-nodes
+  "$ROOT/tests/controlplane/cp.sh" build --real-nodes --no-kwok --no-dns
   bash "$ROOT/examples/migrater/build.sh" >/dev/null
   bash "$ROOT/examples/migrater/build.sh" entrypoint >/dev/null
 }

@@ -4,12 +4,17 @@
 # modules (tests/controlplane/go), plus KWOK simulating nodes and pods, and
 # on request real nodes (kubelet + containerd, see realnode.sh).
 #
-#   cp.sh build [--real-nodes]       build the binaries once into the cache
+#   cp.sh build [--real-nodes] [--no-kwok] [--no-dns]
+#                                    build the binaries once into the cache
 #                                    (--real-nodes: also kubelet, containerd, runc, CNI
-#                                    and CoreDNS for the real nodes' pods)
-#   cp.sh up DIR [--nodes N] [--real-nodes R] [--watch-pid PID]
+#                                    and CoreDNS for the real nodes' pods; --no-kwok: not
+#                                    KWOK, for clusters of real nodes only; --no-dns: not
+#                                    CoreDNS)
+#   cp.sh up DIR [--nodes N] [--real-nodes R] [--no-dns] [--watch-pid PID]
 #                                    start a control plane with state in DIR:
-#                                    N KWOK nodes node-1.., R real nodes real-1..
+#                                    N KWOK nodes node-1.. (0: no KWOK at all), R real
+#                                    nodes real-1.. (--no-dns: without cluster DNS, for
+#                                    pods that resolve no names)
 #   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
 #   cp.sh status DIR                 processes and their memory
 #   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
@@ -45,6 +50,8 @@ CACHE=${GAMEZONE_CACHE:-$HOME/.cache/gamezone}
 PROFILING=false; [[ "${GAMEZONE_CP_PROFILING:-}" == 1 ]] && PROFILING=true
 VERSION_DIR="$CACHE/controlplane/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 BIN="$VERSION_DIR/bin"
+# KWOK apart: it builds from its own module graph, and clusters of real nodes only need none.
+KWOK_BIN="$VERSION_DIR/kwok-bin"
 PORTS_DIR="$CACHE/controlplane/port-reservations"
 
 # Ranges that never collide with each other or with kwok's pod CIDR.
@@ -74,10 +81,44 @@ inputs_fingerprint() {
     cd "$GO_MODULE"
     cat go.mod go.sum
     find cmd -type f -name '*.go' | LC_ALL=C sort | xargs cat
-    echo "kwok $KWOK_VERSION"
     go version
     sed -n '/^cmd_build()/,/^}/p' "$SELF" # how they are built
   ) | sha256sum | cut -d' ' -f1
+}
+
+# KWOK's binary, built once per version (and Go) into $KWOK_BIN.
+cmd_build_kwok() {
+  require_tools go flock
+  local fingerprint started stage
+  fingerprint="kwok $KWOK_VERSION $(go version)"
+  if [[ -f "$KWOK_BIN/.complete" && "$(cat "$KWOK_BIN/.complete")" == "$fingerprint" ]]; then
+    return 0
+  fi
+  mkdir -p "$VERSION_DIR"
+  exec 8>"$VERSION_DIR/.kwok.lock"
+  flock 8
+  if [[ -f "$KWOK_BIN/.complete" && "$(cat "$KWOK_BIN/.complete")" == "$fingerprint" ]]; then
+    exec 8>&-
+    return 0
+  fi
+  started=$(now)
+  stage=$(mktemp -d "$VERSION_DIR/kwok.partial.XXXXXX")
+  chmod 755 "$stage"
+  # shellcheck disable=SC2064 # expand now: the directory is fixed
+  trap "rm -rf '$stage'" EXIT
+  say "building kwok $KWOK_VERSION"
+  : >"$VERSION_DIR/kwok-build.log"
+  # `go install pkg@version` uses kwok's own module graph, where -mod=mod is not allowed.
+  GOFLAGS='' GOSUMDB=${GOSUMDB:-off} GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOBIN="$stage" \
+    go install -v -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1 |
+    progress "$VERSION_DIR/kwok-build.log" || BUILD_LOG="$VERSION_DIR/kwok-build.log" build_failed
+  [[ -x "$stage/kwok" ]] || die "build produced no kwok"
+  rm -rf "$KWOK_BIN"
+  mv "$stage" "$KWOK_BIN"
+  trap - EXIT
+  echo "$fingerprint" >"$KWOK_BIN/.complete"
+  exec 8>&-
+  say "  kwok built in $(since "$started")s"
 }
 
 
@@ -128,13 +169,7 @@ cmd_build() {
   ) 2>&1 | progress "$VERSION_DIR/build.log" || build_failed
   say "  control plane built after $(since "$started")s"
 
-  say "building kwok $KWOK_VERSION"
-  # `go install pkg@version` uses kwok's own module graph, where -mod=mod is not allowed.
-  GOFLAGS='' GOBIN="$stage" go install -v -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1 |
-    progress "$VERSION_DIR/build.log" || build_failed
-  say "  kwok built after $(since "$started")s"
-
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [[ -x "$stage/$b" ]] || die "build produced no $b"
   done
   "$stage/kube-apiserver" --version >&2
@@ -303,7 +338,7 @@ EOF
 }
 
 cmd_up() {
-  local nodes=3 real_nodes=0 watch_pid=""
+  local nodes=3 real_nodes=0 watch_pid="" dns=true
   [[ $# -ge 1 ]] || usage
   local dir_arg=$1; shift
   while [[ $# -gt 0 ]]; do
@@ -312,14 +347,16 @@ cmd_up() {
       --nodes=*) nodes=${1#*=}; shift ;;
       --real-nodes) real_nodes=${2:?--real-nodes needs a number}; shift 2 ;;
       --real-nodes=*) real_nodes=${1#*=}; shift ;;
+      --no-dns) dns=false; shift ;;
       --watch-pid) watch_pid=${2:?--watch-pid needs a pid}; shift 2 ;;
       --watch-pid=*) watch_pid=${1#*=}; shift ;;
       *) die "unknown option for up: $1" ;;
     esac
   done
-  if ! [[ "$nodes" =~ ^[0-9]+$ ]] || ((nodes < 1 || nodes > MAX_NODES)); then
-    die "--nodes must be 1..$MAX_NODES, got '$nodes'"
+  if ! [[ "$nodes" =~ ^[0-9]+$ ]] || ((nodes > MAX_NODES)); then
+    die "--nodes must be 0..$MAX_NODES, got '$nodes'"
   fi
+  ((nodes + real_nodes > 0)) || die "a cluster needs a node: give --nodes or --real-nodes"
   if ! [[ "$real_nodes" =~ ^[0-9]+$ ]] || ((real_nodes > MAX_REAL_NODES)); then
     die "--real-nodes must be 0..$MAX_REAL_NODES, got '$real_nodes'"
   fi
@@ -328,10 +365,12 @@ cmd_up() {
   fi
   require_tools openssl curl ss setsid pgrep base64
   ensure_built
+  ((nodes == 0)) || cmd_build_kwok
+  CLUSTER_DNS_ON=$dns
   if ((real_nodes)); then
     [[ $(id -u) == 0 ]] || die "real nodes need root (network namespaces, cgroups, mounts)"
     ensure_real_nodes_built
-    ensure_dns_built
+    ! $dns || ensure_dns_built
     require_tools ip iptables nsenter unshare mount
   fi
 
@@ -458,23 +497,24 @@ cmd_up() {
     --kube-api-qps=5000 --kube-api-burst=10000 \
     --profiling="$PROFILING"
 
-  local stage_args=(-c "$HERE/kwok.yaml") f
-  for f in "$STAGES_DIR"/*.yaml; do stage_args+=(-c "$f"); done
-  # Only the nodes made for it: a real node's status comes from its kubelet.
-  start kwok "$BIN/kwok" \
-    --kubeconfig="$kc" \
-    --manage-all-nodes=false \
-    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr="$POD_CIDR" \
-    --node-lease-duration-seconds=40 \
-    "${stage_args[@]}"
-
   local kubectl=("$BIN/kubectl" --kubeconfig="$kc")
-  nodes_manifest "$nodes" | "${kubectl[@]}" create -f - >/dev/null
+  if ((nodes)); then
+    local stage_args=(-c "$HERE/kwok.yaml") f
+    for f in "$STAGES_DIR"/*.yaml; do stage_args+=(-c "$f"); done
+    # Only the nodes made for it: a real node's status comes from its kubelet.
+    start kwok "$KWOK_BIN/kwok" \
+      --kubeconfig="$kc" \
+      --manage-all-nodes=false \
+      --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+      --cidr="$POD_CIDR" \
+      --node-lease-duration-seconds=40 \
+      "${stage_args[@]}"
+    nodes_manifest "$nodes" | "${kubectl[@]}" create -f - >/dev/null
+  fi
 
   wait_until 60 "kube-controller-manager /healthz" curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
   wait_until 60 "kube-scheduler /readyz" curl -fsSk "https://127.0.0.1:$sched_port/readyz"
-  wait_until 60 "$nodes Ready nodes" all_nodes_ready "$nodes"
+  ((nodes == 0)) || wait_until 60 "$nodes Ready nodes" all_nodes_ready "$nodes"
   wait_until 60 "ServiceAccount default/default" "${kubectl[@]}" get serviceaccount default -n default
   ((real_nodes == 0)) || start_real_nodes "$real_nodes" "$api_port"
 
@@ -602,11 +642,22 @@ main() {
   local sub=$1; shift
   case $sub in
     build)
-      local with_real=false
-      [[ "${1:-}" == --real-nodes ]] && { with_real=true; shift; }
-      [[ $# -eq 0 ]] || die "unknown option for build: $1"
+      local with_real=false with_kwok=true with_dns=true
+      while [[ $# -gt 0 ]]; do
+        case $1 in
+          --real-nodes) with_real=true ;;
+          --no-kwok) with_kwok=false ;;
+          --no-dns) with_dns=false ;;
+          *) die "unknown option for build: $1" ;;
+        esac
+        shift
+      done
       cmd_build
-      if $with_real; then cmd_build_real_nodes; cmd_build_dns; fi
+      ! $with_kwok || cmd_build_kwok
+      if $with_real; then
+        cmd_build_real_nodes
+        ! $with_dns || cmd_build_dns
+      fi
       ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;

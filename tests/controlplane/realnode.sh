@@ -413,12 +413,12 @@ start_real_nodes() {
   local n=$1 api_port=$2 s=$REAL_SLOT i nd
   local started
   started=$(now)
-  start_cluster_dns
+  ! $CLUSTER_DNS_ON || start_cluster_dns
   for ((i = 1; i <= n; i++)); do
     nd="$DIR/real-nodes/real-$i"
     ((${#nd} < 80)) || die "$DIR is too long a path for containerd's socket (keep it under 50 characters)"
     setup_real_network "$s" "$i" "$api_port"
-    setup_dns_rules "$(real_netns "$s" "$i")"
+    ! $CLUSTER_DNS_ON || setup_dns_rules "$(real_netns "$s" "$i")"
     setup_real_cgroups "$(real_cgroup "$s" "$i")"
     write_real_node_config "$s" "$i" "$api_port" "$nd"
   done
@@ -438,8 +438,12 @@ start_real_nodes() {
   write_real_nodes_env "$n" "$api_port"
   "$HERE/images.sh" import "$DIR" "$pause_archive"
   wait_until 120 "$n Ready real nodes" real_nodes_ready "$n"
-  wait_cluster_dns
-  say "$n real node(s) Ready, cluster DNS at $CLUSTER_DNS_IP (CoreDNS on 127.0.0.1:$DNS_PORT), after $(since "$started")s"
+  if $CLUSTER_DNS_ON; then
+    wait_cluster_dns
+    say "$n real node(s) Ready, cluster DNS at $CLUSTER_DNS_IP (CoreDNS on 127.0.0.1:$DNS_PORT), after $(since "$started")s"
+  else
+    say "$n real node(s) Ready (no cluster DNS), after $(since "$started")s"
+  fi
 }
 
 real_nodes_ready() {
@@ -459,7 +463,7 @@ write_real_nodes_env() {
     echo "BIN=$REAL_BIN"
     echo "CTR=$REAL_BIN/ctr"
     echo "CLUSTER_DNS=$CLUSTER_DNS_IP"
-    echo "DNS_SERVER=127.0.0.1:$DNS_PORT"
+    echo "DNS_SERVER=${DNS_PORT:+127.0.0.1:$DNS_PORT}"
     echo "DNS_BIN=$DNS_BIN"
     for ((i = 1; i <= n; i++)); do
       nd="$DIR/real-nodes/real-$i"
@@ -478,7 +482,7 @@ write_real_nodes_env() {
   "slot": $s,
   "binDir": "$REAL_BIN",
   "clusterDNS": "$CLUSTER_DNS_IP",
-  "dnsServer": "127.0.0.1:$DNS_PORT",
+  "dnsServer": "${DNS_PORT:+127.0.0.1:$DNS_PORT}",
   "dnsBinDir": "$DNS_BIN",
   "nodes": [$json_nodes
   ]
