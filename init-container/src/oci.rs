@@ -10,7 +10,10 @@
 //! pin, so the same pin in any zone is packed once. The tag names a one-layer image manifest
 //! whose layer is an uncompressed tar of the layer's files, directories and symlinks at their
 //! paths in the tree, in path order, owned by 0, dated 0: the same files make the same bytes, so
-//! containerd can mount it as an `image` volume and a re-pack pushes nothing new.
+//! containerd can mount it as an `image` volume and a re-pack pushes nothing new. The manifest
+//! lists a second blob, the layer's listing ([`LISTING_MEDIA_TYPE`]): each entry's path, mode,
+//! size and content hash, so the digest of a tree that layer is part of is computed from a few
+//! bytes per file instead of the layer's whole tar.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -38,6 +41,9 @@ pub const TREE_DIGEST_ANNOTATION: &str = "dev.gamezone.tree-digest";
 pub const SOURCE_ANNOTATION: &str = "dev.gamezone.source";
 /// Annotation of a packed layer's manifest: the pin it was packed at.
 pub const PIN_ANNOTATION: &str = "dev.gamezone.pin";
+/// Media type of a packed layer's listing: a JSON array of `[path, mode, size, sha256]`, the
+/// entries of the tree the layer alone makes (as the tree digest reads them).
+pub const LISTING_MEDIA_TYPE: &str = "application/vnd.gamezone.layer-listing.v1+json";
 
 /// Where packed layers live: `host[:port]/repository`, and how to reach it.
 #[derive(Clone, Debug)]
@@ -106,6 +112,8 @@ pub struct Packed {
     pub size: u64,
     /// The digest of the tree this layer alone makes.
     pub tree_digest: String,
+    /// The listing blob (digest, size); none in layers packed before listings were.
+    pub listing: Option<(String, u64)>,
 }
 
 /// What [`pack`] did with one layer of the plan.
@@ -124,6 +132,9 @@ pub struct PackOutcome {
     pub tree_digest: String,
     /// Whether this run fetched it from its origin (false: the registry held it already).
     pub fetched: bool,
+    /// The listing blob (digest, size), when the layer has one.
+    #[serde(skip)]
+    pub listing: Option<(String, u64)>,
 }
 
 pub use gamezone_api::artifacts::TreeImage;
@@ -150,7 +161,8 @@ fn peak_memory() -> Option<u64> {
 
 impl PackOutcome {
     fn new(layer: usize, p: Packed, fetched: bool) -> Self {
-        PackOutcome { layer, key: p.key, digest: p.digest, size: p.size, tree_digest: p.tree_digest, fetched }
+        let Packed { key, digest, size, tree_digest, listing } = p;
+        PackOutcome { layer, key, digest, size, tree_digest, fetched, listing }
     }
 }
 
@@ -205,7 +217,7 @@ pub async fn pack(opts: &crate::apply::ApplyOptions, registry: &Registry) -> Res
             (SOURCE_ANNOTATION.to_owned(), layer.describe()),
             (PIN_ANNOTATION.to_owned(), pin.clone()),
         ]);
-        let p = registry.push(&ctx, &key, tar.path(), blob, annotations).await?;
+        let p = registry.push(&ctx, &key, tar.path(), blob, &entries, annotations).await?;
         tracing::info!(layer = i, key = %key, digest = %p.digest, bytes = p.size, files = stats.files, "packed");
         out.push(PackOutcome::new(i, p, true));
         built.push(Some(entries));
@@ -269,6 +281,30 @@ fn tar_entries(ctx: &Ctx, tar_path: &Path) -> Result<BTreeMap<String, crate::tre
             _ => continue,
         };
         out.insert(path, e);
+    }
+    Ok(out)
+}
+
+/// The listing of a layer's entries ([`LISTING_MEDIA_TYPE`]).
+fn listing(entries: &BTreeMap<String, crate::tree::Entry>) -> Vec<u8> {
+    let rows: Vec<(&str, &str, u64, String)> =
+        entries.iter().map(|(path, e)| (path.as_str(), e.mode(), e.size(), e.sha_hex())).collect();
+    serde_json::to_vec(&rows).expect("JSON serializes")
+}
+
+/// The entries a listing states, or why it is not one.
+fn read_listing(bytes: &[u8]) -> std::result::Result<BTreeMap<String, crate::tree::Entry>, String> {
+    let rows: Vec<(String, String, u64, String)> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a layer listing ({e})"))?;
+    let mut out = BTreeMap::new();
+    for (path, mode, size, sha) in rows {
+        let clean = paths::components(&path).map(|c| paths::join(&c)).map_err(|e| format!("entry {e}"))?;
+        if clean != path {
+            return Err(format!("entry {path:?} is not a clean relative path"));
+        }
+        let entry = crate::tree::Entry::from_parts(&mode, size, &sha)
+            .ok_or_else(|| format!("entry {path:?} has mode {mode:?} and hash {sha:?}"))?;
+        out.insert(path, entry);
     }
     Ok(out)
 }
@@ -404,12 +440,18 @@ impl Registry {
             Err(e) if is_unknown(&e) => return Ok(None),
             Err(e) => return Err(self.failed(ctx, "read the manifest of", key, e)),
         };
-        let [layer] = manifest.layers.as_slice() else {
-            return Err(ctx.verification(format!(
-                "{}:{key} holds {} layers, not the one a packed layer has; delete the tag so it is packed again",
-                self.repository,
-                manifest.layers.len()
-            )));
+        let (layer, listing) = match manifest.layers.as_slice() {
+            [layer] => (layer, None),
+            [layer, listing] if listing.media_type == LISTING_MEDIA_TYPE => {
+                (layer, Some((listing.digest.clone(), u64::try_from(listing.size).unwrap_or(0))))
+            }
+            other => {
+                return Err(ctx.verification(format!(
+                    "{}:{key} holds {} blobs, not the layer and its listing a packed layer has; delete the tag so it is packed again",
+                    self.repository,
+                    other.len()
+                )));
+            }
         };
         let tree_digest = manifest.annotations.as_ref().and_then(|a| a.get(TREE_DIGEST_ANNOTATION)).cloned();
         let Some(tree_digest) = tree_digest else {
@@ -423,16 +465,19 @@ impl Registry {
             digest: layer.digest.clone(),
             size: u64::try_from(layer.size).unwrap_or(0),
             tree_digest,
+            listing,
         }))
     }
 
-    /// Pushes the tar at `tar` as the layer `key` (its blob only if the registry lacks it).
+    /// Pushes the tar at `tar` as the layer `key` (its blob only if the registry lacks it), with
+    /// the listing of its `entries`.
     async fn push(
         &self,
         ctx: &Ctx,
         key: &str,
         tar: &Path,
         blob: (String, u64),
+        entries: &BTreeMap<String, crate::tree::Entry>,
         annotations: BTreeMap<String, String>,
     ) -> Result<Packed> {
         let image = self.reference(key);
@@ -450,22 +495,35 @@ impl Registry {
                 .await
                 .map_err(|e| self.failed(ctx, "push the layer of", key, e))?;
         }
+        let listing = listing(entries);
+        let listing_digest = format!("sha256:{}", hex::encode(Sha256::digest(&listing)));
+        let listing_size = listing.len() as u64;
+        self.client
+            .push_blob(&image, listing, &listing_digest)
+            .await
+            .map_err(|e| self.failed(ctx, "push the listing of", key, e))?;
         let tree_digest = annotations.get(TREE_DIGEST_ANNOTATION).cloned().unwrap_or_default();
-        self.push_image(ctx, key, &[(digest.as_str(), size)], annotations).await?;
-        Ok(Packed { key: key.to_owned(), digest, size, tree_digest })
+        let blobs = [
+            (digest.as_str(), size, IMAGE_LAYER_MEDIA_TYPE),
+            (listing_digest.as_str(), listing_size, LISTING_MEDIA_TYPE),
+        ];
+        self.push_image(ctx, key, &blobs, annotations).await?;
+        Ok(Packed { key: key.to_owned(), digest, size, tree_digest, listing: Some((listing_digest, listing_size)) })
     }
 
-    /// Pushes an image of layers the repository holds already under the tag `key`: its config
-    /// and its manifest. Returns the manifest's digest.
+    /// Pushes an image of blobs the repository holds already (digest, size, media type) under
+    /// the tag `key`: its config (whose file system is the blobs that are tar layers) and its
+    /// manifest. Returns the manifest's digest.
     async fn push_image(
         &self,
         ctx: &Ctx,
         key: &str,
-        layers: &[(&str, u64)],
+        layers: &[(&str, u64, &str)],
         annotations: BTreeMap<String, String>,
     ) -> Result<String> {
         let image = self.reference(key);
-        let config = image_config(&layers.iter().map(|(d, _)| *d).collect::<Vec<_>>());
+        let tars: Vec<&str> = layers.iter().filter(|l| l.2 == IMAGE_LAYER_MEDIA_TYPE).map(|l| l.0).collect();
+        let config = image_config(&tars);
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
         let config_size = config.len() as i64;
         self.client
@@ -483,8 +541,8 @@ impl Registry {
             },
             layers: layers
                 .iter()
-                .map(|(digest, size)| OciDescriptor {
-                    media_type: IMAGE_LAYER_MEDIA_TYPE.to_owned(),
+                .map(|(digest, size, media_type)| OciDescriptor {
+                    media_type: (*media_type).to_owned(),
                     digest: (*digest).to_owned(),
                     size: *size as i64,
                     ..Default::default()
@@ -505,8 +563,9 @@ impl Registry {
     /// The tree image of `layers` (packed, in plan order): one manifest listing their blobs,
     /// tagged [`tree_key`] and annotated with the digest of the tree they make together. Kept
     /// when the repository has it; otherwise that digest is computed from the entries of the
-    /// layers `built` here and of the others read from the registry (streamed to a file under
-    /// `work` one at a time), and the manifest pushed (no layer bytes move).
+    /// layers `built` here and of the others read from the registry (their listings; a layer
+    /// packed without one is streamed to a file under `work` and read), and the manifest pushed
+    /// (no layer bytes move).
     pub(crate) async fn push_tree(
         &self,
         work: &Path,
@@ -531,9 +590,10 @@ impl Registry {
         }
         let mut tree = BTreeMap::new();
         for (l, entries) in layers.iter().zip(built.iter_mut()) {
-            let entries = match entries.take() {
-                Some(e) => e,
-                None => {
+            let entries = match (entries.take(), &l.listing) {
+                (Some(e), _) => e,
+                (None, Some((digest, size))) => self.read_listing(l, digest, *size).await?,
+                (None, None) => {
                     let lctx = Ctx::new(l.layer, format!("packed layer {}", l.key));
                     let tmp = tempfile::Builder::new()
                         .prefix(".read-")
@@ -545,6 +605,7 @@ impl Registry {
                         digest: l.digest.clone(),
                         size: l.size,
                         tree_digest: String::new(),
+                        listing: None,
                     };
                     self.download(&lctx, &packed, tmp.path()).await?;
                     let path = tmp.path().to_owned();
@@ -556,10 +617,38 @@ impl Registry {
             crate::tree::overlay(&mut tree, entries);
         }
         let tree_digest = crate::tree::digest_entries(&tree);
-        let blobs: Vec<(&str, u64)> = layers.iter().map(|l| (l.digest.as_str(), l.size)).collect();
+        let blobs: Vec<(&str, u64, &str)> =
+            layers.iter().map(|l| (l.digest.as_str(), l.size, IMAGE_LAYER_MEDIA_TYPE)).collect();
         let annotations = BTreeMap::from([(TREE_DIGEST_ANNOTATION.to_owned(), tree_digest.clone())]);
         let digest = self.push_image(&ctx, &key, &blobs, annotations).await?;
         Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest, ..Default::default() })
+    }
+
+    /// The entries the listing blob of the packed layer `l` states.
+    async fn read_listing(
+        &self,
+        l: &PackOutcome,
+        digest: &str,
+        size: u64,
+    ) -> Result<BTreeMap<String, crate::tree::Entry>> {
+        let ctx = Ctx::new(l.layer, format!("packed layer {}", l.key));
+        let desc = OciDescriptor {
+            media_type: LISTING_MEDIA_TYPE.to_owned(),
+            digest: digest.to_owned(),
+            size: size as i64,
+            ..Default::default()
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
+        self.client
+            .pull_blob(&self.reference(&l.key), &desc, &mut bytes)
+            .await
+            .map_err(|e| self.failed(&ctx, "download the listing of", &l.key, e))?;
+        read_listing(&bytes).map_err(|why| {
+            ctx.verification(format!(
+                "the listing of {}:{} is unreadable: {why}; delete the tag so it is packed again",
+                self.repository, l.key
+            ))
+        })
     }
 
     /// Downloads the layer's blob to `to` (its digest checked as it streams).
@@ -852,6 +941,25 @@ mod tests {
         let back = TreeWriter::new(dst.path().to_owned(), limits, progress);
         unpack(&ctx, &out.path().join("1.tar"), &back).unwrap();
         assert_eq!(back.stats().digest, w.stats().digest);
+        // The listing pushed beside the tar states the same entries the tar holds.
+        let from_tar = tar_entries(&ctx, &out.path().join("1.tar")).unwrap();
+        assert_eq!(read_listing(&listing(&w.entries())).unwrap(), from_tar);
+        assert_eq!(crate::tree::digest_entries(&from_tar), w.stats().digest);
+    }
+
+    #[test]
+    fn a_listing_that_is_not_one_is_refused() {
+        let sha = "ab".repeat(32);
+        for (bad, why) in [
+            (serde_json::json!({"a": 1}), "not a layer listing"),
+            (serde_json::json!([["../etc/passwd", "100644", 1, sha]]), "entry"),
+            (serde_json::json!([["a//b", "100644", 1, sha]]), "entry"),
+            (serde_json::json!([["a", "100600", 1, sha]]), "has mode"),
+            (serde_json::json!([["a", "100644", 1, "xyz"]]), "has mode"),
+        ] {
+            let err = read_listing(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

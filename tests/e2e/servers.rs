@@ -234,14 +234,18 @@ impl Registry {
     /// Downloads of the blob `digest` by a node's container runtime (containerd's user agent)
     /// its access log shows: `GET`s it answered.
     pub fn node_downloads(&self, digest: &str) -> usize {
+        self.downloads(digest, |l| l.contains("containerd/"))
+    }
+
+    /// Downloads of the blob `digest` by anyone: nodes, pack Jobs, copying pods.
+    pub fn all_downloads(&self, digest: &str) -> usize {
+        self.downloads(digest, |_| true)
+    }
+
+    fn downloads(&self, digest: &str, by: impl Fn(&str) -> bool) -> usize {
         let log = std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default();
-        let by_node = |l: &&str| {
-            l.contains("\"GET /v2/")
-                && l.contains(&format!("/blobs/{digest} "))
-                && l.contains("\" 200 ")
-                && l.contains("containerd/")
-        };
-        log.lines().filter(by_node).count()
+        let blob = format!("/blobs/{digest} ");
+        log.lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&blob) && l.contains("\" 200 ") && by(l)).count()
     }
 
     fn api(&self, path: &str) -> String {

@@ -372,6 +372,7 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     // A new pin of the config: the node is pre-warmed with the new tree (a warm pod) before the
     // first server moves, and only the config's layer is pulled again.
     git.repo("config").write("config/server.json", "{\"motd\": \"packed twice\"}\n").commit("config 2");
+    let assets_read = registry.all_downloads(&packed[0].digest);
     let patch = json!({"spec": {"artifactsInterval": "1s"}});
     zones.patch("packed", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let servers: Api<GameServer> = ns.api();
@@ -420,6 +421,8 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     assert_eq!(status.artifacts[0].packed.as_ref(), Some(&packed[0]), "the assets' pin stays");
     assert_eq!(registry.node_downloads(&packed[0].digest), 1, "the 2 MiB layer was not pulled again");
     assert_eq!(registry.node_downloads(&repinned.digest), 1, "the new config layer, once for the node");
+    // The pack Job states the new tree's digest from the assets' listing, not from their tar.
+    assert_eq!(registry.all_downloads(&packed[0].digest), assets_read, "the re-pin read the 2 MiB layer");
 
     // Retention: `gamezone registry prune` deletes the first version's tree and config layer,
     // which no zone uses any more, and keeps what the zone runs.
