@@ -194,7 +194,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (pods, pod_watch, mut pod_triggers) = shared_watch(
         scoped::<Pod>(&client, &config.namespace),
         owned.clone(),
-        1,
+        2,
         None,
         Slim { keep: slim::pod, trigger: |p| Pod { metadata: slim::trigger_meta(&p.metadata), ..Default::default() } },
     );
@@ -211,8 +211,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let shared_watches = futures::future::join3(server_watch, pod_watch, service_watch);
     let (servers_for_zones, servers_for_servers) =
         (server_triggers.pop().expect("two"), server_triggers.pop().expect("two"));
-    let (pods_for_servers, services_for_zones) =
-        (pod_triggers.pop().expect("one"), service_triggers.pop().expect("one"));
+    let (pods_for_zones, pods_for_servers, services_for_zones) =
+        (pod_triggers.pop().expect("two"), pod_triggers.pop().expect("two"), service_triggers.pop().expect("one"));
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     metrics.count_servers_from(servers.clone());
     let ctx = Arc::new(Context {
@@ -266,7 +266,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // On SIGTERM each controller lets its running reconciles finish; both are awaited, so the
     // first to be done does not drop the other's in flight.
     let controllers = futures::future::join(
-        zone::run(ctx.clone(), servers_for_zones, services_for_zones),
+        zone::run(ctx.clone(), servers_for_zones, services_for_zones, pods_for_zones),
         server::run(ctx.clone(), servers_for_servers, pods_for_servers),
     );
     tokio::select! {

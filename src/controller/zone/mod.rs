@@ -44,11 +44,11 @@ const CONTROLLER: &str = "zone";
 const EDITS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Runs the zone controller until shutdown, hearing of its zones from a watch of its own, of
-/// their servers and Services from the shared watches, of their migration Jobs from a watch of
-/// those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
+/// their servers and Services from the shared watches (and of the pods a zone controls itself,
+/// its pre-warm pods, from the shared pod watch), of their Jobs from a watch of those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
 /// creation moves its zone on at once. Zones are taken in the order they came due, as servers
 /// are (see [`queue`](super::queue)).
-pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: Triggers<Service>) {
+pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: Triggers<Service>, pods: Triggers<Pod>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
@@ -90,6 +90,7 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: T
         servers.filter_map(|c| ready(c.ok().and_then(|gs| controller_of(&gs)))).boxed(),
         services.filter_map(|c| ready(c.ok().and_then(|svc| controller_of(&svc)))).boxed(),
         jobs.filter_map(|c| ready(c.ok().and_then(|job| controller_of(&job)))).boxed(),
+        pods.filter_map(|c| ready(c.ok().and_then(|pod| controller_of(&pod)))).boxed(),
         users.boxed(),
     ]);
     // A zone hears of every status change of each of its servers; bursts of them are coalesced.
