@@ -176,9 +176,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         .pods
         .get(&ObjectRef::new(&name).within(&ns))
         .filter(|p| crate::controller::ownership::controlled_by(&p.metadata, &gs.metadata));
-    let on = live.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone());
-    let leaving = on.and_then(|n| crate::placement::leaving(&*ctx.cache.nodes.get(&ObjectRef::new(&n))?));
-    let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref(), leaving.as_deref()) {
+    let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
             return Ok((Some(Duration::from_secs(1)), true));
@@ -255,15 +253,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         return Ok((Some(ROUTINE_RETRY), false));
     }
     report_state(status, state, message, generation);
-    // The cluster may evict the pod exactly when the operator would delete the server.
-    let evictable = evictable(&gs.spec, status, now);
-    if eviction_marks_differ(&pod, evictable) {
-        let mut marks = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default();
-        mark_eviction(&mut marks, evictable);
-        ctx.writer.patch_metadata::<Pod>(&ns, &name, &marks).await?;
-    }
-    let review = if evictable { None } else { evictable_again_in(&gs.spec, status, now) };
-    let next = if state == ServerState::Ready { review } else { Some(Duration::from_secs(15)) };
+    let next = if state == ServerState::Ready { None } else { Some(Duration::from_secs(15)) };
     Ok((next, true))
 }
 

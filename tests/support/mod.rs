@@ -118,21 +118,6 @@ pub async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
     .await
 }
 
-/// Sets a gate condition as the game would (its own field manager on the status).
-pub async fn set_gate(servers: &Api<GameServer>, name: &str, gate: &str, ok: bool) {
-    let body = serde_json::json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
-        "status": {"conditions": [{
-            "type": gate, "status": if ok { "True" } else { "False" }, "reason": "Game",
-            "message": "set by the game", "lastTransitionTime": "2026-01-01T00:00:00Z"
-        }]}
-    });
-    servers
-        .patch_status(name, &PatchParams::apply("test-game").force(), &Patch::Apply(body))
-        .await
-        .unwrap_or_else(|e| panic!("set {gate} on {name}: {e}"));
-}
-
 pub fn selector(zone: &str) -> ListParams {
     ListParams::default().labels(&format!("{ZONE_LABEL}={zone}"))
 }
