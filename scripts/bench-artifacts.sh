@@ -45,16 +45,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 node_bench_up "$NODES"
 
 say "S3 layer: $S3_FILES files, $S3_MB MB (s3s-fs, its requests logged)"
-python3 - "$WORK/s3/assets" "$S3_FILES" "$S3_MB" <<'PY'
-import os, sys
-root, n, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = max(1, mb * 1024 * 1024 // n)
-for i in range(n):
-    d = os.path.join(root, "maps", f"part{i % 50:02}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:05}.bin"), "wb") as f:
-        f.write(os.urandom(size))
-PY
+random_files "$WORK/s3/assets" "$S3_FILES" "$S3_MB" 50
 OBJECT_BYTES=$((S3_MB * 1024 * 1024 / S3_FILES))
 S3_PORT=$(free_port)
 RUST_LOG=s3s::ops=debug NO_COLOR=1 "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key benchkey \
@@ -67,13 +58,9 @@ repo="$WORK/git/config"
 mkdir -p "$repo/config"
 git -C "$repo" init -q -b main
 git -C "$repo" config uploadpack.allowReachableSHA1InWant true
-commit() {
-  printf '{"motd": "%s"}\n' "$1" >"$repo/config/server.json"
-  git -C "$repo" add -A
-  GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench \
-    GIT_COMMITTER_EMAIL=bench@example.com git -C "$repo" commit -q -m "$1"
-}
-commit start
+write_config() { printf '{"motd": "%s"}\n' "$1" >"$repo/config/server.json"; }
+write_config start
+commit "$repo" start
 GIT_PORT=$(free_port)
 git daemon --reuseaddr --export-all --verbose --listen=127.0.0.1 --port="$GIT_PORT" --base-path="$WORK/git" "$WORK/git" \
   >"$WORK/git.log" 2>&1 &
@@ -101,8 +88,7 @@ for sock in $(python3 -c 'import json,sys; print(" ".join(n["containerdSocket"] 
   printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$HOST:$REG_PORT" "$HOST:$REG_PORT" >"$d/hosts.toml"
 done
 
-kubectl apply --server-side -f deploy/crds.yaml >/dev/null
-kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+install_crds
 # One operator per side, each watching its own namespace.
 start_operator() { # NS PORTS EXTRA...
   local ns=$1 ports=$2
@@ -192,11 +178,7 @@ pack_peak_mb() {
 
 reset() {
   kubectl delete gamezone bench -n "$1" --ignore-not-found --wait=true --timeout=300s >/dev/null
-  for _ in $(seq 900); do
-    [[ -z $(kubectl get pods -n "$1" -o name 2>/dev/null) ]] && return 0
-    sleep 0.2
-  done
-  die "pods of $1 still there after 180s"
+  wait_no_pods "$1" 180
 }
 
 results="$WORK/results.tsv"
@@ -208,7 +190,8 @@ for ((r = 1; r <= RUNS; r++)); do
   for side in "${sides[@]}"; do
     # Pins no node holds yet: one S3 object and the config change.
     head -c "$OBJECT_BYTES" /dev/urandom >"$WORK/s3/assets/maps/part00/f00000.bin"
-    commit "run $r $side"
+    write_config "run $r $side"
+    commit "$repo" "run $r $side"
     g0=$(s3_gets) f0=$(git_fetches) p0=$(node_pulled)
     t0=$(now)
     manifest 0s | kubectl apply -n "$side" -f - >/dev/null
@@ -217,7 +200,8 @@ for ((r = 1; r <= RUNS; r++)); do
     peak=0
     [[ $side == packed ]] && peak=$(pack_peak_mb "$side")
     # A re-pin of the small git layer: resolved within a second.
-    commit "run $r $side again"
+    write_config "run $r $side again"
+    commit "$repo" "run $r $side again"
     t1=$(now)
     kubectl patch gamezone bench -n "$side" --type merge -p '{"spec": {"artifactsInterval": "1s"}}' >/dev/null
     repin=$(answered "$side" "run $r $side again" "$t1") || { tail -n 5 "$WORK/operator-$side.log" >&2; die "re-pin $r of $side failed"; }

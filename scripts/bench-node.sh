@@ -46,27 +46,12 @@ NODE_IP=$(awk '$1 == "NODE=real-1" { print $3 }' "$WORK/cp/real-nodes.env")
 say "git repository: $GIT_FILES files, $GIT_MB MB"
 repo="$WORK/git/game"
 mkdir -p "$repo"
-python3 - "$repo" "$GIT_FILES" "$GIT_MB" <<'PY'
-import os, sys
-root, n, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = max(1, mb * 1024 * 1024 // n)
-for i in range(n):
-    d = os.path.join(root, "maps", f"part{i % 8}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:05}.bin"), "wb") as f:
-        f.write(os.urandom(size))
-os.makedirs(os.path.join(root, "config"), exist_ok=True)
-with open(os.path.join(root, "config", "server.json"), "w") as f:
-    f.write('{"motd": "bench"}\n')
-PY
-(
-  cd "$repo"
-  git init -q -b main
-  git config uploadpack.allowReachableSHA1InWant true
-  git add -A
-  GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench \
-    GIT_COMMITTER_EMAIL=bench@example.com git commit -q -m bench
-)
+random_files "$repo" "$GIT_FILES" "$GIT_MB" 8
+mkdir -p "$repo/config"
+printf '{"motd": "bench"}\n' >"$repo/config/server.json"
+git -C "$repo" init -q -b main
+git -C "$repo" config uploadpack.allowReachableSHA1InWant true
+commit "$repo" bench
 GIT_PORT=$(free_port)
 git daemon --reuseaddr --export-all --listen=127.0.0.1 --port="$GIT_PORT" --base-path="$WORK/git" "$WORK/git" \
   >"$WORK/git-daemon.log" 2>&1 &
@@ -76,8 +61,7 @@ GIT_URL="git://$HOST:$GIT_PORT/game"
 for _ in $(seq 100); do git ls-remote "$GIT_URL" >/dev/null 2>&1 && break; sleep 0.1; done
 git ls-remote "$GIT_URL" >/dev/null || die "git daemon does not answer at $GIT_URL"
 
-kubectl apply --server-side -f deploy/crds.yaml >/dev/null
-kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+install_crds
 kubectl create namespace "$OURS_NS" >/dev/null
 kubectl create namespace "$PEER_NS" >/dev/null
 "$CARGO_TARGET_DIR/release/gamezone" run --kubeconfig "$KC" --namespace "$OURS_NS" --log-format json \
@@ -195,11 +179,7 @@ reset() {
   fi
   local ns=$OURS_NS
   [[ $1 == peer ]] && ns=$PEER_NS
-  for _ in $(seq 600); do
-    [[ -z $(kubectl get pods -n "$ns" -o name 2>/dev/null) ]] && return 0
-    sleep 0.2
-  done
-  die "pods of $1 still there after 120s"
+  wait_no_pods "$ns" 120
 }
 
 results="$WORK/results"

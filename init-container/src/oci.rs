@@ -285,6 +285,11 @@ fn tar_entries(ctx: &Ctx, tar_path: &Path) -> Result<BTreeMap<String, crate::tre
     Ok(out)
 }
 
+/// `sha256:` and the hex of `bytes`' sha256: an OCI digest.
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 /// The listing of a layer's entries ([`LISTING_MEDIA_TYPE`]).
 fn listing(entries: &BTreeMap<String, crate::tree::Entry>) -> Vec<u8> {
     let rows: Vec<(&str, &str, u64, String)> =
@@ -495,13 +500,7 @@ impl Registry {
                 .await
                 .map_err(|e| self.failed(ctx, "push the layer of", key, e))?;
         }
-        let listing = listing(entries);
-        let listing_digest = format!("sha256:{}", hex::encode(Sha256::digest(&listing)));
-        let listing_size = listing.len() as u64;
-        self.client
-            .push_blob(&image, listing, &listing_digest)
-            .await
-            .map_err(|e| self.failed(ctx, "push the listing of", key, e))?;
+        let (listing_digest, listing_size) = self.push_bytes(ctx, key, listing(entries), "push the listing of").await?;
         let tree_digest = annotations.get(TREE_DIGEST_ANNOTATION).cloned().unwrap_or_default();
         let blobs = [
             (digest.as_str(), size, IMAGE_LAYER_MEDIA_TYPE),
@@ -509,6 +508,17 @@ impl Registry {
         ];
         self.push_image(ctx, key, &blobs, annotations).await?;
         Ok(Packed { key: key.to_owned(), digest, size, tree_digest, listing: Some((listing_digest, listing_size)) })
+    }
+
+    /// Pushes `bytes` as a blob of the repository (`what` names it in an error); its digest and
+    /// size.
+    async fn push_bytes(&self, ctx: &Ctx, key: &str, bytes: Vec<u8>, what: &str) -> Result<(String, u64)> {
+        let (digest, size) = (sha256_digest(&bytes), bytes.len() as u64);
+        self.client
+            .push_blob(&self.reference(key), bytes, &digest)
+            .await
+            .map_err(|e| self.failed(ctx, what, key, e))?;
+        Ok((digest, size))
     }
 
     /// Pushes an image of blobs the repository holds already (digest, size, media type) under
@@ -523,20 +533,14 @@ impl Registry {
     ) -> Result<String> {
         let image = self.reference(key);
         let tars: Vec<&str> = layers.iter().filter(|l| l.2 == IMAGE_LAYER_MEDIA_TYPE).map(|l| l.0).collect();
-        let config = image_config(&tars);
-        let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
-        let config_size = config.len() as i64;
-        self.client
-            .push_blob(&image, config, &config_digest)
-            .await
-            .map_err(|e| self.failed(ctx, "push the config of", key, e))?;
+        let (config_digest, config_size) = self.push_bytes(ctx, key, image_config(&tars), "push the config of").await?;
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_owned()),
             config: OciDescriptor {
                 media_type: IMAGE_CONFIG_MEDIA_TYPE.to_owned(),
                 digest: config_digest,
-                size: config_size,
+                size: config_size as i64,
                 ..Default::default()
             },
             layers: layers
@@ -552,7 +556,7 @@ impl Registry {
             ..Default::default()
         };
         let body = serde_json::to_vec(&OciManifest::Image(manifest)).expect("JSON serializes");
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        let digest = sha256_digest(&body);
         self.client
             .push_manifest_raw(&image, body, OCI_IMAGE_MEDIA_TYPE.parse().expect("a valid header value"))
             .await

@@ -31,6 +31,14 @@ fn local_layer(dir: &Path, path: &str) -> Layer {
     Layer { path: path.into(), local: Some(LocalSource { path: dir.display().to_string() }), ..Default::default() }
 }
 
+/// For the binary: the plan JSON of one local layer of `dir`, its pins as `gamezone-init
+/// resolve` prints them, and the repository of the registry on `port`.
+fn cli_plan(dir: &Path, port: u16) -> (String, String, String) {
+    let plan = serde_json::to_string(&vec![local_layer(dir, "")]).unwrap();
+    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
+    (plan, pins, format!("127.0.0.1:{port}/gamezone/layers"))
+}
+
 fn registry(port: u16) -> Registry {
     let o = RegistryOptions { repository: format!("127.0.0.1:{port}/gamezone/layers"), plain_http: true, basic: None };
     Registry::new(&o).unwrap()
@@ -157,9 +165,7 @@ fn the_binary_packs_and_applies_from_the_registry_and_says_what_is_missing() {
     let local = t.path().join("local");
     std::fs::create_dir_all(&local).unwrap();
     std::fs::write(local.join("a.txt"), "a").unwrap();
-    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
-    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
-    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    let (plan, pins, repository) = cli_plan(&local, reg.port);
     let packed = run(init_cmd()
         .args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository])
         .arg("--registry-plain-http")
@@ -194,9 +200,7 @@ fn live_edits_are_laid_over_layers_copied_from_the_registry() {
     std::fs::create_dir_all(local.join("config")).unwrap();
     std::fs::write(local.join("config/server.json"), "pinned").unwrap();
     std::fs::write(local.join("map.txt"), "map").unwrap();
-    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
-    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
-    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    let (plan, pins, repository) = cli_plan(&local, reg.port);
     run(init_cmd()
         .args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository, "--registry-plain-http"])
         .arg("--root")
@@ -266,9 +270,7 @@ fn a_registry_with_credentials_takes_them_from_a_docker_config_and_refuses_witho
     let local = t.path().join("local");
     std::fs::create_dir_all(&local).unwrap();
     std::fs::write(local.join("a.txt"), "a").unwrap();
-    let plan = serde_json::to_string(&vec![local_layer(&local, "")]).unwrap();
-    let pins = run(init_cmd().args(["resolve", "--plan-json", &plan]));
-    let repository = format!("127.0.0.1:{}/gamezone/layers", reg.port);
+    let (plan, pins, repository) = cli_plan(&local, reg.port);
     let pack = |auth: Option<&Path>, root: &str| {
         let mut cmd = init_cmd();
         cmd.args(["pack", "--plan-json", &plan, "--revisions", &pins, "--registry", &repository])

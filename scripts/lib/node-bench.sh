@@ -6,6 +6,10 @@
 #                            host's loopback), the images (release build, cached by content) in
 #                            every real node; everything stops on exit, with the PIDs in `pids`
 #   kubectl ARGS...          against that control plane
+#   install_crds             the CRDs, established
+#   random_files DIR N MB PARTS   N files of random bytes, MB in all, in PARTS folders under DIR/maps
+#   commit REPO MESSAGE      commits everything in REPO as the benchmark's author
+#   wait_no_pods NS SECS     until NS has no pod left (dies after SECS)
 #   free_port, now, say, die
 #
 # Root only (real nodes).
@@ -44,4 +48,37 @@ node_bench_up() {
   "$ROOT/scripts/images.sh" import "$WORK/cp" >/dev/null 2>"$WORK/images.log" ||
     { tail -n 20 "$WORK/images.log" >&2; die "images.sh import failed"; }
   HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$WORK/cp/real-nodes.env")
+}
+
+install_crds() {
+  kubectl apply --server-side -f "$ROOT/deploy/crds.yaml" >/dev/null
+  kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+}
+
+random_files() {
+  python3 - "$@" <<'PY'
+import os, sys
+root, n, mb, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+size = max(1, mb * 1024 * 1024 // n)
+for i in range(n):
+    d = os.path.join(root, "maps", f"part{i % parts:02}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05}.bin"), "wb") as f:
+        f.write(os.urandom(size))
+PY
+}
+
+commit() {
+  git -C "$1" add -A
+  GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench \
+    GIT_COMMITTER_EMAIL=bench@example.com git -C "$1" commit -q -m "$2"
+}
+
+wait_no_pods() {
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    [[ -z $(kubectl get pods -n "$1" -o name 2>/dev/null) ]] && return 0
+    sleep 0.2
+  done
+  die "pods of $1 still there after $2s"
 }

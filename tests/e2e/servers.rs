@@ -277,6 +277,19 @@ impl Registry {
     }
 }
 
+/// A tool `init-container/tests/install-test-tools.sh` builds: `env` names it, else it is at
+/// `rel` below the tools cache.
+fn cached_tool(env: &str, rel: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("GAMEZONE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gamezone"));
+        cache.join("tools").join(rel)
+    });
+    assert!(p.is_file(), "{} not found: run init-container/tests/install-test-tools.sh (or set {env})", p.display());
+    p
+}
+
 /// Access key of [`S3`].
 pub const S3_ACCESS_KEY: &str = "AKIAE2ETESTKEY";
 /// Secret key of [`S3`].
@@ -292,17 +305,7 @@ pub struct S3 {
 
 impl S3 {
     pub fn start(root: &Path, host_address: &str) -> S3 {
-        let bin = std::env::var_os("GAMEZONE_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
-            let cache = std::env::var_os("GAMEZONE_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/gamezone"));
-            cache.join("tools/s3s-fs-0.14.1/bin/s3s-fs")
-        });
-        assert!(
-            bin.is_file(),
-            "s3s-fs not found at {}: run init-container/tests/install-test-tools.sh (or set GAMEZONE_S3S_FS)",
-            bin.display()
-        );
+        let bin = cached_tool("GAMEZONE_S3S_FS", "s3s-fs-0.14.1/bin/s3s-fs");
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
         // Its log has a line per request naming the S3 operation (`resolved route, op: …`).
@@ -366,17 +369,7 @@ pub struct Lfs {
 
 impl Lfs {
     pub fn start(root: &Path, host_address: &str) -> Lfs {
-        let bin = std::env::var_os("GAMEZONE_RUDOLFS").map(PathBuf::from).unwrap_or_else(|| {
-            let cache = std::env::var_os("GAMEZONE_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/gamezone"));
-            cache.join("tools/rudolfs-0.3.8/bin/rudolfs")
-        });
-        assert!(
-            bin.is_file(),
-            "rudolfs not found at {}: run init-container/tests/install-test-tools.sh (or set GAMEZONE_RUDOLFS)",
-            bin.display()
-        );
+        let bin = cached_tool("GAMEZONE_RUDOLFS", "rudolfs-0.3.8/bin/rudolfs");
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
         let log = std::fs::File::create(root.with_extension("log")).unwrap();

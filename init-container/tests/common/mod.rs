@@ -353,17 +353,7 @@ pub fn s3_server_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
 /// A Git LFS server (rudolfs, local storage under `dir`) on loopback; its API for a repository
 /// is `http://127.0.0.1:PORT/api/<org>/<repo>`, its log (one line per request) in `dir/lfs.log`.
 pub fn lfs_server(dir: &Path) -> Server {
-    let bin = std::env::var_os("GAMEZONE_RUDOLFS").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("GAMEZONE_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gamezone"));
-        cache.join("tools/rudolfs-0.3.8/bin/rudolfs")
-    });
-    assert!(
-        bin.is_file(),
-        "rudolfs not found at {} — run init-container/tests/install-test-tools.sh (or set GAMEZONE_RUDOLFS)",
-        bin.display()
-    );
+    let bin = cached_tool("GAMEZONE_RUDOLFS", "rudolfs-0.3.8/bin/rudolfs");
     let port = free_port();
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("lfs.log")).unwrap();

@@ -45,9 +45,10 @@ const EDITS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Runs the zone controller until shutdown, hearing of its zones from a watch of its own, of
 /// their servers and Services from the shared watches (and of the pods a zone controls itself,
-/// its pre-warm pods, from the shared pod watch), of their Jobs from a watch of those, and of the Secrets zones name from a watch of their metadata, so a missing Secret's
-/// creation moves its zone on at once. Zones are taken in the order they came due, as servers
-/// are (see [`queue`](super::queue)).
+/// its pre-warm pods, from the shared pod watch), of their Jobs from a watch of those, and of
+/// the Secrets zones name from a watch of their metadata, so a missing Secret's creation moves
+/// its zone on at once. Zones are taken in the order they came due, as servers are (see
+/// [`queue`](super::queue)).
 pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: Triggers<Service>, pods: Triggers<Pod>) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
