@@ -161,6 +161,38 @@ print(f"{time.time() - t0:.2f}")
 PY
 }
 
+# phases NS T0: where the time since T0 went on the packed side, from the API's own timestamps
+# (whole seconds): the pack Job, the pre-warm (warm pods), the server pods replaced.
+phases() {
+  kubectl get jobs,pods -n "$1" -o json | python3 -c '
+import json, sys
+from datetime import datetime
+t0 = float(sys.argv[1])
+ts = lambda s: datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").timestamp() - t0
+items = json.load(sys.stdin)["items"]
+def span(objs, start, end):
+    s = [ts(start(o)) for o in objs if start(o)]
+    e = [ts(end(o)) for o in objs if end(o)]
+    return f"{min(s):.0f}-{max(e):.0f} s" if s and e else "-"
+created = lambda o: o["metadata"]["creationTimestamp"]
+after = lambda o: ts(created(o)) >= -1
+jobs = [o for o in items if o["kind"] == "Job" and "-pack-" in o["metadata"]["name"] and after(o)]
+pods = [o for o in items if o["kind"] == "Pod" and after(o)]
+warm = [p for p in pods if "gamezone.dev/warm-tree" in p["metadata"].get("labels", {})]
+servers = [p for p in pods if "-pack-" not in p["metadata"]["name"] and p not in warm]
+def ended(p):
+    cs = (p.get("status") or {}).get("containerStatuses") or []
+    t = [c["state"]["terminated"]["finishedAt"] for c in cs if "terminated" in c.get("state", {})]
+    return max(t) if t else None
+def ready(p):
+    c = [c for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "Ready" and c["status"] == "True"]
+    return c[0]["lastTransitionTime"] if c else None
+print(f"pack Job {span(jobs, created, lambda j: (j.get("status") or {}).get("completionTime"))}, "
+      f"pre-warm {span(warm, created, ended)} ({len(warm)} pods), "
+      f"servers created→Ready {span(servers, created, ready)} ({len(servers)} pods)")
+' "$2"
+}
+
 # Counters in the servers' own logs: S3 objects served, git upload-packs, bytes containerd pulled.
 s3_gets() { grep -c 'resolved route, op: GetObject' "$WORK/s3.log" || true; }
 git_fetches() { grep -c 'Request upload-pack' "$WORK/git.log" || true; }
@@ -209,6 +241,7 @@ for ((r = 1; r <= RUNS; r++)); do
     origin_mb=$(python3 -c "print(round(($g1 - $g0) * $OBJECT_BYTES / 1048576, 1))")
     pulled_mb=$(python3 -c "print(round(($p1 - $p0) / 1048576, 1))")
     repin_pulled_mb=$(python3 -c "print(round(($p2 - $p1) / 1048576, 1))")
+    [[ $side == packed ]] && say "run $r packed re-pin, seconds after the new commit: $(phases "$side" "$t1")"
     say "run $r $side: apply→all $apply s, re-pin→all $repin s; origins: $((g1 - g0)) S3 objects ($origin_mb MB), $((f1 - f0)) git fetches, on re-pin $((g2 - g1)) objects and $((f2 - f1)) fetches; nodes pulled $pulled_mb MB, on re-pin $repin_pulled_mb MB${peak:+; pack peak ${peak} MB}"
     rec "apply → all answered" "$side" s "$apply"
     rec "re-pin of the git layer → all answered" "$side" s "$repin"

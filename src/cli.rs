@@ -687,6 +687,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let tree = cfg.registry.as_ref().map(|r| gamezone_api::artifacts::TreeImage {
         image: format!("{}@<digest of the packed tree>", r.repository),
         tree_digest: "<digest of the packed tree>".into(),
+        tree_shape: Some("<shape of the packed tree>".into()),
         ..Default::default()
     });
     let children = zone::children(&zone, &pins, tree.as_ref(), &cfg)?;

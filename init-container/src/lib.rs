@@ -29,4 +29,4 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use lock::LOCK_FILE;
-pub use tree::{Limits, digest_dir};
+pub use tree::{Limits, digest_dir, shape_of_dir};

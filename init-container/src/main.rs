@@ -149,9 +149,10 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Check the tree an `image` volume mounted at --image against the pinned tree's digest
-    /// (every file read), then make it the current tree of --root with a state file, as
-    /// `apply` would. A wrong or empty mount fails with "image volume mounted wrong".
+    /// Check the tree an `image` volume mounted at --image against the pinned tree (its shape
+    /// from metadata with --tree-shape, else its digest with every file read), then make it
+    /// the current tree of --root with a state file, as `apply` would. A wrong or empty mount
+    /// fails with "image volume mounted wrong".
     Mount {
         #[command(flatten)]
         plan: PlanArgs,
@@ -164,6 +165,10 @@ enum Command {
         /// The digest of the pinned tree (`treeDigest` of `pack --report`).
         #[arg(long)]
         tree_digest: String,
+        /// The shape of the pinned tree (`treeShape` of `pack --report`): checked instead of
+        /// reading every file.
+        #[arg(long)]
+        tree_shape: Option<String>,
         /// Pinned revisions, as `apply` takes them (recorded in the state file).
         #[arg(long, env = "GAMEZONE_REVISIONS")]
         revisions: String,
@@ -363,14 +368,11 @@ async fn run(cli: Cli, tty: bool) -> anyhow::Result<()> {
                     .with_context(|| format!("write --report {}", file.display()))?;
             }
         }
-        Command::Mount { plan, root, image, tree_digest, revisions } => {
-            let state = gamezone_init::mounted::adopt(
-                &root,
-                &image,
-                &tree_digest,
-                &layers(&plan)?,
-                revisions_arg(&revisions)?,
-            )?;
+        Command::Mount { plan, root, image, tree_digest, tree_shape, revisions } => {
+            let pinned =
+                gamezone_init::mounted::Pinned { tree_digest: &tree_digest, tree_shape: tree_shape.as_deref() };
+            let state =
+                gamezone_init::mounted::adopt(&root, &image, pinned, &layers(&plan)?, revisions_arg(&revisions)?)?;
             println!("{}", serde_json::to_string(&state)?);
         }
         Command::MakeP4Export { from, out, changelist, depot_root } => {

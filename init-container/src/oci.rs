@@ -35,8 +35,12 @@ use crate::plan::Layer;
 use crate::tree::{Kind, TreeWriter};
 use crate::{Result, paths};
 
-/// Annotation of a packed layer's manifest: the digest of the tree the layer alone makes.
+/// Annotation of a packed layer's manifest: the digest of the tree the layer alone makes; of a
+/// tree image's: the digest of the tree its layers make together.
 pub const TREE_DIGEST_ANNOTATION: &str = "dev.gamezone.tree-digest";
+/// Annotation of a tree image's manifest: the shape of its tree (`path mode size` lines), which
+/// a pod checks its mount against with one `lstat` per entry.
+pub const TREE_SHAPE_ANNOTATION: &str = "dev.gamezone.tree-shape";
 /// Annotation of a packed layer's manifest: the layer's source as `describe` writes it.
 pub const SOURCE_ANNOTATION: &str = "dev.gamezone.source";
 /// Annotation of a packed layer's manifest: the pin it was packed at.
@@ -581,10 +585,13 @@ impl Registry {
         let image = self.reference(&key);
         match self.client.pull_image_manifest(&image, &self.auth).await {
             Ok((manifest, digest)) => {
-                if let Some(d) = manifest.annotations.as_ref().and_then(|a| a.get(TREE_DIGEST_ANNOTATION)) {
+                let said = |key| manifest.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+                // A tree image packed before shapes were recorded keeps its pods' full check.
+                if let Some(tree_digest) = said(TREE_DIGEST_ANNOTATION) {
                     return Ok(TreeImage {
                         image: format!("{}@{digest}", self.repository),
-                        tree_digest: d.clone(),
+                        tree_digest,
+                        tree_shape: said(TREE_SHAPE_ANNOTATION),
                         ..Default::default()
                     });
                 }
@@ -621,11 +628,20 @@ impl Registry {
             crate::tree::overlay(&mut tree, entries);
         }
         let tree_digest = crate::tree::digest_entries(&tree);
+        let tree_shape = crate::tree::shape_entries(&tree);
         let blobs: Vec<(&str, u64, &str)> =
             layers.iter().map(|l| (l.digest.as_str(), l.size, IMAGE_LAYER_MEDIA_TYPE)).collect();
-        let annotations = BTreeMap::from([(TREE_DIGEST_ANNOTATION.to_owned(), tree_digest.clone())]);
+        let annotations = BTreeMap::from([
+            (TREE_DIGEST_ANNOTATION.to_owned(), tree_digest.clone()),
+            (TREE_SHAPE_ANNOTATION.to_owned(), tree_shape.clone()),
+        ]);
         let digest = self.push_image(&ctx, &key, &blobs, annotations).await?;
-        Ok(TreeImage { image: format!("{}@{digest}", self.repository), tree_digest, ..Default::default() })
+        Ok(TreeImage {
+            image: format!("{}@{digest}", self.repository),
+            tree_digest,
+            tree_shape: Some(tree_shape),
+            ..Default::default()
+        })
     }
 
     /// The entries the listing blob of the packed layer `l` states.

@@ -50,6 +50,15 @@ impl Entry {
         format!("{path} {} {} {}\n", self.mode(), self.size, self.sha_hex())
     }
 
+    /// The entry's line in the tree's shape: its digest line without a file's content hash (a
+    /// symlink keeps its target's, which reading the link gives).
+    fn shape_line(&self, path: &str) -> String {
+        match self.kind {
+            Kind::File { .. } => format!("{path} {} {}\n", self.mode(), self.size),
+            _ => self.line(path),
+        }
+    }
+
     /// The git-style mode of the digest line: `100644`, `100755`, `120000` or `040000`.
     pub fn mode(&self) -> &'static str {
         match self.kind {
@@ -347,16 +356,7 @@ impl TreeWriter {
     /// The digest and totals of the tree as it stands.
     pub fn stats(&self) -> TreeStats {
         let entries = self.lock();
-        let mut h = Sha256::new();
-        let (mut files, mut bytes) = (0, 0);
-        for (path, e) in entries.iter() {
-            h.update(e.line(path).as_bytes());
-            if matches!(e.kind, Kind::File { .. }) {
-                files += 1;
-                bytes += e.size;
-            }
-        }
-        TreeStats { digest: format!("sha256:{}", hex::encode(h.finalize())), files, bytes }
+        TreeStats { digest: digest_entries(&entries), ..totals(&entries) }
     }
 }
 
@@ -378,9 +378,21 @@ fn read_error(ctx: &Ctx, rel: &str, e: io::Error) -> Error {
 
 /// The tree digest of a set of entries.
 pub(crate) fn digest_entries(entries: &BTreeMap<String, Entry>) -> String {
+    sha256_of_lines(entries, Entry::line)
+}
+
+/// The tree shape of a set of entries: sha256 over sorted `path mode size` lines (a symlink's
+/// with its target's hash), what a tree's metadata alone gives. Equal shapes with unequal
+/// digests need a file rewritten at its own size; a runtime that mounts a tree empty, or
+/// another version of it, shows in the shape.
+pub(crate) fn shape_entries(entries: &BTreeMap<String, Entry>) -> String {
+    sha256_of_lines(entries, Entry::shape_line)
+}
+
+fn sha256_of_lines(entries: &BTreeMap<String, Entry>, line: fn(&Entry, &str) -> String) -> String {
     let mut h = Sha256::new();
     for (path, e) in entries {
-        h.update(e.line(path).as_bytes());
+        h.update(line(e, path).as_bytes());
     }
     format!("sha256:{}", hex::encode(h.finalize()))
 }
@@ -415,16 +427,46 @@ pub fn digest_dir(root: &Path) -> io::Result<String> {
     Ok(stats_dir(root)?.digest)
 }
 
-/// The digest and totals of a tree on disk (every file read).
-pub(crate) fn stats_dir(root: &Path) -> io::Result<TreeStats> {
-    let mut entries = BTreeMap::new();
-    walk(root, "", &mut entries)?;
-    let files = entries.values().filter(|e| matches!(e.kind, Kind::File { .. }));
-    let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
-    Ok(TreeStats { digest: digest_entries(&entries), files, bytes })
+/// The shape of a tree on disk ([`shape_entries`]), from metadata alone.
+pub fn shape_of_dir(root: &Path) -> io::Result<String> {
+    Ok(shape_dir(root)?.digest)
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) -> io::Result<()> {
+/// The digest and totals of a tree on disk (every file read).
+pub(crate) fn stats_dir(root: &Path) -> io::Result<TreeStats> {
+    let entries = read_dir_entries(root, Reading::Content)?;
+    Ok(TreeStats { digest: digest_entries(&entries), ..totals(&entries) })
+}
+
+/// The shape ([`shape_entries`]) and totals of a tree on disk: one `lstat` per entry (and a
+/// `readlink` per symlink), no file read.
+pub(crate) fn shape_dir(root: &Path) -> io::Result<TreeStats> {
+    let entries = read_dir_entries(root, Reading::Metadata)?;
+    Ok(TreeStats { digest: shape_entries(&entries), ..totals(&entries) })
+}
+
+fn totals(entries: &BTreeMap<String, Entry>) -> TreeStats {
+    let files = entries.values().filter(|e| matches!(e.kind, Kind::File { .. }));
+    let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
+    TreeStats { digest: String::new(), files, bytes }
+}
+
+/// What a walk of a tree on disk reads of each file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Its content, hashed.
+    Content,
+    /// Its metadata only (the content hash left zero).
+    Metadata,
+}
+
+fn read_dir_entries(root: &Path, read: Reading) -> io::Result<BTreeMap<String, Entry>> {
+    let mut entries = BTreeMap::new();
+    walk(root, "", read, &mut entries)?;
+    Ok(entries)
+}
+
+fn walk(dir: &Path, rel: &str, read: Reading, out: &mut BTreeMap<String, Entry>) -> io::Result<()> {
     for de in fs::read_dir(dir)? {
         let de = de?;
         let name = de.file_name().into_string().map_err(|n| io::Error::other(format!("non-UTF-8 name {n:?}")))?;
@@ -433,15 +475,19 @@ fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) -> io::Result<
         let ft = m.file_type();
         if ft.is_dir() {
             out.insert(r.clone(), Entry::dir());
-            walk(&de.path(), &r, out)?;
+            walk(&de.path(), &r, read, out)?;
         } else if ft.is_symlink() {
             let t = fs::read_link(de.path())?;
             out.insert(r, Entry::symlink(&t.to_string_lossy()));
         } else {
-            let mut h = Sha256::new();
-            io::copy(&mut fs::File::open(de.path())?, &mut HashWriter(&mut h))?;
+            let mut sha256 = [0; 32];
+            if read == Reading::Content {
+                let mut h = Sha256::new();
+                io::copy(&mut fs::File::open(de.path())?, &mut HashWriter(&mut h))?;
+                sha256 = h.finalize().into();
+            }
             let exec = m.permissions().mode() & 0o111 != 0;
-            out.insert(r, Entry::file(exec, m.len(), h.finalize().into()));
+            out.insert(r, Entry::file(exec, m.len(), sha256));
         }
     }
     Ok(())
@@ -483,6 +529,46 @@ mod tests {
         w.symlink(&ctx, "a/l", "d").unwrap();
         assert_eq!(w.stats().digest, digest_dir(t.path()).unwrap());
         assert_eq!(w.stats().files, 1);
+    }
+
+    #[test]
+    fn a_tree_shape_is_its_metadata_read_without_its_files() {
+        let t = tempfile::tempdir().unwrap();
+        let w = writer(t.path());
+        let ctx = Ctx::new(0, "test");
+        w.write_reader(&ctx, "maps/a.bin", false, &mut &b"map one"[..]).unwrap();
+        w.write_reader(&ctx, "bin/run", true, &mut &b"#!"[..]).unwrap();
+        w.symlink(&ctx, "maps/latest", "a.bin").unwrap();
+        let shape = shape_dir(t.path()).unwrap();
+        assert_eq!(shape.digest, shape_entries(&w.entries()), "the writer's entries and the disk agree");
+        assert_eq!((shape.files, shape.bytes), (2, 9));
+        assert_ne!(shape.digest, digest_dir(t.path()).unwrap(), "a shape is not a digest");
+
+        // Content rewritten at its own size keeps the shape (the digest moves); anything else
+        // a wrong mount shows moves it: a size, a mode, a symlink's target, a missing file.
+        fs::write(t.path().join("maps/a.bin"), "map two").unwrap();
+        assert_eq!(shape_dir(t.path()).unwrap().digest, shape.digest);
+        let moves = |change: &dyn Fn(&Path)| {
+            let d = tempfile::tempdir().unwrap();
+            fs::create_dir_all(d.path().join("maps")).unwrap();
+            fs::create_dir_all(d.path().join("bin")).unwrap();
+            fs::write(d.path().join("maps/a.bin"), "map one").unwrap();
+            fs::write(d.path().join("bin/run"), "#!").unwrap();
+            fs::set_permissions(d.path().join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::symlink("a.bin", d.path().join("maps/latest")).unwrap();
+            assert_eq!(shape_dir(d.path()).unwrap().digest, shape.digest, "the same tree elsewhere");
+            change(d.path());
+            shape_dir(d.path()).unwrap().digest != shape.digest
+        };
+        assert!(moves(&|d| fs::write(d.join("maps/a.bin"), "map one!").unwrap()));
+        assert!(moves(&|d| fs::set_permissions(d.join("bin/run"), fs::Permissions::from_mode(0o644)).unwrap()));
+        assert!(moves(&|d| {
+            fs::remove_file(d.join("maps/latest")).unwrap();
+            std::os::unix::fs::symlink("b.bin", d.join("maps/latest")).unwrap();
+        }));
+        assert!(moves(&|d| fs::remove_file(d.join("bin/run")).unwrap()));
+        let empty = tempfile::tempdir().unwrap();
+        assert_ne!(shape_dir(empty.path()).unwrap().digest, shape.digest, "an empty mount");
     }
 
     #[test]

@@ -90,7 +90,10 @@ async fn each_pin_is_fetched_once_and_a_tree_copied_from_the_registry_is_the_ori
     // origins' tree; the second pack found it.
     assert_eq!(first.tree.tree_digest, direct.tree_digest);
     assert_eq!(again.tree, first.tree);
+    let direct_shape = gamezone_init::shape_of_dir(&t.path().join("direct/current")).unwrap();
+    assert_eq!(first.tree.tree_shape.as_deref(), Some(direct_shape.as_str()), "the shape a mount is checked against");
     let tree = skopeo_manifest(&first.tree.image);
+    assert_eq!(tree["annotations"][gamezone_init::oci::TREE_SHAPE_ANNOTATION], direct_shape.as_str());
     let listed: Vec<&str> = tree["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
     assert_eq!(listed, first.layers.iter().map(|p| p.digest.as_str()).collect::<Vec<_>>());
 
@@ -120,6 +123,8 @@ async fn each_pin_is_fetched_once_and_a_tree_copied_from_the_registry_is_the_ori
     assert_eq!(second.layers.iter().map(|p| p.fetched).collect::<Vec<_>>(), [false, false, true]);
     assert_eq!(fetches(&log), before, "the held layers asked no origin");
     assert_eq!(second.tree.tree_digest, direct2.tree_digest);
+    let direct2_shape = gamezone_init::shape_of_dir(&t.path().join("direct2/current")).unwrap();
+    assert_eq!(second.tree.tree_shape, Some(direct2_shape), "from the held layers' listings");
     assert_ne!(second.tree.image, first.tree.image);
     let tree2 = skopeo_manifest(&second.tree.image);
     assert_eq!(tree2["layers"][0], tree["layers"][0]);

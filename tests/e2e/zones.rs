@@ -317,8 +317,9 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     let tree = status.tree_image.clone().expect("the tree image in status");
     assert!(tree.image.starts_with(&format!("{repository}@sha256:")), "{tree:?}");
     assert!(tree.warm_nodes.is_empty(), "nothing to pre-warm on a first rollout: {tree:?}");
+    assert!(tree.tree_shape.as_deref().is_some_and(|s| s.starts_with("sha256:")), "{tree:?}");
 
-    // Every pod mounts the tree image, checked against the digest the pack recorded: the game
+    // Every pod mounts the tree image, checked against the shape the pack recorded: the game
     // sees that tree and its digest.
     let pods: Api<Pod> = ns.api();
     for server in &servers {
@@ -340,13 +341,13 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     }
 
     // A second zone with the same pins fetches nothing from the origins (the operator lists
-    // their refs). Its tree image is made to look wrong: the tag's recorded tree digest is
-    // tampered with, so every pod finds another tree than the pinned one, as on a node whose
-    // runtime mounts image volumes empty. Those servers copy the tree from the registry instead,
+    // their refs). Its tree image is made to look wrong: the tag's recorded tree shape (what a
+    // pod checks its mount against) is tampered with, so every pod finds another tree than the
+    // pinned one, as on a node whose runtime mounts image volumes empty. Those servers copy the tree from the registry instead,
     // come up Ready with the real tree, and the zone says so.
     let tag = registry.tags().into_iter().find(|t| t.starts_with("t-")).expect("a tree tag");
     let wrong = format!("sha256:{}", "0".repeat(64));
-    registry.annotate(&tag, gamezone_init::oci::TREE_DIGEST_ANNOTATION, &wrong);
+    registry.annotate(&tag, gamezone_init::oci::TREE_SHAPE_ANNOTATION, &wrong);
     let before = git.fetches();
     let mut z2 = z.clone();
     z2.metadata.name = Some("packed-too".into());
@@ -355,7 +356,7 @@ async fn with_an_artifact_registry_each_pin_is_fetched_once_mounted_once_per_nod
     let copying = wait_running(&ns, "packed-too").await;
     assert!(git.fetches() - before <= 2, "the second zone's pack fetched from the origins");
     let status = zones.get("packed-too").await.unwrap().status.unwrap();
-    assert_eq!(status.tree_image.as_ref().map(|t| t.tree_digest.as_str()), Some(wrong.as_str()));
+    assert_eq!(status.tree_image.as_ref().and_then(|t| t.tree_shape.as_deref()), Some(wrong.as_str()));
     let mounted = status.conditions.iter().find(|c| c.type_ == "ArtifactsMounted").expect("ArtifactsMounted");
     assert_eq!((mounted.status.as_str(), mounted.reason.as_str()), ("False", "CopyFallback"), "{mounted:?}");
     assert!(mounted.message.contains("image volume mounted wrong"), "{}", mounted.message);

@@ -97,8 +97,15 @@ pub struct TreeImage {
     /// `repository@sha256:…`: the image pods mount.
     pub image: String,
     /// The digest of the tree the layers make together (`sha256:…` over sorted
-    /// `path mode size sha256` lines): what a pod checks its mount against before the game starts.
+    /// `path mode size sha256` lines).
     pub tree_digest: String,
+    /// The shape of that tree (`sha256:…` over sorted `path mode size` lines, a symlink's with
+    /// its target's hash): what a pod checks its mount against before the game starts, from
+    /// metadata alone. The runtime checked the layers' content against their digests when it
+    /// pulled them; the shape shows a runtime that mounts the tree empty or mounts another
+    /// one. Without it (a tree packed before shapes), pods read every file for the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_shape: Option<String>,
     /// Nodes that hold it before the rollout to it replaced a pod there (pre-warmed): the nodes
     /// that ran the zone's servers when it was packed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -528,6 +528,7 @@ fn image_pod(
         args: Some(
             ["mount", "--root", INIT_ROOT, "--image", &root, "--tree-digest", &tree.tree_digest]
                 .into_iter()
+                .chain(tree.tree_shape.as_deref().into_iter().flat_map(|s| ["--tree-shape", s]))
                 .map(String::from)
                 .collect(),
         ),

@@ -155,7 +155,11 @@ pub fn record_packed(status: &mut GameZoneStatus, pods: &[k8s_openapi::api::core
     let Some(report) = said.and_then(|m| serde_json::from_str::<PackReport>(&m).ok()) else { return };
     let layers_ok = report.layers.len() == status.artifacts.len()
         && report.layers.iter().all(|l| l.digest.starts_with("sha256:") && l.size >= 0);
-    if !layers_ok || !report.tree.image.contains("@sha256:") || !report.tree.tree_digest.starts_with("sha256:") {
+    let tree = &report.tree;
+    let tree_ok = tree.image.contains("@sha256:")
+        && tree.tree_digest.starts_with("sha256:")
+        && tree.tree_shape.as_deref().is_none_or(|s| s.starts_with("sha256:"));
+    if !layers_ok || !tree_ok {
         return;
     }
     for (a, l) in status.artifacts.iter_mut().zip(report.layers) {

@@ -411,6 +411,12 @@ fn a_packed_tree_is_mounted_as_an_image_volume_and_checked_unless_the_zone_needs
     let args = init.args.clone().unwrap();
     assert_eq!(args[0], "mount");
     assert!(args.windows(2).any(|w| w == ["--tree-digest", "sha256:5678"]), "{args:?}");
+    assert!(!args.contains(&"--tree-shape".to_string()), "a tree packed without a shape is read in full: {args:?}");
+    let shaped = crate::api::artifacts::TreeImage { tree_shape: Some("sha256:9abc".into()), ..tree.clone() };
+    let servers = game_servers(&z, &pins, Some(&shaped), &cfg).unwrap();
+    let init = servers[0].spec.template.spec.as_ref().unwrap().init_containers.iter().flatten().next().unwrap();
+    let shaped_args = init.args.clone().unwrap();
+    assert!(shaped_args.windows(2).any(|w| w == ["--tree-shape", "sha256:9abc"]), "{shaped_args:?}");
     assert!(args.windows(2).any(|w| w == ["--image", root.as_str()]), "{args:?}");
     assert!(!args.contains(&"--registry".to_string()), "nothing copied");
     assert!(!spec.volumes.iter().flatten().any(|v| v.secret.is_some()), "no layer Secret");
