@@ -187,7 +187,8 @@ def ended(p):
 def ready(p):
     c = [c for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "Ready" and c["status"] == "True"]
     return c[0]["lastTransitionTime"] if c else None
-print(f"pack Job {span(jobs, created, lambda j: (j.get("status") or {}).get("completionTime"))}, "
+completed = lambda j: (j.get("status") or {}).get("completionTime")
+print(f"pack Job {span(jobs, created, completed)}, "
       f"pre-warm {span(warm, created, ended)} ({len(warm)} pods), "
       f"servers created→Ready {span(servers, created, ready)} ({len(servers)} pods)")
 ' "$2"

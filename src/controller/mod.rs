@@ -380,9 +380,10 @@ where
     (store, run, receivers)
 }
 
-/// How a controller's queue runs: `--concurrency` reconciles at once, bursts of changes to one
-/// object (a new pod's quick steps, a zone's servers reporting) coalesced into one reconcile
-/// half a second after the last, and its depth exported as `gamezone_queue_depth`.
+/// How a controller's queue runs: `--concurrency` reconciles at once, each object started at
+/// most every half second (a change to a quiet object runs it at once; a burst of changes, a
+/// new pod's quick steps or a zone's servers reporting, comes to one more reconcile half a
+/// second after the first), and its depth exported as `gamezone_queue_depth`.
 fn queue_settings(ctx: &Context, controller: &'static str) -> queue::Settings {
     queue::Settings {
         controller,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
@@ -28,7 +28,9 @@ pub type Requeue = Option<Duration>;
 
 /// Which objects are due when, in order. Each object is in at most one place: waiting for its
 /// time, due (in line), or being reconciled (`active`, with the time a change asked for while
-/// it ran, if one did).
+/// it ran, if one did). An object starts at most once per `debounce`: a change to one that has
+/// been quiet runs it at once, and the changes that follow within the debounce (a new pod's
+/// quick steps, a zone's servers reporting) come to one more reconcile when it ends.
 #[derive(Debug)]
 pub struct Queue<T> {
     debounce: Duration,
@@ -39,11 +41,14 @@ pub struct Queue<T> {
     due: VecDeque<T>,
     in_line: HashSet<T>,
     active: HashMap<T, Option<Instant>>,
+    /// When each object last started, while that is within the debounce (oldest first in
+    /// `starts`; an object's latest start in `started`).
+    started: HashMap<T, Instant>,
+    starts: VecDeque<(Instant, T)>,
 }
 
 impl<T: Clone + Eq + Hash> Queue<T> {
-    /// An empty queue. A request to run an object at a time runs it `debounce` later, so a burst
-    /// of changes to one object (a new pod's quick steps) comes to one reconcile.
+    /// An empty queue, whose objects start at most once per `debounce`.
     pub fn new(debounce: Duration) -> Self {
         Queue {
             debounce,
@@ -53,12 +58,14 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             due: VecDeque::new(),
             in_line: HashSet::new(),
             active: HashMap::new(),
+            started: HashMap::new(),
+            starts: VecDeque::new(),
         }
     }
 
-    /// Asks for `obj` to be reconciled at `at`. An object already in line stays where it is; one
-    /// being reconciled runs again once it is done; one waiting for a later time moves up to
-    /// this one, and one waiting for an earlier time keeps it.
+    /// Asks for `obj` to be reconciled at `at`, or a debounce after it last started if that is
+    /// later. An object already in line stays where it is; one being reconciled runs again
+    /// once it is done; one waiting keeps the earlier of its time and this one.
     pub fn add(&mut self, obj: T, at: Instant) {
         if self.in_line.contains(&obj) {
             return;
@@ -67,20 +74,30 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             *again = Some(again.map_or(at, |t| t.min(at)));
             return;
         }
+        let when = self.started.get(&obj).map_or(at, |&t| at.max(t + self.debounce));
         if let Some(&(old, arrival)) = self.times.get(&obj) {
-            if old < at {
+            if old <= when {
                 return;
             }
             self.waiting.remove(&(old, arrival));
         }
         self.arrivals += 1;
-        let slot = (at + self.debounce, self.arrivals);
+        let slot = (when, self.arrivals);
         self.waiting.insert(slot, obj.clone());
         self.times.insert(obj, slot);
     }
 
-    /// Puts every object whose time has come by `now` in line, earliest first.
+    /// Puts every object whose time has come by `now` in line, earliest first, and forgets
+    /// starts older than the debounce.
     pub fn promote(&mut self, now: Instant) {
+        while let Some((t, _)) = self.starts.front()
+            && *t + self.debounce <= now
+        {
+            let (t, obj) = self.starts.pop_front().expect("a front entry");
+            if self.started.get(&obj) == Some(&t) {
+                self.started.remove(&obj);
+            }
+        }
         while let Some(entry) = self.waiting.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -92,11 +109,13 @@ impl<T: Clone + Eq + Hash> Queue<T> {
         }
     }
 
-    /// The first object in line, now being reconciled.
-    pub fn take(&mut self) -> Option<T> {
+    /// The first object in line, now (`now`) being reconciled.
+    pub fn take(&mut self, now: Instant) -> Option<T> {
         let obj = self.due.pop_front()?;
         self.in_line.remove(&obj);
         self.active.insert(obj.clone(), None);
+        self.started.insert(obj.clone(), now);
+        self.starts.push_back((now, obj.clone()));
         Some(obj)
     }
 
@@ -157,14 +176,25 @@ pub async fn run<K, F, Fut>(
     let mut running = FuturesUnordered::new();
     let mut changes = std::pin::pin!(changes);
     let mut stop = std::pin::pin!(shutdown_signal());
+    // A watch's list fills its store at the end, after it has told of each object (the watch
+    // runs as `changes` is polled, in this loop). An object missing from the store is looked for
+    // again a debounce later: until the first list is in, and once more after (a relist), before
+    // it counts as deleted.
+    let mut listed = false;
+    let mut missing: HashSet<ObjectRef<K>> = HashSet::new();
     let mut stopping = false;
     loop {
         let now = Instant::now();
         queue.promote(now);
         while !stopping && queue.active() < concurrency.max(1) {
-            let Some(obj) = queue.take() else { break };
-            match store.get(&obj) {
+            let Some(obj) = queue.take(now) else { break };
+            let live = store.get(&obj);
+            if live.is_none() && !listed {
+                listed = store.wait_until_ready().now_or_never().is_some();
+            }
+            match live {
                 Some(live) => {
+                    missing.remove(&obj);
                     let (run, metrics) = (reconcile(live), metrics.clone());
                     running.push(async move {
                         let key = ObjectKey::new(obj.namespace.clone().unwrap_or_default(), &obj.name);
@@ -172,8 +202,12 @@ pub async fn run<K, F, Fut>(
                         (obj, requeue)
                     });
                 }
-                // Deleted since: nothing to do until it comes back.
-                None => queue.done(obj, None),
+                // Not in the store yet, or deleted since: nothing to do until it comes back.
+                None if !listed || missing.insert(obj.clone()) => queue.done(obj, Some(now + debounce)),
+                None => {
+                    missing.remove(&obj);
+                    queue.done(obj, None);
+                }
             }
         }
         depth.set(queue.due() as i64);
@@ -219,7 +253,7 @@ mod tests {
 
     fn drain(q: &mut Queue<&'static str>, now: Instant) -> Vec<&'static str> {
         q.promote(now);
-        std::iter::from_fn(|| q.take()).collect()
+        std::iter::from_fn(|| q.take(now)).collect()
     }
 
     #[test]
@@ -227,12 +261,12 @@ mod tests {
         let t0 = Instant::now();
         let mut q = Queue::new(DEBOUNCE);
         for (i, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].into_iter().enumerate() {
-            q.add(name, t0 + ms(i as u64));
+            q.add(name, t0 + ms(10 * i as u64));
         }
-        assert_eq!(drain(&mut q, t0 + ms(400)), Vec::<&str>::new(), "nothing before the debounce");
-        q.promote(t0 + ms(600));
-        assert_eq!(q.due(), 8);
-        assert_eq!(drain(&mut q, t0 + ms(600)), vec!["a", "b", "c", "d", "e", "f", "g", "h"]);
+        assert_eq!(drain(&mut q, t0 + ms(25)), vec!["a", "b", "c"], "a quiet object runs at once");
+        q.promote(t0 + ms(70));
+        assert_eq!(q.due(), 5);
+        assert_eq!(drain(&mut q, t0 + ms(70)), vec!["d", "e", "f", "g", "h"]);
     }
 
     #[test]
@@ -242,18 +276,44 @@ mod tests {
         for name in ["z", "y", "x", "w"] {
             q.add(name, t0);
         }
-        assert_eq!(drain(&mut q, t0 + DEBOUNCE), vec!["z", "y", "x", "w"]);
+        assert_eq!(drain(&mut q, t0), vec!["z", "y", "x", "w"]);
     }
 
     #[test]
-    fn a_burst_of_changes_is_one_reconcile_after_the_last() {
+    fn a_burst_of_changes_is_one_reconcile_at_once_and_one_a_debounce_later() {
         let t0 = Instant::now();
         let mut q = Queue::new(DEBOUNCE);
         q.add("a", t0);
-        q.add("a", t0 + ms(300));
-        assert_eq!(drain(&mut q, t0 + ms(600)), Vec::<&str>::new(), "the second change moved it on");
-        assert_eq!(drain(&mut q, t0 + ms(800)), vec!["a"]);
-        assert_eq!(q.next_time(), None);
+        assert_eq!(drain(&mut q, t0), vec!["a"], "the first change runs it at once");
+        q.done("a", None);
+        // Its next changes (a new pod's quick steps) come to one reconcile, a debounce after the
+        // first started.
+        for t in [50, 120, 300, 450] {
+            q.add("a", t0 + ms(t));
+        }
+        assert_eq!(q.next_time(), Some(t0 + DEBOUNCE));
+        assert_eq!(drain(&mut q, t0 + ms(499)), Vec::<&str>::new());
+        assert_eq!(drain(&mut q, t0 + DEBOUNCE), vec!["a"]);
+        q.done("a", None);
+        assert_eq!(q.next_time(), None, "one reconcile for the four changes");
+        // Quiet for a debounce: the next change runs it at once again.
+        q.add("a", t0 + ms(1200));
+        assert_eq!(drain(&mut q, t0 + ms(1200)), vec!["a"]);
+    }
+
+    #[test]
+    fn starts_are_forgotten_after_the_debounce() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(DEBOUNCE);
+        for name in ["a", "b"] {
+            q.add(name, t0);
+        }
+        assert_eq!(drain(&mut q, t0), vec!["a", "b"]);
+        q.done("a", None);
+        q.done("b", None);
+        assert_eq!(q.started.len(), 2);
+        q.promote(t0 + DEBOUNCE);
+        assert!(q.started.is_empty() && q.starts.is_empty(), "{:?}", q.started);
     }
 
     #[test]
@@ -262,9 +322,9 @@ mod tests {
         let mut q = Queue::new(DEBOUNCE);
         q.add("a", t0 + Duration::from_secs(15));
         q.add("a", t0);
-        assert_eq!(q.next_time(), Some(t0 + DEBOUNCE));
+        assert_eq!(q.next_time(), Some(t0));
         q.add("a", t0 + Duration::from_secs(20));
-        assert_eq!(q.next_time(), Some(t0 + DEBOUNCE));
+        assert_eq!(q.next_time(), Some(t0));
     }
 
     #[test]
@@ -273,10 +333,10 @@ mod tests {
         let mut q = Queue::new(DEBOUNCE);
         q.add("a", t0);
         q.add("b", t0);
-        q.promote(t0 + DEBOUNCE);
-        q.add("a", t0 + DEBOUNCE);
+        q.promote(t0);
+        q.add("a", t0 + ms(10));
         assert_eq!(q.next_time(), None, "not queued twice");
-        assert_eq!(drain(&mut q, t0 + DEBOUNCE), vec!["a", "b"]);
+        assert_eq!(drain(&mut q, t0 + ms(10)), vec!["a", "b"]);
     }
 
     #[test]
@@ -284,12 +344,16 @@ mod tests {
         let t0 = Instant::now();
         let mut q = Queue::new(DEBOUNCE);
         q.add("a", t0);
-        assert_eq!(drain(&mut q, t0 + DEBOUNCE), vec!["a"]);
+        assert_eq!(drain(&mut q, t0), vec!["a"]);
         q.add("a", t0 + ms(600));
         assert_eq!(drain(&mut q, t0 + ms(2000)), Vec::<&str>::new(), "never two reconciles of one object at once");
         q.done("a", Some(t0 + Duration::from_secs(15)));
-        assert_eq!(q.next_time(), Some(t0 + ms(600) + DEBOUNCE), "the change's time, not the later requeue");
+        assert_eq!(q.next_time(), Some(t0 + ms(600)), "the change's time, not the later requeue");
         assert_eq!(drain(&mut q, t0 + ms(2000)), vec!["a"]);
+        // A change during a short reconcile waits for the debounce from its start.
+        q.add("a", t0 + ms(2100));
+        q.done("a", None);
+        assert_eq!(q.next_time(), Some(t0 + ms(2000) + DEBOUNCE));
     }
 
     #[test]
@@ -302,6 +366,7 @@ mod tests {
         q.done("a", Some(t0 + Duration::from_secs(1)));
         q.done("b", None);
         assert_eq!(q.active(), 0);
+        assert_eq!(q.next_time(), Some(t0 + Duration::from_secs(1)), "at the time asked, no debounce added");
         assert_eq!(drain(&mut q, t0 + Duration::from_secs(2)), vec!["a"]);
     }
 }
