@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GameZone demo: a real local control plane (Kubernetes from its Go modules and one real node
 # with kubelet and containerd), the operator, a git server with the zone's config artifacts and
-# database migrations, a MariaDB, and seed 003's zone, provisioned end to end: its migration Job
-# migrates the database and its servers run the example game server, for real on the real node.
+# database migrations, an artifact registry (CNCF Distribution), a MariaDB, and seed 003's zone,
+# provisioned end to end: its artifacts packed once into the registry, its migration Job migrates
+# the database and its servers run the example game server, for real on the real node, each
+# mounting the packed tree.
 # Ends by asking a game server who it is (its answer carries a value from the layered config),
 # then prints the zone's status. Installs what it needs first.
 #
@@ -18,7 +20,7 @@ NS=zhulei
 say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*" >&2; }
 
 down() {
-  for pidfile in "$DEMO"/operator.pid "$DEMO"/git-daemon.pid "$DEMO"/mariadb.pid; do
+  for pidfile in "$DEMO"/operator.pid "$DEMO"/git-daemon.pid "$DEMO"/registry.pid "$DEMO"/mariadb.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   [ -d "$DEMO/cp" ] && tests/controlplane/cp.sh down "$DEMO/cp" >/dev/null 2>&1 || true
@@ -75,6 +77,28 @@ git -C "$work" push -q "$DEMO/git/config.git" main
 git daemon --reuseaddr --base-path="$DEMO/git" --export-all --listen=127.0.0.1 --listen="$HOST" --port="$GIT_PORT" \
   --detach --pid-file="$DEMO/git-daemon.pid" "$DEMO/git"
 
+say "starting the artifact registry (CNCF Distribution on loopback; the node's containerd pulls at $HOST)"
+REG_PORT=$(free_port)
+mkdir -p "$DEMO/registry"
+cat > "$DEMO/registry/config.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $DEMO/registry/data}
+  delete: {enabled: true}
+http: {addr: "127.0.0.1:$REG_PORT"}
+YAML
+docker-registry serve "$DEMO/registry/config.yml" >"$DEMO/registry/registry.log" 2>&1 &
+echo $! > "$DEMO/registry.pid"
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REG_PORT") 2>/dev/null && break; sleep 0.1; done
+(exec 3<>"/dev/tcp/127.0.0.1/$REG_PORT") 2>/dev/null ||
+  { tail -n 5 "$DEMO/registry/registry.log" >&2; echo "docker-registry did not start (log: $DEMO/registry/registry.log)" >&2; exit 1; }
+# The node's containerd pulls from it over plain HTTP, as its hosts.toml says.
+CERTS=$(dirname "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][0]["containerdSocket"])' "$DEMO/cp/real-nodes.json")")/certs.d
+mkdir -p "$CERTS/$HOST:$REG_PORT"
+printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$HOST:$REG_PORT" "$HOST:$REG_PORT" \
+  > "$CERTS/$HOST:$REG_PORT/hosts.toml"
+
 say "starting the zone's database (Debian's MariaDB on loopback; pods reach it at $HOST)"
 DB_PORT=$(free_port)
 mkdir -p "$DEMO/mariadb"
@@ -99,7 +123,8 @@ kubectl apply --server-side -f deploy/tenant-policy.yaml >/dev/null
 kubectl create namespace "$NS" >/dev/null
 HTTP_PORT=$(free_port)
 "$BIN/gamezone" run --kubeconfig "$KUBECONFIG" --http-addr "127.0.0.1:$HTTP_PORT" --log-format json \
-  --init-image "$(scripts/images.sh names | sed -n 1p)" >"$DEMO/operator.log" 2>&1 &
+  --init-image "$(scripts/images.sh names | sed -n 1p)" \
+  --artifact-registry "$HOST:$REG_PORT/gamezone/layers" --artifact-registry-plain-http >"$DEMO/operator.log" 2>&1 &
 echo $! > "$DEMO/operator.pid"
 
 say "applying seed 003's zone (passwords as Secrets, artifacts from the git server, servers on the real node)"
@@ -167,7 +192,7 @@ spec:
 YAML
 kubectl apply -f "$DEMO/zone1.yaml"
 
-say "waiting for the zone: pin artifacts → migration Job → servers"
+say "waiting for the zone: pin artifacts → pack them into the registry → migration Job → servers"
 if ! kubectl -n "$NS" wait --for=condition=Ready gamezone/zone1 --timeout=120s >/dev/null; then
   kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}' >&2
   echo "the zone did not become Ready within 120 s; operator log: $DEMO/operator.log" >&2
@@ -177,7 +202,10 @@ fi
 say "what the migration Job did to the zone's database (golang-migrate's own table)"
 mariadb --no-defaults -u root -S "$DEMO/mariadb/sock" -t -e "SELECT version, dirty FROM project1.schema_migrations; SHOW TABLES FROM project1;"
 
-say "what the init-container of every pod materializes (the same pinned layers, run here)"
+say "the artifacts, packed once into the registry: the tree image every pod mounts"
+kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.artifacts[*]}{.source}{"\n  layer "}{.packed.digest}{" ("}{.packed.size}{" bytes)\n"}{end}{"tree image "}{.status.treeImage.image}{"\n"}'
+
+say "the same pinned layers fetched here from the origins: the tree the pods mounted, digest for digest"
 # The init container named `artifacts` (the SDK sidecar, when a type uses it, comes first).
 INIT_ENV=$(kubectl -n "$NS" get pod zone1-game-1 \
   -o jsonpath='{range .spec.initContainers[?(@.name=="artifacts")].env[*]}{.name}={.value}{"\n"}{end}')
@@ -187,6 +215,11 @@ GAMEZONE_REVISIONS=$(printf '%s\n' "$INIT_ENV" | sed -n 's/^GAMEZONE_REVISIONS=/
   || { tail -n 5 "$DEMO/init-apply.log" >&2; echo "gamezone-init apply failed (log: $DEMO/init-apply.log)" >&2; exit 1; }
 tail -n 2 "$DEMO/init-apply.log"
 (cd "$DEMO/artifacts/current" && find . -type f | sort)
+HERE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["treeDigest"])' "$DEMO/artifacts/.gamezone-state.json")
+MOUNTED=$(kubectl -n "$NS" get gz zone1 -o jsonpath='{.status.treeImage.treeDigest}')
+echo "tree digest here:         $HERE"
+echo "tree digest pods mounted: $MOUNTED"
+[ "$HERE" = "$MOUNTED" ] || { echo "the packed tree differs from the origins' tree" >&2; exit 1; }
 
 say "a client on this machine asks zone1-game-1 who it is, at the node address and port its status names"
 ADDR=$(kubectl -n "$NS" get gs zone1-game-1 -o jsonpath='{.status.nodeAddress}')

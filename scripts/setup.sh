@@ -42,8 +42,10 @@ apt_install() {
 }
 
 # What the demo runs and builds: git (its artifacts), the operator's build, python3 and curl,
-# MariaDB (the zone's database, which its migration Job migrates).
-DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl mariadbd:mariadb-server mariadb:mariadb-client)
+# MariaDB (the zone's database, which its migration Job migrates), CNCF Distribution (the
+# registry its artifacts are packed into).
+DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl mariadbd:mariadb-server mariadb:mariadb-client
+  docker-registry:docker-registry)
 
 packages() {
   # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
