@@ -715,6 +715,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
     for svc in &children.services {
         docs.push(serde_json::to_value(svc)?);
     }
+    docs.push(serde_json::to_value(&children.disruption_budget)?);
     let listed = children.servers.iter().zip(&pods).map(|(gs, (_, ports))| (gs.name_any(), ports.clone())).collect();
     docs.push(serde_json::to_value(zone::topology(&zone, &listed))?);
     for (pod, _) in pods {

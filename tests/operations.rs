@@ -203,6 +203,7 @@ spec:
             "GameServer/zone1-game-2",
             "Service/zone1",
             "Service/zone1-game",
+            "PodDisruptionBudget/zone1-players",
             "ConfigMap/zone1-topology",
             "Pod/zone1-game-1",
             "Pod/zone1-game-2"

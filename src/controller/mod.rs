@@ -14,7 +14,7 @@ mod slim;
 pub mod writer;
 mod zone;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::api::{GameServer, MANAGED_BY_LABEL, MANAGER, PortStatus};
+use crate::api::{GameServer, MANAGED_BY_LABEL, MANAGER, PortStatus, ZONE_LABEL};
 use crate::zone::BuildConfig;
 use crate::{Error, Result};
 use slim::StoredServer;
@@ -226,10 +226,22 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         cache: Cache { nodes, servers, pods, services, servers_by_zone, services_by_zone },
     });
     let node_ctx = ctx.clone();
-    // Nodes joining and leaving change port capacity live.
+    let (moves, servers_moving) = futures::channel::mpsc::unbounded();
+    let (zone_moves, zones_moving) = futures::channel::mpsc::unbounded();
+    let mut leaving = HashMap::<String, bool>::new();
+    // Nodes joining and leaving change port capacity live; a node that starts or stops leaving
+    // (cordoned, uncordoned, an autoscaler's taint) has its servers and their zones reconciled.
     let node_watch =
         watcher(node_api, watcher::Config::default()).default_backoff().modify(slim::node).reflect(writer).for_each(
             move |event| {
+                if let Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) = &event {
+                    let now = crate::placement::leaving(node).is_some();
+                    if leaving.insert(node.name_any(), now).is_some_and(|before| before != now) {
+                        let (servers, zones) = servers_on(&node_ctx.cache.servers, &node.name_any());
+                        servers.into_iter().for_each(|s| drop(moves.unbounded_send(s)));
+                        zones.into_iter().for_each(|z| drop(zone_moves.unbounded_send(z)));
+                    }
+                }
                 let mut alloc = node_ctx.ports.allocator();
                 match event {
                     Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
@@ -266,8 +278,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // On SIGTERM each controller lets its running reconciles finish; both are awaited, so the
     // first to be done does not drop the other's in flight.
     let controllers = futures::future::join(
-        zone::run(ctx.clone(), servers_for_zones, services_for_zones, pods_for_zones),
-        server::run(ctx.clone(), servers_for_servers, pods_for_servers),
+        zone::run(ctx.clone(), servers_for_zones, services_for_zones, pods_for_zones, zones_moving),
+        server::run(ctx.clone(), servers_for_servers, pods_for_servers, servers_moving),
     );
     tokio::select! {
         _ = controllers => {},
@@ -286,6 +298,19 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The servers whose pods run on `node`, as the shared watch shows them, and their zones.
+fn servers_on(servers: &Store<StoredServer>, node: &str) -> (Vec<key::ObjectKey>, BTreeSet<key::ObjectKey>) {
+    let on: Vec<_> = servers.state().into_iter().filter(|s| s.node() == Some(node)).collect();
+    let zones = on
+        .iter()
+        .filter_map(|s| Some(key::ObjectKey::new(s.namespace()?, s.labels().get(ZONE_LABEL)?.clone())))
+        .collect();
+    (on.iter().map(|s| key::ObjectKey::of(s.as_ref())).collect(), zones)
+}
+
+/// Servers (or zones) to reconcile because a node they run on started or stopped leaving.
+pub type Moves = futures::channel::mpsc::UnboundedReceiver<key::ObjectKey>;
 
 /// The port tables as the nodes, servers and topologies that exist hold them, and each server's
 /// ports as its topology lists them. What was listed for it goes once the tables are built: held

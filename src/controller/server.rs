@@ -36,7 +36,7 @@ pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 /// pod's change reconciles the GameServer that owns it. Servers are taken in the order they
 /// came due (see [`queue`](super::queue)), so a zone's servers, made together, get their pods
 /// together and the zone's endpoints and status are written once for them.
-pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Triggers<Pod>) {
+pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Triggers<Pod>, moves: super::Moves) {
     let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
     let owners =
         pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| super::controller_of(&pod))));
@@ -49,7 +49,13 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Trigg
     // reconcile after they settle writes one status instead of one per step.
     super::queue::run(
         ctx.cache.servers.clone(),
-        futures::stream::select_all([servers.boxed(), owners.boxed(), futures::stream::iter(listed).flatten().boxed()]),
+        futures::stream::select_all([
+            servers.boxed(),
+            owners.boxed(),
+            futures::stream::iter(listed).flatten().boxed(),
+            // Servers on a node that started or stopped leaving: pods to move.
+            moves.map(|key| ObjectRef::new(key.name()).within(key.namespace())).boxed(),
+        ]),
         super::queue_settings(&ctx, CONTROLLER),
         |stored| reconcile(Arc::new(stored.server()), ctx.clone()),
     )
@@ -176,7 +182,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         .pods
         .get(&ObjectRef::new(&name).within(&ns))
         .filter(|p| crate::controller::ownership::controlled_by(&p.metadata, &gs.metadata));
-    let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref()) {
+    let on = live.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone());
+    let leaving = on.and_then(|n| crate::placement::leaving(&*ctx.cache.nodes.get(&ObjectRef::new(&n))?));
+    let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref(), leaving.as_deref()) {
         PodStep::WaitGone => {
             report_step(status, ServerState::Updating, "waiting for the old pod to go");
             return Ok((Some(Duration::from_secs(1)), true));
@@ -233,10 +241,16 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
     }
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-    if let Some(n) = node
-        && let Err(e) = ctx.ports.allocator().bind(&holder(&ObjectKey::of(gs)), n)
-    {
-        tracing::warn!(server = %ObjectKey::of(gs), node = %n, error = %e, "pod landed where its host port is held");
+    if let Some(n) = node {
+        match ctx.ports.allocator().bind(&holder(&ObjectKey::of(gs)), n) {
+            Ok(_) => {}
+            // A cordoned or NotReady node is out of the port tables until it is usable again;
+            // its pods' ports count again then.
+            Err(AllocError::UnknownNode { .. }) => {}
+            Err(e) => {
+                tracing::warn!(server = %ObjectKey::of(gs), node = %n, error = %e, "pod landed where its host port is held")
+            }
+        }
     }
     let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
     let now = Timestamp::now();
@@ -253,7 +267,16 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         return Ok((Some(ROUTINE_RETRY), false));
     }
     report_state(status, state, message, generation);
-    let next = if state == ServerState::Ready { None } else { Some(Duration::from_secs(15)) };
+    // The cluster may evict the pod exactly when the operator would delete the server.
+    let evictable = evictable(&gs.spec, status, now);
+    tracing::debug!(server = %ObjectKey::of(gs), evictable, state = ?status.state, "eviction marks");
+    if eviction_marks_differ(&pod, evictable) {
+        let mut marks = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default();
+        mark_eviction(&mut marks, evictable);
+        ctx.writer.patch_metadata::<Pod>(&ns, &name, &marks).await?;
+    }
+    let review = if evictable { None } else { evictable_again_in(&gs.spec, status, now) };
+    let next = if state == ServerState::Ready { review } else { Some(Duration::from_secs(15)) };
     Ok((next, true))
 }
 

@@ -97,6 +97,11 @@ impl StoredServer {
         gs
     }
 
+    /// The node its pod runs on, as its status says.
+    pub fn node(&self) -> Option<&str> {
+        self.rest.status.as_ref()?.node_name.as_deref()
+    }
+
     /// What a controller is told of a change to `self` (see [`trigger_meta`]).
     pub fn trigger(&self) -> Self {
         let rest = GameServer { metadata: trigger_meta(&self.rest.metadata), spec: Default::default(), status: None };

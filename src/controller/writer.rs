@@ -63,6 +63,16 @@ pub fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force().validation_ignore()
 }
 
+/// `v` without its null members.
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Server-side applies `obj` with the operator's field manager.
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
@@ -221,6 +231,19 @@ impl Writer {
         self.applied.forget(&applied_key(obj));
     }
 
+    /// Sets the labels and annotations of `marks` on `name` in `namespace` (a merge patch of
+    /// its metadata: nothing else changes, so a pod keeps running); one already gone is fine.
+    pub async fn patch_metadata<K: Child>(&self, namespace: &str, name: &str, marks: &ObjectMeta) -> Result<()> {
+        let body = serde_json::json!({"metadata": {"labels": &marks.labels, "annotations": &marks.annotations}});
+        // An absent map is left alone, not cleared (a merge patch's null deletes).
+        let body = strip_nulls(body);
+        match self.api::<K>(namespace).patch(name, &PatchParams::default(), &Patch::Merge(&body)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes `name` in `namespace`; one already gone is fine (the watch this process reads
     /// may lag behind). What was applied to it is forgotten.
     pub async fn delete<K: Child>(&self, namespace: &str, name: &str) -> Result<()> {
@@ -311,7 +334,8 @@ impl Writer {
     /// The server status to build on (see [`Writer::zone_base`]).
     pub fn server_base(&self, gs: &GameServer) -> GameServerStatus {
         let version = gs.metadata.resource_version.as_deref();
-        self.server_status.base(&ObjectKey::of(gs), version, gs.status.as_ref()).unwrap_or_default()
+        let base = self.server_status.base(&ObjectKey::of(gs), version, gs.status.as_ref()).unwrap_or_default();
+        crate::server::with_others_fields(base, gs.status.as_ref())
     }
 
     /// Writes the server's status. Of its conditions only the operator's own are written: gate

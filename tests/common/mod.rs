@@ -128,12 +128,24 @@ pub fn target_dir() -> PathBuf {
 
 /// A new client for the cluster behind `kubeconfig`, bound to the current runtime.
 pub async fn client_for(kubeconfig: &Path) -> Client {
+    Client::try_from(config_for(kubeconfig).await).expect("cannot build a kube client")
+}
+
+/// As [`client_for`], without the client's own retries of 429, 503 and 504 answers: for a
+/// test that asks the Eviction API, whose 429 is a refusal to read, not a load to wait out
+/// (the default retries back off exponentially, 15 times: minutes per refusal).
+pub async fn client_taking_429(kubeconfig: &Path) -> Client {
+    let mut config = config_for(kubeconfig).await;
+    config.default_retry = false;
+    Client::try_from(config).expect("cannot build a kube client")
+}
+
+async fn config_for(kubeconfig: &Path) -> Config {
     let kc = Kubeconfig::read_from(kubeconfig)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", kubeconfig.display()));
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", kubeconfig.display()));
-    Client::try_from(config).expect("cannot build a kube client")
+        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", kubeconfig.display()))
 }
 
 /// A client for the shared control plane.
@@ -332,6 +344,9 @@ impl<T, E: Debug> Attempt<T> for Result<T, E> {
     }
 }
 
+/// A wait at least this long is reported on stderr.
+const SLOW_WAIT: Duration = Duration::from_secs(10);
+
 /// Polls `attempt` every 100 ms until it yields a value (`Some`/`Ok`), and
 /// returns it. Panics after `timeout`, naming `what` it waited for and what
 /// the last attempt saw (the `Err` value, or `None`). Note that a
@@ -346,7 +361,13 @@ where
     let started = Instant::now();
     loop {
         let last_seen = match attempt().await.into_outcome() {
-            Ok(value) => return value,
+            Ok(value) => {
+                // Shown with --nocapture or on a failure: where a slow test spent its time.
+                if started.elapsed() >= SLOW_WAIT {
+                    eprintln!("[wait] {what}: {:.1} s", started.elapsed().as_secs_f64());
+                }
+                return value;
+            }
             Err(seen) => seen,
         };
         if started.elapsed() >= timeout {

@@ -193,6 +193,17 @@ impl Cluster {
         assert!(out.status.success(), "cp.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// `cp.sh kubectl DIR args…` started in the background (its output inherited).
+    pub fn kubectl_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(cp_script())
+            .arg("kubectl")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run kubectl")
+    }
+
     /// `cp.sh kubectl DIR args…`, asserting success; its stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new(cp_script()).arg("kubectl").arg(&self.dir).args(args).output().expect("run kubectl");

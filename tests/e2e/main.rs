@@ -1,5 +1,6 @@
 //! Whole zones on a real node, end to end (root only): `zones` runs the operator, real git and
-//! S3 servers and the example game server; `edits` changes a test zone's files over SMB.
+//! S3 servers and the example game server; `drains` holds players' sessions through node drains,
+//! scale-downs and rolling updates; `edits` changes a test zone's files over SMB.
 //!
 //! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
 //! --real-nodes 1`), started by this binary and stopped when it exits, unless
@@ -15,6 +16,7 @@
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod drains;
 mod edits;
 mod servers;
 #[path = "../support/mod.rs"]

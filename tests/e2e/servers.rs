@@ -485,3 +485,44 @@ pub fn udp_request(addr: &str, port: u16, request: &str) -> Result<serde_json::V
     let n = s.recv(&mut buf).map_err(|e| format!("{target}/udp: {e}"))?;
     serde_json::from_slice(&buf[..n]).map_err(|e| format!("{target}/udp: {e}"))
 }
+
+/// A player's open session with the example game server: one TCP connection it keeps, and a UDP
+/// socket whose datagrams all come from one port (one conntrack flow through the node's DNAT).
+pub struct Session {
+    target: String,
+    tcp: BufReader<TcpStream>,
+    udp: UdpSocket,
+}
+
+impl Session {
+    /// Connects to `addr:port` (TCP and UDP).
+    pub fn open(addr: &str, port: u16) -> Result<Session, String> {
+        let target = format!("{addr}:{port}");
+        let sock: std::net::SocketAddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
+        let tcp = TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| format!("{target}: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        udp.connect(sock).map_err(|e| format!("{target}/udp: {e}"))?;
+        Ok(Session { target, tcp: BufReader::new(tcp), udp })
+    }
+
+    /// `hello` over the open TCP connection and over UDP; the TCP answer. An error when either
+    /// is gone: the connection closed or reset, or no datagram came back.
+    pub fn hello(&mut self) -> Result<serde_json::Value, String> {
+        let target = &self.target;
+        writeln!(self.tcp.get_mut(), "hello").map_err(|e| format!("{target}: the session's connection: {e}"))?;
+        let mut line = String::new();
+        match self.tcp.read_line(&mut line) {
+            Ok(0) => return Err(format!("{target}: the server closed the session's connection")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{target}: the session's connection: {e}")),
+        }
+        let answer = serde_json::from_str(&line).map_err(|e| format!("{target} answered {line:?}: {e}"))?;
+        self.udp.send(b"hello").map_err(|e| format!("{target}/udp: {e}"))?;
+        let mut buf = vec![0; 65536];
+        let n = self.udp.recv(&mut buf).map_err(|e| format!("{target}/udp: no answer: {e}"))?;
+        serde_json::from_slice::<serde_json::Value>(&buf[..n]).map_err(|e| format!("{target}/udp: {e}"))?;
+        Ok(answer)
+    }
+}

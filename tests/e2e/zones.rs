@@ -19,12 +19,12 @@ use servers::{GitDaemon, Lfs, Registry, S3, S3_ACCESS_KEY, S3_SECRET_KEY, tcp_re
 use support::{Operator, install_crds};
 
 /// Pods on a real node unpack images and run an init container: more than KWOK needs.
-const TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The operator on the host, scoped to the test's namespace, with the image built here as the
 /// init image. Each test gets Dynamic ports of its own (`ports`, e.g. `7100-7199`): the operators
 /// of other namespaces, whose pods may still be terminating, do not share their port tables.
-fn operator(cluster: &Cluster, ns: &Ns, ports: &str) -> Operator {
+pub(crate) fn operator(cluster: &Cluster, ns: &Ns, ports: &str) -> Operator {
     Operator::start_with(&cluster.kubeconfig, &ns.name, &["--init-image", OPERATOR_IMAGE, "--port-range", ports])
 }
 
@@ -38,7 +38,7 @@ async fn secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) {
 }
 
 /// A service of the example game server on the real node.
-fn service(type_: &str, id: i64, end_id: Option<i64>, ports: Value) -> Value {
+pub(crate) fn service(type_: &str, id: i64, end_id: Option<i64>, ports: Value) -> Value {
     let mut s = on_real_node();
     s["type"] = json!(type_);
     s["id"] = json!(id);
@@ -49,7 +49,7 @@ fn service(type_: &str, id: i64, end_id: Option<i64>, ports: Value) -> Value {
     s
 }
 
-fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Value) -> GameZone {
+pub(crate) fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Value) -> GameZone {
     gamezone_api::fixture::zone(name)
         .spec("zoneId", json!(zone_id))
         .spec("defaultImage", json!(GAME_SERVER_IMAGE))
@@ -70,7 +70,7 @@ fn config_repo(cluster: &Cluster, work: &std::path::Path, motd: &str) -> (GitDae
 }
 
 /// Waits until the zone is Ready at its generation with every server Ready; its servers.
-async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
+pub(crate) async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
     wait_running_within(ns, zone, TIMEOUT).await
 }
 
@@ -124,7 +124,7 @@ fn pod_summary(p: &Pod) -> String {
 }
 
 /// Asks each server `hello` where its status says it is reachable, until it answers.
-async fn hello(server: &GameServer, port_name: &str) -> Value {
+pub(crate) async fn hello(server: &GameServer, port_name: &str) -> Value {
     let (addr, port) = reachable_at(server, port_name);
     wait_for(&format!("{} to answer hello on {addr}:{port}", server.name_any()), Duration::from_secs(20), || async {
         tcp_request(&addr, port, "hello")
@@ -134,7 +134,7 @@ async fn hello(server: &GameServer, port_name: &str) -> Value {
 
 /// Where a client reaches a port of a server: the node and host port when the policy gives
 /// one, else the pod IP and container port.
-fn reachable_at(server: &GameServer, port_name: &str) -> (String, u16) {
+pub(crate) fn reachable_at(server: &GameServer, port_name: &str) -> (String, u16) {
     let status = server.status.as_ref().expect("server status");
     let port = status.ports.iter().find(|p| p.name == port_name).expect("port in status");
     let addr = match port.host_port {

@@ -29,11 +29,17 @@ impl Operator {
 
     /// Starts the operator with extra `run` flags.
     pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_gamezone")), kubeconfig, namespace, extra)
+    }
+
+    /// Starts `program`, an operator binary (this build's, or an earlier commit's), with extra
+    /// `run` flags.
+    pub fn start_program(program: &Path, kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = std::env::temp_dir().join(format!("gamezone-operator-{namespace}-{}-{n}.log", std::process::id()));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_gamezone"))
+        let child = Command::new(program)
             .args(["run", "--namespace", namespace, "--log-format", "json"])
             .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", "127.0.0.1:0"][..] })
             // The tests' git and S3 servers are on loopback, which the operator refuses by
@@ -97,7 +103,12 @@ pub async fn install_crds(client: &Client) {
 }
 
 pub async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
-    common::wait_for(&format!("GameZone {name} Ready at its current generation"), WAIT, || async {
+    wait_ready_within(api, name, WAIT).await
+}
+
+/// As [`wait_ready`], for a zone that may take longer than [`WAIT`] (hundreds of servers).
+pub async fn wait_ready_within(api: &Api<GameZone>, name: &str, timeout: Duration) -> GameZone {
+    common::wait_for(&format!("GameZone {name} Ready at its current generation"), timeout, || async {
         let z = api.get(name).await.map_err(|e| e.to_string())?;
         let status = z.status.clone().unwrap_or_default();
         let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
@@ -116,6 +127,52 @@ pub async fn wait_ready(api: &Api<GameZone>, name: &str) -> GameZone {
         }
     })
     .await
+}
+
+/// Sets a gate condition as the game would (its own field manager on the status).
+pub async fn set_gate(servers: &Api<GameServer>, name: &str, gate: &str, ok: bool) {
+    let body = serde_json::json!({
+        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
+        "status": {"conditions": [{
+            "type": gate, "status": if ok { "True" } else { "False" }, "reason": "Game",
+            "message": "set by the game", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]}
+    });
+    servers
+        .patch_status(name, &PatchParams::apply("test-game").force(), &Patch::Apply(body))
+        .await
+        .unwrap_or_else(|e| panic!("set {gate} on {name}: {e}"));
+}
+
+/// Sets the deletable gate `NoPlayers` of each server `(name, players left)` as its game would,
+/// a few at a time.
+pub async fn set_gates(servers: &Api<GameServer>, gates: Vec<(String, bool)>) {
+    use futures::StreamExt;
+    futures::stream::iter(gates)
+        .for_each_concurrent(16, |(name, left)| async move { set_gate(servers, &name, "NoPlayers", left).await })
+        .await;
+}
+
+/// The label of the big simulated nodes ([`pool_node`]) a test's or bench's zones run on.
+pub const POOL: (&str, &str) = ("test.gamezone.dev/pool", "big");
+
+/// A simulated node `big-<i>` of the [`POOL`], with room for hundreds of servers (a KWOK node
+/// of `cp.sh` has 110); KWOK runs its pods.
+pub fn pool_node(i: u8) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": format!("big-{i}"),
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"kubernetes.io/hostname": format!("big-{i}"), "type": "kwok", POOL.0: POOL.1}
+        },
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": format!("10.0.2.{i}")}],
+            "capacity": {"cpu": "512", "memory": "2Ti", "pods": "256"},
+            "allocatable": {"cpu": "512", "memory": "2Ti", "pods": "256"}
+        }
+    }))
+    .expect("a Node")
 }
 
 pub fn selector(zone: &str) -> ListParams {

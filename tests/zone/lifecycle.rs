@@ -14,27 +14,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use crate::{common, support};
-use support::{Operator, WAIT, install_crds, names, wait_ready};
+use support::{Operator, WAIT, install_crds, names, set_gate, wait_ready};
 
 /// A zone of `game` servers 1..=`end` with the given lifecycle fields on the type.
 fn zone(servers: i64, lifecycle: serde_json::Value) -> GameZone {
     let fields = lifecycle.as_object().unwrap();
     fields.iter().fold(gamezone_api::fixture::zone("zone1").servers(servers), |z, (k, v)| z.game(k, v.clone())).build()
-}
-
-/// Sets a gate condition as the game would (its own field manager on the status).
-async fn set_gate(servers: &Api<GameServer>, name: &str, gate: &str, ok: bool) {
-    let body = json!({
-        "apiVersion": "gamezone.dev/v1alpha1", "kind": "GameServer",
-        "status": {"conditions": [{
-            "type": gate, "status": if ok { "True" } else { "False" }, "reason": "Game",
-            "message": "set by the game", "lastTransitionTime": "2026-01-01T00:00:00Z"
-        }]}
-    });
-    servers
-        .patch_status(name, &PatchParams::apply("test-game").force(), &Patch::Apply(body))
-        .await
-        .unwrap_or_else(|e| panic!("set {gate} on {name}: {e}"));
 }
 
 async fn state(servers: &Api<GameServer>, name: &str) -> Result<(Option<ServerState>, String), String> {
@@ -448,5 +433,93 @@ async fn an_operator_killed_mid_drain_and_mid_rollout_deletes_nothing_early() {
     })
     .await;
     wait_ready(&zones, "zone1").await;
+    ns.cleanup().await;
+}
+
+/// The eviction marks of `name`'s pod: its [`EVICTABLE_LABEL`] and the autoscaler's annotation.
+async fn eviction_marks(pods: &Api<Pod>, name: &str) -> (Option<String>, Option<String>) {
+    let pod = pods.get(name).await.unwrap();
+    (pod.labels().get(EVICTABLE_LABEL).cloned(), pod.annotations().get(SAFE_TO_EVICT_ANNOTATION).cloned())
+}
+
+async fn wait_marked(pods: &Api<Pod>, name: &str, evictable: bool) {
+    let want = if evictable { "true" } else { "false" };
+    common::wait_for(&format!("{name}'s pod marked evictable={want}"), WAIT, || async {
+        match eviction_marks(pods, name).await {
+            (Some(l), Some(a)) if l == want && a == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// Asks the Eviction API to evict `name`'s pod, as `kubectl drain` and the cluster autoscaler
+/// do; the API server's refusal, if it refused. `pods` is of a [`common::client_taking_429`].
+async fn evict(pods: &Api<Pod>, name: &str) -> Result<(), String> {
+    match pods.evict(name, &kube::api::EvictParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) => Err(format!("{} {}", e.code, e.message)),
+        Err(e) => panic!("evict {name}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_may_evict_a_server_s_pod_exactly_when_the_operator_would_delete_it() {
+    let ns = common::namespace("lifecycle-evict").await;
+    install_crds(&ns.client).await;
+    let _op = Operator::start(ns.kubeconfig(), &ns.name);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let evictions: Api<Pod> = Api::namespaced(common::client_taking_429(ns.kubeconfig()).await, &ns.name);
+    zones.create(&PostParams::default(), &zone(3, json!({"deletableGates": ["NoPlayers"]}))).await.unwrap();
+    wait_ready(&zones, "zone1").await;
+    // 1: its players left; 2: players on it; 3: its gate says none, but the game Allocated it.
+    set_gate(&servers, "zone1-game-1", "NoPlayers", true).await;
+    set_gate(&servers, "zone1-game-2", "NoPlayers", false).await;
+    set_gate(&servers, "zone1-game-3", "NoPlayers", true).await;
+    let pod3 = current_pod(&pods, "zone1-game-3").await.expect("a pod");
+    sdk_says(&servers, "zone1-game-3", &pod3, json!({"state": "Allocated"})).await;
+    wait_marked(&pods, "zone1-game-1", true).await;
+    wait_marked(&pods, "zone1-game-2", false).await;
+    wait_marked(&pods, "zone1-game-3", false).await;
+
+    // The zone's budget, as the disruption controller reads it: nothing it selects may go.
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = ns.api();
+    // (Its counts may lag: the disruption controller does not recount a budget a pod's label
+    // change took the pod out of. The Eviction API matches the pod's labels at each request.)
+    common::wait_for("the zone's PodDisruptionBudget observed, allowing no disruption", WAIT, || async {
+        let pdb = budgets.get("zone1-players").await.map_err(|e| e.to_string())?;
+        let status = pdb.status.clone().unwrap_or_default();
+        if status.observed_generation == pdb.metadata.generation && status.disruptions_allowed == Some(0) {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
+
+    for name in ["zone1-game-2", "zone1-game-3"] {
+        let refused = evict(&evictions, name).await.expect_err("evicted a server that may hold players");
+        assert!(refused.starts_with("429") && refused.contains("disruption budget"), "{name}: {refused}");
+    }
+    let pod1 = current_pod(&pods, "zone1-game-1").await.expect("a pod");
+    evict(&evictions, "zone1-game-1").await.expect("a deletable server's pod may be evicted");
+    // Its server stays and gets a new pod.
+    replaced(&pods, "zone1-game-1", &pod1).await;
+    wait_ready(&zones, "zone1").await;
+
+    // Its players leave: now it may go, as the operator would delete it.
+    set_gate(&servers, "zone1-game-2", "NoPlayers", true).await;
+    wait_marked(&pods, "zone1-game-2", true).await;
+    evict(&evictions, "zone1-game-2").await.expect("evicted once deletable");
+    // A type whose servers may always be evicted (stateless bots): the Allocated one too.
+    let always = json!({"spec": {"services": [
+        {"type": "game", "id": 1, "endId": 3, "deletableGates": ["NoPlayers"], "eviction": "Always"}
+    ]}});
+    zones.patch("zone1", &PatchParams::default(), &Patch::Merge(always)).await.unwrap();
+    wait_marked(&pods, "zone1-game-3", true).await;
+    assert_eq!(current_pod(&pods, "zone1-game-3").await.as_deref(), Some(pod3.as_str()), "marking restarted the pod");
+    evict(&evictions, "zone1-game-3").await.expect("evictable always");
     ns.cleanup().await;
 }

@@ -39,6 +39,13 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "gamezone";
 /// Annotation carrying the hash of the pod template a Pod was made from.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "gamezone.dev/template-hash";
+/// Label of a server's pod: `"false"` while the cluster may not evict it (see [`Eviction`]);
+/// the zone's PodDisruptionBudget selects those.
+pub const EVICTABLE_LABEL: &str = "gamezone.dev/evictable";
+/// Annotation the cluster autoscaler reads before it evicts a pod to remove its node.
+pub const SAFE_TO_EVICT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+/// Annotation Karpenter reads before it disrupts a pod's node (`"true"`: do not).
+pub const DO_NOT_DISRUPT_ANNOTATION: &str = "karpenter.sh/do-not-disrupt";
 
 /// Every CRD of the API, in the order they should be applied.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {

@@ -39,6 +39,25 @@ pub struct Lifecycle {
     /// e.g. `30m`; without it, as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Interval>,
+    /// When the cluster may evict a server's pod (a node drain, the cluster autoscaler, a
+    /// descheduler): `Gates` (default) exactly when the operator would delete the server
+    /// itself; `Always` at any time (stateless servers, load-test bots).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub eviction: Eviction,
+}
+
+/// When the cluster may evict a server's pod. The operator marks each pod (label
+/// `gamezone.dev/evictable`, the cluster autoscaler's `safe-to-evict` annotation) and each
+/// zone's PodDisruptionBudget refuses evictions of the pods marked `false`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Eviction {
+    /// Not while the server may hold players: Allocated or Reserved through the SDK, or serving
+    /// with a deletable gate that is not True (unless its drain timed out). Once it is
+    /// deletable by the rules the operator itself follows, it may be evicted.
+    #[default]
+    Gates,
+    /// At any time, whatever the gates say.
+    Always,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -19,6 +19,28 @@ pub fn node_usable(node: &Node) -> bool {
     schedulable && ready
 }
 
+/// Taints with which node-removing components mark a node they are about to take away.
+pub const LEAVING_TAINTS: [(&str, &str); 3] = [
+    ("ToBeDeletedByClusterAutoscaler", "the cluster autoscaler is removing it"),
+    ("karpenter.sh/disrupted", "Karpenter is removing it"),
+    ("DeletionCandidateOfClusterAutoscaler", "the cluster autoscaler may remove it soon"),
+];
+
+/// Why `node` is leaving (cordoned by `kubectl drain` or `kubectl cordon`, or tainted by a
+/// node autoscaler that is removing it), if it is: its servers should move before it goes.
+/// A `DeletionCandidate` taint is only a candidate's (PreferNoSchedule) and is not counted.
+pub fn leaving(node: &Node) -> Option<String> {
+    let spec = node.spec.as_ref()?;
+    if spec.unschedulable == Some(true) {
+        return Some(format!("{} is cordoned", node.name_any()));
+    }
+    let taints = spec.taints.iter().flatten();
+    let why = taints
+        .filter(|t| t.effect != "PreferNoSchedule")
+        .find_map(|t| LEAVING_TAINTS.iter().find(|(key, _)| *key == t.key).map(|(_, why)| *why))?;
+    Some(format!("{}: {why}", node.name_any()))
+}
+
 /// How many of `nodes` can run `pod`, when that is fewer than every usable node; `None` when
 /// every usable node can.
 pub fn reach<'a>(pod: &PodSpec, nodes: impl IntoIterator<Item = &'a Node>) -> Option<u32> {
@@ -159,5 +181,29 @@ mod tests {
             "nodeSelectorTerms": [{}]}}}}));
         assert_eq!(reach(&no_terms, &nodes), Some(0), "an empty term matches nothing");
         assert_eq!(reach(&pod(json!({})), &nodes[..2]), None, "two untainted nodes");
+    }
+
+    #[test]
+    fn a_cordoned_node_or_one_an_autoscaler_removes_is_leaving() {
+        assert_eq!(leaving(&node("n1", json!({}), json!([]))), None);
+        let mut cordoned = node("n1", json!({}), json!([]));
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_eq!(leaving(&cordoned).as_deref(), Some("n1 is cordoned"));
+        let ca = node(
+            "n2",
+            json!({}),
+            json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(leaving(&ca).as_deref(), Some("n2: the cluster autoscaler is removing it"));
+        let karpenter = node("n3", json!({}), json!([{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]));
+        assert!(leaving(&karpenter).unwrap().contains("Karpenter"));
+        let candidate = node(
+            "n4",
+            json!({}),
+            json!([{"key": "DeletionCandidateOfClusterAutoscaler", "effect": "PreferNoSchedule"}]),
+        );
+        assert_eq!(leaving(&candidate), None, "a candidate is not leaving yet");
+        let other = node("n5", json!({}), json!([{"key": "dedicated", "value": "game", "effect": "NoSchedule"}]));
+        assert_eq!(leaving(&other), None);
     }
 }

@@ -226,9 +226,16 @@ pub enum PodStep {
     Observe,
 }
 
-/// The pod step for `live` when the current template hashes to `hash`, and the game of `gs`
-/// said what `sdk` holds.
-pub fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&SdkStatus>) -> PodStep {
+/// The pod step for `live` when the current template hashes to `hash`, the game of `gs` said
+/// what `sdk` holds, and the pod's node is `leaving` (why) or not. A pod on a leaving node goes
+/// once [`move_off`](crate::zone::decide::move_off) says it may: its successor runs elsewhere.
+pub fn pod_step(
+    live: Option<&Pod>,
+    hash: &str,
+    gs: &GameServer,
+    sdk: Option<&SdkStatus>,
+    leaving: Option<&str>,
+) -> PodStep {
     let Some(pod) = live else { return PodStep::Create };
     if pod.metadata.deletion_timestamp.is_some() {
         return PodStep::WaitGone;
@@ -238,6 +245,12 @@ pub fn pod_step(live: Option<&Pod>, hash: &str, gs: &GameServer, sdk: Option<&Sd
     }
     if let Some(why) = mounted_wrong(pod) {
         return PodStep::CopyTree(why);
+    }
+    if let Some(node) = leaving
+        && crate::zone::decide::move_off(&gs.spec, gs.status.as_ref(), Timestamp::now())
+            == crate::zone::decide::Move::Now
+    {
+        return PodStep::Recreate(ServerState::Updating, format!("moving off {node}"));
     }
     let status = pod.status.as_ref();
     if matches!(status.and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) {
@@ -314,7 +327,69 @@ pub fn report_step(status: &mut GameServerStatus, state: ServerState, message: i
     status.message = Some(message.into());
 }
 
+/// `base`, the status this process last wrote (or the watch's copy), with what others own in it
+/// taken from `live`, the watch's copy: the game's gate conditions and the sidecar's
+/// `status.sdk`. The operator never writes those, so its memo of its own last write, which it
+/// builds on while the watch has not shown that write yet, may hold them stale: a gate the game
+/// set a moment after that write would go unseen until the next change.
+pub fn with_others_fields(mut base: GameServerStatus, live: Option<&GameServerStatus>) -> GameServerStatus {
+    let Some(live) = live else { return base };
+    let owned = |c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+        server_types::OPERATOR_OWNED.contains(&c.type_.as_str())
+    };
+    base.conditions.retain(owned);
+    base.conditions.extend(live.conditions.iter().filter(|c| !owned(c)).cloned());
+    base.sdk = live.sdk.clone();
+    base
+}
+
+/// Whether the cluster may evict the pod of a server of `spec` whose status is `status` now: its
+/// type allows it always, or the operator would delete the server itself.
+pub fn evictable(spec: &GameServerSpec, status: &GameServerStatus, now: Timestamp) -> bool {
+    spec.lifecycle.eviction == Eviction::Always || crate::zone::decide::kept_by_players(spec, status, now).is_none()
+}
+
+/// When [`evictable`] may turn true without any event: a reservation ends, or a drain's
+/// `drainTimeout` passes.
+pub fn evictable_again_in(spec: &GameServerSpec, status: &GameServerStatus, now: Timestamp) -> Option<Duration> {
+    let reserved = status.sdk_of_current_pod().and_then(|s| s.reserved_until.as_ref()).map(|t| t.0);
+    let drained = spec.not_in_service().and_then(|c| c.time_added.as_ref()).map(|t| t.0);
+    let timeout_ends = drained.zip(spec.lifecycle.drain_timeout).map(|(since, t)| since + t.duration());
+    [reserved, timeout_ends]
+        .into_iter()
+        .flatten()
+        .filter(|at| *at > now)
+        .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or_default())
+        .min()
+}
+
+/// The labels and annotations that tell the cluster whether it may evict a pod: the label the
+/// zone's PodDisruptionBudget selects (`false`: refused) and what the cluster autoscaler and
+/// Karpenter read before they empty a node.
+pub fn eviction_marks(evictable: bool) -> [(&'static str, &'static str, bool); 3] {
+    let (yes, no) = if evictable { ("true", "false") } else { ("false", "true") };
+    [(EVICTABLE_LABEL, yes, true), (SAFE_TO_EVICT_ANNOTATION, yes, false), (DO_NOT_DISRUPT_ANNOTATION, no, false)]
+}
+
+/// Whether `pod` carries other eviction marks than those of `evictable` (label when the flag is
+/// true, else annotation).
+pub fn eviction_marks_differ(pod: &Pod, evictable: bool) -> bool {
+    eviction_marks(evictable).iter().any(|(key, value, label)| {
+        let marks = if *label { pod.metadata.labels.as_ref() } else { pod.metadata.annotations.as_ref() };
+        marks.and_then(|m| m.get(*key)).map(String::as_str) != Some(*value)
+    })
+}
+
+/// Sets the eviction marks of `evictable` on `meta`.
+pub fn mark_eviction(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, evictable: bool) {
+    for (key, value, label) in eviction_marks(evictable) {
+        let marks = if label { &mut meta.labels } else { &mut meta.annotations };
+        marks.get_or_insert_with(Default::default).insert(key.into(), value.into());
+    }
+}
+
 /// The Pod of a GameServer: its template plus the allocated ports, their env vars and ownership.
+/// A new pod holds no players: the cluster may evict it until its server says otherwise.
 pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash: &str) -> Result<Pod> {
     let template = gs.spec.template.clone();
     let mut metadata = template.metadata.unwrap_or_default();
@@ -325,6 +400,7 @@ pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash
     labels.insert(SERVER_LABEL.into(), gs.name_any());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
     metadata.annotations.get_or_insert_with(Default::default).insert(TEMPLATE_HASH_ANNOTATION.into(), hash.to_string());
+    mark_eviction(&mut metadata, true);
     let mut spec = template.spec.ok_or_else(|| {
         Error::invalid(format!("GameServer {}: spec.template.spec", gs.name_any()), "the pod template has no spec")
     })?;
@@ -445,7 +521,7 @@ mod tests {
             "lastState": {"terminated": {"exitCode": 1, "message": said}}}]}))
             .unwrap(),
         );
-        let PodStep::CopyTree(why) = pod_step(Some(&pod), &hash, &gs, None) else { panic!("a copy asked for") };
+        let PodStep::CopyTree(why) = pod_step(Some(&pod), &hash, &gs, None, None) else { panic!("a copy asked for") };
         assert!(why.starts_with("on node-7, image volume mounted wrong: the image volume at /app/artifacts"), "{why}");
         // Any other failure of the init container is not that.
         pod.status = Some(
@@ -454,7 +530,7 @@ mod tests {
             "lastState": {"terminated": {"exitCode": 1, "message": "layer 0 (git x): not found"}}}]}))
             .unwrap(),
         );
-        assert_eq!(pod_step(Some(&pod), &hash, &gs, None), PodStep::Observe);
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, None), PodStep::Observe);
     }
 
     #[test]
@@ -462,20 +538,41 @@ mod tests {
         let gs = server();
         let hash = server_template_hash(&gs.spec);
         let current = pod_without_host_ports(&gs).unwrap();
-        assert_eq!(pod_step(None, &hash, &gs, None), PodStep::Create);
-        assert_eq!(pod_step(Some(&current), &hash, &gs, None), PodStep::Observe);
-        assert_eq!(pod_step(Some(&current), "another template", &gs, None), PodStep::Replace);
+        assert_eq!(pod_step(None, &hash, &gs, None, None), PodStep::Create);
+        assert_eq!(pod_step(Some(&current), &hash, &gs, None, None), PodStep::Observe);
+        assert_eq!(pod_step(Some(&current), "another template", &gs, None, None), PodStep::Replace);
         let mut going = current.clone();
         going.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
-        assert_eq!(pod_step(Some(&going), &hash, &gs, None), PodStep::WaitGone);
+        assert_eq!(pod_step(Some(&going), &hash, &gs, None, None), PodStep::WaitGone);
         let mut ended = current.clone();
         ended.status =
             Some(PodStatus { phase: Some("Failed".into()), message: Some("OOMKilled".into()), ..Default::default() });
         assert_eq!(
-            pod_step(Some(&ended), &hash, &gs, None),
+            pod_step(Some(&ended), &hash, &gs, None, None),
             PodStep::Recreate(ServerState::Unhealthy, "pod ended (OOMKilled); making a new one".into())
         );
+    }
+
+    #[test]
+    fn a_pod_on_a_leaving_node_goes_once_its_server_may_go() {
+        let mut gs = server();
+        gs.spec.lifecycle.deletable_gates = vec!["NoPlayers".into()];
+        let hash = server_template_hash(&gs.spec);
+        let pod = pod_without_host_ports(&gs).unwrap();
+        let leaving = Some("node-1 is cordoned");
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, None), PodStep::Observe);
+        let starting = GameServerStatus { state: Some(ServerState::Starting), ..Default::default() };
+        gs.status = Some(starting);
+        let moved = PodStep::Recreate(ServerState::Updating, "moving off node-1 is cordoned".into());
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, leaving), moved, "no one plays on it yet");
+        gs.status.as_mut().unwrap().state = Some(ServerState::Ready);
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, leaving), PodStep::Observe, "not drained yet");
+        gs.spec.constraints =
+            vec![Constraint { type_: NOT_IN_SERVICE.into(), effective: Some(true), message: None, time_added: None }];
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, leaving), PodStep::Observe, "its gate is not True");
+        conditions::set(&mut gs.status.as_mut().unwrap().conditions, "NoPlayers", true, "Game", "", None);
+        assert_eq!(pod_step(Some(&pod), &hash, &gs, None, leaving), moved, "its players left");
     }
 
     fn sdk(state: Option<SdkState>, health: Option<SdkHealth>, pod_uid: Option<&str>) -> SdkStatus {
@@ -488,7 +585,7 @@ mod tests {
         let hash = server_template_hash(&gs.spec);
         let mut pod = pod_without_host_ports(&gs).unwrap();
         pod.metadata.uid = Some("pod-2".into());
-        let step = |gs: &GameServer, s: SdkStatus| pod_step(Some(&pod), &hash, gs, Some(&s));
+        let step = |gs: &GameServer, s: SdkStatus| pod_step(Some(&pod), &hash, gs, Some(&s), None);
         let shutdown = step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-2")));
         assert!(matches!(shutdown, PodStep::Recreate(ServerState::Shutdown, _)), "{shutdown:?}");
         assert_eq!(step(&gs, sdk(Some(SdkState::Shutdown), None, Some("pod-1"))), PodStep::Observe, "the old pod's");
@@ -556,5 +653,68 @@ mod tests {
         let updating = state(ServerState::Updating, "replacing");
         assert!(!noteworthy(&starting, &updating).unwrap().0);
         assert_eq!(noteworthy(&updating, &updating), None, "once per change");
+    }
+
+    #[test]
+    fn the_cluster_may_evict_a_pod_exactly_when_the_operator_would_delete_its_server() {
+        let mut gs = server();
+        gs.spec.lifecycle.deletable_gates = vec!["NoPlayers".into()];
+        let now = Timestamp::now();
+        let mut status = GameServerStatus { state: Some(ServerState::Starting), ..Default::default() };
+        assert!(evictable(&gs.spec, &status, now), "no one plays on a starting server");
+        status.state = Some(ServerState::Ready);
+        assert!(!evictable(&gs.spec, &status, now), "its gate is not True yet");
+        conditions::set(&mut status.conditions, "NoPlayers", true, "Game", "", None);
+        assert!(evictable(&gs.spec, &status, now), "its players left");
+        // Allocated through the SDK by its current pod: kept, whatever the gate says.
+        status.pod_uid = Some("pod-1".into());
+        status.sdk =
+            Some(SdkStatus { state: Some(SdkState::Allocated), pod_uid: Some("pod-1".into()), ..Default::default() });
+        assert!(!evictable(&gs.spec, &status, now));
+        assert_eq!(evictable_again_in(&gs.spec, &status, now), None, "until the game says otherwise");
+        // Reserved for a minute: evictable again then.
+        let until = now + Duration::from_secs(60);
+        let sdk = status.sdk.as_mut().unwrap();
+        (sdk.state, sdk.reserved_until) =
+            (Some(SdkState::Reserved), Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(until)));
+        assert!(!evictable(&gs.spec, &status, now));
+        assert_eq!(evictable_again_in(&gs.spec, &status, now), Some(Duration::from_secs(60)));
+        assert!(evictable(&gs.spec, &status, until));
+        // A type whose servers may always go.
+        gs.spec.lifecycle.eviction = Eviction::Always;
+        assert!(evictable(&gs.spec, &status, now));
+    }
+
+    #[test]
+    fn the_game_s_gates_and_sdk_words_come_from_the_live_copy_the_operator_s_own_from_its_memo() {
+        let mut memo = GameServerStatus { state: Some(ServerState::Ready), ..Default::default() };
+        conditions::set(&mut memo.conditions, server_types::READY, true, "Ready", "", None);
+        conditions::set(&mut memo.conditions, "NoPlayers", false, "Game", "", None);
+        // The watch has not shown the operator's write yet, but it shows the game's newer gate.
+        let mut live = GameServerStatus { state: Some(ServerState::Starting), ..Default::default() };
+        conditions::set(&mut live.conditions, server_types::READY, false, "Starting", "", None);
+        conditions::set(&mut live.conditions, "NoPlayers", true, "Game", "", None);
+        live.sdk = Some(SdkStatus { state: Some(SdkState::Allocated), ..Default::default() });
+        let base = with_others_fields(memo.clone(), Some(&live));
+        assert_eq!(base.state, Some(ServerState::Ready), "the operator's own fields from its memo");
+        assert!(conditions::is_true(&base.conditions, server_types::READY));
+        assert!(conditions::is_true(&base.conditions, "NoPlayers"), "the game's gate from the live copy");
+        assert_eq!(base.conditions.len(), 2);
+        assert_eq!(base.sdk, live.sdk);
+        assert_eq!(with_others_fields(memo.clone(), None), memo);
+    }
+
+    #[test]
+    fn a_new_pod_is_marked_evictable_and_marks_are_told_apart() {
+        let gs = server();
+        let mut pod = pod_without_host_ports(&gs).unwrap();
+        assert!(!eviction_marks_differ(&pod, true), "{:?} {:?}", pod.metadata.labels, pod.metadata.annotations);
+        assert!(eviction_marks_differ(&pod, false));
+        mark_eviction(&mut pod.metadata, false);
+        assert!(!eviction_marks_differ(&pod, false));
+        assert_eq!(pod.labels()[EVICTABLE_LABEL], "false");
+        assert_eq!(pod.annotations()[SAFE_TO_EVICT_ANNOTATION], "false");
+        assert_eq!(pod.annotations()[DO_NOT_DISRUPT_ANNOTATION], "true");
+        assert_eq!(pod.annotations()[TEMPLATE_HASH_ANNOTATION], server_template_hash(&gs.spec), "other marks stay");
     }
 }

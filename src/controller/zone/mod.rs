@@ -16,6 +16,7 @@ use futures::StreamExt;
 use futures::future::ready;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -49,7 +50,13 @@ const EDITS_REFRESH: Duration = Duration::from_secs(10);
 /// the Secrets zones name from a watch of their metadata, so a missing Secret's creation moves
 /// its zone on at once. Zones are taken in the order they came due, as servers are (see
 /// [`queue`](super::queue)).
-pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: Triggers<Service>, pods: Triggers<Pod>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    servers: Triggers<StoredServer>,
+    services: Triggers<Service>,
+    pods: Triggers<Pod>,
+    moves: super::Moves,
+) {
     let ns = &ctx.config.namespace;
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
@@ -93,6 +100,8 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, services: T
         jobs.filter_map(|c| ready(c.ok().and_then(|job| controller_of(&job)))).boxed(),
         pods.filter_map(|c| ready(c.ok().and_then(|pod| controller_of(&pod)))).boxed(),
         users.boxed(),
+        // Zones with servers on a node that started or stopped leaving: drains to plan.
+        moves.map(|key| ObjectRef::new(key.name()).within(key.namespace())).boxed(),
     ]);
     // A zone hears of every status change of each of its servers; bursts of them are coalesced.
     super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| reconcile(zone, ctx.clone()))
@@ -181,6 +190,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
         return Ok(Some(Duration::from_secs(5)));
     }
     steps::apply_sidecar_identity(zone, ctx).await.at(Step::Serve)?;
+    steps::apply_disruption_budget(zone, ctx).await.at(Step::Serve)?;
     let (made, applied) = steps::apply_servers(zone, ctx, &wanted, &live).await;
     let ports = steps::hold_ports(ctx, &wanted, &by_name, &made);
     steps::publish_topology(zone, ctx, ports).await.at(Step::Serve)?;
@@ -282,6 +292,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
     writer.delete_all_owned::<Job>(&ns, &lp, zones).await?;
     writer.delete_all_owned::<ConfigMap>(&ns, &lp, zones).await?;
     writer.delete_all_owned::<PersistentVolumeClaim>(&ns, &lp, zones).await?;
+    writer.delete_all_owned::<PodDisruptionBudget>(&ns, &lp, zones).await?;
     if zone.spec.edits.is_some() || zone.status.as_ref().is_some_and(|s| s.edits.is_some()) {
         writer.delete_all_owned::<k8s_openapi::api::apps::v1::Deployment>(&ns, &lp, zones).await?;
     }
@@ -314,7 +325,7 @@ async fn remove_children(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
 /// returns what the others wait for.
 async fn drain_all(zone: &GameZone, ctx: &Context, servers: &[Arc<GameServer>]) -> Result<Vec<String>> {
     let live: BTreeMap<String, &GameServer> = servers.iter().map(|g| (g.name_any(), g.as_ref())).collect();
-    let plan = decide::plan_servers(&[], &live, &BTreeMap::new(), Timestamp::now(), |gs, hash| {
+    let plan = decide::plan_servers(&[], &live, &BTreeMap::new(), &BTreeMap::new(), Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, super::writer::WATCH_LAG)
     });
     for (gs, hash) in plan.apply {
@@ -343,6 +354,7 @@ fn forget(zone: &GameZone, ctx: &Context) {
         ctx.writer.forget_child(svc);
     }
     ctx.writer.forget_child(&children.topology);
+    ctx.writer.forget_child(&children.disruption_budget);
     // Whether or not a type still runs the sidecar: an earlier version of the zone may have.
     let (sa, role, binding) = build::sidecar_identity(zone);
     ctx.writer.forget_child(&sa);

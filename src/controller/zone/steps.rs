@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use kube::runtime::reflector::ObjectRef;
 
 use super::decide::{self, JobOutcome, VersionJob};
 use super::pinning::Pin;
@@ -30,9 +31,10 @@ use crate::{Error, Result};
 /// How long a written topology ConfigMap is trusted to still be there: nothing watches
 /// ConfigMaps here, so one deleted by hand comes back within this time.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(300);
-/// How long an applied SDK identity (ServiceAccount, Role, RoleBinding) is trusted: like the
-/// topology, nothing watches them, so one deleted by hand comes back within this time.
-const SIDECAR_IDENTITY_REFRESH: Duration = Duration::from_secs(300);
+/// How long an applied child that follows the zone's spec only (the SDK identity, the
+/// PodDisruptionBudget) is trusted: like the topology, nothing watches them, so one deleted by
+/// hand comes back within this time.
+const UNWATCHED_REFRESH: Duration = Duration::from_secs(300);
 
 /// How long the edits share's status may take to answer.
 const EDITS_ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -407,6 +409,18 @@ pub async fn apply_servers(
     (made, draining)
 }
 
+/// The nodes of `servers` that are leaving (cordoned, or being removed by an autoscaler), with
+/// why, as the node watch shows them.
+fn leaving_nodes(ctx: &Context, servers: &BTreeMap<String, &GameServer>) -> BTreeMap<String, String> {
+    let on: BTreeSet<&String> = servers.values().filter_map(|gs| gs.status.as_ref()?.node_name.as_ref()).collect();
+    on.into_iter()
+        .filter_map(|n| {
+            let node = ctx.cache.nodes.get(&ObjectRef::new(n))?;
+            Some((n.clone(), crate::placement::leaving(&node)?))
+        })
+        .collect()
+}
+
 async fn apply_planned(
     zone: &GameZone,
     ctx: &Context,
@@ -417,7 +431,8 @@ async fn apply_planned(
     let by_name = live.servers_by_name();
     let strategies =
         zone.spec.services.iter().map(|s| (s.type_.clone(), s.update_strategy.clone().unwrap_or_default())).collect();
-    let plan = decide::plan_servers(wanted, &by_name, &strategies, Timestamp::now(), |gs, hash| {
+    let leaving = leaving_nodes(ctx, &by_name);
+    let plan = decide::plan_servers(wanted, &by_name, &strategies, &leaving, Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, WATCH_LAG)
     });
     let results = futures::stream::iter(plan.apply)
@@ -568,9 +583,15 @@ pub async fn apply_edits(zone: &GameZone, ctx: &Context, status: &mut GameZoneSt
 /// sidecar, when a service type of the zone uses it. Owned by the zone: they go with it.
 pub async fn apply_sidecar_identity(zone: &GameZone, ctx: &Context) -> Result<()> {
     let Some((sa, role, binding)) = build::sidecar_identity_if_needed(zone) else { return Ok(()) };
-    ctx.writer.apply_child(&sa, SIDECAR_IDENTITY_REFRESH).await?;
-    ctx.writer.apply_child(&role, SIDECAR_IDENTITY_REFRESH).await?;
-    ctx.writer.apply_child(&binding, SIDECAR_IDENTITY_REFRESH).await
+    ctx.writer.apply_child(&sa, UNWATCHED_REFRESH).await?;
+    ctx.writer.apply_child(&role, UNWATCHED_REFRESH).await?;
+    ctx.writer.apply_child(&binding, UNWATCHED_REFRESH).await
+}
+
+/// The zone's PodDisruptionBudget, before any server's pod: the cluster's evictions of pods that
+/// may hold players are refused from the first one.
+pub async fn apply_disruption_budget(zone: &GameZone, ctx: &Context) -> Result<()> {
+    ctx.writer.apply_child(&build::disruption_budget(zone), UNWATCHED_REFRESH).await
 }
 
 /// The result of a step, with the step that failed.

@@ -11,8 +11,10 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -21,6 +23,11 @@ use super::names::*;
 use crate::api::artifacts::TreeImage;
 use crate::api::*;
 use crate::{Error, Result};
+
+/// `minAvailable` of a zone's PodDisruptionBudget: more than any number of pods, so the
+/// disruption controller allows no eviction of a pod it selects, without the controller lookup
+/// (a scale subresource) that `maxUnavailable: 0` needs and a GameServer does not have.
+pub const EVERY_POD: i32 = i32::MAX;
 
 /// Volume name of the artifacts tree.
 pub const ARTIFACTS_VOLUME: &str = "artifacts";
@@ -827,7 +834,7 @@ fn service_ports(ports: &[GamePort]) -> Vec<ServicePort> {
                 }),
                 port,
                 protocol: Some((*proto).into()),
-                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)),
+                target_port: Some(IntOrString::Int(port)),
                 ..Default::default()
             })
         })
@@ -936,6 +943,24 @@ pub struct TopologyEntry {
     pub dns: String,
     /// Ports, once allocated (name, port to connect to, container port, host port, protocol).
     pub ports: Vec<PortStatus>,
+}
+
+/// The zone's PodDisruptionBudget: the Eviction API refuses to evict any of its servers' pods
+/// marked not evictable ([`EVICTABLE_LABEL`] `false`, kept current by the server controller by
+/// the rules the operator itself deletes by); the others it does not select.
+pub fn disruption_budget(zone: &GameZone) -> PodDisruptionBudget {
+    let zone_name = zone.name_any();
+    let mut selected = zone_labels(&zone_name);
+    selected.insert(EVICTABLE_LABEL.into(), "false".into());
+    PodDisruptionBudget {
+        metadata: child_meta(zone, disruption_budget_name(&zone_name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(EVERY_POD)),
+            selector: Some(LabelSelector { match_labels: Some(selected), ..Default::default() }),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// The topology ConfigMap: every server's name, type, id, DNS name and ports, so processes

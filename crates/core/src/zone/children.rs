@@ -4,12 +4,13 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use std::collections::BTreeMap;
 
 use super::{
-    BuildConfig, artifacts_claim, edits_claim, edits_deployment, game_servers, migration_job, needs_sdk, pack_job,
-    services, sidecar_identity, topology,
+    BuildConfig, artifacts_claim, disruption_budget, edits_claim, edits_deployment, game_servers, migration_job,
+    needs_sdk, pack_job, services, sidecar_identity, topology,
 };
 use crate::Result;
 use crate::api::{GameServer, GameZone};
@@ -33,6 +34,8 @@ pub struct Children {
     pub services: Vec<Service>,
     /// The topology, listing no ports: the controller lists each server's once it holds them.
     pub topology: ConfigMap,
+    /// What refuses evictions of the servers that may hold players.
+    pub disruption_budget: PodDisruptionBudget,
 }
 
 /// The SDK sidecar's identity, when one of the zone's types runs the sidecar.
@@ -57,5 +60,6 @@ pub fn children(
         servers: game_servers(zone, pins, tree, cfg)?,
         services: services(zone),
         topology: topology(zone, &BTreeMap::new()),
+        disruption_budget: disruption_budget(zone),
     })
 }

@@ -331,33 +331,66 @@ pub struct ServerPlan {
 /// and `drainTimeout` say; any other that may hold players goes when its deletable gates are
 /// all True, or its drain timed out.
 pub fn not_deletable(live: &GameServer, now: Timestamp) -> Option<String> {
-    let status = live.status.as_ref();
-    if !serving(live) {
+    kept_by_players(&live.spec, live.status.as_ref()?, now)
+}
+
+/// What keeps a server of `spec` whose status is `status` from going (see [`not_deletable`]):
+/// the one rule for the operator's own deletions and the cluster's evictions.
+pub fn kept_by_players(spec: &GameServerSpec, status: &GameServerStatus, now: Timestamp) -> Option<String> {
+    if !serving_in(status.state) {
         return None;
     }
-    if let Some(players) = status.and_then(|s| s.holds_players(now)) {
+    if let Some(players) = status.holds_players(now) {
         return Some(format!("waiting for the game to end its match ({players})"));
     }
-    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let open: Vec<&str> = live
-        .spec
+    let open: Vec<&str> = spec
         .lifecycle
         .deletable_gates
         .iter()
-        .filter(|g| !conditions::is_true(conditions, g))
+        .filter(|g| !conditions::is_true(&status.conditions, g))
         .map(String::as_str)
         .collect();
     if open.is_empty() {
         return None;
     }
-    let since = live.spec.not_in_service().and_then(|c| c.time_added.as_ref()).map(|t| t.0);
-    if let (Some(timeout), Some(since)) = (live.spec.lifecycle.drain_timeout, since)
+    let since = spec.not_in_service().and_then(|c| c.time_added.as_ref()).map(|t| t.0);
+    if let (Some(timeout), Some(since)) = (spec.lifecycle.drain_timeout, since)
         && since + timeout.duration() <= now
     {
         return None;
     }
-    let timeout = live.spec.lifecycle.drain_timeout.map(|t| format!(" (drainTimeout {t})")).unwrap_or_default();
+    let timeout = spec.lifecycle.drain_timeout.map(|t| format!(" (drainTimeout {t})")).unwrap_or_default();
     Some(format!("waiting for deletable gates {}{timeout}", open.join(", ")))
+}
+
+/// What a server on a leaving node does now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Its pod may go now: a new one runs elsewhere.
+    Now,
+    /// It may hold players and no one told it yet: mark it `NotInService`.
+    Drain,
+    /// Drained, and waiting for this.
+    Wait(String),
+}
+
+/// What a server of `spec` in `status` whose node is leaving does now, by the rules of a
+/// scale-down: one that serves no one, or whose type may always be evicted, or that nothing
+/// will say players left from (no deletable gates, not allocated) moves at once; any other is
+/// drained first and moves once it is deletable.
+pub fn move_off(spec: &GameServerSpec, status: Option<&GameServerStatus>, now: Timestamp) -> Move {
+    let Some(status) = status else { return Move::Now };
+    let watched = status.holds_players(now).is_some() || !spec.lifecycle.deletable_gates.is_empty();
+    if spec.lifecycle.eviction == Eviction::Always || !serving_in(status.state) || !watched {
+        return Move::Now;
+    }
+    if spec.not_in_service().is_none() {
+        return Move::Drain;
+    }
+    match kept_by_players(spec, status, now) {
+        None => Move::Now,
+        Some(why) => Move::Wait(why),
+    }
 }
 
 /// How long servers of a zone deleted at `deleted_at` may still drain before they go anyway;
@@ -387,10 +420,12 @@ fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timest
 
 /// Whether `live`'s pod may hold players: it is Ready, or was when its drain began.
 fn serving(live: &GameServer) -> bool {
-    matches!(
-        live.status.as_ref().and_then(|s| s.state),
-        Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady)
-    )
+    serving_in(live.status.as_ref().and_then(|s| s.state))
+}
+
+/// Whether a server in `state` may hold players.
+fn serving_in(state: Option<ServerState>) -> bool {
+    matches!(state, Some(ServerState::Ready | ServerState::Draining | ServerState::RequestReady))
 }
 
 /// Whether replacing or deleting `live` needs a drain first: its pod may hold players and
@@ -424,11 +459,14 @@ fn apply_of(gs: GameServer, applied_recently: &impl Fn(&GameServer, &str) -> boo
 /// Plans the zone's servers: new and changed ones are applied; one whose template changed is
 /// drained first, at most `maxUnavailable` of a service type out at once (`strategies` by
 /// type); one no longer wanted is drained, then deleted once deletable. A server without
-/// deletable gates, or serving no one, needs no drain. Players are never kicked.
+/// deletable gates, or serving no one, needs no drain. Players are never kicked. A server whose
+/// node is `leaving` (node → why) is drained whatever the budget, and its pod moves once it may
+/// (see [`move_off`]); the server controller moves it.
 pub fn plan_servers(
     wanted: &[GameServer],
     live: &BTreeMap<String, &GameServer>,
     strategies: &BTreeMap<String, UpdateStrategy>,
+    leaving: &BTreeMap<String, String>,
     now: Timestamp,
     applied_recently: impl Fn(&GameServer, &str) -> bool,
 ) -> ServerPlan {
@@ -449,6 +487,19 @@ pub fn plan_servers(
             continue;
         };
         if l.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let node = l.status.as_ref().and_then(|s| s.node_name.as_ref());
+        if let Some(why) = node.and_then(|n| leaving.get(n)) {
+            match move_off(&l.spec, l.status.as_ref(), now) {
+                Move::Now => plan.draining.push(format!("{name}: moving off {why}")),
+                Move::Drain => {
+                    plan.drains.push(name.clone());
+                    let gs = drained(l, want, &format!("its node is leaving ({why})"), now);
+                    plan.apply.extend(apply_of(gs, &applied_recently));
+                }
+                Move::Wait(kept) => plan.draining.push(format!("{name}: on {why}: {kept}")),
+            }
             continue;
         }
         let same_template = build::same_template(&l.spec, &want.spec);

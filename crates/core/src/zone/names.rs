@@ -41,6 +41,11 @@ pub fn warm_pod_name(zone: &str, node_hash: &str) -> String {
     format!("{zone}-warm-{}", &node_hash[..node_hash.len().min(10)])
 }
 
+/// Name of the zone's PodDisruptionBudget, which guards the servers that may hold players.
+pub fn disruption_budget_name(zone: &str) -> String {
+    format!("{zone}-players")
+}
+
 /// DNS name of a server through the zone's headless Service.
 pub fn server_dns_name(zone: &str, namespace: &str, server: &str) -> String {
     format!("{server}.{}.{namespace}.svc", headless_service_name(zone))

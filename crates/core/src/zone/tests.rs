@@ -516,3 +516,29 @@ fn a_warm_pod_is_pinned_to_its_node_mounts_the_tree_and_checks_it() {
     // None where pods copy.
     assert!(warm_pod(&z, &pins, &tree, &registry_config(false), "node-a").unwrap().is_none());
 }
+
+#[test]
+fn a_zone_s_disruption_budget_selects_only_its_pods_marked_not_evictable_and_lets_none_go() {
+    let z = basic();
+    let pdb = disruption_budget(&z);
+    assert_eq!(pdb.metadata.name.as_deref(), Some("zone1-players"));
+    assert_eq!(pdb.metadata.namespace.as_deref(), Some("team"));
+    assert_eq!(pdb.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+    let spec = pdb.spec.unwrap();
+    assert_eq!(spec.min_available, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::MAX)));
+    assert_eq!(spec.max_unavailable, None, "maxUnavailable needs a scale a GameServer does not have");
+    let selected = spec.selector.unwrap().match_labels.unwrap();
+    assert_eq!(selected.get(EVICTABLE_LABEL).map(String::as_str), Some("false"));
+    // Every server pod of the zone carries the rest of the selector.
+    let servers = game_servers(&z, &["", ""].map(String::from), None, &Default::default()).unwrap();
+    for gs in &servers {
+        let labels = gs.spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        for (k, v) in selected.iter().filter(|(k, _)| k.as_str() != EVICTABLE_LABEL) {
+            assert_eq!(labels.get(k), Some(v), "{}", kube::ResourceExt::name_any(gs));
+        }
+    }
+    assert_eq!(
+        children(&z, &[], None, &Default::default()).unwrap().disruption_budget.metadata.name,
+        pdb.metadata.name
+    );
+}

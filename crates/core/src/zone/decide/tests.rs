@@ -199,7 +199,7 @@ fn gate(mut gs: GameServer, type_: &str, ok: bool) -> GameServer {
 }
 
 fn plan(want: &[GameServer], live: &[GameServer], now: Timestamp) -> ServerPlan {
-    plan_servers(want, &by_name(live), &BTreeMap::new(), now, |_, _| false)
+    plan_servers(want, &by_name(live), &BTreeMap::new(), &BTreeMap::new(), now, |_, _| false)
 }
 
 #[test]
@@ -212,13 +212,15 @@ fn only_missing_or_drifted_servers_are_applied_and_only_unwanted_ones_deleted() 
     extra.metadata.name = Some("z1-game-99".into());
     live.push(extra);
     let index = by_name(&live);
-    let p = plan_servers(&want, &index, &BTreeMap::new(), Timestamp::now(), |_, _| false);
+    let p = plan_servers(&want, &index, &BTreeMap::new(), &BTreeMap::new(), Timestamp::now(), |_, _| false);
     assert_eq!(names(&p.apply), ["z1-game-2", "z1-game-5", "z1-game-6", "z1-game-7"]);
     // Serving no one and with no gates: it goes at once, no drain.
     assert_eq!(p.delete, ["z1-game-99"]);
     assert!(p.drains.is_empty() && p.draining.is_empty());
     // What this process applied moments ago, the lagging watch not showing it yet, is not re-sent.
-    let p = plan_servers(&want, &index, &BTreeMap::new(), Timestamp::now(), |g, _| g.name_any() == "z1-game-5");
+    let p = plan_servers(&want, &index, &BTreeMap::new(), &BTreeMap::new(), Timestamp::now(), |g, _| {
+        g.name_any() == "z1-game-5"
+    });
     assert_eq!(names(&p.apply), ["z1-game-2", "z1-game-6", "z1-game-7"]);
 
     let wanted_names = want.iter().map(|g| g.name_any()).collect();
@@ -334,7 +336,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
         "game".to_string(),
         UpdateStrategy { max_unavailable: Some(IntOrString::Int(2)), ..Default::default() },
     )]);
-    let p = plan_servers(&new, &by_name(&old), &two, now, |_, _| false);
+    let p = plan_servers(&new, &by_name(&old), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(p.drains, ["z1-game-1", "z1-game-2"], "two at a time, each drained first");
     assert!(names(&p.apply).iter().all(|n| p.drains.contains(n)), "no pod replaced before its drain");
     assert_eq!(p.draining.len(), 5);
@@ -347,7 +349,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
         live[i].status.as_mut().unwrap().state = Some(ServerState::Draining);
         live[i] = gate(live[i].clone(), "NoPlayers", players_left);
     }
-    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(names(&p.apply), ["z1-game-1"]);
     assert_eq!(p.apply[0].0.spec, new[0].spec, "the new template, back in service");
     assert!(p.drains.is_empty(), "two are out: nothing more starts");
@@ -357,16 +359,16 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     live[0].spec = new[0].spec.clone();
     live[0].metadata.generation = Some(3);
     live[0].status = ready(live[0].clone()).status.map(|s| GameServerStatus { observed_generation: Some(2), ..s });
-    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert!(p.drains.is_empty(), "game-1 not yet reported and game-2 draining: nothing more starts");
     live[0].status.as_mut().unwrap().observed_generation = Some(3);
-    let p = plan_servers(&new, &by_name(&live), &two, now, |_, _| false);
+    let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(p.drains, ["z1-game-3"], "game-1 reported Ready on its new template: the next one starts");
 
     // Recreate drains every server at once.
     let recreate =
         BTreeMap::from([("game".to_string(), UpdateStrategy { type_: UpdateType::Recreate, max_unavailable: None })]);
-    assert_eq!(plan_servers(&new, &by_name(&old), &recreate, now, |_, _| false).drains.len(), 7);
+    assert_eq!(plan_servers(&new, &by_name(&old), &recreate, &BTreeMap::new(), now, |_, _| false).drains.len(), 7);
 }
 
 #[test]
@@ -556,4 +558,55 @@ fn a_pre_warm_covers_the_nodes_of_servers_still_on_another_tree_and_lets_the_rol
     assert!(p.done && p.failed[0].1.contains("mounted wrong"), "a failed node does not hold the rollout: {p:?}");
     let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 400), pod("node-b", "Pending", 400)], now, limit);
     assert!(p.done, "nor does one that pulls past the limit");
+}
+
+#[test]
+fn servers_on_a_leaving_node_are_drained_whatever_the_budget_and_move_once_they_may() {
+    let now = Timestamp::now();
+    let want: Vec<GameServer> = wanted().into_iter().map(|g| with_gates(g, &["NoPlayers"])).collect();
+    let mut live: Vec<GameServer> = want.iter().cloned().map(ready).collect();
+    for (i, gs) in live.iter_mut().enumerate() {
+        gs.status.as_mut().unwrap().node_name = Some(if i < 3 { "node-1" } else { "node-2" }.into());
+    }
+    let leaving = BTreeMap::from([("node-1".to_string(), "node-1 is cordoned".to_string())]);
+    let plan_with =
+        |live: &[GameServer]| plan_servers(&want, &by_name(live), &BTreeMap::new(), &leaving, now, |_, _| false);
+
+    // Every server on node-1 is drained at once (maxUnavailable is 1), the others stay.
+    let p = plan_with(&live);
+    assert_eq!(p.drains, ["z1-game-1", "z1-game-2", "z1-game-3"]);
+    let (drained, _) = p.apply.iter().find(|(g, _)| g.name_any() == "z1-game-1").unwrap();
+    let why = drained.spec.not_in_service().unwrap().message.clone().unwrap();
+    assert_eq!(why, "its node is leaving (node-1 is cordoned)");
+    assert!(p.delete.is_empty(), "the servers stay: their pods move");
+
+    // Drained: one whose players left moves (its pod, by the server controller); one whose
+    // players are still there waits, and the zone says where and for what.
+    for (gs, _) in &p.apply {
+        live.iter_mut().find(|l| l.name_any() == gs.name_any()).unwrap().spec = gs.spec.clone();
+    }
+    live[0] = gate(live[0].clone(), "NoPlayers", true);
+    live[2].status.as_mut().unwrap().state = Some(ServerState::Starting);
+    let p = plan_with(&live);
+    assert!(p.apply.is_empty(), "{:?}", names(&p.apply));
+    assert_eq!(
+        p.draining,
+        [
+            "z1-game-1: moving off node-1 is cordoned",
+            "z1-game-2: on node-1 is cordoned: waiting for deletable gates NoPlayers",
+            "z1-game-3: moving off node-1 is cordoned",
+        ]
+    );
+
+    // Its pod is on node-2 now: back in service.
+    live[0].status.as_mut().unwrap().node_name = Some("node-2".into());
+    let p = plan_with(&live);
+    let (back, _) = p.apply.iter().find(|(g, _)| g.name_any() == "z1-game-1").expect("re-applied");
+    assert!(back.spec.not_in_service().is_none());
+
+    // A type whose servers may always be evicted moves without a drain.
+    let mut always = live[1].clone();
+    always.spec.lifecycle.eviction = Eviction::Always;
+    assert_eq!(move_off(&always.spec, always.status.as_ref(), now), Move::Now);
+    assert_eq!(move_off(&want[1].spec, Some(&ready(want[1].clone()).status.unwrap()), now), Move::Drain);
 }
