@@ -1,7 +1,8 @@
 //! A cordoned node at scale, on a control plane of its own (KWOK nodes): 200 servers on one
 //! node, half of them holding players. The cordon moves every server whose players left to the
 //! other node, and none that holds players, for a number of API writes within a small multiple
-//! of a plain scale-down's; once the players leave, the rest move too.
+//! of a plain scale-down's; once the players leave, the rest move too, and away again from a node
+//! the cluster autoscaler taints for removal.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -174,12 +175,24 @@ async fn a_cordoned_node_moves_each_server_whose_players_left_and_keeps_each_tha
 
     // The players leave: the rest move, and the node is empty of the zone's pods.
     set_gates(&servers, before.keys().filter(|n| holds(n)).map(|n| (n.clone(), true)).collect()).await;
-    common::wait_for("every server Ready on big-2", TIMEOUT, || async {
-        let now = placed(&servers, &pods, "zone1").await;
-        let left = now.values().filter(|(gs, p)| node_of(p) != "big-2" || state_of(gs) != Some(ServerState::Ready));
-        let left = left.count() + SERVERS - now.len();
-        if left == 0 { Ok(()) } else { Err(format!("{left} not yet")) }
-    })
-    .await;
+    let all_on = |node: &'static str| {
+        let (servers, pods) = (servers.clone(), pods.clone());
+        move || {
+            let (servers, pods) = (servers.clone(), pods.clone());
+            async move {
+                let now = placed(&servers, &pods, "zone1").await;
+                let off = now.values().filter(|(gs, p)| node_of(p) != node || state_of(gs) != Some(ServerState::Ready));
+                let off = off.count() + SERVERS - now.len();
+                if off == 0 { Ok(()) } else { Err(format!("{off} not yet")) }
+            }
+        }
+    };
+    common::wait_for("every server Ready on big-2", TIMEOUT, all_on("big-2")).await;
+
+    // The cluster autoscaler takes big-2 away (its taint, no cordon): every server, free now,
+    // moves back to big-1.
+    kubectl(kubeconfig, &["uncordon", "big-1"]);
+    kubectl(kubeconfig, &["taint", "node", "big-2", "ToBeDeletedByClusterAutoscaler=1:NoSchedule"]);
+    common::wait_for("every server Ready on big-1, away from the autoscaler's node", TIMEOUT, all_on("big-1")).await;
     ns.cleanup().await;
 }
