@@ -16,6 +16,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/stats.rs"]
 mod stats;
 #[path = "../tests/support/mod.rs"]
@@ -33,6 +35,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
+use host::{env_or, load_average};
 use support::{Operator, POOL, kubectl, pool_node, set_gates, wait_ready_within};
 
 /// How long the held servers' players stay after the drain starts.
@@ -70,15 +73,6 @@ struct Drained {
     writes: usize,
     operator_writes: usize,
     killed: usize,
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn load_average() -> f64 {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
 }
 
 fn zone(servers: usize, side: Side) -> GameZone {

@@ -28,6 +28,8 @@
 mod apiserver;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/stats.rs"]
 mod stats;
 
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use gamezone::api::*;
+use host::{env_or, load_average};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -45,10 +48,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn zone(name: &str, servers: usize) -> GameZone {
     let ports = json!([{"name": "client", "containerPort": 7777}]);
@@ -522,11 +521,6 @@ fn round_ratios(phases: &[Phase], n: usize, clock: Clock) -> Vec<f64> {
 }
 
 /// The one-minute load average.
-fn load_average() -> f64 {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN)
-}
-
 /// Starts the operator on the cluster of `kubeconfig`, scoped to the namespace `bench-op`, serving
 /// `/readyz` on `http` (port 0: any); its log goes to `GAMEZONE_BENCH_LOG` (appended) when set.
 fn start_operator(kubeconfig: &std::path::Path, http: std::net::SocketAddr) -> std::process::Child {

@@ -269,7 +269,6 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     report_state(status, state, message, generation);
     // The cluster may evict the pod exactly when the operator would delete the server.
     let evictable = evictable(&gs.spec, status, now);
-    tracing::debug!(server = %ObjectKey::of(gs), evictable, state = ?status.state, "eviction marks");
     if eviction_marks_differ(&pod, evictable) {
         let mut marks = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default();
         mark_eviction(&mut marks, evictable);

@@ -63,16 +63,6 @@ pub fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force().validation_ignore()
 }
 
-/// `v` without its null members.
-fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(m) => serde_json::Value::Object(
-            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect(),
-        ),
-        other => other,
-    }
-}
-
 /// Server-side applies `obj` with the operator's field manager.
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
@@ -234,9 +224,9 @@ impl Writer {
     /// Sets the labels and annotations of `marks` on `name` in `namespace` (a merge patch of
     /// its metadata: nothing else changes, so a pod keeps running); one already gone is fine.
     pub async fn patch_metadata<K: Child>(&self, namespace: &str, name: &str, marks: &ObjectMeta) -> Result<()> {
-        let body = serde_json::json!({"metadata": {"labels": &marks.labels, "annotations": &marks.annotations}});
-        // An absent map is left alone, not cleared (a merge patch's null deletes).
-        let body = strip_nulls(body);
+        // ObjectMeta leaves its absent fields out: a map not given is left alone, not cleared
+        // (a merge patch's null would delete it).
+        let body = serde_json::json!({"metadata": marks});
         match self.api::<K>(namespace).patch(name, &PatchParams::default(), &Patch::Merge(&body)).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -84,8 +84,9 @@ impl Drop for Uncordon<'_> {
     }
 }
 
-/// Two servers whose game says through a deletable gate whether players are on it.
-fn gated_zone(name: &str, zone_id: i64, servers: i64, cpu: &str) -> GameZone {
+/// The `game` type of `servers` servers on the real nodes, whose game says through a deletable
+/// gate whether players are on it.
+fn gated_service(servers: i64, cpu: &str) -> serde_json::Value {
     let mut game = service(
         "game",
         1,
@@ -94,7 +95,18 @@ fn gated_zone(name: &str, zone_id: i64, servers: i64, cpu: &str) -> GameZone {
     );
     game["deletableGates"] = json!(["NoPlayers"]);
     game["resources"] = json!({"requests": {"cpu": cpu}});
-    zone(name, zone_id, vec![game], json!([]))
+    game
+}
+
+fn gated_zone(name: &str, zone_id: i64, servers: i64, cpu: &str) -> GameZone {
+    zone(name, zone_id, vec![gated_service(servers, cpu)], json!([]))
+}
+
+/// The `held` zone's spec with `servers` gated servers of a new revision (a new env var).
+fn revised(servers: i64) -> serde_json::Value {
+    let mut game = gated_service(servers, "10m");
+    game["env"] = json!([{"name": "REV", "value": "2"}]);
+    json!({"spec": {"services": [game]}})
 }
 
 #[tokio::test]
@@ -177,13 +189,7 @@ async fn a_player_s_session_lasts_through_a_rolling_update_and_a_scale_down_unti
 
     // A rolling update (maxUnavailable 1, the default): game-1 is replaced, game-2 is drained
     // and keeps its player until the gate says they left.
-    let update = json!({"spec": {"services": [{
-        "type": "game", "id": 1, "endId": 2, "env": [{"name": "REV", "value": "2"}], "deletableGates": ["NoPlayers"],
-        "ports": [{"name": "game", "containerPort": 7777, "protocol": "TCPUDP", "policy": "Dynamic"}],
-        "resources": {"requests": {"cpu": "10m"}},
-        "nodeSelector": crate::cluster::on_real_node()["nodeSelector"],
-        "tolerations": crate::cluster::on_real_node()["tolerations"]
-    }]}});
+    let update = revised(2);
     zones.patch("held", &PatchParams::default(), &Patch::Merge(update)).await.unwrap();
     state(&servers, "held-game-2", ServerState::Draining, "NotInService").await;
     holds(&mut session, 8, "during the rolling update").await;
@@ -198,13 +204,7 @@ async fn a_player_s_session_lasts_through_a_rolling_update_and_a_scale_down_unti
     // A scale-down: game-2 leaves the spec with a player on its new pod.
     players_left(&servers, "held-game-2", false).await;
     let (mut session, _) = session_with(&servers, "held-game-2").await;
-    let shrink = json!({"spec": {"services": [{
-        "type": "game", "id": 1, "env": [{"name": "REV", "value": "2"}], "deletableGates": ["NoPlayers"],
-        "ports": [{"name": "game", "containerPort": 7777, "protocol": "TCPUDP", "policy": "Dynamic"}],
-        "resources": {"requests": {"cpu": "10m"}},
-        "nodeSelector": crate::cluster::on_real_node()["nodeSelector"],
-        "tolerations": crate::cluster::on_real_node()["tolerations"]
-    }]}});
+    let shrink = revised(1);
     zones.patch("held", &PatchParams::default(), &Patch::Merge(shrink)).await.unwrap();
     state(&servers, "held-game-2", ServerState::Draining, "NotInService").await;
     holds(&mut session, 8, "during the scale-down").await;
