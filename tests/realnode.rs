@@ -233,8 +233,19 @@ fn phase(pod: &Pod) -> String {
 async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
     wait_for(&format!("pod {name} to be Running"), TIMEOUT, || async {
         let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-        let statuses = pod.status.as_ref().map(|s| (&s.init_container_statuses, &s.container_statuses));
-        if phase(&pod) == "Running" { Ok(pod) } else { Err(format!("{}: {statuses:?}", phase(&pod))) }
+        let status = pod.status.as_ref();
+        let conditions = status.and_then(|s| s.conditions.as_ref()).into_iter().flatten();
+        let conditions: Vec<_> = conditions.map(|c| (&c.type_, &c.status, &c.reason, &c.message)).collect();
+        let statuses = status.map(|s| (&s.init_container_statuses, &s.container_statuses));
+        if phase(&pod) == "Running" {
+            Ok(pod)
+        } else {
+            Err(format!(
+                "{} on {:?}: {conditions:?} {statuses:?}",
+                phase(&pod),
+                pod.spec.as_ref().and_then(|s| s.node_name.as_ref())
+            ))
+        }
     })
     .await
 }

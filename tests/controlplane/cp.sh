@@ -22,7 +22,8 @@
 #                                    kill real node I's containerd and kubelet (SIGTERM,
 #                                    or SIGKILL), as a crash would: its pods' shims and
 #                                    containers keep running
-#   cp.sh node-start DIR real-I      start them again (same config, namespaces, cgroup)
+#   cp.sh node-start DIR real-I      start them again (same config, namespaces, cgroup);
+#                                    returns once the node reports Ready again
 #
 # GAMEZONE_CP_PROFILING=1 serves /debug/pprof on the API server, controller
 # manager and scheduler (for `go tool pprof` while a benchmark runs).

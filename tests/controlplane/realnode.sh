@@ -609,17 +609,31 @@ cmd_node_stop() {
 }
 
 # Starts a stopped node's containerd and kubelet again, with the same config, in
-# the same namespaces and cgroup; returns once both run.
+# the same namespaces and cgroup; returns once both run and the kubelet has reported
+# the node Ready since (its runtime answers: pods made from then on start).
 cmd_node_start() {
   [[ $# -eq 2 ]] || usage
-  local dir nd _
+  local dir nd since _
   dir=$(cd "$1" && pwd)
   nd=$(real_node_dir "$dir" "$2")
   [[ -f "$nd/stopped" ]] || die "$2's daemons were not stopped with node-stop"
+  since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   rm -f "$nd/stopped"
   for _ in $(seq 300); do [[ -f "$nd/daemons" ]] && break; sleep 0.1; done
   [[ -f "$nd/daemons" ]] || die "$2's daemons did not start within 30s (see $dir/logs/$2.log)"
-  say "$2: $(tr '\n' ' ' <"$nd/daemons")running again"
+  for _ in $(seq 600); do node_ready_since "$dir" "$2" "$since" && break; sleep 0.1; done
+  node_ready_since "$dir" "$2" "$since" ||
+    die "$2's kubelet did not report the node Ready within 60s of its start (see $dir/logs/$2-kubelet.log and $2-containerd.log)"
+  say "$2: $(tr '\n' ' ' <"$nd/daemons")running again, Ready"
+}
+
+# node_ready_since DIR NODE TIME: NODE's kubelet reported it Ready at TIME (UTC, RFC 3339) or later.
+node_ready_since() {
+  local seen
+  seen=$("$BIN/kubectl" --kubeconfig="$1/kubeconfig" get node "$2" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null) ||
+    return 1
+  [[ "${seen%% *}" == True && ! "${seen#* }" < "$3" ]]
 }
 
 # ---------------------------------------------------------------- down
