@@ -181,6 +181,11 @@ struct RunArgs {
     /// Feature gates, `Name=true|false` separated by commas, e.g. `AutopilotPassthroughPort=true`.
     #[arg(long, default_value = "", env = "GAMEZONE_FEATURE_GATES")]
     feature_gates: String,
+    /// Seconds a node may be not Ready (its kubelet unheard) before the servers on it are drained
+    /// and moved as from a cordoned node; pods deleted there are then removed at once, since no
+    /// kubelet confirms it. The node lifecycle controller first waits its own grace (about 50 s).
+    #[arg(long, default_value_t = 60, env = "GAMEZONE_NODE_NOT_READY_GRACE")]
+    node_not_ready_grace: u64,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -490,6 +495,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             host_ports_per_namespace: args.tenancy.host_ports_per_namespace,
             deletion_drain_limit: Duration::from_secs(args.tenancy.deletion_drain_limit),
             min_artifacts_interval: Duration::from_secs(args.fetch.min_artifacts_interval),
+            node_not_ready_grace: Duration::from_secs(args.node_not_ready_grace),
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,

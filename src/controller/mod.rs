@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -69,6 +70,8 @@ pub struct Config {
     pub deletion_drain_limit: Duration,
     /// The shortest `artifactsInterval` a zone gets.
     pub min_artifacts_interval: Duration,
+    /// How long a node may be not Ready before its servers move off it.
+    pub node_not_ready_grace: Duration,
 }
 
 /// What a reconcile needs.
@@ -229,17 +232,40 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (moves, servers_moving) = futures::channel::mpsc::unbounded();
     let (zone_moves, zones_moving) = futures::channel::mpsc::unbounded();
     let mut leaving = HashMap::<String, bool>::new();
+    let mut not_ready = HashMap::<String, Timestamp>::new();
+    let grace = ctx.config.node_not_ready_grace;
     // Nodes joining and leaving change port capacity live; a node that starts or stops leaving
-    // (cordoned, uncordoned, an autoscaler's taint) has its servers and their zones reconciled.
+    // (cordoned, uncordoned, an autoscaler's taint, not Ready past the grace) has its servers and
+    // their zones reconciled. A node not Ready gives no event when its grace ends: a timer does.
     let node_watch =
         watcher(node_api, watcher::Config::default()).default_backoff().modify(slim::node).reflect(writer).for_each(
             move |event| {
                 if let Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) = &event {
-                    let now = crate::placement::leaving(node).is_some();
-                    if leaving.insert(node.name_any(), now).is_some_and(|before| before != now) {
-                        let (servers, zones) = servers_on(&node_ctx.cache.servers, &node.name_any());
-                        servers.into_iter().for_each(|s| drop(moves.unbounded_send(s)));
-                        zones.into_iter().for_each(|z| drop(zone_moves.unbounded_send(z)));
+                    let name = node.name_any();
+                    let move_off = {
+                        let (ctx, moves, zone_moves, name) =
+                            (node_ctx.clone(), moves.clone(), zone_moves.clone(), name.clone());
+                        move || {
+                            let (servers, zones) = servers_on(&ctx.cache.servers, &name);
+                            servers.into_iter().for_each(|s| drop(moves.unbounded_send(s)));
+                            zones.into_iter().for_each(|z| drop(zone_moves.unbounded_send(z)));
+                        }
+                    };
+                    let now = crate::placement::leaving(node, Timestamp::now(), grace).is_some();
+                    if leaving.insert(name.clone(), now).is_some_and(|before| before != now) {
+                        move_off();
+                    }
+                    match crate::placement::not_ready_since(node) {
+                        Some(since) if !now && not_ready.insert(name.clone(), since) != Some(since) => {
+                            let at = since + grace;
+                            tokio::spawn(async move {
+                                let left = Timestamp::now().duration_until(at);
+                                tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
+                                move_off();
+                            });
+                        }
+                        Some(_) => {}
+                        None => drop(not_ready.remove(&name)),
                     }
                 }
                 let mut alloc = node_ctx.ports.allocator();

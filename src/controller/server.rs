@@ -183,14 +183,27 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         .get(&ObjectRef::new(&name).within(&ns))
         .filter(|p| crate::controller::ownership::controlled_by(&p.metadata, &gs.metadata));
     let on = live.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone());
-    let leaving = on.and_then(|n| crate::placement::leaving(&*ctx.cache.nodes.get(&ObjectRef::new(&n))?));
+    let node = on.and_then(|n| ctx.cache.nodes.get(&ObjectRef::new(&n)));
+    let (now, grace) = (Timestamp::now(), ctx.config.node_not_ready_grace);
+    let leaving = node.as_ref().and_then(|n| crate::placement::leaving(n, now, grace));
+    // A pod on a node given up on goes at once: no kubelet there would confirm its deletion.
+    let unreachable = node.as_ref().and_then(|n| crate::placement::unreachable(n, now, grace));
+    let delete_pod = async || match unreachable {
+        Some(_) => ctx.writer.delete_at_once::<Pod>(&ns, &name).await,
+        None => ctx.writer.delete::<Pod>(&ns, &name).await,
+    };
     let pod = match pod_step(live.as_deref(), &hash, gs, status.sdk.as_ref(), leaving.as_deref()) {
         PodStep::WaitGone => {
-            report_step(status, ServerState::Updating, "waiting for the old pod to go");
+            if let Some(why) = &unreachable {
+                delete_pod().await?;
+                report_step(status, ServerState::Updating, format!("removing the old pod at once: {why}"));
+            } else {
+                report_step(status, ServerState::Updating, "waiting for the old pod to go");
+            }
             return Ok((Some(Duration::from_secs(1)), true));
         }
         PodStep::Replace => {
-            ctx.writer.delete::<Pod>(&ns, &name).await?;
+            delete_pod().await?;
             report_step(status, ServerState::Updating, "replacing the pod with one from the new template");
             return Ok((Some(Duration::from_secs(1)), true));
         }
@@ -206,7 +219,7 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             return Ok((Some(Duration::from_secs(5)), true));
         }
         PodStep::Recreate(state, why) => {
-            ctx.writer.delete::<Pod>(&ns, &name).await?;
+            delete_pod().await?;
             report_step(status, state, why);
             return Ok((Some(Duration::from_secs(1)), true));
         }
@@ -252,7 +265,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             }
         }
     }
-    let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), hash);
+    let node_ready =
+        node.is_none_or(|n| ctx.cache.nodes.get(&ObjectRef::new(n)).is_none_or(|n| crate::placement::node_ready(&n)));
+    let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), node_ready, hash);
     let now = Timestamp::now();
     let (state, message) = gated(gs, status, state, message, now);
     if let Some(left) = quiet_left(state, message.as_deref(), &pod, now) {

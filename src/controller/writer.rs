@@ -237,8 +237,20 @@ impl Writer {
     /// Deletes `name` in `namespace`; one already gone is fine (the watch this process reads
     /// may lag behind). What was applied to it is forgotten.
     pub async fn delete<K: Child>(&self, namespace: &str, name: &str) -> Result<()> {
+        self.delete_with::<K>(namespace, name, &DeleteParams::default()).await
+    }
+
+    /// Deletes `name` in `namespace` with no grace period: the object is gone from the API at
+    /// once. For a pod whose node's kubelet is unheard, which would never confirm a graceful
+    /// deletion; the kubelet stops what is left of it if it comes back.
+    pub async fn delete_at_once<K: Child>(&self, namespace: &str, name: &str) -> Result<()> {
+        self.delete_with::<K>(namespace, name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+            .await
+    }
+
+    async fn delete_with<K: Child>(&self, namespace: &str, name: &str, params: &DeleteParams) -> Result<()> {
         self.applied.forget(&child_key::<K>(namespace, name));
-        match self.api::<K>(namespace).delete(name, &Default::default()).await {
+        match self.api::<K>(namespace).delete(name, params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),

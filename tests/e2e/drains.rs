@@ -3,7 +3,7 @@
 //! holds a TCP connection and a UDP flow with the example game server, and the test asserts on
 //! that session, not only on the API's word: it lasts until the game's deletable gate is True.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gamezone::api::*;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -11,10 +11,10 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::cluster::{Cluster, Ns};
+use crate::cluster::{Cluster, Ns, OPERATOR_IMAGE, RealNode};
 use crate::common::wait_for;
 use crate::servers::Session;
-use crate::support::install_crds;
+use crate::support::{Operator, install_crds};
 use crate::zones::{TIMEOUT, operator, reachable_at, service, wait_running, zone};
 use crate::{ONE_AT_A_TIME, support};
 
@@ -215,5 +215,88 @@ async fn a_player_s_session_lasts_through_a_rolling_update_and_a_scale_down_unti
         if names == ["held-game-1"] { Ok(()) } else { Err(format!("{names:?}")) }
     })
     .await;
+    ns.finish().await;
+}
+
+/// Starts the node's daemons again when the test ends, however it ends: the other tests need it.
+struct Revive<'a>(&'a Cluster, &'a RealNode);
+
+impl Drop for Revive<'_> {
+    fn drop(&mut self) {
+        self.0.restart_node_daemons(self.1);
+    }
+}
+
+#[tokio::test]
+async fn a_node_not_ready_past_its_grace_is_drained_and_its_server_moves_once_its_players_left() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::two_nodes();
+    let ns = Ns::new(cluster, "e2e-lost").await;
+    install_crds(&ns.client).await;
+    let grace = 5;
+    let _op = Operator::start_with(
+        &cluster.kubeconfig,
+        &ns.name,
+        &["--init-image", OPERATOR_IMAGE, "--port-range", "6800-6899", "--node-not-ready-grace", &grace.to_string()],
+    );
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+    zones.create(&PostParams::default(), &gated_zone("lost", 311, 1, "100m")).await.unwrap();
+    wait_running(&ns, "lost").await;
+    players_left(&servers, "lost-game-1", false).await;
+    let (mut session, before) = session_with(&servers, "lost-game-1").await;
+    let status = before.status.as_ref().unwrap();
+    let name = status.node_name.clone().expect("on a node");
+    let node = cluster.info.nodes.iter().find(|n| n.name == name).expect("a real node");
+
+    // The node's kubelet and containerd die; its game keeps serving. The node lifecycle
+    // controller marks the node and its pods not Ready after its own grace, the operator drains
+    // the server after `--node-not-ready-grace`, and the player's session goes on meanwhile.
+    cluster.kill_node_daemons(node);
+    let _revive = Revive(cluster, node);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let drained = loop {
+        if let Err(e) = session.hello() {
+            panic!("the player's session ended while its node was unheard: {e}");
+        }
+        let says = servers_ready(&ns, "lost").await;
+        if says.contains(&format!("{name} has not been Ready since")) {
+            break says;
+        }
+        assert!(Instant::now() < deadline, "lost-game-1 not drained off {name} in time: {says}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(drained.contains("waiting for deletable gates NoPlayers"), "{drained}");
+    state(&servers, "lost-game-1", ServerState::Draining, "NotInService").await;
+    holds(&mut session, 5, "while its node was unheard").await;
+    let still = servers.get("lost-game-1").await.unwrap();
+    assert_eq!(still.status.unwrap().pod_uid, status.pod_uid, "its pod went with a player on it");
+
+    // The players leave: the pod goes at once (no kubelet would confirm a graceful deletion), and
+    // the server runs on the other node with its id and host port.
+    players_left(&servers, "lost-game-1", true).await;
+    let moved = wait_for("lost-game-1 Ready on the other node", TIMEOUT, || async {
+        let gs = servers.get("lost-game-1").await.map_err(|e| e.to_string())?;
+        let status = gs.status.clone().unwrap_or_default();
+        match (status.state, status.node_name.as_deref()) {
+            (Some(ServerState::Ready), Some(n)) if n != name => Ok(gs),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let now = moved.status.as_ref().unwrap();
+    assert_eq!(now.ports[0].host_port, status.ports[0].host_port, "the host port moves with it");
+    let (mut again, _) = session_with(&servers, "lost-game-1").await;
+    assert_eq!(again.hello().unwrap()["instance"], "lost-game-1");
+
+    // The node's daemons come back: its kubelet stops the pod the API no longer has, so the
+    // server runs once.
+    drop(_revive);
+    let deadline = Instant::now() + TIMEOUT;
+    while let Ok(answer) = session.hello() {
+        assert!(Instant::now() < deadline, "the old pod on {name} still answers: {answer}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(again.hello().unwrap()["instance"], "lost-game-1", "the moved server serves on");
     ns.finish().await;
 }

@@ -4,19 +4,44 @@
 //! often than that many nodes (see [`PortAllocator::allocate_within`](crate::ports::PortAllocator::allocate_within)).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
+};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 /// Whether a node can run game servers (Ready and schedulable).
 pub fn node_usable(node: &Node) -> bool {
     let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    schedulable && ready
+    schedulable && node_ready(node)
+}
+
+/// Whether `node`'s kubelet says it is Ready.
+pub fn node_ready(node: &Node) -> bool {
+    ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Since when `node` has not been Ready (its `Ready` condition False, or Unknown once the node
+/// lifecycle controller stopped hearing its kubelet), if it is not; `None` for a Ready node and
+/// for one whose kubelet never said (a node being registered).
+pub fn not_ready_since(node: &Node) -> Option<Timestamp> {
+    let ready = ready_condition(node)?;
+    (ready.status != "True").then(|| ready.last_transition_time.as_ref().map(|t| t.0)).flatten()
+}
+
+/// Why `node` is given up on at `now`: not Ready for `grace` or longer. Its kubelet no longer
+/// acts for it (a pod deleted there stays Terminating until it returns), and its servers move.
+pub fn unreachable(node: &Node, now: Timestamp, grace: Duration) -> Option<String> {
+    let since = not_ready_since(node)?;
+    let gone = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+    // The time it went, not how long ago: a status that names it stays the same while it waits.
+    (gone >= grace).then(|| format!("{} has not been Ready since {since}", node.name_any()))
 }
 
 /// Taints with which node-removing components mark a node they are about to take away.
@@ -26,10 +51,16 @@ pub const LEAVING_TAINTS: [(&str, &str); 3] = [
     ("DeletionCandidateOfClusterAutoscaler", "the cluster autoscaler may remove it soon"),
 ];
 
-/// Why `node` is leaving (cordoned by `kubectl drain` or `kubectl cordon`, or tainted by a
-/// node autoscaler that is removing it), if it is: its servers should move before it goes.
-/// A `DeletionCandidate` taint is only a candidate's (PreferNoSchedule) and is not counted.
-pub fn leaving(node: &Node) -> Option<String> {
+/// Why `node` is leaving (cordoned by `kubectl drain` or `kubectl cordon`, tainted by a node
+/// autoscaler that is removing it, or [`unreachable`] at `now` after `not_ready_grace`), if it
+/// is: its servers should move before it goes. A `DeletionCandidate` taint is only a
+/// candidate's (PreferNoSchedule) and is not counted.
+pub fn leaving(node: &Node, now: Timestamp, not_ready_grace: Duration) -> Option<String> {
+    taken_away(node).or_else(|| unreachable(node, now, not_ready_grace))
+}
+
+/// Why `node` is being taken away by someone: cordoned, or an autoscaler's taint.
+fn taken_away(node: &Node) -> Option<String> {
     let spec = node.spec.as_ref()?;
     if spec.unschedulable == Some(true) {
         return Some(format!("{} is cordoned", node.name_any()));
@@ -185,6 +216,7 @@ mod tests {
 
     #[test]
     fn a_cordoned_node_or_one_an_autoscaler_removes_is_leaving() {
+        let leaving = |n: &Node| leaving(n, Timestamp::now(), Duration::from_secs(60));
         assert_eq!(leaving(&node("n1", json!({}), json!([]))), None);
         let mut cordoned = node("n1", json!({}), json!([]));
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
@@ -205,5 +237,35 @@ mod tests {
         assert_eq!(leaving(&candidate), None, "a candidate is not leaving yet");
         let other = node("n5", json!({}), json!([{"key": "dedicated", "value": "game", "effect": "NoSchedule"}]));
         assert_eq!(leaving(&other), None);
+    }
+
+    #[test]
+    fn a_node_not_ready_past_its_grace_is_leaving() {
+        let grace = Duration::from_secs(60);
+        let at = |status: &str, since: &str| {
+            let mut n = node("n1", json!({}), json!([]));
+            n.status = Some(
+                serde_json::from_value(
+                    json!({"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": since}]}),
+                )
+                .unwrap(),
+            );
+            n
+        };
+        let now: Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        let unknown = at("Unknown", "2026-12-07T09:59:00Z");
+        assert_eq!(not_ready_since(&unknown), Some("2026-12-07T09:59:00Z".parse().unwrap()));
+        assert_eq!(leaving(&unknown, now, grace).as_deref(), Some("n1 has not been Ready since 2026-12-07T09:59:00Z"));
+        assert_eq!(leaving(&unknown, now, Duration::from_secs(61)), None, "within its grace");
+        let down = at("False", "2026-12-07T09:50:00Z");
+        assert_eq!(unreachable(&down, now, grace).as_deref(), Some("n1 has not been Ready since 2026-12-07T09:50:00Z"));
+        let ready = at("True", "2026-12-07T09:00:00Z");
+        assert_eq!((not_ready_since(&ready), leaving(&ready, now, grace)), (None, None), "Ready for an hour");
+        let mut registering = node("n2", json!({}), json!([]));
+        registering.status = None;
+        assert_eq!(leaving(&registering, now, grace), None, "no kubelet has spoken for it yet");
+        let mut cordoned = at("Unknown", "2026-12-07T09:59:30Z");
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_eq!(leaving(&cordoned, now, grace).as_deref(), Some("n1 is cordoned"), "the first reason");
     }
 }

@@ -56,7 +56,7 @@ pub fn ready_status(gs: &GameServer, pod: &Pod) -> Result<GameServerStatus> {
     let mut status = GameServerStatus { observed_generation: generation, ..Default::default() };
     report_ports(&mut status, &without_host_ports(gs)?, generation);
     // Without the operator's store of nodes, the node's address is the pod's host IP.
-    let (state, message) = observe_pod(&mut status, pod, None, server_template_hash(&gs.spec));
+    let (state, message) = observe_pod(&mut status, pod, None, true, server_template_hash(&gs.spec));
     report_state(&mut status, state, message, generation);
     Ok(status)
 }
@@ -106,13 +106,18 @@ pub fn report_ports(status: &mut GameServerStatus, allocations: &[Allocation], g
 }
 
 /// Fills in what `pod` tells of the server (its name, node, addresses, template) and returns
-/// the state the pod puts it in, with why when the pod cannot be scheduled.
+/// the state the pod puts it in, with why when the pod cannot be scheduled. While its node is
+/// not Ready (`node_ready` false), a Running pod's readiness is no one's word: the node
+/// lifecycle controller marks every pod there not Ready when it stops hearing the kubelet,
+/// though the game may still be serving its players. A server that served keeps doing so then.
 pub fn observe_pod(
     status: &mut GameServerStatus,
     pod: &Pod,
     node_address: Option<String>,
+    node_ready: bool,
     hash: String,
 ) -> (ServerState, Option<String>) {
+    let served = matches!(status.state, Some(ServerState::Ready | ServerState::RequestReady | ServerState::Draining));
     let pod_status = pod.status.as_ref();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     status.pod_name = pod.metadata.name.clone();
@@ -122,7 +127,7 @@ pub fn observe_pod(
     status.node_address = node_address.or_else(|| pod_status.and_then(|s| s.host_ip.clone()));
     status.template_hash = Some(hash);
     let pod_conditions = pod_status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") || (served && !node_ready);
     match (pod_status.and_then(|s| s.phase.as_deref()), node.is_some(), ready) {
         (Some("Running"), _, true) => (ServerState::Ready, None),
         (_, false, _) => {
@@ -489,8 +494,18 @@ mod tests {
         let gs = server();
         let pod = scheduled(pod_without_host_ports(&gs).unwrap(), false);
         let mut status = GameServerStatus::default();
-        assert_eq!(observe_pod(&mut status, &pod, None, "h".into()), (ServerState::Starting, None));
+        assert_eq!(observe_pod(&mut status, &pod, None, true, "h".into()), (ServerState::Starting, None));
         assert_eq!(status.node_address.as_deref(), Some("10.0.1.1"), "the pod's host IP when the node has none");
+        // Its node not Ready: a pod that never served is still starting; one that served (the node
+        // lifecycle controller marked it not Ready) is taken to serve still.
+        let mut marked = pod.clone();
+        marked.status.as_mut().unwrap().phase = Some("Running".into());
+        assert_eq!(observe_pod(&mut status, &marked, None, false, "h".into()).0, ServerState::Starting);
+        status.state = Some(ServerState::Draining);
+        assert_eq!(observe_pod(&mut status, &marked, None, false, "h".into()).0, ServerState::Ready);
+        assert_eq!(observe_pod(&mut status, &pod, None, false, "h".into()).0, ServerState::Starting, "not Running");
+        let back = observe_pod(&mut status, &marked, None, true, "h".into()).0;
+        assert_eq!(back, ServerState::Starting, "its node is back and says the pod is not Ready");
 
         let mut pending = pod_without_host_ports(&gs).unwrap();
         pending.status = Some(PodStatus {
@@ -503,7 +518,7 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, "h".into());
+        let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, true, "h".into());
         assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
     }
 

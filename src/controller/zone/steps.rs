@@ -409,14 +409,15 @@ pub async fn apply_servers(
     (made, draining)
 }
 
-/// The nodes of `servers` that are leaving (cordoned, or being removed by an autoscaler), with
-/// why, as the node watch shows them.
+/// The nodes of `servers` that are leaving (cordoned, being removed by an autoscaler, or not
+/// Ready past `--node-not-ready-grace`), with why, as the node watch shows them.
 fn leaving_nodes(ctx: &Context, servers: &BTreeMap<String, &GameServer>) -> BTreeMap<String, String> {
     let on: BTreeSet<&String> = servers.values().filter_map(|gs| gs.status.as_ref()?.node_name.as_ref()).collect();
+    let (now, grace) = (Timestamp::now(), ctx.config.node_not_ready_grace);
     on.into_iter()
         .filter_map(|n| {
             let node = ctx.cache.nodes.get(&ObjectRef::new(n))?;
-            Some((n.clone(), crate::placement::leaving(&node)?))
+            Some((n.clone(), crate::placement::leaving(&node, now, grace)?))
         })
         .collect()
 }
