@@ -284,9 +284,8 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     report_state(status, state, message, generation);
     // The cluster may evict the pod exactly when the operator would delete the server.
     let evictable = evictable(&gs.spec, status, now);
-    if eviction_marks_differ(&pod, evictable) {
-        let mut marks = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default();
-        mark_eviction(&mut marks, evictable);
+    let marks = pod_marks(gs, evictable);
+    if marks_differ(&pod, &marks) {
         ctx.writer.patch_metadata::<Pod>(&ns, &name, &marks).await?;
     }
     let review = if evictable { None } else { evictable_again_in(&gs.spec, status, now) };

@@ -33,6 +33,14 @@ pub const TYPE_LABEL: &str = "gamezone.dev/type";
 pub const ID_LABEL: &str = "gamezone.dev/id";
 /// Label naming the GameServer a Pod or Service belongs to.
 pub const SERVER_LABEL: &str = "gamezone.dev/server";
+/// Label of a GameServer and its pod: the version of the game image it runs (the image's tag,
+/// or the start of its digest), for metrics and logs to group by.
+pub const VERSION_LABEL: &str = "gamezone.dev/version";
+/// Label of a GameServer and its pod: the short digest of the artifact pins it runs (the zone's
+/// `status.artifactRevision`); absent for a zone without artifacts.
+pub const ARTIFACTS_LABEL: &str = "gamezone.dev/artifacts";
+/// The labels that say which version a server runs; written onto pods outside their template.
+pub const VERSION_LABELS: [&str; 2] = [VERSION_LABEL, ARTIFACTS_LABEL];
 /// Label set on every object the operator creates, for listing and cleanup.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].

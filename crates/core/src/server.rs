@@ -2,9 +2,11 @@
 //! tells of its server, the step to take about a pod, and which changes are worth an Event.
 //! The controller (in the operator) makes the requests these decide.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
@@ -376,17 +378,30 @@ pub fn eviction_marks(evictable: bool) -> [(&'static str, &'static str, bool); 3
     [(EVICTABLE_LABEL, yes, true), (SAFE_TO_EVICT_ANNOTATION, yes, false), (DO_NOT_DISRUPT_ANNOTATION, no, false)]
 }
 
-/// Whether `pod` carries other eviction marks than those of `evictable` (label when the flag is
-/// true, else annotation).
-pub fn eviction_marks_differ(pod: &Pod, evictable: bool) -> bool {
-    eviction_marks(evictable).iter().any(|(key, value, label)| {
-        let marks = if *label { pod.metadata.labels.as_ref() } else { pod.metadata.annotations.as_ref() };
-        marks.and_then(|m| m.get(*key)).map(String::as_str) != Some(*value)
-    })
+/// What the operator keeps on the pod of `gs` outside its template, so that a release adding
+/// them restarts no pod: the eviction marks of `evictable` and the server's version labels.
+pub fn pod_marks(gs: &GameServer, evictable: bool) -> ObjectMeta {
+    let mut marks = ObjectMeta::default();
+    mark_eviction(&mut marks, evictable);
+    let labels = marks.labels.get_or_insert_with(Default::default);
+    for key in VERSION_LABELS {
+        if let Some(value) = gs.labels().get(key) {
+            labels.insert(key.into(), value.clone());
+        }
+    }
+    marks
+}
+
+/// Whether `pod` lacks any of `marks` or holds one with another value.
+pub fn marks_differ(pod: &Pod, marks: &ObjectMeta) -> bool {
+    let differ = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().any(|(k, v)| have.as_ref().and_then(|h| h.get(k)) != Some(v))
+    };
+    differ(&marks.labels, &pod.metadata.labels) || differ(&marks.annotations, &pod.metadata.annotations)
 }
 
 /// Sets the eviction marks of `evictable` on `meta`.
-pub fn mark_eviction(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, evictable: bool) {
+pub fn mark_eviction(meta: &mut ObjectMeta, evictable: bool) {
     for (key, value, label) in eviction_marks(evictable) {
         let marks = if label { &mut meta.labels } else { &mut meta.annotations };
         marks.get_or_insert_with(Default::default).insert(key.into(), value.into());
@@ -405,7 +420,9 @@ pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash
     labels.insert(SERVER_LABEL.into(), gs.name_any());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
     metadata.annotations.get_or_insert_with(Default::default).insert(TEMPLATE_HASH_ANNOTATION.into(), hash.to_string());
-    mark_eviction(&mut metadata, true);
+    let marks = pod_marks(gs, true);
+    metadata.labels.get_or_insert_with(Default::default).extend(marks.labels.unwrap_or_default());
+    metadata.annotations.get_or_insert_with(Default::default).extend(marks.annotations.unwrap_or_default());
     let mut spec = template.spec.ok_or_else(|| {
         Error::invalid(format!("GameServer {}: spec.template.spec", gs.name_any()), "the pod template has no spec")
     })?;
@@ -720,13 +737,20 @@ mod tests {
     }
 
     #[test]
-    fn a_new_pod_is_marked_evictable_and_marks_are_told_apart() {
-        let gs = server();
+    fn a_new_pod_is_marked_evictable_with_its_version_and_marks_are_told_apart() {
+        let mut gs = server();
+        gs.labels_mut().insert(VERSION_LABEL.into(), "1.2.0".into());
         let mut pod = pod_without_host_ports(&gs).unwrap();
-        assert!(!eviction_marks_differ(&pod, true), "{:?} {:?}", pod.metadata.labels, pod.metadata.annotations);
-        assert!(eviction_marks_differ(&pod, false));
+        let (evictable, held) = (pod_marks(&gs, true), pod_marks(&gs, false));
+        assert!(!marks_differ(&pod, &evictable), "{:?} {:?}", pod.metadata.labels, pod.metadata.annotations);
+        assert_eq!(pod.labels()[VERSION_LABEL], "1.2.0");
+        assert!(!pod.labels().contains_key(ARTIFACTS_LABEL), "a zone without artifacts");
+        assert!(marks_differ(&pod, &held));
         mark_eviction(&mut pod.metadata, false);
-        assert!(!eviction_marks_differ(&pod, false));
+        assert!(!marks_differ(&pod, &held));
+        // A pod made before the version labels (an operator upgrade) gets them outside its template.
+        pod.labels_mut().remove(VERSION_LABEL);
+        assert!(marks_differ(&pod, &held));
         assert_eq!(pod.labels()[EVICTABLE_LABEL], "false");
         assert_eq!(pod.annotations()[SAFE_TO_EVICT_ANNOTATION], "false");
         assert_eq!(pod.annotations()[DO_NOT_DISRUPT_ANNOTATION], "true");

@@ -639,12 +639,7 @@ pub fn server_template(
 ) -> Result<PodTemplateSpec> {
     let zone_name = zone.name_any();
     let service = server.service_type;
-    let image = service.image.clone().or_else(|| zone.spec.default_image.clone()).ok_or_else(|| {
-        Error::invalid(
-            format!("spec.services[{}].image", server.type_index),
-            "no image: set spec.defaultImage or this service's image",
-        )
-    })?;
+    let image = game_image(zone, server)?;
     let mut labels = zone_labels(&zone_name);
     labels.insert(TYPE_LABEL.into(), service.type_.clone());
     labels.insert(ID_LABEL.into(), server.id.to_string());
@@ -781,6 +776,33 @@ pub fn copy_tree_for(
     Ok(())
 }
 
+/// The game image of `server`: its service's, else the zone's default.
+fn game_image(zone: &GameZone, server: &WantedServer<'_>) -> Result<String> {
+    server.service_type.image.clone().or_else(|| zone.spec.default_image.clone()).ok_or_else(|| {
+        Error::invalid(
+            format!("spec.services[{}].image", server.type_index),
+            "no image: set spec.defaultImage or this service's image",
+        )
+    })
+}
+
+/// The version an image reference names, as a label value: its tag, else the first 12 hex
+/// digits of its digest, else `latest` (what a runtime pulls for a bare name).
+pub fn image_version(image: &str) -> String {
+    let (name, digest) = image.split_once('@').map_or((image, None), |(n, d)| (n, Some(d)));
+    // A tag follows the last ':' after the last '/' (a registry's port comes before a '/').
+    let tag = name.rsplit('/').next().and_then(|last| last.rsplit_once(':')).map(|(_, t)| t);
+    let version = match (tag, digest) {
+        (Some(t), _) if !t.is_empty() => t.to_string(),
+        (_, Some(d)) => d.split_once(':').map_or(d, |(_, hex)| hex).chars().take(12).collect(),
+        _ => "latest".to_string(),
+    };
+    // A label value: at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric.
+    let cut: String = version.chars().take(63).collect();
+    let trimmed = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() { "unknown".to_string() } else { trimmed.to_string() }
+}
+
 /// One GameServer per id of each service type.
 ///
 /// `tree`: the pins' packed tree image, once packed (see [`crate::api::GameZoneStatus::tree_image`]).
@@ -798,6 +820,10 @@ pub fn game_servers(
             let mut labels = zone_labels(&zone_name);
             labels.insert(TYPE_LABEL.into(), server.service_type.type_.clone());
             labels.insert(ID_LABEL.into(), server.id.to_string());
+            labels.insert(VERSION_LABEL.into(), image_version(&game_image(zone, &server)?));
+            if !pins.is_empty() {
+                labels.insert(ARTIFACTS_LABEL.into(), super::decide::artifact_revision(pins));
+            }
             let mut gs = GameServer::new(
                 &server.name,
                 GameServerSpec {

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 
 use super::*;
 use crate::api::*;
@@ -50,6 +51,23 @@ fn one_server_per_instance_with_type_and_id_arguments() {
     assert_eq!(pod.subdomain.as_deref(), Some("zone1"));
     let owner = &servers[0].metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.controller), ("GameZone", Some(true)));
+    // Each server says which version it runs: its image's and its artifacts'.
+    let version = |i: usize, key: &str| servers[i].labels().get(key).cloned();
+    assert_eq!((version(1, VERSION_LABEL), version(3, VERSION_LABEL)), (Some("1".into()), Some("2".into())));
+    assert_eq!(version(0, ARTIFACTS_LABEL), Some(decide::artifact_revision(&["a".into(), "b".into()])));
+    let bare = game_servers(&basic(), &[], None, &BuildConfig::default()).unwrap();
+    assert_eq!(bare[0].labels().get(ARTIFACTS_LABEL), None, "no pins, no artifacts version");
+}
+
+#[test]
+fn an_image_s_version_is_its_tag_or_its_digest_as_a_label_value() {
+    assert_eq!(image_version("registry.local:5000/game/server:1.4.2"), "1.4.2");
+    assert_eq!(image_version("registry.local:5000/game/server"), "latest", "the port is no tag");
+    assert_eq!(image_version("server@sha256:0123456789abcdef0123"), "0123456789ab");
+    assert_eq!(image_version("server:v2@sha256:0123456789abcdef"), "v2", "the tag when both are given");
+    assert_eq!(image_version("server:_build-7_"), "build-7", "a label value ends alphanumeric");
+    assert_eq!(image_version(&format!("server:{}", "a".repeat(100))).len(), 63);
+    assert_eq!(image_version("server:..."), "unknown");
 }
 
 #[test]
