@@ -281,7 +281,14 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
     {
         return Ok((Some(ROUTINE_RETRY), false));
     }
+    let was = status.state;
     report_state(status, state, message, generation);
+    if state == ServerState::Ready
+        && !matches!(was, Some(ServerState::Ready | ServerState::Draining))
+        && let Some(created) = &pod.metadata.creation_timestamp
+    {
+        ctx.metrics.server_ready(gs, now.duration_since(created.0).as_secs_f64().max(0.0));
+    }
     // The cluster may evict the pod exactly when the operator would delete the server.
     let evictable = evictable(&gs.spec, status, now);
     let marks = pod_marks(gs, evictable);

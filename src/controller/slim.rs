@@ -90,6 +90,11 @@ pub struct StoredServer {
 }
 
 impl StoredServer {
+    /// The server but for its `spec.template` (left empty), without a copy.
+    pub fn without_template(&self) -> &GameServer {
+        &self.rest
+    }
+
     /// The server as the API server sent it (but for managedFields).
     pub fn server(&self) -> GameServer {
         let mut gs = self.rest.clone();

@@ -61,6 +61,7 @@ pub async fn run(
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let (zones, writer) = reflector::store();
+    ctx.metrics.count_zones_from(zones.clone());
     let zone_changes = watcher(scoped::<GameZone>(client, ns), watcher::Config::default())
         .default_backoff()
         .modify(crate::controller::slim::object)
@@ -134,6 +135,7 @@ async fn apply(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
         let pinned_again = (*step == Step::Pin).then(|| ctx.pinning.retry_in(&ObjectKey::of(zone))).flatten();
         decide::report_failure(&mut status, *step, e, pinned_again.unwrap_or_else(|| requeue_after(e)));
     }
+    ctx.metrics.zone_changed(zone, &before, &status);
     if let Some((warning, reason, note)) = decide::transition(&before, &status) {
         ctx.event(zone, warning, &reason, note).await;
     }
