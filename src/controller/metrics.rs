@@ -319,12 +319,15 @@ fn set_all<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + 
     }
 }
 
+/// A type's oldest drain, in seconds.
+type DrainAge = (TypeLabels, f64);
+
 /// Servers by zone, type, state and version (those being deleted as `Terminating`), and the age
 /// in seconds of each type's oldest drain (`NotInService` constraint) at `now`.
 fn count_servers<'a>(
     servers: impl Iterator<Item = &'a crate::api::GameServer>,
     now: Timestamp,
-) -> (Vec<(ServerLabels, i64)>, Vec<(TypeLabels, f64)>) {
+) -> (Vec<(ServerLabels, i64)>, Vec<DrainAge>) {
     let (mut counts, mut drains) = (BTreeMap::<ServerLabels, i64>::new(), BTreeMap::<TypeLabels, f64>::new());
     for gs in servers {
         let label = |key: &str| gs.labels().get(key).cloned().unwrap_or_default();
