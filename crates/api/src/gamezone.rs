@@ -137,7 +137,31 @@ pub struct ServiceType {
     /// How servers move to a new template; `RollingUpdate` of one at a time when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<UpdateStrategy>,
+    /// Where the game serves its own Prometheus metrics, if it does: the operator publishes the
+    /// port on the game container as `metrics` (no host port) and marks the pod for scraping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<GameMetrics>,
 }
+
+/// Where a game serves its Prometheus metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GameMetrics {
+    /// The container port of the metrics endpoint.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Its HTTP path.
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+}
+
+fn default_metrics_path() -> String {
+    "/metrics".into()
+}
+
+/// The container port name of a game's metrics endpoint ([`ServiceType::metrics`]), which a
+/// PodMonitor's `podMetricsEndpoints` names.
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 impl ServiceType {
     /// The server ids of this service, `id..=endId`.

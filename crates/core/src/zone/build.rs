@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::api::layer::{Layer, SecretRef};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ImageVolumeSource, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ImageVolumeSource, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
     VolumeResourceRequirements,
@@ -250,6 +250,23 @@ pub fn validate(zone: &GameZone) -> Result<()> {
                         ),
                     ));
                 }
+            }
+        }
+        if let Some(metrics) = &service.metrics {
+            let field = format!("spec.services[{i}].metrics");
+            if let Some(p) =
+                service.ports.iter().find(|p| p.container_port == Some(metrics.port) || p.name == METRICS_PORT_NAME)
+            {
+                return Err(Error::invalid(
+                    &field,
+                    format!(
+                        "port {} ({METRICS_PORT_NAME}) clashes with the game port {:?}: serve metrics on a port of their own",
+                        metrics.port, p.name
+                    ),
+                ));
+            }
+            if !metrics.path.starts_with('/') {
+                return Err(Error::invalid(field, format!("path {:?} must start with /, e.g. /metrics", metrics.path)));
             }
         }
         if service.image.is_none() && zone.spec.default_image.is_none() {
@@ -728,7 +745,27 @@ pub fn server_template(
         spec.containers[0].security_context = Some(sc.clone());
         restrict_beside(spec.init_containers.iter_mut().flatten(), sc);
     }
-    Ok(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(spec) })
+    let annotations = service.metrics.as_ref().map(|m| publish_metrics(&mut spec.containers[0], m));
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(labels), annotations, ..Default::default() }),
+        spec: Some(spec),
+    })
+}
+
+/// Publishes the game's metrics endpoint `m` on `game` as the named port a PodMonitor selects,
+/// and returns the annotations a bare Prometheus's `kubernetes_sd` relabeling reads.
+fn publish_metrics(game: &mut Container, m: &GameMetrics) -> BTreeMap<String, String> {
+    game.ports.get_or_insert_with(Vec::new).push(ContainerPort {
+        name: Some(METRICS_PORT_NAME.into()),
+        container_port: m.port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    });
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), m.port.to_string()),
+        ("prometheus.io/path".to_string(), m.path.clone()),
+    ])
 }
 
 /// Restricts the operator's `containers` in a pod whose own container runs with `beside` (see

@@ -60,6 +60,32 @@ fn one_server_per_instance_with_type_and_id_arguments() {
 }
 
 #[test]
+fn a_game_s_metrics_port_is_published_and_marked_for_scraping() {
+    let metrics = |m: serde_json::Value| {
+        zone()
+            .services(json!([{"type": "game", "id": 1, "image": "g:1", "metrics": m,
+                "ports": [{"name": "client", "containerPort": 7777}]}]))
+            .build()
+    };
+    let z = metrics(json!({"port": 9100}));
+    validate(&z).unwrap();
+    let servers = game_servers(&z, &[], None, &BuildConfig::default()).unwrap();
+    let template = &servers[0].spec.template;
+    let annotations = template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        (annotations["prometheus.io/port"].as_str(), annotations["prometheus.io/path"].as_str()),
+        ("9100", "/metrics")
+    );
+    let ports = template.spec.as_ref().unwrap().containers[0].ports.clone().unwrap();
+    assert_eq!((ports[0].name.as_deref(), ports[0].container_port, ports[0].host_port), (Some("metrics"), 9100, None));
+    let clash = validate(&metrics(json!({"port": 7777}))).unwrap_err().to_string();
+    assert!(clash.contains("spec.services[0].metrics") && clash.contains("\"client\""), "{clash}");
+    let relative = validate(&metrics(json!({"port": 9100, "path": "metrics"}))).unwrap_err().to_string();
+    assert!(relative.contains("must start with /"), "{relative}");
+}
+
+#[test]
 fn an_image_s_version_is_its_tag_or_its_digest_as_a_label_value() {
     assert_eq!(image_version("registry.local:5000/game/server:1.4.2"), "1.4.2");
     assert_eq!(image_version("registry.local:5000/game/server"), "latest", "the port is no tag");
