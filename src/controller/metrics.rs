@@ -102,6 +102,19 @@ pub struct ZoneStateLabels {
     pub state: String,
 }
 
+/// Labels of the restarts counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// The zone's namespace.
+    pub namespace: String,
+    /// The zone.
+    pub zone: String,
+    /// The service type.
+    pub r#type: String,
+    /// The state the server shows meanwhile.
+    pub state: String,
+}
+
 /// Labels of the migrations counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -119,6 +132,7 @@ struct ZoneGauges {
     servers: Family<ServerLabels, Gauge>,
     desired: Family<TypeLabels, Gauge>,
     drain_oldest: Family<TypeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drains_overdue: Family<TypeLabels, Gauge>,
     phase: Family<ZoneStateLabels, Gauge>,
     migration: Family<ZoneStateLabels, Gauge>,
 }
@@ -146,6 +160,9 @@ pub struct Metrics {
     pub migrations: Family<OutcomeLabels, Counter>,
     /// Times a zone's artifacts were pinned to new revisions.
     pub repins: Family<ZoneLabels, Counter>,
+    /// Pods the operator made again because their process ended, failed its health checks or
+    /// asked to shut down, per service type and state (`Unhealthy`, `Shutdown`).
+    pub restarts: Family<RestartLabels, Counter>,
     /// The zones the zone controller's watch holds, once it exists.
     zones: OnceLock<Store<crate::api::GameZone>>,
     gauges: ZoneGauges,
@@ -172,7 +189,8 @@ impl Default for Metrics {
         let ready_durations = Family::<TypeLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0])
         });
-        let (migrations, repins, gauges) = (Family::default(), Family::default(), ZoneGauges::default());
+        let (migrations, repins, restarts) = (Family::default(), Family::default(), Family::default());
+        let gauges = ZoneGauges::default();
         registry.register(
             "server_ready_duration_seconds",
             "Seconds from a server's pod creation to its first Ready",
@@ -187,6 +205,12 @@ impl Default for Metrics {
             "Seconds the longest drain of a service type has waited",
             gauges.drain_oldest.clone(),
         );
+        registry.register(
+            "drains_overdue",
+            "Servers still draining past their drainTimeout (the operator should have deleted them)",
+            gauges.drains_overdue.clone(),
+        );
+        registry.register("server_restarts", "Pods made again because their game ended or failed", restarts.clone());
         registry.register("zone_phase", "A zone's phase (1 for the current one)", gauges.phase.clone());
         registry.register(
             "zone_migration",
@@ -204,6 +228,7 @@ impl Default for Metrics {
             ready_durations,
             migrations,
             repins,
+            restarts,
             servers,
             zones,
             gauges,
@@ -271,6 +296,17 @@ impl Metrics {
         }
     }
 
+    /// Counts a pod made again, its server showing `state` meanwhile.
+    pub fn server_restarted(&self, gs: &crate::api::GameServer, state: crate::api::ServerState) {
+        let labels = RestartLabels {
+            namespace: gs.namespace().unwrap_or_default(),
+            zone: gs.spec.zone.clone(),
+            r#type: gs.spec.type_.clone(),
+            state: format!("{state:?}"),
+        };
+        self.restarts.get_or_create(&labels).inc();
+    }
+
     /// Records a server's first Ready, `seconds` after its pod was created.
     pub fn server_ready(&self, gs: &crate::api::GameServer, seconds: f64) {
         let labels = TypeLabels {
@@ -288,10 +324,11 @@ impl Metrics {
             let state = servers.state();
             let live = state.iter().filter(|s| s.meta().deletion_timestamp.is_none()).count();
             self.managed.get_or_create(&KindLabels { kind: "GameServer" }).set(live as i64);
-            let (counts, drains) = count_servers(state.iter().map(|s| s.without_template()), now);
-            set_all(&self.gauges.servers, counts);
+            let counted = count_servers(state.iter().map(|s| s.without_template()), now);
+            set_all(&self.gauges.servers, counted.servers);
+            set_all(&self.gauges.drains_overdue, counted.overdue);
             self.gauges.drain_oldest.clear();
-            for (labels, seconds) in drains {
+            for (labels, seconds) in counted.oldest_drains {
                 self.gauges.drain_oldest.get_or_create(&labels).set(seconds);
             }
         }
@@ -319,16 +356,21 @@ fn set_all<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + 
     }
 }
 
-/// A type's oldest drain, in seconds.
-type DrainAge = (TypeLabels, f64);
+/// What the servers store says at a scrape.
+#[derive(Debug, Default)]
+struct Counted {
+    /// Servers by zone, type, state and version (those being deleted as `Terminating`).
+    servers: Vec<(ServerLabels, i64)>,
+    /// The age in seconds of each type's oldest drain (its `NotInService` constraint).
+    oldest_drains: Vec<(TypeLabels, f64)>,
+    /// Per type, the servers draining longer than their `drainTimeout`.
+    overdue: Vec<(TypeLabels, i64)>,
+}
 
-/// Servers by zone, type, state and version (those being deleted as `Terminating`), and the age
-/// in seconds of each type's oldest drain (`NotInService` constraint) at `now`.
-fn count_servers<'a>(
-    servers: impl Iterator<Item = &'a crate::api::GameServer>,
-    now: Timestamp,
-) -> (Vec<(ServerLabels, i64)>, Vec<DrainAge>) {
+/// Counts `servers` at `now`.
+fn count_servers<'a>(servers: impl Iterator<Item = &'a crate::api::GameServer>, now: Timestamp) -> Counted {
     let (mut counts, mut drains) = (BTreeMap::<ServerLabels, i64>::new(), BTreeMap::<TypeLabels, f64>::new());
+    let mut overdue = BTreeMap::<TypeLabels, i64>::new();
     for gs in servers {
         let label = |key: &str| gs.labels().get(key).cloned().unwrap_or_default();
         let (namespace, zone, r#type) =
@@ -351,11 +393,20 @@ fn count_servers<'a>(
         *counts.entry(key).or_default() += 1;
         if let Some(since) = gs.spec.not_in_service().and_then(|c| c.time_added.as_ref()) {
             let age = now.duration_since(since.0).as_secs_f64().max(0.0);
-            let oldest = drains.entry(TypeLabels { namespace, zone, r#type }).or_default();
+            let labels = TypeLabels { namespace, zone, r#type };
+            if gs.spec.lifecycle.drain_timeout.is_some_and(|t| age > t.duration().as_secs_f64()) {
+                *overdue.entry(labels.clone()).or_default() += 1;
+            }
+            let oldest = drains.entry(labels).or_default();
             *oldest = oldest.max(age);
         }
     }
-    (counts.into_iter().collect(), drains.into_iter().collect())
+    let collect = |m: BTreeMap<_, _>| m.into_iter().collect();
+    Counted {
+        servers: collect(counts),
+        oldest_drains: drains.into_iter().collect(),
+        overdue: overdue.into_iter().collect(),
+    }
 }
 
 /// Per zone: the servers each service type asks for, the phase, and the current migration's state.
@@ -454,12 +505,18 @@ mod tests {
             drained,
             versioned("z-gate-1", "gate", None, "2"),
         ];
-        let (counts, drains) = count_servers(servers.iter(), now);
+        let Counted { servers: counts, oldest_drains: drains, overdue } = count_servers(servers.iter(), now);
+        assert!(overdue.is_empty(), "no drainTimeout, never overdue");
         let seen: Vec<_> =
             counts.iter().map(|(l, n)| (l.r#type.as_str(), l.state.as_str(), l.version.as_str(), *n)).collect();
         assert_eq!(seen, [("game", "Draining", "1", 1), ("game", "Ready", "2", 2), ("gate", "Pending", "2", 1)]);
         assert_eq!(drains.len(), 1);
         assert_eq!((drains[0].0.r#type.as_str(), drains[0].1), ("game", 100.0));
+        // With a drainTimeout shorter than its drain, the server is overdue.
+        let mut late = servers.clone();
+        late[2].spec.lifecycle.drain_timeout = Some(serde_json::from_value(serde_json::json!("60s")).unwrap());
+        let overdue = count_servers(late.iter(), now).overdue;
+        assert_eq!(overdue.iter().map(|(l, n)| (l.r#type.as_str(), *n)).collect::<Vec<_>>(), [("game", 1)]);
     }
 
     #[test]

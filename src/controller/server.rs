@@ -220,6 +220,9 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
         }
         PodStep::Recreate(state, why) => {
             delete_pod().await?;
+            if matches!(state, ServerState::Unhealthy | ServerState::Shutdown) {
+                ctx.metrics.server_restarted(gs, state);
+            }
             report_step(status, state, why);
             return Ok((Some(Duration::from_secs(1)), true));
         }
