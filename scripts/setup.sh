@@ -83,6 +83,9 @@ builds() {
   # Argo CD (application controller, repo server, ApplicationSet controller) and kustomize from
   # their Go modules, for the GitOps flow test: minutes cold, cached by version.
   "$ROOT/tests/argocd/argocd.sh" build
+  # Prometheus and promtool from their Go module (Debian's lacks Kubernetes discovery), for the
+  # monitoring tests: minutes cold, cached by version.
+  "$ROOT/tests/prometheus/prometheus.sh" build
 }
 
 demo_packages() {
