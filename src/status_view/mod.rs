@@ -155,11 +155,11 @@ pub async fn follow(client: &Client, target: &Target) -> anyhow::Result<()> {
         last_text = text;
 
         tokio::select! {
-            _ = &mut interrupted => return Ok(()),
+            _ = &mut interrupted => return stopped(tty),
             _ = tokio::time::sleep(REFRESH) => {}
         }
         let read = tokio::select! {
-            _ = &mut interrupted => return Ok(()),
+            _ = &mut interrupted => return stopped(tty),
             read = snapshot(client, target) => read,
         };
         match read {
@@ -175,6 +175,16 @@ pub async fn follow(client: &Client, target: &Target) -> anyhow::Result<()> {
             Err(e) => notice = Some(format!("cannot read the zone ({e}); retrying every {}s", REFRESH.as_secs())),
         }
     }
+}
+
+/// Ctrl-C ends the watch without a word: the terminal's `^C` echo below the last frame is
+/// erased, so the shell's prompt comes back right under it.
+fn stopped(tty: bool) -> anyhow::Result<()> {
+    if tty {
+        print!("\r\x1b[K");
+        std::io::stdout().flush()?;
+    }
+    Ok(())
 }
 
 /// Keeps a frame within the terminal's rows, so drawing from the top never scrolls it.
