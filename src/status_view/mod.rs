@@ -135,7 +135,8 @@ pub async fn follow(client: &Client, target: &Target) -> anyhow::Result<()> {
         print!("\x1b[?25l\x1b[2J\x1b[H");
     }
     let mut notice = None;
-    let mut last_text = String::new();
+    // Off a terminal a frame is printed when the zone changed, not every second for its ages.
+    let mut printed: Option<(Snapshot, Option<String>)> = None;
     loop {
         let (width, rows) = terminal_size();
         let frame =
@@ -148,11 +149,11 @@ pub async fn follow(client: &Client, target: &Target) -> anyhow::Result<()> {
         if tty {
             // Home, each line then clear to its end, then clear below: no flicker.
             print!("\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"));
-        } else if text != last_text {
+        } else if printed.as_ref() != Some(&(snap.clone(), notice.clone())) {
             println!("{text}");
+            printed = Some((snap.clone(), notice.clone()));
         }
         std::io::stdout().flush()?;
-        last_text = text;
 
         tokio::select! {
             _ = &mut interrupted => return stopped(tty),
