@@ -49,9 +49,10 @@ DEMO_PACKAGES=(git:git openssl:openssl pkg-config:pkg-config curl:curl mariadbd:
 
 packages() {
   # Debian packages: git servers, certificates, Lua for Argo CD health scripts, peers for benches;
-  # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client.
+  # protoc for the agones client crate the SDK tests use, Node.js and npm for its Node client;
+  # tmux, the terminal `gamezone status -w` is tested in.
   local tests=(lua5.4:lua5.4 cmake:cmake rclone:rclone protoc:protobuf-compiler node:nodejs npm:npm
-    redis-server:redis-server)
+    redis-server:redis-server tmux:tmux)
   [ -x /usr/bin/time ] || tests+=(/usr/bin/time:time)
   apt_install "${DEMO_PACKAGES[@]}" "${tests[@]}"
 

@@ -39,9 +39,27 @@ enum Command {
     /// Live edits of a test zone: status, reset, save to git (and `serve`, the share's process).
     #[command(subcommand)]
     Edits(EditsCommand),
+    /// Draw a zone for a person at a terminal: servers by type, version and state, what each
+    /// waits for, the artifact pins, recent Events; `-w` follows it live.
+    Status(StatusArgs),
     /// The artifact registry: `prune` deletes the packed trees and layers no zone uses.
     #[command(subcommand)]
     Registry(RegistryCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The zone.
+    zone: String,
+    /// Its namespace; the kubeconfig's when empty.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Follow the zone live, redrawing every second, until Ctrl-C or the zone is deleted.
+    #[arg(long, short = 'w')]
+    watch: bool,
+    /// Kubeconfig to use; $KUBECONFIG or in-cluster config when empty.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +443,7 @@ impl Cli {
             Command::Sdk(args) => gamezone_sdk::cli::run(args).await,
             Command::Edits(cmd) => edits(cmd).await,
             Command::Registry(RegistryCommand::Prune(args)) => prune(args).await,
+            Command::Status(args) => status(args).await,
         }
     }
 }
@@ -620,6 +639,18 @@ async fn edits(cmd: EditsCommand) -> anyhow::Result<()> {
         EditsCommand::Serve { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let config = gamezone_sdk::cli::kube_config(args.kubeconfig.as_deref()).await?;
+    let namespace = args.namespace.unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config)?;
+    let target = crate::status_view::Target { namespace, zone: args.zone };
+    if args.watch {
+        crate::status_view::follow(&client, &target).await
+    } else {
+        crate::status_view::print_once(&client, &target).await
+    }
 }
 
 fn target_zone(zone: &GameZone) -> String {

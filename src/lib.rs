@@ -14,5 +14,6 @@ pub use error::{Error, Result};
 pub mod controller;
 pub mod edits_api;
 pub use gamezone_sdk as sdk;
+pub mod status_view;
 pub use gamezone_telemetry as telemetry;
 pub mod webhook;

@@ -2,8 +2,8 @@
 //! scoped to the test's namespace: `zones` provisions, converges, restarts and tears zones down,
 //! `lifecycle` keeps players safe through gates, drains, evictions and rollouts, `cordon` moves
 //! 200 servers off a cordoned node, `upgrade` hands a running zone from the previous commit's
-//! operator to this one (both on control planes of their own), and `edits` turns a test zone's
-//! live edits on and off.
+//! operator to this one (both on control planes of their own), `edits` turns a test zone's
+//! live edits on and off, and `status` follows a zone's rollout in a terminal.
 //!
 //! ```sh
 //! cargo test --test zone               # all of them
@@ -15,6 +15,7 @@ mod common;
 mod cordon;
 mod edits;
 mod lifecycle;
+mod status;
 #[path = "../support/mod.rs"]
 mod support;
 mod upgrade;
