@@ -9,11 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{GameServer, GameZone, ServerState, TYPE_LABEL};
-
-/// The label the operator puts on each GameServer with its game image's version. Servers of an
-/// operator from before that label get their version from the image instead.
-pub const VERSION_LABEL: &str = "gamezone.dev/version";
+use crate::api::{GameServer, GameZone, ServerState, TYPE_LABEL, VERSION_LABEL};
+use crate::zone::image_version;
 
 /// One zone at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -283,38 +280,12 @@ fn event(e: &Event) -> EventLine {
     }
 }
 
-/// The version an image reference names: its tag, else the first 12 hex digits of its digest,
-/// else `latest` (what a runtime pulls for a bare name). The operator labels servers with the
-/// same rule; this reads servers it has not labelled.
-pub fn image_version(image: &str) -> String {
-    let (name, digest) = match image.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (image, None),
-    };
-    // A registry's port comes before a '/', a tag after the last one.
-    let last = name.rsplit('/').next().unwrap_or(name);
-    match (last.rsplit_once(':'), digest) {
-        (Some((_, tag)), _) if !tag.is_empty() => tag.to_string(),
-        (_, Some(digest)) => digest.rsplit(':').next().unwrap_or(digest).chars().take(12).collect(),
-        _ => "latest".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{EventSeries, ObjectReference};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use serde_json::json;
-
-    #[test]
-    fn a_version_is_the_tag_else_the_short_digest_else_latest() {
-        assert_eq!(image_version("svc:2"), "2");
-        assert_eq!(image_version("registry.local:5000/team/game:1.4.0"), "1.4.0");
-        assert_eq!(image_version("registry.local:5000/team/game"), "latest");
-        assert_eq!(image_version("game@sha256:0123456789abcdef0123"), "0123456789ab");
-        assert_eq!(image_version("game:1.2@sha256:0123456789abcdef"), "1.2");
-    }
 
     fn gs(name: &str, id: i64, image: &str, labels: serde_json::Value, status: serde_json::Value) -> GameServer {
         serde_json::from_value(json!({
