@@ -197,3 +197,45 @@ async fn bots_scaled_by_end_id_load_the_gateways_and_the_servers_saw_every_reque
     .await;
     ns.finish().await;
 }
+
+/// `scripts/bench-net.sh` in short (one round of 2 s per cell): every cell of seed 003's table
+/// is measured, without errors, and each containerized row is printed as a share of bare.
+#[tokio::test]
+async fn the_network_benchmark_in_short_measures_every_cell_without_errors() {
+    // Its own control plane, but the same two cores: not beside another test's load.
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-net.sh");
+    let work = tempfile::tempdir().unwrap();
+    let results = work.path().join("net.tsv");
+    let out = crate::common::outside_cargo(&script)
+        .env("CARGO_TARGET_DIR", crate::common::target_dir())
+        .env("GAMEZONE_IMAGE_PROFILE", if cfg!(debug_assertions) { "dev" } else { "release" })
+        .env("RUNS", "1")
+        .env("SECS", "2")
+        .env("NET_RESULTS", &results)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run scripts/bench-net.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench-net.sh failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("every cell measured, no errors"), "{stdout}");
+
+    let tsv = std::fs::read_to_string(&results).unwrap();
+    let mut cells = std::collections::BTreeSet::new();
+    for line in tsv.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (rate, errors): (f64, u64) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+        assert!(rate > 0.0 && errors == 0, "{line}");
+        cells.insert((f[0].to_owned(), f[1].to_owned()));
+    }
+    assert_eq!(cells.len(), 12, "4 rows x 3 metrics: {cells:?}");
+    // Each containerized row's line ends its three cells with a share of bare ("0.97x").
+    for row in ["server pod, pod IP", "server pod, host port (DNAT)", "bot pod -> server pod"] {
+        let line = stdout.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row:?}:\n{stdout}"));
+        let shares =
+            line.split_whitespace().filter(|w| w.ends_with('x') && w.trim_end_matches('x').parse::<f64>().is_ok());
+        assert_eq!(shares.count(), 3, "{line}");
+    }
+    assert!(stdout.contains("conntrack entries") && stdout.contains("softirq"), "the node's counters: {stdout}");
+}
