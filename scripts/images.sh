@@ -66,15 +66,21 @@ case $SDK_PROFILE in
   *) die "GAMEZONE_SDK_PROFILE is '$SDK_PROFILE'; use sidecar or $PROFILE" ;;
 esac
 
-# The workspace's binaries in $PROFILE (cargo is a no-op when they are fresh; after
-# `cargo test --workspace` the dev ones are).
+# The workspace's binaries the images named (operator, game-server, samba) need, in $PROFILE
+# (cargo is a no-op when they are fresh; after `cargo test --workspace` the dev ones are). Only
+# those: the network benchmark needs the game server alone, not a cold release build of the rest.
 build_binaries() {
-  local with_sdk=()
-  [ "$SDK_PROFILE" = "$PROFILE" ] && with_sdk=(-p gamezone-sdk --bin gamezone-sdk)
-  say "cargo build --profile $PROFILE (gamezone, gamezone-init, game-server), --profile $SDK_PROFILE (gamezone-sdk) into $CARGO_TARGET_DIR"
-  (cd "$root" && cargo build --profile "$PROFILE" --locked -q -p gamezone --bin gamezone -p gamezone-init \
-    --bin gamezone-init -p game-server --bin game-server "${with_sdk[@]}") >&2
-  if [ "$SDK_PROFILE" != "$PROFILE" ]; then
+  local want=" $* " pkgs=() sdk=0
+  [[ $want == *" operator "* || $want == *" samba "* ]] && pkgs+=(-p gamezone --bin gamezone)
+  [[ $want == *" operator "* ]] && pkgs+=(-p gamezone-init --bin gamezone-init) && sdk=1
+  [[ $want == *" game-server "* ]] && pkgs+=(-p game-server --bin game-server)
+  ((sdk)) && [ "$SDK_PROFILE" = "$PROFILE" ] && pkgs+=(-p gamezone-sdk --bin gamezone-sdk)
+  if ((${#pkgs[@]})); then
+    say "cargo build --profile $PROFILE ${pkgs[*]} into $CARGO_TARGET_DIR"
+    (cd "$root" && cargo build --profile "$PROFILE" --locked -q "${pkgs[@]}") >&2
+  fi
+  if ((sdk)) && [ "$SDK_PROFILE" != "$PROFILE" ]; then
+    say "cargo build --profile $SDK_PROFILE -p gamezone-sdk into $CARGO_TARGET_DIR"
     (cd "$root" && cargo build --profile "$SDK_PROFILE" --locked -q -p gamezone-sdk --bin gamezone-sdk) >&2
   fi
 }
@@ -88,7 +94,7 @@ build_images() {
     case $short in operator | game-server | migrater | git | samba) ;; *) die "no image '$short' (operator, game-server, migrater, git, samba)" ;; esac
   done
   wanted() { [[ " ${want[*]} " == *" $1 "* ]]; }
-  build_binaries
+  build_binaries "${want[@]}"
   local rel="$BIN_DIR" migrate entry git_bin archive
 
   if wanted operator; then
@@ -152,7 +158,7 @@ main() {
   local sub=$1; shift
   case $sub in
     build) build_images "$@" ;;
-    binaries) build_binaries ;;
+    binaries) build_binaries operator game-server ;;
     import)
       [[ $# -ge 1 ]] || die "import needs the control plane's directory: scripts/images.sh import DIR [IMAGE...]"
       local built dir=$1

@@ -38,6 +38,8 @@ const KUSTOMIZATIONS: &[&str] = &[
     "examples/gamezone-repo/overlays/on-prem",
     "examples/gamezone-repo/overlays/cloud",
     "examples/gamezone-repo/zones/zone1",
+    "examples/gamezone-repo/stress/base",
+    "examples/gamezone-repo/stress/cloud",
 ];
 
 // ------------------------------------------------------------------ kubectl
@@ -492,6 +494,19 @@ fn every_kustomization_builds_and_overlays_expose_the_zone() {
     for service in zone["spec"]["services"].as_array().unwrap() {
         assert_eq!(service["nodeSelector"]["gamezone.dev/node-pool"], "game", "{service}");
         assert_eq!(service["tolerations"][0]["effect"], "NoSchedule", "{service}");
+    }
+
+    // The stress zone: bots are a service without ports, on a node pool of their own in the cloud.
+    let stress = kustomize("examples/gamezone-repo/stress/cloud");
+    let zone = find(&stress, "GameZone", "stress");
+    let services = zone["spec"]["services"].as_array().unwrap();
+    let bot = services.iter().find(|s| s["type"] == "bot").expect("a bot service");
+    assert!(bot.get("ports").is_none(), "bots have no ports: {bot}");
+    assert!(bot["endId"].as_i64().unwrap() > bot["id"].as_i64().unwrap(), "bots are a range: {bot}");
+    for service in services {
+        let pool = if service["type"] == "bot" { "bots" } else { "game" };
+        assert_eq!(service["nodeSelector"]["gamezone.dev/node-pool"], pool, "{service}");
+        assert_eq!(service["tolerations"][0]["value"], pool, "{service}");
     }
 }
 

@@ -1,10 +1,12 @@
 # Sourced by the benchmarks on real nodes (scripts/bench-node.sh, scripts/bench-artifacts.sh):
 # their common start. Before sourcing, set ROOT (the repository) and NAME (the log prefix).
 #
-#   node_bench_up NODES      a work dir (WORK), a control plane in it with one KWOK node and
+#   node_bench_up NODES [IMAGE...]
+#                            a work dir (WORK), a control plane in it with one KWOK node and
 #                            NODES real nodes (KC, its kubeconfig; HOST, where pods reach the
-#                            host's loopback), the images (release build, cached by content) in
-#                            every real node; everything stops on exit, with the PIDs in `pids`
+#                            host's loopback), the images (release build, cached by content; all,
+#                            or those named as scripts/images.sh names them) in every real node;
+#                            everything stops on exit, with the PIDs in `pids`
 #   kubectl ARGS...          against that control plane
 #   install_crds             the CRDs, established
 #   random_files DIR N MB PARTS   N files of random bytes, MB in all, in PARTS folders under DIR/maps
@@ -45,7 +47,7 @@ node_bench_up() {
   KC=$("$CP" up "$WORK/cp" --nodes 1 --real-nodes "$1" --watch-pid $$ 2>"$WORK/up.log" | tail -n 1) ||
     { tail -n 20 "$WORK/up.log" >&2; die "cp.sh up failed"; }
   say "images (release build, cached by content) into the node(s)"
-  "$ROOT/scripts/images.sh" import "$WORK/cp" >/dev/null 2>"$WORK/images.log" ||
+  "$ROOT/scripts/images.sh" import "$WORK/cp" "${@:2}" >/dev/null 2>"$WORK/images.log" ||
     { tail -n 20 "$WORK/images.log" >&2; die "images.sh import failed"; }
   HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$WORK/cp/real-nodes.env")
 }

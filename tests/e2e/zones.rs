@@ -75,7 +75,7 @@ pub(crate) async fn wait_running(ns: &Ns, zone: &str) -> Vec<GameServer> {
 }
 
 /// [`wait_running`], for at most `timeout`.
-async fn wait_running_within(ns: &Ns, zone: &str, timeout: Duration) -> Vec<GameServer> {
+pub(crate) async fn wait_running_within(ns: &Ns, zone: &str, timeout: Duration) -> Vec<GameServer> {
     let zones: Api<GameZone> = ns.api();
     let servers: Api<GameServer> = ns.api();
     let pods: Api<Pod> = ns.api();

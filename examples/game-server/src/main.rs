@@ -1,11 +1,14 @@
-//! `game-server <type> <id> [args…]`: an example game process for GameZone (see README.md).
+//! `game-server <type> <id> [args…]`: an example game process for GameZone (see README.md);
+//! type `bot` runs a load-test bot instead (`src/bot.rs`).
 
 mod artifacts;
+mod bot;
 mod ports;
 mod protocol;
 mod sdk;
 mod server;
 mod settings;
+mod tally;
 mod topology;
 
 use std::collections::BTreeMap;
@@ -35,6 +38,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if settings.identity.type_ == bot::BOT_TYPE {
+        let config = match bot::BotConfig::parse(&settings.extra_args) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start");
+                return ExitCode::from(2);
+            }
+        };
+        return match bot::run(settings, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "bot failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match server::run(settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,6 +14,8 @@ pub enum Request {
         /// Port name; the peer's first TCP port when absent.
         port: Option<String>,
     },
+    /// `stats`: how many requests of each kind this server has answered (itself not counted).
+    Stats,
 }
 
 /// Parses one request; surrounding whitespace (the line's `\n`, a `\r`) is ignored.
@@ -22,14 +24,23 @@ pub fn parse(text: &str) -> Result<Request, String> {
     let request = match words.next() {
         Some("hello") => Request::Hello,
         Some("peers") => Request::Peers,
+        Some("stats") => Request::Stats,
         Some("ping") => {
             let peer = words.next().ok_or("ping needs a peer: `ping PEER [PORT]`")?;
             Request::Ping { peer: peer.to_owned(), port: words.next().map(str::to_owned) }
         }
-        _ => return Err(format!("unknown request {:?}; send `hello`, `peers` or `ping PEER [PORT]`", text.trim())),
+        _ => {
+            return Err(format!(
+                "unknown request {:?}; send `hello`, `peers`, `ping PEER [PORT]` or `stats`",
+                text.trim()
+            ));
+        }
     };
     if words.next().is_some() {
-        return Err(format!("too many words in {:?}; send `hello`, `peers` or `ping PEER [PORT]`", text.trim()));
+        return Err(format!(
+            "too many words in {:?}; send `hello`, `peers`, `ping PEER [PORT]` or `stats`",
+            text.trim()
+        ));
     }
     Ok(request)
 }
@@ -43,6 +54,7 @@ mod tests {
         assert_eq!(parse("hello\n"), Ok(Request::Hello));
         assert_eq!(parse("hello\r\n"), Ok(Request::Hello));
         assert_eq!(parse(" peers "), Ok(Request::Peers));
+        assert_eq!(parse("stats\n"), Ok(Request::Stats));
         assert_eq!(parse("ping z-game-2"), Ok(Request::Ping { peer: "z-game-2".into(), port: None }));
         assert_eq!(
             parse("ping z-game-2 admin\n"),

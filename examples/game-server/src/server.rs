@@ -2,6 +2,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +44,28 @@ struct Ctx {
     extra_args: Vec<String>,
     topology: PathBuf,
     snapshot: RwLock<Snapshot>,
+    served: Served,
+}
+
+/// What this server has answered since it started, by request: the `stats` answer, and the
+/// count a load test checks its bots' figures against.
+#[derive(Default)]
+struct Served {
+    hello: AtomicU64,
+    peers: AtomicU64,
+    ping: AtomicU64,
+    /// Requests answered with an error because they could not be parsed.
+    bad: AtomicU64,
+    /// TCP connections accepted.
+    connections: AtomicU64,
+}
+
+impl Served {
+    fn json(&self) -> Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({"hello": n(&self.hello), "peers": n(&self.peers), "ping": n(&self.ping), "bad": n(&self.bad),
+            "connections": n(&self.connections)})
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then closes every socket and returns.
@@ -84,6 +107,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         extra_args: settings.extra_args.clone(),
         topology: settings.topology.clone(),
         snapshot: RwLock::new(snapshot),
+        served: Served::default(),
     });
 
     let mut tasks = JoinSet::new();
@@ -121,7 +145,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     tracing::info!(signal, "shutting down");
     // Aborting the tasks drops their sockets and their connections' tasks.
     tasks.shutdown().await;
-    tracing::info!(ports = ?listening, "listeners closed; exiting");
+    tracing::info!(ports = ?listening, served = %ctx.served.json(), "listeners closed; exiting");
     Ok(())
 }
 
@@ -175,6 +199,7 @@ async fn serve_tcp(ctx: Arc<Ctx>, via: Via, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, from)) => {
                 tracing::debug!(%from, port = %via.name, "connection");
+                ctx.served.connections.fetch_add(1, Ordering::Relaxed);
                 conns.spawn(serve_conn(ctx.clone(), via.clone(), stream));
             }
             Err(e) => {
@@ -246,11 +271,25 @@ fn line_of(v: &Value) -> String {
 
 /// The JSON line answering one request.
 async fn answer(ctx: &Ctx, text: &str, via: &Via) -> String {
+    let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
     let v = match protocol::parse(text) {
-        Ok(Request::Hello) => ctx.hello(via),
-        Ok(Request::Peers) => ctx.peers(),
-        Ok(Request::Ping { peer, port }) => ctx.ping(&peer, port.as_deref()).await,
-        Err(e) => json!({"error": e}),
+        Ok(Request::Hello) => {
+            count(&ctx.served.hello);
+            ctx.hello(via)
+        }
+        Ok(Request::Peers) => {
+            count(&ctx.served.peers);
+            ctx.peers()
+        }
+        Ok(Request::Ping { peer, port }) => {
+            count(&ctx.served.ping);
+            ctx.ping(&peer, port.as_deref()).await
+        }
+        Ok(Request::Stats) => json!({"instance": ctx.identity.instance, "served": ctx.served.json()}),
+        Err(e) => {
+            count(&ctx.served.bad);
+            json!({"error": e})
+        }
     };
     line_of(&v)
 }
