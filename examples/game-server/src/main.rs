@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod bot;
+mod http;
 mod ports;
 mod protocol;
 mod sdk;

@@ -58,6 +58,10 @@ struct Served {
     bad: AtomicU64,
     /// TCP connections accepted.
     connections: AtomicU64,
+    /// TCP sessions open now: the players on this server.
+    open: AtomicU64,
+    /// Game loop ticks.
+    ticks: AtomicU64,
 }
 
 impl Served {
@@ -65,6 +69,55 @@ impl Served {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({"hello": n(&self.hello), "peers": n(&self.peers), "ping": n(&self.ping), "bad": n(&self.bad),
             "connections": n(&self.connections)})
+    }
+
+    /// The Prometheus text of what was served.
+    fn prometheus(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::from(
+            "# HELP game_requests_total Requests answered, by request.\n# TYPE game_requests_total counter\n",
+        );
+        for (request, c) in [("hello", &self.hello), ("peers", &self.peers), ("ping", &self.ping), ("bad", &self.bad)] {
+            out.push_str(&format!("game_requests_total{{request=\"{request}\"}} {}\n", n(c)));
+        }
+        out.push_str(&format!(
+            "# HELP game_connections_total TCP connections accepted.\n# TYPE game_connections_total counter\ngame_connections_total {}\n",
+            n(&self.connections)
+        ));
+        out.push_str(&format!(
+            "# HELP game_players Players connected now (open TCP sessions).\n# TYPE game_players gauge\ngame_players {}\n",
+            n(&self.open)
+        ));
+        out.push_str(&format!(
+            "# HELP game_ticks_total Game loop ticks (10 a second).\n# TYPE game_ticks_total counter\ngame_ticks_total {}\n",
+            n(&self.ticks)
+        ));
+        out
+    }
+}
+
+/// One open session, counted while it lives.
+struct Player<'a>(&'a AtomicU64);
+
+impl<'a> Player<'a> {
+    fn joins(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Player(open)
+    }
+}
+
+impl Drop for Player<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The game loop: here it only counts its ticks.
+async fn tick(ctx: Arc<Ctx>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        ctx.served.ticks.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -133,6 +186,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     tracing::info!(ports = ?listening, "listening");
     tasks.spawn(watch(ctx.clone(), artifacts));
+    tasks.spawn(tick(ctx.clone()));
+    if let Some(addr) = settings.metrics {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("metrics: listen on {addr}"))?;
+        let served = ctx.clone();
+        let page =
+            move |path: &str| (path == "/metrics").then(|| (crate::http::PROMETHEUS_TEXT, served.served.prometheus()));
+        tasks.spawn(crate::http::serve(listener, "/metrics", page));
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     if let Some(port) = settings.sdk_http_port {
         // After the listeners: Ready means players can connect.
         tasks.spawn(crate::sdk::run(port, crate::sdk::HEALTH_EVERY));
@@ -212,6 +274,7 @@ async fn serve_tcp(ctx: Arc<Ctx>, via: Via, listener: TcpListener) {
 }
 
 async fn serve_conn(ctx: Arc<Ctx>, via: Via, stream: TcpStream) {
+    let _player = Player::joins(&ctx.served.open);
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     loop {
@@ -359,5 +422,25 @@ impl Ctx {
             .await
             .map_err(|_| format!("no answer from {address} within {} s", PING_TIMEOUT.as_secs()))??;
         Ok(json!({"ping": peer, "port": p.name, "address": address, "hello": hello}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_count_requests_by_kind_and_players_while_their_sessions_last() {
+        let served = Served::default();
+        served.hello.fetch_add(3, Ordering::Relaxed);
+        let text = {
+            let _one = Player::joins(&served.open);
+            let _two = Player::joins(&served.open);
+            served.prometheus()
+        };
+        assert!(text.contains("game_requests_total{request=\"hello\"} 3\n"), "{text}");
+        assert!(text.contains("game_requests_total{request=\"bad\"} 0\n"), "{text}");
+        assert!(text.contains("# TYPE game_players gauge\ngame_players 2\n"), "{text}");
+        assert!(served.prometheus().contains("game_players 0\n"), "the sessions ended");
     }
 }

@@ -56,7 +56,13 @@ pub struct Settings {
     pub ports: Vec<(String, u16)>,
     /// The SDK sidecar's REST port on loopback (`GAMEZONE_SDK_HTTP_PORT`), when the pod has one.
     pub sdk_http_port: Option<u16>,
+    /// Where the server serves its Prometheus metrics (`GAME_METRICS_ADDR`, [`DEFAULT_METRICS`]
+    /// unless set; `off`: nowhere). A zone declares the port as its service type's `metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
+
+/// Where a game server serves `/metrics` unless `GAME_METRICS_ADDR` says otherwise.
+pub const DEFAULT_METRICS: &str = "0.0.0.0:9100";
 
 impl Settings {
     /// Reads settings from the environment and the process arguments (without the program name).
@@ -116,6 +122,11 @@ impl Settings {
             })
             .transpose()?;
 
+        let metrics = match non_empty(env, "GAME_METRICS_ADDR").as_deref().unwrap_or(DEFAULT_METRICS).trim() {
+            "off" => None,
+            addr => Some(addr.parse().with_context(|| format!("GAME_METRICS_ADDR={addr:?} is not IP:PORT or off"))?),
+        };
+
         let pick = |flag: &str, var: &str| flags.get(flag).cloned().or_else(|| non_empty(env, var));
         Ok(Settings {
             identity,
@@ -126,6 +137,7 @@ impl Settings {
             config: pick("--config", "GAMEZONE_CONFIG").unwrap_or_else(|| DEFAULT_CONFIG.into()),
             ports,
             sdk_http_port,
+            metrics,
         })
     }
 }
@@ -209,6 +221,20 @@ mod tests {
         assert_eq!(s.artifacts, PathBuf::from(DEFAULT_ARTIFACTS));
         assert_eq!(s.config, DEFAULT_CONFIG);
         assert_eq!(s.state, None);
+        assert_eq!(s.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
+    }
+
+    #[test]
+    fn the_metrics_address_is_set_or_turned_off_and_a_bad_one_is_named() {
+        let with = |addr: &str| {
+            let mut e = env(BASE);
+            e.insert("GAME_METRICS_ADDR".into(), addr.into());
+            Settings::parse(&e, &args(&["game", "1"]))
+        };
+        assert_eq!(with("127.0.0.1:9200").unwrap().metrics, Some("127.0.0.1:9200".parse().unwrap()));
+        assert_eq!(with("off").unwrap().metrics, None);
+        let err = format!("{:#}", with("9200").unwrap_err());
+        assert!(err.contains("GAME_METRICS_ADDR=\"9200\" is not IP:PORT or off"), "{err}");
     }
 
     #[test]
