@@ -56,13 +56,11 @@ pub struct Settings {
     pub ports: Vec<(String, u16)>,
     /// The SDK sidecar's REST port on loopback (`GAMEZONE_SDK_HTTP_PORT`), when the pod has one.
     pub sdk_http_port: Option<u16>,
-    /// Where the server serves its Prometheus metrics (`GAME_METRICS_ADDR`, [`DEFAULT_METRICS`]
-    /// unless set; `off`: nowhere). A zone declares the port as its service type's `metrics`.
+    /// Where the server serves its Prometheus metrics: `GAME_METRICS_ADDR` (`off`: nowhere), else
+    /// every address on the port its zone declares (`GAMEZONE_METRICS_PORT`, set by the operator
+    /// from the service type's `metrics`), else nowhere.
     pub metrics: Option<std::net::SocketAddr>,
 }
-
-/// Where a game server serves `/metrics` unless `GAME_METRICS_ADDR` says otherwise.
-pub const DEFAULT_METRICS: &str = "0.0.0.0:9100";
 
 impl Settings {
     /// Reads settings from the environment and the process arguments (without the program name).
@@ -122,9 +120,18 @@ impl Settings {
             })
             .transpose()?;
 
-        let metrics = match non_empty(env, "GAME_METRICS_ADDR").as_deref().unwrap_or(DEFAULT_METRICS).trim() {
-            "off" => None,
-            addr => Some(addr.parse().with_context(|| format!("GAME_METRICS_ADDR={addr:?} is not IP:PORT or off"))?),
+        let metrics = match (non_empty(env, "GAME_METRICS_ADDR"), non_empty(env, "GAMEZONE_METRICS_PORT")) {
+            (Some(addr), _) if addr.trim() == "off" => None,
+            (Some(addr), _) => {
+                Some(addr.trim().parse().with_context(|| format!("GAME_METRICS_ADDR={addr:?} is not IP:PORT or off"))?)
+            }
+            (None, Some(port)) => {
+                let port = port.trim().parse::<u16>().ok().filter(|p| *p != 0).with_context(|| {
+                    format!("GAMEZONE_METRICS_PORT={port:?} is not a port number (1-65535); it should be set by the operator")
+                })?;
+                Some(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))
+            }
+            (None, None) => None,
         };
 
         let pick = |flag: &str, var: &str| flags.get(flag).cloned().or_else(|| non_empty(env, var));
@@ -221,7 +228,7 @@ mod tests {
         assert_eq!(s.artifacts, PathBuf::from(DEFAULT_ARTIFACTS));
         assert_eq!(s.config, DEFAULT_CONFIG);
         assert_eq!(s.state, None);
-        assert_eq!(s.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
+        assert_eq!(s.metrics, None, "no metrics unless asked");
     }
 
     #[test]
@@ -232,6 +239,10 @@ mod tests {
             Settings::parse(&e, &args(&["game", "1"]))
         };
         assert_eq!(with("127.0.0.1:9200").unwrap().metrics, Some("127.0.0.1:9200".parse().unwrap()));
+        let mut declared = env(BASE);
+        declared.insert("GAMEZONE_METRICS_PORT".into(), "9100".into());
+        let s = Settings::parse(&declared, &args(&["game", "1"])).unwrap();
+        assert_eq!(s.metrics, Some("0.0.0.0:9100".parse().unwrap()), "the zone's port");
         assert_eq!(with("off").unwrap().metrics, None);
         let err = format!("{:#}", with("9200").unwrap_err());
         assert!(err.contains("GAME_METRICS_ADDR=\"9200\" is not IP:PORT or off"), "{err}");

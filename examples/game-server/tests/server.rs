@@ -529,3 +529,35 @@ fn with_an_sdk_sidecar_the_server_says_ready_once_listening_and_keeps_it_healthy
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn metrics_on_the_declared_port_count_what_the_server_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Volume::new();
+    let (game, metrics) = (free_port(), free_port());
+    let topology = write_topology(
+        dir.path(),
+        vec![instance("zone1-game-1", "game", 1, json!([port("game", game, game, "TCP", "None")]))],
+    );
+    let mut env = base_env("game", 1, &topology, volume.path());
+    env.extend([("GAMEZONE_PORT_GAME", game.to_string()), ("GAMEZONE_METRICS_PORT", metrics.to_string())]);
+    let _server = Server::start(&env, &["game", "1"]);
+    // A session held open while two hellos are answered: one player, two requests.
+    let mut session = TcpStream::connect((Ipv4Addr::LOCALHOST, game)).unwrap();
+    session.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(session.try_clone().unwrap());
+    for _ in 0..2 {
+        session.write_all(b"hello\n").unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+    }
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{metrics}/metrics"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("game_requests_total{request=\"hello\"} 2\n"), "{text}");
+    assert!(text.contains("game_players 1\n"), "{text}");
+    assert!(text.contains("game_ticks_total "), "{text}");
+}

@@ -752,9 +752,14 @@ pub fn server_template(
     })
 }
 
-/// Publishes the game's metrics endpoint `m` on `game` as the named port a PodMonitor selects,
-/// and returns the annotations a bare Prometheus's `kubernetes_sd` relabeling reads.
+/// The env var that tells the game the port its zone declares for its metrics.
+pub const METRICS_PORT_ENV: &str = "GAMEZONE_METRICS_PORT";
+
+/// Publishes the game's metrics endpoint `m` on `game` as the named port a PodMonitor selects
+/// (and tells the game its number), and returns the annotations a bare Prometheus's
+/// `kubernetes_sd` relabeling reads.
 fn publish_metrics(game: &mut Container, m: &GameMetrics) -> BTreeMap<String, String> {
+    game.env.get_or_insert_with(Vec::new).push(env(METRICS_PORT_ENV, m.port.to_string()));
     game.ports.get_or_insert_with(Vec::new).push(ContainerPort {
         name: Some(METRICS_PORT_NAME.into()),
         container_port: m.port,

@@ -79,6 +79,8 @@ fn a_game_s_metrics_port_is_published_and_marked_for_scraping() {
     );
     let ports = template.spec.as_ref().unwrap().containers[0].ports.clone().unwrap();
     assert_eq!((ports[0].name.as_deref(), ports[0].container_port, ports[0].host_port), (Some("metrics"), 9100, None));
+    let env = template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == METRICS_PORT_ENV && e.value.as_deref() == Some("9100")), "{env:?}");
     let clash = validate(&metrics(json!({"port": 7777}))).unwrap_err().to_string();
     assert!(clash.contains("spec.services[0].metrics") && clash.contains("\"client\""), "{clash}");
     let relative = validate(&metrics(json!({"port": 9100, "path": "metrics"}))).unwrap_err().to_string();
