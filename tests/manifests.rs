@@ -796,3 +796,39 @@ async fn zone_from_create_to_delete(kubectl: &KubectlDir, op: &Operator, ns: &st
     let denied: Vec<&str> = log.lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).collect();
     assert!(denied.is_empty(), "deploy/rbac.yaml denied the operator:\n{}", denied.join("\n"));
 }
+
+// ------------------------------------------------------------------ monitoring
+
+/// `promtool` as `tests/prometheus/prometheus.sh` built it (Debian's cannot read the scrape
+/// configuration: it is built without Kubernetes discovery).
+fn promtool() -> PathBuf {
+    let script = root().join("tests/prometheus/prometheus.sh");
+    let out = Command::new(&script).arg("bin").output().expect("run prometheus.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("promtool")
+}
+
+#[test]
+fn the_monitoring_files_pass_promtool_and_each_alert_fires_for_what_it_is_about() {
+    let dir = example().join("monitoring");
+    for args in [&["check", "config", "prometheus.yml"][..], &["test", "rules", "rules_test.yml"][..]] {
+        let out = Command::new(promtool()).args(args).current_dir(&dir).output().expect("run promtool");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {args:?}:\n{said}");
+    }
+    // Every alert has a test.
+    let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("rules_test.yml")).unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(tests.contains(&format!("alertname: {alert}")), "rules_test.yml does not test {alert}");
+    }
+    // The dashboard is Grafana JSON whose every panel has a query.
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("dashboard.json")).unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            !targets.is_empty() && targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())),
+            "{panel}"
+        );
+    }
+}

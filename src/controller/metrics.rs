@@ -391,13 +391,16 @@ fn count_servers<'a>(servers: impl Iterator<Item = &'a crate::api::GameServer>, 
             artifacts,
         };
         *counts.entry(key).or_default() += 1;
+        // Every type with servers has both drain series, 0 without drains: a panel or a rule
+        // over them has data, and "no drain" is told from "no such type".
+        let labels = TypeLabels { namespace, zone, r#type };
+        let oldest = drains.entry(labels.clone()).or_default();
+        let late = overdue.entry(labels).or_default();
         if let Some(since) = gs.spec.not_in_service().and_then(|c| c.time_added.as_ref()) {
             let age = now.duration_since(since.0).as_secs_f64().max(0.0);
-            let labels = TypeLabels { namespace, zone, r#type };
             if gs.spec.lifecycle.drain_timeout.is_some_and(|t| age > t.duration().as_secs_f64()) {
-                *overdue.entry(labels.clone()).or_default() += 1;
+                *late += 1;
             }
-            let oldest = drains.entry(labels).or_default();
             *oldest = oldest.max(age);
         }
     }
@@ -506,17 +509,20 @@ mod tests {
             versioned("z-gate-1", "gate", None, "2"),
         ];
         let Counted { servers: counts, oldest_drains: drains, overdue } = count_servers(servers.iter(), now);
-        assert!(overdue.is_empty(), "no drainTimeout, never overdue");
+        assert!(overdue.iter().all(|(_, n)| *n == 0), "no drainTimeout, never overdue: {overdue:?}");
         let seen: Vec<_> =
             counts.iter().map(|(l, n)| (l.r#type.as_str(), l.state.as_str(), l.version.as_str(), *n)).collect();
         assert_eq!(seen, [("game", "Draining", "1", 1), ("game", "Ready", "2", 2), ("gate", "Pending", "2", 1)]);
-        assert_eq!(drains.len(), 1);
-        assert_eq!((drains[0].0.r#type.as_str(), drains[0].1), ("game", 100.0));
+        let ages: Vec<_> = drains.iter().map(|(l, age)| (l.r#type.as_str(), *age)).collect();
+        assert_eq!(ages, [("game", 100.0), ("gate", 0.0)], "a type without drains shows 0");
         // With a drainTimeout shorter than its drain, the server is overdue.
         let mut late = servers.clone();
         late[2].spec.lifecycle.drain_timeout = Some(serde_json::from_value(serde_json::json!("60s")).unwrap());
         let overdue = count_servers(late.iter(), now).overdue;
-        assert_eq!(overdue.iter().map(|(l, n)| (l.r#type.as_str(), *n)).collect::<Vec<_>>(), [("game", 1)]);
+        assert_eq!(
+            overdue.iter().map(|(l, n)| (l.r#type.as_str(), *n)).collect::<Vec<_>>(),
+            [("game", 1), ("gate", 0)]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Whole zones on a real node, end to end (root only): `zones` runs the operator, real git and
 //! S3 servers and the example game server; `drains` holds players' sessions through node drains,
 //! scale-downs and rolling updates; `edits` changes a test zone's files over SMB; `stress` loads a
-//! zone with bots scaled by `endId` and checks what they report against what the servers saw.
+//! zone with bots scaled by `endId` and checks what they report against what the servers saw;
+//! `monitoring` has a real Prometheus scrape the operator and the games by version.
 //!
 //! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
 //! --real-nodes 1`), started by this binary and stopped when it exits, unless
@@ -19,6 +20,7 @@ mod cluster;
 mod common;
 mod drains;
 mod edits;
+mod monitoring;
 mod servers;
 mod stress;
 #[path = "../support/mod.rs"]
