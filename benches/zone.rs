@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use gamezone::api::*;
-use host::{env_or, load_average};
+use host::{cpu_secs, env_or, load_average, rss_mib};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -126,16 +126,6 @@ fn pod_ready(p: &Pod) -> bool {
 
 fn server_ready(g: &GameServer) -> bool {
     g.status.as_ref().and_then(|s| s.state) == Some(ServerState::Ready)
-}
-
-/// CPU seconds (user + system) `pid` has used so far; 0 once it is gone.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 /// CPU seconds used so far by each process of `procs`.
@@ -582,21 +572,6 @@ async fn ready(http: std::net::SocketAddr) -> bool {
 fn free_loopback() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("its address")
-}
-
-/// Resident memory of `pid` in MiB: now (VmRSS) and its peak so far (VmHWM).
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(0.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// How close two runs' pooled ratios should be: the default rounds are enough when the 95%

@@ -204,6 +204,10 @@ struct RunArgs {
     /// kubelet confirms it. The node lifecycle controller first waits its own grace (about 50 s).
     #[arg(long, default_value_t = 60, env = "GAMEZONE_NODE_NOT_READY_GRACE")]
     node_not_ready_grace: u64,
+    /// Serve the zone metrics (servers by zone, type, state and version; drains; migrations ...)
+    /// at /metrics beside the controller's own; `false` leaves only the latter.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GAMEZONE_ZONE_METRICS")]
+    zone_metrics: bool,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -515,6 +519,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             deletion_drain_limit: Duration::from_secs(args.tenancy.deletion_drain_limit),
             min_artifacts_interval: Duration::from_secs(args.fetch.min_artifacts_interval),
             node_not_ready_grace: Duration::from_secs(args.node_not_ready_grace),
+            zone_metrics: args.zone_metrics,
             namespace: args.namespace,
             concurrency: args.concurrency,
             http_addr: args.http_addr,

@@ -165,12 +165,21 @@ pub struct Metrics {
     pub restarts: Family<RestartLabels, Counter>,
     /// The zones the zone controller's watch holds, once it exists.
     zones: OnceLock<Store<crate::api::GameZone>>,
+    /// Whether the zone series are counted and served.
+    zone_metrics: bool,
     gauges: ZoneGauges,
     registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Metrics {
+    /// The controller's metrics, and the zone metrics when `zones` (`--zone-metrics`).
+    pub fn new(zones: bool) -> Self {
         let mut registry = Registry::with_prefix("gamezone");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -191,33 +200,43 @@ impl Default for Metrics {
         });
         let (migrations, repins, restarts) = (Family::default(), Family::default(), Family::default());
         let gauges = ZoneGauges::default();
-        registry.register(
-            "server_ready_duration_seconds",
-            "Seconds from a server's pod creation to its first Ready",
-            ready_durations.clone(),
-        );
-        registry.register("zone_migrations", "Migrations that ended, by outcome", migrations.clone());
-        registry.register("zone_artifact_repins", "Times a zone's artifacts were pinned anew", repins.clone());
-        registry.register("servers", "Servers by zone, service type, state and version", gauges.servers.clone());
-        registry.register("servers_desired", "Servers a zone's spec asks for, by service type", gauges.desired.clone());
-        registry.register(
-            "drain_oldest_seconds",
-            "Seconds the longest drain of a service type has waited",
-            gauges.drain_oldest.clone(),
-        );
-        registry.register(
-            "drains_overdue",
-            "Servers still draining past their drainTimeout (the operator should have deleted them)",
-            gauges.drains_overdue.clone(),
-        );
-        registry.register("server_restarts", "Pods made again because their game ended or failed", restarts.clone());
-        registry.register("zone_phase", "A zone's phase (1 for the current one)", gauges.phase.clone());
-        registry.register(
-            "zone_migration",
-            "The state of a zone's current migration (1 for the current one)",
-            gauges.migration.clone(),
-        );
-        let (servers, zones) = (OnceLock::new(), OnceLock::new());
+        if zones {
+            registry.register(
+                "server_ready_duration_seconds",
+                "Seconds from a server's pod creation to its first Ready",
+                ready_durations.clone(),
+            );
+            registry.register("zone_migrations", "Migrations that ended, by outcome", migrations.clone());
+            registry.register("zone_artifact_repins", "Times a zone's artifacts were pinned anew", repins.clone());
+            registry.register("servers", "Servers by zone, service type, state and version", gauges.servers.clone());
+            registry.register(
+                "servers_desired",
+                "Servers a zone's spec asks for, by service type",
+                gauges.desired.clone(),
+            );
+            registry.register(
+                "drain_oldest_seconds",
+                "Seconds the longest drain of a service type has waited",
+                gauges.drain_oldest.clone(),
+            );
+            registry.register(
+                "drains_overdue",
+                "Servers still draining past their drainTimeout (the operator should have deleted them)",
+                gauges.drains_overdue.clone(),
+            );
+            registry.register(
+                "server_restarts",
+                "Pods made again because their game ended or failed",
+                restarts.clone(),
+            );
+            registry.register("zone_phase", "A zone's phase (1 for the current one)", gauges.phase.clone());
+            registry.register(
+                "zone_migration",
+                "The state of a zone's current migration (1 for the current one)",
+                gauges.migration.clone(),
+            );
+        }
+        let (servers, zone_store) = (OnceLock::new(), OnceLock::new());
         Self {
             reconciles,
             errors,
@@ -230,7 +249,8 @@ impl Default for Metrics {
             repins,
             restarts,
             servers,
-            zones,
+            zones: zone_store,
+            zone_metrics: zones,
             gauges,
             registry,
         }
@@ -276,6 +296,9 @@ impl Metrics {
 
     /// Counts what a zone's status change says happened: a migration that ended, new pins.
     pub fn zone_changed(&self, zone: &crate::api::GameZone, before: &GameZoneStatus, after: &GameZoneStatus) {
+        if !self.zone_metrics {
+            return;
+        }
         let (namespace, name) = (zone.namespace().unwrap_or_default(), zone.name_any());
         let ended = |s: &GameZoneStatus| {
             s.migration.as_ref().filter(|m| m.state != JobState::Running).map(|m| (m.inputs_hash.clone(), m.state))
@@ -298,6 +321,9 @@ impl Metrics {
 
     /// Counts a pod made again, its server showing `state` meanwhile.
     pub fn server_restarted(&self, gs: &crate::api::GameServer, state: crate::api::ServerState) {
+        if !self.zone_metrics {
+            return;
+        }
         let labels = RestartLabels {
             namespace: gs.namespace().unwrap_or_default(),
             zone: gs.spec.zone.clone(),
@@ -309,6 +335,9 @@ impl Metrics {
 
     /// Records a server's first Ready, `seconds` after its pod was created.
     pub fn server_ready(&self, gs: &crate::api::GameServer, seconds: f64) {
+        if !self.zone_metrics {
+            return;
+        }
         let labels = TypeLabels {
             namespace: gs.namespace().unwrap_or_default(),
             zone: gs.spec.zone.clone(),
@@ -324,6 +353,9 @@ impl Metrics {
             let state = servers.state();
             let live = state.iter().filter(|s| s.meta().deletion_timestamp.is_none()).count();
             self.managed.get_or_create(&KindLabels { kind: "GameServer" }).set(live as i64);
+        }
+        if let Some(servers) = self.servers.get().filter(|_| self.zone_metrics) {
+            let state = servers.state();
             let counted = count_servers(state.iter().map(|s| s.without_template()), now);
             set_all(&self.gauges.servers, counted.servers);
             set_all(&self.gauges.drains_overdue, counted.overdue);
@@ -332,7 +364,7 @@ impl Metrics {
                 self.gauges.drain_oldest.get_or_create(&labels).set(seconds);
             }
         }
-        if let Some(zones) = self.zones.get() {
+        if let Some(zones) = self.zones.get().filter(|_| self.zone_metrics) {
             let zones = zones.state();
             let (desired, phases, migrations) = count_zones(zones.iter().map(|z| z.as_ref()));
             set_all(&self.gauges.desired, desired);

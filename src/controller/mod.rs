@@ -72,6 +72,8 @@ pub struct Config {
     pub min_artifacts_interval: Duration,
     /// How long a node may be not Ready before its servers move off it.
     pub node_not_ready_grace: Duration,
+    /// Serve the zone metrics (servers by state and version ...) beside the controller's own.
+    pub zone_metrics: bool,
 }
 
 /// What a reconcile needs.
@@ -151,7 +153,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // Ready means the same for every replica (see `http`): a follower once it has seen the
     // Lease held, the leader once its caches are loaded; both with the webhook's certificate.
     let ready = Arc::new(http::Readiness::default());
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.zone_metrics));
     let http = tokio::spawn(http::serve(config.http_addr, metrics.clone(), ready.clone()));
 
     // Every replica serves the webhook; only the leader writes its Secret and configuration.

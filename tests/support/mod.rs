@@ -62,6 +62,11 @@ impl Operator {
     }
 
     /// SIGKILL, as a crashed or evicted operator would go.
+    /// The operator's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
