@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -447,7 +447,30 @@ pub fn build_pod(gs: &GameServer, allocations: &[crate::ports::Allocation], hash
     for c in &mut spec.containers {
         c.env.get_or_insert_with(Vec::new).extend(env.iter().cloned());
     }
+    tolerate_node_loss(&mut spec);
     Ok(Pod { metadata, spec: Some(spec), status: None })
+}
+
+/// The taints the node lifecycle controller puts on a node it stops hearing from.
+pub const NODE_LOSS_TAINTS: [&str; 2] = ["node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"];
+
+/// Lets a server's pod stay on a node that went NotReady for as long as the operator keeps it
+/// there: without this, the taint manager deletes it after 300 s (the tolerations the API server
+/// adds by default), players or not, and the operator drains such a node by the gates itself
+/// (`--node-not-ready-grace`). Outside the template, so an upgrade restarts no pod; tolerations
+/// the template has for these taints are kept as they are.
+fn tolerate_node_loss(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in NODE_LOSS_TAINTS {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -748,6 +771,11 @@ mod tests {
         assert!(marks_differ(&pod, &held));
         mark_eviction(&mut pod.metadata, false);
         assert!(!marks_differ(&pod, &held));
+        // The node lifecycle controller's taints are tolerated for as long as the operator keeps the pod.
+        let tolerated: Vec<_> =
+            pod.spec.as_ref().unwrap().tolerations.iter().flatten().map(|t| t.key.clone()).collect();
+        assert!(NODE_LOSS_TAINTS.iter().all(|k| tolerated.contains(&Some(k.to_string()))), "{tolerated:?}");
+        assert!(pod.spec.as_ref().unwrap().tolerations.iter().flatten().all(|t| t.toleration_seconds.is_none()));
         // A pod made before the version labels (an operator upgrade) gets them outside its template.
         pod.labels_mut().remove(VERSION_LABEL);
         assert!(marks_differ(&pod, &held));
