@@ -407,6 +407,14 @@ fn drained(live: &GameServer, metadata_from: &GameServer, why: &str, now: Timest
     let from = &metadata_from.metadata;
     gs.metadata.namespace = from.namespace.clone();
     gs.metadata.labels = from.labels.clone();
+    // The version it runs is its live spec's, not the one it will be updated to.
+    let labels = gs.metadata.labels.get_or_insert_with(Default::default);
+    for key in VERSION_LABELS {
+        match live.labels().get(key) {
+            Some(v) => labels.insert(key.to_string(), v.clone()),
+            None => labels.remove(key),
+        };
+    }
     gs.metadata.owner_references = from.owner_references.clone();
     gs.spec.constraints.retain(|c| c.type_ != NOT_IN_SERVICE);
     gs.spec.constraints.push(Constraint {

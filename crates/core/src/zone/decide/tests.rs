@@ -331,6 +331,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     for g in &mut new {
         g.spec.template.spec.as_mut().unwrap().containers[0].image = Some("svc:2".into());
         g.spec.lifecycle.deletable_gates = vec!["NoPlayers".into()];
+        g.labels_mut().insert(VERSION_LABEL.into(), "2".into());
     }
     let two = BTreeMap::from([(
         "game".to_string(),
@@ -339,6 +340,8 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     let p = plan_servers(&new, &by_name(&old), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(p.drains, ["z1-game-1", "z1-game-2"], "two at a time, each drained first");
     assert!(names(&p.apply).iter().all(|n| p.drains.contains(n)), "no pod replaced before its drain");
+    let versions: Vec<_> = p.apply.iter().map(|(g, _)| g.labels().get(VERSION_LABEL).cloned()).collect();
+    assert_eq!(versions, [Some("1".into()), Some("1".into())], "a drained server still runs its old version");
     assert_eq!(p.draining.len(), 5);
     assert!(p.draining[0].ends_with("waiting for its turn to update (maxUnavailable)"), "{:?}", p.draining);
 
@@ -352,6 +355,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(names(&p.apply), ["z1-game-1"]);
     assert_eq!(p.apply[0].0.spec, new[0].spec, "the new template, back in service");
+    assert_eq!(p.apply[0].0.labels().get(VERSION_LABEL).map(String::as_str), Some("2"), "and the new version");
     assert!(p.drains.is_empty(), "two are out: nothing more starts");
 
     // game-1 has its new template, but its status still speaks of the old pod: it is out until
