@@ -22,6 +22,11 @@
 #   SECS=10         seconds per cell
 #   SESSIONS=4      concurrent sessions of the bot
 #   ROWS="bare pod hostport pods"   the rows to measure (bare is needed for the shares)
+#   EXPLAIN=1       two more rows that take the containerized path apart: `node` (the server a bare
+#                   process in the node's network namespace: one veth hop and the node's netfilter,
+#                   no bridge, no pod) and `pod-notrack` (the pod row with conntrack turned off for
+#                   the server pod's traffic by raw-table NOTRACK rules in the host's and the node's
+#                   namespaces, put in for that row's cells only and removed after, or on exit)
 #   NET_RESULTS=FILE    also write every measurement there, tab-separated:
 #                       ROW METRIC RUN RATE ERRORS REQUESTS P50_MS P99_MS
 #   GAMEZONE_IMAGE_PROFILE  the game server's cargo profile (release; the test suite uses dev)
@@ -36,6 +41,8 @@ RUNS=${RUNS:-5}
 SECS=${SECS:-10}
 SESSIONS=${SESSIONS:-4}
 ROWS=${ROWS:-bare pod hostport pods}
+EXPLAIN=${EXPLAIN:-0}
+if [[ $EXPLAIN == 1 ]]; then ROWS="$ROWS node pod-notrack"; fi
 NAME=bench-net
 # shellcheck source=scripts/lib/node-bench.sh
 source "$ROOT/scripts/lib/node-bench.sh"
@@ -47,7 +54,7 @@ METRICS=(tcp-rr tcp-crr udp-rr)
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || die "SECS=$SECS: want a positive number of seconds per cell"
 [[ $SESSIONS =~ ^[1-9][0-9]*$ ]] || die "SESSIONS=$SESSIONS: want a positive number of sessions"
 for row in $ROWS; do
-  case $row in bare | pod | hostport | pods) ;; *) die "ROWS: no row '$row' (bare, pod, hostport, pods)" ;; esac
+  case $row in bare | pod | hostport | pods | node | pod-notrack) ;; *) die "ROWS: no row '$row' (bare, pod, hostport, pods; node, pod-notrack)" ;; esac
 done
 [[ " $ROWS " == *" bare "* ]] || die "ROWS='$ROWS' lacks bare: every other row is a share of it"
 case ${GAMEZONE_IMAGE_PROFILE:-release} in
@@ -93,6 +100,28 @@ kubectl wait -n "$NS" --for=condition=Ready pod/server --timeout=120s >/dev/null
 POD_IP=$(kubectl get pod -n "$NS" server -o jsonpath='{.status.podIP}')
 say "server pod at $POD_IP:$PORT, host port $NODE_IP:$HOST_PORT (node namespace $NETNS)"
 
+NODE_PORT=$((PORT + 1))
+if [[ " $ROWS " == *" node "* ]]; then
+  # The same server as a bare process in the node's namespace, reached at the node's IP.
+  ip netns exec "$NETNS" env GAMEZONE_ZONE=bench GAMEZONE_ZONE_ID=1 GAMEZONE_TOPOLOGY=/nonexistent \
+    GAMEZONE_PORT_GAME=$NODE_PORT RUST_LOG=warn "$BOT" game 1 >"$WORK/node-server.log" 2>&1 &
+  pids+=($!)
+fi
+# notrack on|off: conntrack off for the server pod's traffic, in the host's and the node's
+# namespaces (raw table, tagged so the exit trap finds what is left).
+TAG="gamezone-bench-net-$$"
+notrack() {
+  local op=-D
+  [[ $1 == on ]] && op=-A
+  iptables -w -t raw $op OUTPUT -d "$POD_IP" -m comment --comment "$TAG" -j NOTRACK 2>/dev/null || [[ $op == -D ]]
+  iptables -w -t raw $op PREROUTING -s "$POD_IP" -m comment --comment "$TAG" -j NOTRACK 2>/dev/null || [[ $op == -D ]]
+  ip netns exec "$NETNS" iptables -w -t raw $op PREROUTING -d "$POD_IP" -m comment --comment "$TAG" -j NOTRACK 2>/dev/null || [[ $op == -D ]]
+  ip netns exec "$NETNS" iptables -w -t raw $op PREROUTING -s "$POD_IP" -m comment --comment "$TAG" -j NOTRACK 2>/dev/null || [[ $op == -D ]]
+}
+if [[ " $ROWS " == *" pod-notrack "* ]]; then
+  trap 'rc=$?; notrack off; (exit $rc); node_bench_cleanup' EXIT INT TERM
+fi
+
 # bot_args METRIC ADDR: the bot's flags for one cell.
 bot_args() {
   local mode=()
@@ -124,9 +153,12 @@ cell() {
       # shellcheck disable=SC2046 # bot_args is a list of words
       out=$(unshare --net env "${BOT_ENV[@]}" GAMEZONE_PORT_GAME=$PORT BOT="$BOT" ARGS="$(bot_args "$metric" 127.0.0.1:$PORT)" \
         sh -c 'ip link set lo up; RUST_LOG=warn "$BOT" game 1 & s=$!; sleep 0.3; $BOT $ARGS; kill $s' 2>&1) ;;
-    pod)
+    pod | pod-notrack)
       # shellcheck disable=SC2046
       out=$(env "${BOT_ENV[@]}" "$BOT" $(bot_args "$metric" "$POD_IP:$PORT") 2>&1) ;;
+    node)
+      # shellcheck disable=SC2046
+      out=$(env "${BOT_ENV[@]}" "$BOT" $(bot_args "$metric" "$NODE_IP:$NODE_PORT") 2>&1) ;;
     hostport)
       # shellcheck disable=SC2046
       out=$(env "${BOT_ENV[@]}" "$BOT" $(bot_args "$metric" "$NODE_IP:$HOST_PORT") 2>&1) ;;
@@ -188,6 +220,7 @@ counters="$WORK/counters.tsv"
 : >"$counters"
 for ((r = 1; r <= RUNS; r++)); do
   for row in $ROWS; do
+    if [[ $row == pod-notrack ]]; then notrack on; fi
     for metric in "${METRICS[@]}"; do
       read -r s0 t0 < <(cpu_jiffies)
       k0=$(conntrack_trouble)
@@ -199,6 +232,7 @@ for ((r = 1; r <= RUNS; r++)); do
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$metric" "$r" "$rate" "$errors" "$requests" "$p50" "$p99" >>"$results"
       printf '%s\t%s\t%s\t%s\t%s\n' "$row" "$metric" "$((s1 - s0))" "$((t1 - t0))" "$((k1 - k0))" >>"$counters"
     done
+    if [[ $row == pod-notrack ]]; then notrack off; fi
   done
 done
 nat_rules=$(ip netns exec "$NETNS" iptables -t nat -S 2>/dev/null | grep -c -- '-j DNAT' || true)
@@ -219,23 +253,25 @@ for line in open(results):
     if float(rate) <= 0 or int(errors) > 0:
         bad.append(f"{row} {metric} round {run}: rate {rate}, {errors} errors")
 names = {"bare": "bare (host, no container)", "pod": "server pod, pod IP", "hostport": "server pod, host port (DNAT)",
-         "pods": "bot pod -> server pod"}
+         "pods": "bot pod -> server pod", "node": "bare server in node netns", "pod-notrack": "server pod, no conntrack"}
 print(f"\nexample game server, requests/s (median, min-max over {runs} rounds of {secs} s, {sessions} sessions; load {load})")
-head = f"{'':32}" + "".join(f"{m:>26}" for m in metrics)
+head = f"{'':32}" + "".join(f"{m:>30}" for m in metrics)
 print(head)
 for row in rows:
     out = f"{names[row]:<32}"
     for m in metrics:
         v = cells.get((row, m))
         if not v:
-            out += f"{'missing':>26}"
+            out += f"{'missing':>30}"
             bad.append(f"{row} {m}: no measurement")
             continue
         med = statistics.median(v)
         share = ""
         if row != "bare" and cells.get(("bare", m)):
             share = f" {med / statistics.median(cells[('bare', m)]):.2f}x"
-        out += f"{f'{med:,.0f} ({min(v):,.0f}-{max(v):,.0f}){share}':>26}"
+        else:
+            share = "      "
+        out += f"{f'{med:,.0f} ({min(v):,.0f}-{max(v):,.0f}){share}':>30}"
     print(out)
 print("(shares: median of the row / median of bare; goals: pod >= 0.95, hostport >= 0.90)")
 
