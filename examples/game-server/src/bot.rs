@@ -552,40 +552,17 @@ async fn session(bot: Arc<Bot>, k: usize) {
 }
 
 async fn serve_metrics(bot: Arc<Bot>, listener: TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let bot = bot.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let text = String::from_utf8_lossy(&head);
-            let path = text.split_whitespace().nth(1).unwrap_or("");
-            let (status, kind, body) = match path {
-                "/metrics" => {
-                    let t = bot.tally.lock().expect("tally lock").clone();
-                    let body = t.prometheus(
-                        &bot.labels(),
-                        bot.sessions.load(Ordering::Relaxed),
-                        bot.done.load(Ordering::Relaxed),
-                    );
-                    ("200 OK", "text/plain; version=0.0.4", body)
-                }
-                "/report" => ("200 OK", "application/json", format!("{}\n", bot.report())),
-                _ => ("404 Not Found", "text/plain", "try /metrics or /report\n".to_owned()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
-        });
-    }
+    let page = move |path: &str| match path {
+        "/metrics" => {
+            let t = bot.tally.lock().expect("tally lock").clone();
+            let body =
+                t.prometheus(&bot.labels(), bot.sessions.load(Ordering::Relaxed), bot.done.load(Ordering::Relaxed));
+            Some((crate::http::PROMETHEUS_TEXT, body))
+        }
+        "/report" => Some(("application/json", format!("{}\n", bot.report()))),
+        _ => None,
+    };
+    crate::http::serve(listener, "/metrics or /report", page).await
 }
 
 #[cfg(test)]
