@@ -86,7 +86,7 @@ build_module() {
   local started
   started=$(now)
   if ! (cd "$stage/src/$binary" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 \
-    go build -trimpath -ldflags "-s -w" -o "$stage/bin/$binary" .) >"$VERSION_DIR/$binary-build.log" 2>&1; then
+    go build -ldflags "-s -w" -o "$stage/bin/$binary" .) >"$VERSION_DIR/$binary-build.log" 2>&1; then
     tail -n 25 "$VERSION_DIR/$binary-build.log" >&2
     die "building $binary failed (full log: $VERSION_DIR/$binary-build.log)"
   fi
