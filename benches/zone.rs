@@ -777,6 +777,8 @@ async fn main() {
         stats::mean_ci95(&ratios).is_some_and(|(_, hw)| hw <= STABLE_TO)
     };
     let mut i = 0;
+    // The last phase's objects, which stay: (side, namespace, zones).
+    let mut left = None;
     'rounds: for round in 0..max_rounds {
         let order = round_order(&sides, round);
         for (k, &side) in order.iter().enumerate() {
@@ -804,6 +806,7 @@ async fn main() {
             i += 1;
             let stop = k + 1 == order.len() && (round + 1 == max_rounds || round + 1 >= min_rounds && stable(&phases));
             if stop {
+                left = Some((side, ns, names));
                 break 'rounds;
             }
             let deleted = clear(&client, side, &ns, &names).await;
@@ -813,10 +816,12 @@ async fn main() {
     peers_for(&mut peers, Side::Operator, &mut procs).await;
     let (_, final_peak) = rss_mib(pid);
     // 3. The operator restarted with a phase's servers Ready: it lists them all at once.
+    let mut remade = None;
     if phases.last().is_some_and(|p| p.side != Side::Operator) {
         eprintln!("the operator makes {zones} zones again, for its restart (not measured)");
         let (ns, names) = place(Side::Operator, "r", zones);
         make(&client, Side::Operator, &ns, &names, servers, big).await;
+        remade = Some((Side::Operator, ns, names));
     }
     let _ = op.kill();
     let _ = op.wait();
@@ -828,14 +833,12 @@ async fn main() {
     let scale = match env_or("GAMEZONE_BENCH_SCALE", 0) {
         0 => Vec::new(),
         want => {
-            // The restarted operator's phase goes first: the step starts from an empty cluster.
-            let (ns, names) = place(Side::Operator, "r", zones);
-            let names = if phases.last().is_some_and(|p| p.side == Side::Operator) {
-                place(Side::Operator, &(i - 1).to_string(), zones).1
-            } else {
-                names
-            };
-            clear(&client, Side::Operator, &ns, &names).await;
+            // What the last phase and the restart left goes first: the step starts from an empty
+            // cluster (the big zone aside), and a side's leftovers would count as its servers.
+            for (side, ns, names) in left.into_iter().chain(remade) {
+                peers_for(&mut peers, side, &mut procs).await;
+                clear(&client, side, &ns, &names).await;
+            }
             procs.iter_mut().filter(|(name, _)| name == "gamezone").for_each(|(_, p)| *p = op.id());
             let mut steps = Vec::new();
             for &side in sides.iter().filter(|&&s| s != Side::Bare) {
