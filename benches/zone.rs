@@ -361,6 +361,22 @@ async fn make(client: &Client, side: Side, ns: &str, names: &[String], servers: 
     }
 }
 
+/// [`make`], stopped with a clear message if a peer's manager dies in it (it would never end).
+async fn make_watched(
+    client: &Client,
+    peers: &peers::Peers,
+    side: Side,
+    ns: &str,
+    names: &[String],
+    servers: usize,
+    big: usize,
+) -> Duration {
+    tokio::select! {
+        time = make(client, side, ns, names, servers, big) => time,
+        why = peers.exited(), if matches!(side, Side::Kruise(_)) => panic!("{} in {ns}: {why}", side.name()),
+    }
+}
+
 /// Who makes the objects in a phase.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Side {
@@ -763,7 +779,7 @@ async fn main() {
     for &side in &sides {
         peers_for(&mut peers, side, &mut procs).await;
         let (ns, names) = place(side, "w", warm);
-        make(&client, side, &ns, &names, servers, big).await;
+        make_watched(&client, &peers, side, &ns, &names, servers, big).await;
         clear(&client, side, &ns, &names).await;
     }
     peers_for(&mut peers, Side::Operator, &mut procs).await;
@@ -788,7 +804,7 @@ async fn main() {
             let from = audit_offset(&audit).await;
             let api_before = apiserver::scrape(&client).await;
             let before = cpu_of(&procs);
-            let time = make(&client, side, &ns, &names, servers, big).await;
+            let time = make_watched(&client, &peers, side, &ns, &names, servers, big).await;
             let after = cpu_of(&procs);
             let api = apiserver::scrape(&client).await.since(&api_before);
             for (what, count) in writes_since(&audit, from) {
@@ -935,7 +951,7 @@ async fn scale_step(
     eprintln!("scale step: {} makes {zones} zones of {per_zone} servers", side.name());
     let (ns, names) = place(side, "s", zones);
     let big = if side == Side::Operator { big } else { 0 };
-    let time = tokio::time::timeout(limit, make(client, side, &ns, &names, per_zone, big)).await.ok();
+    let time = tokio::time::timeout(limit, make_watched(client, peers, side, &ns, &names, per_zone, big)).await.ok();
     let rss = controllers_rss(procs, side);
     let load = load_average();
     match time {

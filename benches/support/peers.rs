@@ -92,6 +92,23 @@ impl Peers {
         }
     }
 
+    /// Resolves when a running manager has exited, with what to tell the user: with a webhook of
+    /// failurePolicy Fail gone, the peer's pods are refused and its phase would never end.
+    pub async fn exited(&self) -> String {
+        let pids = self.pids();
+        loop {
+            for (name, pid) in &pids {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+                if matches!(state, None | Some("Z")) {
+                    let log = self.dir.join("logs").join(format!("{name}.log"));
+                    return format!("{name} (pid {pid}) exited; its log is {}", log.display());
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     /// The managers' pids, as the control plane's process list has them now.
     pub fn pids(&self) -> Vec<(String, u32)> {
         std::fs::read_to_string(self.dir.join("pids"))
