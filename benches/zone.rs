@@ -18,11 +18,21 @@
 //!    its /metrics), writes by who made them (its audit log); the operator's RSS with all its
 //!    servers Ready. The load average goes with every figure: the machine may be shared.
 //!
+//! 4. A real peer, OpenKruise Kruise-Game (with OpenKruise's manager, whose Advanced
+//!    StatefulSets hold its pods), built by `tests/controlplane/peers.sh build` and run out of the
+//!    cluster on the same control plane: one GameServerSet per zone in a namespace of its own,
+//!    host ports from its HostPort network, its GameServers counted Ready (`currentState`) by a
+//!    watch. Twice: with its shipped client rate limits (`kruise-game`) and with them raised to
+//!    what our operator has (`kruise-fast`), so "throttled" and "more work" are told apart. Its
+//!    managers run only in its own phases. Skipped, saying so, when its binaries are missing.
+//! 5. With GAMEZONE_BENCH_SCALE=10000, a scale step: each side makes that many servers at once
+//!    (within GAMEZONE_BENCH_SCALE_SECS, 1800), with its controllers' RSS.
+//!
 //! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES
 //! / _BIG_ZONE; GAMEZONE_BENCH_ROUNDS fixes the rounds (GAMEZONE_BENCH_MIN_ROUNDS 4 and
-//! _MAX_ROUNDS 10 bound them otherwise); GAMEZONE_BENCH_SIDES=operator,plain,create-only adds the
-//! create-only side; the operator's log goes to the file GAMEZONE_BENCH_LOG at
-//! GAMEZONE_BENCH_LOG_LEVEL (`warn`).
+//! _MAX_ROUNDS 10 bound them otherwise); GAMEZONE_BENCH_SIDES (default
+//! `operator,plain,kruise-game,kruise-fast`) picks the sides, `create-only` may be added; the
+//! operator's log goes to the file GAMEZONE_BENCH_LOG at GAMEZONE_BENCH_LOG_LEVEL (`warn`).
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
@@ -30,6 +40,8 @@ mod apiserver;
 mod common;
 #[path = "support/host.rs"]
 mod host;
+#[path = "support/peers.rs"]
+mod peers;
 #[path = "support/stats.rs"]
 mod stats;
 
@@ -54,9 +66,15 @@ fn zone(name: &str, servers: usize) -> GameZone {
     gamezone_api::fixture::zone(name).servers(servers as i64).game("ports", ports).build()
 }
 
+/// Makes the namespace `name`. Ours carry a `control-plane` label, which Kruise's install makes
+/// its pod webhooks (failurePolicy Fail) pass by: with the peers in the run, our sides' pods are
+/// not sent to a peer's webhook, as in a cluster without it.
 async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace =
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).unwrap();
+    let labels = if name.starts_with("bench-kruise") { json!({}) } else { json!({"control-plane": "gamezone-bench"}) };
+    let ns: Namespace = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+    )
+    .unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
 }
 
@@ -87,21 +105,22 @@ where
     start.elapsed()
 }
 
-/// Waits until the garbage collector watches `resources` (of gamezone.dev), as it does in any
+/// Waits until the garbage collector watches `resources` (group, resource), as it does in any
 /// cluster whose CRDs were installed before its zones. It finds new kinds only at its next
 /// discovery, up to 30 s after the CRDs; until then it GETs the owner of every object it meets
 /// (each GameServer's zone, each pod's server), work that would load the run and no real one.
-async fn until_collector_watches(client: &Client, resources: &[&str]) {
-    eprintln!("waiting for the garbage collector to watch {} (up to 30 s after the CRDs)", resources.join(", "));
+async fn until_collector_watches(client: &Client, resources: &[(&str, &str)]) {
+    let names: Vec<&str> = resources.iter().map(|(_, r)| *r).collect();
+    eprintln!("waiting for the garbage collector to watch {} (up to 30 s after the CRDs)", names.join(", "));
     let start = Instant::now();
     loop {
         let req = axum::http::Request::get("/metrics").body(Vec::new()).unwrap();
         let metrics = client.request_text(req).await.unwrap();
         // Controllers in this run watch one namespace; the collector watches the whole cluster.
-        let watched = |r: &&str| {
+        let watched = |(g, r): &(&str, &str)| {
             metrics.lines().any(|l| {
                 l.starts_with("apiserver_longrunning_requests{")
-                    && l.contains("group=\"gamezone.dev\"")
+                    && l.contains(&format!("group=\"{g}\""))
                     && l.contains(&format!("resource=\"{r}\""))
                     && l.contains("scope=\"cluster\"")
                     && l.contains("verb=\"WATCH\"")
@@ -224,8 +243,8 @@ enum Plain {
 
 /// Deletes what a phase made and waits until it is gone and the cluster has settled, so every
 /// phase starts from the same cluster: the simulated kubelet's cost per pod grows with the pods
-/// already on its nodes.
-async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
+/// already on its nodes. Returns how long until it was gone.
+async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) -> Duration {
     let start = Instant::now();
     let gone = || async {
         match side {
@@ -237,6 +256,7 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
                 servers.items.is_empty() && pods.items.is_empty() && !endpoints_left(client, ns).await
             }
             Side::Plain | Side::Bare => Api::<Namespace>::all(client.clone()).get_opt(ns).await.unwrap().is_none(),
+            Side::Kruise(_) => peers::gone(client, ns).await,
         }
     };
     match side {
@@ -251,14 +271,17 @@ async fn clear(client: &Client, side: Side, ns: &str, zones: &[String]) {
         Side::Plain | Side::Bare => {
             Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await.unwrap();
         }
+        Side::Kruise(_) => peers::delete_sets(client, ns, zones).await,
     }
     while !gone().await {
         assert!(start.elapsed() < Duration::from_secs(600), "{ns}: the phase's objects were not gone in 10 min");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let deleted = start.elapsed();
     // The garbage collector, endpoint controllers and kwok finish behind the deletions.
     tokio::time::sleep(SETTLE).await;
-    eprintln!("  cleared in {:.0} s", start.elapsed().as_secs_f64());
+    eprintln!("  gone in {:.0} s", deleted.as_secs_f64());
+    deleted
 }
 
 /// Whether `ns` still holds endpoints of Services that are gone. The controller manager deletes
@@ -295,7 +318,11 @@ where
 
 /// Where a phase of `side` puts its objects, and the names of its `zones` zones.
 fn place(side: Side, phase: &str, zones: usize) -> (String, Vec<String>) {
-    let ns = if side == Side::Operator { "bench-op".to_string() } else { format!("bench-plain-{phase}") };
+    let ns = match side {
+        Side::Operator => "bench-op".to_string(),
+        Side::Kruise(_) => format!("bench-{}", side.name()),
+        Side::Plain | Side::Bare => format!("bench-plain-{phase}"),
+    };
     (ns, (0..zones).map(|z| format!("z{phase}-{z}")).collect())
 }
 
@@ -317,6 +344,26 @@ async fn make(client: &Client, side: Side, ns: &str, names: &[String], servers: 
             namespace(client, ns).await;
             plain_client(client, ns, names.len(), servers, side == Side::Plain).await
         }
+        Side::Kruise(_) => {
+            peers::create_sets(client, ns, names, servers).await;
+            peers::until_ready(client, ns, names.len() * servers, start).await
+        }
+    }
+}
+
+/// [`make`], stopped with a clear message if a peer's manager dies in it (it would never end).
+async fn make_watched(
+    client: &Client,
+    peers: &peers::Peers,
+    side: Side,
+    ns: &str,
+    names: &[String],
+    servers: usize,
+    big: usize,
+) -> Duration {
+    tokio::select! {
+        time = make(client, side, ns, names, servers, big) => time,
+        why = peers.exited(), if matches!(side, Side::Kruise(_)) => panic!("{} in {ns}: {why}", side.name()),
     }
 }
 
@@ -330,6 +377,17 @@ enum Side {
     /// The plain client creating the objects only: its GameServers never show a state, so its
     /// servers count as Ready by their pods.
     Bare,
+    /// OpenKruise Kruise-Game (with OpenKruise's manager for its Advanced StatefulSets), from
+    /// GameServerSets: with its shipped client rate limits (`Limits::Shipped`) or with them
+    /// raised to our operator's (`Limits::Raised`), to tell throttled from more work.
+    Kruise(Limits),
+}
+
+/// A peer's client rate limits in a run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Limits {
+    Shipped,
+    Raised,
 }
 
 impl Side {
@@ -338,6 +396,18 @@ impl Side {
             Side::Operator => "operator",
             Side::Plain => "plain",
             Side::Bare => "create-only",
+            Side::Kruise(Limits::Shipped) => "kruise-game",
+            Side::Kruise(Limits::Raised) => "kruise-fast",
+        }
+    }
+
+    /// The processes that do this side's work besides the control plane: its controller (for
+    /// the plain client, this bench's own process).
+    fn controllers(self) -> &'static [&'static str] {
+        match self {
+            Side::Operator => &["gamezone"],
+            Side::Plain | Side::Bare => &["bench"],
+            Side::Kruise(_) => &peers::MANAGERS,
         }
     }
 }
@@ -356,6 +426,10 @@ struct Phase {
     load: f64,
     /// The machine's speed gauge in it: see [`Gauge`].
     gauge: f64,
+    /// How long its objects took to be gone once deleted (none for the run's last phase).
+    deleted: Option<Duration>,
+    /// Resident memory of the side's controllers at its end, all its servers Ready, MiB.
+    rss: f64,
 }
 
 /// The sides of round `r`: `sides` as given in even rounds, reversed in odd ones. Over every two
@@ -369,17 +443,31 @@ fn round_order(sides: &[Side], r: usize) -> Vec<Side> {
     s
 }
 
-/// The sides to run, from GAMEZONE_BENCH_SIDES (`operator,plain` when unset; `create-only`
-/// may be added). The operator and the plain client are always among them.
+/// The sides to run, from GAMEZONE_BENCH_SIDES (`operator,plain,kruise-game,kruise-fast` when
+/// unset, the Kruise-Game sides only if its binaries are built; `create-only` may be added).
+/// The operator and the plain client are always among them.
 fn sides_from_env() -> Vec<Side> {
-    let asked = std::env::var("GAMEZONE_BENCH_SIDES").unwrap_or_else(|_| "operator,plain".into());
+    let given = std::env::var("GAMEZONE_BENCH_SIDES").ok();
+    let asked = given.clone().unwrap_or_else(|| "operator,plain,kruise-game,kruise-fast".into());
     let mut sides = vec![Side::Operator, Side::Plain];
     for name in asked.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match name {
             "operator" | "plain" => {}
             "create-only" => sides.push(Side::Bare),
-            other => panic!("GAMEZONE_BENCH_SIDES: unknown side {other:?}; use operator, plain, create-only"),
+            "kruise-game" => sides.push(Side::Kruise(Limits::Shipped)),
+            "kruise-fast" => sides.push(Side::Kruise(Limits::Raised)),
+            other => panic!(
+                "GAMEZONE_BENCH_SIDES: unknown side {other:?}; use operator, plain, create-only, kruise-game, kruise-fast"
+            ),
         }
+    }
+    if sides.iter().any(|s| matches!(s, Side::Kruise(_)))
+        && let Err(why) = peers::built()
+    {
+        // Asked for by name, they are wanted: say so and stop. By default, run without them.
+        assert!(given.is_none(), "GAMEZONE_BENCH_SIDES asks for Kruise-Game, but {why}");
+        eprintln!("skipping the Kruise-Game sides: {why}");
+        sides.retain(|s| !matches!(s, Side::Kruise(_)));
     }
     sides
 }
@@ -392,6 +480,8 @@ fn writer_of(agent: &str) -> String {
     }
     let program = agent.split('/').next().unwrap_or_default();
     match program {
+        p if p.starts_with("kruise-game-manager") => "kruise-game".into(),
+        p if p.starts_with("kruise-manager") => "kruise".into(),
         "kube-controller-manager" => {
             let controller = agent.rsplit_once("system:serviceaccount:kube-system:").map(|(_, c)| c);
             format!("kcm:{}", controller.unwrap_or("?"))
@@ -585,8 +675,9 @@ const IDLE_WINDOW: Duration = Duration::from_secs(20);
 async fn main() {
     let zones = env_or("GAMEZONE_BENCH_ZONES", 200);
     let servers = env_or("GAMEZONE_BENCH_INSTANCES", 10);
-    let nodes = env_or("GAMEZONE_BENCH_NODES", 50);
     let big = env_or("GAMEZONE_BENCH_BIG_ZONE", 50);
+    // The scale step's pods need room: a simulated node takes 110.
+    let nodes = env_or("GAMEZONE_BENCH_NODES", 50).max((env_or("GAMEZONE_BENCH_SCALE", 0) + big).div_ceil(100));
     // Rounds as asked, or as many as it takes (from 4 up to 10) for the ratio to be known to
     // within STABLE_TO.
     let (min_rounds, max_rounds) =
@@ -603,7 +694,22 @@ async fn main() {
     for crd in crds() {
         crd_api.patch(&crd.name_any(), &PatchParams::apply("bench").force(), &Patch::Apply(&crd)).await.unwrap();
     }
-    until_collector_watches(&client, &["gamezones", "gameservers"]).await;
+    let mut watched = vec![("gamezone.dev", "gamezones"), ("gamezone.dev", "gameservers")];
+    let mut peers = peers::Peers::new(cluster.kubeconfig());
+    if sides.iter().any(|s| matches!(s, Side::Kruise(_))) {
+        // Started once before the rounds: their first start installs their CRDs and webhooks.
+        eprintln!("starting Kruise's and Kruise-Game's managers, which install their CRDs");
+        peers.ensure(None);
+        watched.extend([
+            ("game.kruise.io", "gameserversets"),
+            ("game.kruise.io", "gameservers"),
+            ("apps.kruise.io", "statefulsets"),
+        ]);
+        for &side in sides.iter().filter(|s| matches!(s, Side::Kruise(_))) {
+            namespace(&client, &place(side, "", 0).0).await;
+        }
+    }
+    until_collector_watches(&client, &watched).await;
     namespace(&client, "bench-op").await;
 
     let mut op = start_operator(cluster.kubeconfig(), "127.0.0.1:0".parse().unwrap());
@@ -611,10 +717,15 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Where the CPU goes in each phase: the control plane's processes, the operator, this process
     // (the plain client and the Ready counting).
-    let mut procs = cluster.processes();
+    // (The peers' managers are in the cluster's process list, but no part of the control plane.)
+    let mut procs: Vec<_> =
+        cluster.processes().into_iter().filter(|(name, _)| !peers::MANAGERS.contains(&name.as_str())).collect();
     let control_plane = procs.len();
     procs.push(("gamezone".into(), pid));
     procs.push(("bench".into(), std::process::id()));
+    if sides.iter().any(|s| matches!(s, Side::Kruise(_))) {
+        procs.extend(peers::MANAGERS.map(|m| (m.to_string(), 0)));
+    }
 
     // 1. One big zone.
     let zapi: Api<GameZone> = Api::namespaced(client.clone(), "bench-op");
@@ -641,10 +752,12 @@ async fn main() {
     let warm = (zones / 10).max(1);
     eprintln!("warming up: each side makes {warm} zones");
     for &side in &sides {
+        peers_for(&mut peers, side, &mut procs).await;
         let (ns, names) = place(side, "w", warm);
-        make(&client, side, &ns, &names, servers, big).await;
+        make_watched(&client, &peers, side, &ns, &names, servers, big).await;
         clear(&client, side, &ns, &names).await;
     }
+    peers_for(&mut peers, Side::Operator, &mut procs).await;
     // What each process spends with nothing to do, for the gauge.
     let idle = idle_rates(&procs, IDLE_WINDOW).await;
     let audit = cluster.kubeconfig().with_file_name("audit.log");
@@ -655,15 +768,18 @@ async fn main() {
         stats::mean_ci95(&ratios).is_some_and(|(_, hw)| hw <= STABLE_TO)
     };
     let mut i = 0;
+    // The last phase's objects, which stay: (side, namespace, zones).
+    let mut left = None;
     'rounds: for round in 0..max_rounds {
         let order = round_order(&sides, round);
         for (k, &side) in order.iter().enumerate() {
+            peers_for(&mut peers, side, &mut procs).await;
             eprintln!("phase {}: {} makes {zones} zones of {servers} servers", i + 1, side.name());
             let (ns, names) = place(side, &i.to_string(), zones);
             let from = audit_offset(&audit).await;
             let api_before = apiserver::scrape(&client).await;
             let before = cpu_of(&procs);
-            let time = make(&client, side, &ns, &names, servers, big).await;
+            let time = make_watched(&client, &peers, side, &ns, &names, servers, big).await;
             let after = cpu_of(&procs);
             let api = apiserver::scrape(&client).await.since(&api_before);
             for (what, count) in writes_since(&audit, from) {
@@ -676,21 +792,27 @@ async fn main() {
             eprintln!("  {:.1} servers Ready/s (load average {load:.1})", n as f64 / time.as_secs_f64());
             let cpu: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             let gauge = gauge_of(&procs, &cpu, &idle, time.as_secs_f64(), n);
-            phases.push(Phase { side, round, time, cpu, api, load, gauge });
+            let rss = controllers_rss(&procs, side);
+            phases.push(Phase { side, round, time, cpu, api, load, gauge, deleted: None, rss });
             i += 1;
             let stop = k + 1 == order.len() && (round + 1 == max_rounds || round + 1 >= min_rounds && stable(&phases));
             if stop {
+                left = Some((side, ns, names));
                 break 'rounds;
             }
-            clear(&client, side, &ns, &names).await;
+            let deleted = clear(&client, side, &ns, &names).await;
+            phases.last_mut().expect("the phase just run").deleted = Some(deleted);
         }
     }
+    peers_for(&mut peers, Side::Operator, &mut procs).await;
     let (_, final_peak) = rss_mib(pid);
     // 3. The operator restarted with a phase's servers Ready: it lists them all at once.
+    let mut remade = None;
     if phases.last().is_some_and(|p| p.side != Side::Operator) {
         eprintln!("the operator makes {zones} zones again, for its restart (not measured)");
         let (ns, names) = place(Side::Operator, "r", zones);
         make(&client, Side::Operator, &ns, &names, servers, big).await;
+        remade = Some((Side::Operator, ns, names));
     }
     let _ = op.kill();
     let _ = op.wait();
@@ -698,6 +820,25 @@ async fn main() {
     let http = free_loopback();
     let mut op = start_operator(cluster.kubeconfig(), http);
     let restart_rss = settled_rss(op.id(), http).await;
+    // 4. The scale step, when asked for: every side's servers at once, with its memory.
+    let scale = match env_or("GAMEZONE_BENCH_SCALE", 0) {
+        0 => Vec::new(),
+        want => {
+            // What the last phase and the restart left goes first: the step starts from an empty
+            // cluster (the big zone aside), and a side's leftovers would count as its servers.
+            for (side, ns, names) in left.into_iter().chain(remade) {
+                peers_for(&mut peers, side, &mut procs).await;
+                clear(&client, side, &ns, &names).await;
+            }
+            procs.iter_mut().filter(|(name, _)| name == "gamezone").for_each(|(_, p)| *p = op.id());
+            let mut steps = Vec::new();
+            for &side in sides.iter().filter(|&&s| s != Side::Bare) {
+                steps.push(scale_step(&client, &mut peers, &mut procs, side, want, servers, big).await);
+            }
+            peers_for(&mut peers, Side::Operator, &mut procs).await;
+            steps
+        }
+    };
     let _ = op.kill();
     let _ = op.wait();
     report(&Report {
@@ -716,7 +857,87 @@ async fn main() {
         control_plane,
         writes: &writes,
         idle: &idle,
+        scale: &scale,
     });
+}
+
+/// Starts, restarts or stops the peers' managers for a phase of `side` (running only in their
+/// own phases: their watches and webhooks are no part of the others'), and puts their pids in
+/// `procs`. A start waits until they are idle: their first lists are not the phase's work.
+async fn peers_for(peers: &mut peers::Peers, side: Side, procs: &mut [(String, u32)]) {
+    let started = match side {
+        Side::Kruise(Limits::Shipped) => peers.ensure(None),
+        Side::Kruise(Limits::Raised) => peers.ensure(Some(peers::RAISED)),
+        _ => {
+            peers.stop();
+            false
+        }
+    };
+    let pids = peers.pids();
+    for (name, pid) in procs.iter_mut().filter(|(name, _)| peers::MANAGERS.contains(&name.as_str())) {
+        *pid = pids.iter().find(|(n, _)| n == name).map_or(0, |(_, p)| *p);
+    }
+    if started {
+        let cpu = || pids.iter().map(|(_, p)| cpu_secs(*p)).sum::<f64>();
+        let since = Instant::now();
+        let mut was = cpu();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = cpu();
+            if now - was < 0.05 || since.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            was = now;
+        }
+    }
+}
+
+/// Resident memory of `side`'s controllers now, MiB.
+fn controllers_rss(procs: &[(String, u32)], side: Side) -> f64 {
+    let mine = procs.iter().filter(|(name, pid)| *pid != 0 && side.controllers().contains(&name.as_str()));
+    mine.map(|(_, pid)| rss_mib(*pid).0).sum()
+}
+
+/// What the scale step measured for one side.
+struct Scale {
+    side: Side,
+    servers: usize,
+    /// Time until all were Ready; `None` when they were not within the step's time.
+    time: Option<Duration>,
+    /// Resident memory of the side's controllers with them all Ready (or at the time out), MiB.
+    rss: f64,
+    load: f64,
+}
+
+/// One side makes `want` servers (in zones of `per_zone`) at once, within GAMEZONE_BENCH_SCALE_SECS
+/// (1800); then they are deleted until gone.
+async fn scale_step(
+    client: &Client,
+    peers: &mut peers::Peers,
+    procs: &mut [(String, u32)],
+    side: Side,
+    want: usize,
+    per_zone: usize,
+    big: usize,
+) -> Scale {
+    let limit = Duration::from_secs(env_or("GAMEZONE_BENCH_SCALE_SECS", 1800) as u64);
+    peers_for(peers, side, procs).await;
+    let zones = want.div_ceil(per_zone);
+    eprintln!("scale step: {} makes {zones} zones of {per_zone} servers", side.name());
+    let (ns, names) = place(side, "s", zones);
+    let big = if side == Side::Operator { big } else { 0 };
+    let time = tokio::time::timeout(limit, make_watched(client, peers, side, &ns, &names, per_zone, big)).await.ok();
+    let rss = controllers_rss(procs, side);
+    let load = load_average();
+    match time {
+        Some(t) => eprintln!(
+            "  {:.1} servers Ready/s, controllers' RSS {rss:.0} MiB",
+            (zones * per_zone) as f64 / t.as_secs_f64()
+        ),
+        None => eprintln!("  not all Ready within {} s", limit.as_secs()),
+    }
+    clear(client, side, &ns, &names).await;
+    Scale { side, servers: zones * per_zone, time, rss, load }
 }
 
 /// What a run measured.
@@ -740,6 +961,7 @@ struct Report<'a> {
     writes: &'a HashMap<Side, BTreeMap<String, usize>>,
     /// CPU s/s each of `procs` used idle.
     idle: &'a [f64],
+    scale: &'a [Scale],
 }
 
 /// Each phase's rate and CPU per 1000 servers by process, so a slow phase shows which process
@@ -808,7 +1030,8 @@ fn report(r: &Report) {
         r.big_load
     );
     println!("{} zones x {} servers on {} nodes, {rounds} rounds ({load}):", r.zones, r.servers, r.nodes);
-    let steady = Clock::Steady(mean_gauge(phases));
+    // The gauge is the same work per server on our sides only: kwok writes more per Kruise pod.
+    let steady = Clock::Steady(mean_gauge(phases.iter().filter(|p| !matches!(p.side, Side::Kruise(_)))));
     for round in 0..rounds {
         let mine: Vec<&Phase> = phases.iter().filter(|p| p.round == round).collect();
         let shown: Vec<String> = mine
@@ -826,7 +1049,8 @@ fn report(r: &Report) {
     }
     for (clock, label) in [(Clock::Wall, "as timed"), (steady, "at one machine speed")] {
         println!("  {label}:");
-        for &side in sides {
+        let at_one_speed = matches!(clock, Clock::Steady(_));
+        for &side in sides.iter().filter(|s| !(at_one_speed && matches!(s, Side::Kruise(_)))) {
             let pooled = rate(phases, side, n, clock);
             let each: Vec<f64> = phases.iter().filter(|p| p.side == side).map(|p| n as f64 / clock.time(p)).collect();
             let spread = stats::Summary::of(&each).map(|s| s.show(1)).unwrap_or_default();
@@ -956,4 +1180,95 @@ fn report(r: &Report) {
         println!("  {what:<44}{}", row.iter().map(|x| format!("{x:>12.2}")).collect::<String>());
     }
     println!("  {:<44}{}", "total", sums.iter().map(|x| format!("{x:>12.2}")).collect::<String>());
+    print_sides(r);
+    print_scale(r);
+}
+
+/// Each side's figures in one table, as timed (the rate at one machine speed is not for the
+/// peers: kwok writes more per Kruise pod, so the gauge is not the same work on both sides),
+/// and the operator against each peer side.
+fn print_sides(r: &Report) {
+    let n = r.zones * r.servers;
+    println!("per side, as timed ({n} servers a phase; median of phases, min..max):");
+    println!(
+        "  {:<13}{:>9}{:>20}{:>20}{:>11}{:>11}{:>10}{:>9}{:>9}",
+        "side", "Ready/s", "time to Ready s", "deletion s", "cp ms/i", "ctl ms/i", "ctl MiB", "req/i", "etcd/i"
+    );
+    let spread = |v: &[f64]| {
+        stats::Summary::of(v).map(|s| format!("{:.1} ({:.1}..{:.1})", s.median, s.min, s.max)).unwrap_or("-".into())
+    };
+    for &side in r.sides {
+        let mine: Vec<&Phase> = r.phases.iter().filter(|p| p.side == side).collect();
+        let count = (mine.len() * n).max(1) as f64;
+        let times: Vec<f64> = mine.iter().map(|p| p.time.as_secs_f64()).collect();
+        let deleted: Vec<f64> = mine.iter().filter_map(|p| p.deleted).map(|d| d.as_secs_f64()).collect();
+        let cp: f64 = mine.iter().map(|p| p.cpu[..r.control_plane].iter().sum::<f64>()).sum();
+        let of_controllers = |p: &Phase| -> f64 {
+            r.procs
+                .iter()
+                .zip(&p.cpu)
+                .filter(|((name, _), _)| side.controllers().contains(&name.as_str()))
+                .map(|(_, c)| c)
+                .sum()
+        };
+        let ctl: f64 = mine.iter().map(|p| of_controllers(p)).sum();
+        let rss: Vec<f64> = mine.iter().map(|p| p.rss).collect();
+        let mut api = apiserver::Counters::default();
+        mine.iter().for_each(|p| api.add(&p.api));
+        println!(
+            "  {:<13}{:>9.1}{:>20}{:>20}{:>11.1}{:>11.1}{:>10.0}{:>9.1}{:>9.1}",
+            side.name(),
+            rate(r.phases, side, n, Clock::Wall),
+            spread(&times),
+            spread(&deleted),
+            cp * 1000.0 / count,
+            ctl * 1000.0 / count,
+            stats::Summary::of(&rss).map_or(0.0, |s| s.median),
+            api.total("requests") / count,
+            api.total("etcd operations") / count,
+        );
+    }
+    println!("  (cp: control-plane CPU; ctl: the side's controllers, the bench's own process for the plain client)");
+    for &peer in r.sides.iter().filter(|s| matches!(s, Side::Kruise(_))) {
+        let ratios: Vec<f64> = (0..r.phases.iter().map(|p| p.round + 1).max().unwrap_or(0))
+            .filter_map(|round| {
+                let of = |side| r.phases.iter().find(|p| p.round == round && p.side == side);
+                Some(of(peer)?.time.as_secs_f64() / of(Side::Operator)?.time.as_secs_f64())
+            })
+            .collect();
+        let cp = |side: Side| {
+            let mine: Vec<&Phase> = r.phases.iter().filter(|p| p.side == side).collect();
+            mine.iter().map(|p| p.cpu[..r.control_plane].iter().sum::<f64>()).sum::<f64>()
+                / (mine.len() * n).max(1) as f64
+        };
+        println!(
+            "  operator/{}: Ready/s {:.2} pooled, rounds {} (goal >= 2); control-plane CPU per instance {:.2} (goal <= 0.5)",
+            peer.name(),
+            rate(r.phases, Side::Operator, n, Clock::Wall) / rate(r.phases, peer, n, Clock::Wall),
+            stats::Summary::of(&ratios).map(|s| s.show(2)).unwrap_or("-".into()),
+            cp(Side::Operator) / cp(peer),
+        );
+    }
+}
+
+/// The scale step: each side's servers all at once, with its controllers' memory.
+fn print_scale(r: &Report) {
+    if r.scale.is_empty() {
+        return;
+    }
+    println!("scale step (GAMEZONE_BENCH_SCALE), each side alone on the cluster:");
+    for s in r.scale {
+        let time = match s.time {
+            Some(t) => format!("all Ready in {:.0} s, {:.1}/s", t.as_secs_f64(), s.servers as f64 / t.as_secs_f64()),
+            None => "NOT all Ready within GAMEZONE_BENCH_SCALE_SECS".into(),
+        };
+        println!(
+            "  {:<13} {} servers: {time}; controllers' RSS {:.0} MiB{} (load average {:.1})",
+            s.side.name(),
+            s.servers,
+            s.rss,
+            if s.side == Side::Operator { " (goal <= 150 at 10,000)" } else { "" },
+            s.load
+        );
+    }
 }

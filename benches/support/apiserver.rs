@@ -1,14 +1,14 @@
 //! The API server's own counters (`/metrics`), read before and after a phase of a benchmark:
 //! requests by verb and resource, the time spent serving them, bytes received and sent, watch
-//! events sent, and the etcd operations behind them. The API server counts every client alike,
-//! so a phase's difference is all the work done while it ran: the side's own requests and what
-//! they caused (scheduler, kubelets, garbage collector).
+//! events sent, the etcd operations behind them, and the admission webhooks called. The API
+//! server counts every client alike, so a phase's difference is all the work done while it ran:
+//! the side's own requests and what they caused (scheduler, kubelets, garbage collector).
 #![allow(dead_code)] // each bench uses a different subset
 
 use std::collections::BTreeMap;
 
 /// The tables a scrape yields, each a counter by key.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "requests",
     "request ms",
     "request bytes",
@@ -16,6 +16,7 @@ pub const TABLES: [&str; 7] = [
     "watch events",
     "watch event bytes",
     "etcd operations",
+    "webhook calls",
 ];
 
 /// Counters by table and key, e.g. `requests` → `APPLY gameservers/status` → 2051.
@@ -63,6 +64,10 @@ impl Counters {
                 "etcd_request_duration_seconds_count" => {
                     ("etcd operations", format!("{} {}", l("operation"), l("type")))
                 }
+                // Admission webhooks the API server called (a peer's own, or any in the cluster).
+                "apiserver_admission_webhook_admission_duration_seconds_count" => {
+                    ("webhook calls", format!("{} {} {}", l("type"), l("operation"), l("name")))
+                }
                 _ => continue,
             };
             // Each table holds what its name says: times are counted in seconds.
@@ -99,7 +104,8 @@ impl Counters {
 
     /// The sum of a table.
     pub fn total(&self, table: &str) -> f64 {
-        self.0.get(table).map(|t| t.values().sum()).unwrap_or(0.0)
+        // (An empty float sum is -0.0.)
+        self.0.get(table).map(|t| t.values().sum::<f64>() + 0.0).unwrap_or(0.0)
     }
 }
 
