@@ -1191,7 +1191,7 @@ fn print_sides(r: &Report) {
     let n = r.zones * r.servers;
     println!("per side, as timed ({n} servers a phase; median of phases, min..max):");
     println!(
-        "  {:<13}{:>9}{:>20}{:>20}{:>11}{:>11}{:>10}{:>9}{:>9}",
+        "  {:<13}{:>9}{:>22}{:>22}{:>11}{:>11}{:>10}{:>9}{:>9}",
         "side", "Ready/s", "time to Ready s", "deletion s", "cp ms/i", "ctl ms/i", "ctl MiB", "req/i", "etcd/i"
     );
     let spread = |v: &[f64]| {
@@ -1216,7 +1216,7 @@ fn print_sides(r: &Report) {
         let mut api = apiserver::Counters::default();
         mine.iter().for_each(|p| api.add(&p.api));
         println!(
-            "  {:<13}{:>9.1}{:>20}{:>20}{:>11.1}{:>11.1}{:>10.0}{:>9.1}{:>9.1}",
+            "  {:<13}{:>9.1}{:>22}{:>22}{:>11.1}{:>11.1}{:>10.0}{:>9.1}{:>9.1}",
             side.name(),
             rate(r.phases, side, n, Clock::Wall),
             spread(&times),
