@@ -252,11 +252,14 @@ kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.artifacts[*]}{.source}
 say "events of zone1"
 kubectl -n "$NS" get events --field-selector involvedObject.kind=GameZone,involvedObject.name=zone1 \
   -o custom-columns=REASON:.reason,MESSAGE:.message
+say "gamezone status zone1 -n $NS (add -w to follow it live)"
+"$BIN/gamezone" status zone1 -n "$NS" --kubeconfig "$KUBECONFIG"
 cat <<MSG
 
 The cluster and the operator keep running:
   export KUBECONFIG=$KUBECONFIG
   $ROOT/tests/controlplane/cp.sh kubectl $DEMO/cp -n $NS get gz,gs
+  $BIN/gamezone status zone1 -n $NS -w
   operator log: $DEMO/operator.log, metrics: http://127.0.0.1:$HTTP_PORT/metrics
 Stop everything with: scripts/demo.sh down
 MSG
