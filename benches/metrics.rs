@@ -47,21 +47,11 @@ fn zone(name: &str, servers: usize) -> GameZone {
     gamezone_api::fixture::zone(name).spec("services", json!([game])).build()
 }
 
-/// The samples `/metrics` serves (lines that are not comments), and those of the zone series.
+/// The samples `/metrics` serves (lines that are not comments), and those of the zone series:
+/// every zone series is labelled with its namespace, no controller series is.
 fn count_series(text: &str) -> (usize, usize) {
-    const ZONE_SERIES: [&str; 9] = [
-        "gamezone_servers{",
-        "gamezone_servers_desired{",
-        "gamezone_drain_oldest_seconds{",
-        "gamezone_drains_overdue{",
-        "gamezone_zone_phase{",
-        "gamezone_zone_migration{",
-        "gamezone_server_ready_duration_seconds",
-        "gamezone_zone_",
-        "gamezone_server_restarts",
-    ];
     let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
-    let zone = samples.iter().filter(|l| ZONE_SERIES.iter().any(|p| l.starts_with(p))).count();
+    let zone = samples.iter().filter(|l| l.contains("namespace=\"")).count();
     (samples.len(), zone)
 }
 

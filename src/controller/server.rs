@@ -268,9 +268,10 @@ async fn converge(gs: &GameServer, ctx: &Context, status: &mut GameServerStatus)
             }
         }
     }
-    let node_ready =
-        node.is_none_or(|n| ctx.cache.nodes.get(&ObjectRef::new(n)).is_none_or(|n| crate::placement::node_ready(&n)));
-    let (state, message) = observe_pod(status, &pod, node.and_then(|n| node_address(ctx, n)), node_ready, hash);
+    // The pod's node, read once from the store: its address and whether it is Ready.
+    let on = node.and_then(|n| ctx.cache.nodes.get(&ObjectRef::new(n)));
+    let node_ready = on.as_deref().is_none_or(crate::placement::node_ready);
+    let (state, message) = observe_pod(status, &pod, on.as_deref().and_then(node_address), node_ready, hash);
     let now = Timestamp::now();
     let (state, message) = gated(gs, status, state, message, now);
     if let Some(left) = quiet_left(state, message.as_deref(), &pod, now) {
@@ -356,8 +357,7 @@ async fn ports_listed(ctx: &Context, gs: &GameServer, ports: &[PortStatus]) -> R
     Ok(ctx.ports.lists(&key, ports))
 }
 
-fn node_address(ctx: &Context, node: &str) -> Option<String> {
-    let node = ctx.cache.nodes.get(&kube::runtime::reflector::ObjectRef::new(node))?;
+fn node_address(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
     let addresses = node.status.as_ref()?.addresses.clone()?;
     addresses
         .iter()
