@@ -45,6 +45,12 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 total=$(($(date +%s) - start))
+# A failed demo's logs (the operator's, the registry's, the node's) outlive its `down`.
+if [[ $WHAT == demo && $rc != 0 && -d "$GAMEZONE_CACHE/demo" ]]; then
+  mkdir -p "$DIR/demo-logs"
+  (cd "$GAMEZONE_CACHE/demo" && find . -name '*.log' -size -50M -exec cp --parents {} "$DIR/demo-logs/" \;) || true
+  echo "the failed demo's logs: $DIR/demo-logs" >&2
+fi
 [[ $WHAT != demo ]] || (cd "$DIR/repo" && scripts/demo.sh down >/dev/null 2>&1) || true
 
 {

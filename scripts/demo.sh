@@ -195,6 +195,8 @@ kubectl apply -f "$DEMO/zone1.yaml"
 say "waiting for the zone: pin artifacts → pack them into the registry → migration Job → servers"
 if ! kubectl -n "$NS" wait --for=condition=Ready gamezone/zone1 --timeout=120s >/dev/null; then
   kubectl -n "$NS" get gz zone1 -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}' >&2
+  # What the node says of itself: a pressure condition or a taint keeps pods off it.
+  kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" taints: "}{.spec.taints[*].key}{"; "}{range .status.conditions[?(@.status=="True")]}{.type}{" "}{end}{"\n"}{end}' >&2
   echo "the zone did not become Ready within 120 s; operator log: $DEMO/operator.log" >&2
   exit 1
 fi

@@ -349,6 +349,22 @@ async fn bad_input_is_refused_or_reported_by_field() {
         .unwrap();
     wait_ready(&zones, "zone1").await;
 
+    // A Job no node takes leaves the zone waiting, saying why in the scheduler's words.
+    let mut nowhere = serde_json::to_value(zone("zone2")).unwrap();
+    nowhere["spec"]["zoneId"] = json!(102);
+    nowhere["spec"]["migration"]["nodeSelector"] = json!({"gamezone.dev/no-such-pool": "x"});
+    let nowhere: GameZone = serde_json::from_value(nowhere).unwrap();
+    zones.create(&PostParams::default(), &nowhere).await.unwrap();
+    common::wait_for("zone2's stuck migration named", WAIT, || async {
+        let z = zones.get("zone2").await.map_err(|e| e.to_string())?;
+        let ready = z.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+        let (reason, msg) = ready.map(|c| (c.reason, c.message)).unwrap_or_default();
+        let says = msg.contains("its pod is stuck: not scheduled: 0/") && msg.contains("node affinity/selector");
+        if reason == "Migrating" && says { Ok(()) } else { Err(format!("{reason}: {msg}")) }
+    })
+    .await;
+    assert!(names(&servers, "zone2").await.is_empty(), "servers wait for the migration");
+
     // The operator never writes a user's spec.
     let z = zones.get("zone1").await.unwrap();
     for mf in z.metadata.managed_fields.unwrap_or_default() {

@@ -139,8 +139,42 @@ pub fn observe_pod(
                 .and_then(|c| c.message.clone());
             (ServerState::Scheduling, why)
         }
-        _ => (ServerState::Starting, None),
+        _ => (ServerState::Starting, pod_stuck(pod)),
     }
+}
+
+/// Why a pod is stuck before it runs, in the scheduler's or the kubelet's words: not scheduled,
+/// or a container that cannot start (its image cannot be pulled, its config is wrong, it keeps
+/// crashing). `None` while it is merely on its way (pulling, creating, initializing).
+pub fn pod_stuck(pod: &Pod) -> Option<String> {
+    /// Waiting reasons that need a person: what the kubelet retries without end.
+    const STUCK: [&str; 8] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    ];
+    let status = pod.status.as_ref()?;
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False") {
+        return Some(format!(
+            "not scheduled: {}",
+            c.message.as_deref().or(c.reason.as_deref()).unwrap_or("no reason given")
+        ));
+    }
+    let containers = [&status.init_container_statuses, &status.container_statuses];
+    containers.into_iter().flatten().flatten().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| STUCK.contains(r))?;
+        Some(match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => format!("container {} {reason}: {m}", c.name),
+            None => format!("container {} {reason}", c.name),
+        })
+    })
 }
 
 /// The state once the game's side is heard: a drained server (`NotInService`) is `Draining`,
@@ -560,6 +594,41 @@ mod tests {
         });
         let (state, why) = observe_pod(&mut GameServerStatus::default(), &pending, None, true, "h".into());
         assert_eq!((state, why.as_deref()), (ServerState::Scheduling, Some("0/3 nodes are available")));
+    }
+
+    #[test]
+    fn a_stuck_pod_says_why_in_the_scheduler_s_or_the_kubelet_s_words_and_one_on_its_way_says_nothing() {
+        let with = |status: serde_json::Value| Pod {
+            status: Some(serde_json::from_value(status).unwrap()),
+            ..Default::default()
+        };
+        let unscheduled = with(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 node(s) had untolerated taint(s)."}]}));
+        assert_eq!(
+            pod_stuck(&unscheduled).as_deref(),
+            Some("not scheduled: 0/1 nodes are available: 1 node(s) had untolerated taint(s).")
+        );
+        let waiting = |name: &str, reason: &str, message: &str| {
+            with(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "initContainerStatuses": [{"name": "sdk", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}}],
+                "containerStatuses": [{"name": name, "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}))
+        };
+        let pull = waiting("game", "ImagePullBackOff", "Back-off pulling image \"registry.local/game:v9\"");
+        assert_eq!(
+            pod_stuck(&pull).as_deref(),
+            Some("container game ImagePullBackOff: Back-off pulling image \"registry.local/game:v9\"")
+        );
+        assert_eq!(
+            pod_stuck(&waiting("game", "CrashLoopBackOff", "")).as_deref(),
+            Some("container game CrashLoopBackOff")
+        );
+        for on_its_way in ["ContainerCreating", "PodInitializing"] {
+            assert_eq!(pod_stuck(&waiting("game", on_its_way, "")), None, "{on_its_way}");
+        }
+        assert_eq!(pod_stuck(&Pod::default()), None, "no status yet");
     }
 
     #[test]

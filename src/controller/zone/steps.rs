@@ -338,13 +338,19 @@ async fn version_job(
         None => ctx.writer.create_once(&job).await?,
     };
     let mut outcome = decide::job_outcome(&live);
-    if let JobOutcome::Failed(why) = &mut outcome {
-        // The Job's own words, from its last failed pod (its termination message, or the tail
-        // of its log: the Job's container falls back to it).
-        let (container, who) = kind.container();
-        if let Some(said) = decide::job_said(&job_pods(zone, ctx, &job_name).await?, container) {
-            *why = format!("{why}; {who} said: {said}");
+    match &mut outcome {
+        JobOutcome::Failed(why) => {
+            // The Job's own words, from its last failed pod (its termination message, or the
+            // tail of its log: the Job's container falls back to it).
+            let (container, who) = kind.container();
+            if let Some(said) = decide::job_said(&job_pods(zone, ctx, &job_name).await?, container) {
+                *why = format!("{why}; {who} said: {said}");
+            }
         }
+        // A pod no node takes, or whose image cannot be pulled, would leave the zone waiting
+        // without a word: say what holds it.
+        JobOutcome::Running(stuck) => *stuck = decide::job_stuck(&job_pods(zone, ctx, &job_name).await?),
+        JobOutcome::Succeeded => {}
     }
     if outcome == JobOutcome::Succeeded {
         // Older Jobs of the kind have served their purpose.

@@ -109,8 +109,8 @@ pub fn artifact_revision(pins: &[String]) -> String {
 /// Where the migration Job of the current inputs is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobOutcome {
-    /// Still running (or not started).
-    Running,
+    /// Still running (or not started), with why its pod is stuck if it is (`server::pod_stuck`).
+    Running(Option<String>),
     /// Completed.
     Succeeded,
     /// Failed, with the Job's reason and message.
@@ -130,7 +130,7 @@ pub fn job_outcome(job: &Job) -> JobOutcome {
             f.reason.clone().unwrap_or_default(),
             f.message.clone().unwrap_or_default()
         )),
-        None => JobOutcome::Running,
+        None => JobOutcome::Running(None),
     }
 }
 
@@ -186,6 +186,11 @@ pub fn job_said(pods: &[k8s_openapi::api::core::v1::Pod], container: &str) -> Op
     let lines: Vec<&str> = message.trim().lines().collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
     Some(tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect())
+}
+
+/// Why a running Job is stuck, if it is: what holds its newest pod (`server::pod_stuck`).
+pub fn job_stuck(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    pods.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).and_then(crate::server::pod_stuck)
 }
 
 /// The Jobs a version of the zone waits for, and how their conditions read.
@@ -288,8 +293,8 @@ pub fn report_job(
             status.phase = Some(ZonePhase::Degraded);
             false
         }
-        JobOutcome::Running => {
-            let (reason, msg) = match kind {
+        JobOutcome::Running(stuck) => {
+            let (reason, mut msg) = match kind {
                 VersionJob::Migration => {
                     ("Migrating", format!("migration Job {job_name} is running; servers wait for it"))
                 }
@@ -298,6 +303,9 @@ pub fn report_job(
                     format!("pack Job {job_name} is putting the layers in the artifact registry; servers wait for it"),
                 ),
             };
+            if let Some(stuck) = stuck {
+                msg.push_str(&format!("; its pod is stuck: {stuck}"));
+            }
             conditions::set(&mut status.conditions, condition, false, reason, msg.clone(), generation);
             conditions::set(&mut status.conditions, types::READY, false, reason, msg, generation);
             status.phase = Some(match kind {

@@ -111,13 +111,13 @@ fn a_migration_holds_servers_until_it_succeeds_and_a_failure_degrades_the_zone()
         }),
         ..Default::default()
     };
-    assert_eq!(job_outcome(&Job::default()), JobOutcome::Running);
+    assert_eq!(job_outcome(&Job::default()), JobOutcome::Running(None));
     assert_eq!(job_outcome(&job("Complete", "")), JobOutcome::Succeeded);
     let failed = job_outcome(&job("Failed", "BackoffLimitExceeded"));
     assert_eq!(failed, JobOutcome::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into()));
 
     let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
-    assert!(!report_job(VersionJob::Migration, &mut status, "z1-migrate-h2", "h2", &JobOutcome::Running));
+    assert!(!report_job(VersionJob::Migration, &mut status, "z1-migrate-h2", "h2", &JobOutcome::Running(None)));
     assert_eq!(status.phase, Some(ZonePhase::Migrating));
     assert_eq!(status.migration.as_ref().unwrap().state, JobState::Running);
 
@@ -137,9 +137,18 @@ fn a_migration_holds_servers_until_it_succeeds_and_a_failure_degrades_the_zone()
 #[test]
 fn a_pack_reports_in_its_own_status_and_condition_and_a_failed_one_holds_the_servers() {
     let mut status = GameZoneStatus { observed_generation: Some(3), ..Default::default() };
-    assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &JobOutcome::Running));
+    assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &JobOutcome::Running(None)));
     assert_eq!(status.phase, Some(ZonePhase::Packing));
     assert_eq!(condition(&status, types::ARTIFACTS_PACKED).1, "Packing");
+    // Its pod cannot be scheduled: the zone says so, in the scheduler's words.
+    let stuck = JobOutcome::Running(Some("not scheduled: 0/1 nodes are available".into()));
+    assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &stuck));
+    let (_, reason, message) = condition(&status, types::READY);
+    assert_eq!(reason, "Packing");
+    assert!(
+        message.ends_with("servers wait for it; its pod is stuck: not scheduled: 0/1 nodes are available"),
+        "{message}"
+    );
     assert!(status.migration.is_none(), "the migration's status is not the pack's");
     let failed = JobOutcome::Failed("BackoffLimitExceeded: x".into());
     assert!(!report_job(VersionJob::Pack, &mut status, "z1-pack-h1", "h1", &failed));
