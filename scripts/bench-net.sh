@@ -60,8 +60,7 @@ done
 case ${GAMEZONE_IMAGE_PROFILE:-release} in
   release) BOT="$CARGO_TARGET_DIR/release/game-server" ;;
   dev) BOT="$CARGO_TARGET_DIR/debug/game-server" ;;
-  demo) BOT="$CARGO_TARGET_DIR/demo/game-server" ;;
-  *) die "GAMEZONE_IMAGE_PROFILE=$GAMEZONE_IMAGE_PROFILE: use release, demo or dev" ;;
+  *) die "GAMEZONE_IMAGE_PROFILE=$GAMEZONE_IMAGE_PROFILE: use release or dev" ;;
 esac
 
 node_bench_up 1 game-server

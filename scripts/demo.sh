@@ -29,9 +29,12 @@ down() {
 if [ "${1:-}" = down ]; then down; echo "demo stopped"; exit 0; fi
 
 say "setting up (first run builds Kubernetes and the operator; later runs take seconds)"
-# The binaries in the `demo` profile (Cargo.toml), the sidecar with the rest: the release
-# profile, and the sidecar's fat LTO above all, are for published images.
-export GAMEZONE_IMAGE_PROFILE=demo
+# What builds fastest from a cold cache: the workspace's binaries in the dev profile (the
+# binaries the tests run too, so a test run after the demo reuses them; the release profile,
+# and the sidecar's fat LTO above all, are for published images), and Kubernetes without the
+# Go compiler's inlining, unless the tests' optimized build is in the cache already
+# (GAMEZONE_CP_QUICK in tests/controlplane/cp.sh).
+export GAMEZONE_IMAGE_PROFILE=dev GAMEZONE_CP_QUICK=1
 bash scripts/setup.sh demo-packages
 # The Rust build runs beside the control plane's Go builds: on a cold machine each alone
 # leaves a core idle in its download and link steps. Its lines carry a [rust] prefix.
@@ -55,7 +58,7 @@ HOST=$(sed -n 's/^HOST_ADDRESS=//p' "$DEMO/cp/real-nodes.env")
 
 say "building the images the demo runs (cached by content) into the real node's containerd"
 scripts/images.sh import "$DEMO/cp" operator game-server migrater
-BIN=$CARGO_TARGET_DIR/demo
+BIN=$CARGO_TARGET_DIR/debug
 IMAGE=$(scripts/images.sh names | sed -n 2p)
 MIGRATER=$(scripts/images.sh names | sed -n 3p)
 

@@ -23,10 +23,10 @@
 # binaries, paths, entrypoint and user from what the workspace builds here.
 #   CARGO_TARGET_DIR         where cargo builds (default ~/.cache/gamezone/cargo-target)
 #   GAMEZONE_CACHE           cache root (default ~/.cache/gamezone)
-#   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the benchmarks),
-#                            demo (the demo: fast to build, the sidecar built with the rest) or
-#                            dev (the end-to-end tests: the binaries `cargo test` has built
-#                            already, so a test run compiles the workspace once)
+#   GAMEZONE_IMAGE_PROFILE   cargo profile of the binaries: release (default; the benchmarks) or
+#                            dev (the demo and the end-to-end tests: fastest from a cold cache,
+#                            and the binaries `cargo test` has built already, so a test run
+#                            compiles the workspace once)
 #   GAMEZONE_SDK_PROFILE     with release: the SDK sidecar's profile, sidecar (default: what
 #                            published images hold) or release (no second build)
 set -euo pipefail
@@ -56,9 +56,8 @@ usage() {
 PROFILE="${GAMEZONE_IMAGE_PROFILE:-release}"
 case $PROFILE in
   release) BIN_DIR="$CARGO_TARGET_DIR/release" SDK_PROFILE=${GAMEZONE_SDK_PROFILE:-sidecar} ;;
-  demo) BIN_DIR="$CARGO_TARGET_DIR/demo" SDK_PROFILE=demo ;;
   dev) BIN_DIR="$CARGO_TARGET_DIR/debug" SDK_PROFILE=dev ;;
-  *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release, demo or dev" ;;
+  *) die "GAMEZONE_IMAGE_PROFILE is '$PROFILE'; use release or dev" ;;
 esac
 case $SDK_PROFILE in
   sidecar) SDK_BIN="$CARGO_TARGET_DIR/sidecar/gamezone-sdk" ;;

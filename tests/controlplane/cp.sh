@@ -28,6 +28,13 @@
 # GAMEZONE_CP_PROFILING=1 serves /debug/pprof on the API server, controller
 # manager and scheduler (for `go tool pprof` while a benchmark runs).
 #
+# GAMEZONE_CP_QUICK=1 (the demo's) for `build` and `up`: when the cache holds no optimized
+# build, Kubernetes (the control plane and kubelet) is built without the Go compiler's
+# inlining (-gcflags=all=-l), in directories of their own: about a third less compile time
+# for binaries that run somewhat slower, which one small zone does not notice. Tests and
+# benchmarks never ask for it. A cluster started so remembers it (DIR/quick): `kubectl`,
+# `node-start` and `down` use the binaries it runs.
+#
 # The API server keeps an audit log of every write in DIR/audit.log (JSON
 # lines, level Metadata: verb, object, user, userAgent, timestamps; reads are
 # not logged), so a test can check who wrote what and when.
@@ -71,6 +78,30 @@ source "$HERE/dns.sh"
 usage() {
   sed -n '2,24p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
+}
+
+# The quick flavor (see the top): its own directories, and inlining off for the Go builds
+# that take GOFLAGS (the control plane, kubelet).
+quick_flavor() {
+  VERSION_DIR+=_quick
+  BIN=$VERSION_DIR/bin
+  KWOK_BIN=$VERSION_DIR/kwok-bin
+  REAL_NODE_DIR+=_quick
+  REAL_BIN=$REAL_NODE_DIR/bin
+  export GOFLAGS="${GOFLAGS:--mod=mod} -gcflags=all=-l" GAMEZONE_CP_FLAVOR=quick
+}
+
+# choose_flavor SUBCOMMAND [DIR]: the quick flavor when asked for and no optimized build is
+# there (build, up), when the `up` that started this node said so (node-run), or when DIR's
+# cluster was started from it.
+choose_flavor() {
+  local quick=false
+  case $1 in
+    build | up) [[ ${GAMEZONE_CP_QUICK:-} != 1 || -f "$VERSION_DIR/.complete" ]] || quick=true ;;
+    node-run) [[ ${GAMEZONE_CP_FLAVOR:-} != quick ]] || quick=true ;;
+    *) [[ -z ${2:-} || ! -f "$2/quick" ]] || quick=true ;;
+  esac
+  if $quick; then quick_flavor; fi
 }
 
 # ---------------------------------------------------------------- build
@@ -393,6 +424,7 @@ cmd_up() {
       ((real_nodes == 0)) || die "real nodes hide /run, /var/lib and /var/log from their daemons: put $DIR elsewhere (e.g. under /tmp)" ;;
   esac
   touch "$DIR/.gamezone-controlplane"
+  if [[ ${GAMEZONE_CP_FLAVOR:-} == quick ]]; then touch "$DIR/quick"; fi
   mkdir -p "$DIR/logs"
   : >"$DIR/pids"
   trap 'up_failed' EXIT
@@ -641,6 +673,7 @@ cmd_kubectl() {
 main() {
   [[ $# -ge 1 ]] || usage
   local sub=$1; shift
+  choose_flavor "$sub" "${1:-}"
   case $sub in
     build)
       local with_real=false with_kwok=true with_dns=true
