@@ -87,6 +87,9 @@ builds() {
   # Prometheus and promtool from their Go module (Debian's lacks Kubernetes discovery), for the
   # monitoring tests: minutes cold, cached by version.
   "$ROOT/tests/prometheus/prometheus.sh" build
+  # An OpenTelemetry Collector with the sample repo's log pipeline components, from the module
+  # in tests/otelcol/go, for the log test: minutes cold, cached by its content.
+  "$ROOT/tests/otelcol/otelcol.sh" build
 }
 
 demo_packages() {

@@ -832,3 +832,51 @@ fn the_monitoring_files_pass_promtool_and_each_alert_fires_for_what_it_is_about(
         );
     }
 }
+
+/// The shipped log pipeline passes the collector's own validation, as shipped, with the
+/// collector `tests/otelcol/otelcol.sh` builds (the end-to-end test runs it, adapted to the host);
+/// the DaemonSet that runs it names the release that collector is built from, and gives the
+/// collector the node name its configuration reads.
+#[test]
+fn the_log_pipeline_validates_and_its_daemonset_runs_the_tested_release() {
+    let dir = example().join("monitoring");
+    let script = root().join("tests/otelcol/otelcol.sh");
+    let out = Command::new(&script).arg("bin").output().expect("run otelcol.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let otelcol = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("otelcol");
+    let out = Command::new(otelcol)
+        .args(["validate", "--config=otel-collector.yaml"])
+        .env("K8S_NODE_NAME", "node-1")
+        .current_dir(&dir)
+        .output()
+        .expect("run otelcol");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "otelcol validate otel-collector.yaml:\n{said}");
+
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("otel-collector.yaml")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(dir.join("otel-collector-daemonset.yaml")).unwrap();
+    let docs: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let go_mod = std::fs::read_to_string(root().join("tests/otelcol/go/go.mod")).unwrap();
+    let release = go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("go.opentelemetry.io/collector/otelcol v"))
+        .expect("go.mod requires the collector");
+    let image = container["image"].as_str().unwrap();
+    assert_eq!(image.rsplit_once(':').map(|(_, tag)| tag), Some(release), "{image}");
+    let node_env = config["processors"]["k8sattributes"]["filter"]["node_from_env_var"].as_str().unwrap();
+    let env = container["env"].as_sequence().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == node_env && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+        "the DaemonSet does not set {node_env} to the pod's node: {env:?}"
+    );
+    let include = config["receivers"]["filelog"]["include"][0].as_str().unwrap();
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["mountPath"].as_str().is_some_and(|p| include.starts_with(&format!("{p}/")))),
+        "the DaemonSet mounts nothing at {include}: {mounts:?}"
+    );
+}

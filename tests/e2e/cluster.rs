@@ -56,6 +56,8 @@ pub struct RealNode {
     pub netns: String,
     pub cgroup: String,
     pub containerd_socket: String,
+    /// Where the node's kubelet writes pod logs (`/var/log/pods` inside the node).
+    pub pod_logs: PathBuf,
 }
 
 impl RealNode {

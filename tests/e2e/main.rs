@@ -2,7 +2,8 @@
 //! S3 servers and the example game server; `drains` holds players' sessions through node drains,
 //! scale-downs and rolling updates; `edits` changes a test zone's files over SMB; `stress` loads a
 //! zone with bots scaled by `endId` and checks what they report against what the servers saw;
-//! `monitoring` has a real Prometheus scrape the operator and the games by version.
+//! `monitoring` has a real Prometheus scrape the operator and the games by version, and a real
+//! OpenTelemetry Collector label the games' log lines with their servers' versions.
 //!
 //! The tests share one control plane with a KWOK node and a real node (`cp.sh up DIR --nodes 1
 //! --real-nodes 1`), started by this binary and stopped when it exits, unless

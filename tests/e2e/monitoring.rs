@@ -2,22 +2,30 @@
 //! operator and, on the real node, the example game servers of a zone through the sample repo's
 //! configuration (`examples/gamezone-repo/monitoring`): the operator's zone series and the
 //! games' own carry the version labels, every dashboard query and rule evaluates, and a rollout
-//! to a new image shows the old version's series giving way to the new one's.
+//! to a new image shows the old version's series giving way to the new one's. A real
+//! OpenTelemetry Collector (built from its Go modules by `tests/otelcol/otelcol.sh`) runs the
+//! sample repo's log pipeline over the real node's pod logs: each game server's lines carry its
+//! pod's zone, type, id, version and artifacts labels, through a rollout to a new image.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gamezone::api::*;
+use gamezone::zone::SERVER_CONTAINER;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ONE_AT_A_TIME;
-use crate::cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE};
+use crate::cluster::{Cluster, GAME_SERVER_IMAGE, Ns, OPERATOR_IMAGE, RealNode};
 use crate::common::wait_for;
 use crate::servers::Session;
 use crate::support::{Operator, free_port, install_crds};
-use crate::zones::{TIMEOUT, reachable_at, service, wait_running, zone};
+use crate::zones::{TIMEOUT, config_repo, operator, reachable_at, service, wait_running, zone};
 
 fn monitoring_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gamezone-repo/monitoring")
@@ -244,5 +252,323 @@ async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
     )
     .await;
     drop(sessions);
+    ns.finish().await;
+}
+
+// ------------------------------------------------------------------ logs
+
+/// An OpenTelemetry Collector on the host (built from its Go modules by
+/// `tests/otelcol/otelcol.sh`) running the sample repo's log pipeline, made to fit this test only
+/// where it must (see [`collector_config`]).
+struct Collector {
+    child: Child,
+    log: PathBuf,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    /// Starts it on `node`'s pod logs, reading the cluster as `kubeconfig` allows; returns once
+    /// its pipeline runs.
+    fn start(node: &RealNode, kubeconfig: &Path) -> Collector {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otelcol/otelcol.sh");
+        let out = Command::new(&script).arg("bin").output().expect("run otelcol.sh");
+        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("otelcol");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("logs.jsonl");
+        let file = dir.path().join("otel-collector.yaml");
+        std::fs::write(&file, serde_yaml::to_string(&collector_config(&node.pod_logs, &out)).unwrap()).unwrap();
+        let log = dir.path().join("otelcol.log");
+        let child = Command::new(bin)
+            .arg(format!("--config={}", file.display()))
+            .env("KUBECONFIG", kubeconfig)
+            .env("K8S_NODE_NAME", &node.name)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start otelcol");
+        let mut collector = Collector { child, log, out, _dir: dir };
+        for _ in 0..300 {
+            if collector.log().contains("Everything is ready") {
+                return collector;
+            }
+            if let Ok(Some(status)) = collector.child.try_wait() {
+                panic!("otelcol exited ({status}) before it was ready; its log:\n{}", collector.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("otelcol not ready in 30 s; its log:\n{}", collector.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every log record the file exporter has written so far (whole lines only: it may be
+    /// writing the last one).
+    fn records(&self) -> Vec<Record> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut records = Vec::new();
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let batch: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("the file exporter wrote {line:?}: {e}"));
+            for resource_logs in batch["resourceLogs"].as_array().into_iter().flatten() {
+                let resource = attributes(&resource_logs["resource"]["attributes"]);
+                for scope_logs in resource_logs["scopeLogs"].as_array().into_iter().flatten() {
+                    for record in scope_logs["logRecords"].as_array().into_iter().flatten() {
+                        let body = record["body"]["stringValue"].as_str().unwrap_or_default().to_string();
+                        records.push(Record { resource: resource.clone(), body });
+                    }
+                }
+            }
+        }
+        records
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A failed test's reader needs what the collector said: its files go with it.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("[otelcol] {} records exported; the end of its log:\n{}", self.records().len(), tail.join("\n"));
+        }
+    }
+}
+
+/// One log line as the collector exported it: its resource's attributes and the line.
+#[derive(Debug)]
+struct Record {
+    resource: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Record {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.resource.get(key).map(String::as_str)
+    }
+
+    /// The line as the example game server's JSON log writes it.
+    fn event(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// OTLP JSON attributes (`[{key, value: {stringValue | intValue | ...}}]`) as strings.
+fn attributes(list: &Value) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for kv in list.as_array().into_iter().flatten() {
+        let Some(key) = kv["key"].as_str() else { continue };
+        let value = match kv["value"].as_object().and_then(|v| v.values().next()) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        map.insert(key.to_string(), value);
+    }
+    map
+}
+
+/// The sample repo's `otel-collector.yaml`, changed only where this host differs from a node
+/// agent in a cluster: the pod logs of the real node (its kubelet's `/var/log/pods`, seen from
+/// the host), the cluster reached through a kubeconfig (`KUBECONFIG`) instead of the pod's
+/// ServiceAccount, the records written to `out` as JSON lines instead of an OTLP endpoint, and
+/// no listener for the collector's own metrics (another one may hold its default port).
+fn collector_config(pod_logs: &Path, out: &Path) -> serde_yaml::Value {
+    let shipped = std::fs::read_to_string(monitoring_dir().join("otel-collector.yaml")).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
+    let include = &mut config["receivers"]["filelog"]["include"];
+    assert_eq!(*include, serde_yaml::from_str::<serde_yaml::Value>("[/var/log/pods/*/*/*.log]").unwrap());
+    *include = vec![format!("{}/*/*/*.log", pod_logs.display())].into();
+    config["processors"]["k8sattributes"]["auth_type"] = "kubeConfig".into();
+    config["exporters"]["file"] = serde_yaml::from_str(&format!("{{path: '{}'}}", out.display())).unwrap();
+    config["service"]["pipelines"]["logs"]["exporters"] = vec!["file"].into();
+    config["service"]["telemetry"] = serde_yaml::from_str("{metrics: {level: none}}").unwrap();
+    config
+}
+
+/// The shipped DaemonSet's documents.
+fn daemonset_docs() -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(monitoring_dir().join("otel-collector-daemonset.yaml")).unwrap();
+    serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()
+}
+
+/// The shipped DaemonSet's identity in this test: a ServiceAccount in `namespace` bound to the
+/// shipped ClusterRole (under a name of this test's own); a kubeconfig with its token in `dir`.
+/// Dropped, it deletes the cluster-wide objects (the namespace takes the ServiceAccount).
+struct CollectorIdentity {
+    cluster: &'static Cluster,
+    name: String,
+    kubeconfig: PathBuf,
+}
+
+impl CollectorIdentity {
+    fn create(cluster: &'static Cluster, namespace: &str, dir: &Path) -> CollectorIdentity {
+        let docs = daemonset_docs();
+        let kind = |k: &str| {
+            docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k} in the DaemonSet file")).clone()
+        };
+        let name = format!("{namespace}-otel-collector");
+        let mut account = kind("ServiceAccount");
+        account["metadata"]["namespace"] = namespace.into();
+        let mut role = kind("ClusterRole");
+        role["metadata"]["name"] = name.as_str().into();
+        let mut binding = kind("ClusterRoleBinding");
+        binding["metadata"]["name"] = name.as_str().into();
+        binding["roleRef"]["name"] = name.as_str().into();
+        binding["subjects"][0]["namespace"] = namespace.into();
+        let file = dir.join("collector-rbac.yaml");
+        let text: Vec<String> = [account, role, binding].iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
+        std::fs::write(&file, text.join("---\n")).unwrap();
+        cluster.kubectl(&["apply", "-f", &file.to_string_lossy()]);
+        let mut identity = CollectorIdentity { cluster, name, kubeconfig: PathBuf::new() };
+        let sa = kind("ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
+        let token = cluster.kubectl(&["create", "token", &sa, "-n", namespace, "--duration", "1h"]);
+        identity.kubeconfig = crate::common::token_kubeconfig(&cluster.kubeconfig, token.trim(), dir);
+        identity
+    }
+}
+
+impl Drop for CollectorIdentity {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::common::cp_script())
+            .arg("kubectl")
+            .arg(&self.cluster.dir)
+            .args(["delete", "--ignore-not-found", "clusterrole,clusterrolebinding", &self.name])
+            .output();
+    }
+}
+
+/// The zone's pods.
+async fn pods_of(ns: &Ns, zone: &str) -> Vec<Pod> {
+    ns.api::<Pod>().list(&crate::support::selector(zone)).await.unwrap().items
+}
+
+/// Waits until each of `pods` has its `message` line from the game in the collector's output;
+/// each such line must carry, as resource attributes, the labels of the pod that wrote it.
+async fn wait_lines(collector: &Collector, ns: &str, pods: &[Pod], message: &str) {
+    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    wait_for(&format!("a {message:?} line from each of {names:?}"), TIMEOUT, || async {
+        let records = collector.records();
+        let mut missing = Vec::new();
+        for pod in pods {
+            let name = pod.name_any();
+            let uid = pod.metadata.uid.as_deref();
+            let Some(record) = records.iter().find(|r| {
+                r.attr("k8s.pod.uid") == uid
+                    && r.attr("k8s.container.name") == Some(SERVER_CONTAINER)
+                    && r.event().is_some_and(|e| e["message"] == message)
+            }) else {
+                missing.push(name);
+                continue;
+            };
+            for (attribute, label) in [
+                ("zone", ZONE_LABEL),
+                ("type", TYPE_LABEL),
+                ("id", ID_LABEL),
+                ("version", VERSION_LABEL),
+                ("artifacts", ARTIFACTS_LABEL),
+            ] {
+                let want = pod.labels().get(label).unwrap_or_else(|| panic!("{name} has no label {label}"));
+                assert_eq!(record.attr(attribute), Some(want.as_str()), "{attribute} of {name}'s line {record:?}");
+            }
+            assert_eq!(record.attr("k8s.namespace.name"), Some(ns), "{record:?}");
+            assert_eq!(record.attr("k8s.pod.name"), Some(name.as_str()), "{record:?}");
+            // Where the game's line names its server itself, it is the one the labels name.
+            let event = record.event().unwrap_or_default();
+            if let Some(zone) = event["zone"].as_str() {
+                let id = event["id"].as_i64().map(|id| id.to_string());
+                assert_eq!(
+                    (Some(zone), event["type"].as_str(), id.as_deref()),
+                    (record.attr("zone"), record.attr("type"), record.attr("id")),
+                    "{record:?}"
+                );
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("none yet from {missing:?} among {} records", records.len()))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_collector_labels_each_game_log_line_with_its_server_and_version_through_a_rollout() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let work = tempfile::tempdir().unwrap();
+    let (git, _) = config_repo(cluster, work.path(), "logs e2e");
+    let ns = Ns::new(cluster, "e2e-logs").await;
+    install_crds(&ns.client).await;
+    // The DaemonSet's identity: the collector sees the cluster as the shipped RBAC lets it.
+    let identity = CollectorIdentity::create(cluster, &ns.name, work.path());
+    // Started before the zone, it reads each of the zone's pod logs from its first line.
+    let collector = Collector::start(cluster.node(), &identity.kubeconfig);
+    let _op = operator(cluster, &ns, "7050-7099");
+    let mut game = service(
+        "game",
+        1,
+        Some(2),
+        json!([{"name": "game", "containerPort": 7777, "protocol": "TCPUDP", "policy": "Dynamic"}]),
+    );
+    game["resources"] = json!({"requests": {"cpu": "10m"}});
+    let artifacts = json!([{"path": "/app/artifacts", "git": {"url": git.url("config"), "branch": "main"}}]);
+    let zones: Api<GameZone> = ns.api();
+    zones.create(&PostParams::default(), &zone("logged", 313, vec![game], artifacts)).await.unwrap();
+    wait_running(&ns, "logged").await;
+
+    // Each server's first line, with the labels of its pod (the version among them).
+    let old = "0.1.0";
+    let old_pods = pods_of(&ns, "logged").await;
+    assert_eq!(old_pods.len(), 2);
+    for pod in &old_pods {
+        assert_eq!(pod.labels().get(VERSION_LABEL).map(String::as_str), Some(old), "{}", pod.name_any());
+    }
+    wait_lines(&collector, &ns.name, &old_pods, "starting").await;
+
+    // A new image version: each new pod's lines carry the new version, and each old server's
+    // last words (on SIGTERM) still the old one.
+    let new = "0.1.1";
+    let image = GAME_SERVER_IMAGE.replace(old, new);
+    cluster.ctr(cluster.node(), &["images", "tag", "--force", GAME_SERVER_IMAGE, &image]);
+    zones
+        .patch("logged", &PatchParams::default(), &Patch::Merge(json!({"spec": {"defaultImage": image}})))
+        .await
+        .unwrap();
+    let new_pods = wait_for(&format!("two pods of version {new}"), TIMEOUT, || async {
+        let pods = pods_of(&ns, "logged").await;
+        let moved = pods.len() == 2
+            && pods.iter().all(|p| {
+                p.labels().get(VERSION_LABEL).map(String::as_str) == Some(new)
+                    && p.metadata.deletion_timestamp.is_none()
+            });
+        if moved {
+            Ok(pods)
+        } else {
+            Err(format!(
+                "{:?}",
+                pods.iter().map(|p| (p.name_any(), p.labels().get(VERSION_LABEL).cloned())).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+    wait_running(&ns, "logged").await;
+    wait_lines(&collector, &ns.name, &new_pods, "starting").await;
+    wait_lines(&collector, &ns.name, &old_pods, "shutting down").await;
+
+    // The filter kept the game servers' lines only, and the shipped RBAC was enough.
+    let records = collector.records();
+    let unlabelled: Vec<&Record> = records.iter().filter(|r| r.attr("zone").is_none()).collect();
+    assert!(unlabelled.is_empty(), "lines without a zone passed the filter: {unlabelled:?}");
+    let log = collector.log();
+    assert!(!log.to_lowercase().contains("forbidden"), "the shipped ClusterRole denied the collector:\n{log}");
+    drop(collector);
+    drop(identity);
     ns.finish().await;
 }

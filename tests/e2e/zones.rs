@@ -61,7 +61,7 @@ pub(crate) fn zone(name: &str, zone_id: i64, services: Vec<Value>, artifacts: Va
 /// A git daemon under `work`, on the host end of the real node's veth, serving repository
 /// `config` with one commit: `config/server.json` whose `motd` the example game server answers
 /// with; and that commit.
-fn config_repo(cluster: &Cluster, work: &std::path::Path, motd: &str) -> (GitDaemon, String) {
+pub(crate) fn config_repo(cluster: &Cluster, work: &std::path::Path, motd: &str) -> (GitDaemon, String) {
     let git = GitDaemon::start(&work.join("git"), &cluster.info.host_address);
     let repo = git.repo("config");
     repo.write("config/server.json", &format!("{{\"motd\": \"{motd}\"}}\n"));
