@@ -34,6 +34,8 @@ fn monitoring_dir() -> PathBuf {
 /// A Prometheus on loopback with the sample repo's configuration, made to fit this test: the
 /// operator runs on the host (a static target, not a pod of gamezone-system), discovery reads
 /// the cluster through its kubeconfig and only `namespace`, and everything runs every second.
+/// With `Alerts::Fast`, every alert's `for` is two seconds: how long a condition lasts before
+/// it pages someone is policy; what a test checks is that the expressions see the condition.
 struct Prometheus {
     child: Child,
     port: u16,
@@ -41,8 +43,15 @@ struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// The shipped rules as they are, or with every alert's `for` at two seconds.
+#[derive(Clone, Copy, PartialEq)]
+enum Alerts {
+    Shipped,
+    Fast,
+}
+
 impl Prometheus {
-    fn start(cluster: &Cluster, namespace: &str, operator_port: u16) -> Prometheus {
+    fn start(cluster: &Cluster, namespace: &str, operator_port: u16, alerts: Alerts) -> Prometheus {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prometheus/prometheus.sh");
         let out = Command::new(&script).arg("bin").output().expect("run prometheus.sh");
         assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
@@ -51,7 +60,19 @@ impl Prometheus {
         let mut config: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
         config["global"]["scrape_interval"] = "1s".into();
         config["global"]["evaluation_interval"] = "1s".into();
-        config["rule_files"] = vec![monitoring_dir().join("rules.yml").to_string_lossy().into_owned()].into();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rules = monitoring_dir().join("rules.yml");
+        if alerts == Alerts::Fast {
+            let mut fast: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
+            for group in fast["groups"].as_sequence_mut().unwrap() {
+                for rule in group["rules"].as_sequence_mut().unwrap().iter_mut().filter(|r| r["alert"].is_string()) {
+                    rule["for"] = "2s".into();
+                }
+            }
+            rules = dir.path().join("rules.yml");
+            std::fs::write(&rules, serde_yaml::to_string(&fast).unwrap()).unwrap();
+        }
+        config["rule_files"] = vec![rules.to_string_lossy().into_owned()].into();
         let jobs = config["scrape_configs"].as_sequence_mut().unwrap();
         for job in jobs.iter_mut() {
             if job["job_name"] == "gamezone-operator" {
@@ -70,7 +91,6 @@ impl Prometheus {
                 sd["namespaces"] = serde_yaml::from_str(&format!("{{names: ['{namespace}']}}")).unwrap();
             }
         }
-        let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
         let port = free_port();
@@ -115,6 +135,20 @@ impl Prometheus {
         let result = self.query(expr)?;
         let [one] = result.as_slice() else { return Err(format!("{expr}: {} samples", result.len())) };
         one["value"][1].as_str().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{expr}: {one}"))
+    }
+
+    /// The alerts firing now, as (alertname, zone, type) of each.
+    fn firing(&self) -> Vec<(String, String, String)> {
+        let body = crate::support::http_get(self.port, "/api/v1/alerts").expect("alerts").1;
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let label = |a: &Value, k: &str| a["labels"][k].as_str().unwrap_or_default().to_string();
+        answer["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| (label(a, "alertname"), label(a, "zone"), label(a, "type")))
+            .collect()
     }
 
     async fn wait_value(&self, expr: &str, want: f64) {
@@ -175,7 +209,7 @@ async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
     let zones: Api<GameZone> = ns.api();
     zones.create(&PostParams::default(), &zone("watched", 312, vec![game], json!([]))).await.unwrap();
     let servers = wait_running(&ns, "watched").await;
-    let prom = Prometheus::start(cluster, &ns.name, metrics_port);
+    let prom = Prometheus::start(cluster, &ns.name, metrics_port, Alerts::Shipped);
     // A player on each server, and a request each.
     let mut sessions = Vec::new();
     for gs in &servers {
@@ -252,6 +286,74 @@ async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
     )
     .await;
     drop(sessions);
+    ns.finish().await;
+}
+
+/// The shipped alerts fire on a live zone, through the shipped scrape configuration: a
+/// migration that fails (`GameZoneMigrationFailed`) and a drain held past its `drainTimeout`
+/// (`GameZoneDrainOverdue`: here a foreign finalizer keeps the deleted server), and each stops
+/// firing once its cause is gone.
+#[tokio::test]
+async fn the_shipped_alerts_fire_for_a_failed_migration_and_a_drain_stuck_past_its_timeout() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::get();
+    let ns = Ns::new(cluster, "e2e-alerts").await;
+    install_crds(&ns.client).await;
+    let metrics_port = free_port();
+    let http = format!("127.0.0.1:{metrics_port}");
+    let _op = Operator::start_with(
+        &cluster.kubeconfig,
+        &ns.name,
+        &["--init-image", OPERATOR_IMAGE, "--port-range", "7000-7049", "--http-addr", &http],
+    );
+    let prom = Prometheus::start(cluster, &ns.name, metrics_port, Alerts::Fast);
+    let zones: Api<GameZone> = ns.api();
+    let servers: Api<GameServer> = ns.api();
+
+    // A migrater that fails at once (the game server's image, refusing its argument).
+    let mut broken = zone("broken", 401, vec![service("game", 1, None, json!([]))], json!([]));
+    let mut migration = crate::cluster::on_real_node();
+    migration["image"] = json!(GAME_SERVER_IMAGE);
+    migration["args"] = json!(["--no-such-flag"]);
+    migration["backoffLimit"] = json!(0);
+    broken.spec.migration = Some(serde_json::from_value(migration).unwrap());
+    zones.create(&PostParams::default(), &broken).await.unwrap();
+
+    // A zone of two servers whose second is kept, once deleted, by a finalizer no one removes.
+    let mut game = service("game", 1, Some(2), json!([]));
+    game["drainTimeout"] = json!("1s");
+    zones.create(&PostParams::default(), &zone("held", 402, vec![game], json!([]))).await.unwrap();
+    wait_running(&ns, "held").await;
+    let hold = json!({"metadata": {"finalizers": ["e2e.gamezone.dev/hold"]}});
+    servers.patch("held-game-2", &PatchParams::default(), &Patch::Merge(&hold)).await.unwrap();
+    zones.patch("held", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [{
+        "type": "game", "id": 1, "drainTimeout": "1s",
+        "nodeSelector": crate::cluster::on_real_node()["nodeSelector"],
+        "tolerations": crate::cluster::on_real_node()["tolerations"]}]}}))).await.unwrap();
+
+    let fires = |name: &str, zone: &str| (name.to_string(), zone.to_string());
+    let want = [fires("GameZoneMigrationFailed", "broken"), fires("GameZoneDrainOverdue", "held")];
+    let firing = || prom.firing().into_iter().map(|(name, zone, _)| (name, zone)).collect::<Vec<_>>();
+    wait_for("both alerts firing", TIMEOUT, || async {
+        let now = firing();
+        if want.iter().all(|w| now.contains(w)) { Ok(()) } else { Err(format!("firing: {now:?}")) }
+    })
+    .await;
+    let now = prom.firing();
+    assert!(now.contains(&("GameZoneDrainOverdue".into(), "held".into(), "game".into())), "{now:?}");
+    // Nothing else is wrong with these zones: no other alert of the rules fires for them.
+    let others: Vec<_> = now.iter().filter(|(name, _, _)| !want.iter().any(|w| &w.0 == name)).collect();
+    assert!(others.iter().all(|(name, _, _)| name == "GameZoneNotReady"), "unexpected alerts: {others:?}");
+
+    // The causes gone (the finalizer off; the migration taken out of the zone), each stops firing.
+    let free = json!({"metadata": {"finalizers": null}});
+    servers.patch("held-game-2", &PatchParams::default(), &Patch::Merge(&free)).await.unwrap();
+    zones.patch("broken", &PatchParams::default(), &Patch::Merge(json!({"spec": {"migration": null}}))).await.unwrap();
+    wait_for("both alerts resolved", TIMEOUT, || async {
+        let now = firing();
+        if want.iter().any(|w| now.contains(w)) { Err(format!("firing: {now:?}")) } else { Ok(()) }
+    })
+    .await;
     ns.finish().await;
 }
 
