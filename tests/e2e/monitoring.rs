@@ -319,24 +319,33 @@ async fn the_shipped_alerts_fire_for_a_failed_migration_and_a_drain_stuck_past_i
     broken.spec.migration = Some(serde_json::from_value(migration).unwrap());
     zones.create(&PostParams::default(), &broken).await.unwrap();
 
-    // A zone of two servers whose second is kept, once deleted, by a finalizer no one removes.
-    let mut game = service("game", 1, Some(2), json!([]));
-    game["drainTimeout"] = json!("1s");
-    zones.create(&PostParams::default(), &zone("held", 402, vec![game], json!([]))).await.unwrap();
+    // A zone of two servers whose players never leave (a deletable gate no one opens) and
+    // whose drains last a second: scaled down, the second is drained and deleted at its
+    // timeout, and then kept by a finalizer no one removes.
+    let game = |end: Option<i64>| {
+        let mut game = service("game", 1, end, json!([]));
+        game["deletableGates"] = json!(["NoPlayers"]);
+        game["drainTimeout"] = json!("1s");
+        game
+    };
+    zones.create(&PostParams::default(), &zone("held", 402, vec![game(Some(2))], json!([]))).await.unwrap();
     wait_running(&ns, "held").await;
     let hold = json!({"metadata": {"finalizers": ["e2e.gamezone.dev/hold"]}});
     servers.patch("held-game-2", &PatchParams::default(), &Patch::Merge(&hold)).await.unwrap();
-    zones.patch("held", &PatchParams::default(), &Patch::Merge(json!({"spec": {"services": [{
-        "type": "game", "id": 1, "drainTimeout": "1s",
-        "nodeSelector": crate::cluster::on_real_node()["nodeSelector"],
-        "tolerations": crate::cluster::on_real_node()["tolerations"]}]}}))).await.unwrap();
+    let shrink = json!({"spec": {"services": [game(None)]}});
+    zones.patch("held", &PatchParams::default(), &Patch::Merge(&shrink)).await.unwrap();
 
     let fires = |name: &str, zone: &str| (name.to_string(), zone.to_string());
     let want = [fires("GameZoneMigrationFailed", "broken"), fires("GameZoneDrainOverdue", "held")];
     let firing = || prom.firing().into_iter().map(|(name, zone, _)| (name, zone)).collect::<Vec<_>>();
     wait_for("both alerts firing", TIMEOUT, || async {
         let now = firing();
-        if want.iter().all(|w| now.contains(w)) { Ok(()) } else { Err(format!("firing: {now:?}")) }
+        if want.iter().all(|w| now.contains(w)) {
+            return Ok(());
+        }
+        let held = servers.get_opt("held-game-2").await.map_err(|e| e.to_string())?;
+        let overdue = prom.query(&format!(r#"gamezone_drains_overdue{{namespace="{}"}}"#, ns.name));
+        Err(format!("firing: {now:?}; held-game-2: {held:?}; overdue: {overdue:?}"))
     })
     .await;
     let now = prom.firing();
