@@ -185,19 +185,30 @@ fn dashboard_queries(namespace: &str, zone: &str) -> Vec<(String, String)> {
     queries
 }
 
-#[tokio::test]
-async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
-    let _serial = ONE_AT_A_TIME.lock().await;
+/// What a metrics test starts from: its turn on the shared cluster (held until the end: drop
+/// it last), a namespace of `prefix` with the CRDs, and the operator serving `/metrics` on the
+/// returned port, its host ports in `ports`.
+async fn watched_operator(
+    prefix: &str,
+    ports: &str,
+) -> (tokio::sync::MutexGuard<'static, ()>, &'static Cluster, Ns, Operator, u16) {
+    let serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
-    let ns = Ns::new(cluster, "e2e-metrics").await;
+    let ns = Ns::new(cluster, prefix).await;
     install_crds(&ns.client).await;
     let metrics_port = free_port();
     let http = format!("127.0.0.1:{metrics_port}");
-    let _op = Operator::start_with(
+    let op = Operator::start_with(
         &cluster.kubeconfig,
         &ns.name,
-        &["--init-image", OPERATOR_IMAGE, "--port-range", "7150-7199", "--http-addr", &http],
+        &["--init-image", OPERATOR_IMAGE, "--port-range", ports, "--http-addr", &http],
     );
+    (serial, cluster, ns, op, metrics_port)
+}
+
+#[tokio::test]
+async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
+    let (_serial, cluster, ns, _op, metrics_port) = watched_operator("e2e-metrics", "7150-7199").await;
     let mut game = service(
         "game",
         1,
@@ -295,17 +306,7 @@ async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
 /// firing once its cause is gone.
 #[tokio::test]
 async fn the_shipped_alerts_fire_for_a_failed_migration_and_a_drain_stuck_past_its_timeout() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::get();
-    let ns = Ns::new(cluster, "e2e-alerts").await;
-    install_crds(&ns.client).await;
-    let metrics_port = free_port();
-    let http = format!("127.0.0.1:{metrics_port}");
-    let _op = Operator::start_with(
-        &cluster.kubeconfig,
-        &ns.name,
-        &["--init-image", OPERATOR_IMAGE, "--port-range", "7000-7049", "--http-addr", &http],
-    );
+    let (_serial, cluster, ns, _op, metrics_port) = watched_operator("e2e-alerts", "7000-7049").await;
     let prom = Prometheus::start(cluster, &ns.name, metrics_port, Alerts::Fast);
     let zones: Api<GameZone> = ns.api();
     let servers: Api<GameServer> = ns.api();
