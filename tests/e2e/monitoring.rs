@@ -185,6 +185,15 @@ fn dashboard_queries(namespace: &str, zone: &str) -> Vec<(String, String)> {
     queries
 }
 
+/// Moves `zone` to the example game server's image under version `new` (the node holds it,
+/// tagged from version `old`): its servers roll to it one by one.
+async fn roll_to_version(cluster: &Cluster, zones: &Api<GameZone>, zone: &str, old: &str, new: &str) {
+    let image = GAME_SERVER_IMAGE.replace(old, new);
+    cluster.ctr(cluster.node(), &["images", "tag", "--force", GAME_SERVER_IMAGE, &image]);
+    let patch = json!({"spec": {"defaultImage": image}});
+    zones.patch(zone, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
 /// What a metrics test starts from: its turn on the shared cluster (held until the end: drop
 /// it last), a namespace of `prefix` with the CRDs, and the operator serving `/metrics` on the
 /// returned port, its host ports in `ports`.
@@ -274,12 +283,7 @@ async fn prometheus_sees_the_zone_and_its_games_by_version_through_a_rollout() {
     // A new image version: the node holds it under a new tag. The servers move to it one by
     // one; the old version's series go to zero, the new one's rise.
     let new = "0.1.1";
-    let image = GAME_SERVER_IMAGE.replace(old, new);
-    cluster.ctr(cluster.node(), &["images", "tag", "--force", GAME_SERVER_IMAGE, &image]);
-    zones
-        .patch("watched", &PatchParams::default(), &Patch::Merge(json!({"spec": {"defaultImage": image}})))
-        .await
-        .unwrap();
+    roll_to_version(cluster, &zones, "watched", old, new).await;
     prom.wait_value(
         &format!(r#"sum(gamezone_servers{{namespace="{n}",zone="{z}",state="Ready",version="{new}"}})"#),
         2.0,
@@ -647,12 +651,7 @@ async fn the_collector_labels_each_game_log_line_with_its_server_and_version_thr
     // A new image version: each new pod's lines carry the new version, and each old server's
     // last words (on SIGTERM) still the old one.
     let new = "0.1.1";
-    let image = GAME_SERVER_IMAGE.replace(old, new);
-    cluster.ctr(cluster.node(), &["images", "tag", "--force", GAME_SERVER_IMAGE, &image]);
-    zones
-        .patch("logged", &PatchParams::default(), &Patch::Merge(json!({"spec": {"defaultImage": image}})))
-        .await
-        .unwrap();
+    roll_to_version(cluster, &zones, "logged", old, new).await;
     let new_pods = wait_for(&format!("two pods of version {new}"), TIMEOUT, || async {
         let pods = pods_of(&ns, "logged").await;
         let moved = pods.len() == 2

@@ -132,15 +132,16 @@ pub fn observe_pod(
     let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") || (served && !node_ready);
     match (pod_status.and_then(|s| s.phase.as_deref()), node.is_some(), ready) {
         (Some("Running"), _, true) => (ServerState::Ready, None),
-        (_, false, _) => {
-            let why = pod_conditions
-                .iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                .and_then(|c| c.message.clone());
-            (ServerState::Scheduling, why)
-        }
+        (_, false, _) => (ServerState::Scheduling, not_scheduled(pod_conditions).and_then(|c| c.message.clone())),
         _ => (ServerState::Starting, pod_stuck(pod)),
     }
+}
+
+/// The scheduler's word that it found no node for the pod, if it said so.
+fn not_scheduled(
+    conditions: &[k8s_openapi::api::core::v1::PodCondition],
+) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
 }
 
 /// Why a pod is stuck before it runs, in the scheduler's or the kubelet's words: not scheduled,
@@ -159,8 +160,7 @@ pub fn pod_stuck(pod: &Pod) -> Option<String> {
         "CrashLoopBackOff",
     ];
     let status = pod.status.as_ref()?;
-    let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False") {
+    if let Some(c) = not_scheduled(status.conditions.as_deref().unwrap_or_default()) {
         return Some(format!(
             "not scheduled: {}",
             c.message.as_deref().or(c.reason.as_deref()).unwrap_or("no reason given")
