@@ -235,9 +235,15 @@ for ((r = 1; r <= RUNS; r++)); do
     # A re-pin of the small git layer: resolved within a second.
     write_config "run $r $side again"
     commit "$repo" "run $r $side again"
+    timeline="$WORK/timeline-$r-$side.jsonl"
+    python3 scripts/lib/pod-timeline.py watch "$timeline" "$CP" kubectl "$WORK/cp" -n "$side" &
+    watcher=$!
+    pids+=("$watcher")
     t1=$(now)
     kubectl patch gamezone bench -n "$side" --type merge -p '{"spec": {"artifactsInterval": "1s"}}' >/dev/null
     repin=$(answered "$side" "run $r $side again" "$t1") || { tail -n 5 "$WORK/operator-$side.log" >&2; die "re-pin $r of $side failed"; }
+    kill "$watcher" 2>/dev/null || true
+    say "run $r $side re-pin, each server's replacement: $(python3 scripts/lib/pod-timeline.py report "$timeline" "$t1")"
     g2=$(s3_gets) f2=$(git_fetches) p2=$(node_pulled)
     origin_mb=$(python3 -c "print(round(($g1 - $g0) * $OBJECT_BYTES / 1048576, 1))")
     pulled_mb=$(python3 -c "print(round(($p1 - $p0) / 1048576, 1))")

@@ -26,6 +26,20 @@ use super::{Metrics, next_run};
 /// When an object is taken again without a change to it: after the delay, or only on a change.
 pub type Requeue = Option<Duration>;
 
+/// A change to an object: one of a burst, gathered for the debounce (a new pod's quick steps, a
+/// zone's servers reporting), or one its reconcile waits on to take the next step (its old pod
+/// gone, its new pod Ready), which runs it as soon as it is not running.
+pub struct Change<K: Resource<DynamicType = ()>> {
+    pub obj: ObjectRef<K>,
+    pub awaited: bool,
+}
+
+impl<K: Resource<DynamicType = ()>> From<ObjectRef<K>> for Change<K> {
+    fn from(obj: ObjectRef<K>) -> Self {
+        Change { obj, awaited: false }
+    }
+}
+
 /// Which objects are due when, in order. Each object is in at most one place: waiting for its
 /// time, due (in line), or being reconciled (`active`, with the time a change asked for while
 /// it ran, if one did). An object starts at most once per `debounce`: a change to one that has
@@ -41,6 +55,8 @@ pub struct Queue<T> {
     due: VecDeque<T>,
     in_line: HashSet<T>,
     active: HashMap<T, Option<Instant>>,
+    /// Objects being reconciled for which an awaited change came meanwhile.
+    awaited: HashSet<T>,
     /// When each object last started, while that is within the debounce (oldest first in
     /// `starts`; an object's latest start in `started`).
     started: HashMap<T, Instant>,
@@ -58,6 +74,7 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             due: VecDeque::new(),
             in_line: HashSet::new(),
             active: HashMap::new(),
+            awaited: HashSet::new(),
             started: HashMap::new(),
             starts: VecDeque::new(),
         }
@@ -67,14 +84,28 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     /// later. An object already in line stays where it is; one being reconciled runs again
     /// once it is done; one waiting keeps the earlier of its time and this one.
     pub fn add(&mut self, obj: T, at: Instant) {
+        self.add_at(obj, at, false);
+    }
+
+    /// Asks for `obj` to be reconciled at `at` whatever the debounce: a change its reconcile
+    /// waits on. One being reconciled runs again as soon as it is done.
+    pub fn add_awaited(&mut self, obj: T, at: Instant) {
+        self.add_at(obj, at, true);
+    }
+
+    fn add_at(&mut self, obj: T, at: Instant, awaited: bool) {
         if self.in_line.contains(&obj) {
             return;
         }
         if let Some(again) = self.active.get_mut(&obj) {
             *again = Some(again.map_or(at, |t| t.min(at)));
+            if awaited {
+                self.awaited.insert(obj);
+            }
             return;
         }
-        let when = self.started.get(&obj).map_or(at, |&t| at.max(t + self.debounce));
+        let debounced = self.started.get(&obj).filter(|_| !awaited).map(|&t| t + self.debounce);
+        let when = debounced.map_or(at, |t| at.max(t));
         if let Some(&(old, arrival)) = self.times.get(&obj) {
             if old <= when {
                 return;
@@ -123,8 +154,9 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     /// whichever is first.
     pub fn done(&mut self, obj: T, requeue: Option<Instant>) {
         let again = self.active.remove(&obj).flatten();
+        let awaited = self.awaited.remove(&obj);
         if let Some(at) = [again, requeue].into_iter().flatten().min() {
-            self.add(obj, at);
+            self.add_at(obj, at, awaited);
         }
     }
 
@@ -162,7 +194,7 @@ pub struct Settings {
 /// lets the running ones finish.
 pub async fn run<K, F, Fut>(
     store: Store<K>,
-    changes: impl Stream<Item = ObjectRef<K>>,
+    changes: impl Stream<Item = Change<K>>,
     settings: Settings,
     mut reconcile: F,
 ) where
@@ -220,7 +252,8 @@ pub async fn run<K, F, Fut>(
                 queue.done(obj, requeue.map(|after| Instant::now() + after));
             }
             change = changes.next(), if !stopping => match change {
-                Some(obj) => queue.add(obj, Instant::now()),
+                Some(Change { obj, awaited: false }) => queue.add(obj, Instant::now()),
+                Some(Change { obj, awaited: true }) => queue.add_awaited(obj, Instant::now()),
                 None => stopping = true,
             },
             () = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() && !stopping => {}
@@ -354,6 +387,29 @@ mod tests {
         q.add("a", t0 + ms(2100));
         q.done("a", None);
         assert_eq!(q.next_time(), Some(t0 + ms(2000) + DEBOUNCE));
+    }
+
+    #[test]
+    fn an_awaited_change_runs_it_at_once_or_right_after_its_reconcile() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(DEBOUNCE);
+        q.add("a", t0);
+        assert_eq!(drain(&mut q, t0), vec!["a"]);
+        q.done("a", None);
+        // A routine change waits out the debounce; the awaited one that follows does not.
+        q.add("a", t0 + ms(100));
+        assert_eq!(q.next_time(), Some(t0 + DEBOUNCE));
+        q.add_awaited("a", t0 + ms(200));
+        assert_eq!(drain(&mut q, t0 + ms(200)), vec!["a"], "the earlier time wins over the debounce");
+        // Awaited while it runs: again as soon as it is done, not a debounce after it started.
+        q.add_awaited("a", t0 + ms(250));
+        q.done("a", None);
+        assert_eq!(q.next_time(), Some(t0 + ms(250)));
+        assert_eq!(drain(&mut q, t0 + ms(260)), vec!["a"]);
+        // Then routine changes are gathered again.
+        q.add("a", t0 + ms(300));
+        q.done("a", None);
+        assert_eq!(q.next_time(), Some(t0 + ms(260) + DEBOUNCE));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 
 use super::key::ObjectKey;
-use super::queue::Requeue;
+use super::queue::{Change, Requeue};
 use super::slim::StoredServer;
 use super::{Context, Triggers};
 use crate::api::*;
@@ -38,8 +38,17 @@ pub const SERVER_FINALIZER: &str = "gamezone.dev/ports";
 /// together and the zone's endpoints and status are written once for them.
 pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Triggers<Pod>, moves: super::Moves) {
     let servers = servers.filter_map(|change| futures::future::ready(change.ok().map(|gs| ObjectRef::from_obj(&gs))));
-    let owners =
-        pods.filter_map(|change| futures::future::ready(change.ok().and_then(|pod| super::controller_of(&pod))));
+    // A pod gone, or newly Ready, is a change its server waits on: it runs at once.
+    let (live_pods, live_servers) = (ctx.cache.pods.clone(), ctx.cache.servers.clone());
+    let owners = pods.filter_map(move |change| {
+        let change = change.ok().and_then(|pod| {
+            let server: ObjectRef<StoredServer> = super::controller_of(&pod)?;
+            let live = live_pods.get(&ObjectRef::from_obj(&pod));
+            let state = live_servers.get(&server).and_then(|s| s.without_template().status.as_ref()?.state);
+            Some(Change { awaited: awaited_change(live.as_deref(), state), obj: server })
+        });
+        futures::future::ready(change)
+    });
     // A new server's pod is made once its zone's topology lists its ports.
     let listed = ctx.ports.listings().map(|rx| {
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
@@ -50,11 +59,11 @@ pub async fn run(ctx: Arc<Context>, servers: Triggers<StoredServer>, pods: Trigg
     super::queue::run(
         ctx.cache.servers.clone(),
         futures::stream::select_all([
-            servers.boxed(),
+            servers.map(Change::from).boxed(),
             owners.boxed(),
-            futures::stream::iter(listed).flatten().boxed(),
+            futures::stream::iter(listed).flatten().map(Change::from).boxed(),
             // Servers on a node that started or stopped leaving: pods to move.
-            moves.map(|key| ObjectRef::new(key.name()).within(key.namespace())).boxed(),
+            moves.map(|key| Change::from(ObjectRef::new(key.name()).within(key.namespace()))).boxed(),
         ]),
         super::queue_settings(&ctx, CONTROLLER),
         |stored| reconcile(Arc::new(stored.server()), ctx.clone()),

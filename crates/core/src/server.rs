@@ -362,6 +362,17 @@ pub fn quiet_left(state: ServerState, message: Option<&str>, pod: &Pod, now: Tim
     START_QUIET.checked_sub(lasted).filter(|left| !left.is_zero())
 }
 
+/// Whether a change to a server's pod is one the server waits on to take its next step, so it
+/// runs at once rather than with the routine changes of a burst: its pod is gone (`pod` no
+/// longer in the watch), so a new one may be made, or its pod has turned Ready and the server
+/// does not say so yet (a rolling update waits on it to take out the next server).
+pub fn awaited_change(pod: Option<&Pod>, server_state: Option<ServerState>) -> bool {
+    let Some(pod) = pod else { return true };
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    ready && pod.metadata.deletion_timestamp.is_none() && server_state != Some(ServerState::Ready)
+}
+
 /// Sets a state that is not the pod's own (ports, replacement) with why.
 pub fn report_step(status: &mut GameServerStatus, state: ServerState, message: impl Into<String>) {
     status.state = Some(state);
@@ -521,6 +532,22 @@ mod tests {
         let mut gs = crate::zone::game_servers(&zone, &[], None, &Default::default()).unwrap().remove(0);
         gs.metadata.generation = Some(1);
         gs
+    }
+
+    #[test]
+    fn a_pod_gone_or_newly_ready_is_awaited_other_changes_are_routine() {
+        let gs = server();
+        let pod = build_pod(&gs, &[], "h").unwrap();
+        assert!(awaited_change(None, Some(ServerState::Updating)), "gone: the new pod may be made");
+        let starting = scheduled(pod.clone(), false);
+        assert!(!awaited_change(Some(&starting), Some(ServerState::Starting)), "a step on the way");
+        let ready = scheduled(pod, true);
+        assert!(awaited_change(Some(&ready), Some(ServerState::Starting)), "Ready, not yet said");
+        assert!(!awaited_change(Some(&ready), Some(ServerState::Ready)), "already said");
+        let mut leaving = ready.clone();
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        assert!(!awaited_change(Some(&leaving), None), "a pod on its way out");
     }
 
     fn scheduled(mut pod: Pod, ready: bool) -> Pod {

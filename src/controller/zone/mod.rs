@@ -93,20 +93,34 @@ pub async fn run(
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|key: ObjectKey| ObjectRef::new(key.name()).within(key.namespace()))
     });
+    // Its pods: the warm pods it controls, and its Jobs' pods, whose end comes before the Job
+    // controller calls the Job complete.
+    let stored_pods = ctx.cache.pods.clone();
+    let zone_of_pod = move |pod: Pod| controller_of(&pod).or_else(|| zone_of_job_pod(&stored_pods, &pod));
     let changes = futures::stream::select_all([
         futures::stream::iter(pinned).flatten().boxed(),
         zone_changes.boxed(),
         servers.filter_map(|c| ready(c.ok().and_then(|gs| controller_of(&gs)))).boxed(),
         services.filter_map(|c| ready(c.ok().and_then(|svc| controller_of(&svc)))).boxed(),
         jobs.filter_map(|c| ready(c.ok().and_then(|job| controller_of(&job)))).boxed(),
-        pods.filter_map(|c| ready(c.ok().and_then(|pod| controller_of(&pod)))).boxed(),
+        pods.filter_map(move |c| ready(c.ok().and_then(&zone_of_pod))).boxed(),
         users.boxed(),
         // Zones with servers on a node that started or stopped leaving: drains to plan.
         moves.map(|key| ObjectRef::new(key.name()).within(key.namespace())).boxed(),
-    ]);
+    ])
+    .map(super::queue::Change::from);
     // A zone hears of every status change of each of its servers; bursts of them are coalesced.
     super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| reconcile(zone, ctx.clone()))
         .await;
+}
+
+/// The zone of a pod one of its Jobs made (the Job's pod template carries the zone's labels),
+/// as the shared pod watch holds it.
+fn zone_of_job_pod(stored: &reflector::Store<Pod>, pod: &Pod) -> Option<ObjectRef<GameZone>> {
+    let _job: ObjectRef<Job> = controller_of(pod)?;
+    let stored = stored.get(&ObjectRef::from_obj(pod))?;
+    let zone = stored.labels().get(ZONE_LABEL)?;
+    Some(ObjectRef::new(zone).within(pod.metadata.namespace.as_deref().unwrap_or_default()))
 }
 
 async fn reconcile(zone: Arc<GameZone>, ctx: Arc<Context>) -> Result<Requeue> {

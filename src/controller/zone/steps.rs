@@ -347,9 +347,11 @@ async fn version_job(
                 *why = format!("{why}; {who} said: {said}");
             }
         }
-        // A pod no node takes, or whose image cannot be pulled, would leave the zone waiting
-        // without a word: say what holds it.
-        JobOutcome::Running(stuck) => *stuck = decide::job_stuck(&job_pods(zone, ctx, &job_name).await?),
+        // Done once its pod's container ended well; a pod no node takes, or whose image cannot
+        // be pulled, would leave the zone waiting without a word: say what holds it.
+        JobOutcome::Running(_) => {
+            outcome = decide::running_job(&job_pods(zone, ctx, &job_name).await?, kind.container().0)
+        }
         JobOutcome::Succeeded => {}
     }
     if outcome == JobOutcome::Succeeded {

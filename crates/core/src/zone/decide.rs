@@ -188,9 +188,27 @@ pub fn job_said(pods: &[k8s_openapi::api::core::v1::Pod], container: &str) -> Op
     Some(tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect())
 }
 
-/// Why a running Job is stuck, if it is: what holds its newest pod (`server::pod_stuck`).
-pub fn job_stuck(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
-    pods.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).and_then(crate::server::pod_stuck)
+/// Where a Job whose conditions say it runs stands, by its pods: done once a pod's `container`
+/// has ended with exit code 0 (the Job controller says `Complete` a second or more later, once
+/// it has counted the pod), else running, with why its newest pod is stuck if it is
+/// (`server::pod_stuck`).
+pub fn running_job(pods: &[k8s_openapi::api::core::v1::Pod], container: &str) -> JobOutcome {
+    if pods.iter().any(|p| ended_ok(p, container)) {
+        return JobOutcome::Succeeded;
+    }
+    let newest = pods.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    JobOutcome::Running(newest.and_then(crate::server::pod_stuck))
+}
+
+/// Whether `pod`'s `container` has ended with exit code 0: the pod's work is done, though its
+/// phase may say so only at the kubelet's next look.
+fn ended_ok(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> bool {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
+    statuses
+        .iter()
+        .filter(|c| c.name == container)
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .any(|t| t.exit_code == 0)
 }
 
 /// The Jobs a version of the zone waits for, and how their conditions read.
@@ -666,6 +684,7 @@ pub fn prewarm(
         }
         let status = pod.status.as_ref();
         match status.and_then(|s| s.phase.as_deref()) {
+            _ if ended_ok(pod, build::WARM_CONTAINER) => p.warm.push(node.clone()),
             Some("Succeeded") => p.warm.push(node.clone()),
             Some("Failed") => {
                 let said = status

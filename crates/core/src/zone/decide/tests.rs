@@ -571,6 +571,40 @@ fn a_pre_warm_covers_the_nodes_of_servers_still_on_another_tree_and_lets_the_rol
     assert!(p.done && p.failed[0].1.contains("mounted wrong"), "a failed node does not hold the rollout: {p:?}");
     let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 400), pod("node-b", "Pending", 400)], now, limit);
     assert!(p.done, "nor does one that pulls past the limit");
+    // The warm container's exit 0 is the pull done, before the kubelet's next look sets the phase.
+    let mut pulled = pod("node-b", "Running", 10);
+    let statuses = pulled.status.as_mut().unwrap().container_statuses.as_mut().unwrap();
+    statuses[0].name = build::WARM_CONTAINER.into();
+    statuses[0].state.as_mut().unwrap().terminated.as_mut().unwrap().exit_code = 0;
+    let p = prewarm(&nodes, &[pod("node-a", "Succeeded", 10), pulled], now, limit);
+    assert_eq!((p.warm.len(), p.done), (2, true), "{p:?}");
+}
+
+#[test]
+fn a_job_is_done_once_its_pod_s_container_ended_well() {
+    let pod = |container: &str, state: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "z1-pack-h-x", "creationTimestamp": "2026-12-07T10:00:00Z"},
+            "status": {"phase": "Running", "containerStatuses": [{"name": container, "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": state}]}
+        }))
+        .unwrap()
+    };
+    let ended = |code: i32| json!({"terminated": {"exitCode": code}});
+    assert_eq!(running_job(&[], build::PACK_CONTAINER), JobOutcome::Running(None));
+    assert_eq!(running_job(&[pod(build::PACK_CONTAINER, ended(0))], build::PACK_CONTAINER), JobOutcome::Succeeded);
+    let failed_then_ok = [pod(build::PACK_CONTAINER, ended(1)), pod(build::PACK_CONTAINER, ended(0))];
+    assert_eq!(running_job(&failed_then_ok, build::PACK_CONTAINER), JobOutcome::Succeeded);
+    assert_eq!(running_job(&[pod(build::PACK_CONTAINER, ended(1))], build::PACK_CONTAINER), JobOutcome::Running(None));
+    assert_eq!(
+        running_job(&[pod("other", ended(0))], build::PACK_CONTAINER),
+        JobOutcome::Running(None),
+        "another container"
+    );
+    let pulling =
+        pod(build::MIGRATE_CONTAINER, json!({"waiting": {"reason": "ErrImagePull", "message": "no such host"}}));
+    let JobOutcome::Running(Some(why)) = running_job(&[pulling], build::MIGRATE_CONTAINER) else { panic!("stuck") };
+    assert!(why.contains("ErrImagePull"), "{why}");
 }
 
 #[test]
