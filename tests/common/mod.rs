@@ -396,3 +396,25 @@ pub fn token_kubeconfig(admin: &Path, token: &str, dir: &Path) -> PathBuf {
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
 }
+
+/// When a Job's work ended: the latest `finishedAt` of `container` among its pods where that
+/// container exited 0. A zone takes a migration as done then, a second or more before the Job
+/// controller writes the Job's `completionTime`.
+pub async fn job_finished(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    job: &str,
+    container: &str,
+) -> k8s_openapi::jiff::Timestamp {
+    let params = kube::api::ListParams::default().labels(&format!("job-name={job}"));
+    let listed = pods.list(&params).await.expect("list the Job's pods").items;
+    listed
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == container)
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code == 0)
+        .filter_map(|t| t.finished_at.as_ref().map(|f| f.0))
+        .max()
+        .unwrap_or_else(|| panic!("no pod of Job {job} whose {container} container ended with exit code 0"))
+}

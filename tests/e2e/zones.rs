@@ -784,16 +784,15 @@ async fn migrations_from_the_artifacts_run_before_servers_roll_and_a_broken_one_
     .await;
     assert_eq!(schema_version(&db), "2 0", "000002 applied");
     assert_eq!(rolled.2["config"]["value"]["motd"], "version 2");
-    let job_done = jobs
+    let newest = jobs
         .list(&support::selector("mig"))
         .await
         .unwrap()
         .items
-        .iter()
-        .filter_map(|j| j.status.as_ref()?.completion_time.clone())
-        .map(|t| t.0)
-        .max()
-        .expect("a completed migration Job");
+        .into_iter()
+        .max_by_key(|j| j.metadata.creation_timestamp.clone().map(|t| t.0))
+        .expect("a migration Job");
+    let job_done = common::job_finished(&pods, &newest.name_any(), gamezone::zone::MIGRATE_CONTAINER).await;
     let created = rolled.1.metadata.creation_timestamp.clone().unwrap().0;
     assert!(created >= job_done, "the server's new pod ({created}) was made after the migration finished ({job_done})");
 

@@ -74,9 +74,14 @@ async fn zone_is_provisioned_then_deleted_without_leftovers() {
     let job_list = jobs.list(&selector("zone1")).await.unwrap().items;
     assert_eq!(job_list.len(), 1, "one migration Job");
     let job = &job_list[0];
-    assert_eq!(job.status.as_ref().and_then(|s| s.succeeded), Some(1));
-    let finished = job.status.as_ref().and_then(|s| s.completion_time.clone()).expect("job completion time").0;
     let pods: Api<Pod> = ns.api();
+    let finished = common::job_finished(&pods, &job.name_any(), gamezone::zone::MIGRATE_CONTAINER).await;
+    // The zone went on when the migration's container ended; the Job controller counts it too.
+    common::wait_for("the migration Job counted as succeeded", WAIT, || async {
+        let j = jobs.get(&job.name_any()).await.ok()?;
+        (j.status.as_ref()?.succeeded == Some(1) && j.status.as_ref()?.completion_time.is_some()).then_some(())
+    })
+    .await;
     for pod in pods.list(&ListParams::default().labels(SERVER_LABEL)).await.unwrap() {
         let created = pod.metadata.creation_timestamp.clone().unwrap().0;
         assert!(
@@ -193,7 +198,7 @@ async fn edits_converge() {
     let job = jobs.get(&job_name).await.unwrap();
     let env = job.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
     assert!(env.iter().any(|e| e.name == "MYSQL_HOST" && e.value.as_deref() == Some("mysql.db.svc")));
-    let finished = job.status.unwrap().completion_time.unwrap().0;
+    let finished = common::job_finished(&pods, &job_name, gamezone::zone::MIGRATE_CONTAINER).await;
     let after = pod_uids(&pods, "zone1").await;
     for (pod, uid) in &before {
         assert_ne!(after.get(pod), Some(uid), "{pod} was not rolled after the MySQL change");
