@@ -364,13 +364,18 @@ pub fn quiet_left(state: ServerState, message: Option<&str>, pod: &Pod, now: Tim
 
 /// Whether a change to a server's pod is one the server waits on to take its next step, so it
 /// runs at once rather than with the routine changes of a burst: its pod is gone (`pod` no
-/// longer in the watch), so a new one may be made, or its pod has turned Ready and the server
-/// does not say so yet (a rolling update waits on it to take out the next server).
+/// longer in the watch), so a new one may be made, or its pod has turned Ready while the server
+/// is still on its way there (a rolling update waits on it to take out the next server). A
+/// server past that (Ready, waiting for its readiness gates, draining) takes its pod's changes
+/// as routine.
 pub fn awaited_change(pod: Option<&Pod>, server_state: Option<ServerState>) -> bool {
+    use ServerState::*;
     let Some(pod) = pod else { return true };
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    ready && pod.metadata.deletion_timestamp.is_none() && server_state != Some(ServerState::Ready)
+    let on_its_way =
+        matches!(server_state, None | Some(PortAllocation | Creating | Scheduling | Starting | Updating | Unhealthy));
+    ready && pod.metadata.deletion_timestamp.is_none() && on_its_way
 }
 
 /// Sets a state that is not the pod's own (ports, replacement) with why.
@@ -544,6 +549,10 @@ mod tests {
         let ready = scheduled(pod, true);
         assert!(awaited_change(Some(&ready), Some(ServerState::Starting)), "Ready, not yet said");
         assert!(!awaited_change(Some(&ready), Some(ServerState::Ready)), "already said");
+        for past in [ServerState::RequestReady, ServerState::Draining, ServerState::Shutdown] {
+            assert!(!awaited_change(Some(&ready), Some(past)), "{past:?}: past its start");
+        }
+        assert!(awaited_change(Some(&ready), Some(ServerState::Updating)), "a replacement");
         let mut leaving = ready.clone();
         leaving.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
