@@ -129,12 +129,17 @@ pub fn observe_pod(
     status.node_address = node_address.or_else(|| pod_status.and_then(|s| s.host_ip.clone()));
     status.template_hash = Some(hash);
     let pod_conditions = pod_status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let ready = pod_conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") || (served && !node_ready);
+    let ready = pod_ready(pod_conditions) || (served && !node_ready);
     match (pod_status.and_then(|s| s.phase.as_deref()), node.is_some(), ready) {
         (Some("Running"), _, true) => (ServerState::Ready, None),
         (_, false, _) => (ServerState::Scheduling, not_scheduled(pod_conditions).and_then(|c| c.message.clone())),
         _ => (ServerState::Starting, pod_stuck(pod)),
     }
+}
+
+/// The kubelet's word that the pod is Ready (its containers and its readiness gates).
+fn pod_ready(conditions: &[k8s_openapi::api::core::v1::PodCondition]) -> bool {
+    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The scheduler's word that it found no node for the pod, if it said so.
@@ -371,8 +376,7 @@ pub fn quiet_left(state: ServerState, message: Option<&str>, pod: &Pod, now: Tim
 pub fn awaited_change(pod: Option<&Pod>, server_state: Option<ServerState>) -> bool {
     use ServerState::*;
     let Some(pod) = pod else { return true };
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = pod_ready(pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default());
     let on_its_way =
         matches!(server_state, None | Some(PortAllocation | Creating | Scheduling | Starting | Updating | Unhealthy));
     ready && pod.metadata.deletion_timestamp.is_none() && on_its_way

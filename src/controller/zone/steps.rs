@@ -238,7 +238,7 @@ pub async fn migrate(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus
         conditions::set(&mut status.conditions, types::MIGRATED, true, "NoMigration", msg, status.observed_generation);
         return Ok(true);
     };
-    version_job(zone, ctx, status, VersionJob::Migration, job).await
+    Ok(version_job(zone, ctx, status, VersionJob::Migration, job).await?.0)
 }
 
 /// With an artifact registry, packs the layers' pins into it (a Job, once per set of pins);
@@ -250,10 +250,14 @@ pub async fn pack(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus, p
         return Ok(true);
     };
     let job_name = job.name_any();
-    let packed = version_job(zone, ctx, status, VersionJob::Pack, job).await?;
+    let (packed, listed) = version_job(zone, ctx, status, VersionJob::Pack, job).await?;
     if packed && (status.tree_image.is_none() || status.artifacts.iter().any(|a| a.packed.is_none())) {
         // What the pack recorded of each layer and of the tree: its termination message.
-        decide::record_packed(status, &job_pods(zone, ctx, &job_name).await?);
+        let pods = match listed {
+            Some(pods) => pods,
+            None => job_pods(zone, ctx, &job_name).await?,
+        };
+        decide::record_packed(status, &pods);
     }
     Ok(packed)
 }
@@ -315,20 +319,21 @@ async fn job_pods(zone: &GameZone, ctx: &Context, job_name: &str) -> Result<Vec<
 }
 
 /// Runs a Job the version waits for (made once, never taken from another owner), reports its
-/// outcome and, once it succeeded, deletes the zone's older Jobs of its kind.
+/// outcome and, once it succeeded, deletes the zone's older Jobs of its kind. Returns whether
+/// it succeeded, with the Job's pods when it listed them on the way.
 async fn version_job(
     zone: &GameZone,
     ctx: &Context,
     status: &mut GameZoneStatus,
     kind: VersionJob,
     job: Job,
-) -> Result<bool> {
+) -> Result<(bool, Option<Vec<Pod>>)> {
     let job_name = job.name_any();
     // The builders label the Job with its inputs hash.
     let hash = job.labels().get(&kind.label()).cloned().unwrap_or_default();
     let hash = hash.as_str();
     if kind.succeeded_hash(status) == Some(hash) {
-        return Ok(decide::report_job(kind, status, &job_name, hash, &JobOutcome::Succeeded));
+        return Ok((decide::report_job(kind, status, &job_name, hash, &JobOutcome::Succeeded), None));
     }
     let ns = zone.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -338,6 +343,7 @@ async fn version_job(
         None => ctx.writer.create_once(&job).await?,
     };
     let mut outcome = decide::job_outcome(&live);
+    let mut listed = None;
     match &mut outcome {
         JobOutcome::Failed(why) => {
             // The Job's own words, from its last failed pod (its termination message, or the
@@ -350,7 +356,9 @@ async fn version_job(
         // Done once its pod's container ended well; a pod no node takes, or whose image cannot
         // be pulled, would leave the zone waiting without a word: say what holds it.
         JobOutcome::Running(_) => {
-            outcome = decide::running_job(&job_pods(zone, ctx, &job_name).await?, kind.container().0)
+            let pods = job_pods(zone, ctx, &job_name).await?;
+            outcome = decide::running_job(&pods, kind.container().0);
+            listed = Some(pods);
         }
         JobOutcome::Succeeded => {}
     }
@@ -363,7 +371,7 @@ async fn version_job(
         ));
         ctx.writer.delete_all_owned::<Job>(&ns, &old, |m| controlled_by(m, &zone.metadata)).await?;
     }
-    Ok(decide::report_job(kind, status, &job_name, hash, &outcome))
+    Ok((decide::report_job(kind, status, &job_name, hash, &outcome), listed))
 }
 
 /// Holds the host ports of each wanted server that exists (in `live`, or `made` just now) and

@@ -683,9 +683,9 @@ pub fn prewarm(
             oldest = Some(oldest.map_or(t.0, |o| o.min(t.0)));
         }
         let status = pod.status.as_ref();
-        match status.and_then(|s| s.phase.as_deref()) {
-            _ if ended_ok(pod, build::WARM_CONTAINER) => p.warm.push(node.clone()),
-            Some("Succeeded") => p.warm.push(node.clone()),
+        let phase = status.and_then(|s| s.phase.as_deref());
+        match phase {
+            _ if phase == Some("Succeeded") || ended_ok(pod, build::WARM_CONTAINER) => p.warm.push(node.clone()),
             Some("Failed") => {
                 let said = status
                     .and_then(|s| s.container_statuses.as_ref())
