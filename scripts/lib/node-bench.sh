@@ -54,14 +54,7 @@ node_bench_up() {
 
 install_crds() {
   kubectl apply --server-side -f "$ROOT/deploy/crds.yaml" >/dev/null
-  # A CRD made a moment ago may have no conditions yet, which `kubectl wait` takes as an error
-  # (".status.conditions accessor error: <nil>") rather than as not yet.
-  local _
-  for _ in $(seq 20); do
-    kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null 2>&1 && return 0
-    sleep 0.5
-  done
-  kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+  "$CP" wait-crds "$WORK/cp"
 }
 
 random_files() {

@@ -18,6 +18,7 @@
 #   cp.sh down DIR [--keep]          stop it (nothing left running), remove DIR
 #   cp.sh status DIR                 processes and their memory
 #   cp.sh kubectl DIR ARGS...        the built kubectl against DIR's cluster
+#   cp.sh wait-crds DIR              until every CRD of DIR's cluster is Established
 #   cp.sh node-stop DIR real-I [--kill]
 #                                    kill real node I's containerd and kubelet (SIGTERM,
 #                                    or SIGKILL), as a crash would: its pods' shims and
@@ -76,7 +77,7 @@ source "$HERE/realnode.sh"
 source "$HERE/dns.sh"
 
 usage() {
-  sed -n '2,24p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,27p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -670,6 +671,20 @@ cmd_kubectl() {
   exec "$BIN/kubectl" --kubeconfig="$dir/kubeconfig" "$@"
 }
 
+cmd_wait_crds() {
+  [[ $# -eq 1 ]] || usage
+  # A CRD made a moment ago may have no conditions yet, which `kubectl wait` takes as an error
+  # (".status.conditions accessor error: <nil>") rather than as not yet: ask again.
+  local _
+  for _ in $(seq 20); do
+    cmd_kubectl_quiet "$1" wait --for=condition=Established crd --all --timeout=60s && return 0
+    sleep 0.5
+  done
+  cmd_kubectl "$1" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+}
+
+cmd_kubectl_quiet() { (cmd_kubectl "$@") >/dev/null 2>&1; }
+
 main() {
   [[ $# -ge 1 ]] || usage
   local sub=$1; shift
@@ -697,6 +712,7 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     kubectl) cmd_kubectl "$@" ;;
+    wait-crds) cmd_wait_crds "$@" ;;
     node-stop) cmd_node_stop "$@" ;;
     node-start) cmd_node_start "$@" ;;
     node-run) cmd_node_run "$@" ;; # internal: a real node's daemons, inside its namespaces

@@ -233,7 +233,7 @@ install_once() {
   "${KUBECTL[@]}" create namespace kruise-system >/dev/null
   "${KUBECTL[@]}" create -f "$MANIFESTS/kruise.yaml" >/dev/null
   "${KUBECTL[@]}" create -f "$MANIFESTS/kruise-game-crds.yaml" >/dev/null
-  "${KUBECTL[@]}" wait --for=condition=Established --timeout=60s crd --all >/dev/null
+  "$HERE/cp.sh" wait-crds "$DIR"
   loopback_cert "$state/kruise-game-certs"
   printf '[kubernetes]\nenable = true\n[kubernetes.hostPort]\nmin_port = %s\nmax_port = %s\n' \
     "$HOST_PORT_MIN" "$HOST_PORT_MAX" >"$state/kruise-game.toml"
