@@ -8,7 +8,8 @@
 # git layer first, so both sides start from pins no node holds.
 #
 # Per run and side: apply → every instance answers (seconds), then a re-pin of the small git
-# layer → every instance answers with the new pin; the bytes the origins served (S3 objects
+# layer → every instance answers with the new pin, one server out at a time (our default) and
+# again with maxUnavailable 25% (Agones' Fleet default); the bytes the origins served (S3 objects
 # counted in s3s-fs's own log, times their size; git upload-packs counted in the daemon's log);
 # the bytes the nodes pulled from the registry (containerd's GETs in the registry's access log);
 # and the pack Job's peak memory (the VmHWM `gamezone-init pack` prints) against the layer's size. Then, through scripts/lib/stats.py, median/min/max per side and the ratio packed
@@ -245,13 +246,22 @@ for ((r = 1; r <= RUNS; r++)); do
     kill "$watcher" 2>/dev/null || true
     say "run $r $side re-pin, each server's replacement: $(python3 scripts/lib/pod-timeline.py report "$timeline" "$t1")"
     g2=$(s3_gets) f2=$(git_fetches) p2=$(node_pulled)
+    # The same re-pin with a quarter of the servers out at once (Agones' Fleet default) rather
+    # than one (ours): what a rollout costs when the kubelet's steps overlap.
+    kubectl patch gamezone bench -n "$side" --type json \
+      -p '[{"op": "add", "path": "/spec/services/0/updateStrategy", "value": {"maxUnavailable": "25%"}}]' >/dev/null
+    write_config "run $r $side quarter"
+    commit "$repo" "run $r $side quarter"
+    t2=$(now)
+    quarter=$(answered "$side" "run $r $side quarter" "$t2") || { tail -n 5 "$WORK/operator-$side.log" >&2; die "re-pin (25%) $r of $side failed"; }
     origin_mb=$(python3 -c "print(round(($g1 - $g0) * $OBJECT_BYTES / 1048576, 1))")
     pulled_mb=$(python3 -c "print(round(($p1 - $p0) / 1048576, 1))")
     repin_pulled_mb=$(python3 -c "print(round(($p2 - $p1) / 1048576, 1))")
     [[ $side == packed ]] && say "run $r packed re-pin, seconds after the new commit: $(phases "$side" "$t1")"
-    say "run $r $side: apply→all $apply s, re-pin→all $repin s; origins: $((g1 - g0)) S3 objects ($origin_mb MB), $((f1 - f0)) git fetches, on re-pin $((g2 - g1)) objects and $((f2 - f1)) fetches; nodes pulled $pulled_mb MB, on re-pin $repin_pulled_mb MB${peak:+; pack peak ${peak} MB}"
+    say "run $r $side: apply→all $apply s, re-pin→all $repin s (25% at once: $quarter s); origins: $((g1 - g0)) S3 objects ($origin_mb MB), $((f1 - f0)) git fetches, on re-pin $((g2 - g1)) objects and $((f2 - f1)) fetches; nodes pulled $pulled_mb MB, on re-pin $repin_pulled_mb MB${peak:+; pack peak ${peak} MB}"
     rec "apply → all answered" "$side" s "$apply"
     rec "re-pin of the git layer → all answered" "$side" s "$repin"
+    rec "the same, maxUnavailable 25%" "$side" s "$quarter"
     rec "origin MB on apply" "$side" MB "$origin_mb"
     rec "origin S3 objects on re-pin" "$side" n "$((g2 - g1))"
     rec "MB the nodes pulled on re-pin" "$side" MB "$repin_pulled_mb"
