@@ -43,8 +43,18 @@ async fn a_readiness_gate_holds_a_server_until_the_game_sets_it() {
         }
     })
     .await;
-    let z = zones.get("zone1").await.unwrap();
-    assert_eq!(z.status.unwrap().ready_servers, 0, "not Ready while the gate is open");
+    // Not Ready while the gate is open, and the zone says what it waits for. Waited for, not read
+    // once: the zone's status comes with its next reconcile, which may follow the server's.
+    common::wait_for("zone1 waiting for zone1-game-1's gate", WAIT, || async {
+        let status = zones.get("zone1").await.map_err(|e| e.to_string())?.status.ok_or("no status yet")?;
+        let said = status.conditions.iter().find(|c| c.type_ == "ServersReady").map(|c| c.message.clone());
+        let said = said.unwrap_or_default();
+        match status.ready_servers {
+            0 if said.contains("zone1-game-1 RequestReady") && said.contains("Loaded") => Ok(()),
+            ready => Err(format!("{ready} Ready: {said}")),
+        }
+    })
+    .await;
     set_gate(&servers, "zone1-game-1", "Loaded", true).await;
     wait_ready(&zones, "zone1").await;
     // The operator's later writes leave the game's condition alone.
