@@ -180,6 +180,16 @@ fn server_ready(gs: &DynamicObject) -> bool {
     gs.data.pointer("/status/currentState").and_then(|s| s.as_str()) == Some("Ready")
 }
 
+/// How many Kruise-Game GameServers in `ns` say Ready now.
+pub async fn ready_now(client: &Client, ns: &str) -> usize {
+    let list = servers(client, ns).list(&ListParams::default()).await;
+    list.unwrap_or_else(|e| panic!("listing Kruise-Game GameServers in {ns}: {e}"))
+        .items
+        .iter()
+        .filter(|g| server_ready(g))
+        .count()
+}
+
 /// Waits, by a watch, until `want` Kruise-Game GameServers in `ns` are Ready; returns the time
 /// from `start`.
 pub async fn until_ready(client: &Client, ns: &str, want: usize, start: Instant) -> Duration {
