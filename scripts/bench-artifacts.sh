@@ -246,18 +246,25 @@ for ((r = 1; r <= RUNS; r++)); do
     kill "$watcher" 2>/dev/null || true
     say "run $r $side re-pin, each server's replacement: $(python3 scripts/lib/pod-timeline.py report "$timeline" "$t1")"
     g2=$(s3_gets) f2=$(git_fetches) p2=$(node_pulled)
+    [[ $side == packed ]] && say "run $r packed re-pin, seconds after the new commit: $(phases "$side" "$t1")"
     # The same re-pin with a quarter of the servers out at once (Agones' Fleet default) rather
     # than one (ours): what a rollout costs when the kubelet's steps overlap.
     kubectl patch gamezone bench -n "$side" --type json \
       -p '[{"op": "add", "path": "/spec/services/0/updateStrategy", "value": {"maxUnavailable": "25%"}}]' >/dev/null
     write_config "run $r $side quarter"
+    timeline="$WORK/timeline-$r-$side-quarter.jsonl"
+    python3 scripts/lib/pod-timeline.py watch "$timeline" "$CP" kubectl "$WORK/cp" -n "$side" &
+    watcher=$!
+    pids+=("$watcher")
     commit "$repo" "run $r $side quarter"
     t2=$(now)
     quarter=$(answered "$side" "run $r $side quarter" "$t2") || { tail -n 5 "$WORK/operator-$side.log" >&2; die "re-pin (25%) $r of $side failed"; }
+    kill "$watcher" 2>/dev/null || true
+    say "run $r $side re-pin with 25% at once: $(python3 scripts/lib/pod-timeline.py report "$timeline" "$t2")"
+    [[ $side == packed ]] && say "run $r packed re-pin with 25% at once, seconds after the new commit: $(phases "$side" "$t2")"
     origin_mb=$(python3 -c "print(round(($g1 - $g0) * $OBJECT_BYTES / 1048576, 1))")
     pulled_mb=$(python3 -c "print(round(($p1 - $p0) / 1048576, 1))")
     repin_pulled_mb=$(python3 -c "print(round(($p2 - $p1) / 1048576, 1))")
-    [[ $side == packed ]] && say "run $r packed re-pin, seconds after the new commit: $(phases "$side" "$t1")"
     say "run $r $side: apply→all $apply s, re-pin→all $repin s (25% at once: $quarter s); origins: $((g1 - g0)) S3 objects ($origin_mb MB), $((f1 - f0)) git fetches, on re-pin $((g2 - g1)) objects and $((f2 - f1)) fetches; nodes pulled $pulled_mb MB, on re-pin $repin_pulled_mb MB${peak:+; pack peak ${peak} MB}"
     rec "apply → all answered" "$side" s "$apply"
     rec "re-pin of the git layer → all answered" "$side" s "$repin"

@@ -6,7 +6,8 @@
 #                            NODES real nodes (KC, its kubeconfig; HOST, where pods reach the
 #                            host's loopback), the images (release build, cached by content; all,
 #                            or those named as scripts/images.sh names them) in every real node;
-#                            everything stops on exit, with the PIDs in `pids`
+#                            everything stops on exit, with the PIDs in `pids`; BENCH_KEEP=DIR
+#                            keeps the work dir's logs (the operators', the pod timelines) there
 #   kubectl ARGS...          against that control plane
 #   install_crds             the CRDs, established
 #   random_files DIR N MB PARTS   N files of random bytes, MB in all, in PARTS folders under DIR/maps
@@ -35,6 +36,10 @@ node_bench_cleanup() {
   local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   "$CP" down "$WORK/cp" >/dev/null 2>&1 || true
+  if [[ -n ${BENCH_KEEP:-} ]]; then
+    mkdir -p "$BENCH_KEEP"
+    find "$WORK" -maxdepth 1 -type f \( -name '*.log' -o -name '*.jsonl' -o -name '*.tsv' \) -exec cp -t "$BENCH_KEEP" {} +
+  fi
   rm -rf "$WORK"
   exit "$rc"
 }

@@ -94,6 +94,8 @@ pub struct Context {
     pub cache: Cache,
     /// Artifact resolves under way, off the reconciles.
     pub pinning: zone::pinning::Pinning,
+    /// Zones whose rolling update waits for a server's turn.
+    pub turns: zone::Turns,
 }
 
 /// The shared watches' stores. Reconciles read servers, pods, Services and nodes from memory
@@ -225,6 +227,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         writer: writer::Writer::new(client.clone()),
         client,
         pinning: zone::pinning::Pinning::new(config.fetch.deadline),
+        turns: zone::Turns::default(),
         config,
         metrics,
         ports: port_table::PortTable::new(allocator, listed),

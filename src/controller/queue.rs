@@ -227,6 +227,7 @@ pub async fn run<K, F, Fut>(
             match live {
                 Some(live) => {
                     missing.remove(&obj);
+                    tracing::trace!(controller, object = %obj.name, "reconcile starts");
                     let (run, metrics) = (reconcile(live), metrics.clone());
                     running.push(async move {
                         let key = ObjectKey::new(obj.namespace.clone().unwrap_or_default(), &obj.name);
@@ -253,7 +254,10 @@ pub async fn run<K, F, Fut>(
             }
             change = changes.next(), if !stopping => match change {
                 Some(Change { obj, awaited: false }) => queue.add(obj, Instant::now()),
-                Some(Change { obj, awaited: true }) => queue.add_awaited(obj, Instant::now()),
+                Some(Change { obj, awaited: true }) => {
+                    tracing::trace!(controller, object = %obj.name, "awaited change");
+                    queue.add_awaited(obj, Instant::now())
+                }
                 None => stopping = true,
             },
             () = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() && !stopping => {}

@@ -197,6 +197,7 @@ impl Writer {
     /// POST, the create's fields then go to its apply and it applies again, so fields the new
     /// content drops go.
     pub async fn apply_as<K: Child>(&self, obj: &K, hash: String) -> Result<K> {
+        tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), "applying");
         let api = self.api::<K>(&obj.namespace().unwrap_or_default());
         let mut written = apply(&api, obj).await?;
         // The hand-over holds only on the version just read; someone writing in between (the

@@ -31,7 +31,7 @@ use self::decide::Step;
 use self::steps::{At, Live, StepResult};
 use super::key::ObjectKey;
 use super::ownership::controlled_by;
-use super::queue::Requeue;
+use super::queue::{Change, Requeue};
 use super::slim::StoredServer;
 use super::writer::StatusWrite;
 use super::{Context, Triggers, ZONE_FINALIZER, controller_of, requeue_after, scoped};
@@ -97,10 +97,20 @@ pub async fn run(
     // controller calls the Job complete.
     let stored_pods = ctx.cache.pods.clone();
     let zone_of_pod = move |pod: Pod| controller_of(&pod).or_else(|| zone_of_job_pod(&stored_pods, &pod));
-    let changes = futures::stream::select_all([
+    // A server back in service is awaited by its zone when the zone's rollout waits for a turn.
+    let turns = ctx.clone();
+    let server_changes = servers.filter_map(move |c| {
+        let change = c.ok().and_then(|gs| {
+            let zone: ObjectRef<GameZone> = controller_of(&gs)?;
+            let key = ObjectKey::new(zone.namespace.as_deref().unwrap_or_default(), &zone.name);
+            let awaited = turns.turns.waits(&key) && decide::back_in_service(gs.without_template());
+            Some(Change { obj: zone, awaited })
+        });
+        ready(change)
+    });
+    let routine = futures::stream::select_all([
         futures::stream::iter(pinned).flatten().boxed(),
         zone_changes.boxed(),
-        servers.filter_map(|c| ready(c.ok().and_then(|gs| controller_of(&gs)))).boxed(),
         services.filter_map(|c| ready(c.ok().and_then(|svc| controller_of(&svc)))).boxed(),
         jobs.filter_map(|c| ready(c.ok().and_then(|job| controller_of(&job)))).boxed(),
         pods.filter_map(move |c| ready(c.ok().and_then(&zone_of_pod))).boxed(),
@@ -108,10 +118,34 @@ pub async fn run(
         // Zones with servers on a node that started or stopped leaving: drains to plan.
         moves.map(|key| ObjectRef::new(key.name()).within(key.namespace())).boxed(),
     ])
-    .map(super::queue::Change::from);
+    .map(Change::from);
+    let changes = futures::stream::select(server_changes, routine);
     // A zone hears of every status change of each of its servers; bursts of them are coalesced.
     super::queue::run(zones, changes, super::queue_settings(&ctx, CONTROLLER), |zone| reconcile(zone, ctx.clone()))
         .await;
+}
+
+/// The zones whose rolling update waits for a server's turn (`maxUnavailable` taken), as
+/// their last reconcile planned it: a server of theirs back in service lets the next one go,
+/// so that change runs the zone at once.
+#[derive(Default)]
+pub struct Turns(std::sync::Mutex<std::collections::HashSet<ObjectKey>>);
+
+impl Turns {
+    /// Records whether `zone`'s rollout waits for a turn.
+    pub fn set(&self, zone: ObjectKey, waiting: bool) {
+        let mut waits = self.0.lock().expect("turns lock");
+        if waiting {
+            waits.insert(zone);
+        } else {
+            waits.remove(&zone);
+        }
+    }
+
+    /// Whether `zone`'s rollout waits for a turn.
+    pub fn waits(&self, zone: &ObjectKey) -> bool {
+        self.0.lock().expect("turns lock").contains(zone)
+    }
 }
 
 /// The zone of a pod one of its Jobs made (the Job's pod template carries the zone's labels),
@@ -232,6 +266,7 @@ async fn converge(zone: &GameZone, ctx: &Context, status: &mut GameZoneStatus) -
 /// Removes everything the zone made, even objects whose owner reference was lost. While it
 /// waits, the zone's phase is Terminating and `Ready` says for what.
 async fn cleanup(zone: &GameZone, ctx: &Context) -> Result<Requeue> {
+    ctx.turns.set(ObjectKey::of(zone), false);
     let before = ctx.writer.zone_base(zone);
     let mut status = before.clone();
     let result = remove_children(zone, ctx).await;

@@ -452,6 +452,7 @@ async fn apply_planned(
     let plan = decide::plan_servers(wanted, &by_name, &strategies, &leaving, Timestamp::now(), |gs, hash| {
         ctx.writer.applied_recently(gs, hash, WATCH_LAG)
     });
+    ctx.turns.set(ObjectKey::of(zone), plan.waiting_turns);
     let results = futures::stream::iter(plan.apply)
         .map(|(mut gs, hash)| {
             // The server controller's finalizer comes with the object: one write, not two.

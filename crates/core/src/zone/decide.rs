@@ -349,6 +349,9 @@ pub struct ServerPlan {
     pub delete: Vec<String>,
     /// Servers being drained, each with what it waits for.
     pub draining: Vec<String>,
+    /// Servers wait for their turn to update: the next server back in service (see
+    /// [`back_in_service`]) lets the next one go.
+    pub waiting_turns: bool,
 }
 
 /// Why `live` may not be deleted (or have its pod replaced) yet: `None` when it may. A server
@@ -475,12 +478,17 @@ fn needs_drain(live: &GameServer, now: Timestamp) -> bool {
 /// Ready until the server controller reports on the new one; counted available then, a second
 /// server would be taken out beside it.
 fn available(live: Option<&&GameServer>) -> bool {
-    live.is_some_and(|l| {
-        let status = l.status.as_ref();
-        l.spec.not_in_service().is_none()
-            && status.and_then(|s| s.state) == Some(ServerState::Ready)
-            && status.and_then(|s| s.observed_generation) == l.metadata.generation
-    })
+    live.is_some_and(|l| back_in_service(l))
+}
+
+/// Whether `gs` is in service and Ready on the spec it has: no longer out for a rolling update,
+/// so a server waiting for its turn may go. A zone whose rollout waits for a turn takes this
+/// change of one of its servers at once rather than with a burst's routine changes.
+pub fn back_in_service(gs: &GameServer) -> bool {
+    let status = gs.status.as_ref();
+    gs.spec.not_in_service().is_none()
+        && status.and_then(|s| s.state) == Some(ServerState::Ready)
+        && status.and_then(|s| s.observed_generation) == gs.metadata.generation
 }
 
 /// The apply of `gs`, unless this process applied the same moments ago (the watch may lag its
@@ -553,6 +561,7 @@ pub fn plan_servers(
         let left = budget.get_mut(want.spec.type_.as_str()).expect("every wanted type has a budget");
         let takes_one = available(Some(l));
         if takes_one && *left <= 0 {
+            plan.waiting_turns = true;
             plan.draining.push(format!("{name}: waiting for its turn to update (maxUnavailable)"));
             continue;
         }

@@ -353,6 +353,7 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     assert_eq!(versions, [Some("1".into()), Some("1".into())], "a drained server still runs its old version");
     assert_eq!(p.draining.len(), 5);
     assert!(p.draining[0].ends_with("waiting for its turn to update (maxUnavailable)"), "{:?}", p.draining);
+    assert!(p.waiting_turns, "the next server back in service lets the next one go");
 
     // game-1 drained and deletable: its pod is replaced from the new template; game-2 still has players.
     let mut live = old.clone();
@@ -374,9 +375,18 @@ fn a_rolling_update_takes_out_at_most_max_unavailable_each_drained_first() {
     live[0].status = ready(live[0].clone()).status.map(|s| GameServerStatus { observed_generation: Some(2), ..s });
     let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert!(p.drains.is_empty(), "game-1 not yet reported and game-2 draining: nothing more starts");
+    assert!(!back_in_service(&live[0]), "its status is of the spec before");
     live[0].status.as_mut().unwrap().observed_generation = Some(3);
+    assert!(back_in_service(&live[0]));
     let p = plan_servers(&new, &by_name(&live), &two, &BTreeMap::new(), now, |_, _| false);
     assert_eq!(p.drains, ["z1-game-3"], "game-1 reported Ready on its new template: the next one starts");
+
+    // None left to wait: the last ones go.
+    let all = BTreeMap::from([(
+        "game".to_string(),
+        UpdateStrategy { max_unavailable: Some(IntOrString::String("100%".into())), ..Default::default() },
+    )]);
+    assert!(!plan_servers(&new, &by_name(&old), &all, &BTreeMap::new(), now, |_, _| false).waiting_turns);
 
     // Recreate drains every server at once.
     let recreate =
