@@ -26,7 +26,7 @@
 //!    what our operator has (`kruise-fast`), so "throttled" and "more work" are told apart. Its
 //!    managers run only in its own phases. Skipped, saying so, when its binaries are missing.
 //! 5. With GAMEZONE_BENCH_SCALE=10000, a scale step: each side makes that many servers at once
-//!    (within GAMEZONE_BENCH_SCALE_SECS, 1800), with its controllers' RSS.
+//!    (within GAMEZONE_BENCH_SCALE_SECS, 1800), with its controllers' RSS; the operator goes last.
 //!
 //! `cargo bench -p gamezone --bench zone`; sizes via GAMEZONE_BENCH_ZONES / _INSTANCES / _NODES
 //! / _BIG_ZONE; GAMEZONE_BENCH_ROUNDS fixes the rounds (GAMEZONE_BENCH_MIN_ROUNDS 4 and
@@ -832,9 +832,12 @@ async fn main() {
             }
             procs.iter_mut().filter(|(name, _)| name == "gamezone").for_each(|(_, p)| *p = op.id());
             let mut steps = Vec::new();
-            let stepping: Vec<Side> = sides.iter().copied().filter(|&s| s != Side::Bare).collect();
+            let mut stepping: Vec<Side> = sides.iter().copied().filter(|&s| s != Side::Bare).collect();
+            // The operator last: its servers take the longest to delete (a finalizer per zone and
+            // the collector's cascade), and the last side's go with the cluster, since deleting
+            // them would measure nothing.
+            stepping.sort_by_key(|&s| s == Side::Operator);
             for (i, &side) in stepping.iter().enumerate() {
-                // The last side's servers go with the cluster: deleting them would measure nothing.
                 let clear_after = i + 1 < stepping.len();
                 steps.push(scale_step(&client, &mut peers, &mut procs, side, want, servers, big, clear_after).await);
             }
