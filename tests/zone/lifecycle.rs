@@ -287,6 +287,8 @@ async fn the_game_s_sdk_calls_make_its_server_ready_and_end_its_pod_and_only_its
 
     // A Ready pod is not enough: the game must call Ready.
     wait_state(&servers, "zone1-game-1", ServerState::RequestReady, "call Ready through the SDK").await;
+    // Both pods, before their sidecars speak: game-2's may come a moment after game-1's.
+    wait_state(&servers, "zone1-game-2", ServerState::RequestReady, "call Ready through the SDK").await;
     let pod1 = current_pod(&pods, "zone1-game-1").await.expect("a pod");
     let pod2 = current_pod(&pods, "zone1-game-2").await.expect("a pod");
     sdk_says(&servers, "zone1-game-1", &pod1, json!({"state": "RequestReady"})).await;
