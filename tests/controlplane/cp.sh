@@ -677,13 +677,11 @@ cmd_wait_crds() {
   # (".status.conditions accessor error: <nil>") rather than as not yet: ask again.
   local _
   for _ in $(seq 20); do
-    cmd_kubectl_quiet "$1" wait --for=condition=Established crd --all --timeout=60s && return 0
+    (cmd_kubectl "$1" wait --for=condition=Established crd --all --timeout=60s) >/dev/null 2>&1 && return 0
     sleep 0.5
   done
   cmd_kubectl "$1" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 }
-
-cmd_kubectl_quiet() { (cmd_kubectl "$@") >/dev/null 2>&1; }
 
 main() {
   [[ $# -ge 1 ]] || usage

@@ -102,8 +102,9 @@ pub async fn run(
     let server_changes = servers.filter_map(move |c| {
         let change = c.ok().and_then(|gs| {
             let zone: ObjectRef<GameZone> = controller_of(&gs)?;
-            let key = ObjectKey::new(zone.namespace.as_deref().unwrap_or_default(), &zone.name);
-            let awaited = turns.turns.waits(&key) && decide::back_in_service(gs.without_template());
+            // The cheap test first: most server changes are not a return to service.
+            let awaited = decide::back_in_service(gs.without_template())
+                && turns.turns.waits(&ObjectKey::new(zone.namespace.as_deref().unwrap_or_default(), &zone.name));
             Some(Change { obj: zone, awaited })
         });
         ready(change)
